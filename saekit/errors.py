@@ -1,0 +1,21 @@
+"""Exceptions that name the problem, so that bad input never surfaces as a traceback from deep in torch."""
+
+
+class SaekitError(Exception):
+    """Base class of every error saekit raises on purpose."""
+
+
+class ConfigError(SaekitError, ValueError):
+    """A configuration is invalid: unknown key, wrong type, impossible value."""
+
+
+class UnknownArchitectureError(ConfigError):
+    """An architecture name that is not in the registry."""
+
+
+class DataError(SaekitError, ValueError):
+    """Activations are unusable: wrong shape or width, NaN or inf values, unreadable file."""
+
+
+class ArtifactError(SaekitError, OSError):
+    """A saved SAE or checkpoint is missing, incomplete or corrupted."""

@@ -1,0 +1,139 @@
+"""The SAE contract every architecture fulfils.
+
+Weights follow SAELens and Gemma Scope names and shapes, so saving and loading is a plain copy:
+``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]`` (rows are feature directions), ``b_enc [d_sae]``,
+``b_dec [d_in]``, and ``threshold [d_sae]`` where the architecture has one.
+
+* ``encode(x)`` is per token: the code of a row never depends on the other rows of the batch.
+  Architectures that couple tokens while training keep a learned threshold for inference.
+* ``decode(codes)`` is the shared affine map ``codes @ W_dec + b_dec``; ``forward = decode ∘ encode``.
+* ``loss(batch, ctx) -> LossOut`` is the training objective; it may couple tokens.
+
+Class attributes tell the training loop and the artefact writer what an architecture needs; shared
+maths lives in :mod:`saekit.sae.functional`, not here.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from saekit.types import ActBatch, LossOut, StepCtx
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Fields every architecture has; each architecture's config adds its own hyper-parameters."""
+
+    d_in: int
+    """Width of the activations the SAE reads."""
+    d_sae: int
+    """Number of latents (dictionary size)."""
+    lr: float | None = None
+    """Adam learning rate; None takes the architecture's published default."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+
+
+@dataclass(frozen=True)
+class OptimDefaults:
+    """Adam settings an architecture was published with."""
+
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+class SAE(nn.Module, abc.ABC):
+    """Abstract sparse autoencoder. Concrete architectures are registered with ``@register(name)``."""
+
+    architecture: ClassVar[str]
+    """Registry name, written into cfg.json (set by ``@register``)."""
+    config_class: ClassVar[type[SAEConfig]]
+    saelens_architecture: ClassVar[str]
+    """Name of the SAELens inference class that computes the same ``encode``."""
+    apply_b_dec_to_input: ClassVar[bool] = True
+    """Whether ``encode`` subtracts ``b_dec`` from the input first (SAELens flag of the same name)."""
+    unit_norm_decoder: ClassVar[bool] = True
+    """Keep decoder rows at unit norm: the loop projects gradients and renormalises after each step."""
+    b_dec_init: ClassVar[str] = "geometric_median"
+    """How the loop initialises ``b_dec`` from the first batch: "geometric_median", "mean" or "zeros"."""
+    scaled_params: ClassVar[tuple[str, ...]] = ("b_enc", "b_dec")
+    """Parameters and buffers in activation units: divided by the activation scale when folding it."""
+
+    W_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_enc: nn.Parameter
+    b_dec: nn.Parameter
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def site(self) -> str | None:
+        """The site (hook point) this SAE reads, when known."""
+        return self.metadata.get("site")
+
+    @abc.abstractmethod
+    def encode(self, x: Tensor) -> Tensor:
+        """[..., d_in] activations -> [..., d_sae] non-negative codes, row by row."""
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """[..., d_sae] codes -> [..., d_in] reconstruction."""
+        return codes @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    @abc.abstractmethod
+    def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
+        """Training objective on one batch."""
+
+    @classmethod
+    @abc.abstractmethod
+    def optim_defaults(cls, cfg: SAEConfig) -> OptimDefaults:
+        """Published Adam settings for this architecture and size."""
+
+    def after_step(self, out: LossOut, ctx: StepCtx) -> None:
+        """Hook run by the loop after each optimiser step (threshold EMAs, clamping). Default: nothing."""
+
+    def extra_saelens_cfg(self) -> dict[str, Any]:
+        """Keys SAELens's inference class needs in cfg.json beyond the common ones (e.g. ``k``)."""
+        return {}
+
+    def hparams(self) -> dict[str, Any]:
+        """The architecture's hyper-parameters (its config without d_in / d_sae)."""
+        return {f.name: getattr(self.cfg, f.name) for f in dataclasses.fields(self.cfg) if f.name not in ("d_in", "d_sae")}
+
+    def extra_repr(self) -> str:
+        return f"architecture={self.architecture!r}, d_in={self.d_in}, d_sae={self.d_sae}"
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.shape[-1] != self.d_in:
+            from saekit.errors import DataError
+
+            raise DataError(
+                f"{self.architecture} SAE expects activations of width d_in={self.d_in}, got shape {tuple(x.shape)}"
+            )
+

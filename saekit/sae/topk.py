@@ -1,0 +1,83 @@
+"""TopK SAE with the AuxK loss on dead latents (Gao et al. 2024, "Scaling and evaluating sparse
+autoencoders").
+
+    pre   = (x − b_dec) W_enc + b_enc
+    f     = ReLU of the k largest entries of ``pre``, 0 elsewhere
+    x̂     = f W_dec + b_dec
+    loss  = ||x − x̂||² + aux_coef · AuxK
+
+AuxK reconstructs the residual ``x − x̂`` from the ``aux_k`` most active dead latents, which gives
+dead latents a gradient and brings them back. Decoder rows stay unit norm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saekit.sae import functional as F
+from saekit.sae.base import SAE, OptimDefaults, SAEConfig
+from saekit.sae.registry import register
+from saekit.types import ActBatch, LossOut, StepCtx
+
+
+@dataclass(frozen=True)
+class TopKConfig(SAEConfig):
+    k: int = 32
+    """Active latents per token."""
+    aux_k: int | None = None
+    """Dead latents used by the AuxK loss; None means d_in // 2."""
+    aux_coef: float = 1 / 32
+    """Weight of the AuxK loss; 0 disables it."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+        if self.aux_k is not None and self.aux_k <= 0:
+            raise ValueError(f"aux_k must be positive, got {self.aux_k}")
+        if self.aux_coef < 0:
+            raise ValueError(f"aux_coef must be >= 0, got {self.aux_coef}")
+
+
+@register("topk")
+class TopKSAE(SAE):
+    config_class = TopKConfig
+    saelens_architecture = "topk"
+    cfg: TopKConfig
+
+    def __init__(self, cfg: TopKConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg)
+        W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
+        self.W_enc = nn.Parameter(W_enc)
+        self.W_dec = nn.Parameter(W_dec)
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+
+    @classmethod
+    def optim_defaults(cls, cfg: TopKConfig) -> OptimDefaults:
+        # Width-scaled learning rate of Gao et al., as used by dictionary_learning and sparsify.
+        return OptimDefaults(lr=cfg.lr or 2e-4 / math.sqrt(cfg.d_sae / 2**14))
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def encode(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        return F.scatter_codes(F.topk_codes(self.pre_acts(x), self.cfg.k), self.d_sae)
+
+    def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
+        x = batch.x
+        pre = self.pre_acts(x)
+        codes = F.scatter_codes(F.topk_codes(pre, self.cfg.k), self.d_sae)
+        x_hat = self.decode(codes)
+        mse = F.mse_per_token(x, x_hat).mean()
+        aux = F.aux_k_loss(pre, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
+        loss = mse + self.cfg.aux_coef * aux
+        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)})
+
+    def extra_saelens_cfg(self) -> dict:
+        return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
