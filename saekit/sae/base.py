@@ -81,6 +81,9 @@ class SAE(nn.Module, abc.ABC):
         super().__init__()
         self.cfg = cfg
         self.metadata: dict[str, Any] = {}
+        """Small facts written into cfg.json: "site", "model", "normalization_factor", ..."""
+        self.provenance: dict[str, Any] = {}
+        """How the SAE was made (data, tokens, seed, training config, final metrics): provenance.json."""
 
     @property
     def d_in(self) -> int:

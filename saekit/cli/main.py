@@ -1,0 +1,124 @@
+"""`saekit <command>`: train, ls, eval, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from saekit.errors import SaekitError
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from saekit.cli.run_config import apply_overrides, build_saes, parse_run_config, read_config_file
+    from saekit.io import save_suite
+    from saekit.sources.spec import source_from_spec
+    from saekit.train.checkpoint import CHECKPOINT_NAME
+    from saekit.train.loop import run
+    from saekit.eval.table import markdown_table
+
+    raw = apply_overrides(read_config_file(args.config), args.set or [])
+    rc = parse_run_config(raw)
+    out = Path(args.out) if args.out else rc.out
+    if (out / CHECKPOINT_NAME).exists() and not args.resume:
+        raise SaekitError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    source = source_from_spec(rc.data)
+    built = build_saes(rc.saes, source)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
+    result = run(built.saes, source, rc.train, out_dir=out, resume=args.resume)
+    suite = save_suite(result.saes, out / "saes", names=built.names)
+    rows = [{"name": name, **metrics} for name, metrics in zip(built.names, result.final_metrics)]
+    print(markdown_table(rows, ["name", "site", "mse", "l0", "dead_fraction"]))
+    print(f"\n{len(result.saes)} SAE(s) saved in {suite}; metrics log {out / 'metrics.jsonl'}")
+    return 0
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from saekit.sae.registry import get, list_architectures
+    from saekit.strict import field_docs
+
+    for name in list_architectures():
+        cls = get(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"{name}  (SAELens: {cls.saelens_architecture})  {doc}")
+        docs = field_docs(cls.config_class)
+        for f in dataclasses.fields(cls.config_class):
+            default = "required" if f.default is dataclasses.MISSING else repr(f.default)
+            print(f"    {f.name} = {default}    {docs.get(f.name, '')}")
+        print()
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from saekit.eval.evaluate import evaluate
+    from saekit.eval.table import markdown_table
+    from saekit.io import is_sae_folder, load_sae, load_suite
+
+    target = Path(args.sae)
+    saes = {target.name: load_sae(target)} if is_sae_folder(target) else load_suite(target)
+    rows = []
+    for name, sae in saes.items():
+        metrics = evaluate(sae, args.data, max_tokens=args.max_tokens)
+        rows.append({"name": name, **metrics})
+    print(markdown_table(rows, ["name", "l0", "fvu", "mse", "cos", "dead_fraction", "tokens"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from saekit.cli.demo import run_demo
+
+    run_demo(Path(args.out), steps=args.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from saekit import __version__
+
+    parser = argparse.ArgumentParser(prog="saekit", description="Sparse autoencoders on model activations.")
+    parser.add_argument("--version", action="version", version=f"saekit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train the SAEs of a run config side by side")
+    train.add_argument("config", help="run config (.toml, .yaml or .json)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.steps=500 or sae.0.k=16")
+    train.add_argument("--out", help="output folder (default: the config's `out`)")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
+    train.set_defaults(func=_cmd_train)
+
+    ls = sub.add_parser("ls", help="list architectures and their hyper-parameters")
+    ls.set_defaults(func=_cmd_ls)
+
+    ev = sub.add_parser("eval", help="activation metrics of a saved SAE or suite on an activation file")
+    ev.add_argument("sae", help="an SAE folder or a suite folder")
+    ev.add_argument("--data", required=True, help="activations: .npy or .safetensors file")
+    ev.add_argument("--max-tokens", type=int, default=None)
+    ev.add_argument("--json", help="also write the metrics to this JSON file")
+    ev.set_defaults(func=_cmd_eval)
+
+    demo = sub.add_parser("demo", help="train every architecture on synthetic data and report")
+    demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's own)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SaekitError as exc:
+        print(f"saekit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"saekit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

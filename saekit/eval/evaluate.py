@@ -1,0 +1,157 @@
+"""Evaluate an SAE on a stream of activations, reading the data once, in order, batch by batch.
+
+Only running sums are kept (float64, on the evaluation device), so memory does not grow with the
+number of tokens. The total variance that FVU divides by is merged across batches with Chan et al.'s
+parallel update of per-dimension means and squared deviations, which stays accurate when activations
+have a large common offset (where Σ||x||² − n||x̄||² would cancel catastrophically).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from saekit.errors import DataError
+from saekit.eval import metrics
+from saekit.sae.base import SAE
+from saekit.sources.tensor import SourceInput, as_source
+from saekit.types import ActivationSource
+
+
+@runtime_checkable
+class RowSource(Protocol):
+    """A source that can read one site once, in order (TensorSource, SyntheticSource)."""
+
+    def iter_rows(self, batch_size: int, *, site: str | None = None, max_rows: int | None = None) -> Iterator[Tensor]: ...
+
+
+class _Totals:
+    """Running sums from which every metric of :func:`evaluate` is computed at the end."""
+
+    def __init__(self, d_in: int, d_sae: int, device: torch.device) -> None:
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+
+        def zero(*shape: int) -> Tensor:
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        self.tokens = 0
+        self.sq_err, self.sq_x, self.sq_x_hat, self.dot = zero(), zero(), zero(), zero()
+        self.cos, self.l2_ratio, self.l2_ratio_tokens = zero(), zero(), zero()
+        self.active = torch.zeros((), dtype=torch.int64, device=device)
+        self.fired = torch.zeros(d_sae, dtype=torch.int64, device=device)
+        self.mean, self.m2 = zero(d_in), zero(d_in)
+        self.dtype = dtype
+
+    def update(self, x: Tensor, x_hat: Tensor, codes: Tensor) -> None:
+        n = x.shape[0]
+        x, x_hat = x.to(self.dtype), x_hat.to(self.dtype)
+        self.sq_err += (x - x_hat).pow(2).sum()
+        self.sq_x += x.pow(2).sum()
+        self.sq_x_hat += x_hat.pow(2).sum()
+        self.dot += (x * x_hat).sum()
+        self.cos += metrics.per_token_cosine(x, x_hat).sum()
+        ratios = metrics.per_token_l2_ratio(x, x_hat)
+        self.l2_ratio += ratios.sum()
+        self.l2_ratio_tokens += ratios.numel()
+        nonzero = codes != 0
+        self.active += nonzero.sum()
+        self.fired += nonzero.sum(0)
+        batch_mean = x.mean(0)
+        delta = batch_mean - self.mean
+        total = self.tokens + n
+        self.m2 += (x - batch_mean).pow(2).sum(0) + delta.pow(2) * (self.tokens * n / total)
+        self.mean += delta * (n / total)
+        self.tokens = total
+
+    def result(self, dense_threshold: float) -> dict[str, float]:
+        n, d_in = self.tokens, self.mean.numel()
+        frequency = self.fired.double() / n
+        fvu = metrics.safe_ratio(self.sq_err, self.m2.sum())
+        return {
+            "l0": float(self.active) / n,
+            "fvu": fvu,
+            "explained_variance": 1.0 - fvu,
+            "mse": float(self.sq_err) / (n * d_in),
+            "nmse": metrics.safe_ratio(self.sq_err, self.sq_x),
+            "cos": float(self.cos) / n,
+            "l2_ratio": metrics.safe_ratio(self.l2_ratio, self.l2_ratio_tokens),
+            "relative_reconstruction_bias": metrics.safe_ratio(self.sq_x_hat, self.dot),
+            "dead_fraction": float((self.fired == 0).double().mean()),
+            "dense_fraction": float((frequency > dense_threshold).double().mean()),
+            "tokens": n,
+        }
+
+
+@torch.no_grad()
+def evaluate(
+    sae: SAE,
+    activations: SourceInput | ActivationSource,
+    *,
+    batch_size: int = 4096,
+    max_tokens: int | None = None,
+    device: str | torch.device | None = None,
+    dense_threshold: float = 0.1,
+) -> dict[str, float]:
+    """Reconstruction and sparsity metrics of ``sae`` over ``activations``, read once in order.
+
+    ``activations`` is anything :func:`saekit.sources.tensor.as_source` accepts. With several sites the
+    one named by ``sae.site`` is read. ``max_tokens`` caps the tokens read and is required for endless
+    sources (synthetic, or any source that cannot read in order and is then read through
+    ``batches(seed=0)``). ``device`` defaults to the SAE's; an SAE elsewhere is moved there for the call
+    and moved back afterwards.
+
+    Returns ``l0, fvu, explained_variance, mse, nmse, cos, l2_ratio, relative_reconstruction_bias,
+    dead_fraction, dense_fraction`` (see :mod:`saekit.eval.metrics` for definitions) and ``tokens``.
+    """
+    if max_tokens is not None and max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    source = as_source(activations)
+    site = _pick_site(source, sae)
+    if source.d_in(site) != sae.d_in:
+        raise DataError(f"site {site!r} has width {source.d_in(site)} but the SAE expects d_in={sae.d_in}")
+
+    first_param = next(sae.parameters())
+    home, dtype = first_param.device, first_param.dtype
+    device = torch.device(device) if device is not None else home
+    sae.to(device)
+    try:
+        totals = _Totals(sae.d_in, sae.d_sae, device)
+        for x in _read_once(source, site, batch_size, max_tokens):
+            x = x.to(device, dtype, non_blocking=True)
+            codes = sae.encode(x)
+            totals.update(x, sae.decode(codes), codes)
+    finally:
+        sae.to(home)
+    if totals.tokens == 0:
+        raise DataError("no activations were read, so there is nothing to evaluate")
+    return totals.result(dense_threshold)
+
+
+def _pick_site(source: ActivationSource, sae: SAE) -> str:
+    sites = source.sites
+    if len(sites) == 1:
+        return sites[0]
+    if sae.site in sites:
+        return sae.site
+    raise DataError(
+        f"the activations have several sites {list(sites)} and the SAE's site ({sae.site!r}) is not one of "
+        "them; set sae.metadata['site'] or pass a single-site source"
+    )
+
+
+def _read_once(source: ActivationSource, site: str, batch_size: int, max_tokens: int | None) -> Iterator[Tensor]:
+    if isinstance(source, RowSource):
+        yield from source.iter_rows(batch_size, site=site, max_rows=max_tokens)
+        return
+    if max_tokens is None:
+        raise ValueError(f"{type(source).__name__} cannot be read once in order; give max_tokens")
+    remaining = max_tokens
+    for batch in source.batches(batch_size, seed=0):
+        x = batch[site].x[:remaining]
+        yield x
+        remaining -= x.shape[0]
+        if remaining <= 0:
+            return

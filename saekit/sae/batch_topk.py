@@ -1,0 +1,130 @@
+"""BatchTopK SAE (Bussmann, Leask & Nanda 2024, "BatchTopK Sparse Autoencoders").
+
+Training couples the tokens of a batch:
+
+    Z     = ReLU((x − b_dec) W_enc + b_enc)                     [batch, d_sae]
+    f     = Z on the batch·k largest entries of the whole of Z, 0 elsewhere
+    x̂     = f W_dec + b_dec
+    loss  = ||x − x̂||² + aux_coef · AuxK
+
+so k is the *mean* number of active latents per token and each token gets as many as it needs.
+Inference must not depend on the batch, so a global threshold θ is learned alongside: after each step
+from ``threshold_start_step`` on,
+
+    θ ← (1 − β) θ + β · min{ f_ij : f_ij > 0 }                   (θ starts at the first such minimum)
+
+and ``encode(x) = Z ⊙ 1[Z > θ]``, a JumpReLU with one threshold shared by all latents; it is saved
+for SAELens as ``jumprelu`` with ``threshold`` a full [d_sae] vector of equal entries.
+
+Choices made here (dictionary_learning's ``BatchTopKTrainer`` is the reference):
+
+* The EMA starts at ``min(threshold_start_step, total_steps // 2)``, so a short run still averages
+  the threshold over at least its second half instead of never setting it.
+* A batch with no positive kept activation leaves θ unchanged (dictionary_learning would pull θ
+  towards 0, which would switch every latent on at inference).
+* Until θ has been set, ``encode`` falls back to per-token TopK with the same k: the same mean
+  sparsity, and still independent of the rest of the batch.
+* Whether θ was set is a buffer, so a run resumed from a state_dict continues the EMA exactly.
+
+Defaults follow dictionary_learning: lr = 2e-4 / sqrt(d_sae / 2^14), AuxK weight 1/32 with
+k_aux = d_in // 2, unit-norm decoder, geometric-median ``b_dec``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saekit.sae import functional as F
+from saekit.sae.base import SAE, OptimDefaults, SAEConfig
+from saekit.sae.registry import register
+from saekit.types import ActBatch, LossOut, StepCtx
+
+
+@dataclass(frozen=True)
+class BatchTopKConfig(SAEConfig):
+    k: int = 32
+    """Mean active latents per token: a training batch of B tokens keeps its B·k largest activations."""
+    aux_k: int | None = None
+    """Dead latents used by the AuxK loss; None means d_in // 2."""
+    aux_coef: float = 1 / 32
+    """Weight of the AuxK loss; 0 disables it."""
+    threshold_ema: float = 0.001
+    """β of the inference-threshold EMA, θ ← (1 − β) θ + β · (smallest kept activation of the batch)."""
+    threshold_start_step: int = 1000
+    """Step from which the threshold is tracked (capped at half the run, so short runs set it too)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+        if self.aux_k is not None and self.aux_k <= 0:
+            raise ValueError(f"aux_k must be positive, got {self.aux_k}")
+        if not self.aux_coef >= 0:
+            raise ValueError(f"aux_coef must be >= 0, got {self.aux_coef!r}")
+        if not 0 < self.threshold_ema <= 1:
+            raise ValueError(f"threshold_ema must be in (0, 1], got {self.threshold_ema!r}")
+        if self.threshold_start_step < 0:
+            raise ValueError(f"threshold_start_step must be >= 0, got {self.threshold_start_step}")
+
+
+@register("batch_topk")
+class BatchTopKSAE(SAE):
+    config_class = BatchTopKConfig
+    saelens_architecture = "jumprelu"
+    scaled_params = ("b_enc", "b_dec", "threshold")
+    cfg: BatchTopKConfig
+    threshold: Tensor
+    threshold_set: Tensor
+
+    def __init__(self, cfg: BatchTopKConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg)
+        W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
+        self.W_enc = nn.Parameter(W_enc)
+        self.W_dec = nn.Parameter(W_dec)
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.register_buffer("threshold", torch.zeros(cfg.d_sae))
+        self.register_buffer("threshold_set", torch.zeros((), dtype=torch.bool))
+
+    @classmethod
+    def optim_defaults(cls, cfg: BatchTopKConfig) -> OptimDefaults:
+        return OptimDefaults(lr=cfg.lr or 2e-4 / math.sqrt(cfg.d_sae / 2**14))
+
+    def post_relu(self, x: Tensor) -> Tensor:
+        return ((x - self.b_dec) @ self.W_enc + self.b_enc).relu()
+
+    def encode(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        acts = self.post_relu(x)
+        if not bool(self.threshold_set):
+            return F.scatter_codes(F.topk_codes(acts, self.cfg.k), self.d_sae)
+        return acts * (acts > self.threshold.to(acts.dtype))
+
+    def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
+        x = batch.x
+        self._check_input(x)
+        acts = self.post_relu(x)
+        codes = acts * F.batch_topk_mask(acts, self.cfg.k)
+        x_hat = self.decode(codes)
+        mse = F.mse_per_token(x, x_hat).mean()
+        aux = F.aux_k_loss(acts, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
+        loss = mse + self.cfg.aux_coef * aux
+        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)})
+
+    @torch.no_grad()
+    def after_step(self, out: LossOut, ctx: StepCtx) -> None:
+        if ctx.step < min(self.cfg.threshold_start_step, ctx.total_steps // 2):
+            return
+        active = out.codes[out.codes > 0]
+        if active.numel() == 0:
+            return
+        smallest = active.min().to(self.threshold.dtype)
+        if bool(self.threshold_set):
+            self.threshold.lerp_(smallest.expand_as(self.threshold), self.cfg.threshold_ema)
+        else:
+            self.threshold.fill_(smallest)
+            self.threshold_set.fill_(True)

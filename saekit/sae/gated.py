@@ -1,0 +1,101 @@
+"""Gated SAE (Rajamanoharan et al. 2024, "Improving Dictionary Learning with Gated Sparse
+Autoencoders"): one path decides *which* latents fire, another *how much*, sharing encoder directions.
+
+    u       = (x − b_dec) W_enc                       (no b_enc: SAELens's gated layout)
+    π_gate  = u + b_gate
+    π_mag   = exp(r_mag) ⊙ u + b_mag
+    f       = 1[π_gate > 0] ⊙ ReLU(π_mag)
+    x̂       = f W_dec + b_dec
+    x̂_gate  = ReLU(π_gate) sg(W_dec) + sg(b_dec)             (sg: stop-gradient)
+    loss    = ||x − x̂||² + s · l1_coef · ||ReLU(π_gate)||₁ + ||x − x̂_gate||²
+
+``s`` is the loop's sparsity warm-up scale. The L1 penalty sits on the gate path only, so it chooses
+the support without shrinking the magnitudes; the auxiliary term ||x − x̂_gate||² gives the gate path
+the reconstruction gradient that the step 1[π_gate > 0] cannot pass, through a frozen decoder so that
+it trains only the encoder side.
+
+The penalty is the plain L1 of dictionary_learning's ``GatedSAETrainer`` (gdm.py), not weighted by
+decoder row norms: the decoder is kept at unit norm, where the weights are all 1, and the gradient of
+such a weighting on W_dec is parallel to each row and would be projected away by the loop anyway.
+
+Defaults follow dictionary_learning: W_enc = W_decᵀ with unit-norm rows, b_gate = b_mag = r_mag = 0,
+Adam β = (0, 0.999), lr 5e-5; geometric-median ``b_dec``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from saekit.sae import functional as F
+from saekit.sae.base import SAE, OptimDefaults, SAEConfig
+from saekit.sae.registry import register
+from saekit.types import ActBatch, LossOut, StepCtx
+
+
+@dataclass(frozen=True)
+class GatedConfig(SAEConfig):
+    l1_coef: float = 1.0
+    """Weight of the L1 penalty on the gate pre-activations, for activations scaled to unit mean squared
+    norm (E||x||² = 1). Larger values give a smaller L0."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.l1_coef >= 0:
+            raise ValueError(f"l1_coef must be >= 0, got {self.l1_coef!r}")
+
+
+class GatedPaths(NamedTuple):
+    """Pre-activations of both paths, [..., d_sae] each."""
+
+    gate: Tensor
+    mag: Tensor
+
+
+@register("gated")
+class GatedSAE(SAE):
+    config_class = GatedConfig
+    saelens_architecture = "gated"
+    scaled_params = ("b_gate", "b_mag", "b_dec")
+    cfg: GatedConfig
+
+    def __init__(self, cfg: GatedConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg)
+        W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
+        self.W_enc = nn.Parameter(W_enc)
+        self.W_dec = nn.Parameter(W_dec)
+        self.b_gate = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+
+    @classmethod
+    def optim_defaults(cls, cfg: GatedConfig) -> OptimDefaults:
+        return OptimDefaults(lr=cfg.lr or 5e-5, betas=(0.0, 0.999))
+
+    def paths(self, x: Tensor) -> GatedPaths:
+        u = (x - self.b_dec) @ self.W_enc
+        return GatedPaths(u + self.b_gate, u * self.r_mag.exp() + self.b_mag)
+
+    def encode(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        gate, mag = self.paths(x)
+        return (gate > 0).to(mag.dtype) * mag.relu()
+
+    def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
+        x = batch.x
+        self._check_input(x)
+        gate, mag = self.paths(x)
+        codes = (gate > 0).to(mag.dtype) * mag.relu()
+        x_hat = self.decode(codes)
+        gate_acts = gate.relu()
+        x_hat_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()
+        mse = F.mse_per_token(x, x_hat).mean()
+        l1 = gate_acts.sum(-1).mean()
+        aux = F.mse_per_token(x, x_hat_gate).mean()
+        loss = mse + ctx.sparsity_scale * self.cfg.l1_coef * l1 + aux
+        terms = {"mse": mse.detach(), "l1": l1.detach(), "aux": aux.detach(), "l0": F.l0_of(codes)}
+        return LossOut(loss, x_hat, codes, terms)

@@ -1,0 +1,101 @@
+"""JumpReLU SAE trained with a direct L0 penalty (Rajamanoharan et al. 2024, "Jumping Ahead"; the
+Gemma Scope recipe, Lieberum et al. 2024).
+
+    z     = x W_enc + b_enc                      (no b_dec subtraction, as Gemma Scope)
+    f     = JumpReLU_θ(z) = z ⊙ H(z − θ)         θ ∈ R^d_sae, one learned threshold per latent
+    x̂     = f W_dec + b_dec
+    loss  = ||x − x̂||² + s · l0_coef · mean_batch Σ_i H(z_i − θ_i)
+
+``s`` is the loop's sparsity warm-up scale. H has no useful derivative, so θ is trained with the
+straight-through pseudo-derivatives of :func:`saekit.sae.functional.jumprelu` and
+:func:`~saekit.sae.functional.heaviside_step` (rectangle kernel K of width ε = ``bandwidth``):
+
+    ð/ðθ JumpReLU_θ(z) = −(θ/ε) K((z − θ)/ε)      ð/ðθ H(z − θ) = −(1/ε) K((z − θ)/ε)
+
+while z gets the exact gradient H(z − θ) from the reconstruction and nothing from the L0 term, so the
+penalty acts on the encoder only through θ.
+
+Paper defaults: θ₀ = ε = 0.001, Adam β = (0, 0.999), lr 7e-5, W_enc = W_decᵀ with unit-norm rows,
+zero biases, unit-norm decoder kept by gradient projection. ``after_step`` clamps θ at 0: a negative
+threshold would let negative pre-activations through as codes (SAELens, which applies a ReLU first,
+would then compute something else), and since the θ pseudo-derivative is scaled by θ, it would also
+flip the sign of the reconstruction gradient on θ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saekit.sae import functional as F
+from saekit.sae.base import SAE, OptimDefaults, SAEConfig
+from saekit.sae.registry import register
+from saekit.types import ActBatch, LossOut, StepCtx
+
+
+@dataclass(frozen=True)
+class JumpReLUConfig(SAEConfig):
+    l0_coef: float = 2e-3
+    """Weight λ of the L0 penalty, for activations scaled to unit mean squared norm (E||x||² = 1, so the
+    reconstruction error starts near 1). Larger values give a smaller L0."""
+    threshold_init: float = 0.001
+    """Initial value θ₀ of every threshold."""
+    bandwidth: float = 0.001
+    """Width ε of the rectangle kernel in the threshold's pseudo-derivative."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.l0_coef >= 0:
+            raise ValueError(f"l0_coef must be >= 0, got {self.l0_coef!r}")
+        if not self.threshold_init >= 0:
+            raise ValueError(f"threshold_init must be >= 0, got {self.threshold_init!r}")
+        if not self.bandwidth > 0:
+            raise ValueError(f"bandwidth must be positive, got {self.bandwidth!r}")
+
+
+@register("jumprelu")
+class JumpReLUSAE(SAE):
+    config_class = JumpReLUConfig
+    saelens_architecture = "jumprelu"
+    apply_b_dec_to_input = False
+    b_dec_init = "zeros"
+    scaled_params = ("b_enc", "b_dec", "threshold")
+    cfg: JumpReLUConfig
+
+    def __init__(self, cfg: JumpReLUConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg)
+        W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
+        self.W_enc = nn.Parameter(W_enc)
+        self.W_dec = nn.Parameter(W_dec)
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.threshold_init))
+
+    @classmethod
+    def optim_defaults(cls, cfg: JumpReLUConfig) -> OptimDefaults:
+        return OptimDefaults(lr=cfg.lr or 7e-5, betas=(0.0, 0.999))
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return x @ self.W_enc + self.b_enc
+
+    def encode(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        return F.jumprelu(self.pre_acts(x), self.threshold, self.cfg.bandwidth)
+
+    def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
+        x = batch.x
+        self._check_input(x)
+        z = self.pre_acts(x)
+        codes = F.jumprelu(z, self.threshold, self.cfg.bandwidth)
+        x_hat = self.decode(codes)
+        mse = F.mse_per_token(x, x_hat).mean()
+        # With θ >= 0 this equals the count of non-zero codes, but carries the θ pseudo-derivative.
+        l0 = F.heaviside_step(z, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+        loss = mse + ctx.sparsity_scale * self.cfg.l0_coef * l0
+        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "l0": l0.detach()})
+
+    @torch.no_grad()
+    def after_step(self, out: LossOut, ctx: StepCtx) -> None:
+        self.threshold.clamp_(min=0.0)

@@ -1,0 +1,77 @@
+"""ReLU SAE with an L1 penalty weighted by decoder norms (Anthropic, "Circuits Updates, April 2024";
+the ReLU + L1 SAE of Bricken et al. 2023, "Towards Monosemanticity", without its decoder constraint).
+
+    f     = ReLU((x − b_dec) W_enc + b_enc)
+    x̂     = f W_dec + b_dec
+    loss  = ||x − x̂||² + s · l1_coef · Σ_i f_i ||W_dec[i]||
+
+``s`` is the loop's sparsity warm-up scale. Weighting each code by its decoder row norm makes the
+penalty invariant to moving scale between a latent and its decoder row, which is what the unit-norm
+constraint was there for, so the decoder is left free (``unit_norm_decoder = False``).
+
+Initialisation follows the April update and dictionary_learning's ``AutoEncoder``: random decoder rows
+of norm ``init_decoder_norm`` (0.1), ``W_enc = W_decᵀ``, ``b_enc = 0``. The default learning rate is
+dictionary_learning's ``StandardTrainerAprilUpdate`` default, 1e-3 (Anthropic's 5e-5 is tuned for
+runs of billions of tokens and barely moves in a few thousand steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saekit.sae import functional as F
+from saekit.sae.base import SAE, OptimDefaults, SAEConfig
+from saekit.sae.registry import register
+from saekit.types import ActBatch, LossOut, StepCtx
+
+
+@dataclass(frozen=True)
+class ReLUConfig(SAEConfig):
+    l1_coef: float = 2.0
+    """Weight of the decoder-norm-weighted L1 penalty, for activations scaled to unit mean squared norm
+    (E||x||² = 1; the value depends on that scale). Larger values give a smaller L0."""
+    init_decoder_norm: float = 0.1
+    """Norm of every decoder row at initialisation (the April update uses 0.05 to 1)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.l1_coef >= 0:
+            raise ValueError(f"l1_coef must be >= 0, got {self.l1_coef!r}")
+        if not self.init_decoder_norm > 0:
+            raise ValueError(f"init_decoder_norm must be positive, got {self.init_decoder_norm!r}")
+
+
+@register("relu")
+class ReLUSAE(SAE):
+    config_class = ReLUConfig
+    saelens_architecture = "standard"
+    unit_norm_decoder = False
+    cfg: ReLUConfig
+
+    def __init__(self, cfg: ReLUConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg)
+        W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
+        self.W_enc = nn.Parameter(W_enc * cfg.init_decoder_norm)
+        self.W_dec = nn.Parameter(W_dec * cfg.init_decoder_norm)
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+
+    @classmethod
+    def optim_defaults(cls, cfg: ReLUConfig) -> OptimDefaults:
+        return OptimDefaults(lr=cfg.lr or 1e-3)
+
+    def encode(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        return ((x - self.b_dec) @ self.W_enc + self.b_enc).relu()
+
+    def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
+        x = batch.x
+        codes = self.encode(x)
+        x_hat = self.decode(codes)
+        mse = F.mse_per_token(x, x_hat).mean()
+        l1 = (codes * self.W_dec.norm(dim=-1)).sum(-1).mean()
+        loss = mse + ctx.sparsity_scale * self.cfg.l1_coef * l1
+        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "l1": l1.detach(), "l0": F.l0_of(codes)})

@@ -1,0 +1,321 @@
+"""Activations already in memory or on disk, served as shuffled, exactly resumable batches.
+
+Input forms (all become ``[tokens, d]`` rows; 3-D ``[batch, pos, d]`` arrays are flattened):
+
+* a ``torch.Tensor`` or ``numpy.ndarray``: one site, named ``site`` or ``"default"``;
+* a mapping ``{site: tensor or array}``: one site per key (``site`` then selects a single key);
+* a ``.npy`` path: opened with ``mmap_mode="r"`` and ``allow_pickle=False``, so files larger than memory
+  work and nothing is ever unpickled;
+* a ``.safetensors`` path: one tensor is one site named ``site`` or ``"default"``; several tensors are
+  one site per key (``site`` then selects a single key).
+
+Every site must have the same number of rows: row ``r`` of every site is the same token, and a batch
+takes the same rows from every site.
+
+Batching rule. The data are read as an endless stream of epochs; epoch ``e`` is the permutation of all
+``N`` rows drawn from a generator seeded by ``(seed, e)``. Batch ``i`` is positions
+``[i·B, (i+1)·B)`` of that stream, so it starts in epoch ``(i·B) // N``. When ``B`` divides ``N`` every
+epoch is exactly ``N / B`` batches; otherwise the batch that crosses an epoch boundary takes the end of
+one permutation and the start of the next (no row is dropped, every epoch visits every row once). A
+data set with fewer rows than ``B`` is allowed: each batch then spans several epochs. Because batch
+``i`` depends only on ``(seed, i)``, ``batches(..., start=n)`` yields exactly what a ``start=0``
+iteration yields after ``n`` batches.
+
+Finiteness. In-memory data are checked once at construction; a memory-mapped ``.npy`` is checked batch
+by batch as it is read (checking up front would read the whole file).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TypeAlias
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from saekit.errors import DataError
+from saekit.types import ActBatch, ActivationSource
+
+Array: TypeAlias = Tensor | np.ndarray
+SourceInput: TypeAlias = Tensor | np.ndarray | str | os.PathLike | Mapping[str, Array]
+
+DEFAULT_SITE = "default"
+SUPPORTED_SUFFIXES = (".npy", ".safetensors")
+_CHECK_ROWS = 1 << 16  # rows per chunk of the finiteness scan, so the scan never doubles memory use
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """CPU generator seeded from a tuple of integers through numpy's SeedSequence.
+
+    Hashing the whole tuple (rather than, say, ``seed * K + i``) keeps streams for different keys
+    statistically independent and free of collisions such as (seed=1, i=0) vs (seed=0, i=K).
+    """
+    words = np.random.SeedSequence([k % (1 << 64) for k in keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed((int(words[0]) << 32) | int(words[1]))
+
+
+class TensorSource:
+    """An :class:`~saekit.types.ActivationSource` over tensors, arrays, ``.npy`` or ``.safetensors``.
+
+    Returned activations are always float32; storage may be float16, bfloat16, float32 or float64.
+    """
+
+    def __init__(self, data: SourceInput, *, site: str | None = None) -> None:
+        self.path: Path | None = Path(data) if isinstance(data, (str, os.PathLike)) else None
+        arrays = _load_path(self.path, site) if self.path is not None else _from_memory(data, site)
+        self._rows: dict[str, Array] = {name: _as_rows(arr, self._where(name)) for name, arr in arrays.items()}
+        counts = {name: rows.shape[0] for name, rows in self._rows.items()}
+        if len(set(counts.values())) > 1:
+            raise DataError(
+                f"{self._where()}: every site must have the same number of rows (one per token), got "
+                + ", ".join(f"{name}: {n}" for name, n in counts.items())
+            )
+        for name, rows in self._rows.items():
+            if isinstance(rows, Tensor):
+                _check_finite(rows, self._where(name))
+        self._perm_cache: dict[tuple[int, int], Tensor] = {}
+
+    # ------------------------------------------------------------------ ActivationSource protocol
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(self._rows)
+
+    def d_in(self, site: str) -> int:
+        return int(self._storage(site).shape[1])
+
+    @property
+    def n_rows(self) -> int:
+        """Number of tokens (rows) per site."""
+        return int(next(iter(self._rows.values())).shape[0])
+
+    def batches(self, batch_size: int, *, seed: int, start: int = 0) -> Iterator[Mapping[str, ActBatch]]:
+        """Endless shuffled batches following the module's batching rule; ``start`` skips batches exactly."""
+        _check_positive(batch_size, "batch_size")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        return self._batches(batch_size, seed, start)
+
+    def describe(self) -> dict:
+        return {
+            "kind": "tensor",
+            "path": str(self.path) if self.path is not None else None,
+            "rows": self.n_rows,
+            "sites": {
+                name: {"d_in": int(rows.shape[1]), "dtype": str(rows.dtype).removeprefix("torch.")}
+                for name, rows in self._rows.items()
+            },
+        }
+
+    # ------------------------------------------------------------------ in-order reading
+
+    def iter_rows(self, batch_size: int, *, site: str | None = None, max_rows: int | None = None) -> Iterator[Tensor]:
+        """Rows of one site once, in stored order, in float32 chunks of ``batch_size`` (the last may be
+        shorter), stopping after ``max_rows`` rows when given. ``site`` may be omitted for one site."""
+        _check_positive(batch_size, "batch_size")
+        if site is None:
+            if len(self._rows) > 1:
+                raise DataError(f"{self._where()}: several sites {list(self._rows)}; say which one to read")
+            site = self.sites[0]
+        self._storage(site)
+        end = self.n_rows if max_rows is None else min(self.n_rows, max_rows)
+        return (
+            self._take(site, torch.arange(start, min(start + batch_size, end)))
+            for start in range(0, end, batch_size)
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _batches(self, batch_size: int, seed: int, start: int) -> Iterator[Mapping[str, ActBatch]]:
+        i = start
+        while True:
+            indices = self._batch_indices(i, batch_size, seed)
+            yield {name: ActBatch(self._take(name, indices)) for name in self._rows}
+            i += 1
+
+    def _batch_indices(self, i: int, batch_size: int, seed: int) -> Tensor:
+        n = self.n_rows
+        pos, end = i * batch_size, (i + 1) * batch_size
+        pieces = []
+        while pos < end:
+            epoch, offset = divmod(pos, n)
+            take = min(end - pos, n - offset)
+            pieces.append(self._permutation(seed, epoch)[offset : offset + take])
+            pos += take
+        return torch.cat(pieces)
+
+    def _permutation(self, seed: int, epoch: int) -> Tensor:
+        key = (seed, epoch)
+        if key not in self._perm_cache:
+            # Two entries suffice: consecutive batches touch at most the current and the next epoch
+            # (more only when N < batch size, where a permutation is cheap anyway).
+            if len(self._perm_cache) >= 2:
+                self._perm_cache.pop(next(iter(self._perm_cache)))
+            self._perm_cache[key] = torch.randperm(self.n_rows, generator=seeded_generator(seed, epoch))
+        return self._perm_cache[key]
+
+    def _take(self, site: str, indices: Tensor) -> Tensor:
+        rows = self._rows[site]
+        if isinstance(rows, Tensor):
+            return rows[indices.to(rows.device)].float()
+        # Memory-mapped: read in file order (far fewer page faults on disk), then restore batch order.
+        idx = indices.numpy()
+        order = np.argsort(idx, kind="stable")
+        block = np.empty((len(idx), rows.shape[1]), dtype=rows.dtype)
+        block[order] = rows[idx[order]]
+        x = torch.from_numpy(block).float()
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            first = int(idx[int(bad.any(dim=1).nonzero()[0])])
+            raise DataError(
+                f"{self._where(site)}: {int(bad.sum())} NaN or inf value(s) in a batch, first in row {first}; "
+                "activations must be finite"
+            )
+        return x
+
+    def _storage(self, site: str) -> Array:
+        try:
+            return self._rows[site]
+        except KeyError:
+            raise DataError(f"{self._where()}: no site {site!r}; sites are {list(self._rows)}") from None
+
+    def _where(self, site: str | None = None) -> str:
+        base = str(self.path) if self.path is not None else "activations"
+        return f"{base} [site {site!r}]" if site not in (None, DEFAULT_SITE) else base
+
+    def __repr__(self) -> str:
+        return f"TensorSource(rows={self.n_rows}, sites={ {s: self.d_in(s) for s in self.sites} })"
+
+
+def as_source(activations: SourceInput | ActivationSource, *, site: str | None = None) -> ActivationSource:
+    """``activations`` as an ActivationSource: sources pass through; tensors, arrays, mappings of them
+    and paths (``str`` or ``os.PathLike``) to ``.npy`` / ``.safetensors`` are wrapped in TensorSource."""
+    if isinstance(activations, (Tensor, np.ndarray, str, os.PathLike, Mapping)):
+        return TensorSource(activations, site=site)
+    if isinstance(activations, ActivationSource):
+        if site is not None and site not in activations.sites:
+            raise DataError(f"source has no site {site!r}; its sites are {list(activations.sites)}")
+        return activations
+    raise TypeError(
+        f"cannot read activations from a {type(activations).__name__}; pass a torch.Tensor, a numpy array, "
+        "a path to a .npy or .safetensors file, or an ActivationSource"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _from_memory(data: object, site: str | None) -> dict[str, Array]:
+    if isinstance(data, (Tensor, np.ndarray)):
+        return {site or DEFAULT_SITE: data}
+    if isinstance(data, Mapping):
+        if not data:
+            raise DataError("activations: empty mapping, expected {site: tensor}")
+        return _select(dict(data), site, "activations")
+    raise TypeError(f"TensorSource cannot read a {type(data).__name__}")
+
+
+def _load_path(path: Path, site: str | None) -> dict[str, Array]:
+    if not path.is_file():
+        raise DataError(f"activation file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return {site or DEFAULT_SITE: _load_npy(path)}
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(path)
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers and data
+            raise DataError(f"{path} is not a readable safetensors file: {exc}") from exc
+        if not tensors:
+            raise DataError(f"{path} holds no tensors")
+        if len(tensors) == 1:
+            return {site or DEFAULT_SITE: next(iter(tensors.values()))}
+        return _select(tensors, site, str(path))
+    raise DataError(
+        f"{path}: unsupported file type {suffix or '(no extension)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
+    )
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    # Read the header first: without it a pickled file and a corrupt one raise the same ValueError.
+    try:
+        with path.open("rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = reader(fh)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path} is not a valid .npy file: {exc}") from None
+    if dtype.hasobject:
+        raise DataError(
+            f"{path} holds pickled Python objects (dtype {dtype}); saekit loads .npy files with "
+            "allow_pickle=False, so save a numeric array, e.g. np.save(path, acts.astype(np.float32))"
+        )
+    _check_shape(shape, str(path))
+    _check_dtype(dtype, str(path))
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path} cannot be read: {exc}") from exc
+
+
+def _select(arrays: dict[str, Array], site: str | None, where: str) -> dict[str, Array]:
+    if site is None:
+        return arrays
+    if site not in arrays:
+        raise DataError(f"{where}: no tensor named {site!r}; keys are {list(arrays)}")
+    return {site: arrays[site]}
+
+
+def _check_shape(shape: tuple[int, ...], where: str) -> None:
+    if len(shape) not in (2, 3):
+        raise DataError(
+            f"{where}: activations must be 2-D [tokens, d] or 3-D [batch, pos, d], got shape {tuple(shape)}"
+        )
+    if shape[-1] == 0:
+        raise DataError(f"{where}: activations have width 0 (shape {tuple(shape)})")
+    if int(np.prod(shape[:-1])) == 0:
+        raise DataError(f"{where}: no rows (shape {tuple(shape)})")
+
+
+def _check_dtype(dtype: np.dtype | torch.dtype, where: str) -> None:
+    floating = dtype.is_floating_point if isinstance(dtype, torch.dtype) else np.issubdtype(dtype, np.floating)
+    if not floating:
+        raise DataError(f"{where}: activations must be floating point, got dtype {dtype}")
+
+
+def _as_rows(arr: Array, where: str) -> Array:
+    """Validated [tokens, d] view: a torch tensor for in-memory data, the memmap itself for .npy files."""
+    if not isinstance(arr, (Tensor, np.ndarray)):
+        raise DataError(f"{where}: expected a tensor or array, got {type(arr).__name__}")
+    _check_shape(tuple(arr.shape), where)
+    _check_dtype(arr.dtype, where)
+    if isinstance(arr, np.memmap):
+        return arr.reshape(-1, arr.shape[-1])
+    if isinstance(arr, np.ndarray):
+        # torch cannot share a read-only numpy buffer, so copy those (they are in memory already).
+        arr = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    return arr.detach().reshape(-1, arr.shape[-1])
+
+
+def _check_finite(rows: Tensor, where: str) -> None:
+    n_nan = n_inf = 0
+    first_bad: int | None = None
+    for start in range(0, rows.shape[0], _CHECK_ROWS):
+        chunk = rows[start : start + _CHECK_ROWS]
+        nan, inf = torch.isnan(chunk), torch.isinf(chunk)
+        n_nan, n_inf = n_nan + int(nan.sum()), n_inf + int(inf.sum())
+        if first_bad is None and (n_nan or n_inf):
+            first_bad = start + int((nan | inf).any(dim=1).nonzero()[0])
+    if first_bad is not None:
+        raise DataError(f"{where}: {n_nan} NaN and {n_inf} inf value(s), first in row {first_bad}; activations must be finite")
+
+
+def _check_positive(value: int, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

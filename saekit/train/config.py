@@ -1,0 +1,92 @@
+"""TrainConfig: everything about a training run that is not an SAE's own hyper-parameter."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from saekit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int | None = None
+    """Optimiser steps; give this or ``tokens``."""
+    tokens: int | None = None
+    """Training tokens; the run takes ceil(tokens / batch_size) steps."""
+    batch_size: int = 4096
+    """Tokens per step, shared by every SAE of the run."""
+    seed: int = 0
+    """Seed of the data order (and of any randomness in the loop)."""
+    lr_warmup_steps: int | None = None
+    """Linear learning-rate warm-up from 0; None: 1000 steps or 5% of the run, whichever is fewer."""
+    lr_decay_fraction: float = 0.2
+    """Fraction of the run, at its end, over which the learning rate decays linearly to 0."""
+    sparsity_warmup_steps: int | None = None
+    """Linear warm-up of the sparsity coefficient from 0; None: 2000 steps or 10% of the run."""
+    grad_clip: float | None = 1.0
+    """Maximum gradient norm per SAE; None disables clipping."""
+    normalize_activations: bool = True
+    """Scale each site's activations by one fixed factor to unit mean squared norm while training;
+    the factor is folded back into the weights at the end, so trained SAEs take raw activations."""
+    norm_estimation_tokens: int = 65536
+    """Tokens used to estimate the normalisation factor."""
+    dead_tokens: int | None = None
+    """A latent is dead after this many tokens without firing; None: 10M or a tenth of the run."""
+    log_every: int = 50
+    """Steps between two lines of the metrics log."""
+    checkpoint_every: int | None = None
+    """Steps between two checkpoints (needs an output folder); None: only at the end."""
+    device: str = "auto"
+    """"cpu", "cuda", "cuda:1", ...; "auto" takes CUDA when available."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Compute dtype of the forward pass (autocast); parameters and Adam state stay float32."""
+    progress: bool = True
+    """Show a progress bar."""
+    wandb_project: str | None = None
+    """Also log to this Weights & Biases project (needs ``wandb`` installed)."""
+    tensorboard: bool = False
+    """Also write TensorBoard events to the output folder (needs ``tensorboard`` installed)."""
+
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.tokens is None):
+            raise ConfigError("give exactly one of steps and tokens")
+        for name in ("steps", "tokens", "batch_size", "log_every", "norm_estimation_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        for name in ("lr_warmup_steps", "sparsity_warmup_steps", "dead_tokens", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        if not 0 <= self.lr_decay_fraction <= 1:
+            raise ConfigError(f"lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps if self.steps is not None else math.ceil(self.tokens / self.batch_size)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_steps * self.batch_size
+
+    @property
+    def resolved_lr_warmup(self) -> int:
+        if self.lr_warmup_steps is not None:
+            return self.lr_warmup_steps
+        return min(1000, self.total_steps // 20)
+
+    @property
+    def resolved_sparsity_warmup(self) -> int:
+        if self.sparsity_warmup_steps is not None:
+            return self.sparsity_warmup_steps
+        return min(2000, self.total_steps // 10)
+
+    @property
+    def resolved_dead_tokens(self) -> int:
+        if self.dead_tokens is not None:
+            return self.dead_tokens
+        return min(10_000_000, max(self.batch_size, self.total_tokens // 10))

@@ -1,0 +1,23 @@
+"""Dead-latent tracking: tokens since each latent last fired."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def new_counter(d_sae: int, device: torch.device | str = "cpu") -> Tensor:
+    return torch.zeros(d_sae, dtype=torch.int64, device=device)
+
+
+@torch.no_grad()
+def update_counter_(counter: Tensor, codes: Tensor) -> None:
+    """Add the batch's tokens to every latent's count and reset the latents that fired."""
+    fired = (codes.reshape(-1, codes.shape[-1]) != 0).any(0)
+    counter.add_(codes.reshape(-1, codes.shape[-1]).shape[0])
+    counter.masked_fill_(fired, 0)
+
+
+def dead_mask(counter: Tensor, window_tokens: int) -> Tensor:
+    """Latents that have not fired in the last ``window_tokens`` tokens."""
+    return counter >= window_tokens

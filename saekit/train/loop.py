@@ -1,0 +1,295 @@
+"""The one training loop: any number of SAEs, on one or many sites, fed by one activation stream.
+
+Each step draws one batch from the source and gives every SAE the activations of its site, so a
+hyper-parameter sweep or a suite over every layer costs one pass over the data. Everything the loop
+keeps between steps (weights, Adam moments, dead-latent counters, normalisation factors, RNG) goes
+into the checkpoint, and the data source replays from a batch index, so a resumed run ends with the
+same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from saekit.errors import ConfigError, DataError
+from saekit.sae import functional as F
+from saekit.sae.base import SAE
+from saekit.strict import to_dict
+from saekit.train import dead
+from saekit.train.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from saekit.train.config import TrainConfig
+from saekit.train.logs import MetricsLog
+from saekit.train.optim import apply_update, make_optimizer
+from saekit.train.schedules import lr_factor, sparsity_factor
+from saekit.types import ActBatch, ActivationSource, LossOut, StepCtx, as_float
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``saes`` take raw activations (normalisation folded back)."""
+
+    saes: list[SAE]
+    final_metrics: list[dict[str, float]]
+    steps: int
+    resumed_from: int
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def assign_sites(saes: Sequence[SAE], source: ActivationSource) -> list[str]:
+    """The source site each SAE reads. A one-site source feeds every SAE; otherwise each SAE's
+    ``site`` must name one of the source's sites."""
+    sites = tuple(source.sites)
+    assigned = []
+    for i, sae in enumerate(saes):
+        if len(sites) == 1:
+            site = sites[0]
+        elif sae.site in sites:
+            site = sae.site
+        else:
+            raise ConfigError(
+                f"SAE {i} ({sae.architecture}) has site {sae.site!r}, but the activation source provides {list(sites)}"
+            )
+        if source.d_in(site) != sae.d_in:
+            raise DataError(
+                f"SAE {i} ({sae.architecture}) has d_in={sae.d_in} but activations at site {site!r} "
+                f"have width {source.d_in(site)}"
+            )
+        assigned.append(site)
+    return assigned
+
+
+@torch.no_grad()
+def estimate_scales(source: ActivationSource, sites: set[str], cfg: TrainConfig) -> dict[str, float]:
+    """Per site, the factor s with E||s·x||² = 1 over the first ``norm_estimation_tokens`` tokens."""
+    sums = dict.fromkeys(sites, 0.0)
+    count = 0
+    for batch in source.batches(cfg.batch_size, seed=cfg.seed, start=0):
+        for site in sites:
+            x = batch[site].x.double()
+            if not torch.isfinite(x).all():
+                raise DataError(f"activations at site {site!r} contain NaN or inf")
+            sums[site] += float(x.pow(2).sum())
+        count += batch[next(iter(sites))].x.shape[0]
+        if count >= cfg.norm_estimation_tokens:
+            break
+    scales = {}
+    for site, total in sums.items():
+        if total <= 0:
+            raise DataError(f"activations at site {site!r} are all zero; cannot normalise them")
+        scales[site] = math.sqrt(count / total)
+    return scales
+
+
+@torch.no_grad()
+def rescale_(sae: SAE, factor: float) -> None:
+    """Multiply the tensors in activation units by ``factor`` (factor = s enters normalised units,
+    1/s returns to raw units); weights are unit-free and stay as they are."""
+    tensors = dict(sae.named_parameters()) | dict(sae.named_buffers())
+    for name in sae.scaled_params:
+        tensors[name].mul_(factor)
+
+
+@torch.no_grad()
+def init_b_dec_(sae: SAE, x: torch.Tensor) -> None:
+    if sae.b_dec_init == "geometric_median":
+        sae.b_dec.copy_(F.geometric_median(x))
+    elif sae.b_dec_init == "mean":
+        sae.b_dec.copy_(x.mean(0))
+
+
+def _fingerprint(saes: Sequence[SAE], sites: list[str], cfg: TrainConfig) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed by this run."""
+    keep = replace(cfg, progress=True, log_every=1, checkpoint_every=None, wandb_project=None, tensorboard=False)
+    return {
+        "saes": [{"architecture": s.architecture, "config": to_dict(s.cfg), "site": site} for s, site in zip(saes, sites)],
+        "train": to_dict(keep),
+    }
+
+
+def run(
+    saes: Sequence[SAE],
+    source: ActivationSource,
+    cfg: TrainConfig,
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train ``saes`` side by side on ``source``; see :func:`saekit.train`."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if resume and out_dir is None:
+        raise ConfigError("resume needs the output folder of the interrupted run")
+    if cfg.checkpoint_every and out_dir is None:
+        raise ConfigError("checkpoint_every needs an output folder")
+    saes = list(saes)
+    if not saes:
+        raise ConfigError("nothing to train: the list of SAEs is empty")
+    device = resolve_device(cfg.device)
+    sites = assign_sites(saes, source)
+    total = cfg.total_steps
+    fingerprint = _fingerprint(saes, sites, cfg)
+    for sae in saes:
+        sae.to(device)
+    optimizers = [make_optimizer(sae) for sae in saes]
+    counters = [dead.new_counter(sae.d_sae, device) for sae in saes]
+    ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
+
+    start = 0
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.info.get("fingerprint") != fingerprint:
+            raise ConfigError(
+                f"{ckpt_path} was written by a run with different SAEs, sites or training settings; "
+                "resume with the same configuration or start a new output folder"
+            )
+        for sae, opt, counter, sae_state, opt_state, dead_state in zip(
+            saes, optimizers, counters, ckpt.sae_states, ckpt.optimizer_states, ckpt.dead_counters
+        ):
+            sae.load_state_dict(sae_state)
+            opt.load_state_dict(opt_state)
+            counter.copy_(dead_state)
+        torch.set_rng_state(ckpt.rng_state)
+        scales = ckpt.info["scales"]
+        start = ckpt.step
+        if cfg.progress:
+            tqdm.write(f"resuming from step {start} of {total} ({ckpt_path})")
+    else:
+        if resume and cfg.progress:
+            tqdm.write(f"no checkpoint in {out_dir}; starting from scratch")
+        used_sites = set(sites)
+        scales = estimate_scales(source, used_sites, cfg) if cfg.normalize_activations else dict.fromkeys(used_sites, 1.0)
+        first = next(iter(source.batches(cfg.batch_size, seed=cfg.seed, start=0)))
+        for sae, site in zip(saes, sites):
+            # SAEs live in raw activation units outside training; enter normalised units.
+            rescale_(sae, scales[site])
+            init_b_dec_(sae, first[site].x.to(device).float() * scales[site])
+
+    log = MetricsLog(
+        out_dir, resume_step=start, tensorboard=cfg.tensorboard, wandb_project=cfg.wandb_project, run_config=fingerprint
+    )
+    autocast = (
+        torch.autocast(device.type, dtype=getattr(torch, cfg.dtype))
+        if cfg.dtype != "float32"
+        else contextlib.nullcontext()
+    )
+    dead_window = cfg.resolved_dead_tokens
+    last_records: list[dict[str, Any]] = []
+
+    def checkpoint(step: int) -> None:
+        if ckpt_path is None:
+            return
+        save_checkpoint(
+            ckpt_path,
+            Checkpoint(
+                step=step,
+                sae_states=[sae.state_dict() for sae in saes],
+                optimizer_states=[opt.state_dict() for opt in optimizers],
+                dead_counters=counters,
+                rng_state=torch.get_rng_state(),
+                info={"scales": scales, "fingerprint": fingerprint},
+            ),
+        )
+
+    bar = tqdm(total=total, initial=start, disable=not cfg.progress, unit="step", desc=f"training {len(saes)} SAE(s)")
+    batches = source.batches(cfg.batch_size, seed=cfg.seed, start=start)
+    for step in range(start, total):
+        batch = next(batches)
+        ctx_base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup))
+        lr_mult = lr_factor(step, total, cfg.resolved_lr_warmup, cfg.lr_decay_fraction)
+        outs: list[LossOut] = []
+        for sae, opt, counter, site in zip(saes, optimizers, counters, sites):
+            acts = batch[site]
+            scale = scales[site]
+            x = acts.x.to(device, non_blocking=True).float() * scale
+            grad = acts.grad.to(device).float() / scale if acts.grad is not None else None
+            ctx = replace(ctx_base, dead_mask=dead.dead_mask(counter, dead_window))
+            with autocast:
+                out = sae.loss(ActBatch(x, grad), ctx)
+            opt.zero_grad(set_to_none=True)
+            out.loss.float().backward()
+            apply_update(sae, opt, lr_mult, cfg.grad_clip)
+            with torch.no_grad():
+                sae.after_step(out, ctx)
+            dead.update_counter_(counter, out.codes)
+            outs.append(out)
+        # One host sync per step, for all SAEs together.
+        if not bool(torch.stack([o.loss.detach().float() for o in outs]).isfinite().all()):
+            _raise_non_finite(batch, saes, sites, outs, step)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            last_records = _records(saes, sites, outs, counters, dead_window, optimizers, step + 1, cfg.batch_size)
+            log.write(last_records)
+            bar.set_postfix(_postfix(last_records))
+        bar.update(1)
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            checkpoint(step + 1)
+    bar.close()
+    checkpoint(total)
+    log.close()
+
+    for sae, site in zip(saes, sites):
+        rescale_(sae, 1.0 / scales[site])
+        sae.metadata.setdefault("site", site)
+        sae.metadata["normalization_factor"] = scales[site]
+    final = [{k: v for k, v in r.items() if k not in ("step", "sae", "name")} for r in last_records]
+    for sae, metrics in zip(saes, final):
+        sae.provenance.update(
+            {"data": source.describe(), "tokens": total * cfg.batch_size, "train_config": to_dict(cfg), "final_metrics": metrics}
+        )
+    return TrainResult(saes, final, total, start, time.perf_counter() - started)
+
+
+def _records(saes, sites, outs, counters, dead_window, optimizers, step, batch_size) -> list[dict[str, Any]]:
+    records = []
+    for i, (sae, site, out, counter, opt) in enumerate(zip(saes, sites, outs, counters, optimizers)):
+        record: dict[str, Any] = {"step": step, "sae": i, "name": f"{i:02d}-{sae.architecture}", "site": site}
+        record.update({k: as_float(v) for k, v in out.terms.items()})
+        record["dead_fraction"] = float(dead.dead_mask(counter, dead_window).float().mean())
+        record["lr"] = opt.param_groups[0]["lr"]
+        record["tokens"] = step * batch_size
+        records.append(record)
+    return records
+
+
+def _postfix(records: list[dict[str, Any]]) -> dict[str, str]:
+    if len(records) <= 3:
+        return {f"{r['name']}": f"mse={r['mse']:.3g} l0={r['l0']:.3g}" for r in records}
+    return {
+        "mean mse": f"{sum(r['mse'] for r in records) / len(records):.3g}",
+        "mean l0": f"{sum(r['l0'] for r in records) / len(records):.3g}",
+    }
+
+
+def _raise_non_finite(batch, saes, sites, outs, step) -> None:
+    for site in sorted(set(sites)):
+        x = batch[site].x
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            row = int(bad.any(-1).nonzero()[0])
+            raise DataError(
+                f"activations at site {site!r} contain {int(bad.sum())} NaN or inf values "
+                f"(first in row {row} of the batch at step {step})"
+            )
+    for i, (sae, out) in enumerate(zip(saes, outs)):
+        if not bool(torch.isfinite(out.loss.detach())):
+            raise FloatingPointError(
+                f"SAE {i} ({sae.architecture}) diverged at step {step}: loss is {float(out.loss)}; "
+                "lower its learning rate (lr) or enable grad_clip"
+            )

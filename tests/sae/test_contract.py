@@ -1,0 +1,125 @@
+"""The SAE contract, checked for every registered architecture: a new architecture is covered by
+registering it, with no edit here."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from saekit.errors import DataError
+from saekit.io import load_sae, save_sae
+from saekit.sae import SAE, build, list_architectures
+from saekit.types import ActBatch, LossOut, StepCtx
+
+D_IN, D_SAE, BATCH = 16, 128, 64
+TRAIN_STEPS = 20
+
+
+def random_rows(n: int, seed: int) -> torch.Tensor:
+    """Rows of varied norms, so that a rule coupling the rows of a batch would show."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.exp(torch.empty(n, 1).uniform_(-1.0, 1.0, generator=g))
+    return torch.randn(n, D_IN, generator=g) * scales / D_IN**0.5
+
+
+def train(sae: SAE, steps: int = TRAIN_STEPS) -> SAE:
+    """A few Adam steps through the generic loop, so that learned thresholds are set."""
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    for step in range(steps):
+        ctx = StepCtx(step=step, total_steps=steps)
+        out = sae.loss(ActBatch(random_rows(BATCH, seed=step)), ctx)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        sae.after_step(out, ctx)
+    return sae
+
+
+@pytest.fixture(scope="module", params=list_architectures())
+def trained(request) -> SAE:
+    return train(build(request.param, d_in=D_IN, d_sae=D_SAE, seed=0))
+
+
+@pytest.fixture
+def sae(trained) -> SAE:
+    return copy.deepcopy(trained)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("shape", [(5, D_IN), (3, 4, D_IN)])
+def test_shapes_and_non_negative_codes(sae, shape):
+    x = torch.randn(shape)
+    codes = sae.encode(x)
+    assert codes.shape == (*shape[:-1], D_SAE)
+    assert (codes >= 0).all()
+    assert sae.decode(codes).shape == shape
+    torch.testing.assert_close(sae(x), sae.decode(codes))
+
+
+@torch.no_grad()
+def test_encode_is_per_token(sae):
+    x = random_rows(BATCH, seed=100)
+    batch = sae.encode(x)
+    assert batch.count_nonzero() > 0, "all-zero codes would make this test vacuous"
+    for i in range(0, BATCH, 7):
+        torch.testing.assert_close(sae.encode(x[i : i + 1])[0], batch[i], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sae.encode(x.view(8, 8, D_IN)), batch.view(8, 8, D_SAE))
+
+
+def test_loss_is_finite_and_reaches_the_weights(sae):
+    x = random_rows(BATCH, seed=200)
+    for dead_mask in (None, torch.ones(D_SAE, dtype=torch.bool)):
+        sae.zero_grad()
+        out = sae.loss(ActBatch(x), StepCtx(step=0, total_steps=10, dead_mask=dead_mask))
+        assert isinstance(out, LossOut)
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+        assert {"mse", "l0"} <= out.terms.keys()
+        assert all(torch.isfinite(v) for v in out.terms.values())
+        assert out.x_hat.shape == x.shape and out.codes.shape == (BATCH, D_SAE)
+        out.loss.backward()
+        for name in ("W_enc", "W_dec"):
+            grad = getattr(sae, name).grad
+            assert grad is not None and grad.abs().sum() > 0, f"no gradient reaches {name}"
+
+
+def test_save_load_round_trip(sae, tmp_path):
+    loaded = load_sae(save_sae(sae, tmp_path / "sae"))
+    x = random_rows(BATCH, seed=300)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), sae.encode(x))
+
+
+@pytest.mark.parametrize("call", ["encode", "forward", "loss"])
+def test_wrong_width_is_a_data_error(sae, call):
+    x = torch.randn(4, D_IN + 1)
+    run = {"encode": sae.encode, "forward": sae, "loss": lambda x: sae.loss(ActBatch(x), StepCtx())}[call]
+    with pytest.raises(DataError, match=f"d_in={D_IN}"):
+        run(x)
+
+
+def test_scaled_params_exist(sae):
+    state = sae.state_dict()
+    for name in sae.scaled_params:
+        assert name in state and state[name].is_floating_point(), name
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("scale", [3.7, 0.25])
+def test_dividing_scaled_params_folds_an_activation_scale(sae, scale):
+    """``scaled_params`` are exactly the tensors in activation units: dividing them by s turns the SAE
+    for activations s·x into one for activations x."""
+    # Positive noise makes every bias non-zero (a default zero would fold trivially) and keeps
+    # thresholds non-negative.
+    g = torch.Generator().manual_seed(1)
+    for t in sae.state_dict().values():
+        if t.is_floating_point():
+            t.add_(torch.rand(t.shape, generator=g) * 0.1)
+    folded = copy.deepcopy(sae)
+    tensors = dict(folded.named_parameters()) | dict(folded.named_buffers())
+    for name in sae.scaled_params:
+        tensors[name].div_(scale)
+    x = random_rows(BATCH, seed=400)
+    assert sae.encode(scale * x).count_nonzero() > 0
+    torch.testing.assert_close(folded(x), sae(scale * x) / scale, rtol=1e-5, atol=1e-6)
