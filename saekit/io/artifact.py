@@ -42,6 +42,11 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 PROVENANCE_FILE = "provenance.json"
 INDEX_FILE = "index.json"
 
+SAELENS_FORMAT = "6.54.12"
+"""The SAELens version whose folder layout this writes (and whose loader the layout was checked with).
+Written as the top-level ``sae_lens_version``: without it SAELens treats cfg.json as pre-6.0 and
+rebuilds ``metadata`` from top-level keys, losing ours."""
+
 # Folders written by SAELens itself carry only its class name. Several of our architectures share a
 # SAELens class (BatchTopK is saved as "jumprelu"), so this maps each name to the one architecture
 # that SAELens class means when it has no saekit block; load_sae then checks apply_b_dec_to_input.
@@ -75,7 +80,7 @@ def load_sae(folder: str | os.PathLike[str], *, device: str | torch.device = "cp
     if not folder.is_dir():
         old = _old_path(folder)
         hint = f"; an interrupted save left the previous version in {old}" if is_sae_folder(old) else ""
-        raise ArtifactError(f"no SAE folder at {folder}: it does not exist{hint}")
+        raise ArtifactError(f"no SAE folder at {folder}: it {'is a file' if folder.exists() else 'does not exist'}{hint}")
     cfg_path = folder / CFG_FILE
     if not cfg_path.is_file():
         raise ArtifactError(f"{folder} is not an SAE folder: it has no {CFG_FILE}")
@@ -87,7 +92,7 @@ def load_sae(folder: str | os.PathLike[str], *, device: str | torch.device = "cp
     state = _read_weights(weights_path)
     _check_state(sae, state, weights_path)
     sae.load_state_dict(state)
-    sae.metadata = _metadata_from_cfg(cfg)
+    sae.metadata = _metadata_from_cfg(cfg, cfg_path)
     provenance_path = folder / PROVENANCE_FILE
     sae.provenance = _read_json(provenance_path) if provenance_path.is_file() else {}
     return sae.to(device=device, dtype=_dtype_of(cfg, cfg_path))
@@ -184,8 +189,11 @@ def _dtype_of(cfg: dict[str, Any], cfg_path: Path) -> torch.dtype:
     return dtype
 
 
-def _metadata_from_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
-    meta = dict(cfg.get("metadata") or {})
+def _metadata_from_cfg(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
+    meta = cfg.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{cfg_path}: metadata must be a JSON object, found {type(meta).__name__}")
+    meta = dict(meta)
     # SAELens before 6.0 kept hook_name and model_name at the top level.
     site = meta.pop("hook_name", None) or cfg.get("hook_name")
     model = meta.pop("model_name", None) or cfg.get("model_name")
@@ -223,6 +231,7 @@ def _cfg_of(sae: SAE) -> dict[str, Any]:
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
         "normalize_activations": "none",
         "reshape_activations": "none",
+        "sae_lens_version": SAELENS_FORMAT,
         **sae.extra_saelens_cfg(),
         "metadata": metadata,
         "saekit": block,
@@ -318,6 +327,7 @@ def _old_path(folder: Path) -> Path:
 
 def _write_atomically(folder: Path, write: Callable[[Path], None], is_ours: Callable[[Path], bool], what: str) -> None:
     """Run ``write`` on a fresh sibling folder, then swap it in for ``folder``."""
+    folder = Path(os.path.abspath(folder))  # "." or "x/.." have no name to build siblings from
     if folder.exists() and not (folder.is_dir() and (is_ours(folder) or not any(folder.iterdir()))):
         raise ArtifactError(f"refusing to overwrite {folder}: it exists and is not {what} (nor empty)")
     folder.parent.mkdir(parents=True, exist_ok=True)

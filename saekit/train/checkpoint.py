@@ -109,7 +109,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state: dict[int, dict[str, Any]] = {}
         for pid in set(opt_tensors[i]) | set(opt_meta["scalars"]):
             state[int(pid)] = {**opt_tensors[i].get(pid, {}), **opt_meta["scalars"].get(pid, {})}
-        optimizer_states.append({"state": state, "param_groups": opt_meta["param_groups"]})
+        # JSON turned tuples (Adam's betas) into lists; give them back as torch wrote them.
+        groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()} for g in opt_meta["param_groups"]]
+        optimizer_states.append({"state": state, "param_groups": groups})
     if any(d is None for d in dead) or "rng" not in tensors:
         raise ArtifactError(f"checkpoint {path} is incomplete (missing dead-latent counters or RNG state)")
     return Checkpoint(meta["step"], sae_states, optimizer_states, dead, tensors["rng"], meta["info"])  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ import saekit
 from saekit.errors import ArtifactError, UnknownArchitectureError
 from saekit.io import artifact, is_sae_folder, load_sae, load_suite, save_sae, save_suite
 from saekit.sae import SAE, build, get, list_architectures
+from saekit.types import ActBatch, StepCtx
 
 D_IN, D_SAE = 12, 48
 ARCHITECTURES = list_architectures()
@@ -126,6 +127,7 @@ def test_cfg_json_has_the_saelens_keys(tmp_path, name):
     assert cfg["apply_b_dec_to_input"] is sae.apply_b_dec_to_input
     assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"], cfg["device"]) == (D_IN, D_SAE, "float32", "cpu")
     assert cfg["normalize_activations"] == cfg["reshape_activations"] == "none"
+    assert cfg["sae_lens_version"] == artifact.SAELENS_FORMAT  # else SAELens drops our metadata
     assert cfg["metadata"] == {"model_name": "smollm2-135m", "hook_name": "layers.3.resid_post", "normalization_factor": 1.75}
     for key, value in sae.extra_saelens_cfg().items():
         assert cfg[key] == value
@@ -164,7 +166,7 @@ def test_unknown_metadata_value_is_named(tmp_path):
 def as_saelens_folder(folder: Path) -> dict:
     """Strip what only saekit writes, leaving the cfg.json SAELens's own save_model would write."""
     cfg = read_cfg(folder)
-    del cfg["saekit"]
+    del cfg["saekit"], cfg["sae_lens_version"]
     cfg["metadata"] = {"model_name": "gpt2", "hook_name": "blocks.3.hook_resid_post", "sae_lens_version": "6.54.12"}
     write_cfg(folder, cfg)
     (folder / "provenance.json").unlink()
@@ -438,6 +440,28 @@ def test_load_suite_refuses_names_leaving_the_folder(tmp_path):
     (folder / "index.json").write_text(json.dumps({"saes": [{"name": "../a"}]}))
     with pytest.raises(ArtifactError, match="suite name '../a'"):
         load_suite(folder)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_saelens_itself_loads_the_folder(tmp_path, name):
+    sae_lens = pytest.importorskip("sae_lens")
+    # A briefly trained SAE: thresholds learned and non-negative, as SAELens (ReLU first) assumes.
+    sae = build(name, d_in=D_IN, d_sae=D_SAE, seed=0)
+    sae.metadata = {"site": "layers.3.resid_post"}
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for step in range(10):
+        ctx = StepCtx(step=step, total_steps=10)
+        out = sae.loss(ActBatch(torch.randn(64, D_IN)), ctx)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        sae.after_step(out, ctx)
+    lens = sae_lens.SAE.load_from_disk(str(save_sae(sae, tmp_path / "sae")))
+    x = torch.randn(32, D_IN)
+    with torch.no_grad():
+        torch.testing.assert_close(lens.encode(x), sae.encode(x))
+        torch.testing.assert_close(lens.decode(lens.encode(x)), sae(x))
+    assert lens.cfg.metadata.hook_name == "layers.3.resid_post"
 
 
 def test_every_registered_architecture_is_loadable_by_class(tmp_path):
