@@ -45,7 +45,7 @@ def test_loss_is_invariant_to_moving_scale_into_the_decoder() -> None:
     # The reason the decoder may stay unconstrained: f_i → a f_i, W_dec[i] → W_dec[i] / a changes
     # neither the reconstruction nor the penalty.
     sae = build("relu", d_in=6, d_sae=10, seed=0)
-    x = torch.randn(7, 6)
+    x = torch.randn(7, 6, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         sae.b_enc.fill_(0.1)
     before = sae.loss(ActBatch(x), StepCtx()).loss
@@ -72,7 +72,7 @@ def test_init_and_flags() -> None:
 
 def test_encode_is_per_token_and_nonnegative() -> None:
     sae = build("relu", d_in=8, d_sae=16, seed=0)
-    x = torch.randn(4, 8)
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
     codes = sae.encode(x)
     assert torch.all(codes >= 0)
     assert torch.allclose(codes[2], sae.encode(x[2:3])[0])

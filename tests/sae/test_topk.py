@@ -31,7 +31,7 @@ def test_encode_hand_computed() -> None:
 
 def test_encode_is_per_token() -> None:
     sae = build("topk", d_in=8, d_sae=32, k=4, seed=0)
-    x = torch.randn(5, 8)
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
     batched = sae.encode(x)
     for i in range(5):
         assert torch.allclose(batched[i], sae.encode(x[i : i + 1])[0])

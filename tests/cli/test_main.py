@@ -1,0 +1,116 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saekit.cli.main import main
+from saekit.io import load_sae
+from saekit.sae import list_architectures
+
+CONFIG = """
+out = "{out}"
+[data]
+kind = "synthetic"
+d = 16
+n_features = 48
+mean_active = 3
+[train]
+steps = {steps}
+batch_size = 64
+norm_estimation_tokens = 64
+progress = false
+log_every = 1
+{extra}
+[[sae]]
+architecture = "topk"
+d_sae = 32
+k = 4
+name = "small-topk"
+[[sae]]
+architecture = "jumprelu"
+d_sae = 32
+lr = 0.001
+"""
+
+
+def _write(tmp_path: Path, steps: int = 6, extra: str = "") -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text(CONFIG.format(out=tmp_path / "out", steps=steps, extra=extra))
+    return path
+
+
+def test_ls_lists_every_architecture_with_its_hyperparameters(capsys):
+    assert main(["ls"]) == 0
+    text = capsys.readouterr().out
+    for name in list_architectures():
+        assert f"\n{name}  (SAELens:" in "\n" + text
+    assert "k = 32    Active latents per token." in text
+
+
+def test_train_writes_loadable_saes_and_a_log(tmp_path, capsys):
+    assert main(["train", str(_write(tmp_path)), "--set", "sae.0.k=3"]) == 0
+    out = tmp_path / "out"
+    sae = load_sae(out / "saes" / "small-topk")
+    assert sae.architecture == "topk" and sae.cfg.k == 3 and sae.site == "synthetic"
+    assert load_sae(out / "saes" / "01-jumprelu").architecture == "jumprelu"
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 12  # 6 steps x 2 SAEs
+    assert json.loads((out / "config.json").read_text())["sae"][0]["k"] == 3
+    assert "small-topk" in capsys.readouterr().out
+
+
+def test_train_refuses_to_overwrite_a_run_without_resume(tmp_path, capsys):
+    config = _write(tmp_path, steps=2)
+    assert main(["train", str(config)]) == 0
+    assert main(["train", str(config)]) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.stepz=3", "unknown key 'stepz'"),
+        ("sae.0.kk=3", "sae.0: topk: unknown key 'kk'"),
+        ("sae.0.architecture=nope", "unknown architecture 'nope'"),
+        ("data.kind=weird", "'kind' must be one of"),
+        ("sae.5.k=3", "sae.5 does not exist"),
+    ],
+)
+def test_bad_config_is_named(tmp_path, capsys, override, message):
+    assert main(["train", str(_write(tmp_path)), "--set", override]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    """Kill -9 a real `saekit train` process after its first checkpoint, resume it, and compare."""
+    steps, every = 300, 40
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = _write(tmp_path, steps=steps)
+    subprocess.run([sys.executable, "-m", "saekit", "train", str(reference), "--out", str(tmp_path / "ref")], check=True, env=env, capture_output=True)
+
+    config = _write(tmp_path, steps=steps, extra=f"checkpoint_every = {every}")
+    cmd = [sys.executable, "-m", "saekit", "train", str(config), "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the run ended before writing its first checkpoint"
+    assert not (tmp_path / "run" / "saes").exists(), "the run finished before it was killed"
+
+    subprocess.run(cmd + ["--resume"], check=True, env=env, capture_output=True)
+    for name in ("small-topk", "01-jumprelu"):
+        a = load_file(tmp_path / "ref" / "saes" / name / "sae_weights.safetensors")
+        b = load_file(tmp_path / "run" / "saes" / name / "sae_weights.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
