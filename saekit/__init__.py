@@ -1,3 +1,55 @@
-"""saekit: sparse autoencoders on language-model activations, many at once."""
+"""saekit: sparse autoencoders on language-model activations, many at once.
+
+    import saekit
+    sae = saekit.build_sae("topk", d_in=576, d_sae=4608, k=32)
+    sae = saekit.train(sae, "acts.npy", steps=2000, batch_size=4096)
+    saekit.save_sae(sae, "my-sae")
+    print(saekit.evaluate(saekit.load_sae("my-sae"), "acts.npy"))
+"""
 
 __version__ = "0.1.0"
+
+from saekit.errors import ArtifactError, ConfigError, DataError, SaekitError, UnknownArchitectureError
+from saekit.eval.evaluate import evaluate
+from saekit.eval.recovery import feature_recovery
+from saekit.io import is_sae_folder, load_sae, load_suite, save_sae, save_suite
+from saekit.sae import SAE, SAEConfig
+from saekit.sae.registry import build as build_sae
+from saekit.sae.registry import list_architectures
+from saekit.sources.synthetic import SyntheticConfig, SyntheticSource
+from saekit.sources.tensor import TensorSource, as_source
+# Binds `saekit.train` to the function (the public API); the subpackage stays importable as
+# `from saekit.train import ...` / `saekit.train.loop`, but not as `import saekit.train as x`.
+from saekit.train import TrainConfig, train
+from saekit.types import ActBatch, ActivationSource, LossOut, Recovery, StepCtx
+
+__all__ = [
+    "ActBatch",
+    "ActivationSource",
+    "ArtifactError",
+    "ConfigError",
+    "DataError",
+    "LossOut",
+    "Recovery",
+    "SAE",
+    "SAEConfig",
+    "SaekitError",
+    "StepCtx",
+    "SyntheticConfig",
+    "SyntheticSource",
+    "TensorSource",
+    "TrainConfig",
+    "UnknownArchitectureError",
+    "__version__",
+    "as_source",
+    "build_sae",
+    "evaluate",
+    "feature_recovery",
+    "is_sae_folder",
+    "list_architectures",
+    "load_sae",
+    "load_suite",
+    "save_sae",
+    "save_suite",
+    "train",
+]

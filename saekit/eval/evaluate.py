@@ -25,7 +25,9 @@ from saekit.types import ActivationSource
 class RowSource(Protocol):
     """A source that can read one site once, in order (TensorSource, SyntheticSource)."""
 
-    def iter_rows(self, batch_size: int, *, site: str | None = None, max_rows: int | None = None) -> Iterator[Tensor]: ...
+    def iter_rows(
+        self, batch_size: int, *, site: str | None = None, max_rows: int | None = None
+    ) -> Iterator[Tensor]: ...
 
 
 class _Totals:
@@ -107,7 +109,7 @@ def evaluate(
     dead_fraction, dense_fraction`` (see :mod:`saekit.eval.metrics` for definitions) and ``tokens``.
     """
     if max_tokens is not None and max_tokens <= 0:
-        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+        raise DataError(f"max_tokens must be positive, got {max_tokens}")
     source = as_source(activations)
     site = _pick_site(source, sae)
     if source.d_in(site) != sae.d_in:
@@ -147,7 +149,7 @@ def _read_once(source: ActivationSource, site: str, batch_size: int, max_tokens:
         yield from source.iter_rows(batch_size, site=site, max_rows=max_tokens)
         return
     if max_tokens is None:
-        raise ValueError(f"{type(source).__name__} cannot be read once in order; give max_tokens")
+        raise DataError(f"{type(source).__name__} cannot be read once in order; give max_tokens")
     remaining = max_tokens
     for batch in source.batches(batch_size, seed=0):
         x = batch[site].x[:remaining]

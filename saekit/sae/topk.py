@@ -71,6 +71,7 @@ class TopKSAE(SAE):
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         x = batch.x
+        self._check_input(x)
         pre = self.pre_acts(x)
         codes = F.scatter_codes(F.topk_codes(pre, self.cfg.k), self.d_sae)
         x_hat = self.decode(codes)

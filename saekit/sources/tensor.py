@@ -27,6 +27,7 @@ by batch as it is read (checking up front would read the whole file).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -120,7 +121,7 @@ class TensorSource:
             if len(self._rows) > 1:
                 raise DataError(f"{self._where()}: several sites {list(self._rows)}; say which one to read")
             site = self.sites[0]
-        self._storage(site)
+        self._storage(site)  # an unknown site is a DataError now, not at the first next()
         end = self.n_rows if max_rows is None else min(self.n_rows, max_rows)
         return (
             self._take(site, torch.arange(start, min(start + batch_size, end)))
@@ -130,11 +131,9 @@ class TensorSource:
     # ------------------------------------------------------------------ internals
 
     def _batches(self, batch_size: int, seed: int, start: int) -> Iterator[Mapping[str, ActBatch]]:
-        i = start
-        while True:
+        for i in itertools.count(start):
             indices = self._batch_indices(i, batch_size, seed)
             yield {name: ActBatch(self._take(name, indices)) for name in self._rows}
-            i += 1
 
     def _batch_indices(self, i: int, batch_size: int, seed: int) -> Tensor:
         n = self.n_rows
@@ -313,7 +312,9 @@ def _check_finite(rows: Tensor, where: str) -> None:
         if first_bad is None and (n_nan or n_inf):
             first_bad = start + int((nan | inf).any(dim=1).nonzero()[0])
     if first_bad is not None:
-        raise DataError(f"{where}: {n_nan} NaN and {n_inf} inf value(s), first in row {first_bad}; activations must be finite")
+        raise DataError(
+            f"{where}: {n_nan} NaN and {n_inf} inf value(s), first in row {first_bad}; activations must be finite"
+        )
 
 
 def _check_positive(value: int, name: str) -> None:

@@ -14,7 +14,7 @@ from saekit.sae import SAE, build, list_architectures
 from saekit.types import ActBatch, LossOut, StepCtx
 
 D_IN, D_SAE, BATCH = 16, 128, 64
-TRAIN_STEPS = 20
+TRAIN_STEPS = 10
 
 
 def random_rows(n: int, seed: int) -> torch.Tensor:

@@ -87,7 +87,8 @@ def test_numpy_inputs_and_npy_files_give_the_same_batches(tmp_path: Path):
     np.save(path, x)
     from_file, from_array = TensorSource(path, site="resid"), TensorSource(x, site="resid")
     assert from_file.sites == ("resid",)
-    for a, b in zip(itertools.islice(from_file.batches(6, seed=1), 5), itertools.islice(from_array.batches(6, seed=1), 5)):
+    pairs = zip(itertools.islice(from_file.batches(6, seed=1), 5), itertools.islice(from_array.batches(6, seed=1), 5))
+    for a, b in pairs:
         assert a["resid"].x.dtype == torch.float32
         assert torch.equal(a["resid"].x, b["resid"].x)
     resumed = next(from_file.batches(6, seed=1, start=3))["resid"].x

@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-import saekit.train as training
 from saekit.errors import ConfigError, DataError
 from saekit.sae import build, list_architectures
 from saekit.sources.synthetic import SyntheticSource
+from saekit.train import train
 from saekit.train.schedules import lr_factor
 from saekit.types import ActBatch
 
@@ -48,35 +48,35 @@ class InterruptingSource:
 
 
 def test_saes_trained_together_end_exactly_as_trained_alone():
-    together = training.train(_all_architectures(), SOURCE, steps=15, **FAST)
-    alone = [training.train(sae, SOURCE, steps=15, **FAST) for sae in _all_architectures()]
+    together = train(_all_architectures(), SOURCE, steps=15, **FAST)
+    alone = [train(sae, SOURCE, steps=15, **FAST) for sae in _all_architectures()]
     _assert_same(_state(together), _state(alone))
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     settings = dict(steps=12, checkpoint_every=5, log_every=1, **FAST)
-    reference = training.train(_all_architectures(), SOURCE, out_dir=tmp_path / "ref", **settings)
+    reference = train(_all_architectures(), SOURCE, out_dir=tmp_path / "ref", **settings)
 
     with pytest.raises(Interrupted):
-        training.train(_all_architectures(), InterruptingSource(SOURCE, at=8), out_dir=tmp_path / "run", **settings)
+        train(_all_architectures(), InterruptingSource(SOURCE, at=8), out_dir=tmp_path / "run", **settings)
     # The last checkpoint is from step 5; the log has lines past it, from the dead process.
     assert max(json.loads(l)["step"] for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 8
-    resumed = training.train(_all_architectures(seed=100), SOURCE, out_dir=tmp_path / "run", resume=True, **settings)
+    resumed = train(_all_architectures(seed=100), SOURCE, out_dir=tmp_path / "run", resume=True, **settings)
 
     _assert_same(_state(reference), _state(resumed))
     assert (tmp_path / "run/metrics.jsonl").read_text() == (tmp_path / "ref/metrics.jsonl").read_text()
 
 
 def test_resume_refuses_a_different_run(tmp_path):
-    training.train(build("topk", d_in=16, d_sae=32, k=4), SOURCE, out_dir=tmp_path, steps=3, **FAST)
+    train(build("topk", d_in=16, d_sae=32, k=4), SOURCE, out_dir=tmp_path, steps=3, **FAST)
     with pytest.raises(ConfigError, match="different SAEs, sites or training settings"):
-        training.train(build("topk", d_in=16, d_sae=32, k=5), SOURCE, out_dir=tmp_path, resume=True, steps=3, **FAST)
+        train(build("topk", d_in=16, d_sae=32, k=5), SOURCE, out_dir=tmp_path, resume=True, steps=3, **FAST)
 
 
 def test_normalisation_is_folded_back_so_the_scale_of_the_data_does_not_matter():
     x = SOURCE.sample(2048)
-    small = training.train(build("topk", d_in=16, d_sae=32, k=4, seed=3), x, steps=20, **FAST)
-    large = training.train(build("topk", d_in=16, d_sae=32, k=4, seed=3), x * 10, steps=20, **FAST)
+    small = train(build("topk", d_in=16, d_sae=32, k=4, seed=3), x, steps=20, **FAST)
+    large = train(build("topk", d_in=16, d_sae=32, k=4, seed=3), x * 10, steps=20, **FAST)
     assert small.metadata["normalization_factor"] == pytest.approx(10 * large.metadata["normalization_factor"], rel=1e-6)
     torch.testing.assert_close(large.W_dec, small.W_dec, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(large.b_dec, 10 * small.b_dec, rtol=1e-4, atol=1e-4)
@@ -85,13 +85,13 @@ def test_normalisation_is_folded_back_so_the_scale_of_the_data_does_not_matter()
 
 def test_trained_sae_takes_raw_activations():
     x = SOURCE.sample(4096) * 7.0
-    sae = training.train(build("topk", d_in=16, d_sae=64, k=4, seed=0, lr=3e-3), x, steps=150, **FAST)
+    sae = train(build("topk", d_in=16, d_sae=64, k=4, seed=0, lr=3e-3), x, steps=150, **FAST)
     fvu = (sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     assert fvu < 0.5  # in raw units; a scale left unfolded would give an FVU far above 1
 
 
 def test_unit_norm_decoder_and_logged_learning_rate_schedule(tmp_path):
-    sae = training.train(
+    sae = train(
         build("topk", d_in=16, d_sae=32, k=4, lr=1e-3), SOURCE, out_dir=tmp_path, steps=20, log_every=1, lr_warmup_steps=5, **FAST
     )
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(32))
@@ -106,7 +106,7 @@ def test_b_dec_starts_at_the_geometric_median_of_the_first_batch():
     from saekit.sae.functional import geometric_median
 
     sae = build("topk", d_in=16, d_sae=32, k=4, lr=1e-12)
-    trained = training.train(sae, SOURCE, steps=1, normalize_activations=False, **FAST)
+    trained = train(sae, SOURCE, steps=1, normalize_activations=False, **FAST)
     first = next(SOURCE.batches(64, seed=0))[SOURCE.sites[0]].x
     torch.testing.assert_close(trained.b_dec, geometric_median(first), atol=1e-5, rtol=1e-5)
 
@@ -132,17 +132,17 @@ class NaNAtStep:
 
 def test_nan_activations_are_named_with_site_and_step():
     with pytest.raises(DataError, match=r"site 's' contain 1 NaN or inf values \(first in row 5 of the batch at step 3\)"):
-        training.train(build("topk", d_in=4, d_sae=8, k=2), NaNAtStep(), steps=10, batch_size=16, normalize_activations=False, progress=False)
+        train(build("topk", d_in=4, d_sae=8, k=2), NaNAtStep(), steps=10, batch_size=16, normalize_activations=False, progress=False)
 
 
 def test_wrong_width_is_named():
     with pytest.raises(DataError, match="d_in=8 but activations at site 'synthetic' have width 16"):
-        training.train(build("topk", d_in=8, d_sae=32, k=4), SOURCE, steps=1, **FAST)
+        train(build("topk", d_in=8, d_sae=32, k=4), SOURCE, steps=1, **FAST)
 
 
 def test_unknown_setting_is_named():
     with pytest.raises(ConfigError, match="unknown key 'stepz'"):
-        training.train(build("topk", d_in=16, d_sae=32, k=4), SOURCE, stepz=3)
+        train(build("topk", d_in=16, d_sae=32, k=4), SOURCE, stepz=3)
 
 
 def test_multi_site_source_routes_each_sae_to_its_site():
@@ -153,10 +153,10 @@ def test_multi_site_source_routes_each_sae_to_its_site():
     source = TensorSource({"a": x_a, "b": x_b})
     sae_a, sae_b = build("topk", d_in=16, d_sae=32, k=4), build("topk", d_in=16, d_sae=32, k=4)
     sae_a.metadata["site"], sae_b.metadata["site"] = "a", "b"
-    training.train([sae_a, sae_b], source, steps=2, **FAST)
+    train([sae_a, sae_b], source, steps=2, **FAST)
     scale_b = sae_b.metadata["normalization_factor"]
     assert sae_a.metadata["normalization_factor"] == pytest.approx(3 * scale_b, rel=1e-5)
     orphan = build("topk", d_in=16, d_sae=32, k=4)
     orphan.metadata["site"] = "c"
     with pytest.raises(ConfigError, match=r"has site 'c', but the activation source provides \['a', 'b'\]"):
-        training.train(orphan, source, steps=1, **FAST)
+        train(orphan, source, steps=1, **FAST)
