@@ -27,6 +27,7 @@ by batch as it is read (checking up front would read the whole file).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from collections.abc import Iterator, Mapping
@@ -49,13 +50,14 @@ _CHECK_ROWS = 1 << 16  # rows per chunk of the finiteness scan, so the scan neve
 
 
 def seeded_generator(*keys: int) -> torch.Generator:
-    """CPU generator seeded from a tuple of integers through numpy's SeedSequence.
+    """CPU generator seeded from a tuple of integers by hashing the whole tuple.
 
-    Hashing the whole tuple (rather than, say, ``seed * K + i``) keeps streams for different keys
-    statistically independent and free of collisions such as (seed=1, i=0) vs (seed=0, i=K).
+    A hash (rather than, say, ``seed * K + i``, or numpy's SeedSequence, which ignores trailing zero
+    words) keeps streams for different keys independent and collision-free: (seed=1, i=0) and
+    (seed=0, i=K), or (s,) and (s, 0), give different streams.
     """
-    words = np.random.SeedSequence([k % (1 << 64) for k in keys]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed((int(words[0]) << 32) | int(words[1]))
+    digest = hashlib.sha256(",".join(str(int(k)) for k in keys).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 class TensorSource:
