@@ -1,0 +1,155 @@
+"""Activations of a live language model as an :class:`~saekit.types.ActivationSource`.
+
+The token contexts ``[n_seqs, context]`` are visited as an endless stream of epochs, each a seeded
+shuffle of the contexts. The stream is cut into chunks of ``chunk_seqs`` contexts; one chunk is run
+through the model (in forward batches of ``forward_batch`` contexts, every site from the same pass),
+its first ``skip_positions`` positions (BOS) are dropped, and its rows are shuffled with a seed of
+their own, so a batch mixes tokens of many documents. Batch ``i`` is rows ``[i·B, (i+1)·B)`` of that
+row stream, a pure function of ``(seed, i)``: resuming at batch ``i`` recomputes one chunk and skips
+into it.
+
+Rows per chunk = ``chunk_seqs · (context − skip_positions)``, which is also the working memory per
+site (in float32); raise ``chunk_seqs`` for better mixing, lower it for many sites.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saekit.errors import ConfigError, DataError
+from saekit.sources.hf import collect_activations
+from saekit.sources.sites import resolve_sites
+from saekit.sources.tensor import seeded_generator
+from saekit.types import ActBatch
+
+_EPOCH, _CHUNK = 11, 12  # tags that keep the two random streams apart
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Activations of consecutive contexts of the stream, in stream order (not yet shuffled)."""
+
+    index: int
+    acts: dict[str, Tensor]
+    """site -> [rows, d] float32 on the CPU, position-major within each context."""
+
+
+class ModelSource:
+    """Train SAEs straight from a model's forward passes (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokens: Tensor,
+        sites: str | list[str],
+        *,
+        chunk_seqs: int = 64,
+        forward_batch: int = 16,
+        skip_positions: int = 1,
+        description: dict | None = None,
+        progress: bool = False,
+    ) -> None:
+        if tokens.ndim != 2 or tokens.dtype not in (torch.int32, torch.int64):
+            raise DataError(f"tokens must be an integer tensor [n_seqs, context], got {tuple(tokens.shape)} {tokens.dtype}")
+        if not 0 <= skip_positions < tokens.shape[1]:
+            raise ConfigError(f"skip_positions must be in 0..{tokens.shape[1] - 1}, got {skip_positions}")
+        if chunk_seqs <= 0 or forward_batch <= 0:
+            raise ConfigError("chunk_seqs and forward_batch must be positive")
+        self.model = model.eval()
+        self.tokens = tokens.long()
+        self._sites = tuple(resolve_sites(model, sites))
+        self.chunk_seqs = chunk_seqs
+        self.forward_batch = forward_batch
+        self.skip_positions = skip_positions
+        self.progress = progress
+        self._description = description or {}
+        self._width = {site: acts.shape[-1] for site, acts in self._forward(self.tokens[:1, :2]).items()}
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return self._sites
+
+    def d_in(self, site: str) -> int:
+        if site not in self._width:
+            raise ConfigError(f"site {site!r} is not one of this source's sites {list(self._sites)}")
+        return self._width[site]
+
+    @property
+    def rows_per_chunk(self) -> int:
+        return self.chunk_seqs * (self.tokens.shape[1] - self.skip_positions)
+
+    def describe(self) -> dict:
+        return {
+            "kind": "model",
+            **self._description,
+            "sites": list(self._sites),
+            "n_seqs": self.tokens.shape[0],
+            "context": self.tokens.shape[1],
+            "skip_positions": self.skip_positions,
+            "chunk_seqs": self.chunk_seqs,
+        }
+
+    # ------------------------------------------------------------------ the row stream
+
+    def sequence_ids(self, chunk: int, seed: int) -> Tensor:
+        """Indices of the contexts in ``chunk`` of the stream: epochs are seeded shuffles."""
+        n = self.tokens.shape[0]
+        perms: dict[int, Tensor] = {}
+        ids = []
+        for position in range(chunk * self.chunk_seqs, (chunk + 1) * self.chunk_seqs):
+            epoch, offset = divmod(position, n)
+            if epoch not in perms:
+                perms[epoch] = torch.randperm(n, generator=seeded_generator(_EPOCH, seed, epoch))
+            ids.append(perms[epoch][offset])
+        return torch.stack(ids)
+
+    def chunk(self, index: int, seed: int) -> Chunk:
+        """Activations of chunk ``index`` of the stream, rows in context order."""
+        ids = self.sequence_ids(index, seed)
+        parts: dict[str, list[Tensor]] = {site: [] for site in self._sites}
+        for start in range(0, len(ids), self.forward_batch):
+            acts = self._forward(self.tokens[ids[start : start + self.forward_batch]])
+            for site, value in acts.items():
+                parts[site].append(value[:, self.skip_positions :].reshape(-1, value.shape[-1]).float().cpu())
+        return Chunk(index, {site: torch.cat(values) for site, values in parts.items()})
+
+    def batches(self, batch_size: int, *, seed: int, start: int = 0) -> Iterator[Mapping[str, ActBatch]]:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        rows = self.rows_per_chunk
+        chunk_index, offset = divmod(start * batch_size, rows)
+        buffer: dict[str, Tensor] | None = None
+        while True:
+            acts = self.chunk(chunk_index, seed).acts
+            order = torch.randperm(rows, generator=seeded_generator(_CHUNK, seed, chunk_index))[offset:]
+            fresh = {site: value[order] for site, value in acts.items()}
+            buffer = fresh if buffer is None else {site: torch.cat([buffer[site], fresh[site]]) for site in fresh}
+            n_full = len(buffer[self._sites[0]]) // batch_size
+            for b in range(n_full):
+                yield {site: ActBatch(value[b * batch_size : (b + 1) * batch_size]) for site, value in buffer.items()}
+            buffer = {site: value[n_full * batch_size :] for site, value in buffer.items()}
+            chunk_index, offset = chunk_index + 1, 0
+
+    def iter_rows(self, batch_size: int, *, site: str | None = None, max_rows: int | None = None, seed: int = 0) -> Iterator[Tensor]:
+        """Rows of one site once, in stream order (no row shuffle), for evaluation."""
+        site = site or (self._sites[0] if len(self._sites) == 1 else None)
+        if site not in self._sites:
+            raise ConfigError(f"name one of the sites {list(self._sites)}")
+        if max_rows is None:
+            max_rows = self.tokens.shape[0] * (self.tokens.shape[1] - self.skip_positions)
+        done, index = 0, 0
+        while done < max_rows:
+            rows = self.chunk(index, seed).acts[site][: max_rows - done]
+            for begin in range(0, len(rows), batch_size):
+                yield rows[begin : begin + batch_size]
+            done += len(rows)
+            index += 1
+
+    @torch.no_grad()
+    def _forward(self, tokens: Tensor) -> dict[str, Tensor]:
+        device = next(self.model.parameters()).device
+        return collect_activations(self.model, tokens.to(device), list(self._sites))
