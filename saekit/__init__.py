@@ -18,9 +18,7 @@ from saekit.sae.registry import build as build_sae
 from saekit.sae.registry import list_architectures
 from saekit.sources.synthetic import SyntheticConfig, SyntheticSource
 from saekit.sources.tensor import TensorSource, as_source
-# Binds `saekit.train` to the function (the public API); the subpackage stays importable as
-# `from saekit.train import ...` / `saekit.train.loop`, but not as `import saekit.train as x`.
-from saekit.train import TrainConfig, train
+from saekit.training import TrainConfig, train
 from saekit.types import ActBatch, ActivationSource, LossOut, Recovery, StepCtx
 
 __all__ = [

@@ -17,8 +17,8 @@ from saekit.eval.table import markdown_table
 from saekit.io import save_suite
 from saekit.sae.registry import build
 from saekit.sources.synthetic import SyntheticConfig, SyntheticSource
-from saekit.train.config import TrainConfig
-from saekit.train.loop import run
+from saekit.training.config import TrainConfig
+from saekit.training.loop import run
 
 DATA = SyntheticConfig(d=64, n_features=512, mean_active=5, noise_std=0.01, seed=0)
 D_SAE = 1024

@@ -14,8 +14,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from saekit.cli.run_config import apply_overrides, build_saes, parse_run_config, read_config_file
     from saekit.io import save_suite
     from saekit.sources.spec import source_from_spec
-    from saekit.train.checkpoint import CHECKPOINT_NAME
-    from saekit.train.loop import run
+    from saekit.training.checkpoint import CHECKPOINT_NAME
+    from saekit.training.loop import run
     from saekit.eval.table import markdown_table
 
     raw = apply_overrides(read_config_file(args.config), args.set or [])
@@ -32,6 +32,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     rows = [{"name": name, **metrics} for name, metrics in zip(built.names, result.final_metrics)]
     print(markdown_table(rows, ["name", "site", "mse", "l0", "dead_fraction"]))
     print(f"\n{len(result.saes)} SAE(s) saved in {suite}; metrics log {out / 'metrics.jsonl'}")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from saekit.sources.cache import write_cache
+    from saekit.sources.spec import model_source
+
+    settings = {
+        "model": args.model,
+        "sites": args.sites,
+        "corpus": args.corpus,
+        "n_tokens": args.tokens,
+        "context_size": args.context_size,
+        "seed": args.seed,
+        "split": args.split,
+        "device": args.device,
+    }
+    started = time.perf_counter()
+    source = model_source({k: v for k, v in settings.items() if v is not None})
+    print(f"caching {len(source.sites)} site(s) of {source.describe()['model']} for {source.tokens.numel():,} tokens into {args.out}")
+    manifest = write_cache(
+        args.out,
+        source.chunks_in_order,
+        sites=source.sites,
+        d_in={site: source.d_in(site) for site in source.sites},
+        info=source.describe(),
+        dtype=args.dtype,
+        shard_tokens=args.shard_tokens,
+        resume=not args.overwrite,
+        progress=True,
+    )
+    seconds = time.perf_counter() - started
+    print(f"{manifest.total_tokens:,} activations x {len(manifest.sites)} sites in {len(manifest.shards)} shard(s), {seconds:.0f} s; {args.out}/manifest.json")
     return 0
 
 
@@ -90,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output folder (default: the config's `out`)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
     train.set_defaults(func=_cmd_train)
+
+    cache = sub.add_parser("cache", help="write activations of many sites of a model to disk (resumable)")
+    cache.add_argument("--out", required=True, help="cache folder (an interrupted run resumes into it)")
+    cache.add_argument("--model", default=None, help="model name or folder (default: smollm2-135m)")
+    cache.add_argument("--sites", nargs="+", default=None, help='sites or globs (default: "layers.*.resid_post")')
+    cache.add_argument("--corpus", default=None, help='"sotu" (default) or a path to .txt / .jsonl / .parquet / datasets folder')
+    cache.add_argument("--tokens", type=int, default=None, help="tokens of text to run through the model (default: the whole split)")
+    cache.add_argument("--context-size", type=int, default=None, help="tokens per context, BOS included (default: 128)")
+    cache.add_argument("--seed", type=int, default=None, help="seed of the document order")
+    cache.add_argument("--split", default=None, choices=["train", "test", "all"])
+    cache.add_argument("--device", default=None)
+    cache.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"], help="storage dtype")
+    cache.add_argument("--shard-tokens", type=int, default=65536)
+    cache.add_argument("--overwrite", action="store_true", help="delete a previous cache in --out instead of resuming it")
+    cache.set_defaults(func=_cmd_cache)
 
     ls = sub.add_parser("ls", help="list architectures and their hyper-parameters")
     ls.set_defaults(func=_cmd_ls)

@@ -31,7 +31,7 @@ from saekit.errors import ConfigError
 from saekit.sae.base import SAE
 from saekit.sae.registry import build
 from saekit.strict import from_dict
-from saekit.train.config import TrainConfig
+from saekit.training.config import TrainConfig
 from saekit.types import ActivationSource
 
 TOP_LEVEL_KEYS = ("out", "data", "train", "sae")

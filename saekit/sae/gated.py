@@ -38,7 +38,7 @@ from saekit.types import ActBatch, LossOut, StepCtx
 
 @dataclass(frozen=True)
 class GatedConfig(SAEConfig):
-    l1_coef: float = 1.0
+    l1_coef: float = 0.3
     """Weight of the L1 penalty on the gate pre-activations, for activations scaled to unit mean squared
     norm (E||x||² = 1). Larger values give a smaller L0."""
 

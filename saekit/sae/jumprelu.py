@@ -37,7 +37,7 @@ from saekit.types import ActBatch, LossOut, StepCtx
 
 @dataclass(frozen=True)
 class JumpReLUConfig(SAEConfig):
-    l0_coef: float = 2e-3
+    l0_coef: float = 3e-3
     """Weight λ of the L0 penalty, for activations scaled to unit mean squared norm (E||x||² = 1, so the
     reconstruction error starts near 1). Larger values give a smaller L0."""
     threshold_init: float = 0.001

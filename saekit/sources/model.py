@@ -51,7 +51,6 @@ class ModelSource:
         forward_batch: int = 16,
         skip_positions: int = 1,
         description: dict | None = None,
-        progress: bool = False,
     ) -> None:
         if tokens.ndim != 2 or tokens.dtype not in (torch.int32, torch.int64):
             raise DataError(f"tokens must be an integer tensor [n_seqs, context], got {tuple(tokens.shape)} {tokens.dtype}")
@@ -65,7 +64,6 @@ class ModelSource:
         self.chunk_seqs = chunk_seqs
         self.forward_batch = forward_batch
         self.skip_positions = skip_positions
-        self.progress = progress
         self._description = description or {}
         self._width = {site: acts.shape[-1] for site, acts in self._forward(self.tokens[:1, :2]).items()}
 
@@ -109,13 +107,22 @@ class ModelSource:
 
     def chunk(self, index: int, seed: int) -> Chunk:
         """Activations of chunk ``index`` of the stream, rows in context order."""
-        ids = self.sequence_ids(index, seed)
+        return Chunk(index, self.activations_of(self.sequence_ids(index, seed)))
+
+    def activations_of(self, ids: Tensor) -> dict[str, Tensor]:
+        """site -> [len(ids) · (context − skip_positions), d] float32 CPU rows of the contexts ``ids``."""
         parts: dict[str, list[Tensor]] = {site: [] for site in self._sites}
         for start in range(0, len(ids), self.forward_batch):
             acts = self._forward(self.tokens[ids[start : start + self.forward_batch]])
             for site, value in acts.items():
                 parts[site].append(value[:, self.skip_positions :].reshape(-1, value.shape[-1]).float().cpu())
-        return Chunk(index, {site: torch.cat(values) for site, values in parts.items()})
+        return {site: torch.cat(values) for site, values in parts.items()}
+
+    def chunks_in_order(self, first: int = 0) -> Iterator[dict[str, Tensor]]:
+        """Every context exactly once, in token order, ``chunk_seqs`` contexts at a time, starting at
+        chunk ``first`` (what an activation cache stores)."""
+        for start in range(first * self.chunk_seqs, self.tokens.shape[0], self.chunk_seqs):
+            yield self.activations_of(torch.arange(start, min(start + self.chunk_seqs, self.tokens.shape[0])))
 
     def batches(self, batch_size: int, *, seed: int, start: int = 0) -> Iterator[Mapping[str, ActBatch]]:
         if batch_size <= 0:

@@ -1,21 +1,49 @@
 """Activation sources from the `[data]` table of a run config: `kind` picks the source, the other
-keys are its settings (strictly checked)."""
+keys are its settings (strictly checked).
+
+    kind = "file"       path = "acts.npy" | "acts.safetensors", site = "..."
+    kind = "synthetic"  SyntheticConfig fields (d, n_features, mean_active, ...)
+    kind = "model"      ModelDataConfig fields + TextConfig fields (model, sites, corpus, n_tokens, ...)
+    kind = "cache"      path = "cache-folder", sites = [...] (default: all)
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from saekit.errors import ConfigError
 from saekit.strict import from_dict
 from saekit.types import ActivationSource
 
 
+@dataclass(frozen=True)
+class ModelDataConfig:
+    """A live language model as the activation source (kind = "model"); text settings sit beside
+    these keys (corpus, context_size, n_tokens, seed, split, ... of TextConfig)."""
+
+    model: str = "smollm2-135m"
+    """The embedded default, a local Hugging Face folder, or a hub id (needs network)."""
+    sites: tuple[str, ...] = ("layers.*.resid_post",)
+    """Canonical sites (layers.{i}.resid_pre / resid_post / attn_out / mlp_out), globs
+    ("layers.*.resid_post", "layers.{3..5}.mlp_out") or raw module paths."""
+    device: str = "auto"
+    """Where the model runs: "cpu", "cuda", ...; "auto" takes CUDA when available."""
+    dtype: str = "float32"
+    """Model weights dtype: "float32", "bfloat16" or "float16"."""
+    chunk_seqs: int = 64
+    """Contexts per shuffled chunk: larger mixes better and costs chunk_seqs·context rows of memory per site."""
+    forward_batch: int = 16
+    """Contexts per forward pass."""
+    skip_positions: int = 1
+    """Leading positions of each context left out of the data (1: the BOS token)."""
+
+
 def _file(settings: dict[str, Any]) -> ActivationSource:
     from saekit.sources.tensor import TensorSource
 
-    unknown = sorted(set(settings) - {"path", "site"})
-    if unknown:
-        raise ConfigError(f"data: unknown key {', '.join(map(repr, unknown))} for kind 'file'; valid keys are path, site")
+    _only(settings, {"path", "site"}, "file")
     if "path" not in settings:
         raise ConfigError("data: kind 'file' needs a 'path' (.npy or .safetensors)")
     return TensorSource(settings["path"], site=settings.get("site"))
@@ -27,7 +55,62 @@ def _synthetic(settings: dict[str, Any]) -> ActivationSource:
     return SyntheticSource(from_dict(SyntheticConfig, settings, where="data"))
 
 
-SOURCE_KINDS = {"file": _file, "synthetic": _synthetic}
+def _cache(settings: dict[str, Any]) -> ActivationSource:
+    from saekit.sources.cache import CacheSource
+
+    _only(settings, {"path", "sites"}, "cache")
+    if "path" not in settings:
+        raise ConfigError("data: kind 'cache' needs a 'path' (a folder written by `saekit cache`)")
+    sites = settings.get("sites")
+    return CacheSource(settings["path"], sites=[sites] if isinstance(sites, str) else sites)
+
+
+class ModelData(NamedTuple):
+    model: ModelDataConfig
+    text: Any
+    """saekit.sources.text.TextConfig (imported lazily: it needs transformers)."""
+
+
+def split_model_settings(settings: dict[str, Any]) -> ModelData:
+    from saekit.sources.text import TextConfig
+
+    text_keys = {f.name for f in dataclasses.fields(TextConfig)}
+    model_keys = {f.name for f in dataclasses.fields(ModelDataConfig)}
+    _only(settings, text_keys | model_keys, "model")
+    if isinstance(settings.get("sites"), str):
+        settings = {**settings, "sites": [settings["sites"]]}
+    model_cfg = from_dict(ModelDataConfig, {k: v for k, v in settings.items() if k in model_keys}, where="data")
+    text_cfg = from_dict(TextConfig, {k: v for k, v in settings.items() if k in text_keys}, where="data")
+    return ModelData(model_cfg, text_cfg)
+
+
+def model_source(settings: dict[str, Any]) -> ActivationSource:
+    """Load the model and corpus of a kind = "model" table and wrap them as a ModelSource."""
+    import torch
+
+    from saekit.models import load_model
+    from saekit.sources.model import ModelSource
+    from saekit.sources.text import tokens_from_config
+    from saekit.strict import to_dict
+
+    model_cfg, text_cfg = split_model_settings(settings)
+    device = model_cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = load_model(model_cfg.model, device=device, dtype=model_cfg.dtype)
+    tokens = tokens_from_config(text_cfg, loaded.tokenizer)
+    return ModelSource(
+        loaded.model,
+        tokens,
+        list(model_cfg.sites),
+        chunk_seqs=model_cfg.chunk_seqs,
+        forward_batch=model_cfg.forward_batch,
+        skip_positions=model_cfg.skip_positions,
+        description={"model": loaded.name, "text": to_dict(text_cfg)},
+    )
+
+
+SOURCE_KINDS = {"file": _file, "synthetic": _synthetic, "model": model_source, "cache": _cache}
 
 
 def source_from_spec(spec: dict[str, Any]) -> ActivationSource:
@@ -36,3 +119,11 @@ def source_from_spec(spec: dict[str, Any]) -> ActivationSource:
     if kind not in SOURCE_KINDS:
         raise ConfigError(f"data: 'kind' must be one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
     return SOURCE_KINDS[kind](settings)
+
+
+def _only(settings: dict[str, Any], allowed: set[str], kind: str) -> None:
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"data: unknown key {', '.join(map(repr, unknown))} for kind {kind!r}; valid keys are {', '.join(sorted(allowed))}"
+        )

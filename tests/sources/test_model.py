@@ -5,7 +5,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from saekit.errors import DataError
 from saekit.sae import build
 from saekit.sources.model import ModelSource
-from saekit.train import train
+from saekit.training import train
 
 VOCAB, CONTEXT, BOS = 50, 9, 0
 

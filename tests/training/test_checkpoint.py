@@ -3,8 +3,8 @@ import torch
 
 from saekit.errors import ArtifactError
 from saekit.sae import build
-from saekit.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from saekit.train.optim import make_optimizer
+from saekit.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from saekit.training.optim import make_optimizer
 
 
 def _checkpoint() -> Checkpoint:
@@ -57,7 +57,7 @@ def test_missing_checkpoint_is_named(tmp_path):
 def test_write_is_atomic_old_checkpoint_survives_a_failed_write(tmp_path, monkeypatch):
     path = save_checkpoint(tmp_path / "c.safetensors", _checkpoint())
     before = path.read_bytes()
-    import saekit.train.checkpoint as module
+    import saekit.training.checkpoint as module
 
     def crash(*args, **kwargs):
         raise OSError("disk full")

@@ -2,7 +2,7 @@ import pytest
 
 from saekit.errors import ConfigError
 from saekit.strict import from_dict
-from saekit.train.config import TrainConfig
+from saekit.training.config import TrainConfig
 
 
 def test_tokens_round_up_to_whole_steps():

@@ -1,6 +1,6 @@
 import torch
 
-from saekit.train import dead
+from saekit.training import dead
 
 
 def test_counter_counts_tokens_since_last_firing():

@@ -1,6 +1,6 @@
 import pytest
 
-from saekit.train.schedules import lr_factor, sparsity_factor
+from saekit.training.schedules import lr_factor, sparsity_factor
 
 
 def test_lr_warmup_constant_and_decay_by_hand():

@@ -8,8 +8,8 @@ from typing import Any
 
 from saekit.sae.base import SAE
 from saekit.strict import from_dict
-from saekit.train.config import TrainConfig
-from saekit.train.loop import TrainResult, run
+from saekit.training.config import TrainConfig
+from saekit.training.loop import TrainResult, run
 
 
 def train(

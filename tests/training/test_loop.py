@@ -6,8 +6,8 @@ import torch
 from saekit.errors import ConfigError, DataError
 from saekit.sae import build, list_architectures
 from saekit.sources.synthetic import SyntheticSource
-from saekit.train import train
-from saekit.train.schedules import lr_factor
+from saekit.training import train
+from saekit.training.schedules import lr_factor
 from saekit.types import ActBatch
 
 SOURCE = SyntheticSource(d=16, n_features=48, mean_active=3, seed=1)

@@ -24,12 +24,12 @@ from saekit.errors import ConfigError, DataError
 from saekit.sae import functional as F
 from saekit.sae.base import SAE
 from saekit.strict import to_dict
-from saekit.train import dead
-from saekit.train.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
-from saekit.train.config import TrainConfig
-from saekit.train.logs import MetricsLog
-from saekit.train.optim import apply_update, make_optimizer
-from saekit.train.schedules import lr_factor, sparsity_factor
+from saekit.training import dead
+from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from saekit.training.config import TrainConfig
+from saekit.training.logs import MetricsLog
+from saekit.training.optim import apply_update, make_optimizer
+from saekit.training.schedules import lr_factor, sparsity_factor
 from saekit.types import ActBatch, ActivationSource, LossOut, StepCtx, as_float
 
 

@@ -1,0 +1,138 @@
+"""``load_model``: the embedded SmolLM2 (converted once, then cached), a local model folder, or a hub id.
+
+Cache layout: ``<cache>/<name>/`` is a plain Hugging Face folder (config.json, model.safetensors,
+tokenizer files). ``<cache>`` is ``cache_dir`` when given, else ``$SAEKIT_CACHE/models``, else
+``${XDG_CACHE_HOME:-~/.cache}/saekit/models``. A conversion writes into a hidden temporary sibling
+that is renamed into place, so a folder named ``<name>`` is always complete; a conversion killed
+outright leaves at most a hidden ``.<name>.*.partial`` folder, which is safe to delete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from saekit.errors import ArtifactError, ConfigError
+from saekit.models import smollm2
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "smollm2-135m"
+
+EMBEDDED_MODELS: dict[str, Callable[[Path], None]] = {"smollm2-135m": smollm2.convert}
+"""Names that need no download: each maps to a function writing the model folder into a given path."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: PreTrainedModel
+    """The causal LM, in eval mode, on the requested device and dtype."""
+    tokenizer: PreTrainedTokenizerBase
+    """Its tokenizer; it has a pad token whenever the model has an EOS token."""
+    name: str
+    """The name or path it was loaded from."""
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """The token to put before every context (SmolLM2: ``<|im_start|>`` = 1); None if the tokenizer has none."""
+        return self.tokenizer.bos_token_id
+
+
+def default_cache_dir() -> Path:
+    """Folder that holds converted embedded models (see the module docstring for the precedence)."""
+    if root := os.environ.get("SAEKIT_CACHE"):
+        return Path(root).expanduser() / "models"
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg).expanduser() / "saekit" / "models"
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer.
+
+    ``name_or_path`` is an embedded name (``"smollm2-135m"``, converted into the cache on first use),
+    else an existing local folder, else passed to ``from_pretrained`` as a hub id (which works only
+    with network access). An embedded name wins over a same-named folder in the working directory;
+    write ``./smollm2-135m`` to mean the folder.
+    """
+    dtype = _as_dtype(dtype)
+    name = os.fspath(name_or_path)
+    if name.lower() in EMBEDDED_MODELS:
+        key = name.lower()
+        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        return _from_pretrained(_cached(key, folder / key), key, device, dtype)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ArtifactError(f"{path} is not a model folder (it has no config.json)")
+        return _from_pretrained(path, name, device, dtype)
+    if _looks_like_path(name):
+        raise ConfigError(f"model folder {name} does not exist")
+    return _from_pretrained(name, name, device, dtype)
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether a missing ``name`` was meant as a folder rather than a hub id ("org/model" or "model")."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ConfigError(f"dtype must be a floating torch dtype such as 'float32' or 'bfloat16', got {dtype!r}")
+    return value
+
+
+def _cached(key: str, folder: Path) -> Path:
+    """``folder``, converting the embedded model ``key`` into it first if it is not there yet."""
+    if (folder / "config.json").is_file():
+        return folder
+    if folder.exists():
+        # Not ours: our conversions appear only complete (rename), so do not guess what this is.
+        raise ArtifactError(f"{folder} exists but holds no complete model (no config.json); delete it to convert again")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make a cache shared between users unreadable
+    try:
+        EMBEDDED_MODELS[key](tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            # Another process finished the same conversion first; its folder is as good as ours.
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _from_pretrained(source: str | Path, name: str, device: str | torch.device, dtype: torch.dtype) -> LoadedModel:
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise ConfigError("loading a language model needs transformers: pip install transformers") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as exc:
+        where = "folder" if isinstance(source, Path) else "hub id (needs network access unless already in the HF cache)"
+        raise ArtifactError(f"could not load model {name!r} as a {where}: {exc}") from exc
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # Batches of unequal length need some pad id; padded positions are masked, so EOS is harmless.
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model.to(device).eval(), tokenizer=tokenizer, name=name)
