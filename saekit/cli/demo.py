@@ -1,74 +1,118 @@
-"""`saekit demo`: every architecture trained side by side on synthetic activations with planted
-features, then measured on held-out tokens and against the true features.
+"""`saekit demo`: a small SAE suite on the embedded SmolLM2-135M, everywhere at once.
 
-The run is resumable (interrupt it and run the command again) and writes a report folder:
-``report.md`` (the table), ``results.json``, ``fvu_vs_l0.png``, the trained SAEs (``saes/``) and
-the training log (``train/metrics.jsonl``).
+Several architectures on residual-stream sites spread over the depth train side by side from ONE
+stream of forward passes over the default corpus, then each SAE is measured on held-out documents:
+activation metrics, and the change in next-token loss when its reconstruction replaces the site
+(BOS left as it is). Writes ``report.md``, ``results.json``, plots, the SAEs and the training log;
+interrupt it and run it again to resume.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from saekit.eval.evaluate import evaluate
-from saekit.eval.recovery import feature_recovery
 from saekit.eval.table import markdown_table
 from saekit.io import save_suite
+from saekit.sae.base import SAE
 from saekit.sae.registry import build
-from saekit.sources.synthetic import SyntheticConfig, SyntheticSource
+from saekit.sources.hf import next_token_loss, splice
+from saekit.sources.model import ModelSource
 from saekit.training.config import TrainConfig
 from saekit.training.loop import run
 
-DATA = SyntheticConfig(d=64, n_features=512, mean_active=5, noise_std=0.01, seed=0)
-D_SAE = 1024
-# Short-run settings: the published learning rates of JumpReLU and Gated are meant for billions of
-# tokens, so the demo raises them; sparsity settings give every architecture an L0 near the data's.
-SAES = {
-    "topk": {"k": 6},
-    "batch_topk": {"k": 6},
-    "relu": {},
-    "jumprelu": {"lr": 1e-3},
-    "gated": {"lr": 1e-3},
-}
-COLUMNS = ["name", "l0", "fvu", "cos", "relative_reconstruction_bias", "dead_fraction", "mmcs", "recovered"]
+LAYERS = (3, 9, 15, 21, 27)
+ARCHITECTURES = {"topk": {"k": 32}, "batch_topk": {"k": 32}, "relu": {"l1_coef": 1.0}}
+COLUMNS = ["name", "site", "l0", "fvu", "cos", "dead_fraction", "delta_ce", "ce_clean", "ce_spliced"]
 
 
-def run_demo(out: Path, *, steps: int | None = None, eval_tokens: int = 32768) -> list[dict]:
+@dataclass(frozen=True)
+class DemoSettings:
+    train_tokens: int = 262_144
+    """Training tokens (one pass over this many corpus tokens; BOS positions are left out)."""
+    eval_tokens: int = 16_384
+    """Held-out tokens for the activation metrics."""
+    ce_tokens: int = 4_096
+    """Held-out tokens for the spliced next-token loss (one forward pass per SAE)."""
+    d_sae: int = 2304
+    """Latents per SAE (4 x d_model)."""
+    batch_size: int = 1024
+    context: int = 128
+
+
+def run_demo(out: Path, settings: DemoSettings = DemoSettings()) -> list[dict]:
+    from saekit.models import load_model
+    from saekit.sources.text import TextConfig, tokens_from_config
+
     out = Path(out)
-    source = SyntheticSource(DATA)
-    saes = [build(name, d_in=DATA.d, d_sae=D_SAE, seed=i, **hp) for i, (name, hp) in enumerate(SAES.items())]
-    cfg = TrainConfig(steps=steps or 2500, batch_size=1024, checkpoint_every=250)
+    loaded = load_model("smollm2-135m")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    sites = [f"layers.{i}.resid_post" for i in LAYERS]
+    train_tokens = tokens_from_config(TextConfig(context_size=settings.context, n_tokens=settings.train_tokens), tokenizer)
+    source = ModelSource(model, train_tokens, sites, description={"model": loaded.name, "corpus": "sotu"})
+    saes, names = [], []
+    for site in sites:
+        for arch, hparams in ARCHITECTURES.items():
+            sae = build(arch, d_in=source.d_in(site), d_sae=settings.d_sae, seed=len(saes), **hparams)
+            sae.metadata.update(site=site, model=loaded.name)
+            saes.append(sae)
+            names.append(f"{site.replace('layers.', 'L').replace('.resid_post', '')}-{arch}")
+    rows_per_pass = train_tokens.shape[0] * (settings.context - 1)
+    cfg = TrainConfig(tokens=rows_per_pass, batch_size=settings.batch_size, checkpoint_every=25, norm_estimation_tokens=8192)
     print(
-        f"saekit demo: {len(saes)} SAEs ({', '.join(SAES)}) with {D_SAE} latents, trained side by side on "
-        f"{cfg.total_tokens:,} synthetic tokens ({DATA.n_features} planted features in {DATA.d} dimensions)"
+        f"saekit demo: {len(saes)} SAEs ({', '.join(ARCHITECTURES)} x {len(sites)} residual sites of {loaded.name}), "
+        f"{settings.d_sae} latents each, trained side by side on one stream of {rows_per_pass:,} tokens (sotu corpus)"
     )
     result = run(saes, source, cfg, out_dir=out / "train", resume=True)
 
-    eval_x = source.sample(eval_tokens, seed=1)
+    print("evaluating on held-out documents ...")
+    held_out = tokens_from_config(TextConfig(context_size=settings.context, n_tokens=settings.eval_tokens, split="test"), tokenizer)
+    eval_source = ModelSource(model, held_out, sites, chunk_seqs=held_out.shape[0])
+    eval_acts = next(eval_source.chunks_in_order())
+    ce_tokens = held_out[: max(1, settings.ce_tokens // settings.context)]
+    with torch.no_grad():
+        ce_clean = float(next_token_loss(model(ce_tokens).logits[:, 1:], ce_tokens[:, 1:]))
     rows = []
-    for sae in result.saes:
-        recovery = feature_recovery(sae, source.true_features)
-        rows.append({"name": sae.architecture, **evaluate(sae, eval_x), "mmcs": recovery.mmcs, "recovered": recovery.recovered})
-    suite = save_suite(result.saes, out / "saes", names=list(SAES))
-
+    for name, sae in zip(names, result.saes):
+        metrics = evaluate(sae, eval_acts[sae.site])
+        ce_spliced = spliced_ce(model, ce_tokens, sae)
+        rows.append({"name": name, "site": sae.site, **metrics, "ce_clean": ce_clean, "ce_spliced": ce_spliced, "delta_ce": ce_spliced - ce_clean})
+    suite = save_suite(result.saes, out / "saes", names=names)
     table = markdown_table(rows, COLUMNS)
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "report.md").write_text(
-        "# saekit demo: synthetic activations with planted features\n\n"
-        f"Data: {DATA.n_features} unit feature directions in {DATA.d} dimensions, Zipf firing frequencies, "
-        f"{DATA.mean_active:g} active per token on average. Training: {cfg.total_tokens:,} tokens, batch "
-        f"{cfg.batch_size}, {D_SAE} latents per SAE. Evaluation: {eval_tokens:,} held-out tokens.\n\n"
-        "`mmcs` is the mean over true features of the best cosine with a decoder row; `recovered` the "
-        "fraction of true features matched at cosine >= 0.9.\n\n" + table + "\n"
+        f"# saekit demo: SAEs on {loaded.name}\n\n"
+        f"{len(saes)} SAEs with {settings.d_sae} latents trained side by side on {rows_per_pass:,} tokens of the sotu "
+        f"corpus (contexts of {settings.context}, BOS left out), batch {settings.batch_size}. Metrics on "
+        f"{eval_acts[sites[0]].shape[0]:,} held-out tokens; `delta_ce` = next-token cross-entropy with the SAE's "
+        f"reconstruction spliced into the site (all positions but BOS) minus the clean one, on {ce_tokens.numel():,} "
+        f"held-out tokens. FVU = Σ‖x−x̂‖² / Σ‖x−x̄‖².\n\n" + table + "\n\n![FVU and delta CE by layer](by_layer.png)\n"
     )
-    plot = _plot(rows, out / "fvu_vs_l0.png")
+    plot = _plot(rows, out / "by_layer.png")
     print("\n" + table + "\n")
     print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
     if plot:
         print(f"plot: {plot}")
     print(f"SAEs: {suite}\ntraining log: {out / 'train' / 'metrics.jsonl'}")
     return rows
+
+
+@torch.no_grad()
+def spliced_ce(model: torch.nn.Module, tokens: torch.Tensor, sae: SAE) -> float:
+    """Next-token cross-entropy with ``sae``'s reconstruction in place of its site, BOS untouched."""
+
+    def reconstruct(h: torch.Tensor) -> torch.Tensor:
+        out = h.clone()
+        out[:, 1:] = sae(h[:, 1:].float()).to(h.dtype)
+        return out
+
+    with splice(model, sae.site, reconstruct):
+        logits = model(tokens).logits
+    return float(next_token_loss(logits[:, 1:], tokens[:, 1:]))
 
 
 def _plot(rows: list[dict], path: Path) -> Path | None:
@@ -80,13 +124,15 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
     except ImportError:
         print("(matplotlib is not installed: no plot; pip install 'saekit[plot]')")
         return None
-    fig, (ax_fvu, ax_rec) = plt.subplots(1, 2, figsize=(10, 4))
-    for row in rows:
-        ax_fvu.scatter(row["l0"], row["fvu"])
-        ax_fvu.annotate(row["name"], (row["l0"], row["fvu"]), textcoords="offset points", xytext=(4, 4))
-    ax_fvu.set(xlabel="L0 (active latents per token)", ylabel="FVU (held-out)", title="Sparsity vs reconstruction")
-    ax_rec.bar([r["name"] for r in rows], [r["recovered"] for r in rows])
-    ax_rec.set(ylabel="fraction of true features recovered (cos >= 0.9)", ylim=(0, 1), title="Feature recovery")
+    fig, (ax_fvu, ax_ce) = plt.subplots(1, 2, figsize=(11, 4))
+    for arch in ARCHITECTURES:
+        mine = [r for r in rows if r["name"].endswith(f"-{arch}")]
+        layers = [int(r["site"].split(".")[1]) for r in mine]
+        ax_fvu.plot(layers, [r["fvu"] for r in mine], marker="o", label=arch)
+        ax_ce.plot(layers, [r["delta_ce"] for r in mine], marker="o", label=arch)
+    ax_fvu.set(xlabel="layer (resid_post)", ylabel="FVU (held-out)", title="Reconstruction by depth")
+    ax_ce.set(xlabel="layer (resid_post)", ylabel="Δ CE (nats/token)", title="Spliced next-token loss increase")
+    ax_fvu.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

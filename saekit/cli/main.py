@@ -106,9 +106,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from saekit.cli.demo import run_demo
+    if args.synthetic:
+        from saekit.cli.demo_synthetic import run_demo as run_synthetic
 
-    run_demo(Path(args.out), steps=args.steps)
+        run_synthetic(Path(args.out), steps=args.steps)
+        return 0
+    import dataclasses
+
+    from saekit.cli.demo import DemoSettings, run_demo
+
+    settings = DemoSettings() if args.tokens is None else dataclasses.replace(DemoSettings(), train_tokens=args.tokens)
+    run_demo(Path(args.out), settings)
     return 0
 
 
@@ -151,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="also write the metrics to this JSON file")
     ev.set_defaults(func=_cmd_eval)
 
-    demo = sub.add_parser("demo", help="train every architecture on synthetic data and report")
+    demo = sub.add_parser("demo", help="train a small SAE suite on SmolLM2 (or on synthetic data) and report")
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's own)")
+    demo.add_argument("--tokens", type=int, default=None, help="training tokens of the SmolLM2 demo (default 262144)")
+    demo.add_argument("--synthetic", action="store_true", help="all architectures on synthetic data with planted features instead")
+    demo.add_argument("--steps", type=int, default=None, help="training steps of the synthetic demo")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -24,7 +24,10 @@ Choices made here (dictionary_learning's ``BatchTopKTrainer`` is the reference):
   towards 0, which would switch every latent on at inference).
 * Until θ has been set, ``encode`` falls back to per-token TopK with the same k: the same mean
   sparsity, and still independent of the rest of the batch.
-* Whether θ was set is a buffer, so a run resumed from a state_dict continues the EMA exactly.
+* θ starts at −1, which marks it as not yet set (the EMA of positive minima is always positive). The
+  state thus lives in ``threshold`` alone: a run resumed from a state_dict continues the EMA exactly,
+  and the saved folder has exactly the tensors SAELens's ``jumprelu`` expects (its strict
+  ``load_state_dict`` would refuse a separate flag tensor).
 
 Defaults follow dictionary_learning: lr = 2e-4 / sqrt(d_sae / 2^14), AuxK weight 1/32 with
 k_aux = d_in // 2, unit-norm decoder, geometric-median ``b_dec``.
@@ -78,7 +81,6 @@ class BatchTopKSAE(SAE):
     scaled_params = ("b_enc", "b_dec", "threshold")
     cfg: BatchTopKConfig
     threshold: Tensor
-    threshold_set: Tensor
 
     def __init__(self, cfg: BatchTopKConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg)
@@ -87,12 +89,16 @@ class BatchTopKSAE(SAE):
         self.W_dec = nn.Parameter(W_dec)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        self.register_buffer("threshold", torch.zeros(cfg.d_sae))
-        self.register_buffer("threshold_set", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("threshold", torch.full((cfg.d_sae,), -1.0))
 
     @classmethod
     def optim_defaults(cls, cfg: BatchTopKConfig) -> OptimDefaults:
         return OptimDefaults(lr=cfg.lr or 2e-4 / math.sqrt(cfg.d_sae / 2**14))
+
+    @property
+    def threshold_set(self) -> bool:
+        """Whether the inference threshold has been learned (see the module docstring)."""
+        return bool(self.threshold[0] >= 0)
 
     def post_relu(self, x: Tensor) -> Tensor:
         return ((x - self.b_dec) @ self.W_enc + self.b_enc).relu()
@@ -100,7 +106,7 @@ class BatchTopKSAE(SAE):
     def encode(self, x: Tensor) -> Tensor:
         self._check_input(x)
         acts = self.post_relu(x)
-        if not bool(self.threshold_set):
+        if not self.threshold_set:
             return F.scatter_codes(F.topk_codes(acts, self.cfg.k), self.d_sae)
         return acts * (acts > self.threshold.to(acts.dtype))
 
@@ -123,8 +129,7 @@ class BatchTopKSAE(SAE):
         if active.numel() == 0:
             return
         smallest = active.min().to(self.threshold.dtype)
-        if bool(self.threshold_set):
+        if self.threshold_set:
             self.threshold.lerp_(smallest.expand_as(self.threshold), self.cfg.threshold_ema)
         else:
             self.threshold.fill_(smallest)
-            self.threshold_set.fill_(True)

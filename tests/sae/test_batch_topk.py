@@ -69,9 +69,9 @@ def test_threshold_ema_follows_the_formula() -> None:
     sae = hand_sae(threshold_ema=0.1, threshold_start_step=2)
     ctx = lambda step: StepCtx(step=step, total_steps=100)  # noqa: E731
     sae.after_step(out_with([[0.5, 0.0, 0.0]]), ctx(1))  # before the start step: ignored
-    assert not bool(sae.threshold_set) and torch.equal(sae.threshold, torch.zeros(3))
+    assert not sae.threshold_set and torch.equal(sae.threshold, torch.full((3,), -1.0))
     sae.after_step(out_with([[0.0, 0.8, 0.3], [1.0, 0.0, 0.0]]), ctx(2))  # first minimum: θ = 0.3
-    assert bool(sae.threshold_set)
+    assert sae.threshold_set
     assert torch.allclose(sae.threshold, torch.full((3,), 0.3))
     sae.after_step(out_with([[0.7, 0.9, 0.0]]), ctx(3))
     assert torch.allclose(sae.threshold, torch.full((3,), 0.9 * 0.3 + 0.1 * 0.7))
@@ -85,9 +85,9 @@ def test_threshold_ema_follows_the_formula() -> None:
 def test_threshold_start_is_capped_at_half_the_run() -> None:
     sae = hand_sae(threshold_start_step=1000)
     sae.after_step(out_with([[0.5, 0.0, 0.0]]), StepCtx(step=49, total_steps=100))
-    assert not bool(sae.threshold_set)
+    assert not sae.threshold_set
     sae.after_step(out_with([[0.5, 0.0, 0.0]]), StepCtx(step=50, total_steps=100))
-    assert bool(sae.threshold_set) and torch.allclose(sae.threshold, torch.full((3,), 0.5))
+    assert sae.threshold_set and torch.allclose(sae.threshold, torch.full((3,), 0.5))
 
 
 def test_threshold_from_real_training_codes() -> None:
@@ -111,9 +111,12 @@ def test_resume_from_state_dict_continues_the_ema_exactly() -> None:
     a = hand_sae(threshold_start_step=0, threshold_ema=0.25)
     a.after_step(out_with([[0.4, 0.0, 0.9]]), StepCtx(step=0, total_steps=10))
     state = a.state_dict()
-    assert {"threshold", "threshold_set"} <= set(state)
+    # Only SAELens's jumprelu tensors: the "not yet set" state is θ < 0, not a separate flag.
+    assert set(state) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
     b = hand_sae(threshold_start_step=0, threshold_ema=0.25)
+    assert not b.threshold_set
     b.load_state_dict(state)
+    assert b.threshold_set
     for sae in (a, b):
         sae.after_step(out_with([[0.8, 0.0, 0.0]]), StepCtx(step=1, total_steps=10))
     assert torch.equal(a.threshold, b.threshold)
