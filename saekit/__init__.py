@@ -16,7 +16,13 @@ from saekit.io import is_sae_folder, load_sae, load_suite, save_sae, save_suite
 from saekit.sae import SAE, SAEConfig
 from saekit.sae.registry import build as build_sae
 from saekit.sae.registry import list_architectures
+from saekit.models import load_model
+from saekit.sources.cache import CacheSource, write_cache
+from saekit.sources.hf import add_vector, collect_activations, splice, splice_sae
+from saekit.sources.model import ModelSource
+from saekit.sources.sites import resolve_sites
 from saekit.sources.synthetic import SyntheticConfig, SyntheticSource
+from saekit.sources.text import TextConfig, tokens_from_config
 from saekit.sources.tensor import TensorSource, as_source
 from saekit.training import TrainConfig, train
 from saekit.types import ActBatch, ActivationSource, LossOut, Recovery, StepCtx
@@ -25,6 +31,17 @@ __all__ = [
     "ActBatch",
     "ActivationSource",
     "ArtifactError",
+    "CacheSource",
+    "ModelSource",
+    "TextConfig",
+    "add_vector",
+    "collect_activations",
+    "load_model",
+    "resolve_sites",
+    "splice",
+    "splice_sae",
+    "tokens_from_config",
+    "write_cache",
     "ConfigError",
     "DataError",
     "LossOut",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from saekit.eval.evaluate import evaluate
 from saekit.eval.recovery import feature_recovery
+from saekit.eval.plots import pyplot
 from saekit.eval.table import markdown_table
 from saekit.io import save_suite
 from saekit.sae.registry import build
@@ -72,13 +73,8 @@ def run_demo(out: Path, *, steps: int | None = None, eval_tokens: int = 32768) -
 
 
 def _plot(rows: list[dict], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib is not installed: no plot; pip install 'saekit[plot]')")
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (ax_fvu, ax_rec) = plt.subplots(1, 2, figsize=(10, 4))
     for row in rows:

@@ -20,7 +20,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from saekit.types import ActBatch, LossOut, StepCtx

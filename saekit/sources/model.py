@@ -65,6 +65,7 @@ class ModelSource:
         self.forward_batch = forward_batch
         self.skip_positions = skip_positions
         self._description = description or {}
+        self._last: tuple[tuple[int, int], Chunk] | None = None
         self._width = {site: acts.shape[-1] for site, acts in self._forward(self.tokens[:1, :2]).items()}
 
     @property
@@ -107,7 +108,11 @@ class ModelSource:
 
     def chunk(self, index: int, seed: int) -> Chunk:
         """Activations of chunk ``index`` of the stream, rows in context order."""
-        return Chunk(index, self.activations_of(self.sequence_ids(index, seed)))
+        # The loop reads the first chunk up to three times (normalisation estimate, b_dec init,
+        # training); one remembered chunk saves those forward passes.
+        if self._last is None or self._last[0] != (index, seed):
+            self._last = ((index, seed), Chunk(index, self.activations_of(self.sequence_ids(index, seed))))
+        return self._last[1]
 
     def activations_of(self, ids: Tensor) -> dict[str, Tensor]:
         """site -> [len(ids) · (context − skip_positions), d] float32 CPU rows of the contexts ``ids``."""

@@ -114,3 +114,27 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
+
+
+def test_yaml_config_works_like_toml(tmp_path):
+    import yaml
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "out": str(tmp_path / "out"),
+        "data": {"kind": "synthetic", "d": 16, "n_features": 48, "mean_active": 3},
+        "train": {"steps": 2, "batch_size": 64, "norm_estimation_tokens": 64, "progress": False},
+        "sae": [{"architecture": "gated", "d_sae": 32}],
+    }))  # fmt: skip
+    assert main(["train", str(config)]) == 0
+    assert load_sae(tmp_path / "out" / "saes" / "00-gated").architecture == "gated"
+
+
+def test_optional_loggers_that_are_not_installed_are_named(tmp_path, capsys):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        assert main(["train", str(_write(tmp_path)), "--set", "train.tensorboard=true"]) == 2
+        assert "tensorboard package is not installed" in capsys.readouterr().err
+    else:
+        pytest.skip("tensorboard is installed here")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
@@ -47,14 +46,7 @@ FAMILIES = {
 ALL_SITES = ["layers.*.resid_pre", "layers.*.attn_out", "layers.*.mlp_out", "layers.*.resid_post"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Models this small gain nothing from a second thread, and on a busy machine OpenMP's spinning
-    # workers make every small matmul a hundred times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(family: str) -> torch.nn.Module:

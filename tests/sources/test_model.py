@@ -10,13 +10,7 @@ from saekit.training import train
 VOCAB, CONTEXT, BOS = 50, 9, 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models are dominated by thread start-up cost on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
