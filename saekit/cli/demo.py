@@ -28,17 +28,17 @@ from saekit.training.config import TrainConfig
 from saekit.training.loop import run
 
 LAYERS = (3, 9, 15, 21, 27)
-ARCHITECTURES = {"topk": {"k": 32}, "batch_topk": {"k": 32}, "relu": {"l1_coef": 1.0}}
+ARCHITECTURES = {"topk": {"k": 32}, "batch_topk": {"k": 32}, "relu": {}}
 COLUMNS = ["name", "site", "l0", "fvu", "cos", "dead_fraction", "delta_ce", "ce_clean", "ce_spliced"]
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    train_tokens: int = 163_840
+    train_tokens: int = 131_072
     """Corpus tokens run through the model once; the first ``skip_positions`` of each context are left out."""
-    eval_tokens: int = 16_384
+    eval_tokens: int = 8_192
     """Held-out tokens for the activation metrics."""
-    ce_tokens: int = 2_048
+    ce_tokens: int = 1_024
     """Held-out tokens for the spliced next-token loss (one pass over them per SAE)."""
     d_sae: int = 1152
     """Latents per SAE (2 x d_model: sized for a laptop CPU)."""

@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a small SAE suite on SmolLM2 (or on synthetic data) and report")
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    demo.add_argument("--tokens", type=int, default=None, help="training tokens of the SmolLM2 demo (default 262144)")
+    demo.add_argument("--tokens", type=int, default=None, help="corpus tokens of the SmolLM2 demo (default 131072)")
     demo.add_argument("--synthetic", action="store_true", help="all architectures on synthetic data with planted features instead")
     demo.add_argument("--steps", type=int, default=None, help="training steps of the synthetic demo")
     demo.set_defaults(func=_cmd_demo)
