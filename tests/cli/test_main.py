@@ -138,3 +138,22 @@ def test_optional_loggers_that_are_not_installed_are_named(tmp_path, capsys):
         assert "tensorboard package is not installed" in capsys.readouterr().err
     else:
         pytest.skip("tensorboard is installed here")
+
+
+def test_eval_reports_metrics_of_a_suite_on_an_activation_file(tmp_path, capsys):
+    import numpy as np
+
+    from saekit.eval.evaluate import evaluate
+    from saekit.sources.synthetic import SyntheticSource
+
+    assert main(["train", str(_write(tmp_path, steps=3))]) == 0
+    acts = SyntheticSource(d=16, n_features=48, mean_active=3).sample(500, seed=4).numpy()
+    np.save(tmp_path / "acts.npy", acts)
+    assert main(["eval", str(tmp_path / "out" / "saes"), "--data", str(tmp_path / "acts.npy"), "--json", str(tmp_path / "m.json")]) == 0
+    rows = {row["name"]: row for row in json.loads((tmp_path / "m.json").read_text())}
+    assert set(rows) == {"small-topk", "01-jumprelu"}
+    expected = evaluate(load_sae(tmp_path / "out" / "saes" / "small-topk"), acts)
+    assert rows["small-topk"]["fvu"] == pytest.approx(expected["fvu"]) and rows["small-topk"]["tokens"] == 500
+    assert "small-topk" in capsys.readouterr().out
+    # One SAE folder works too.
+    assert main(["eval", str(tmp_path / "out" / "saes" / "small-topk"), "--data", str(tmp_path / "acts.npy")]) == 0
