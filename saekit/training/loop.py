@@ -10,6 +10,7 @@ same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -115,13 +116,16 @@ def init_b_dec_(sae: SAE, x: torch.Tensor) -> None:
         sae.b_dec.copy_(x.mean(0))
 
 
-def _fingerprint(saes: Sequence[SAE], sites: list[str], cfg: TrainConfig) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed by this run."""
-    keep = replace(cfg, progress=True, log_every=1, checkpoint_every=None, wandb_project=None, tensorboard=False)
-    return {
+def _fingerprint(saes: Sequence[SAE], sites: list[str], cfg: TrainConfig, source: ActivationSource) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed by this run (as JSON gives it back). Settings
+    that do not change the result (logging, progress, checkpoint cadence, device) may differ."""
+    keep = replace(cfg, progress=True, log_every=1, checkpoint_every=None, wandb_project=None, tensorboard=False, device="auto")
+    fingerprint = {
         "saes": [{"architecture": s.architecture, "config": to_dict(s.cfg), "site": site} for s, site in zip(saes, sites)],
         "train": to_dict(keep),
+        "data": source.describe(),
     }
+    return json.loads(json.dumps(fingerprint, default=str))
 
 
 def run(
@@ -145,7 +149,7 @@ def run(
     device = resolve_device(cfg.device)
     sites = assign_sites(saes, source)
     total = cfg.total_steps
-    fingerprint = _fingerprint(saes, sites, cfg)
+    fingerprint = _fingerprint(saes, sites, cfg, source)
     for sae in saes:
         sae.to(device)
     optimizers = [make_optimizer(sae) for sae in saes]
@@ -157,7 +161,7 @@ def run(
         ckpt = load_checkpoint(ckpt_path)
         if ckpt.info.get("fingerprint") != fingerprint:
             raise ConfigError(
-                f"{ckpt_path} was written by a run with different SAEs, sites or training settings; "
+                f"{ckpt_path} was written by a run with different SAEs, sites, data or training settings; "
                 "resume with the same configuration or start a new output folder"
             )
         for sae, opt, counter, sae_state, opt_state, dead_state in zip(

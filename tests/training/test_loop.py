@@ -69,8 +69,13 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
 
 def test_resume_refuses_a_different_run(tmp_path):
     train(build("topk", d_in=16, d_sae=32, k=4), SOURCE, out_dir=tmp_path, steps=3, **FAST)
-    with pytest.raises(ConfigError, match="different SAEs, sites or training settings"):
+    with pytest.raises(ConfigError, match="different SAEs, sites, data or training settings"):
         train(build("topk", d_in=16, d_sae=32, k=5), SOURCE, out_dir=tmp_path, resume=True, steps=3, **FAST)
+    other_data = SyntheticSource(d=16, n_features=48, mean_active=3, seed=2)
+    with pytest.raises(ConfigError, match="different SAEs, sites, data or training settings"):
+        train(build("topk", d_in=16, d_sae=32, k=4), other_data, out_dir=tmp_path, resume=True, steps=3, **FAST)
+    # Logging and progress settings may change on resume.
+    train(build("topk", d_in=16, d_sae=32, k=4), SOURCE, out_dir=tmp_path, resume=True, steps=3, **{**FAST, "log_every": 7})
 
 
 def test_normalisation_is_folded_back_so_the_scale_of_the_data_does_not_matter():
