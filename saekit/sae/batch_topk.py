@@ -42,19 +42,18 @@ import torch
 from torch import Tensor, nn
 
 from saekit.sae import functional as F
-from saekit.sae.base import SAE, OptimDefaults, SAEConfig
+from saekit.sae.base import SAE, OptimDefaults
 from saekit.sae.registry import register
+from saekit.sae.topk import TopKConfig
 from saekit.types import ActBatch, LossOut, StepCtx
 
 
 @dataclass(frozen=True)
-class BatchTopKConfig(SAEConfig):
+class BatchTopKConfig(TopKConfig):
+    """TopK's fields and checks (k, aux_k, aux_coef), k read as a mean, plus the threshold's."""
+
     k: int = 32
     """Mean active latents per token: a training batch of B tokens keeps its B·k largest activations."""
-    aux_k: int | None = None
-    """Dead latents used by the AuxK loss; None means d_in // 2."""
-    aux_coef: float = 1 / 32
-    """Weight of the AuxK loss; 0 disables it."""
     threshold_ema: float = 0.001
     """β of the inference-threshold EMA, θ ← (1 − β) θ + β · (smallest kept activation of the batch)."""
     threshold_start_step: int = 1000
@@ -62,12 +61,6 @@ class BatchTopKConfig(SAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.k <= self.d_sae:
-            raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
-        if self.aux_k is not None and self.aux_k <= 0:
-            raise ValueError(f"aux_k must be positive, got {self.aux_k}")
-        if not self.aux_coef >= 0:
-            raise ValueError(f"aux_coef must be >= 0, got {self.aux_coef!r}")
         if not 0 < self.threshold_ema <= 1:
             raise ValueError(f"threshold_ema must be in (0, 1], got {self.threshold_ema!r}")
         if self.threshold_start_step < 0:
