@@ -10,7 +10,9 @@
 __version__ = "0.1.0"
 
 from saekit.errors import ArtifactError, ConfigError, DataError, SaekitError, UnknownArchitectureError
-from saekit.eval.evaluate import evaluate
+from saekit.eval.downstream import DownstreamMetrics, downstream_metrics
+from saekit.eval.evaluate import evaluate, evaluate_on_model
+from saekit.eval.suite import evaluate_suite, write_suite_report
 from saekit.eval.recovery import feature_recovery
 from saekit.io import is_sae_folder, load_sae, load_suite, save_sae, save_suite
 from saekit.sae import SAE, SAEConfig
@@ -58,7 +60,12 @@ __all__ = [
     "__version__",
     "as_source",
     "build_sae",
+    "DownstreamMetrics",
+    "downstream_metrics",
     "evaluate",
+    "evaluate_on_model",
+    "evaluate_suite",
+    "write_suite_report",
     "feature_recovery",
     "is_sae_folder",
     "list_architectures",

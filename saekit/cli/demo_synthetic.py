@@ -64,8 +64,8 @@ def run_demo(out: Path, *, steps: int | None = None, eval_tokens: int = 32768) -
         ),
         rows=rows,
         columns=COLUMNS,
-        plot=_plot(rows, out / "fvu_vs_l0.png"),
-        suite=suite,
+        plots=[_plot(rows, out / "fvu_vs_l0.png")],
+        links={"SAEs": suite, "training log": out / "train" / "metrics.jsonl"},
     )
     return rows
 

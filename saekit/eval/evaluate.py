@@ -8,14 +8,15 @@ have a large common offset (where Σ||x||² − n||x̄||² would cancel catastro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from saekit.errors import DataError
 from saekit.eval import metrics
+from saekit.eval.downstream import downstream_metrics_many
 from saekit.sae.base import SAE
 from saekit.sources.tensor import SourceInput, as_source
 from saekit.types import ActivationSource
@@ -83,6 +84,7 @@ class _Totals:
             "relative_reconstruction_bias": metrics.safe_ratio(self.sq_x_hat, self.dot),
             "dead_fraction": float((self.fired == 0).double().mean()),
             "dense_fraction": float((frequency > dense_threshold).double().mean()),
+            "density_histogram": metrics.density_histogram(frequency),
             "tokens": n,
         }
 
@@ -90,14 +92,29 @@ class _Totals:
 @torch.no_grad()
 def evaluate(
     sae: SAE,
-    activations: SourceInput | ActivationSource,
+    activations: SourceInput | ActivationSource | None = None,
     *,
+    model: nn.Module | None = None,
+    site: str | None = None,
+    tokens: Tensor | None = None,
+    skip_positions: int = 1,
+    context_batch_size: int = 8,
     batch_size: int = 4096,
     max_tokens: int | None = None,
     device: str | torch.device | None = None,
     dense_threshold: float = 0.1,
-) -> dict[str, float]:
-    """Reconstruction and sparsity metrics of ``sae`` over ``activations``, read once in order.
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Metrics of ``sae``: on ``activations``, or on a model's activations at ``site`` for ``tokens``.
+
+    With ``model=`` (an ``nn.Module`` or :class:`saekit.models.LoadedModel`) and ``tokens [n, T]``, the
+    activation metrics below are computed on positions ``>= skip_positions`` of every context, and the
+    downstream metrics of :mod:`saekit.eval.downstream` are added (``clean_ce, spliced_ce, delta_ce,
+    zero_ablation_ce, mean_ablation_ce, loss_recovered_zero, loss_recovered_mean, kl, scored_tokens``)
+    together with ``mse_by_position`` (index 0 is position ``skip_positions``); ``site`` defaults to
+    ``sae.site``. See :func:`evaluate_on_model` for several SAEs at once.
+
+    Otherwise the activation-only metrics of ``sae`` over ``activations``, read once in order:
 
     ``activations`` is anything :func:`saekit.sources.tensor.as_source` accepts. With several sites the
     one named by ``sae.site`` is read. ``max_tokens`` caps the tokens read and is required for endless
@@ -106,8 +123,24 @@ def evaluate(
     and moved back afterwards.
 
     Returns ``l0, fvu, explained_variance, mse, nmse, cos, l2_ratio, relative_reconstruction_bias,
-    dead_fraction, dense_fraction`` (see :mod:`saekit.eval.metrics` for definitions) and ``tokens``.
+    dead_fraction, dense_fraction, density_histogram`` (see :mod:`saekit.eval.metrics` for definitions)
+    and ``tokens``.
     """
+    if model is not None:
+        if activations is not None:
+            raise DataError("give either activations or model= and tokens=, not both")
+        return evaluate_on_model(
+            {"_": sae},
+            model=model,
+            sites={"_": site} if site is not None else None,
+            tokens=tokens,
+            skip_positions=skip_positions,
+            context_batch_size=context_batch_size,
+            dense_threshold=dense_threshold,
+            progress=progress,
+        )["_"]
+    if activations is None:
+        raise DataError("nothing to evaluate on: give activations, or model= and tokens=")
     if max_tokens is not None and max_tokens <= 0:
         raise DataError(f"max_tokens must be positive, got {max_tokens}")
     source = as_source(activations)
@@ -130,6 +163,75 @@ def evaluate(
     if totals.tokens == 0:
         raise DataError("no activations were read, so there is nothing to evaluate")
     return totals.result(dense_threshold)
+
+
+@torch.no_grad()
+def evaluate_on_model(
+    saes: Mapping[str, SAE],
+    *,
+    model: Any,
+    tokens: Tensor | None,
+    sites: Mapping[str, str] | None = None,
+    skip_positions: int = 1,
+    context_batch_size: int = 8,
+    dense_threshold: float = 0.1,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate` with a model for every SAE of ``saes`` (by name), each at its own ``sae.site``
+    unless ``sites`` names another.
+
+    The SAEs of one site share its clean and ablated forward passes, so a suite costs
+    ``3 + (SAEs on the site)`` forward passes per site over ``tokens``.
+    """
+    from saekit.models.load import LoadedModel
+
+    module = model.model if isinstance(model, LoadedModel) else model
+    if not isinstance(module, nn.Module):
+        raise DataError(f"model must be a torch module or a LoadedModel, got {type(model).__name__}")
+    if tokens is None:
+        raise DataError("evaluating on a model needs tokens= (an integer tensor [contexts, positions])")
+    by_site: dict[str, dict[str, SAE]] = {}
+    for name, sae in saes.items():
+        site = (sites or {}).get(name) or sae.site
+        if not site:
+            raise DataError(f"SAE {name!r} has no site; pass site= or set sae.metadata['site']")
+        by_site.setdefault(site, {})[name] = sae
+    results: dict[str, dict[str, Any]] = {}
+    for site, group in by_site.items():
+        totals: dict[str, _Totals] = {}
+        position_err: dict[str, Tensor] = {}
+
+        def activation_metrics(
+            kept: Tensor, group: dict[str, SAE] = group, totals: dict[str, _Totals] = totals, position_err: dict[str, Tensor] = position_err
+        ) -> None:
+            for name, sae in group.items():
+                param = sae.W_dec
+                x = kept.to(param.device, param.dtype)
+                codes = sae.encode(x.reshape(-1, x.shape[-1]))
+                x_hat = sae.decode(codes)
+                if name not in totals:
+                    totals[name] = _Totals(sae.d_in, sae.d_sae, param.device)
+                    position_err[name] = torch.zeros(x.shape[1], dtype=torch.float64)
+                totals[name].update(x.reshape(-1, x.shape[-1]), x_hat, codes)
+                err = (x - x_hat.reshape(x.shape)).double().pow(2).sum(-1).sum(0)
+                position_err[name] += err.cpu()
+
+        downstream = downstream_metrics_many(
+            module,
+            tokens,
+            site,
+            group,
+            skip_positions=skip_positions,
+            batch_size=context_batch_size,
+            on_clean_activations=activation_metrics,
+            progress=progress,
+        )
+        for name, sae in group.items():
+            result = totals[name].result(dense_threshold)
+            contexts, d_in = tokens.shape[0], sae.d_in
+            result["mse_by_position"] = (position_err[name] / (contexts * d_in)).tolist()
+            results[name] = {"site": site, **result, **downstream[name].as_dict()}
+    return {name: results[name] for name in saes}
 
 
 def _pick_site(source: ActivationSource, sae: SAE) -> str:

@@ -105,3 +105,17 @@ def dead_fraction(codes: Tensor) -> float:
 def dense_fraction(codes: Tensor, threshold: float = 0.1) -> float:
     """Fraction of latents that fire on more than ``threshold`` of the tokens."""
     return float((firing_frequency(codes) > threshold).float().mean())
+
+
+def density_histogram(frequency: Tensor, bins_per_decade: int = 4, lowest_decade: int = -7) -> dict[str, object]:
+    """Histogram of latents by log10 firing frequency, the view of the Towards Monosemanticity and
+    Gemma Scope papers: ``counts[i]`` latents have ``log10_edges[i] <= log10(f) < log10_edges[i+1]``
+    (the last bin includes f = 1; frequencies below the lowest edge go to the first bin), and
+    ``dead`` latents never fired and are not in the counts."""
+    frequency = frequency.detach().double().cpu()
+    alive = frequency[frequency > 0]
+    n_bins = -lowest_decade * bins_per_decade
+    edges = torch.linspace(float(lowest_decade), 0.0, n_bins + 1, dtype=torch.float64)
+    index = ((alive.log10() - lowest_decade) * bins_per_decade).floor().long().clamp(0, n_bins - 1)
+    counts = torch.bincount(index, minlength=n_bins)
+    return {"log10_edges": edges.tolist(), "counts": counts.tolist(), "dead": int((frequency == 0).sum())}

@@ -1,10 +1,10 @@
-"""A report folder: ``results.json`` (one row per SAE), ``report.md`` (an introduction, the table and
-the plot) and a summary printed for the person who ran it."""
+"""A report folder: ``results.json`` (one row per SAE), ``report.md`` (an introduction, the table,
+the plots and links) and a summary printed for the person who ran it."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,32 @@ def write_report(
     intro: str,
     rows: Sequence[dict[str, Any]],
     columns: Sequence[str],
-    plot: Path | None,
-    suite: Path,
+    plots: Sequence[Path | None] = (),
+    links: Mapping[str, Path | str] | None = None,
 ) -> None:
-    """Write ``results.json`` and ``report.md`` into ``out`` and print the table and every output path."""
+    """Write ``results.json`` and ``report.md`` into ``out`` and print the table and every output path.
+
+    ``plots`` that were not drawn (None: matplotlib missing) are left out; ``links`` (label → path) are
+    listed at the end of the report and printed, paths inside ``out`` written relative to it.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows, columns)
+    drawn = [p for p in plots if p is not None]
     (out / "results.json").write_text(json.dumps(list(rows), indent=2) + "\n")
-    image = f"\n![{title}]({plot.name})\n" if plot is not None else ""
-    (out / "report.md").write_text(f"# {title}\n\n{intro}\n\n{table}\n{image}")
+    images = "".join(f"\n![{p.stem}]({_relative(p, out)})\n" for p in drawn)
+    listed = "".join(f"- {label}: [{_relative(Path(p), out)}]({_relative(Path(p), out)})\n" for label, p in (links or {}).items())
+    (out / "report.md").write_text(f"# {title}\n\n{intro}\n\n{table}\n{images}" + (f"\n{listed}" if listed else ""))
     print("\n" + table + "\n")
     print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
-    if plot is not None:
-        print(f"plot: {plot}")
-    print(f"SAEs: {suite}\ntraining log: {out / 'train' / 'metrics.jsonl'}")
+    for p in drawn:
+        print(f"plot: {p}")
+    for label, p in (links or {}).items():
+        print(f"{label}: {p}")
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)

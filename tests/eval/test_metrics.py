@@ -75,3 +75,12 @@ def test_degenerate_denominators_give_nan():
     assert math.isnan(metrics.nmse(zeros, zeros))
     assert math.isnan(metrics.l2_ratio(zeros, zeros))
     assert metrics.cosine(zeros, torch.ones(2, 3)) == 0.0
+
+
+def test_density_histogram_by_hand():
+    # log10 frequencies: dead, -9 (below the range: first bin), -3, about -0.3, 0 (the last bin holds f = 1)
+    frequency = torch.tensor([0.0, 1e-9, 1e-3, 0.5, 1.0, 0.0])
+    hist = metrics.density_histogram(frequency, bins_per_decade=2, lowest_decade=-4)
+    assert hist["log10_edges"] == [-4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0]
+    assert hist["counts"] == [1, 0, 1, 0, 0, 0, 0, 2]
+    assert hist["dead"] == 2

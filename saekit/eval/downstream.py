@@ -1,0 +1,244 @@
+"""What the model loses when a site's activations are replaced: spliced next-token loss, the loss
+recovered against zero- and mean-ablation, and KL(original ‖ spliced).
+
+Every context is run once clean, once zero-ablated, once per reconstruction and (after the mean is
+known) once mean-ablated, batch by batch, so memory stays at a few batches of logits whatever the
+number of tokens. Several reconstructions of the same site share the clean and ablated passes.
+
+Conventions (papers.md §0, the Gemma Scope paper's):
+
+* Only positions ``>= skip_positions`` are replaced, and only the predictions made at those positions
+  count (logits at ``t`` scored on token ``t + 1``, for ``skip_positions <= t < T - 1``). Position 0 is
+  BOS, whose activations are unlike any other token's; some models (SmolLM2) also have massive
+  activations at position 1, hence a parameter.
+* ``loss_recovered_zero = (CE_zero − CE_spliced) / (CE_zero − CE_clean)``: 1 for a perfect
+  reconstruction, 0 for one as bad as writing zeros; ``loss_recovered_mean`` likewise with the site's
+  mean activation (over the same tokens and positions) in place of zeros.
+* ``kl`` is the mean over scored positions of KL(p_clean ‖ p_spliced) in nats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from saekit.errors import DataError
+from saekit.sae.base import SAE
+from saekit.sources.hf import splice
+
+Reconstruction = SAE | Callable[[Tensor], Tensor]
+"""An SAE, or a function mapping the kept activations ``[batch, positions, d]`` to their replacement."""
+
+
+@dataclass(frozen=True)
+class DownstreamMetrics:
+    """Next-token losses (nats per scored token) with the site clean, replaced and ablated."""
+
+    clean_ce: float
+    spliced_ce: float
+    delta_ce: float
+    """spliced_ce − clean_ce: the delta LM loss."""
+    zero_ablation_ce: float
+    mean_ablation_ce: float
+    loss_recovered_zero: float
+    loss_recovered_mean: float
+    kl: float
+    """Mean KL(p_clean ‖ p_spliced) per scored token."""
+    scored_tokens: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """Per-batch sums, merged after the loop."""
+
+    nll: float
+    kl: float
+
+
+def recovered(ablated: float, spliced: float, clean: float) -> float:
+    """Fraction of the loss gap between an ablation and the clean model closed by the reconstruction."""
+    gap = ablated - clean
+    return (ablated - spliced) / gap if gap != 0 else float("nan")
+
+
+def as_function(reconstruct: Reconstruction) -> Callable[[Tensor], Tensor]:
+    """A reconstruction as a function of ``[batch, positions, d]`` activations, run in the SAE's dtype."""
+    if not isinstance(reconstruct, SAE):
+        return reconstruct
+    sae = reconstruct
+
+    def through_sae(h: Tensor) -> Tensor:
+        if h.shape[-1] != sae.d_in:
+            raise DataError(f"SAE with d_in={sae.d_in} cannot replace activations of width {h.shape[-1]}")
+        rows = h.reshape(-1, h.shape[-1]).to(sae.W_dec.device, sae.W_dec.dtype)
+        return sae(rows).reshape(h.shape).to(h.device)
+
+    return through_sae
+
+
+@torch.no_grad()
+def downstream_metrics(
+    model: nn.Module,
+    tokens: Tensor,
+    site: str,
+    reconstruct: Reconstruction,
+    *,
+    skip_positions: int = 1,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> DownstreamMetrics:
+    """Downstream metrics of one reconstruction of ``site`` over the contexts ``tokens [n, T]``."""
+    return downstream_metrics_many(
+        model, tokens, site, {"_": reconstruct}, skip_positions=skip_positions, batch_size=batch_size, progress=progress
+    )["_"]
+
+
+@torch.no_grad()
+def downstream_metrics_many(
+    model: nn.Module,
+    tokens: Tensor,
+    site: str,
+    reconstructions: Mapping[str, Reconstruction],
+    *,
+    skip_positions: int = 1,
+    batch_size: int = 8,
+    on_clean_activations: Callable[[Tensor], None] | None = None,
+    progress: bool = False,
+) -> dict[str, DownstreamMetrics]:
+    """Downstream metrics of several reconstructions of the same ``site``, sharing the clean and ablated
+    passes. ``on_clean_activations`` receives the clean activations ``[batch, T - skip, d]`` of each batch
+    (positions ``>= skip_positions``), so activation metrics can be computed in the same pass."""
+    tokens = _check_tokens(tokens, skip_positions)
+    model.eval()
+    device = next(model.parameters()).device
+    functions = {name: as_function(rec) for name, rec in reconstructions.items()}
+    skip = skip_positions
+
+    clean: list[_Sums] = []
+    zero: list[_Sums] = []
+    spliced: dict[str, list[_Sums]] = {name: [] for name in functions}
+    site_sum: Tensor | None = None
+    site_rows = 0
+    batches = list(_batches(tokens, batch_size))
+    steps = len(batches) * (3 + len(functions))
+    bar = tqdm(total=steps, desc=f"downstream {site}", unit="pass", disable=not progress, leave=False)
+
+    for part in batches:
+        part = part.to(device)
+        captured: list[Tensor] = []
+
+        def capture(h: Tensor, captured: list[Tensor] = captured) -> Tensor:
+            captured.append(h[:, skip:].detach())
+            return h
+
+        with splice(model, site, capture):
+            clean_logp = _log_probs(model, part, skip)
+        bar.update()
+        (kept,) = captured
+        if on_clean_activations is not None:
+            on_clean_activations(kept)
+        batch_sum = kept.double().sum(dim=(0, 1))
+        site_sum = batch_sum if site_sum is None else site_sum + batch_sum
+        site_rows += kept.shape[0] * kept.shape[1]
+        clean.append(_Sums(nll=_nll_sum(clean_logp, part, skip), kl=0.0))
+
+        zero.append(_scored(model, part, site, skip, lambda h: torch.zeros_like(h), clean_logp))
+        bar.update()
+        for name, fn in functions.items():
+            spliced[name].append(_scored(model, part, site, skip, fn, clean_logp))
+            bar.update()
+        del clean_logp
+
+    assert site_sum is not None
+    mean_activation = site_sum / site_rows
+    mean: list[_Sums] = []
+    for part in batches:
+        part = part.to(device)
+        # KL is not reported for the mean ablation: only its loss is needed.
+        mean.append(_scored(model, part, site, skip, lambda h: mean_activation.to(h.dtype).expand_as(h), None))
+        bar.update()
+    bar.close()
+
+    scored = tokens.shape[0] * (tokens.shape[1] - 1 - skip)
+    clean_ce = sum(s.nll for s in clean) / scored
+    zero_ce = sum(s.nll for s in zero) / scored
+    mean_ce = sum(s.nll for s in mean) / scored
+    results = {}
+    for name, sums in spliced.items():
+        spliced_ce = sum(s.nll for s in sums) / scored
+        results[name] = DownstreamMetrics(
+            clean_ce=clean_ce,
+            spliced_ce=spliced_ce,
+            delta_ce=spliced_ce - clean_ce,
+            zero_ablation_ce=zero_ce,
+            mean_ablation_ce=mean_ce,
+            loss_recovered_zero=recovered(zero_ce, spliced_ce, clean_ce),
+            loss_recovered_mean=recovered(mean_ce, spliced_ce, clean_ce),
+            kl=sum(s.kl for s in sums) / scored,
+            scored_tokens=scored,
+        )
+    return results
+
+
+def _scored(
+    model: nn.Module, part: Tensor, site: str, skip: int, fn: Callable[[Tensor], Tensor], clean_logp: Tensor | None
+) -> _Sums:
+    """Run ``part`` with positions ``>= skip`` of ``site`` replaced by ``fn`` of them; sum NLL and KL."""
+
+    def replace_kept(h: Tensor) -> Tensor:
+        kept = h[:, skip:]
+        new = fn(kept)
+        if not isinstance(new, Tensor) or new.shape != kept.shape:
+            got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
+            raise DataError(f"a reconstruction of {site!r} must return shape {tuple(kept.shape)}, got {got}")
+        out = h.clone()
+        out[:, skip:] = new.to(h.device, h.dtype)
+        return out
+
+    with splice(model, site, replace_kept):
+        logp = _log_probs(model, part, skip)
+    kl = 0.0
+    if clean_logp is not None:
+        kl = float(F.kl_div(logp, clean_logp, log_target=True, reduction="sum"))
+    return _Sums(nll=_nll_sum(logp, part, skip), kl=kl)
+
+
+def _log_probs(model: nn.Module, part: Tensor, skip: int) -> Tensor:
+    """float32 log-probabilities of the predictions made at positions skip .. T-2."""
+    logits = model(part).logits[:, skip:-1]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _nll_sum(logp: Tensor, part: Tensor, skip: int) -> float:
+    targets = part[:, skip + 1 :]
+    return float(-logp.gather(-1, targets.unsqueeze(-1)).double().sum())
+
+
+def _batches(tokens: Tensor, batch_size: int) -> Iterator[Tensor]:
+    for start in range(0, tokens.shape[0], batch_size):
+        yield tokens[start : start + batch_size]
+
+
+def _check_tokens(tokens: Tensor, skip: int) -> Tensor:
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.int32, torch.int64):
+        shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise DataError(f"tokens must be an integer tensor [contexts, positions], got {shape}")
+    if skip < 0:
+        raise DataError(f"skip_positions must be >= 0, got {skip}")
+    if tokens.shape[1] < skip + 2:
+        raise DataError(
+            f"contexts of {tokens.shape[1]} tokens leave no prediction to score after skipping {skip} position(s)"
+        )
+    if tokens.shape[0] == 0:
+        raise DataError("no contexts to evaluate")
+    return tokens.long()
