@@ -88,23 +88,6 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from saekit.eval.evaluate import evaluate
-    from saekit.eval.table import markdown_table
-    from saekit.io import is_sae_folder, load_sae, load_suite
-
-    target = Path(args.sae)
-    saes = {target.name: load_sae(target)} if is_sae_folder(target) else load_suite(target)
-    rows = []
-    for name, sae in saes.items():
-        metrics = evaluate(sae, args.data, max_tokens=args.max_tokens)
-        rows.append({"name": name, **metrics})
-    print(markdown_table(rows, ["name", "l0", "fvu", "mse", "cos", "dead_fraction", "tokens"]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
-    return 0
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.synthetic:
         from saekit.cli.demo_synthetic import run_demo as run_synthetic
@@ -122,6 +105,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from saekit import __version__
+    from saekit.cli import evaluate as evaluate_cmd
+    from saekit.cli import convert as convert_cmd
 
     parser = argparse.ArgumentParser(prog="saekit", description="Sparse autoencoders on model activations.")
     parser.add_argument("--version", action="version", version=f"saekit {__version__}")
@@ -152,12 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list architectures and their hyper-parameters")
     ls.set_defaults(func=_cmd_ls)
 
-    ev = sub.add_parser("eval", help="activation metrics of a saved SAE or suite on an activation file")
-    ev.add_argument("sae", help="an SAE folder or a suite folder")
-    ev.add_argument("--data", required=True, help="activations: .npy or .safetensors file")
-    ev.add_argument("--max-tokens", type=int, default=None)
-    ev.add_argument("--json", help="also write the metrics to this JSON file")
-    ev.set_defaults(func=_cmd_eval)
+    evaluate_cmd.add_parser(sub)
+    convert_cmd.add_parser(sub)
 
     demo = sub.add_parser("demo", help="train a small SAE suite on SmolLM2 (or on synthetic data) and report")
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")

@@ -75,8 +75,14 @@ def save_sae(sae: SAE, folder: str | os.PathLike[str], *, provenance: Mapping[st
 
 
 def load_sae(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> SAE:
-    """The SAE saved in ``folder`` (by saekit or by SAELens), with its weights, metadata and provenance."""
+    """The SAE saved in ``folder`` (by saekit or by SAELens), with its weights, metadata and provenance.
+    Gemma Scope, sparsify and dictionary_learning folders are recognised and read too (saekit.io.convert)."""
     folder = Path(folder)
+    if folder.exists() and not is_sae_folder(folder):
+        from saekit.io import convert  # imported here: it imports this module
+
+        if convert.layout_of(folder) != convert.SAEKIT:
+            return convert.read_one(folder, device=device)
     if not folder.is_dir():
         old = _old_path(folder)
         hint = f"; an interrupted save left the previous version in {old}" if is_sae_folder(old) else ""

@@ -305,7 +305,7 @@ def test_missing_folder(tmp_path):
 
 def test_folder_without_cfg_json(tmp_path):
     (tmp_path / "sae").mkdir()
-    with pytest.raises(ArtifactError, match="has no cfg.json"):
+    with pytest.raises(ArtifactError, match=r"no SAE found at .*sae nor in its subfolders: it is empty\. Layouts saekit reads: saekit \(cfg.json"):
         load_sae(tmp_path / "sae")
 
 
