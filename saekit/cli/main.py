@@ -11,11 +11,10 @@ from saekit.errors import SaekitError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from saekit.cli.run_config import apply_overrides, build_saes, parse_run_config, read_config_file
+    from saekit.cli.run_config import apply_overrides, build_saes, parse_run_config, read_config_file, train_from_config
     from saekit.io import save_suite
     from saekit.sources.spec import source_from_spec
     from saekit.training.checkpoint import CHECKPOINT_NAME
-    from saekit.training.loop import run
     from saekit.eval.table import markdown_table
 
     raw = apply_overrides(read_config_file(args.config), args.set or [])
@@ -27,7 +26,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     built = build_saes(rc.saes, source)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
-    result = run(built.saes, source, rc.train, out_dir=out, resume=args.resume)
+    result = train_from_config(rc, built.saes, source, out_dir=out, resume=args.resume)
     suite = save_suite(result.saes, out / "saes", names=built.names)
     rows = [{"name": name, **metrics} for name, metrics in zip(built.names, result.final_metrics)]
     print(markdown_table(rows, ["name", "site", "mse", "l0", "dead_fraction"]))
@@ -107,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     from saekit import __version__
     from saekit.cli import evaluate as evaluate_cmd
     from saekit.cli import convert as convert_cmd
+    from saekit.cli import browse as browse_cmd
+    from saekit.cli import analyse as analyse_cmd
 
     parser = argparse.ArgumentParser(prog="saekit", description="Sparse autoencoders on model activations.")
     parser.add_argument("--version", action="version", version=f"saekit {__version__}")
@@ -139,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate_cmd.add_parser(sub)
     convert_cmd.add_parser(sub)
+    browse_cmd.add_parser(sub)
+    analyse_cmd.add_parser(sub)
 
     demo = sub.add_parser("demo", help="train a small SAE suite on SmolLM2 (or on synthetic data) and report")
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")

@@ -14,11 +14,20 @@
     architecture = "topk"
     d_sae = 512
     k = 8
+    # init_from = "runs/x/saes/00-topk"   start from a saved SAE (fine-tuning) instead of a fresh one
+
+    [[objective]]                   # optional group objectives over several SAEs (kind = "mfr")
+    kind = "mfr"
+    members = [0, 1]
+
+    [e2e]                           # optional: train end to end through the model (data kind = "model")
+    kl_coef = 1.0
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import tomllib
 from dataclasses import dataclass
@@ -34,8 +43,8 @@ from saekit.strict import from_dict
 from saekit.training.config import TrainConfig
 from saekit.types import ActivationSource
 
-TOP_LEVEL_KEYS = ("out", "data", "train", "sae")
-SAE_SPEC_KEYS = ("architecture", "name", "site", "seed", "d_in")
+TOP_LEVEL_KEYS = ("out", "data", "train", "sae", "objective", "e2e")
+SAE_SPEC_KEYS = ("architecture", "name", "site", "seed", "d_in", "init_from")
 """Keys of an [[sae]] table that are not architecture hyper-parameters."""
 
 
@@ -48,6 +57,10 @@ class RunConfig:
     train: TrainConfig
     saes: list[dict[str, Any]]
     raw: dict[str, Any]
+    objectives: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """[[objective]] tables: group objectives over several SAEs (kind = "mfr")."""
+    e2e: dict[str, Any] | None = None
+    """The [e2e] table: train end to end through the data's model instead of on activations."""
     """The merged configuration as read (after overrides), saved beside the results."""
 
 
@@ -115,14 +128,23 @@ def parse_run_config(data: dict[str, Any]) -> RunConfig:
     for i, spec in enumerate(saes):
         if "architecture" not in spec:
             raise ConfigError(f"sae.{i}: missing 'architecture'")
-        if "d_sae" not in spec:
+        if "d_sae" not in spec and "init_from" not in spec:
             raise ConfigError(f"sae.{i}: missing 'd_sae'")
+    objectives = data.get("objective", [])
+    objectives = [objectives] if isinstance(objectives, dict) else objectives
+    if not isinstance(objectives, list) or not all(isinstance(o, dict) for o in objectives):
+        raise ConfigError("'objective' must be one or more tables ([[objective]] in TOML)")
+    e2e = data.get("e2e")
+    if e2e is not None and not isinstance(e2e, dict):
+        raise ConfigError("'e2e' must be a table of end-to-end settings ([e2e] in TOML)")
     return RunConfig(
         out=Path(data.get("out", "runs/latest")),
         data=dict(data["data"]),
         train=from_dict(TrainConfig, data["train"], where="train"),
         saes=[dict(s) for s in saes],
         raw=data,
+        objectives=[dict(o) for o in objectives],
+        e2e=None if e2e is None else dict(e2e),
     )
 
 
@@ -145,8 +167,9 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
         if site not in source.sites and len(source.sites) > 1:
             raise ConfigError(f"sae.{i}: site {site!r} is not one of the data's sites {list(source.sites)}")
         d_in = spec.pop("d_in", source.d_in(site if site in source.sites else source.sites[0]))
+        init_from = spec.pop("init_from", None)
         try:
-            sae = build(architecture, d_in=d_in, seed=seed, **spec)
+            sae = build(architecture, d_in=d_in, seed=seed, **spec) if init_from is None else _load_start(init_from, architecture, spec)
         except ConfigError as exc:
             raise ConfigError(f"sae.{i}: {exc}") from exc
         sae.metadata["site"] = site
@@ -155,3 +178,51 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
     if len(set(names)) != len(names):
         raise ConfigError(f"SAE names must be unique, got {names}")
     return BuiltSAEs(saes, names)
+
+
+def _load_start(folder: str, architecture: str, hparams: dict[str, Any]) -> SAE:
+    """A saved SAE to continue from; its architecture must be the one named, and no other
+    hyper-parameters may be given (they come from the folder)."""
+    from saekit.io import load_sae
+
+    sae = load_sae(folder)
+    if sae.architecture != architecture:
+        raise ConfigError(f"init_from {folder!r} holds a {sae.architecture!r} SAE, not {architecture!r}")
+    extra = sorted(set(hparams) - {"d_sae"})
+    if extra or hparams.get("d_sae", sae.d_sae) != sae.d_sae:
+        raise ConfigError(f"init_from {folder!r}: hyper-parameters come from the saved SAE; remove {extra or ['d_sae']}")
+    return sae
+
+
+def build_objectives(tables: list[dict[str, Any]], n_saes: int) -> list[Any]:
+    """Group objectives from [[objective]] tables (``kind`` = "mfr": MFRConfig fields)."""
+    from saekit.objectives.mfr import MFR, MFRConfig
+
+    objectives = []
+    for j, table in enumerate(tables):
+        table = dict(table)
+        kind = table.pop("kind", None)
+        if kind != "mfr":
+            raise ConfigError(f"objective.{j}: 'kind' must be 'mfr', got {kind!r}")
+        if "members" not in table:
+            table["members"] = list(range(n_saes))
+        table["members"] = tuple(table["members"])
+        objectives.append(MFR(from_dict(MFRConfig, table, where=f"objective.{j}")))
+    return objectives
+
+
+def train_from_config(rc: RunConfig, saes: list[SAE], source: ActivationSource, *, out_dir: Path, resume: bool) -> Any:
+    """Train as the config says: the multi-SAE loop (with its group objectives), or end to end through
+    the data's model when there is an [e2e] table. Returns a TrainResult."""
+    if rc.e2e is None:
+        from saekit.training.loop import run
+
+        return run(saes, source, rc.train, out_dir=out_dir, resume=resume, objectives=build_objectives(rc.objectives, len(saes)))
+    from saekit.objectives.e2e import E2EConfig, train_e2e
+
+    if rc.objectives:
+        raise ConfigError("[e2e] and [[objective]] cannot be combined in one run")
+    if not hasattr(source, "model") or not hasattr(source, "tokens"):
+        raise ConfigError("[e2e] trains through a language model: the data must be kind = \"model\"")
+    e2e = from_dict(E2EConfig, {"skip_positions": source.skip_positions, **rc.e2e}, where="e2e")
+    return train_e2e(source.model, source.tokens, saes, rc.train, e2e, out_dir=out_dir, resume=resume)

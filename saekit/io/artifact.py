@@ -96,6 +96,8 @@ def load_sae(folder: str | os.PathLike[str], *, device: str | torch.device = "cp
 
     weights_path = folder / WEIGHTS_FILE
     state = _read_weights(weights_path)
+    fresh = sae.state_dict()
+    state = {key: fresh[key] for key in sae.training_state if key not in state} | state
     _check_state(sae, state, weights_path)
     sae.load_state_dict(state)
     sae.metadata = _metadata_from_cfg(cfg, cfg_path)
@@ -208,7 +210,9 @@ def _metadata_from_cfg(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
 
 def _write_sae(sae: SAE, folder: Path, provenance: Mapping[str, Any] | None) -> None:
     _write_json(folder / CFG_FILE, _cfg_of(sae))
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in sae.state_dict().items()}
+    tensors = {
+        name: t.detach().to("cpu").contiguous() for name, t in sae.state_dict().items() if name not in sae.training_state
+    }
     save_file(tensors, str(folder / WEIGHTS_FILE))
     _write_json(
         folder / PROVENANCE_FILE,

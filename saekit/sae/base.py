@@ -70,6 +70,9 @@ class SAE(nn.Module, abc.ABC):
     """How the loop initialises ``b_dec`` from the first batch: "geometric_median", "mean" or "zeros"."""
     scaled_params: ClassVar[tuple[str, ...]] = ("b_enc", "b_dec")
     """Parameters and buffers in activation units: divided by the activation scale when folding it."""
+    training_state: ClassVar[tuple[str, ...]] = ()
+    """Buffers only training needs (schedules' state): kept in checkpoints, left out of saved SAE folders so
+    that SAELens and other readers see just the inference tensors; a loaded SAE starts them afresh."""
 
     W_enc: nn.Parameter
     W_dec: nn.Parameter

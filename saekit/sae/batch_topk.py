@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.sae import functional as F
+from saekit.sae import sparse as S
 from saekit.sae.base import SAE, OptimDefaults
 from saekit.sae.registry import register
 from saekit.sae.topk import TopKConfig
@@ -106,23 +107,43 @@ class BatchTopKSAE(SAE):
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         x = batch.x
         self._check_input(x)
+        if x.dim() != 2 or self.cfg.aux_zipf_coef > 0:
+            return self._dense_loss(x, ctx)
+        # Sparse path (saekit.sae.sparse): one dense product, then only the batch·k kept activations.
+        x_in = x - self.b_dec.detach()
+        with torch.no_grad():
+            pre = x_in @ self.W_enc + self.b_enc
+            acts = pre.relu()
+            n_keep = min(acts.numel(), acts.shape[0] * self.cfg.k)
+            pattern = S.pattern_from_flat(acts.flatten().topk(n_keep, sorted=False).indices, *acts.shape)
+
+        def gather(p: S.Pattern) -> Tensor:
+            return S.gather_pre(pre, x_in, self.b_dec, self.W_enc, self.b_enc, p)
+
+        values = gather(pattern).relu()
+        x_hat = S.sparse_decode(values, pattern, self.W_dec) + self.b_dec
+        mse = F.mse_per_token(x, x_hat).mean()
+        aux = S.aux_k_loss(acts, gather, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
+        loss = mse + self.cfg.aux_coef * aux
+        codes = S.densify(values.detach(), pattern)
+        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)})
+
+    def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
+        """The plain dense computation of ``loss``; the sparse path is tested against it."""
         acts = self.post_relu(x)
         codes = acts * F.batch_topk_mask(acts, self.cfg.k)
         x_hat = self.decode(codes)
         mse = F.mse_per_token(x, x_hat).mean()
         aux = F.aux_k_loss(acts, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
         loss = mse + self.cfg.aux_coef * aux
-        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)})
+        terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)}
+        if self.cfg.aux_zipf_coef > 0:
+            zipf = F.aux_zipf_loss(acts, (x - x_hat).detach(), F.firing_density(codes), self.cfg.aux_k or self.d_in // 2, self.W_dec, self.cfg.aux_zipf_exponent)
+            loss = loss + self.cfg.aux_zipf_coef * zipf
+            terms["aux_zipf"] = zipf.detach()
+        return LossOut(loss, x_hat, codes, terms)
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
-        if ctx.step < min(self.cfg.threshold_start_step, ctx.total_steps // 2):
-            return
-        active = out.codes[out.codes > 0]
-        if active.numel() == 0:
-            return
-        smallest = active.min().to(self.threshold.dtype)
-        if self.threshold_set:
-            self.threshold.lerp_(smallest.expand_as(self.threshold), self.cfg.threshold_ema)
-        else:
-            self.threshold.fill_(smallest)
+        if F.threshold_tracking(ctx.step, self.cfg.threshold_start_step, ctx.total_steps):
+            F.ema_threshold_(self.threshold, F.smallest_kept(out.codes), self.cfg.threshold_ema)

@@ -188,3 +188,123 @@ def geometric_median(points: Tensor, max_iter: int = 100, tol: float = 1e-6) -> 
             return new
         median = new
     return median
+
+
+# ---------------------------------------------------------------------------------------------
+# Learned inference thresholds of the batch-coupled selections (BatchTopK, Mutual / Feature Choice).
+# A threshold entry below 0 means "not set yet": the EMA of positive minima is always positive.
+
+
+def threshold_tracking(step: int, start_step: int, total_steps: int) -> bool:
+    """Whether the threshold EMA runs at ``step``: from ``start_step``, capped at half the run so a
+    short run still sets its threshold."""
+    return step >= min(start_step, total_steps // 2)
+
+
+def smallest_kept(codes: Tensor, per_latent: bool = False) -> Tensor:
+    """Smallest positive code of a [batch, d_sae] selection: one scalar for the whole batch, or one
+    value per latent ([d_sae]); NaN where no code is positive."""
+    flat = codes.reshape(-1, codes.shape[-1])
+    positive = flat.masked_fill(flat <= 0, float("inf"))
+    smallest = positive.amin(0) if per_latent else positive.amin()
+    return smallest.masked_fill(smallest.isinf(), float("nan"))
+
+
+@torch.no_grad()
+def ema_threshold_(threshold: Tensor, observed: Tensor, beta: float) -> None:
+    """In place, entry by entry: θ ← (1 − β) θ + β · observed where θ is set (θ ≥ 0), θ ← observed
+    where it is not; a NaN observation leaves θ as it is. ``observed`` broadcasts to θ's shape."""
+    observed = observed.to(threshold.dtype).expand_as(threshold)
+    updated = torch.where(threshold >= 0, threshold.lerp(observed, beta), observed)
+    threshold.copy_(torch.where(observed.isnan(), threshold, updated))
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature Choice selection (Ayonrinde 2024): every latent chooses its tokens
+
+
+def feature_capacities(n_tokens: int, k: int, d_sae: int, exponent: float = 0.0) -> Tensor:
+    """[d_sae] tokens each latent may take from a batch of n: m_j = ⌊n·k · w_j⌋ with w_j ∝ (j+1)^(−exponent)
+    summing to 1, clamped to 1..n. exponent 0 gives the uniform m = ⌊n·k / d_sae⌋; the batch spends
+    at most the TopK budget n·k, plus the latents lifted to 1."""
+    shape = torch.arange(1, d_sae + 1, dtype=torch.float64).pow(-exponent)
+    capacities = torch.floor(n_tokens * k * shape / shape.sum()).long()
+    return capacities.clamp(1, n_tokens)
+
+
+def feature_choice_mask(acts: Tensor, capacities: Tensor) -> Tensor:
+    """Mask of the ``capacities[j]`` largest entries of every column j (latent) of a [batch, d_sae]
+    matrix."""
+    capacities = capacities.to(acts.device).clamp(max=acts.shape[0])
+    ranked = acts.topk(int(capacities.max()), dim=0, sorted=True).indices  # [m_max, d_sae]
+    rank = torch.arange(ranked.shape[0], device=acts.device)[:, None]
+    mask = torch.zeros_like(acts, dtype=torch.bool)
+    return mask.scatter_(0, ranked, (rank < capacities).expand_as(ranked))
+
+
+# ---------------------------------------------------------------------------------------------
+# aux_zipf_loss (Ayonrinde 2024), PROVISIONAL reading: papers.md §3 marks its definition unverified.
+
+
+def firing_density(codes: Tensor) -> Tensor:
+    """[d_sae] fraction of the batch's tokens on which each latent is non-zero, detached."""
+    return (codes.reshape(-1, codes.shape[-1]) != 0).float().mean(0).detach()
+
+
+def zipf_deficit(density: Tensor, exponent: float) -> Tensor:
+    """Per latent, how far its firing density falls short of a Zipf law, in [0, 1].
+
+    Latents are ranked by density (rank r = 1 for the most frequent; ties keep index order); the
+    target at rank r is ρ̂(r) = C · r^(−exponent), with C chosen so that Σ ρ̂ = Σ ρ (the same total
+    budget). The deficit is max(0, 1 − ρ/ρ̂): 1 for a latent that never fired, 0 for one at or above
+    its target. All zero when nothing fired.
+    """
+    order = density.argsort(descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(0, order, torch.arange(1, density.numel() + 1, device=density.device))
+    shape = ranks.to(density.dtype).pow(-exponent)
+    total = density.sum()
+    if not total > 0:
+        return torch.zeros_like(density)
+    target = shape * (total / shape.sum())
+    return (1 - density / target).clamp(0, 1)
+
+
+def aux_zipf_loss(
+    pre_acts: Tensor,
+    residual: Tensor,
+    density: Tensor,
+    k_aux: int,
+    W_dec: Tensor,
+    exponent: float = 1.0,
+) -> Tensor:
+    """AuxK generalised from dead to underutilised latents, each weighted by its Zipf deficit.
+
+    w = :func:`zipf_deficit` (density, exponent). Per token, the ``min(k_aux, #{w > 0})`` largest
+    pre-activations among latents with w > 0 are kept through a ReLU and multiplied by their latent's
+    w; they reconstruct the residual (``x − x̂``, detached by the caller) through ``W_dec``, and the
+    squared error is divided by the residual's total variance, as in :func:`aux_k_loss`. With w equal
+    to 1 on some latents and 0 elsewhere this is exactly ``aux_k_loss`` with those latents as dead.
+    """
+    weights = zipf_deficit(density, exponent)
+    selectable = weights > 0
+    if not bool(selectable.any()):
+        return pre_acts.new_zeros(())
+    k = min(k_aux, int(selectable.sum()))
+    masked = pre_acts.masked_fill(~selectable, float("-inf"))
+    values, indices = masked.topk(k, dim=-1, sorted=False)
+    codes = torch.zeros_like(pre_acts).scatter(-1, indices, values.relu() * weights.to(pre_acts.dtype)[indices])
+    residual_hat = codes @ W_dec
+    variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return (residual_hat - residual).pow(2).sum() / variance
+
+
+# ---------------------------------------------------------------------------------------------
+# Lp^p sparsity (p-annealing, Karvonen et al. 2024)
+
+
+def lp_pow(codes: Tensor, p: float) -> Tensor:
+    """Σ_i |f_i|^p per token, averaged over tokens. Zero codes contribute 0 and no gradient (for p < 1
+    the derivative p·f^(p−1) is infinite at 0)."""
+    active = codes != 0
+    base = torch.where(active, codes.abs(), torch.ones_like(codes))
+    return (base.pow(p) * active).sum(-1).mean()

@@ -30,9 +30,16 @@ import torch
 from torch import Tensor, nn
 
 from saekit.sae import functional as F
+from saekit.sae import sparse as S
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import register
 from saekit.types import ActBatch, LossOut, StepCtx
+
+
+SPARSE_MAX_DENSITY = 0.03
+"""The sparse loss is used when at most this fraction of (token, latent) pairs is active or near θ:
+it costs about 1.7 dense products' worth of time at 0.7% density (TopK k=32 of 4608) on a 2-core CPU,
+so it stops paying near 3%. Early in training (θ₀ ≈ 0, half the latents active) the dense path runs."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,29 @@ class JumpReLUSAE(SAE):
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         x = batch.x
         self._check_input(x)
+        if x.dim() != 2:
+            return self._dense_loss(x, ctx)
+        with torch.no_grad():
+            z = x @ self.W_enc + self.b_enc
+            # Every (token, latent) with a gradient: the active codes, and those within ε/2 of θ,
+            # where the pseudo-derivative of θ is non-zero.
+            touched = (z > self.threshold) | (F.rectangle((z - self.threshold) / self.cfg.bandwidth) > 0)
+            n_touched = int(touched.sum())
+        if n_touched > SPARSE_MAX_DENSITY * touched.numel():
+            return self._dense_loss(x, ctx)
+        pattern = S.pattern_from_mask(touched)
+        z_at = S.gather_pre(z, x, None, self.W_enc, self.b_enc, pattern)
+        theta_at = self.threshold[pattern.cols]
+        values = F.jumprelu(z_at, theta_at, self.cfg.bandwidth)
+        x_hat = S.sparse_decode(values, pattern, self.W_dec) + self.b_dec
+        mse = F.mse_per_token(x, x_hat).mean()
+        l0 = F.heaviside_step(z_at, theta_at, self.cfg.bandwidth).sum() / x.shape[0]
+        loss = mse + ctx.sparsity_scale * self.cfg.l0_coef * l0
+        codes = S.densify(values.detach(), pattern)
+        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "l0": l0.detach()})
+
+    def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
+        """The plain dense computation of ``loss``; the sparse path is tested against it."""
         z = self.pre_acts(x)
         codes = F.jumprelu(z, self.threshold, self.cfg.bandwidth)
         x_hat = self.decode(codes)

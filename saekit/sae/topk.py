@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.sae import functional as F
+from saekit.sae import sparse as S
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import register
 from saekit.types import ActBatch, LossOut, StepCtx
@@ -32,6 +33,13 @@ class TopKConfig(SAEConfig):
     """Dead latents used by the AuxK loss; None means d_in // 2."""
     aux_coef: float = 1 / 32
     """Weight of the AuxK loss; 0 disables it."""
+    aux_zipf_coef: float = 0.0
+    """Weight of aux_zipf_loss (Ayonrinde 2024), AuxK extended to underutilised latents; 0 disables it.
+    PROVISIONAL reading of the paper (see saekit.sae.functional.aux_zipf_loss): latents whose firing
+    density in the batch falls below a Zipf law with the batch's total reconstruct the residual, each
+    weighted by its shortfall, with up to aux_k latents per token."""
+    aux_zipf_exponent: float = 1.0
+    """Exponent α of the Zipf target density C · rank^(−α) used by aux_zipf_loss (provisional)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,6 +49,10 @@ class TopKConfig(SAEConfig):
             raise ValueError(f"aux_k must be positive, got {self.aux_k}")
         if self.aux_coef < 0:
             raise ValueError(f"aux_coef must be >= 0, got {self.aux_coef}")
+        if not self.aux_zipf_coef >= 0:
+            raise ValueError(f"aux_zipf_coef must be >= 0, got {self.aux_zipf_coef!r}")
+        if not self.aux_zipf_exponent >= 0:
+            raise ValueError(f"aux_zipf_exponent must be >= 0, got {self.aux_zipf_exponent!r}")
 
 
 @register("topk")
@@ -72,13 +84,39 @@ class TopKSAE(SAE):
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         x = batch.x
         self._check_input(x)
+        if x.dim() != 2 or self.cfg.aux_zipf_coef > 0:
+            return self._dense_loss(x, ctx)
+        # Sparse path (saekit.sae.sparse): one dense product, then only the k chosen latents per token.
+        x_in = x - self.b_dec.detach()
+        with torch.no_grad():
+            pre = x_in @ self.W_enc + self.b_enc
+            pattern = S.pattern_from_topk(pre.topk(self.cfg.k, dim=-1, sorted=False).indices, self.d_sae)
+
+        def gather(p: S.Pattern) -> Tensor:
+            return S.gather_pre(pre, x_in, self.b_dec, self.W_enc, self.b_enc, p)
+
+        values = gather(pattern).relu()
+        x_hat = S.sparse_decode(values, pattern, self.W_dec) + self.b_dec
+        mse = F.mse_per_token(x, x_hat).mean()
+        aux = S.aux_k_loss(pre, gather, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
+        loss = mse + self.cfg.aux_coef * aux
+        codes = S.densify(values.detach(), pattern)
+        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)})
+
+    def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
+        """The plain dense computation of ``loss``; the sparse path is tested against it."""
         pre = self.pre_acts(x)
         codes = F.scatter_codes(F.topk_codes(pre, self.cfg.k), self.d_sae)
         x_hat = self.decode(codes)
         mse = F.mse_per_token(x, x_hat).mean()
         aux = F.aux_k_loss(pre, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
         loss = mse + self.cfg.aux_coef * aux
-        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)})
+        terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)}
+        if self.cfg.aux_zipf_coef > 0:
+            zipf = F.aux_zipf_loss(pre, (x - x_hat).detach(), F.firing_density(codes), self.cfg.aux_k or self.d_in // 2, self.W_dec, self.cfg.aux_zipf_exponent)
+            loss = loss + self.cfg.aux_zipf_coef * zipf
+            terms["aux_zipf"] = zipf.detach()
+        return LossOut(loss, x_hat, codes, terms)
 
     def extra_saelens_cfg(self) -> dict:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}

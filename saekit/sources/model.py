@@ -10,23 +10,32 @@ into it.
 
 Rows per chunk = ``chunk_seqs · (context − skip_positions)``, which is also the working memory per
 site (in float32); raise ``chunk_seqs`` for better mixing, lower it for many sites.
+
+With ``with_grads=True`` every batch also carries ``ActBatch.grad``: the gradient, with respect to
+each row, of the summed next-token loss of the row's forward batch (from the same hooks, see
+:func:`~saekit.sources.hf.collect_activations_and_grads`), shuffled together with the activations.
+The summed loss is used so that the gradient of a row does not depend on ``forward_batch``. Gradient
+passes run the whole model and a backward pass, about three times the cost of an activation pass,
+and double the chunk memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from saekit.errors import ConfigError, DataError
-from saekit.sources.hf import collect_activations
+from saekit.sources.hf import collect_activations, collect_activations_and_grads
 from saekit.sources.sites import resolve_sites
 from saekit.sources.tensor import seeded_generator
 from saekit.types import ActBatch
 
 _EPOCH, _CHUNK = 11, 12  # tags that keep the two random streams apart
+_GRAD = "grad:"
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,8 @@ class Chunk:
     index: int
     acts: dict[str, Tensor]
     """site -> [rows, d] float32 on the CPU, position-major within each context."""
+    grads: dict[str, Tensor] | None = None
+    """site -> [rows, d] gradients of the next-token loss, aligned with ``acts``; None without grads."""
 
 
 class ModelSource:
@@ -50,6 +61,7 @@ class ModelSource:
         chunk_seqs: int = 64,
         forward_batch: int = 16,
         skip_positions: int = 1,
+        with_grads: bool = False,
         description: dict | None = None,
     ) -> None:
         if tokens.ndim != 2 or tokens.dtype not in (torch.int32, torch.int64):
@@ -64,9 +76,10 @@ class ModelSource:
         self.chunk_seqs = chunk_seqs
         self.forward_batch = forward_batch
         self.skip_positions = skip_positions
+        self.with_grads = with_grads
         self._description = description or {}
         self._last: tuple[tuple[int, int], Chunk] | None = None
-        self._width = {site: acts.shape[-1] for site, acts in self._forward(self.tokens[:1, :2]).items()}
+        self._width = {site: acts.shape[-1] for site, acts in self._forward(self.tokens[:1, :2]).acts.items()}
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -90,6 +103,7 @@ class ModelSource:
             "context": self.tokens.shape[1],
             "skip_positions": self.skip_positions,
             "chunk_seqs": self.chunk_seqs,
+            **({"with_grads": True} if self.with_grads else {}),
         }
 
     # ------------------------------------------------------------------ the row stream
@@ -111,17 +125,32 @@ class ModelSource:
         # The loop reads the first chunk up to three times (normalisation estimate, b_dec init,
         # training); one remembered chunk saves those forward passes.
         if self._last is None or self._last[0] != (index, seed):
-            self._last = ((index, seed), Chunk(index, self.activations_of(self.sequence_ids(index, seed))))
+            ids = self.sequence_ids(index, seed)
+            if self.with_grads:
+                acts, grads = self._rows_of(ids, with_grads=True)
+                self._last = ((index, seed), Chunk(index, acts, grads))
+            else:
+                self._last = ((index, seed), Chunk(index, self.activations_of(ids)))
         return self._last[1]
 
     def activations_of(self, ids: Tensor) -> dict[str, Tensor]:
         """site -> [len(ids) · (context − skip_positions), d] float32 CPU rows of the contexts ``ids``."""
+        return self._rows_of(ids, with_grads=False)[0]
+
+    def _rows_of(self, ids: Tensor, *, with_grads: bool) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+        def rows(value: Tensor) -> Tensor:
+            return value[:, self.skip_positions :].reshape(-1, value.shape[-1]).float().cpu()
+
         parts: dict[str, list[Tensor]] = {site: [] for site in self._sites}
+        grad_parts: dict[str, list[Tensor]] = {site: [] for site in self._sites}
         for start in range(0, len(ids), self.forward_batch):
-            acts = self._forward(self.tokens[ids[start : start + self.forward_batch]])
-            for site, value in acts.items():
-                parts[site].append(value[:, self.skip_positions :].reshape(-1, value.shape[-1]).float().cpu())
-        return {site: torch.cat(values) for site, values in parts.items()}
+            out = self._forward(self.tokens[ids[start : start + self.forward_batch]], with_grads=with_grads)
+            for site in self._sites:
+                parts[site].append(rows(out.acts[site]))
+                if out.grads is not None:
+                    grad_parts[site].append(rows(out.grads[site]))
+        acts = {site: torch.cat(values) for site, values in parts.items()}
+        return acts, {site: torch.cat(values) for site, values in grad_parts.items()} if with_grads else None
 
     def chunks_in_order(self, first: int = 0) -> Iterator[dict[str, Tensor]]:
         """Every context exactly once, in token order, ``chunk_seqs`` contexts at a time, starting at
@@ -134,16 +163,20 @@ class ModelSource:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         rows = self.rows_per_chunk
         chunk_index, offset = divmod(start * batch_size, rows)
+        # Gradients ride in the same buffer under keys of their own, so they are shuffled and cut
+        # exactly like the activations they belong to.
         buffer: dict[str, Tensor] | None = None
         while True:
-            acts = self.chunk(chunk_index, seed).acts
+            chunk = self.chunk(chunk_index, seed)
+            tensors = {**chunk.acts, **{_GRAD + site: g for site, g in (chunk.grads or {}).items()}}
             order = torch.randperm(rows, generator=seeded_generator(_CHUNK, seed, chunk_index))[offset:]
-            fresh = {site: value[order] for site, value in acts.items()}
-            buffer = fresh if buffer is None else {site: torch.cat([buffer[site], fresh[site]]) for site in fresh}
+            fresh = {key: value[order] for key, value in tensors.items()}
+            buffer = fresh if buffer is None else {key: torch.cat([buffer[key], fresh[key]]) for key in fresh}
             n_full = len(buffer[self._sites[0]]) // batch_size
             for b in range(n_full):
-                yield {site: ActBatch(value[b * batch_size : (b + 1) * batch_size]) for site, value in buffer.items()}
-            buffer = {site: value[n_full * batch_size :] for site, value in buffer.items()}
+                cut = {key: value[b * batch_size : (b + 1) * batch_size] for key, value in buffer.items()}
+                yield {site: ActBatch(cut[site], cut.get(_GRAD + site)) for site in self._sites}
+            buffer = {key: value[n_full * batch_size :] for key, value in buffer.items()}
             chunk_index, offset = chunk_index + 1, 0
 
     def iter_rows(self, batch_size: int, *, site: str | None = None, max_rows: int | None = None, seed: int = 0) -> Iterator[Tensor]:
@@ -161,7 +194,18 @@ class ModelSource:
             done += len(rows)
             index += 1
 
-    @torch.no_grad()
-    def _forward(self, tokens: Tensor) -> dict[str, Tensor]:
+    def _forward(self, tokens: Tensor, *, with_grads: bool = False) -> _Pass:
         device = next(self.model.parameters()).device
-        return collect_activations(self.model, tokens.to(device), list(self._sites))
+        tokens = tokens.to(device)
+        if not with_grads:
+            with torch.no_grad():
+                return _Pass(collect_activations(self.model, tokens, list(self._sites)), None)
+        out = collect_activations_and_grads(self.model, tokens, list(self._sites))
+        # d(mean loss)/dh times the number of predictions = d(summed loss)/dh, free of the batch size.
+        n_predictions = tokens.shape[0] * (tokens.shape[1] - 1)
+        return _Pass(out.acts, {site: g * n_predictions for site, g in out.grads.items()})
+
+
+class _Pass(NamedTuple):
+    acts: dict[str, Tensor]
+    grads: dict[str, Tensor] | None

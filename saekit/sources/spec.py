@@ -38,6 +38,9 @@ class ModelDataConfig:
     """Contexts per forward pass."""
     skip_positions: int = 1
     """Leading positions of each context left out of the data (1: the BOS token)."""
+    with_grads: bool = False
+    """Also carry d(next-token loss)/d(activation) in every batch (for gradient_topk); costs a full
+    forward and backward pass per chunk."""
 
 
 def _file(settings: dict[str, Any]) -> ActivationSource:
@@ -106,6 +109,7 @@ def model_source(settings: dict[str, Any]) -> ActivationSource:
         chunk_seqs=model_cfg.chunk_seqs,
         forward_batch=model_cfg.forward_batch,
         skip_positions=model_cfg.skip_positions,
+        with_grads=model_cfg.with_grads,
         description={"model": loaded.name, "text": to_dict(text_cfg)},
     )
 

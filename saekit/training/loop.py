@@ -5,6 +5,10 @@ hyper-parameter sweep or a suite over every layer costs one pass over the data. 
 keeps between steps (weights, Adam moments, dead-latent counters, normalisation factors, RNG) goes
 into the checkpoint, and the data source replays from a batch index, so a resumed run ends with the
 same weights as an uninterrupted one.
+
+Group objectives (:mod:`saekit.objectives`, e.g. mutual feature regularisation) add a term over
+several SAEs. The SAEs they couple form one *unit*: their losses and the group terms are summed and
+back-propagated together; every other SAE is a unit of its own, trained as if alone.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saekit.errors import ConfigError, DataError
+from saekit.objectives import GroupObjective
 from saekit.sae import functional as F
 from saekit.sae.base import SAE
 from saekit.strict import to_dict
@@ -116,6 +122,42 @@ def init_b_dec_(sae: SAE, x: torch.Tensor) -> None:
         sae.b_dec.copy_(x.mean(0))
 
 
+@dataclass(frozen=True)
+class Unit:
+    """SAEs trained with one backward pass: one SAE alone, or the members of linked group objectives."""
+
+    members: tuple[int, ...]
+    objectives: tuple[GroupObjective, ...] = ()
+
+
+def training_units(n_saes: int, objectives: Sequence[GroupObjective]) -> list[Unit]:
+    """Split SAEs ``0..n_saes-1`` into units: SAEs linked through any chain of shared group objectives
+    train together; the rest alone. Units are ordered by their first member."""
+    parent = list(range(n_saes))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for j, objective in enumerate(objectives):
+        members = tuple(objective.members)
+        if len(set(members)) < 2 or any(not 0 <= m < n_saes for m in members):
+            raise ConfigError(
+                f"group objective {j} ({type(objective).__name__}) must name at least two distinct SAEs "
+                f"among 0..{n_saes - 1}, got {list(members)}"
+            )
+        for m in members[1:]:
+            parent[root(m)] = root(members[0])
+    groups: dict[int, list[int]] = {}
+    for i in range(n_saes):
+        groups.setdefault(root(i), []).append(i)
+    return [
+        Unit(tuple(members), tuple(o for o in objectives if root(o.members[0]) == root(members[0])))
+        for members in sorted(groups.values())
+    ]
+
+
 def _fingerprint(saes: Sequence[SAE], sites: list[str], cfg: TrainConfig, source: ActivationSource) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed by this run (as JSON gives it back). Settings
     that do not change the result (logging, progress, checkpoint cadence, device) may differ."""
@@ -135,8 +177,10 @@ def run(
     *,
     out_dir: str | Path | None = None,
     resume: bool = False,
+    objectives: Sequence[GroupObjective] = (),
 ) -> TrainResult:
-    """Train ``saes`` side by side on ``source``; see :func:`saekit.train`."""
+    """Train ``saes`` side by side on ``source``; see :func:`saekit.train`. ``objectives`` are group
+    terms over several of the SAEs (indices into ``saes``), such as :class:`saekit.objectives.mfr.MFR`."""
     started = time.perf_counter()
     out_dir = Path(out_dir) if out_dir is not None else None
     if resume and out_dir is None:
@@ -149,7 +193,10 @@ def run(
     device = resolve_device(cfg.device)
     sites = assign_sites(saes, source)
     total = cfg.total_steps
+    units = training_units(len(saes), objectives)
     fingerprint = _fingerprint(saes, sites, cfg, source)
+    if objectives:
+        fingerprint["objectives"] = json.loads(json.dumps([o.describe() for o in objectives], default=str))
     for sae in saes:
         sae.to(device)
     optimizers = [make_optimizer(sae) for sae in saes]
@@ -218,24 +265,38 @@ def run(
         batch = next(batches)
         ctx_base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup))
         lr_mult = lr_factor(step, total, cfg.resolved_lr_warmup, cfg.lr_decay_fraction)
-        outs: list[LossOut] = []
-        for sae, opt, counter, site in zip(saes, optimizers, counters, sites):
-            acts = batch[site]
-            scale = scales[site]
-            x = acts.x.to(device, non_blocking=True).float() * scale
-            grad = acts.grad.to(device).float() / scale if acts.grad is not None else None
-            ctx = replace(ctx_base, dead_mask=dead.dead_mask(counter, dead_window))
-            with autocast:
-                out = sae.loss(ActBatch(x, grad), ctx)
-            opt.zero_grad(set_to_none=True)
-            out.loss.float().backward()
-            apply_update(sae, opt, lr_mult, cfg.grad_clip)
-            with torch.no_grad():
-                sae.after_step(out, ctx)
-            dead.update_counter_(counter, out.codes)
-            outs.append(out)
+        outs: list[LossOut] = [None] * len(saes)  # type: ignore[list-item]
+        unit_losses = []
+        for unit in units:
+            ctxs = {}
+            for i in unit.members:
+                acts = batch[sites[i]]
+                if step == start and acts.grad is None and getattr(saes[i], "uses_grad", False):
+                    _warn_no_grad(i, saes[i])
+                x = acts.x.to(device, non_blocking=True).float() * scales[sites[i]]
+                # x is scaled by s, so d loss / d(s·x) = (d loss / d x) / s
+                grad = acts.grad.to(device).float() / scales[sites[i]] if acts.grad is not None else None
+                ctxs[i] = replace(ctx_base, dead_mask=dead.dead_mask(counters[i], dead_window))
+                with autocast:
+                    outs[i] = saes[i].loss(ActBatch(x, grad), ctxs[i])
+            unit_loss = sum(outs[i].loss.float() for i in unit.members)
+            for objective in unit.objectives:
+                with autocast:
+                    term = objective([saes[m] for m in objective.members], [outs[m] for m in objective.members], ctx_base)
+                unit_loss = unit_loss + term.loss.float()
+                for m in objective.members:
+                    outs[m] = outs[m]._replace(terms={**outs[m].terms, **term.terms})
+            for i in unit.members:
+                optimizers[i].zero_grad(set_to_none=True)
+            unit_loss.backward()
+            unit_losses.append(unit_loss.detach())
+            for i in unit.members:
+                apply_update(saes[i], optimizers[i], lr_mult, cfg.grad_clip)
+                with torch.no_grad():
+                    saes[i].after_step(outs[i], ctxs[i])
+                dead.update_counter_(counters[i], outs[i].codes)
         # One host sync per step, for all SAEs together.
-        if not bool(torch.stack([o.loss.detach().float() for o in outs]).isfinite().all()):
+        if not bool(torch.stack(unit_losses).isfinite().all()):
             _raise_non_finite(batch, saes, sites, outs, step)
         if (step + 1) % cfg.log_every == 0 or step + 1 == total:
             last_records = _records(saes, sites, outs, counters, dead_window, optimizers, step + 1, cfg.batch_size)
@@ -281,6 +342,15 @@ def _postfix(records: list[dict[str, Any]]) -> dict[str, str]:
     }
 
 
+def _warn_no_grad(i: int, sae: SAE) -> None:
+    warnings.warn(
+        f"SAE {i} ({sae.architecture}) selects latents with the downstream gradient, but the activation "
+        "source gives none, so it trains with its no-gradient rule; use a source with gradients "
+        "(ModelSource(..., with_grads=True), or with_grads = true in a run config's [data])",
+        stacklevel=3,
+    )
+
+
 def _raise_non_finite(batch, saes, sites, outs, step) -> None:
     for site in sorted(set(sites)):
         x = batch[site].x
@@ -297,3 +367,4 @@ def _raise_non_finite(batch, saes, sites, outs, step) -> None:
                 f"SAE {i} ({sae.architecture}) diverged at step {step}: loss is {float(out.loss)}; "
                 "lower its learning rate (lr) or enable grad_clip"
             )
+    raise FloatingPointError(f"a group objective's term is not finite at step {step}; lower its coefficient or the learning rates")

@@ -17,6 +17,9 @@ SHORT_RUN = {
     "relu": {"l1_coef": 0.2},
     "jumprelu": {"lr": 1e-3, "l0_coef": 0.01},
     "gated": {"lr": 5e-4},
+    "feature_choice": {"k": 5},
+    "mutual_choice": {"k": 5},
+    "p_anneal": {"sparsity_coef": 0.2},
 }
 
 

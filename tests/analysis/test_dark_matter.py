@@ -1,0 +1,151 @@
+import math
+
+import pytest
+import torch
+
+import saekit
+from saekit.analysis import dark_matter as dm
+from saekit.analysis.regression import split_tokens
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def planted(n=40_000, d=8, c=0.5, seed=0):
+    """x ~ N(0, I); error = x A + c (x_π² − 1): an affine part and a part uncorrelated with any affine
+    function of x (E[x_i (x_j² − 1)] = 0 for a standard Gaussian)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    A = 0.4 * torch.randn(d, d, generator=g, dtype=torch.float64)
+    perm = torch.randperm(d, generator=g)
+    err = x @ A + c * (x[:, perm].pow(2) - 1)
+    return x, err, A
+
+
+def test_planted_linear_and_nonlinear_error_give_the_implied_r2():
+    c = 0.5
+    x, err, A = planted(c=c)
+    split = split_tokens(x.shape[0], 0.5, seed=0)
+    res = dm.analyse_error(x, x - err, split)
+    lin_var = A.pow(2).sum(0)  # Var((xA)_j) for unit-variance independent inputs
+    nl_var = 2 * c**2  # Var(c (x² − 1)) = 2c²
+    expected_r2 = (lin_var / (lin_var + nl_var)).mean()
+    assert res.r2_vector == pytest.approx(float(expected_r2), abs=0.02)
+    d = x.shape[1]
+    assert res.fvu_nonlinear == pytest.approx(nl_var, abs=0.03)  # Σ||e_nl||² / Σ||x − x̄||² = d·2c² / d
+    assert res.fvu_linear == pytest.approx(float(lin_var.sum()) / d, rel=0.05)
+    assert res.fvu == pytest.approx(res.fvu_linear + res.fvu_nonlinear, rel=0.02)
+    assert res.fvu_plus_linear == pytest.approx(res.fvu_nonlinear, rel=1e-9)
+    assert res.r2_per_dim.shape == (d,)
+
+
+def test_purely_linear_error_is_fully_predictable_and_noise_is_not():
+    x, _, A = planted()
+    split = split_tokens(x.shape[0], 0.5, seed=3)
+    assert dm.analyse_error(x, x - (x @ A + 0.1), split).r2_vector == pytest.approx(1.0, abs=1e-9)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert abs(dm.analyse_error(x, x - noise, split).r2_vector) < 0.01
+
+
+def test_norm_r2_of_a_planted_linear_squared_norm():
+    """||e||² = 2 + x_0 + ξ with x_0, ξ ~ U(−1, 1) independent: R²_norm = Var(x_0) / (Var(x_0) + Var(ξ)) = 0.5."""
+    g = torch.Generator().manual_seed(1)
+    n, d = 40_000, 6
+    x = torch.rand(n, d, generator=g, dtype=torch.float64) * 2 - 1
+    xi = torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1
+    u = torch.randn(d, generator=g, dtype=torch.float64)
+    err = (2 + x[:, 0] + xi).sqrt()[:, None] * (u / u.norm())
+    split = split_tokens(n, 0.5, seed=0)
+    assert dm.norm_r2(x, err, split) == pytest.approx(0.5, abs=0.02)
+
+
+def test_gradient_pursuit_recovers_a_sparse_code_on_an_orthonormal_dictionary():
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    W_dec = 3.0 * Q  # rows orthogonal, norm 3: codes come back in W_dec's scale
+    b_dec = torch.randn(d, generator=g, dtype=torch.float64)
+    codes = torch.zeros(5, d, dtype=torch.float64)
+    codes[0, [1, 4]] = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    codes[1, [0, 7, 9]] = torch.tensor([0.5, 1.5, 3.0], dtype=torch.float64)
+    x = codes @ W_dec + b_dec
+    out = dm.gradient_pursuit(x, W_dec, b_dec, torch.tensor([2, 3, 0, 1, 1]))
+    assert torch.allclose(out.codes[:2], codes[:2], atol=1e-9)
+    assert torch.allclose(out.x_hat[:2], x[:2], atol=1e-9)
+    assert torch.allclose(out.x_hat[2], b_dec)  # no atoms allowed
+    assert ((out.codes != 0).sum(-1) <= torch.tensor([2, 3, 0, 1, 1])).all()
+
+
+def test_gradient_pursuit_residual_shrinks_with_more_atoms():
+    g = torch.Generator().manual_seed(2)
+    W_dec = torch.randn(64, 16, generator=g)
+    x = torch.randn(200, 16, generator=g)
+    errs = [float((x - dm.gradient_pursuit(x, W_dec, torch.zeros(16), torch.full((200,), k)).x_hat).pow(2).sum()) for k in (1, 4, 8)]
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_norm_scaling_uses_the_nonlinear_norm():
+    g = torch.Generator().manual_seed(4)
+    n, d = 4000, 8
+
+    def with_norms(norms):
+        v = torch.randn(n, d, generator=g, dtype=torch.float64)
+        return v / v.norm(dim=-1, keepdim=True) * norms[:, None]
+
+    a = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    b = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    large = with_norms(2 * a + 3 * b)
+    r2 = dm.norm_scaling(with_norms(a), with_norms(b), large)
+    assert r2.with_nonlinear == pytest.approx(1.0, abs=1e-9)
+    # Var(2a) / Var(2a + 3b) = 4 / 13 for independent a, b of equal variance
+    assert r2.from_norm == pytest.approx(4 / 13, abs=0.05)
+
+
+def test_previous_layer_map_removes_a_planted_nonlinear_error():
+    g = torch.Generator().manual_seed(6)
+    n, d = 4000, 8
+    prev_hat, prev_err = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    e_nl = prev_err @ torch.randn(d, d, generator=g) + 0.5
+    res = dm.previous_layer_result(prev_hat, prev_err, e_nl, test_var=float(n * d))
+    assert res.r2 == pytest.approx(1.0, abs=1e-6)
+    assert res.fvu_nonlinear_after < 1e-6 * res.fvu_nonlinear
+
+
+def exact_relu_sae(d):
+    """relu(x) − relu(−x) = x: a 2d-latent ReLU SAE whose reconstruction is exact."""
+    sae = saekit.build_sae("relu", d_in=d, d_sae=2 * d)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_run_on_a_tiny_model_with_downstream_and_round_trip(tmp_path):
+    import tiny_lm
+
+    model = tiny_lm.tiny_llama().eval()
+    tokens = torch.randint(3, 15, (24, 12), generator=torch.Generator().manual_seed(0))
+    site = "layers.0.resid_post"
+    x = saekit.collect_activations(model, tokens, [site])[site][:, 1:].reshape(-1, 16)
+    prev_x = saekit.collect_activations(model, tokens, ["layers.0.resid_pre"])["layers.0.resid_pre"][:, 1:].reshape(-1, 16)
+    sae = saekit.build_sae("topk", d_in=16, d_sae=32, k=4, seed=0)
+    larger = saekit.build_sae("topk", d_in=16, d_sae=64, k=8, seed=1)
+    res = dm.run(sae, x, name="t", larger=larger, previous=(exact_relu_sae(16), prev_x), model=model, tokens=tokens, site=site)
+    from saekit.eval.downstream import downstream_metrics
+
+    assert res.downstream["delta_ce_sae"] == pytest.approx(downstream_metrics(model, tokens, site, sae).delta_ce, abs=1e-6)
+    assert res.l0 == pytest.approx(4.0)
+    assert res.pursuit.l0 == pytest.approx(4.0)
+    assert res.scaling is not None and res.previous is not None
+    exact = dm.run(exact_relu_sae(16), x, pursuit=False, model=model, tokens=tokens, site=site)
+    assert exact.fvu < 1e-10
+    for key in ("delta_ce_sae", "delta_ce_sae_plus_linear", "delta_ce_sae_plus_nonlinear"):
+        assert abs(exact.downstream[key]) < 1e-5
+    res.save(tmp_path / "r")
+    back = dm.DarkMatterResult.load(tmp_path / "r")
+    assert back.scaling == res.scaling and back.pursuit == res.pursuit and back.downstream == res.downstream
+    assert torch.equal(back.r2_per_dim, res.r2_per_dim)
+    assert back.plot(tmp_path / "p.png").stat().st_size > 1000
+    assert not math.isnan(back.r2_norm)
