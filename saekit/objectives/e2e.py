@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,16 @@ def _capture(model: nn.Module, sites: Sequence[str], into: dict[str, Tensor]) ->
 
 
 @contextlib.contextmanager
+def _autocast(dtype: str, devices: Sequence[torch.device]) -> Iterator[None]:
+    """TrainConfig.dtype for the block, on every device type in ``devices`` (float32: nothing)."""
+    with contextlib.ExitStack() as stack:
+        if dtype != "float32":
+            for kind in dict.fromkeys(d.type for d in devices):
+                stack.enter_context(torch.autocast(kind, dtype=getattr(torch, dtype)))
+        yield
+
+
+@contextlib.contextmanager
 def _frozen(model: nn.Module) -> Iterator[None]:
     """The model's parameters without gradients (restored after), so only the SAE accumulates them."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -176,6 +186,7 @@ def train_e2e(
     device = resolve_device(train.device)
     model.eval()
     model_device = next(model.parameters()).device
+    devices = [model_device, device]
     per_step = math.ceil(train.batch_size / (tokens.shape[1] - skip))
     total = train.total_steps
     fingerprint = {
@@ -189,7 +200,8 @@ def train_e2e(
     def clean_pass(step: int) -> tuple[dict[str, Tensor], Tensor]:
         batch = tokens[context_ids(tokens.shape[0], per_step, train.seed, step)].to(model_device)
         captured: dict[str, Tensor] = {}
-        with torch.no_grad(), _capture(model, watched, captured):
+        # The clean pass runs in the same precision as the spliced one, so an exact SAE has KL 0.
+        with torch.no_grad(), _autocast(train.dtype, devices), _capture(model, watched, captured):
             logits = model(input_ids=batch, use_cache=False).logits
         acts = {name: h[:, skip:].detach() for name, h in captured.items()}
         return acts | {"_tokens": batch}, logits[:, skip:].float().log_softmax(-1)
@@ -203,7 +215,9 @@ def train_e2e(
     if resume and ckpt_path is not None and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         if ckpt.info.get("fingerprint") != fingerprint:
-            raise ConfigError(f"{ckpt_path} was written by a different e2e run; resume with the same settings or use a new folder")
+            raise ConfigError(
+                f"{ckpt_path} was written by a different e2e run; resume with the same settings or use a new folder"
+            )
         for sae, opt, counter, s_state, o_state, d_state in zip(
             saes, optimizers, counters, ckpt.sae_states, ckpt.optimizer_states, ckpt.dead_counters
         ):
@@ -222,7 +236,9 @@ def train_e2e(
             if fresh:
                 init_b_dec_(sae, first[s].reshape(-1, sae.d_in).to(device).float() * scales[s])
 
-    log = MetricsLog(out_dir, resume_step=start, tensorboard=train.tensorboard, wandb_project=train.wandb_project, run_config=fingerprint)
+    log = MetricsLog(
+        out_dir, resume_step=start, tensorboard=train.tensorboard, wandb_project=train.wandb_project, run_config=fingerprint
+    )
     window = train.resolved_dead_tokens
 
     def checkpoint(step: int) -> None:
@@ -230,7 +246,14 @@ def train_e2e(
             info = {"scales": scales, "sq_norms": sq_norms, "fingerprint": fingerprint}
             save_checkpoint(
                 ckpt_path,
-                Checkpoint(step, [s.state_dict() for s in saes], [o.state_dict() for o in optimizers], counters, torch.get_rng_state(), info),
+                Checkpoint(
+                    step,
+                    [s.state_dict() for s in saes],
+                    [o.state_dict() for o in optimizers],
+                    counters,
+                    torch.get_rng_state(),
+                    info,
+                ),
             )
 
     records: list[dict[str, Any]] = []
@@ -243,7 +266,10 @@ def train_e2e(
             terms_all = []
             for i, (sae, opt, counter, s) in enumerate(zip(saes, optimizers, counters, sites)):
                 ctx = replace(ctx0, dead_mask=dead.dead_mask(counter, window))
-                loss, out, terms = _e2e_loss(model, sae, s, clean, clean_logp, ctx, scales[s], downstream[s], sq_norms, e2e, device)
+                with _autocast(train.dtype, devices):
+                    loss, out, terms = _e2e_loss(
+                        model, sae, s, clean, clean_logp, ctx, scales[s], downstream[s], sq_norms, e2e, device
+                    )
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"SAE {i} ({sae.architecture}) diverged at step {step}; lower its learning rate")
                 opt.zero_grad(set_to_none=True)
@@ -358,30 +384,53 @@ def downstream_errors(
 ) -> dict[str, float]:
     """For each of ``sites``: E_t ||a^spliced − a^clean||² / E||a^clean||² over positions ≥ skip, with
     ``sae``'s reconstruction spliced at ``site`` (how far the SAE moves later activations)."""
+    return downstream_errors_of(model, tokens, site, {"_": sae}, sites, skip_positions=skip_positions, batch_size=batch_size)["_"]
+
+
+def downstream_errors_of(
+    model: nn.Module,
+    tokens: Tensor,
+    site: str,
+    saes: Mapping[str, SAE],
+    sites: Sequence[str],
+    *,
+    skip_positions: int = 1,
+    batch_size: int = 8,
+) -> dict[str, dict[str, float]]:
+    """:func:`downstream_errors` of several SAEs (by name) at the same ``site``, sharing one clean pass
+    over ``tokens``: ``{name: {downstream site: normalised squared error}}``."""
     if site in sites:
         raise ConfigError(f"downstream_errors: {site!r} is the spliced site itself; name sites after it")
-    errs, norms = dict.fromkeys(sites, 0.0), dict.fromkeys(sites, 0.0)
+    if not 0 <= skip_positions < tokens.shape[1]:
+        raise ConfigError(f"downstream_errors: skip_positions must be in 0..{tokens.shape[1] - 1}, got {skip_positions}")
+    errs = {name: dict.fromkeys(sites, 0.0) for name in saes}
+    norms = dict.fromkeys(sites, 0.0)
     device = next(model.parameters()).device
 
-    def through_sae(h: Tensor) -> Tensor:
-        kept = h[:, skip_positions:]
-        rec = sae(kept.reshape(-1, kept.shape[-1]).to(sae.W_dec.device, sae.W_dec.dtype)).reshape(kept.shape)
-        return torch.cat([h[:, :skip_positions], rec.to(h.device, h.dtype)], dim=1)
+    def through(sae: SAE) -> Callable[[Tensor], Tensor]:
+        def through_sae(h: Tensor) -> Tensor:
+            kept = h[:, skip_positions:]
+            rec = sae(kept.reshape(-1, kept.shape[-1]).to(sae.W_dec.device, sae.W_dec.dtype)).reshape(kept.shape)
+            return torch.cat([h[:, :skip_positions], rec.to(h.device, h.dtype)], dim=1)
+
+        return through_sae
 
     with torch.no_grad():
         for begin in range(0, tokens.shape[0], batch_size):
             part = tokens[begin : begin + batch_size].to(device)
             clean: dict[str, Tensor] = {}
-            spliced: dict[str, Tensor] = {}
             with _capture(model, sites, clean):
                 model(input_ids=part, use_cache=False)
-            with splice(model, site, through_sae), _capture(model, sites, spliced):
-                model(input_ids=part, use_cache=False)
             for s in sites:
-                a, b = clean[s][:, skip_positions:].double(), spliced[s][:, skip_positions:].double()
-                errs[s] += float((b - a).pow(2).sum())
-                norms[s] += float(a.pow(2).sum())
-    return {s: errs[s] / norms[s] for s in sites}
+                norms[s] += float(clean[s][:, skip_positions:].double().pow(2).sum())
+            for name, sae in saes.items():
+                spliced: dict[str, Tensor] = {}
+                with splice(model, site, through(sae)), _capture(model, sites, spliced):
+                    model(input_ids=part, use_cache=False)
+                for s in sites:
+                    diff = spliced[s][:, skip_positions:].double() - clean[s][:, skip_positions:].double()
+                    errs[name][s] += float(diff.pow(2).sum())
+    return {name: {s: e[s] / norms[s] for s in sites} for name, e in errs.items()}
 
 
 def _json(value: Any) -> Any:

@@ -9,8 +9,17 @@ import transformers
 from saekit.errors import ConfigError
 from saekit.eval.downstream import downstream_metrics
 from saekit.io import load_sae, save_sae
-from saekit.objectives.e2e import E2EConfig, context_ids, downstream_errors, kl_clean_spliced, later_sites, train_e2e
+from saekit.objectives.e2e import (
+    E2EConfig,
+    context_ids,
+    downstream_errors,
+    downstream_errors_of,
+    kl_clean_spliced,
+    later_sites,
+    train_e2e,
+)
 from saekit.sae import build
+from saekit.sources.hf import splice
 from saekit.sources.model import ModelSource
 from saekit.training import TrainConfig, train
 
@@ -110,6 +119,54 @@ def test_fine_tuning_starts_from_the_given_sae(model, tokens, tmp_path):
     assert (tuned.b_dec.detach() - b_dec).abs().max() <= 1.1e-2 * tuned.metadata["normalization_factor"] ** -1
     tuned = train_e2e(model, tokens, tuned, settings(30), site=SITE).saes[0]
     assert downstream_metrics(model, tokens[:32], SITE, tuned).kl < before
+
+
+def test_downstream_errors_against_hidden_states(model, tokens):
+    """Normalised errors at layer 1 against transformers' own hidden states (hidden_states[2] is the
+    output of layer 1), with positions < skip left unreplaced; several SAEs share one clean pass."""
+    saes = {"a": sae(k=2, seed=1), "b": sae(k=8, seed=2)}
+    part, skip = tokens[:5], 2
+    with torch.no_grad():
+        clean = model(input_ids=part, output_hidden_states=True).hidden_states[2][:, skip:].double()
+        expected = {}
+        for name, s in saes.items():
+
+            def keep_first(h, s=s):
+                rec = s(h[:, skip:].reshape(-1, 32)).reshape(h[:, skip:].shape)
+                return torch.cat([h[:, :skip], rec], dim=1)
+
+            with splice(model, SITE, keep_first):
+                spliced = model(input_ids=part, output_hidden_states=True).hidden_states[2][:, skip:].double()
+            expected[name] = float((spliced - clean).pow(2).sum() / clean.pow(2).sum())
+    got = downstream_errors_of(
+        model, part, SITE, saes, ["layers.1.resid_post", "layers.2.resid_post"], skip_positions=skip, batch_size=2
+    )
+    for name in saes:
+        assert got[name]["layers.1.resid_post"] == pytest.approx(expected[name], rel=1e-6)
+        assert got[name]["layers.2.resid_post"] > 0
+        one = downstream_errors(model, part, SITE, saes[name], ["layers.1.resid_post"], skip_positions=skip)
+        assert one["layers.1.resid_post"] == pytest.approx(expected[name], rel=1e-6)
+    assert expected["a"] != pytest.approx(expected["b"], rel=1e-3)  # the SAEs are told apart
+    with pytest.raises(ConfigError, match="spliced site itself"):
+        downstream_errors_of(model, part, SITE, saes, [SITE])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_train_dtype_sets_the_precision_of_both_passes(model, tokens, dtype):
+    """TrainConfig.dtype is honoured (it was silently ignored): the clean and the spliced passes run
+    the model's matmuls in that dtype, and training still lowers the KL."""
+    seen = []
+    handle = model.model.layers[2].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        result = train_e2e(model, tokens[:64], sae(), settings(12, dtype=dtype), site=SITE)
+    finally:
+        handle.remove()
+    # per step: one clean and one spliced pass; plus the passes of the normalisation estimate
+    assert len(seen) >= 24 and set(seen) == {getattr(torch, dtype)}, set(seen)
+    start = train_e2e(model, tokens[:64], sae(), settings(1, lr_warmup_steps=0), site=SITE).saes[0]
+    assert (
+        downstream_metrics(model, tokens[:64], SITE, result.saes[0]).kl < downstream_metrics(model, tokens[:64], SITE, start).kl
+    )
 
 
 def test_an_sae_without_a_site_is_named(model, tokens):
