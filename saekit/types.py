@@ -57,12 +57,16 @@ class LossOut(NamedTuple):
            batch-coupled architectures may differ from ``encode``).
     terms: named scalar parts of the objective and diagnostics (``mse``, ``l1``, ``l0``, ``aux_k``, ...),
            logged verbatim. Values are detached tensors.
+    fired: optional [d_sae] bool, the latents with a non-zero code in the batch (``(codes != 0).any(0)``),
+           given by architectures that know it from their sparse selection so that the training loop's
+           dead-latent count need not scan the dense codes; None: the loop computes it from ``codes``.
     """
 
     loss: Tensor
     x_hat: Tensor
     codes: Tensor
     terms: dict[str, Tensor]
+    fired: Tensor | None = None
 
 
 @runtime_checkable

@@ -51,7 +51,7 @@ from saekit.training import dead
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.logs import MetricsLog
-from saekit.training.loop import TrainResult, init_b_dec_, rescale_, resolve_device
+from saekit.training.loop import TrainResult, init_b_dec_, rescale_, resolve_device, was_trained
 from saekit.training.optim import apply_update, make_optimizer
 from saekit.training.schedules import lr_factor, sparsity_factor
 from saekit.types import ActBatch, StepCtx, as_float
@@ -231,7 +231,7 @@ def train_e2e(
         scales = {s: 1.0 / math.sqrt(sq_norms[s]) if train.normalize_activations else 1.0 for s in sites}
         first, _ = clean_pass(0)
         for sae, s in zip(saes, sites):
-            fresh = "normalization_factor" not in sae.metadata
+            fresh = not was_trained(sae)
             rescale_(sae, scales[s])
             if fresh:
                 init_b_dec_(sae, first[s].reshape(-1, sae.d_in).to(device).float() * scales[s])

@@ -112,7 +112,7 @@ class BatchTopKSAE(SAE):
         # Sparse path (saekit.sae.sparse): one dense product, then only the batch·k kept activations.
         x_in = x - self.b_dec.detach()
         with torch.no_grad():
-            pre = x_in @ self.W_enc + self.b_enc
+            pre = S.pre_acts(x_in, self.W_enc, self.b_enc)
             acts = pre.relu()
             n_keep = min(acts.numel(), acts.shape[0] * self.cfg.k)
             pattern = S.pattern_from_flat(acts.flatten().topk(n_keep, sorted=False).indices, *acts.shape)
@@ -125,8 +125,8 @@ class BatchTopKSAE(SAE):
         mse = F.mse_per_token(x, x_hat).mean()
         aux = S.aux_k_loss(acts, gather, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
         loss = mse + self.cfg.aux_coef * aux
-        codes = S.densify(values.detach(), pattern)
-        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)})
+        terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": S.l0_per_row(values, pattern)}
+        return LossOut(loss, x_hat, S.densify(values.detach(), pattern), terms, S.fired_latents(values, pattern))
 
     def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
         """The plain dense computation of ``loss``; the sparse path is tested against it."""

@@ -99,7 +99,7 @@ class JumpReLUSAE(SAE):
         if x.dim() != 2:
             return self._dense_loss(x, ctx)
         with torch.no_grad():
-            z = x @ self.W_enc + self.b_enc
+            z = S.pre_acts(x, self.W_enc, self.b_enc)
             # Every (token, latent) with a gradient: the active codes, and those within ε/2 of θ,
             # where the pseudo-derivative of θ is non-zero.
             touched = (z > self.threshold) | (F.rectangle((z - self.threshold) / self.cfg.bandwidth) > 0)
@@ -115,7 +115,7 @@ class JumpReLUSAE(SAE):
         l0 = F.heaviside_step(z_at, theta_at, self.cfg.bandwidth).sum() / x.shape[0]
         loss = mse + ctx.sparsity_scale * self.cfg.l0_coef * l0
         codes = S.densify(values.detach(), pattern)
-        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "l0": l0.detach()})
+        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "l0": l0.detach()}, S.fired_latents(values, pattern))
 
     def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
         """The plain dense computation of ``loss``; the sparse path is tested against it."""

@@ -78,6 +78,22 @@ def densify(values: Tensor, pattern: Pattern) -> Tensor:
     return dense.view(pattern.n_rows, pattern.n_cols)
 
 
+def fired_latents(values: Tensor, pattern: Pattern) -> Tensor:
+    """[n_cols] bool: the columns with a non-zero value, ``(densify(values, pattern) != 0).any(0)``."""
+    fired = torch.zeros(pattern.n_cols, dtype=torch.bool, device=values.device)
+    return fired.index_fill_(0, pattern.cols[values.detach() != 0], True)
+
+
+def l0_per_row(values: Tensor, pattern: Pattern) -> Tensor:
+    """Mean count of non-zero values per row, detached: ``l0_of(densify(values, pattern))``."""
+    return (values.detach() != 0).sum().float() / max(1, pattern.n_rows)
+
+
+def pre_acts(x_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
+    """``x_in @ W_enc + b_enc`` in one fused call, which saves a pass over the [batch, d_sae] result."""
+    return torch.addmm(b_enc, x_in, W_enc)
+
+
 # ---------------------------------------------------------------------------------------------
 # The three sparse products, each on the pattern's nnz pairs
 

@@ -89,7 +89,7 @@ class TopKSAE(SAE):
         # Sparse path (saekit.sae.sparse): one dense product, then only the k chosen latents per token.
         x_in = x - self.b_dec.detach()
         with torch.no_grad():
-            pre = x_in @ self.W_enc + self.b_enc
+            pre = S.pre_acts(x_in, self.W_enc, self.b_enc)
             pattern = S.pattern_from_topk(pre.topk(self.cfg.k, dim=-1, sorted=False).indices, self.d_sae)
 
         def gather(p: S.Pattern) -> Tensor:
@@ -100,8 +100,8 @@ class TopKSAE(SAE):
         mse = F.mse_per_token(x, x_hat).mean()
         aux = S.aux_k_loss(pre, gather, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
         loss = mse + self.cfg.aux_coef * aux
-        codes = S.densify(values.detach(), pattern)
-        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)})
+        terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": S.l0_per_row(values, pattern)}
+        return LossOut(loss, x_hat, S.densify(values.detach(), pattern), terms, S.fired_latents(values, pattern))
 
     def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
         """The plain dense computation of ``loss``; the sparse path is tested against it."""

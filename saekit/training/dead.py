@@ -11,10 +11,16 @@ def new_counter(d_sae: int, device: torch.device | str = "cpu") -> Tensor:
 
 
 @torch.no_grad()
-def update_counter_(counter: Tensor, codes: Tensor) -> None:
-    """Add the batch's tokens to every latent's count and reset the latents that fired."""
-    fired = (codes.reshape(-1, codes.shape[-1]) != 0).any(0)
-    counter.add_(codes.reshape(-1, codes.shape[-1]).shape[0])
+def update_counter_(counter: Tensor, codes: Tensor, fired: Tensor | None = None) -> None:
+    """Add the batch's tokens to every latent's count and reset the latents that fired.
+
+    ``fired`` ([d_sae] bool, ``(codes != 0).any(0)``) may be given by an architecture that knows it
+    from its sparse selection; it saves a scan over the dense [tokens, d_sae] codes.
+    """
+    flat = codes.reshape(-1, codes.shape[-1])
+    if fired is None:
+        fired = (flat != 0).any(0)
+    counter.add_(flat.shape[0])
     counter.masked_fill_(fired, 0)
 
 

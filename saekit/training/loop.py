@@ -114,6 +114,12 @@ def rescale_(sae: SAE, factor: float) -> None:
         tensors[name].mul_(factor)
 
 
+def was_trained(sae: SAE) -> bool:
+    """Whether ``sae`` comes out of training (saekit's, or another library's through io.convert): its
+    ``b_dec`` is then kept when training continues, instead of being re-initialised from the data."""
+    return "normalization_factor" in sae.metadata or "converted_from" in sae.metadata
+
+
 @torch.no_grad()
 def init_b_dec_(sae: SAE, x: torch.Tensor) -> None:
     if sae.b_dec_init == "geometric_median":
@@ -230,8 +236,10 @@ def run(
         first = next(iter(source.batches(cfg.batch_size, seed=cfg.seed, start=0)))
         for sae, site in zip(saes, sites):
             # SAEs live in raw activation units outside training; enter normalised units.
+            trained = was_trained(sae)
             rescale_(sae, scales[site])
-            init_b_dec_(sae, first[site].x.to(device).float() * scales[site])
+            if not trained:
+                init_b_dec_(sae, first[site].x.to(device).float() * scales[site])
 
     log = MetricsLog(
         out_dir, resume_step=start, tensorboard=cfg.tensorboard, wandb_project=cfg.wandb_project, run_config=fingerprint
@@ -294,7 +302,7 @@ def run(
                 apply_update(saes[i], optimizers[i], lr_mult, cfg.grad_clip)
                 with torch.no_grad():
                     saes[i].after_step(outs[i], ctxs[i])
-                dead.update_counter_(counters[i], outs[i].codes)
+                dead.update_counter_(counters[i], outs[i].codes, outs[i].fired)
         # One host sync per step, for all SAEs together.
         if not bool(torch.stack(unit_losses).isfinite().all()):
             _raise_non_finite(batch, saes, sites, outs, step)

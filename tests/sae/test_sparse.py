@@ -44,6 +44,10 @@ def assert_same(sparse_sae, dense_sae, x, ctx):
     torch.testing.assert_close(fast.loss, plain.loss)
     torch.testing.assert_close(fast.x_hat, plain.x_hat)
     torch.testing.assert_close(fast.codes, plain.codes)
+    # The fired mask the loop's dead-latent count reads instead of scanning the dense codes.
+    assert fast.fired is not None and fast.fired.dtype == torch.bool
+    assert torch.equal(fast.fired, (plain.codes != 0).any(0))
+    assert int(fast.fired.sum()) > 0, "vacuous: no latent fired"
     for key in plain.terms:
         torch.testing.assert_close(fast.terms[key], plain.terms[key], msg=key)
     g_fast, g_plain = grads_of(sparse_sae, fast), grads_of(dense_sae, plain)
@@ -71,6 +75,22 @@ def test_pattern_from_mask_lists_the_true_entries_row_major():
     p = S.pattern_from_mask(mask)
     assert p.rows.tolist() == [0, 0, 2, 2] and p.cols.tolist() == [1, 2, 0, 2]
     assert p.crow.tolist() == [0, 2, 2, 4]
+
+
+def test_fired_latents_and_l0_skip_zero_values():
+    mask = torch.tensor([[True, False, True, False], [False, False, True, True], [True, False, False, False]])
+    pattern = S.pattern_from_mask(mask)
+    values = torch.tensor([0.0, 2.0, 1.0, 0.0, 0.0])  # pairs (0,0) (0,2) (1,2) (1,3) (2,0)
+    codes = S.densify(values, pattern)
+    assert S.fired_latents(values, pattern).tolist() == [False, False, True, False]
+    assert torch.equal(S.fired_latents(values, pattern), (codes != 0).any(0))
+    assert float(S.l0_per_row(values, pattern)) == pytest.approx(2 / 3)
+
+
+def test_pre_acts_equals_the_unfused_product():
+    g = torch.Generator().manual_seed(3)
+    x, W, b = torch.randn(7, 5, generator=g), torch.randn(5, 9, generator=g), torch.randn(9, generator=g)
+    torch.testing.assert_close(S.pre_acts(x, W, b), x @ W + b)
 
 
 def test_products_equal_dense_ones():

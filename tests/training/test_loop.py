@@ -60,7 +60,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     with pytest.raises(Interrupted):
         train(_all_architectures(), InterruptingSource(SOURCE, at=8), out_dir=tmp_path / "run", **settings)
     # The last checkpoint is from step 5; the log has lines past it, from the dead process.
-    assert max(json.loads(l)["step"] for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 8
+    assert max(json.loads(line)["step"] for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 8
     resumed = train(_all_architectures(seed=100), SOURCE, out_dir=tmp_path / "run", resume=True, **settings)
 
     _assert_same(_state(reference), _state(resumed))
@@ -114,6 +114,17 @@ def test_b_dec_starts_at_the_geometric_median_of_the_first_batch():
     trained = train(sae, SOURCE, steps=1, normalize_activations=False, **FAST)
     first = next(SOURCE.batches(64, seed=0))[SOURCE.sites[0]].x
     torch.testing.assert_close(trained.b_dec, geometric_median(first), atol=1e-5, rtol=1e-5)
+
+
+def test_continued_training_keeps_the_trained_b_dec():
+    sae = build("topk", d_in=16, d_sae=32, k=4)
+    sae = train(sae, SOURCE, steps=20, **FAST)
+    with torch.no_grad():
+        sae.b_dec.add_(5.0)  # far from the data's median, where a re-initialisation would put it back
+    before = sae.b_dec.detach().clone()
+    sae = train(sae, SOURCE, steps=1, **FAST)
+    # One Adam step moves each entry by about the learning rate (0.0045 in normalised units), no more.
+    assert (sae.b_dec - before).abs().max() < 0.1
 
 
 class NaNAtStep:

@@ -1,0 +1,191 @@
+"""The suite case: TopK SAEs on all 30 residual sites (``layers.*.resid_post``) of SmolLM2-135M.
+
+* saekit trains the 30 SAEs side by side from one stream: :class:`saekit.sources.model.ModelSource`
+  runs the model once per chunk of contexts and every SAE takes its site's rows of the same batch
+  (``saekit.train`` with a list of SAEs).
+* SAELens and dictionary_learning have no trainer for SAEs on several sites at once (SAELens's
+  ``SAETrainer`` and dictionary_learning's trainers each train SAEs on one activation tensor), so they
+  get the generous version of "their own way": the activations of all 30 sites are harvested once
+  with one model pass over the same contexts (timed once, here, and added to each peer's time) and
+  the 30 SAEs are then trained one after the other in one process, from memory, with the runners of
+  benchmarks/peers.py (each site's activations scaled to E||x||² = 1 first; saekit normalises per
+  site itself).
+
+Time is end to end: for saekit, from building the ModelSource to the last trained SAE, the model's
+forward passes included; for the peers, the harvest plus the 30 training runs (every SAE's set-up
+included). Loading the model and tokenising are left out for everyone. FVU and L0 are the means over
+the 30 sites on held-out contexts the SAEs never saw.
+
+    .bench-venv/bin/python benchmarks/suite.py prepare WORK_DIR CONFIG_JSON   # harvest, held-out rows
+    .bench-venv/bin/python benchmarks/suite.py LIBRARY WORK_DIR CONFIG_JSON OUT_JSON
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from peers import RUNNERS, Case, PeakRSS, quality  # noqa: E402
+
+SITES = "layers.*.resid_post"
+MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class SuiteCase:
+    name: str = "suite-30-topk-2304"
+    """Label in the tables and in bench-results.json."""
+    d_sae: int = 2304
+    k: int = 32
+    batch: int = 1024
+    steps: int = 4
+    lr: float = 1e-3
+    context: int = 128
+    """Tokens per context, BOS included (the BOS position is dropped, as ModelSource does)."""
+    train_contexts: int = 40
+    """Contexts the training tokens come from: one ModelSource chunk, so one model pass for everyone."""
+    held_out_contexts: int = 8
+    forward_batch: int = 16
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.batch
+
+    def case(self) -> Case:
+        return Case(self.name, "topk", self.d_sae, self.steps, self.batch, self.k, self.lr)
+
+
+def _tokens(cfg: SuiteCase, tokenizer) -> torch.Tensor:
+    from saekit.sources.text import TextConfig, tokens_from_config
+
+    n = (cfg.train_contexts + cfg.held_out_contexts) * cfg.context
+    tokens = tokens_from_config(TextConfig(context_size=cfg.context, n_tokens=n), tokenizer)
+    if len(tokens) < cfg.train_contexts + cfg.held_out_contexts:
+        raise RuntimeError(f"the corpus gave {len(tokens)} contexts, fewer than the suite needs")
+    return tokens
+
+
+def _harvest(model, tokens: torch.Tensor, forward_batch: int) -> tuple[list[str], np.ndarray]:
+    """[n_sites, rows, d] activations of ``tokens`` at every residual site, BOS positions dropped."""
+    from saekit.sources.hf import collect_activations
+
+    parts: dict[str, list[torch.Tensor]] = {}
+    with torch.inference_mode():
+        for i in range(0, len(tokens), forward_batch):
+            for site, acts in collect_activations(model, tokens[i : i + forward_batch], SITES).items():
+                parts.setdefault(site, []).append(acts[:, 1:].reshape(-1, acts.shape[-1]).float())
+    sites = list(parts)
+    return sites, np.stack([torch.cat(parts[s]).numpy() for s in sites])
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def prepare(work: Path, cfg: SuiteCase) -> dict:
+    """Tokens for saekit, the timed harvest the peers train from, and held-out rows for quality."""
+    from saekit.models import load_model
+
+    loaded = load_model(MODEL)
+    tokens = _tokens(cfg, loaded.tokenizer)
+    train_tokens = tokens[: cfg.train_contexts]
+    start = time.perf_counter()
+    sites, acts = _harvest(loaded.model, train_tokens, cfg.forward_batch)
+    # What a peer needs before training: rows shuffled (documents mixed), each site scaled to E||x||² = 1.
+    order = np.random.default_rng(0).permutation(acts.shape[1])[: cfg.tokens]
+    train = acts[:, order]
+    scales = np.sqrt(1.0 / (train.astype(np.float64) ** 2).sum(-1).mean(-1))
+    train = (train * scales[:, None, None]).astype(np.float32)
+    harvest_seconds = time.perf_counter() - start
+    _, held = _harvest(loaded.model, tokens[cfg.train_contexts : cfg.train_contexts + cfg.held_out_contexts], cfg.forward_batch)
+    work.mkdir(parents=True, exist_ok=True)
+    _save(work / "suite-tokens.npy", train_tokens.numpy())
+    _save(work / "suite-train-scaled.npy", train)
+    _save(work / "suite-held-out.npy", held.astype(np.float32))
+    _save(work / "suite-scales.npy", scales.astype(np.float32))
+    info = {"sites": sites, "harvest_seconds": harvest_seconds, "rows_harvested": int(acts.shape[1])}
+    (work / "suite-info.json").write_text(json.dumps(info))
+    return info
+
+
+def run_saekit(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
+    import saekit
+    from saekit.models import load_model
+    from saekit.sources.model import ModelSource
+
+    loaded = load_model(MODEL)
+    tokens = torch.from_numpy(np.load(work / "suite-tokens.npy"))
+    start = time.perf_counter()
+    source = ModelSource(loaded.model, tokens, SITES, chunk_seqs=cfg.train_contexts, forward_batch=cfg.forward_batch)
+    saes = []
+    for site in source.sites:
+        sae = saekit.build_sae("topk", d_in=source.d_in(site), d_sae=cfg.d_sae, k=cfg.k, lr=cfg.lr, seed=0)
+        sae.metadata["site"] = site
+        saes.append(sae)
+    warm = max(1, cfg.steps // 20)
+    saekit.train(
+        saes, source, steps=cfg.steps, batch_size=cfg.batch, norm_estimation_tokens=cfg.batch, lr_warmup_steps=warm,
+        progress=False, log_every=cfg.steps, seed=0,
+    )
+    seconds = time.perf_counter() - start
+    models = [(lambda h, s=s: s.encode(h), lambda f, s=s: s.decode(f)) for s in saes]
+    return seconds, models, list(source.sites)
+
+
+def run_peer(library: str, work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
+    info = json.loads((work / "suite-info.json").read_text())
+    acts = np.load(work / "suite-train-scaled.npy", mmap_mode="r")
+    seconds = info["harvest_seconds"]
+    models = []
+    for i in range(len(info["sites"])):
+        x = torch.from_numpy(np.array(acts[i]))  # in memory, as it is right after the harvest
+        start = time.perf_counter()
+        encode, decode, _ = RUNNERS[library](cfg.case(), x, x.shape[1])
+        seconds += time.perf_counter() - start
+        models.append((encode, decode))
+    return seconds, models, info["sites"]
+
+
+def main() -> None:
+    if sys.argv[1] == "prepare":
+        work, cfg = Path(sys.argv[2]), SuiteCase(**json.loads(sys.argv[3]))
+        print(json.dumps(prepare(work, cfg)))
+        return
+    library, work, cfg, out = sys.argv[1], Path(sys.argv[2]), SuiteCase(**json.loads(sys.argv[3])), sys.argv[4]
+    torch.manual_seed(0)
+    with PeakRSS() as mem:
+        if library == "saekit":
+            seconds, models, sites = run_saekit(work, cfg)
+        else:
+            seconds, models, sites = run_peer(library, work, cfg)
+    held = np.load(work / "suite-held-out.npy", mmap_mode="r")
+    scales = np.load(work / "suite-scales.npy")
+    fvus, l0s = [], []
+    for i, (encode, decode) in enumerate(models):
+        rows = torch.from_numpy(np.array(held[i]))
+        if library != "saekit":  # the peers trained on scaled rows; saekit's SAEs take raw ones (FVU is scale-free)
+            rows = rows * float(scales[i])
+        fvu, l0 = quality(encode, decode, rows)
+        fvus.append(fvu)
+        l0s.append(l0)
+    record = {
+        "case": cfg.name, "library": library, "tokens_per_s": cfg.tokens * len(sites) / seconds,
+        "peak_mem_mb": round(mem.mb, 1), "fvu": float(np.mean(fvus)), "l0": float(np.mean(l0s)),
+        "seconds_total": seconds, "tokens": cfg.tokens, "n_saes": len(sites), "fvu_per_site": fvus,
+        "case_config": asdict(cfg),
+    }
+    Path(out).write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
