@@ -69,12 +69,18 @@ class PursuitResult:
 
 @dataclass(frozen=True)
 class PreviousLayerResult:
-    """An affine map from the previous layer's SAE reconstruction and error to this layer's e_nl."""
+    """An affine map from the previous layer's SAE reconstruction and error to this layer's e_nl,
+    fitted on the train tokens and scored on the test tokens."""
 
     r2: float
     """Pooled R² of the map on the test tokens: the fraction of e_nl it removes."""
+    r2_from_activation: float
+    """The same for an affine map from the previous layer's raw activation alone (the baseline that
+    tells whether splitting it into SAE reconstruction and error adds anything)."""
     fvu_nonlinear: float
+    """FVU of e_nl on the test tokens (the ``fvu_nonlinear`` of the whole result)."""
     fvu_nonlinear_after: float
+    """FVU of what the map leaves of e_nl."""
 
 
 @dataclass
@@ -111,6 +117,7 @@ class DarkMatterResult(Stored):
             out["pursuit_fvu_nl"] = self.pursuit.fvu_nonlinear_pursuit
         if self.previous:
             out["prev_layer_r2_nl"] = self.previous.r2
+            out["prev_act_r2_nl"] = self.previous.r2_from_activation
         return out
 
     def plot(self, path: str | Path) -> Path | None:
@@ -255,19 +262,25 @@ def pursuit_result(sae: SAE, x: Tensor, codes: Tensor, x_hat: Tensor, split: Spl
     )
 
 
-def previous_layer_result(prev_x_hat: Tensor, prev_err: Tensor, e_nl: Tensor, test_var: float) -> PreviousLayerResult:
-    """Affine map from [x̂_prev, e_prev] (test tokens) to e_nl, fit and scored on halves of them."""
-    inner = split_tokens(e_nl.shape[0], 0.5, seed=2)
-    inputs = design(prev_x_hat, prev_err)
-    fit = fit_affine(inputs[inner.train], e_nl[inner.train])
-    target = e_nl[inner.test].double()
-    remaining = target - fit(inputs[inner.test])
-    # both FVUs over the variance of the same (inner test) tokens, rescaled to the whole test half
-    share = len(inner.test) / e_nl.shape[0]
+def previous_layer_result(prev_x: Tensor, prev_x_hat: Tensor, e_nl: Tensor, split: Split, test_var: float) -> PreviousLayerResult:
+    """Affine map from [x̂_prev, e_prev] to e_nl, fitted on ``split.train`` and scored on ``split.test``
+    (all three tensors hold every row; ``test_var``: total variance of x on the test rows).
+
+    The map has 2·d inputs, so it is fitted on the train half, where e_nl is the in-sample residual of
+    the error regression: fitting it on part of the test half (the only place an out-of-sample e_nl
+    exists) leaves too few tokens per input, and the overfit map scores below zero on real activations."""
+    prev_x = prev_x.double()
+    prev_err = prev_x - prev_x_hat.double()
+    target = e_nl[split.test].double()
+    r2 = []
+    for inputs in (design(prev_x_hat, prev_err), design(prev_x)):
+        fit = fit_affine(inputs[split.train], e_nl[split.train])
+        r2.append((r2_pooled(target, fit(inputs[split.test])), target - fit(inputs[split.test])))
     return PreviousLayerResult(
-        r2=r2_pooled(target, fit(inputs[inner.test])),
-        fvu_nonlinear=float(target.pow(2).sum()) / (test_var * share),
-        fvu_nonlinear_after=float(remaining.pow(2).sum()) / (test_var * share),
+        r2=r2[0][0],
+        r2_from_activation=r2[1][0],
+        fvu_nonlinear=float(target.pow(2).sum()) / test_var,
+        fvu_nonlinear_after=float(r2[0][1].pow(2).sum()) / test_var,
     )
 
 
@@ -336,9 +349,8 @@ def run(
         prev_sae, prev_x = previous
         if prev_x.shape[0] != x.shape[0]:
             raise DataError(f"previous-layer activations have {prev_x.shape[0]} rows, this layer {x.shape[0]}")
-        prev_hat = encode_rows(prev_sae, prev_x[split.test]).x_hat
-        prev_err = prev_x[split.test].double() - prev_hat.double()
-        result.previous = previous_layer_result(prev_hat, prev_err, parts.e_nl, var)
+        e_nl = err - parts.fit(x.double())  # in-sample residual on the train rows, held-out on the test rows
+        result.previous = previous_layer_result(prev_x, encode_rows(prev_sae, prev_x.float()).x_hat, e_nl, split, var)
     if model is not None:
         if tokens is None or site is None:
             raise DataError("the downstream losses need tokens and site as well as the model")

@@ -58,7 +58,10 @@ def add_parser(sub: Any) -> None:
     steer.add_argument("--feature", type=int, default=None, help="steer with this latent's unit decoder direction instead")
     steer.add_argument("--position", default="last", choices=["last", "mean"], help="read the prompts' last token or their mean")
     steer.add_argument("--prompt", nargs="+", default=["The president said that"], help="prompts to steer")
-    steer.add_argument("--scale", type=float, default=4.0, help="multiplier of the vector while steering")
+    steer.add_argument(
+        "--scale", type=float, nargs="+", default=[1.0],
+        help="multiplier(s) of the vector while steering; several values give one run each (default 1)",
+    )  # fmt: skip
     steer.add_argument("--max-new-tokens", type=int, default=20)
     steer.add_argument("--reference-tokens", type=int, default=4096, help="corpus tokens whose activation norms ||v|| is compared with")
     _model_args(steer, tokens=None)
@@ -73,6 +76,11 @@ def _model_args(p: argparse.ArgumentParser, tokens: int | None, split: str = "te
         p.add_argument("--tokens", type=int, default=tokens, help=f"corpus tokens of activations (default {tokens})")
     p.add_argument("--context-size", type=int, default=128)
     p.add_argument("--split", default=split, choices=["train", "test", "all"], help=f"corpus split (default {split})")
+    p.add_argument(
+        "--skip-positions", type=int, default=2,
+        help="positions at the start of each context left out of every statistic and splice (default 2: BOS, and "
+        "SmolLM2's position 1, whose massive activations would dominate regressions and FVUs)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="output folder for the result and its plot")
 
 
@@ -118,12 +126,12 @@ def _dark_matter(args: argparse.Namespace) -> int:
     lm = _load(args)
     tokens = _tokens(args, lm, args.tokens)
     sites = [site] + ([prev.site] if prev is not None else [])
-    acts = site_rows(lm.model, tokens, sites)
+    acts = site_rows(lm.model, tokens, sites, skip_positions=args.skip_positions)
     ce_tokens = tokens[: args.ce_contexts] if args.ce_contexts else None
     result = dark_matter.run(
         sae, acts[site], name=Path(args.sae).name, larger=larger,
         previous=(prev, acts[prev.site]) if prev is not None else None, pursuit=not args.no_pursuit,
-        model=lm.model if ce_tokens is not None else None, tokens=ce_tokens, site=site,
+        model=lm.model if ce_tokens is not None else None, tokens=ce_tokens, site=site, skip_positions=args.skip_positions,
     )  # fmt: skip
     row = result.summary()
     _finish(result, Path(args.out), [row], list(row))
@@ -168,13 +176,13 @@ def _train_seeds(args: argparse.Namespace) -> dict[str, list[Any]]:
         raise ConfigError("--train needs --site")
     lm = _load(args)
     tokens = _tokens(args, lm, args.tokens)
-    source = ModelSource(lm.model, tokens, [args.site])
+    source = ModelSource(lm.model, tokens, [args.site], skip_positions=args.skip_positions)
     d_in = source.d_in(args.site)
     groups = {arch: seed_suite(arch, d_in=d_in, d_sae=args.d_sae, seeds=args.seeds) for arch in args.arch}
     flat = [sae for saes in groups.values() for sae in saes]
     for sae in flat:
         sae.metadata["site"] = args.site
-    steps = max(1, (tokens.shape[0] * (tokens.shape[1] - 1)) // args.batch_size)
+    steps = max(1, (tokens.shape[0] * (tokens.shape[1] - args.skip_positions)) // args.batch_size)
     trained = train(flat, source, steps=steps, batch_size=args.batch_size, seed=0)
     names = [f"{arch}-seed{s}" for arch in groups for s in args.seeds]
     save_suite(trained, Path(args.out) / "saes", names=names)
@@ -194,11 +202,12 @@ def _sae_match(args: argparse.Namespace) -> int:
         raise ConfigError("every SAE must name its site in cfg.json")
     lm = _load(args)
     tokens = _tokens(args, lm, args.tokens)
-    acts = site_rows(lm.model, tokens, sites)
+    acts = site_rows(lm.model, tokens, sites, skip_positions=args.skip_positions)
     ce = tokens[: args.ce_contexts] if args.ce_contexts else None
     result = cross_layer.run(
-        saes, sites=sites, acts=acts, model=lm.model if ce is not None else None, tokens=ce, match_on=args.on, folded=not args.no_fold
-    )
+        saes, sites=sites, acts=acts, model=lm.model if ce is not None else None, tokens=ce, match_on=args.on,
+        folded=not args.no_fold, skip_positions=args.skip_positions,
+    )  # fmt: skip
     rows = result.summary()
     _finish(result, Path(args.out), rows, list(rows[0]))
     return 0
@@ -235,7 +244,8 @@ def _steer(args: argparse.Namespace) -> int:
     if sae is not None:
         reference = None
         if args.reference_tokens:
-            reference = site_rows(lm.model, _tokens(args, lm, args.reference_tokens), [site])[site]
+            ref_tokens = _tokens(args, lm, args.reference_tokens)
+            reference = site_rows(lm.model, ref_tokens, [site], skip_positions=args.skip_positions)[site]
         result = steering.decompose(
             sae, vector, positive=None if contrast is None else contrast.positive,
             negative=None if contrast is None else contrast.negative, reference=reference,
@@ -243,7 +253,10 @@ def _steer(args: argparse.Namespace) -> int:
         print(markdown_table([_decomposition_row(result)], list(_decomposition_row(result))))
     else:
         result = None
-    effects = steering.steer(lm.model, lm.tokenizer, site, vector, args.prompt, scale=args.scale, max_new_tokens=args.max_new_tokens)
+    effects = [
+        e for scale in args.scale
+        for e in steering.steer(lm.model, lm.tokenizer, site, vector, args.prompt, scale=scale, max_new_tokens=args.max_new_tokens)
+    ]  # fmt: skip
     for e in effects:
         print(f"\nprompt: {e.prompt!r}   scale {e.scale}   KL(clean ‖ steered) = {e.kl:.4f} nats")
         print("  gained: " + ", ".join(f"{s.token!r} {s.clean:.3f}→{s.steered:.3f}" for s in e.gained))

@@ -34,7 +34,7 @@ def test_dark_matter_command(tiny, tmp_path, capsys):
     rc = main(["analyse", "dark-matter", str(tiny / "sae1"), "--previous", str(tiny / "sae0"), "--ce-contexts", "2", *common(tiny), "--out", str(tmp_path / "dm")])
     assert rc == 0
     res = DarkMatterResult.load(tmp_path / "dm")
-    assert res.tokens_train + res.tokens_test == 16 * 15  # 16 contexts of 16 tokens, BOS dropped
+    assert res.tokens_train + res.tokens_test == 16 * 14  # 16 contexts of 16 tokens, BOS and position 1 dropped
     assert res.previous is not None and "delta_ce_sae" in res.downstream
     assert "r2_vector" in capsys.readouterr().out
 
@@ -59,11 +59,12 @@ def test_sae_match_command(tiny, tmp_path):
 def test_steer_command(tiny, tmp_path, capsys):
     out = tmp_path / "st"
     rc = main(["analyse", "steer", "--model", str(tiny / "model"), "--corpus", str(tiny / "corpus"), "--split", "all", "--context-size", "16",
-               "--sae", str(tiny / "sae0"), "--pos", "the cat sat", "--neg", "the dog sat", "--prompt", "a mat", "--scale", "8",
+               "--sae", str(tiny / "sae0"), "--pos", "the cat sat", "--neg", "the dog sat", "--prompt", "a mat", "b", "--scale", "1", "2",
                "--max-new-tokens", "3", "--reference-tokens", "64", "--out", str(out)])  # fmt: skip
     assert rc == 0
     dec = Decomposition.load(out)
-    assert dec.steering[0]["prompt"] == "a mat" and dec.norm_percentile is not None
+    assert [(e["prompt"], e["scale"]) for e in dec.steering] == [("a mat", 1.0), ("b", 1.0), ("a mat", 2.0), ("b", 2.0)]
+    assert dec.norm_percentile is not None
     assert "KL(clean" in capsys.readouterr().out
     assert main(["analyse", "steer", "--model", str(tiny / "model"), "--sae", str(tiny / "sae0"), "--feature", "3", "--prompt", "a mat",
                  "--max-new-tokens", "2", "--reference-tokens", "0", "--out", str(tmp_path / "f")]) == 0  # fmt: skip

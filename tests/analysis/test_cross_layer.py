@@ -106,3 +106,16 @@ def test_run_on_a_tiny_model_and_round_trip(tmp_path):
     back = cl.CrossLayerResult.load(tmp_path / "c")
     assert back.pairs == res.pairs and torch.equal(back.perms[0], res.perms[0])
     assert back.plot(tmp_path / "c.png") is not None
+
+
+def test_site_rows_reads_a_site_named_twice_once():
+    import tiny_lm
+
+    from saekit.analysis.acts import site_rows
+
+    model = tiny_lm.tiny_llama().eval()
+    tokens = torch.randint(3, 15, (4, 6), generator=torch.Generator().manual_seed(0))
+    site = "layers.0.resid_post"
+    twice = site_rows(model, tokens, [site, site], skip_positions=2, progress=False)
+    once = saekit.collect_activations(model, tokens, [site])[site][:, 2:].reshape(-1, 16)
+    assert list(twice) == [site] and torch.allclose(twice[site], once)

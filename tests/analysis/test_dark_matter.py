@@ -102,12 +102,30 @@ def test_norm_scaling_uses_the_nonlinear_norm():
 
 def test_previous_layer_map_removes_a_planted_nonlinear_error():
     g = torch.Generator().manual_seed(6)
-    n, d = 4000, 8
-    prev_hat, prev_err = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
-    e_nl = prev_err @ torch.randn(d, d, generator=g) + 0.5
-    res = dm.previous_layer_result(prev_hat, prev_err, e_nl, test_var=float(n * d))
+    n, d = 20_000, 8
+    prev_hat, prev_err = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n, d, generator=g, dtype=torch.float64)
+    e_nl = prev_err @ torch.randn(d, d, generator=g, dtype=torch.float64) + 0.5
+    split = split_tokens(n, 0.5, seed=0)
+    test_var = float(n * d) / 2
+    res = dm.previous_layer_result(prev_hat + prev_err, prev_hat, e_nl, split, test_var=test_var)
     assert res.r2 == pytest.approx(1.0, abs=1e-6)
+    assert res.fvu_nonlinear == pytest.approx(float(e_nl[split.test].pow(2).sum()) / test_var)
     assert res.fvu_nonlinear_after < 1e-6 * res.fvu_nonlinear
+    # from x_prev = x̂ + e alone (independent, equal variances) the best affine guess of e M is x_prev M / 2:
+    # R² = 1/2, which the SAE split of x_prev beats
+    assert res.r2_from_activation == pytest.approx(0.5, abs=0.02)
+
+
+def test_previous_layer_map_is_scored_on_held_out_tokens():
+    # e_nl unrelated to the previous layer: a map with many inputs fits the train tokens' noise and must
+    # not score above zero on the test tokens
+    g = torch.Generator().manual_seed(7)
+    n, d = 600, 64
+    prev_x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    e_nl = torch.randn(n, d, generator=g, dtype=torch.float64)
+    res = dm.previous_layer_result(prev_x, 0.5 * prev_x, e_nl, split_tokens(n, 0.5, seed=0), test_var=1.0)
+    assert res.r2 < 0 and res.r2_from_activation < 0
+    assert res.fvu_nonlinear_after > res.fvu_nonlinear
 
 
 def exact_relu_sae(d):
