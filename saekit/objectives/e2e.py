@@ -48,7 +48,7 @@ from saekit.sources.sites import layer_of, n_layers, resolve_sites
 from saekit.sources.tensor import seeded_generator
 from saekit.strict import to_dict
 from saekit.training import dead
-from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.logs import MetricsLog
 from saekit.training.loop import TrainResult, init_b_dec_, rescale_, resolve_device, was_trained
@@ -218,13 +218,7 @@ def train_e2e(
             raise ConfigError(
                 f"{ckpt_path} was written by a different e2e run; resume with the same settings or use a new folder"
             )
-        for sae, opt, counter, s_state, o_state, d_state in zip(
-            saes, optimizers, counters, ckpt.sae_states, ckpt.optimizer_states, ckpt.dead_counters
-        ):
-            sae.load_state_dict(s_state)
-            opt.load_state_dict(o_state)
-            counter.copy_(d_state)
-        torch.set_rng_state(ckpt.rng_state)
+        restore(ckpt, saes, optimizers, counters)
         scales, sq_norms, start = ckpt.info["scales"], ckpt.info["sq_norms"], ckpt.step
     else:
         sq_norms = _mean_sq_norms(clean_pass, watched, train.norm_estimation_tokens)

@@ -12,11 +12,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from saekit.errors import ArtifactError
 
@@ -114,3 +116,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if any(d is None for d in dead) or "rng" not in tensors:
         raise ArtifactError(f"checkpoint {path} is incomplete (missing dead-latent counters or RNG state)")
     return Checkpoint(meta["step"], sae_states, optimizer_states, dead, tensors["rng"], meta["info"])  # type: ignore[arg-type]
+
+
+def restore(ckpt: Checkpoint, saes: Sequence[nn.Module], optimizers: Sequence[Any], dead_counters: Sequence[Tensor]) -> None:
+    """Put a checkpoint's SAE weights, optimiser states, dead-latent counters and RNG state back in place."""
+    for sae, opt, counter, sae_state, opt_state, dead_state in zip(
+        saes, optimizers, dead_counters, ckpt.sae_states, ckpt.optimizer_states, ckpt.dead_counters
+    ):
+        sae.load_state_dict(sae_state)
+        opt.load_state_dict(opt_state)
+        counter.copy_(dead_state)
+    torch.set_rng_state(ckpt.rng_state)

@@ -32,7 +32,7 @@ from saekit.sae import functional as F
 from saekit.sae.base import SAE
 from saekit.strict import to_dict
 from saekit.training import dead
-from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.logs import MetricsLog
 from saekit.training.optim import apply_update, make_optimizer
@@ -217,13 +217,7 @@ def run(
                 f"{ckpt_path} was written by a run with different SAEs, sites, data or training settings; "
                 "resume with the same configuration or start a new output folder"
             )
-        for sae, opt, counter, sae_state, opt_state, dead_state in zip(
-            saes, optimizers, counters, ckpt.sae_states, ckpt.optimizer_states, ckpt.dead_counters
-        ):
-            sae.load_state_dict(sae_state)
-            opt.load_state_dict(opt_state)
-            counter.copy_(dead_state)
-        torch.set_rng_state(ckpt.rng_state)
+        restore(ckpt, saes, optimizers, counters)
         scales = ckpt.info["scales"]
         start = ckpt.step
         if cfg.progress:
