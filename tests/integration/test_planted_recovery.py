@@ -20,6 +20,8 @@ SHORT_RUN = {
     "feature_choice": {"k": 5},
     "mutual_choice": {"k": 5},
     "p_anneal": {"sparsity_coef": 0.2},
+    # Synthetic data has no downstream gradient: the g-SAE trains with its no-gradient (TopK) rule.
+    "gradient_topk": {"k": 5},
 }
 
 
