@@ -36,7 +36,6 @@ k_aux = d_in // 2, unit-norm decoder, geometric-median ``b_dec``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -84,7 +83,7 @@ class FeatureChoiceSAE(SAE):
 
     @classmethod
     def optim_defaults(cls, cfg: FeatureChoiceConfig) -> OptimDefaults:
-        return OptimDefaults(lr=cfg.lr or 2e-4 / math.sqrt(cfg.d_sae / 2**14))
+        return OptimDefaults(lr=cfg.lr or F.topk_family_lr(cfg.d_sae))
 
     @property
     def threshold_set(self) -> bool:

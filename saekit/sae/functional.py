@@ -132,6 +132,11 @@ def remove_parallel_grad_(W_dec: Tensor) -> None:
     W_dec.grad.sub_((W_dec.grad * rows).sum(-1, keepdim=True) * rows)
 
 
+def topk_family_lr(d_sae: int) -> float:
+    """Gao et al.'s learning-rate scaling for TopK-family SAEs: 2e-4 at 2^14 latents, ∝ 1/sqrt(d_sae)."""
+    return 2e-4 / math.sqrt(d_sae / 2**14)
+
+
 def tied_init(d_in: int, d_sae: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Decoder rows drawn Kaiming-uniform and scaled to unit norm; encoder = decoderᵀ.
 

@@ -23,7 +23,6 @@ falls back to plain TopK on ``z``, the rule the paper gives for label-free use, 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -82,7 +81,7 @@ class GradientTopKSAE(SAE):
 
     @classmethod
     def optim_defaults(cls, cfg: GradientTopKConfig) -> OptimDefaults:
-        return OptimDefaults(lr=cfg.lr or 2e-4 / math.sqrt(cfg.d_sae / 2**14))
+        return OptimDefaults(lr=cfg.lr or F.topk_family_lr(cfg.d_sae))
 
     def pre_acts(self, x: Tensor) -> Tensor:
         return (x - self.b_dec) @ self.W_enc + self.b_enc

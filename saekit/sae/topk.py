@@ -12,7 +12,6 @@ dead latents a gradient and brings them back. Decoder rows stay unit norm.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +71,7 @@ class TopKSAE(SAE):
     @classmethod
     def optim_defaults(cls, cfg: TopKConfig) -> OptimDefaults:
         # Width-scaled learning rate of Gao et al., as used by dictionary_learning and sparsify.
-        return OptimDefaults(lr=cfg.lr or 2e-4 / math.sqrt(cfg.d_sae / 2**14))
+        return OptimDefaults(lr=cfg.lr or F.topk_family_lr(cfg.d_sae))
 
     def pre_acts(self, x: Tensor) -> Tensor:
         return (x - self.b_dec) @ self.W_enc + self.b_enc
