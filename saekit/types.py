@@ -54,7 +54,9 @@ class LossOut(NamedTuple):
     loss:  scalar to minimise.
     x_hat: [batch, d_in] reconstruction used by the loss.
     codes: [batch, d_sae] latent activations used by the loss (training-time selection, which for
-           batch-coupled architectures may differ from ``encode``).
+           batch-coupled architectures may differ from ``encode``). The sparse training paths give a
+           detached sparse CSR tensor, so that no dense matrix is filled each step; ``codes.to_dense()``
+           works on either layout.
     terms: named scalar parts of the objective and diagnostics (``mse``, ``l1``, ``l0``, ``aux_k``, ...),
            logged verbatim. Values are detached tensors.
     fired: optional [d_sae] bool, the latents with a non-zero code in the batch (``(codes != 0).any(0)``),

@@ -51,7 +51,7 @@ from saekit.training import dead
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.logs import MetricsLog
-from saekit.training.loop import TrainResult, init_b_dec_, rescale_, resolve_device, was_trained
+from saekit.training.loop import TrainResult, init_b_dec_, rescale_, resolve_device, resolve_dtype, was_trained
 from saekit.training.optim import apply_update, make_optimizer
 from saekit.training.schedules import lr_factor, sparsity_factor
 from saekit.types import ActBatch, StepCtx, as_float
@@ -128,11 +128,13 @@ def _capture(model: nn.Module, sites: Sequence[str], into: dict[str, Tensor]) ->
 
 @contextlib.contextmanager
 def _autocast(dtype: str, devices: Sequence[torch.device]) -> Iterator[None]:
-    """TrainConfig.dtype for the block, on every device type in ``devices`` (float32: nothing)."""
+    """TrainConfig.dtype for the block, on every device type in ``devices`` (float32: nothing; "auto" as
+    resolved per device by :func:`saekit.training.loop.resolve_dtype`)."""
     with contextlib.ExitStack() as stack:
-        if dtype != "float32":
-            for kind in dict.fromkeys(d.type for d in devices):
-                stack.enter_context(torch.autocast(kind, dtype=getattr(torch, dtype)))
+        for device in {d.type: d for d in devices}.values():
+            resolved = resolve_dtype(dtype, device)
+            if resolved != torch.float32:
+                stack.enter_context(torch.autocast(device.type, dtype=resolved))
         yield
 
 
@@ -271,7 +273,7 @@ def train_e2e(
                 apply_update(sae, opt, lr_mult, train.grad_clip)
                 with torch.no_grad():
                     sae.after_step(out, ctx)
-                dead.update_counter_(counter, out.codes)
+                dead.update_counter_(counter, out.codes, out.fired)
                 terms_all.append(terms)
             if (step + 1) % train.log_every == 0 or step + 1 == total:
                 records = [

@@ -112,9 +112,11 @@ class BatchTopKSAE(SAE):
         x_in = x - self.b_dec.detach()
         with torch.no_grad():
             pre = S.pre_acts(x_in, self.W_enc, self.b_enc)
-            acts = pre.relu()
-            n_keep = min(acts.numel(), acts.shape[0] * self.cfg.k)
-            pattern = S.pattern_from_flat(acts.flatten().topk(n_keep, sorted=False).indices, *acts.shape)
+            # Selecting on pre rather than ReLU(pre) keeps the same positive entries (ReLU is monotone);
+            # where fewer than batch·k are positive, the extra picks get a zero code either way.
+            n_keep = min(pre.numel(), pre.shape[0] * self.cfg.k)
+            flat = S.batch_topk_flat(pre, n_keep, per_row=2 * self.cfg.k)
+            pattern = S.pattern_from_flat(flat, *pre.shape)
 
         def gather(p: S.Pattern) -> Tensor:
             return S.gather_pre(pre, x_in, self.b_dec, self.W_enc, self.b_enc, p)
@@ -122,10 +124,10 @@ class BatchTopKSAE(SAE):
         values = gather(pattern).relu()
         x_hat = S.sparse_decode(values, pattern, self.W_dec) + self.b_dec
         mse = F.mse_per_token(x, x_hat).mean()
-        aux = S.aux_k_loss(acts, gather, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
+        aux = S.aux_k_loss(pre, gather, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
         loss = mse + self.cfg.aux_coef * aux
         terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": S.l0_per_row(values, pattern)}
-        return LossOut(loss, x_hat, S.densify(values.detach(), pattern), terms, S.fired_latents(values, pattern))
+        return LossOut(loss, x_hat, S.sparse_codes(values, pattern), terms, S.fired_latents(values, pattern))
 
     def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
         """The plain dense computation of ``loss``; the sparse path is tested against it."""

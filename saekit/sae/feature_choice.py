@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.sae import functional as F
+from saekit.sae import sparse as S
 from saekit.sae.base import SAE, OptimDefaults
 from saekit.sae.batch_topk import BatchTopKConfig
 from saekit.sae.registry import register
@@ -108,6 +109,27 @@ class FeatureChoiceSAE(SAE):
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         x = batch.x
         self._check_input(x)
+        if x.dim() != 2 or self.cfg.aux_zipf_coef > 0:
+            return self._dense_loss(x, ctx)
+        # Sparse path (saekit.sae.sparse): one dense product, then only the tokens each latent took.
+        x_in = x - self.b_dec.detach()
+        with torch.no_grad():
+            pre = S.pre_acts(x_in, self.W_enc, self.b_enc)
+            pattern = S.pattern_from_mask(F.feature_choice_mask(pre.relu(), self.capacities(pre.shape[0])))
+
+        def gather(p: S.Pattern) -> Tensor:
+            return S.gather_pre(pre, x_in, self.b_dec, self.W_enc, self.b_enc, p)
+
+        values = gather(pattern).relu()
+        x_hat = S.sparse_decode(values, pattern, self.W_dec) + self.b_dec
+        mse = F.mse_per_token(x, x_hat).mean()
+        aux = S.aux_k_loss(pre, gather, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
+        loss = mse + self.cfg.aux_coef * aux
+        terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": S.l0_per_row(values, pattern)}
+        return LossOut(loss, x_hat, S.sparse_codes(values, pattern), terms, S.fired_latents(values, pattern))
+
+    def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
+        """The plain dense computation of ``loss``; the sparse path is tested against it."""
         acts = self.post_relu(x)
         codes = acts * F.feature_choice_mask(acts, self.capacities(acts.shape[0]))
         x_hat = self.decode(codes)

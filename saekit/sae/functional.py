@@ -145,7 +145,7 @@ def tied_init(d_in: int, d_sae: int, generator: torch.Generator | None = None) -
     bound = math.sqrt(6.0 / d_in)  # Kaiming uniform with gain sqrt(2) on fan_in = d_in
     W_dec = torch.empty(d_sae, d_in).uniform_(-bound, bound, generator=generator)
     normalize_rows_(W_dec)
-    return W_dec.t().clone(), W_dec
+    return W_dec.t().contiguous(), W_dec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,11 +207,20 @@ def threshold_tracking(step: int, start_step: int, total_steps: int) -> bool:
 
 
 def smallest_kept(codes: Tensor, per_latent: bool = False) -> Tensor:
-    """Smallest positive code of a [batch, d_sae] selection: one scalar for the whole batch, or one
-    value per latent ([d_sae]); NaN where no code is positive."""
-    flat = codes.reshape(-1, codes.shape[-1])
-    positive = flat.masked_fill(flat <= 0, float("inf"))
-    smallest = positive.amin(0) if per_latent else positive.amin()
+    """Smallest positive code of a [batch, d_sae] selection (dense, or sparse CSR): one scalar for the
+    whole batch, or one value per latent ([d_sae]); NaN where no code is positive."""
+    if codes.layout == torch.sparse_csr:
+        values = codes.values()
+        positive = values.masked_fill(values <= 0, float("inf"))
+        if per_latent:
+            smallest = positive.new_full((codes.shape[-1],), float("inf"))
+            smallest.scatter_reduce_(0, codes.col_indices(), positive, "amin")
+        else:
+            smallest = torch.cat([positive, positive.new_full((1,), float("inf"))]).amin()
+    else:
+        flat = codes.reshape(-1, codes.shape[-1])
+        positive = flat.masked_fill(flat <= 0, float("inf"))
+        smallest = positive.amin(0) if per_latent else positive.amin()
     return smallest.masked_fill(smallest.isinf(), float("nan"))
 
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from saekit.errors import DataError
 from saekit.sae import functional as F
+from saekit.sae import sparse as S
 from saekit.sae.base import SAE, OptimDefaults
 from saekit.sae.registry import register
 from saekit.sae.topk import TopKConfig
@@ -92,13 +93,16 @@ class GradientTopKSAE(SAE):
         z = pre.relu()
         if grad is None or self.cfg.beta == 0:
             return F.scatter_codes(F.topk_codes(z, self.cfg.k), self.d_sae)
-        if grad.shape[:-1] != pre.shape[:-1] or grad.shape[-1] != self.d_in:
-            raise DataError(f"gradient of shape {tuple(grad.shape)} does not match activations of shape {(*pre.shape[:-1], self.d_in)}")
+        self._check_grad(grad, pre)
         # Selection is a discrete choice: only the kept values carry gradient, as in TopK.
         with torch.no_grad():
             scores = gradient_scores(z, grad.to(z.dtype), self.W_dec, self.cfg.beta, self.cfg.normalize_grad)
             indices = scores.topk(self.cfg.k, dim=-1, sorted=False).indices
         return torch.zeros_like(z).scatter(-1, indices, z.gather(-1, indices))
+
+    def _check_grad(self, grad: Tensor, pre: Tensor) -> None:
+        if grad.shape[:-1] != pre.shape[:-1] or grad.shape[-1] != self.d_in:
+            raise DataError(f"gradient of shape {tuple(grad.shape)} does not match activations of shape {(*pre.shape[:-1], self.d_in)}")
 
     def encode(self, x: Tensor, grad: Tensor | None = None) -> Tensor:
         """Codes of ``x``; with ``grad`` (d loss / d x, same shape) the gradient-aware selection."""
@@ -108,8 +112,34 @@ class GradientTopKSAE(SAE):
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         x = batch.x
         self._check_input(x)
+        if x.dim() != 2:
+            return self._dense_loss(x, ctx, batch.grad)
+        # Sparse path (saekit.sae.sparse): the encoder product, with a gradient the product giving each
+        # latent's effect on the loss, then only the k chosen latents per token.
+        x_in = x - self.b_dec.detach()
+        with torch.no_grad():
+            pre = S.pre_acts(x_in, self.W_enc, self.b_enc)
+            scores = pre
+            if batch.grad is not None and self.cfg.beta != 0:
+                self._check_grad(batch.grad, pre)
+                scores = gradient_scores(pre.relu(), batch.grad.to(pre.dtype), self.W_dec, self.cfg.beta, self.cfg.normalize_grad)
+            pattern = S.pattern_from_topk(scores.topk(self.cfg.k, dim=-1, sorted=False).indices, self.d_sae)
+
+        def gather(p: S.Pattern) -> Tensor:
+            return S.gather_pre(pre, x_in, self.b_dec, self.W_enc, self.b_enc, p)
+
+        values = gather(pattern).relu()
+        x_hat = S.sparse_decode(values, pattern, self.W_dec) + self.b_dec
+        mse = F.mse_per_token(x, x_hat).mean()
+        aux = S.aux_k_loss(pre, gather, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
+        loss = mse + self.cfg.aux_coef * aux
+        terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": S.l0_per_row(values, pattern)}
+        return LossOut(loss, x_hat, S.sparse_codes(values, pattern), terms, S.fired_latents(values, pattern))
+
+    def _dense_loss(self, x: Tensor, ctx: StepCtx, grad: Tensor | None = None) -> LossOut:
+        """The plain dense computation of ``loss``; the sparse path is tested against it."""
         pre = self.pre_acts(x)
-        codes = self.select(pre, batch.grad)
+        codes = self.select(pre, grad)
         x_hat = self.decode(codes)
         mse = F.mse_per_token(x, x_hat).mean()
         aux = F.aux_k_loss(pre, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)

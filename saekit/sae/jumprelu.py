@@ -100,9 +100,10 @@ class JumpReLUSAE(SAE):
             return self._dense_loss(x, ctx)
         with torch.no_grad():
             z = S.pre_acts(x, self.W_enc, self.b_enc)
-            # Every (token, latent) with a gradient: the active codes, and those within ε/2 of θ,
-            # where the pseudo-derivative of θ is non-zero.
-            touched = (z > self.threshold) | (F.rectangle((z - self.threshold) / self.cfg.bandwidth) > 0)
+            # Every (token, latent) with a gradient: the active codes (z > θ), and those within ε/2 of θ,
+            # where the pseudo-derivative of θ is non-zero. One comparison against θ − ε takes them all
+            # with a margin against rounding; the extra pairs get a zero code and zero gradients.
+            touched = z > self.threshold - self.cfg.bandwidth
             n_touched = int(touched.sum())
         if n_touched > SPARSE_MAX_DENSITY * touched.numel():
             return self._dense_loss(x, ctx)
@@ -114,7 +115,7 @@ class JumpReLUSAE(SAE):
         mse = F.mse_per_token(x, x_hat).mean()
         l0 = F.heaviside_step(z_at, theta_at, self.cfg.bandwidth).sum() / x.shape[0]
         loss = mse + ctx.sparsity_scale * self.cfg.l0_coef * l0
-        codes = S.densify(values.detach(), pattern)
+        codes = S.sparse_codes(values, pattern)
         return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "l0": l0.detach()}, S.fired_latents(values, pattern))
 
     def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:

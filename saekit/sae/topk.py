@@ -100,7 +100,7 @@ class TopKSAE(SAE):
         aux = S.aux_k_loss(pre, gather, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
         loss = mse + self.cfg.aux_coef * aux
         terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": S.l0_per_row(values, pattern)}
-        return LossOut(loss, x_hat, S.densify(values.detach(), pattern), terms, S.fired_latents(values, pattern))
+        return LossOut(loss, x_hat, S.sparse_codes(values, pattern), terms, S.fired_latents(values, pattern))
 
     def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
         """The plain dense computation of ``loss``; the sparse path is tested against it."""

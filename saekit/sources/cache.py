@@ -540,6 +540,9 @@ class CacheSource:
     docstring for the shuffle and for what ``verify`` checks.
     """
 
+    reads_from_disk = True
+    """Read by the training loop: batches are worth reading ahead in a thread (saekit.sources.prefetch)."""
+
     def __init__(
         self,
         folder: str | os.PathLike[str],

@@ -40,8 +40,10 @@ class TrainConfig:
     """Steps between two checkpoints (needs an output folder); None: only at the end."""
     device: str = "auto"
     """"cpu", "cuda", "cuda:1", ...; "auto" takes CUDA when available."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Compute dtype of the forward pass (autocast); parameters and Adam state stay float32."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute dtype of the forward pass (autocast); parameters and Adam state stay float32. "auto":
+    bfloat16 on a CUDA device that supports it (the matmuls run at tensor-core rate), float32 on the
+    CPU (where bfloat16 matmuls are slower without AMX units)."""
     progress: bool = True
     """Show a progress bar."""
     wandb_project: str | None = None

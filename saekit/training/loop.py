@@ -31,10 +31,12 @@ from saekit.objectives import GroupObjective
 from saekit.sae import functional as F
 from saekit.sae.base import SAE
 from saekit.strict import to_dict
+from saekit.sources.prefetch import Prefetcher
 from saekit.training import dead
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.logs import MetricsLog
+from saekit.training.allocator import reuse_large_blocks
 from saekit.training.optim import apply_update, make_optimizer
 from saekit.training.schedules import lr_factor, sparsity_factor
 from saekit.types import ActBatch, ActivationSource, LossOut, StepCtx, as_float
@@ -58,6 +60,16 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available")
     return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of a run: ``name``, or for "auto" bfloat16 on CUDA devices with bfloat16 support
+    and float32 elsewhere."""
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
 
 
 def assign_sites(saes: Sequence[SAE], source: ActivationSource) -> list[str]:
@@ -238,11 +250,8 @@ def run(
     log = MetricsLog(
         out_dir, resume_step=start, tensorboard=cfg.tensorboard, wandb_project=cfg.wandb_project, run_config=fingerprint
     )
-    autocast = (
-        torch.autocast(device.type, dtype=getattr(torch, cfg.dtype))
-        if cfg.dtype != "float32"
-        else contextlib.nullcontext()
-    )
+    dtype = resolve_dtype(cfg.dtype, device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     dead_window = cfg.resolved_dead_tokens
     last_records: list[dict[str, Any]] = []
 
@@ -263,50 +272,54 @@ def run(
 
     bar = tqdm(total=total, initial=start, disable=not cfg.progress, unit="step", desc=f"training {len(saes)} SAE(s)")
     batches = source.batches(cfg.batch_size, seed=cfg.seed, start=start)
-    for step in range(start, total):
-        batch = next(batches)
-        ctx_base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup))
-        lr_mult = lr_factor(step, total, cfg.resolved_lr_warmup, cfg.lr_decay_fraction)
-        outs: list[LossOut] = [None] * len(saes)  # type: ignore[list-item]
-        unit_losses = []
-        for unit in units:
-            ctxs = {}
-            for i in unit.members:
-                acts = batch[sites[i]]
-                if step == start and acts.grad is None and getattr(saes[i], "uses_grad", False):
-                    _warn_no_grad(i, saes[i])
-                x = acts.x.to(device, non_blocking=True).float() * scales[sites[i]]
-                # x is scaled by s, so d loss / d(s·x) = (d loss / d x) / s
-                grad = acts.grad.to(device).float() / scales[sites[i]] if acts.grad is not None else None
-                ctxs[i] = replace(ctx_base, dead_mask=dead.dead_mask(counters[i], dead_window))
-                with autocast:
-                    outs[i] = saes[i].loss(ActBatch(x, grad), ctxs[i])
-            unit_loss = sum(outs[i].loss.float() for i in unit.members)
-            for objective in unit.objectives:
-                with autocast:
-                    term = objective([saes[m] for m in objective.members], [outs[m] for m in objective.members], ctx_base)
-                unit_loss = unit_loss + term.loss.float()
-                for m in objective.members:
-                    outs[m] = outs[m]._replace(terms={**outs[m].terms, **term.terms})
-            for i in unit.members:
-                optimizers[i].zero_grad(set_to_none=True)
-            unit_loss.backward()
-            unit_losses.append(unit_loss.detach())
-            for i in unit.members:
-                apply_update(saes[i], optimizers[i], lr_mult, cfg.grad_clip)
-                with torch.no_grad():
-                    saes[i].after_step(outs[i], ctxs[i])
-                dead.update_counter_(counters[i], outs[i].codes, outs[i].fired)
-        # One host sync per step, for all SAEs together.
-        if not bool(torch.stack(unit_losses).isfinite().all()):
-            _raise_non_finite(batch, saes, sites, outs, step)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-            last_records = _records(saes, sites, outs, counters, dead_window, optimizers, step + 1, cfg.batch_size)
-            log.write(last_records)
-            bar.set_postfix(_postfix(last_records))
-        bar.update(1)
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-            checkpoint(step + 1)
+    if device.type == "cuda" or getattr(source, "reads_from_disk", False):
+        batches = Prefetcher(batches, pin_memory=device.type == "cuda")
+    # CPU: large per-step buffers stay in the heap instead of being mapped afresh every step.
+    with reuse_large_blocks(device), contextlib.closing(batches):
+        for step in range(start, total):
+            batch = next(batches)
+            ctx_base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup))
+            lr_mult = lr_factor(step, total, cfg.resolved_lr_warmup, cfg.lr_decay_fraction)
+            outs: list[LossOut] = [None] * len(saes)  # type: ignore[list-item]
+            unit_losses = []
+            for unit in units:
+                ctxs = {}
+                for i in unit.members:
+                    acts = batch[sites[i]]
+                    if step == start and acts.grad is None and getattr(saes[i], "uses_grad", False):
+                        _warn_no_grad(i, saes[i])
+                    x = acts.x.to(device, non_blocking=True).float() * scales[sites[i]]
+                    # x is scaled by s, so d loss / d(s·x) = (d loss / d x) / s
+                    grad = acts.grad.to(device).float() / scales[sites[i]] if acts.grad is not None else None
+                    ctxs[i] = replace(ctx_base, dead_mask=dead.dead_mask(counters[i], dead_window))
+                    with autocast:
+                        outs[i] = saes[i].loss(ActBatch(x, grad), ctxs[i])
+                unit_loss = sum(outs[i].loss.float() for i in unit.members)
+                for objective in unit.objectives:
+                    with autocast:
+                        term = objective([saes[m] for m in objective.members], [outs[m] for m in objective.members], ctx_base)
+                    unit_loss = unit_loss + term.loss.float()
+                    for m in objective.members:
+                        outs[m] = outs[m]._replace(terms={**outs[m].terms, **term.terms})
+                for i in unit.members:
+                    optimizers[i].zero_grad(set_to_none=True)
+                unit_loss.backward()
+                unit_losses.append(unit_loss.detach())
+                for i in unit.members:
+                    apply_update(saes[i], optimizers[i], lr_mult, cfg.grad_clip)
+                    with torch.no_grad():
+                        saes[i].after_step(outs[i], ctxs[i])
+                    dead.update_counter_(counters[i], outs[i].codes, outs[i].fired)
+            # One host sync per step, for all SAEs together.
+            if not bool(torch.stack(unit_losses).isfinite().all()):
+                _raise_non_finite(batch, saes, sites, outs, step)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+                last_records = _records(saes, sites, outs, counters, dead_window, optimizers, step + 1, cfg.batch_size)
+                log.write(last_records)
+                bar.set_postfix(_postfix(last_records))
+            bar.update(1)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+                checkpoint(step + 1)
     bar.close()
     checkpoint(total)
     log.close()

@@ -13,10 +13,27 @@ def make_optimizer(sae: SAE) -> torch.optim.Adam:
     defaults = sae.optim_defaults(sae.cfg)
     lr = sae.cfg.lr if sae.cfg.lr is not None else defaults.lr
     # "initial_lr" is the base of the schedule, kept in the optimiser state so resume restores it.
-    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=defaults.betas, eps=defaults.eps)
+    params = list(sae.parameters())
+    opt = torch.optim.Adam(params, lr=lr, betas=defaults.betas, eps=defaults.eps, fused=fused_supported(params))
     for group in opt.param_groups:
         group["initial_lr"] = lr
     return opt
+
+
+def fused_supported(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused Adam (one kernel for every tensor's update) can run on ``params``: floating
+    point tensors on one CPU or CUDA device, each contiguous. On CPU it is several times faster than
+    the default per-tensor loop, which costs as much as the rest of a sparse TopK step at 18k latents.
+
+    Contiguous, because the fused kernel walks a parameter and its Adam moments as flat memory: a
+    transposed parameter next to moments restored contiguous from a checkpoint got a wrong update.
+    """
+    devices = {p.device for p in params}
+    return (
+        len(devices) == 1
+        and next(iter(devices)).type in ("cpu", "cuda")
+        and all(p.is_floating_point() and p.is_contiguous() for p in params)
+    )
 
 
 def apply_update(sae: SAE, opt: torch.optim.Optimizer, lr_factor: float, grad_clip: float | None) -> None:

@@ -70,7 +70,7 @@ def test_a_latent_never_exceeds_its_capacity(exponent: float) -> None:
     with torch.no_grad():
         sae.b_enc.fill_(5.0)  # every activation positive, so every capacity is filled exactly
     x = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
-    codes = sae.loss(ActBatch(x), StepCtx()).codes
+    codes = sae.loss(ActBatch(x), StepCtx()).codes.to_dense()
     caps = sae.capacities(40)
     assert torch.equal((codes != 0).sum(0), caps)
     acts = sae.post_relu(x)
@@ -103,7 +103,7 @@ def test_no_dead_latents_where_topk_has_some(trained) -> None:
     # On fresh batches every latent fires within its capacity of ⌊512·3/256⌋ = 6 tokens per batch.
     fired = torch.zeros(256, dtype=torch.bool)
     for _, batch in zip(range(5), data.batches(512, seed=5)):
-        counts = (fc.loss(ActBatch(batch[data.sites[0]].x), StepCtx()).codes != 0).sum(0)
+        counts = (fc.loss(ActBatch(batch[data.sites[0]].x), StepCtx()).codes.to_dense() != 0).sum(0)
         assert counts.max() <= 6
         fired |= counts > 0
     assert fired.all()

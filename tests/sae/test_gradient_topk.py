@@ -53,7 +53,7 @@ def test_selection_follows_the_gradient_and_keeps_z_values():
 def test_loss_uses_the_gradient_of_the_batch_and_trains_values_only():
     sae = hand_sae(4.0)
     out = sae.loss(ActBatch(X, G), StepCtx())
-    assert torch.equal(out.codes.detach(), torch.tensor([[0.0, 0.5, 0.0]]))
+    assert torch.equal(out.codes.to_dense().detach(), torch.tensor([[0.0, 0.5, 0.0]]))
     # x̂ = 0.5·[0, 1] = [0, 0.5]; ||x − x̂||² = 4
     torch.testing.assert_close(out.terms["mse"], torch.tensor(4.0))
     out.loss.backward()

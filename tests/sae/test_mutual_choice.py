@@ -23,7 +23,7 @@ def test_selection_hand_computed() -> None:
         sae.b_dec.copy_(torch.tensor([0.5, 0.0]))
     x = torch.tensor([[1.5, 1.0], [0.5, -1.0], [2.5, 0.0]])  # ReLU acts [[1, 1.25, 1.5], [0, 0, 0], [2, 0.25, 1.5]]
     # Budget 3·1 = 3 entries of the whole matrix: 2 and 1.5 (twice); ties broken by topk.
-    codes = sae.loss(ActBatch(x), StepCtx()).codes
+    codes = sae.loss(ActBatch(x), StepCtx()).codes.to_dense()
     assert torch.equal(codes, torch.tensor([[0.0, 0.0, 1.5], [0.0, 0.0, 0.0], [2.0, 0.0, 1.5]]))
 
 
@@ -49,7 +49,7 @@ def test_spends_exactly_the_batch_budget_with_variable_counts(trained) -> None:
     sae = result.saes[0]
     for batch in (b[data.sites[0]].x for _, b in zip(range(3), data.batches(512, seed=7))):
         out = sae.loss(ActBatch(batch), StepCtx())
-        per_token = (out.codes != 0).sum(-1)
+        per_token = (out.codes.to_dense() != 0).sum(-1)
         assert int(per_token.sum()) == 512 * 3
         assert per_token.max() > 3 and per_token.min() < 3
         assert per_token.float().std() > 0.5

@@ -38,12 +38,12 @@ def grads_of(sae, out) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
 
 
-def assert_same(sparse_sae, dense_sae, x, ctx):
-    fast = sparse_sae.loss(ActBatch(x), ctx)
-    plain = dense_sae._dense_loss(x, ctx)
+def assert_same(sparse_sae, dense_sae, x, ctx, grad=None):
+    fast = sparse_sae.loss(ActBatch(x, grad), ctx)
+    plain = dense_sae._dense_loss(x, ctx) if grad is None else dense_sae._dense_loss(x, ctx, grad)
     torch.testing.assert_close(fast.loss, plain.loss)
     torch.testing.assert_close(fast.x_hat, plain.x_hat)
-    torch.testing.assert_close(fast.codes, plain.codes)
+    torch.testing.assert_close(fast.codes.to_dense(), plain.codes)
     # The fired mask the loop's dead-latent count reads instead of scanning the dense codes.
     assert fast.fired is not None and fast.fired.dtype == torch.bool
     assert torch.equal(fast.fired, (plain.codes != 0).any(0))
@@ -132,26 +132,103 @@ def test_gather_and_decode_gradients_equal_dense_autograd():
         torch.testing.assert_close(a, b, msg=name)
 
 
+def flat_topk_set(scores: torch.Tensor, n_keep: int) -> list[int]:
+    return sorted(scores.flatten().topk(n_keep).indices.tolist())
+
+
+@pytest.mark.parametrize("case", ["spread", "one_heavy_row", "many_heavy_rows", "keep_all_candidates"])
+def test_batch_topk_flat_is_the_flat_topk(case):
+    g = torch.Generator().manual_seed(7)
+    scores = torch.randn(48, 64, generator=g)
+    k, per_row = 3, 6
+    if case == "one_heavy_row":  # row 5 holds far more than per_row of the top entries: it is taken whole
+        scores[5] += 10
+    if case == "many_heavy_rows":  # more than 1/8 of the rows saturate: the plain flat top-k
+        scores[:10] += 10
+    if case == "keep_all_candidates":
+        per_row = 2
+    n_keep = 48 * k
+    picked = S.batch_topk_flat(scores, n_keep, per_row)
+    assert picked.numel() == n_keep and picked.unique().numel() == n_keep
+    assert sorted(picked.tolist()) == flat_topk_set(scores, n_keep)
+    if case == "one_heavy_row":
+        assert (torch.div(picked, 64, rounding_mode="floor") == 5).sum() == 64
+
+
+def test_sparse_codes_are_the_dense_codes_and_feed_the_threshold_and_dead_counts():
+    from saekit.sae import functional as F
+    from saekit.training import dead
+
+    pattern = random_pattern(3)
+    g = torch.Generator().manual_seed(4)
+    values = torch.rand(pattern.nnz, generator=g) - 0.2  # some non-positive values among the kept
+    values[pattern.cols == pattern.cols[0]] = 0.0  # a latent kept at 0 only: NaN threshold, not fired
+    csr = S.sparse_codes(values, pattern)
+    dense = S.densify(values, pattern)
+    assert csr.layout == torch.sparse_csr
+    assert torch.equal(csr.to_dense(), dense)
+    torch.testing.assert_close(F.smallest_kept(csr), F.smallest_kept(dense))
+    torch.testing.assert_close(F.smallest_kept(csr, per_latent=True), F.smallest_kept(dense, per_latent=True), equal_nan=True)
+    assert F.smallest_kept(dense, per_latent=True).isnan().any(), "vacuous: every latent has a positive code"
+    from_csr, from_dense = dead.new_counter(pattern.n_cols), dead.new_counter(pattern.n_cols)
+    from_csr.fill_(5)
+    from_dense.fill_(5)
+    dead.update_counter_(from_csr, csr)
+    dead.update_counter_(from_dense, dense)
+    assert torch.equal(from_csr, from_dense) and (from_dense == 0).any() and (from_dense == 5 + pattern.n_rows).any()
+
+
 # ---------------------------------------------------------------------------------------------
 # Architectures: the sparse loss against the dense one
 
 
-@pytest.mark.parametrize("dead", [None, "some", "all"])
+DEAD_MASKS = {
+    None: None,
+    "few": torch.arange(D_SAE) % 8 == 0,  # AuxK selects among the dead columns only
+    "some": torch.arange(D_SAE) % 3 == 0,  # AuxK masks the whole matrix
+    "all": torch.ones(D_SAE, dtype=torch.bool),
+}
+
+
+@pytest.mark.parametrize("dead", [None, "few", "some", "all"])
 def test_topk_sparse_loss_equals_dense(dead):
     sae = perturbed("topk", k=5, aux_k=7)
-    mask = {None: None, "some": torch.arange(D_SAE) % 3 == 0, "all": torch.ones(D_SAE, dtype=torch.bool)}[dead]
+    mask = DEAD_MASKS[dead]
     out = assert_same(sae, copy.deepcopy(sae), rows(BATCH, 0), StepCtx(dead_mask=mask))
     assert (out.terms["aux_k"] > 0) == (dead is not None)
-    assert torch.equal((out.codes != 0).sum(-1), torch.full((BATCH,), 5))
+    assert torch.equal((out.codes.to_dense() != 0).sum(-1), torch.full((BATCH,), 5))
 
 
-@pytest.mark.parametrize("dead", [None, "some"])
+@pytest.mark.parametrize("dead", [None, "few", "some"])
 def test_batch_topk_sparse_loss_equals_dense(dead):
     sae = perturbed("batch_topk", k=5, aux_k=7)
-    mask = None if dead is None else torch.arange(D_SAE) % 4 == 1
+    mask = DEAD_MASKS[dead]
     out = assert_same(sae, copy.deepcopy(sae), rows(BATCH, 1), StepCtx(dead_mask=mask))
-    assert out.codes.count_nonzero() == BATCH * 5
-    assert (out.codes != 0).sum(-1).unique().numel() > 1, "batch top-k should give tokens different counts"
+    assert out.codes.to_dense().count_nonzero() == BATCH * 5
+    assert (out.codes.to_dense() != 0).sum(-1).unique().numel() > 1, "batch top-k should give tokens different counts"
+
+
+@pytest.mark.parametrize("with_grad", [False, True])
+@pytest.mark.parametrize("dead", [None, "few"])
+def test_gradient_topk_sparse_loss_equals_dense(with_grad, dead):
+    sae = perturbed("gradient_topk", k=5, aux_k=7, beta=2.0)
+    x = rows(BATCH, 4)
+    grad = rows(BATCH, 5) if with_grad else None
+    out = assert_same(sae, copy.deepcopy(sae), x, StepCtx(dead_mask=DEAD_MASKS[dead]), grad)
+    assert torch.equal((out.codes.to_dense() != 0).sum(-1), torch.full((BATCH,), 5))
+    if with_grad:  # the gradient changed the choice, so the test compares the gradient-aware selection
+        with torch.no_grad():
+            plain_topk = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).topk(5, dim=-1).indices.sort(-1).values
+        chosen = (out.codes.to_dense() != 0).nonzero()[:, 1].view(BATCH, 5)
+        assert not torch.equal(plain_topk, chosen)
+
+
+@pytest.mark.parametrize("dead", [None, "few"])
+def test_feature_choice_sparse_loss_equals_dense(dead):
+    sae = perturbed("feature_choice", k=5, aux_k=7, capacity_zipf_exponent=1.0)
+    out = assert_same(sae, copy.deepcopy(sae), rows(BATCH, 6), StepCtx(dead_mask=DEAD_MASKS[dead]))
+    per_latent = (out.codes.to_dense() != 0).sum(0)
+    assert per_latent.max() > per_latent.min(), "vacuous: every latent took the same number of tokens"
 
 
 def test_jumprelu_sparse_loss_equals_dense_including_threshold_gradients():
@@ -183,3 +260,36 @@ def test_jumprelu_dense_regime_takes_the_dense_path():
     assert out.codes.count_nonzero() > 0.3 * out.codes.numel()
     assert out.codes.requires_grad  # the dense path's codes carry autograd
     assert torch.equal(out.loss, ref.loss)
+
+
+@pytest.mark.parametrize("name", ["topk", "batch_topk", "gradient_topk", "feature_choice"])
+def test_a_training_step_makes_no_dense_batch_by_latents_tensor_in_backward(name):
+    """The issue's memory rule: the backward pass of a TopK-family step never materialises a dense
+    [batch, d_sae] gradient (the forward pass has one [batch, d_sae] tensor, the pre-activations)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            # Dense results only: the sparse CSR matrices of the sampled products hold nnz values.
+            self.shapes += [
+                tuple(t.shape) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.layout == torch.strided
+            ]
+            return out
+
+    sae = build(name, d_in=D_IN, d_sae=D_SAE, seed=0, k=5)
+    out = sae.loss(ActBatch(rows(BATCH, 7).float()), StepCtx(dead_mask=DEAD_MASKS["few"]))
+    with Shapes() as backward:
+        out.loss.backward()
+    assert backward.shapes, "vacuous: no operation recorded"
+    assert (D_SAE, D_IN) in backward.shapes  # the decoder gradient was seen, so the recording works
+    assert (BATCH, D_SAE) not in backward.shapes
+    dense = copy.deepcopy(sae)._dense_loss(rows(BATCH, 7).float(), StepCtx(dead_mask=DEAD_MASKS["few"]))
+    with Shapes() as dense_backward:
+        dense.loss.backward()
+    assert (BATCH, D_SAE) in dense_backward.shapes  # the check would catch the dense path

@@ -44,7 +44,7 @@ def test_loss_terms_match_independent_formula() -> None:
     codes = torch.tensor([[0.0, 1.25, 1.5], [0.0, 0.0, 0.0]])
     x_hat = codes @ torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]) + torch.tensor([0.5, 0.0])
     mse = ((X - x_hat) ** 2).sum(1).mean()
-    assert torch.equal(out.codes, codes)
+    assert torch.equal(out.codes.to_dense(), codes)
     assert torch.allclose(out.x_hat, x_hat)
     assert out.terms["mse"].item() == pytest.approx(mse.item())
     assert out.terms["l0"].item() == pytest.approx(1.0)

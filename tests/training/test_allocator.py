@@ -1,0 +1,39 @@
+"""Large CPU blocks are reused from step to step while training, and the default comes back after."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+import torch
+
+from saekit.training.allocator import _glibc, reuse_large_blocks
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def faults_of_a_fresh_64mb_block() -> int:
+    """Minor page faults taken by allocating and filling a 64 MiB tensor right after freeing one."""
+    block = torch.ones(16 * 2**20)
+    del block
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = torch.ones(16 * 2**20)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del block
+    return faults
+
+
+@pytest.mark.skipif(_glibc() is None, reason="glibc's mallopt is not available here")
+def test_blocks_are_reused_inside_and_mapped_afresh_outside():
+    pages = 64 * 2**20 // resource.getpagesize()
+    with reuse_large_blocks(torch.device("cpu")) as applied:
+        assert applied
+        inside = faults_of_a_fresh_64mb_block()
+    outside = faults_of_a_fresh_64mb_block()
+    assert inside < pages // 10
+    assert outside > pages // 2
+
+
+def test_nothing_is_changed_for_cuda_devices():
+    with reuse_large_blocks(torch.device("cuda")) as applied:
+        assert not applied
