@@ -104,7 +104,7 @@ class JumpReLUSAE(SAE):
             # where the pseudo-derivative of θ is non-zero. One comparison against θ − ε takes them all
             # with a margin against rounding; the extra pairs get a zero code and zero gradients.
             touched = z > self.threshold - self.cfg.bandwidth
-            n_touched = int(touched.sum())
+            n_touched = int(torch.count_nonzero(touched))  # .sum() would first copy the mask to int64
         if n_touched > SPARSE_MAX_DENSITY * touched.numel():
             return self._dense_loss(x, ctx)
         pattern = S.pattern_from_mask(touched)

@@ -59,6 +59,12 @@ class Pattern:
         return self.cols.numel()
 
     @functools.cached_property
+    def flat(self) -> Tensor:
+        """[nnz] positions of the pairs in the flattened row-major matrix (a 1-d gather is cheaper than
+        indexing with two index tensors)."""
+        return self.rows * self.n_cols + self.cols
+
+    @functools.cached_property
     def by_column(self) -> ByColumn:
         """The pairs grouped by column, computed once: both weight gradients of a step use it."""
         order = self.cols.argsort(stable=True)  # stable: a radix sort for integers, and deterministic
@@ -127,7 +133,7 @@ def batch_topk_flat(scores: Tensor, n_keep: int, per_row: int) -> Tensor:
 def densify(values: Tensor, pattern: Pattern) -> Tensor:
     """Dense [n_rows, n_cols] matrix with ``values`` at the pattern and zeros elsewhere."""
     dense = values.new_zeros(pattern.n_rows * pattern.n_cols)
-    dense[pattern.rows * pattern.n_cols + pattern.cols] = values
+    dense[pattern.flat] = values
     return dense.view(pattern.n_rows, pattern.n_cols)
 
 
@@ -201,7 +207,7 @@ class _GatherPre(torch.autograd.Function):
         ctx.pattern = pattern
         ctx.has_shift = shift is not None
         ctx.save_for_backward(x_in, W_enc)
-        return pre[pattern.rows, pattern.cols]
+        return pre.reshape(-1).index_select(0, pattern.flat)
 
     @staticmethod
     def backward(ctx, grad_values: Tensor):

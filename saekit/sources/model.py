@@ -138,19 +138,23 @@ class ModelSource:
         return self._rows_of(ids, with_grads=False)[0]
 
     def _rows_of(self, ids: Tensor, *, with_grads: bool) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-        def rows(value: Tensor) -> Tensor:
-            return value[:, self.skip_positions :].reshape(-1, value.shape[-1]).float().cpu()
-
-        parts: dict[str, list[Tensor]] = {site: [] for site in self._sites}
-        grad_parts: dict[str, list[Tensor]] = {site: [] for site in self._sites}
+        # Each forward batch is copied straight into its slice of the chunk: no list of parts and no
+        # concatenation, which would hold the chunk twice.
+        per_seq = self.tokens.shape[1] - self.skip_positions
+        acts: dict[str, Tensor] = {}
+        grads: dict[str, Tensor] = {}
         for start in range(0, len(ids), self.forward_batch):
             out = self._forward(self.tokens[ids[start : start + self.forward_batch]], with_grads=with_grads)
+            begin = start * per_seq
             for site in self._sites:
-                parts[site].append(rows(out.acts[site]))
-                if out.grads is not None:
-                    grad_parts[site].append(rows(out.grads[site]))
-        acts = {site: torch.cat(values) for site, values in parts.items()}
-        return acts, {site: torch.cat(values) for site, values in grad_parts.items()} if with_grads else None
+                for into, value in ((acts, out.acts[site]), (grads, out.grads[site] if out.grads is not None else None)):
+                    if value is None:
+                        continue
+                    rows = value[:, self.skip_positions :].reshape(-1, value.shape[-1])
+                    if site not in into:
+                        into[site] = torch.empty(len(ids) * per_seq, value.shape[-1], dtype=torch.float32)
+                    into[site][begin : begin + len(rows)].copy_(rows)
+        return acts, grads if with_grads else None
 
     def chunks_in_order(self, first: int = 0) -> Iterator[dict[str, Tensor]]:
         """Every context exactly once, in token order, ``chunk_seqs`` contexts at a time, starting at
@@ -163,20 +167,30 @@ class ModelSource:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         rows = self.rows_per_chunk
         chunk_index, offset = divmod(start * batch_size, rows)
-        # Gradients ride in the same buffer under keys of their own, so they are shuffled and cut
-        # exactly like the activations they belong to.
-        buffer: dict[str, Tensor] | None = None
+        # Rows not yet served, as (chunk tensors, row indices into them) in serving order: each batch is
+        # gathered from the chunk itself, so no shuffled copy of a chunk is ever made. Gradients ride
+        # under keys of their own, so they are cut exactly like the activations they belong to.
+        pending: list[tuple[dict[str, Tensor], Tensor]] = []
         while True:
             chunk = self.chunk(chunk_index, seed)
             tensors = {**chunk.acts, **{_GRAD + site: g for site, g in (chunk.grads or {}).items()}}
             order = torch.randperm(rows, generator=seeded_generator(_CHUNK, seed, chunk_index))[offset:]
-            fresh = {key: value[order] for key, value in tensors.items()}
-            buffer = fresh if buffer is None else {key: torch.cat([buffer[key], fresh[key]]) for key in fresh}
-            n_full = len(buffer[self._sites[0]]) // batch_size
-            for b in range(n_full):
-                cut = {key: value[b * batch_size : (b + 1) * batch_size] for key, value in buffer.items()}
+            pending.append((tensors, order))
+            while sum(len(index) for _, index in pending) >= batch_size:
+                pieces, need = [], batch_size
+                while need:
+                    source, index = pending[0]
+                    pieces.append((source, index[:need]))
+                    if len(index) <= need:
+                        pending.pop(0)
+                    else:
+                        pending[0] = (source, index[need:])
+                    need -= len(pieces[-1][1])
+                cut = {
+                    key: torch.cat([source[key].index_select(0, index) for source, index in pieces])
+                    for key in tensors
+                }
                 yield {site: ActBatch(cut[site], cut.get(_GRAD + site)) for site in self._sites}
-            buffer = {key: value[n_full * batch_size :] for key, value in buffer.items()}
             chunk_index, offset = chunk_index + 1, 0
 
     def iter_rows(self, batch_size: int, *, site: str | None = None, max_rows: int | None = None, seed: int = 0) -> Iterator[Tensor]:
