@@ -1,8 +1,14 @@
 """The suite case: TopK SAEs on all 30 residual sites (``layers.*.resid_post``) of SmolLM2-135M.
 
+The SAEs are those of the single-site cases (d_sae 4608, an 8× expansion; k 32; batch 4096), trained
+for ``SuiteCase.steps`` = 6 steps each, long enough for every library to reach its steady step cost;
+the contexts are exactly enough for those tokens (194 contexts of 127 tokens after BOS), plus 16
+held-out contexts for quality.
+
 * saekit trains the 30 SAEs side by side from one stream: :class:`saekit.sources.model.ModelSource`
   runs the model once per chunk of contexts and every SAE takes its site's rows of the same batch
-  (``saekit.train`` with a list of SAEs).
+  (``saekit.train`` with a list of SAEs, ``dead_tokens=10_000_000`` as in the single-site cases, so
+  that no library computes an auxiliary loss, see benchmarks/peers.py).
 * SAELens and dictionary_learning have no trainer for SAEs on several sites at once (SAELens's
   ``SAETrainer`` and dictionary_learning's trainers each train SAEs on one activation tensor), so they
   get the generous version of "their own way": the activations of all 30 sites are harvested once
@@ -14,7 +20,15 @@
 Time is end to end: for saekit, from building the ModelSource to the last trained SAE, the model's
 forward passes included; for the peers, the harvest plus the 30 training runs (every SAE's set-up
 included). Loading the model and tokenising are left out for everyone. FVU and L0 are the means over
-the 30 sites on held-out contexts the SAEs never saw.
+the 30 sites on held-out contexts the SAEs never saw, leaving out the attention-sink rows
+(benchmarks/peers.py ``sink_rows``: massive activations, mostly in layers 2–8, one of which would
+decide a site's FVU). Training data is left as ModelSource gives it to saekit, for everyone.
+
+Duration on a quiet 2-core CPU (estimated from per-step costs, not measured end to end): the
+harvest ~70 s (about 350 rows/s for all 30 sites), saekit ~2.5 min (its own forward passes plus
+30 × 6 steps of ~0.35 s), SAELens ~6.5 min (30 × 6 steps of ~2 s), dictionary_learning ~5.5 min
+(30 × 6 steps of ~1.6 s plus its b_dec init): about 16 minutes with the preparation. Memory: the
+30 sites' rows take 1.7 GB (float32), held once by each process.
 
     .bench-venv/bin/python benchmarks/suite.py prepare WORK_DIR CONFIG_JSON   # harvest, held-out rows
     .bench-venv/bin/python benchmarks/suite.py LIBRARY WORK_DIR CONFIG_JSON OUT_JSON
@@ -33,7 +47,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from peers import RUNNERS, Case, PeakRSS, quality  # noqa: E402
+from peers import DEAD_TOKENS, RUNNERS, Case, PeakRSS, quality, sink_rows  # noqa: E402
 
 SITES = "layers.*.resid_post"
 MODEL = "smollm2-135m"
@@ -41,23 +55,30 @@ MODEL = "smollm2-135m"
 
 @dataclass(frozen=True)
 class SuiteCase:
-    name: str = "suite-30-topk-2304"
+    name: str = "suite-30-topk-4608"
     """Label in the tables and in bench-results.json."""
-    d_sae: int = 2304
+    d_sae: int = 4608
+    """8× expansion of SmolLM2's 576, as the single-site cases."""
     k: int = 32
-    batch: int = 1024
-    steps: int = 4
+    batch: int = 4096
+    steps: int = 6
+    """Steps per SAE: enough for every library to reach its steady step cost (set-up and the first
+    steps are in everyone's end-to-end time, as they would be in a real suite)."""
     lr: float = 1e-3
     context: int = 128
     """Tokens per context, BOS included (the BOS position is dropped, as ModelSource does)."""
-    train_contexts: int = 40
-    """Contexts the training tokens come from: one ModelSource chunk, so one model pass for everyone."""
-    held_out_contexts: int = 8
+    held_out_contexts: int = 16
     forward_batch: int = 16
 
     @property
     def tokens(self) -> int:
         return self.steps * self.batch
+
+    @property
+    def train_contexts(self) -> int:
+        """Contexts the training tokens come from (``tokens`` rows once BOS is dropped): one ModelSource
+        chunk, so one model pass for everyone."""
+        return -(-self.tokens // (self.context - 1))
 
     def case(self) -> Case:
         return Case(self.name, "topk", self.d_sae, self.steps, self.batch, self.k, self.lr)
@@ -135,7 +156,7 @@ def run_saekit(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
     warm = max(1, cfg.steps // 20)
     saekit.train(
         saes, source, steps=cfg.steps, batch_size=cfg.batch, norm_estimation_tokens=cfg.batch, lr_warmup_steps=warm,
-        progress=False, log_every=cfg.steps, seed=0,
+        progress=False, log_every=cfg.steps, seed=0, dead_tokens=DEAD_TOKENS,
     )
     seconds = time.perf_counter() - start
     models = [(lambda h, s=s: s.encode(h), lambda f, s=s: s.decode(f)) for s in saes]
@@ -173,6 +194,7 @@ def main() -> None:
     fvus, l0s = [], []
     for i, (encode, decode) in enumerate(models):
         rows = torch.from_numpy(np.array(held[i]))
+        rows = rows[~sink_rows(rows)]  # the same rows for every library
         if library != "saekit":  # the peers trained on scaled rows; saekit's SAEs take raw ones (FVU is scale-free)
             rows = rows * float(scales[i])
         fvu, l0 = quality(encode, decode, rows)

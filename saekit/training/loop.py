@@ -18,7 +18,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -275,7 +275,7 @@ def run(
     if device.type == "cuda" or getattr(source, "reads_from_disk", False):
         batches = Prefetcher(batches, pin_memory=device.type == "cuda")
     # CPU: large per-step buffers stay in the heap instead of being mapped afresh every step.
-    with reuse_large_blocks(device), contextlib.closing(batches):
+    with reuse_large_blocks(device), _closing(batches):
         for step in range(start, total):
             batch = next(batches)
             ctx_base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup))
@@ -334,6 +334,18 @@ def run(
             {"data": source.describe(), "tokens": total * cfg.batch_size, "train_config": to_dict(cfg), "final_metrics": metrics}
         )
     return TrainResult(saes, final, total, start, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _closing(batches: Any) -> Iterator[None]:
+    """Close the batch iterator at the end (a generator's ``finally``, the prefetch thread), where it can
+    be closed: a source may return any iterator."""
+    try:
+        yield
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 def _records(saes, sites, outs, counters, dead_window, optimizers, step, batch_size) -> list[dict[str, Any]]:

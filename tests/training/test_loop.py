@@ -176,3 +176,16 @@ def test_multi_site_source_routes_each_sae_to_its_site():
     orphan.metadata["site"] = "c"
     with pytest.raises(ConfigError, match=r"has site 'c', but the activation source provides \['a', 'b'\]"):
         train(orphan, source, steps=1, **FAST)
+
+
+def test_a_source_may_return_any_iterator():
+    class ListSource:  # batches() gives a plain list iterator, which has no close()
+        sites, d_in, describe = SOURCE.sites, SOURCE.d_in, SOURCE.describe
+
+        def batches(self, batch_size, *, seed, start=0):
+            source = SOURCE.batches(batch_size, seed=seed, start=start)
+            return iter([next(source) for _ in range(8)])
+
+    trained = train(build("topk", d_in=16, d_sae=32, seed=0), ListSource(), steps=4, **FAST)
+    reference = train(build("topk", d_in=16, d_sae=32, seed=0), SOURCE, steps=4, **FAST)
+    _assert_same(_state([trained]), _state([reference]))
