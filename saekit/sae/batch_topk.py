@@ -117,17 +117,7 @@ class BatchTopKSAE(SAE):
             n_keep = min(pre.numel(), pre.shape[0] * self.cfg.k)
             flat = S.batch_topk_flat(pre, n_keep, per_row=2 * self.cfg.k)
             pattern = S.pattern_from_flat(flat, *pre.shape)
-
-        def gather(p: S.Pattern) -> Tensor:
-            return S.gather_pre(pre, x_in, self.b_dec, self.W_enc, self.b_enc, p)
-
-        values = gather(pattern).relu()
-        x_hat = S.sparse_decode(values, pattern, self.W_dec) + self.b_dec
-        mse = F.mse_per_token(x, x_hat).mean()
-        aux = S.aux_k_loss(pre, gather, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
-        loss = mse + self.cfg.aux_coef * aux
-        terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": S.l0_per_row(values, pattern)}
-        return LossOut(loss, x_hat, S.sparse_codes(values, pattern), terms, S.fired_latents(values, pattern))
+        return S.topk_family_loss(self, x, x_in, pre, pattern, ctx.dead_mask)
 
     def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
         """The plain dense computation of ``loss``; the sparse path is tested against it."""

@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as tF
 
+from saekit.types import LossOut
+
 
 class ByColumn(NamedTuple):
     """A pattern's pairs in column-major order: ``order`` permutes the row-major pairs into it, ``rows``
@@ -294,3 +296,24 @@ def aux_k_loss(
     residual_hat = sparse_decode(gather(pattern).relu(), pattern, W_dec)
     variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
     return (residual_hat - residual).pow(2).sum() / variance
+
+
+def topk_family_loss(sae, x: Tensor, x_in: Tensor, pre: Tensor, pattern: Pattern, dead_mask: Tensor | None) -> LossOut:
+    """The TopK family's training loss once the latents are chosen (``pattern``), on the sparse path.
+
+    ``pre = x_in @ W_enc + b_enc`` without autograd, ``x_in = x − b_dec`` (b_dec detached there: its
+    gradient through the encoder arrives as the shift's). The codes are ReLU(pre) at the pattern;
+    loss = ||x − x̂||² per token, averaged, + ``aux_coef`` · AuxK over ``dead_mask`` with ``aux_k``
+    latents (None: d_in // 2), as the dense losses of TopK, BatchTopK, Feature Choice and g-SAE.
+    """
+
+    def gather(p: Pattern) -> Tensor:
+        return gather_pre(pre, x_in, sae.b_dec, sae.W_enc, sae.b_enc, p)
+
+    values = gather(pattern).relu()
+    x_hat = sparse_decode(values, pattern, sae.W_dec) + sae.b_dec
+    mse = (x_hat - x).pow(2).sum(-1).mean()
+    aux = aux_k_loss(pre, gather, (x - x_hat).detach(), dead_mask, sae.cfg.aux_k or sae.d_in // 2, sae.W_dec)
+    loss = mse + sae.cfg.aux_coef * aux
+    terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": l0_per_row(values, pattern)}
+    return LossOut(loss, x_hat, sparse_codes(values, pattern), terms, fired_latents(values, pattern))
