@@ -13,10 +13,12 @@ a token uses are known, only the encoder product needs every latent; the other f
 * :func:`sparse_decode` reconstructs from (values, pattern) with a backward that needs one dot product
   per pair for the code gradients and one sparse × dense product for the decoder gradient.
 
-Everything is plain torch (embedding_bag, sampled_addmm, sparse COO mm), so it runs on any device;
-its results equal the dense path's up to float rounding, which tests/sae/test_sparse.py checks for the
-loss and the gradient of every parameter. The architectures use it privately in ``loss``; their public
-``encode`` / ``decode`` stay dense.
+Everything is plain torch (embedding_bag over the pairs by row, and by column for the weight
+gradients; sampled_addmm for the dot products), so it runs on any device; its results equal the dense
+path's up to float rounding, which tests/sae/test_sparse.py checks for the loss and the gradient of
+every parameter. The architectures use it privately in ``loss`` (:func:`topk_family_loss` for the
+TopK family); their public ``encode`` / ``decode`` stay dense, and ``LossOut.codes`` is a sparse CSR
+tensor (:func:`sparse_codes`).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def pattern_from_topk(indices: Tensor, n_cols: int) -> Pattern:
 
 def pattern_from_flat(flat: Tensor, n_rows: int, n_cols: int) -> Pattern:
     """Pattern of flat indices into a row-major [n_rows, n_cols] matrix (any order, no repeats)."""
-    # Stable: torch then sorts integers by radix, ~10x faster than its default sort on these sizes.
+    # Stable: deterministic, and torch sorts integers by radix then.
     flat = flat.sort(stable=True).values
     rows = torch.div(flat, n_cols, rounding_mode="floor")
     counts = torch.bincount(rows, minlength=n_rows)

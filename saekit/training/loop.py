@@ -33,10 +33,10 @@ from saekit.sae.base import SAE
 from saekit.strict import to_dict
 from saekit.sources.prefetch import Prefetcher
 from saekit.training import dead
+from saekit.training.allocator import reuse_large_blocks
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.logs import MetricsLog
-from saekit.training.allocator import reuse_large_blocks
 from saekit.training.optim import apply_update, make_optimizer
 from saekit.training.schedules import lr_factor, sparsity_factor
 from saekit.types import ActBatch, ActivationSource, LossOut, StepCtx, as_float
