@@ -88,17 +88,16 @@ def pattern_from_topk(indices: Tensor, n_cols: int) -> Pattern:
 def pattern_from_flat(flat: Tensor, n_rows: int, n_cols: int) -> Pattern:
     """Pattern of flat indices into a row-major [n_rows, n_cols] matrix (any order, no repeats)."""
     # Stable: deterministic, and torch sorts integers by radix then.
-    flat = flat.sort(stable=True).values
-    rows = torch.div(flat, n_cols, rounding_mode="floor")
-    counts = torch.bincount(rows, minlength=n_rows)
-    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    return Pattern(rows, flat - rows * n_cols, crow, n_rows, n_cols)
+    return _pattern_from_sorted(flat.sort(stable=True).values, n_rows, n_cols)
 
 
 def pattern_from_mask(mask: Tensor) -> Pattern:
     """Pattern of the True entries of a [n_rows, n_cols] mask."""
     n_rows, n_cols = mask.shape
-    flat = mask.reshape(-1).nonzero().squeeze(-1)  # already in row-major order
+    return _pattern_from_sorted(mask.reshape(-1).nonzero().squeeze(-1), n_rows, n_cols)  # nonzero is row-major
+
+
+def _pattern_from_sorted(flat: Tensor, n_rows: int, n_cols: int) -> Pattern:
     rows = torch.div(flat, n_cols, rounding_mode="floor")
     crow = torch.cat([rows.new_zeros(1), torch.bincount(rows, minlength=n_rows).cumsum(0)])
     return Pattern(rows, flat - rows * n_cols, crow, n_rows, n_cols)
@@ -121,12 +120,12 @@ def batch_topk_flat(scores: Tensor, n_keep: int, per_row: int) -> Tensor:
     kept = values.flatten().topk(n_keep, sorted=False).indices
     rows = torch.div(kept, per_row, rounding_mode="floor")
     full = torch.bincount(rows, minlength=n_rows) >= per_row
-    row_ids = torch.arange(n_rows, device=scores.device)
     if not bool(full.any()):
         return rows * n_cols + cols.flatten()[kept]
     if int(full.sum()) * 8 > n_rows:  # the candidates would be a large part of the matrix anyway
         return scores.flatten().topk(n_keep, sorted=False).indices
     partial = ~full
+    row_ids = torch.arange(n_rows, device=scores.device)
     candidates = torch.cat([
         (row_ids[partial, None] * n_cols + cols[partial]).flatten(),
         (row_ids[full, None] * n_cols + torch.arange(n_cols, device=scores.device)).flatten(),

@@ -69,6 +69,7 @@ class Prefetcher:
             self._queue.put(_DONE)  # later calls stop too
             raise StopIteration
         if isinstance(item, _Raised):
+            self._queue.put(item)  # the thread has stopped: later calls raise again instead of waiting
             raise item.exc
         return item
 

@@ -29,6 +29,8 @@ def test_a_source_error_is_raised_at_its_position():
     assert [int(next(batches)["site"].x[0, 0]) for _ in range(4)] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="batch 4 is broken"):
         next(batches)
+    with pytest.raises(ValueError, match="batch 4 is broken"):  # again, rather than waiting forever
+        next(batches)
     batches.close()
 
 
