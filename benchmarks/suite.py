@@ -95,11 +95,15 @@ def _tokens(cfg: SuiteCase, tokenizer) -> torch.Tensor:
 
 
 def _harvest(model, tokens: torch.Tensor, forward_batch: int) -> tuple[list[str], np.ndarray]:
-    """[n_sites, rows, d] activations of ``tokens`` at every residual site, BOS positions dropped."""
+    """[n_sites, rows, d] activations of ``tokens`` at every residual site, BOS positions dropped.
+
+    The forward passes run with saekit's heap reuse (saekit.memory.heap), as in saekit's ModelSource,
+    so the peers' harvest is exactly as fast as saekit's own forward passes."""
+    from saekit.memory.heap import reuse_large_blocks
     from saekit.sources.hf import collect_activations
 
     parts: dict[str, list[torch.Tensor]] = {}
-    with torch.inference_mode():
+    with torch.inference_mode(), reuse_large_blocks(torch.device("cpu")):
         for i in range(0, len(tokens), forward_batch):
             for site, acts in collect_activations(model, tokens[i : i + forward_batch], SITES).items():
                 parts.setdefault(site, []).append(acts[:, 1:].reshape(-1, acts.shape[-1]).float())

@@ -128,8 +128,10 @@ def remove_parallel_grad_(W_dec: Tensor) -> None:
     so that the optimiser step moves along the sphere and renormalising after it loses little."""
     if W_dec.grad is None:
         return
-    rows = W_dec / W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    W_dec.grad.sub_((W_dec.grad * rows).sum(-1, keepdim=True) * rows)
+    # grad -= (grad · w / |w|²) w, row by row, without a normalised copy of W_dec or of the product.
+    squared_norms = torch.linalg.vector_norm(W_dec, dim=-1).square_().clamp_min_(1e-16)
+    along = torch.linalg.vecdot(W_dec.grad, W_dec).div_(squared_norms).neg_()
+    W_dec.grad.addcmul_(W_dec, along.unsqueeze(-1))
 
 
 def topk_family_lr(d_sae: int) -> float:

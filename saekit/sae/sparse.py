@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as tF
 
+from saekit.memory import scratch
 from saekit.types import LossOut
 
 
@@ -163,8 +164,21 @@ def l0_per_row(values: Tensor, pattern: Pattern) -> Tensor:
 
 
 def pre_acts(x_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
-    """``x_in @ W_enc + b_enc`` in one fused call, which saves a pass over the [batch, d_sae] result."""
-    return torch.addmm(b_enc, x_in, W_enc)
+    """``x_in @ W_enc + b_enc`` in one fused call, which saves a pass over the [batch, d_sae] result.
+
+    Without autograd and autocast, and inside :func:`saekit.memory.scratch.reusing` (the training loop),
+    the result is written into a reused buffer: the caller must drop it, and any view of it, within the
+    step.
+    """
+    plain = (
+        torch.is_grad_enabled()
+        or torch.is_autocast_enabled(x_in.device.type)
+        or not (x_in.dtype == W_enc.dtype == b_enc.dtype)
+    )
+    if plain:
+        return torch.addmm(b_enc, x_in, W_enc)
+    out = scratch.buffer((x_in.shape[0], W_enc.shape[1]), W_enc.dtype, W_enc.device)
+    return torch.addmm(b_enc, x_in, W_enc, out=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,18 +288,21 @@ def sparse_decode(values: Tensor, pattern: Pattern, W_dec: Tensor) -> Tensor:
 def aux_k_loss(
     pre: Tensor,
     gather,
-    residual: Tensor,
+    x_hat: Tensor,
+    x: Tensor,
     dead_mask: Tensor | None,
     k_aux: int,
     W_dec: Tensor,
 ) -> Tensor:
-    """Sparse form of :func:`saekit.sae.functional.aux_k_loss` (same value and gradients).
+    """Sparse form of :func:`saekit.sae.functional.aux_k_loss` on the residual x − x̂ (detached),
+    with the same value and gradients.
 
     ``pre`` [batch, d_sae] holds the pre-activations without autograd; ``gather(pattern)`` returns
     them at a pattern with gradients (a closure over :func:`gather_pre`).
     """
     if dead_mask is None or not bool(dead_mask.any()):
         return pre.new_zeros((), dtype=W_dec.dtype)
+    residual = (x - x_hat).detach()
     dead = dead_mask.nonzero().squeeze(-1)
     k = min(k_aux, dead.numel())
     if 4 * dead.numel() < pre.shape[-1]:
@@ -313,8 +330,9 @@ def topk_family_loss(sae, x: Tensor, x_in: Tensor, pre: Tensor, pattern: Pattern
 
     values = gather(pattern).relu()
     x_hat = sparse_decode(values, pattern, sae.W_dec) + sae.b_dec
-    mse = (x_hat - x).pow(2).sum(-1).mean()
-    aux = aux_k_loss(pre, gather, (x - x_hat).detach(), dead_mask, sae.cfg.aux_k or sae.d_in // 2, sae.W_dec)
+    # Σ over the batch of ||x̂ − x||², divided by the rows: one fused op forward and backward.
+    mse = tF.mse_loss(x_hat, x, reduction="sum") / x.shape[0]
+    aux = aux_k_loss(pre, gather, x_hat, x, dead_mask, sae.cfg.aux_k or sae.d_in // 2, sae.W_dec)
     loss = mse + sae.cfg.aux_coef * aux
     terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": l0_per_row(values, pattern)}
     return LossOut(loss, x_hat, sparse_codes(values, pattern), terms, fired_latents(values, pattern))

@@ -29,11 +29,12 @@ from tqdm.auto import tqdm
 from saekit.errors import ConfigError, DataError
 from saekit.objectives import GroupObjective
 from saekit.sae import functional as F
+from saekit.memory import scratch
 from saekit.sae.base import SAE
 from saekit.strict import to_dict
 from saekit.sources.prefetch import Prefetcher
 from saekit.training import dead
-from saekit.training.allocator import reuse_large_blocks
+from saekit.memory.heap import reuse_large_blocks
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.logs import MetricsLog
@@ -199,6 +200,22 @@ def run(
 ) -> TrainResult:
     """Train ``saes`` side by side on ``source``; see :func:`saekit.train`. ``objectives`` are group
     terms over several of the SAEs (indices into ``saes``), such as :class:`saekit.objectives.mfr.MFR`."""
+    # CPU: one heap setting for the whole run (saekit.memory.heap), so that the blocks the model's
+    # forward passes free are reused by the training steps, and each step's by the next, instead of
+    # being handed back and faulted in again.
+    with reuse_large_blocks(resolve_device(cfg.device)):
+        return _run(saes, source, cfg, out_dir=out_dir, resume=resume, objectives=objectives)
+
+
+def _run(
+    saes: Sequence[SAE],
+    source: ActivationSource,
+    cfg: TrainConfig,
+    *,
+    out_dir: Path | str | None,
+    resume: bool,
+    objectives: Sequence[GroupObjective],
+) -> TrainResult:
     started = time.perf_counter()
     out_dir = Path(out_dir) if out_dir is not None else None
     if resume and out_dir is None:
@@ -274,8 +291,8 @@ def run(
     batches = source.batches(cfg.batch_size, seed=cfg.seed, start=start)
     if device.type == "cuda" or getattr(source, "reads_from_disk", False):
         batches = Prefetcher(batches, pin_memory=device.type == "cuda")
-    # CPU: large per-step buffers stay in the heap instead of being mapped afresh every step.
-    with reuse_large_blocks(device), _closing(batches):
+    # The sparse paths' pre-activations go into one reused buffer per shape (saekit.memory.scratch).
+    with scratch.reusing(), _closing(batches):
         for step in range(start, total):
             batch = next(batches)
             ctx_base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup))

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from saekit.memory import scratch
 from saekit.sae import build
 from saekit.sae import jumprelu
 from saekit.sae import sparse as S
@@ -293,3 +294,28 @@ def test_a_training_step_makes_no_dense_batch_by_latents_tensor_in_backward(name
     with Shapes() as dense_backward:
         dense.loss.backward()
     assert (BATCH, D_SAE) in dense_backward.shapes  # the check would catch the dense path
+
+
+@pytest.mark.parametrize("name", ["topk", "batch_topk", "gradient_topk", "feature_choice", "jumprelu"])
+def test_sparse_losses_in_reused_buffers_equal_dense_step_after_step(name):
+    # The training loop computes the pre-activations into one reused buffer (saekit.memory.scratch);
+    # the second batch overwrites the first one's buffer, and both steps must still be exact.
+    if name == "jumprelu":
+        sae = perturbed(name, bandwidth=0.05)
+        with torch.no_grad():  # thresholds that keep ~1% active: the sparse regime
+            sae.threshold.copy_((rows(4 * BATCH, 9) @ sae.W_enc + sae.b_enc).quantile(0.99, dim=0))
+    else:
+        sae = perturbed(name, k=5)
+    with scratch.reusing():
+        for seed in (7, 8):
+            assert_same(sae, copy.deepcopy(sae), rows(BATCH, seed), StepCtx())
+        assert (BATCH, D_SAE) in {key[0] for key in scratch._pool.get()}, "the loss did not use the reused buffer"
+
+
+def test_pre_acts_with_autograd_does_not_write_into_a_reused_buffer():
+    g = torch.Generator().manual_seed(3)
+    x, W, b = torch.randn(7, 5, generator=g), torch.randn(5, 9, generator=g, requires_grad=True), torch.randn(9, generator=g)
+    with scratch.reusing():
+        pre = S.pre_acts(x, W, b)
+        pre.sum().backward()
+    torch.testing.assert_close(W.grad, x.sum(0)[:, None].expand(5, 9))

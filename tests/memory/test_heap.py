@@ -7,7 +7,7 @@ import resource
 import pytest
 import torch
 
-from saekit.training.allocator import _glibc, reuse_large_blocks
+from saekit.memory.heap import _glibc, reuse_large_blocks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,3 +39,16 @@ def test_blocks_are_reused_inside_and_mapped_afresh_outside():
 def test_nothing_is_changed_for_cuda_devices():
     with reuse_large_blocks(torch.device("cuda")) as applied:
         assert not applied
+
+
+@pytest.mark.skipif(_glibc() is None, reason="glibc's mallopt is not available here")
+def test_an_inner_block_leaves_the_outer_one_in_effect():
+    # ModelSource opens a block around its forward passes, inside the training loop's block.
+    pages = 64 * 2**20 // resource.getpagesize()
+    with reuse_large_blocks(torch.device("cpu")):
+        with reuse_large_blocks(torch.device("cpu")) as inner:
+            assert inner
+        after_inner = [faults_of_a_fresh_64mb_block() for _ in range(5)]
+    outside = [faults_of_a_fresh_64mb_block() for _ in range(5)]
+    assert min(after_inner) < pages // 10, after_inner
+    assert max(outside) > pages // 2, outside
