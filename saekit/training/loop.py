@@ -27,14 +27,14 @@ import torch
 from tqdm.auto import tqdm
 
 from saekit.errors import ConfigError, DataError
+from saekit.memory import scratch
+from saekit.memory.heap import reuse_large_blocks
 from saekit.objectives import GroupObjective
 from saekit.sae import functional as F
-from saekit.memory import scratch
 from saekit.sae.base import SAE
 from saekit.strict import to_dict
 from saekit.sources.prefetch import Prefetcher
 from saekit.training import dead
-from saekit.memory.heap import reuse_large_blocks
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.logs import MetricsLog
