@@ -24,11 +24,10 @@ the 30 sites on held-out contexts the SAEs never saw, leaving out the attention-
 (benchmarks/peers.py ``sink_rows``: massive activations, mostly in layers 2–8, one of which would
 decide a site's FVU). Training data is left as ModelSource gives it to saekit, for everyone.
 
-Duration on a quiet 2-core CPU (estimated from per-step costs, not measured end to end): the
-harvest ~70 s (about 350 rows/s for all 30 sites), saekit ~2.5 min (its own forward passes plus
-30 × 6 steps of ~0.35 s), SAELens ~6.5 min (30 × 6 steps of ~2 s), dictionary_learning ~5.5 min
-(30 × 6 steps of ~1.6 s plus its b_dec init): about 16 minutes with the preparation. Memory: the
-30 sites' rows take 1.7 GB (float32), held once by each process.
+Duration on a quiet 2-core CPU, measured in three runs: the harvest 52–67 s, saekit 96–108 s (its
+own forward passes included), SAELens 293–323 s and dictionary_learning 330–338 s (the harvest
+included): about 13–14 minutes with the preparation. Memory: the 30 sites' rows take 1.7 GB
+(float32), held once by each process.
 
     .bench-venv/bin/python benchmarks/suite.py prepare WORK_DIR CONFIG_JSON   # harvest, held-out rows
     .bench-venv/bin/python benchmarks/suite.py LIBRARY WORK_DIR CONFIG_JSON OUT_JSON
@@ -98,7 +97,7 @@ def _harvest(model, tokens: torch.Tensor, forward_batch: int) -> tuple[list[str]
     """[n_sites, rows, d] activations of ``tokens`` at every residual site, BOS positions dropped.
 
     The forward passes run with saekit's heap reuse (saekit.memory.heap), as in saekit's ModelSource,
-    so the peers' harvest is exactly as fast as saekit's own forward passes."""
+    so the peers get the speed of saekit's own forward passes."""
     from saekit.memory.heap import reuse_large_blocks
     from saekit.sources.hf import collect_activations
 
