@@ -391,7 +391,7 @@ def _warn_no_grad(i: int, sae: SAE) -> None:
         f"SAE {i} ({sae.architecture}) selects latents with the downstream gradient, but the activation "
         "source gives none, so it trains with its no-gradient rule; use a source with gradients "
         "(ModelSource(..., with_grads=True), or with_grads = true in a run config's [data])",
-        stacklevel=3,
+        stacklevel=4,  # the caller of run(), past run() and _run()
     )
 
 
