@@ -203,14 +203,16 @@ def run(
     # CPU: one heap setting for the whole run (saekit.memory.heap), so that the blocks the model's
     # forward passes free are reused by the training steps, and each step's by the next, instead of
     # being handed back and faulted in again.
-    with reuse_large_blocks(resolve_device(cfg.device)):
-        return _run(saes, source, cfg, out_dir=out_dir, resume=resume, objectives=objectives)
+    device = resolve_device(cfg.device)
+    with reuse_large_blocks(device):
+        return _run(saes, source, cfg, device, out_dir=out_dir, resume=resume, objectives=objectives)
 
 
 def _run(
     saes: Sequence[SAE],
     source: ActivationSource,
     cfg: TrainConfig,
+    device: torch.device,
     *,
     out_dir: Path | str | None,
     resume: bool,
@@ -225,7 +227,6 @@ def _run(
     saes = list(saes)
     if not saes:
         raise ConfigError("nothing to train: the list of SAEs is empty")
-    device = resolve_device(cfg.device)
     sites = assign_sites(saes, source)
     total = cfg.total_steps
     units = training_units(len(saes), objectives)
