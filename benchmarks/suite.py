@@ -9,25 +9,29 @@ held-out contexts for quality.
   runs the model once per chunk of contexts and every SAE takes its site's rows of the same batch
   (``saekit.train`` with a list of SAEs, ``dead_tokens=10_000_000`` as in the single-site cases, so
   that no library computes an auxiliary loss, see benchmarks/peers.py).
-* SAELens and dictionary_learning have no trainer for SAEs on several sites at once (SAELens's
-  ``SAETrainer`` and dictionary_learning's trainers each train SAEs on one activation tensor), so they
-  get the generous version of "their own way": the activations of all 30 sites are harvested once
-  with one model pass over the same contexts (timed once, here, and added to each peer's time) and
-  the 30 SAEs are then trained one after the other in one process, from memory, with the runners of
-  benchmarks/peers.py (each site's activations scaled to E||x||² = 1 first; saekit normalises per
-  site itself).
+* SAELens runs its own suite pipeline, ``MultiSAETrainingRunner`` (new in SAELens 6): one forward pass
+  per batch of contexts feeds every SAE, through ``HookedProxyLM``, its hooks on the same Hugging Face
+  model object, with its activation store (smallest buffer it accepts: one batch), its per-site
+  normalisation (estimated on one batch, as saekit does) and its trainer (:func:`run_sae_lens`). It
+  forwards a few more contexts than saekit (its normalisation batch is drawn from the stream and its
+  mixing buffer keeps half a batch back) and the whole model, logits included.
+* dictionary_learning has no trainer for several sites at once (its ``ActivationBuffer`` and trainers
+  take one submodule), and its own way, one buffer per site, would run the model 30 times (15.5
+  full passes, each stopping at its site). It gets the generous version instead: the activations of
+  all 30 sites are harvested once with saekit's hooks in one model pass over the same contexts (timed
+  once, here, and added to its time) and the 30 SAEs are then trained one after the other in one
+  process, from memory, with the runner of benchmarks/peers.py (each site's activations scaled to
+  E||x||² = 1 first).
 
-Time is end to end: for saekit, from building the ModelSource to the last trained SAE, the model's
-forward passes included; for the peers, the harvest plus the 30 training runs (every SAE's set-up
-included). Loading the model and tokenising are left out for everyone. FVU and L0 are the means over
-the 30 sites on held-out contexts the SAEs never saw, leaving out the attention-sink rows
-(benchmarks/peers.py ``sink_rows``: massive activations, mostly in layers 2–8, one of which would
-decide a site's FVU). Training data is left as ModelSource gives it to saekit, for everyone.
+Time is end to end: for saekit and SAELens, from setting up the data pipeline to the last trained SAE,
+the model's forward passes included; for dictionary_learning, the harvest plus the 30 training runs
+(every SAE's set-up included). Loading the model and tokenising are left out for everyone. FVU and L0
+are the means over the 30 sites on held-out contexts the SAEs never saw, leaving out the attention-sink
+rows (benchmarks/peers.py ``sink_rows``: massive activations, mostly in layers 2–8, one of which would
+decide a site's FVU).
 
-Duration on a quiet 2-core CPU, measured in three runs: the harvest 52–67 s, saekit 96–108 s (its
-own forward passes included), SAELens 293–323 s and dictionary_learning 330–338 s (the harvest
-included): about 13–14 minutes with the preparation. Memory: the 30 sites' rows take 1.7 GB
-(float32), held once by each process.
+Duration on a quiet 2-core CPU: saekit ~2 min, SAELens ~6 min, dictionary_learning ~6 min with the
+harvest (~1 min, in the preparation). Memory: the 30 sites' rows take 1.7 GB (float32).
 
     .bench-venv/bin/python benchmarks/suite.py prepare WORK_DIR CONFIG_JSON   # harvest, held-out rows
     .bench-venv/bin/python benchmarks/suite.py LIBRARY WORK_DIR CONFIG_JSON OUT_JSON
@@ -46,7 +50,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from peers import DEAD_TOKENS, RUNNERS, Case, PeakRSS, quality, sink_rows  # noqa: E402
+from peers import DEAD_TOKENS, RUNNERS, Case, PeakRSS, quality, schedule, sink_rows  # noqa: E402
 
 SITES = "layers.*.resid_post"
 MODEL = "smollm2-135m"
@@ -166,7 +170,57 @@ def run_saekit(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
     return seconds, models, list(source.sites)
 
 
-def run_peer(library: str, work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
+def run_sae_lens(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
+    """SAELens's own suite pipeline: ``MultiSAETrainingRunner``, 30 TopK SAEs fed from one forward pass
+    per batch of contexts through ``HookedProxyLM`` (its wrapper of a Hugging Face model, hooked by module
+    name), with its own activation store, per-SAE normalisation and training loop."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    from datasets import Dataset
+    from sae_lens import LoggingConfig, TopKTrainingSAEConfig
+    from sae_lens.load_model import HookedProxyLM
+    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
+
+    from saekit.models import load_model
+
+    loaded = load_model(MODEL)
+    tokens = np.load(work / "suite-tokens.npy")
+    dataset = Dataset.from_dict({"input_ids": tokens.tolist()})  # the contexts saekit gets, BOS first
+    # saekit's site layers.{i}.resid_post is the output of the module model.layers.{i}.
+    hooks = {f"layer{i:02d}": f"model.layers.{i}" for i in range(loaded.model.config.num_hidden_layers)}
+    warm, decay = schedule(cfg.case())
+    torch.manual_seed(0)
+    logging.getLogger("sae_lens").setLevel(logging.ERROR)
+    start = time.perf_counter()
+    model = HookedProxyLM(loaded.model, loaded.tokenizer, hook_names=list(hooks.values()))
+    sae_cfg = TopKTrainingSAEConfig(
+        d_in=loaded.model.config.hidden_size, d_sae=cfg.d_sae, k=cfg.k, aux_loss_coefficient=1 / 32,
+        rescale_acts_by_decoder_norm=False,
+        normalize_activations="expected_average_only_in",  # its E||x||² = d_in per site; folded back at the end
+    )
+    runner_cfg = MultiSAETrainingRunnerConfig(
+        saes=dict.fromkeys(hooks, sae_cfg), hook_names=hooks, model_class_name="AutoModelForCausalLM",
+        model_name=MODEL, context_size=cfg.context, streaming=False, training_tokens=cfg.tokens,
+        train_batch_size_tokens=cfg.batch, store_batch_size_prompts=cfg.forward_batch,
+        n_batches_in_buffer=cfg.batch // cfg.context,  # its smallest buffer: one training batch of rows
+        exclude_special_tokens=[loaded.tokenizer.bos_token_id],  # BOS rows dropped, as saekit drops them
+        n_batches_for_norm_estimate=1,  # as saekit, which estimates its scales on one batch
+        lr=cfg.lr, lr_warm_up_steps=warm, lr_decay_steps=decay, lr_end=0.0, device="cpu",
+        logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None, output_path=None,
+    )
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # its bars and epoch warnings
+        warnings.simplefilter("ignore")
+        saes = MultiSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model).run()
+    seconds = time.perf_counter() - start
+    models = [(lambda h, s=s: s.encode(h), lambda f, s=s: s.decode(f)) for s in saes.values()]
+    return seconds, models, [f"layers.{i}.resid_post" for i in range(len(hooks))]
+
+
+def run_dictionary_learning(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
+    """The shared harvest (timed in ``prepare``) plus dictionary_learning's trainer on each site in turn."""
     info = json.loads((work / "suite-info.json").read_text())
     acts = np.load(work / "suite-train-scaled.npy", mmap_mode="r")
     seconds = info["harvest_seconds"]
@@ -174,10 +228,16 @@ def run_peer(library: str, work: Path, cfg: SuiteCase) -> tuple[float, list, lis
     for i in range(len(info["sites"])):
         x = torch.from_numpy(np.array(acts[i]))  # in memory, as it is right after the harvest
         start = time.perf_counter()
-        encode, decode, _ = RUNNERS[library](cfg.case(), x, x.shape[1])
+        encode, decode, _ = RUNNERS["dictionary_learning"](cfg.case(), x, x.shape[1])
         seconds += time.perf_counter() - start
         models.append((encode, decode))
     return seconds, models, info["sites"]
+
+
+SUITE_RUNNERS = {"saekit": run_saekit, "sae_lens": run_sae_lens, "dictionary_learning": run_dictionary_learning}
+RAW_INPUT = {"saekit", "sae_lens"}
+"""Libraries whose trained SAEs take raw activations (their normalisation folded back); dictionary_learning
+trained on the harvest's scaled rows."""
 
 
 def main() -> None:
@@ -188,17 +248,14 @@ def main() -> None:
     library, work, cfg, out = sys.argv[1], Path(sys.argv[2]), SuiteCase(**json.loads(sys.argv[3])), sys.argv[4]
     torch.manual_seed(0)
     with PeakRSS() as mem:
-        if library == "saekit":
-            seconds, models, sites = run_saekit(work, cfg)
-        else:
-            seconds, models, sites = run_peer(library, work, cfg)
+        seconds, models, sites = SUITE_RUNNERS[library](work, cfg)
     held = np.load(work / "suite-held-out.npy", mmap_mode="r")
     scales = np.load(work / "suite-scales.npy")
     fvus, l0s = [], []
     for i, (encode, decode) in enumerate(models):
         rows = torch.from_numpy(np.array(held[i]))
         rows = rows[~sink_rows(rows)]  # the same rows for every library
-        if library != "saekit":  # the peers trained on scaled rows; saekit's SAEs take raw ones (FVU is scale-free)
+        if library not in RAW_INPUT:  # trained on scaled rows (FVU is scale-free, the scale only matches the input)
             rows = rows * float(scales[i])
         fvu, l0 = quality(encode, decode, rows)
         fvus.append(fvu)

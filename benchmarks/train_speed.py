@@ -2,6 +2,7 @@
 
     make bench                                  # creates .bench-venv with the peers, then runs this
     .bench-venv/bin/python benchmarks/train_speed.py [--steps 32] [--repeats 1] [--cases ...] [--no-suite]
+                                                 [--suite-repeats 1]
 
 Activations: layers.15.resid_post of SmolLM2-135M — read from a saekit cache folder (``--cache``,
 written by ``saekit cache``) when given, otherwise harvested once with the embedded model (contexts of
@@ -38,14 +39,16 @@ where R is the dense float32 matmul rate measured in this run on the encoder's o
 [batch × d_in × d_sae] computation a training step cannot avoid. A step at the floor would cost
 exactly that one product and nothing else (no backward, no optimiser).
 
-The suite case (benchmarks/suite.py) runs once, after the repeats: TopK SAEs (d_sae 4608, batch 4096,
-6 steps) on all 30 residual sites of SmolLM2-135M, end to end including the model's forward passes.
+The suite case (benchmarks/suite.py) runs after the single-site passes, ``--suite-repeats`` times
+(default 1; libraries rotated each pass, median end-to-end time reported): TopK SAEs (d_sae 4608,
+batch 4096, 6 steps) on all 30 residual sites of SmolLM2-135M, end to end including the model's
+forward passes; SAELens through its own MultiSAETrainingRunner, dictionary_learning from one shared
+harvest. ``--cases none`` runs the suite alone (results to .bench-cache/suite-only.json).
 
-Duration of ``make bench`` on a quiet 2-core CPU (estimated from per-step costs of ~0.35 s for
-saekit, ~2 s for SAELens and ~1.6 s for dictionary_learning per TopK-4608 step, ×4 at d_sae 18432):
-single-site cases ~14.5 min (5 cases × 3 libraries × 32 steps, 17 at d_sae 18432, plus ~4 s of
-process set-up per run), the suite ~16 min, so about 31 min; the first run also harvests the 135k
-rows (~3 min), kept for later runs.
+Duration of ``make bench`` on a quiet 2-core CPU: single-site cases ~14 min (5 cases × 3 libraries
+× 32 steps, 17 at d_sae 18432, plus ~4 s of process set-up per run), the suite ~18 min per pass
+(saekit ~2 min, SAELens ~7, dictionary_learning ~6 after the ~1.5 min preparation), so about 32 min;
+the first run also harvests the 135k rows (~3 min), kept for later runs.
 
 Results go to bench-results.json at the repository root: a list with one record per case and library:
 case, library, tokens_per_s, peak_mem_mb, fvu, l0 (medians over the repeats; peak: the largest), plus
@@ -219,12 +222,12 @@ def _line(rec: dict) -> str:
     )
 
 
-def run_suite(libraries: list[str], work: Path) -> list[dict]:
+def run_suite(libraries: list[str], work: Path, repeats: int = 1) -> list[dict]:
     cfg = SuiteCase()
     here = Path(__file__).parent
     print(
         f"\n=== suite: TopK (d_sae {cfg.d_sae}, k {cfg.k}) on all residual sites of SmolLM2-135M, "
-        f"{cfg.steps} steps x {cfg.batch} tokens, end to end ===", flush=True,
+        f"{cfg.steps} steps x {cfg.batch} tokens, end to end, {repeats} pass(es) ===", flush=True,
     )
     proc = subprocess.run([sys.executable, str(here / "suite.py"), "prepare", str(work), json.dumps(asdict(cfg))],
                           capture_output=True, text=True)
@@ -232,16 +235,30 @@ def run_suite(libraries: list[str], work: Path) -> list[dict]:
         print(f"  suite preparation FAILED (is the embedded model installed?):\n{proc.stderr[-2000:]}")
         return []
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"  harvest of {len(info['sites'])} sites for the peers (one model pass): {info['harvest_seconds']:.1f} s", flush=True)
+    print(f"  harvest of {len(info['sites'])} sites for dictionary_learning (one model pass): "
+          f"{info['harvest_seconds']:.1f} s", flush=True)
+    runs: dict[str, list[dict]] = {}
+    for p in range(repeats):
+        # Rotated like the single-site passes: the machine's speed drifts over minutes.
+        for library in libraries[p % len(libraries):] + libraries[: p % len(libraries)]:
+            cmd = [sys.executable, str(here / "suite.py"), library, str(work), json.dumps(asdict(cfg)), str(work / "one.json")]
+            rec = _subprocess(cmd, library, work / "one.json")
+            if rec is None:
+                continue
+            rec["harvest_seconds"] = info["harvest_seconds"] if library == "dictionary_learning" else None
+            runs.setdefault(library, []).append(rec)
+            print(_line(rec) + "  (tok/s: SAE-tokens, all sites)", flush=True)
     records = []
     for library in libraries:
-        cmd = [sys.executable, str(here / "suite.py"), library, str(work), json.dumps(asdict(cfg)), str(work / "one.json")]
-        rec = _subprocess(cmd, library, work / "one.json")
-        if rec is None:
+        if library not in runs:
             continue
-        rec["harvest_seconds"] = info["harvest_seconds"] if library != "saekit" else None
-        records.append(rec)
-        print(_line(rec) + "  (tok/s: SAE-tokens, all sites)", flush=True)
+        reps = runs[library]
+        merged = dict(reps[0])
+        merged["seconds_total"] = statistics.median(r["seconds_total"] for r in reps)
+        merged["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in reps)
+        merged["peak_mem_mb"] = max(r["peak_mem_mb"] for r in reps)
+        merged["repeats_seconds_total"] = [r["seconds_total"] for r in reps]
+        records.append(merged)
     return records
 
 
@@ -307,13 +324,22 @@ def main() -> None:
     parser.add_argument("--synthetic", action="store_true", help="synthetic activations instead of SmolLM2's")
     parser.add_argument("--cases", help="comma-separated case names to run (default: all)")
     parser.add_argument("--no-suite", action="store_true", help="skip the 30-site suite case")
+    parser.add_argument("--suite-repeats", type=int, default=1, help="passes over the suite (median end-to-end time reported)")
     parser.add_argument("--libraries", default=",".join(LIBRARIES))
-    parser.add_argument("--out", default=str(ROOT / "bench-results.json"))
+    parser.add_argument("--out", help="default: bench-results.json at the repository root; with --cases none "
+                        ".bench-cache/suite-only.json, so that a suite-only run keeps the full results")
     args = parser.parse_args()
     wall = time.perf_counter()
 
     chosen = [c for c in cases(args.steps) if args.cases is None or c.name in args.cases.split(",")]
     libraries = args.libraries.split(",")
+    if args.out is None:
+        args.out = str(ROOT / ("bench-results.json" if chosen else ".bench-cache/suite-only.json"))
+    if not chosen:  # --cases none: the suite alone
+        rate = matmul_rate(576, 4608, 4096)
+        print(f"dense float32 matmul rate R = {rate / 1e9:.1f} GFLOP/s", flush=True)
+        _finish(run_suite(libraries, ROOT / ".bench-cache", args.suite_repeats), args, rate, "the suite's own", wall)
+        return
     n_tokens = HELD_OUT + max(c.steps * c.batch for c in chosen)
     x, origin = activations(n_tokens, args.cache, args.synthetic)
     work = ROOT / ".bench-cache"
@@ -350,7 +376,12 @@ def main() -> None:
 
     merged = _merge(passes) if passes and passes[0] else []
     if not args.no_suite:
-        merged += run_suite(libraries, work)
+        merged += run_suite(libraries, work, args.suite_repeats)
+    _finish(merged, args, rate, origin, wall)
+
+
+def _finish(merged: list[dict], args: argparse.Namespace, rate: float, origin: str, wall: float) -> None:
+    threads = torch.get_num_threads()
     _add_ratios(merged)
     print(f"\n=== median of {args.repeats} repeats (single-site cases: steady-state tok/s; suite: end to end) ===")
     print("saekit x: saekit's tok/s / this library's; FVU x: saekit's FVU / this library's; "

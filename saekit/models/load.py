@@ -21,6 +21,7 @@ import torch
 
 from saekit.errors import ArtifactError, ConfigError
 from saekit.models import smollm2
+from saekit.paths import cache_root
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -48,10 +49,7 @@ class LoadedModel:
 
 def default_cache_dir() -> Path:
     """Folder that holds converted embedded models (see the module docstring for the precedence)."""
-    if root := os.environ.get("SAEKIT_CACHE"):
-        return Path(root).expanduser() / "models"
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg).expanduser() / "saekit" / "models"
+    return cache_root() / "models"
 
 
 def load_model(

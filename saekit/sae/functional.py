@@ -9,6 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from saekit.kernels import row_topk
+
 
 # ---------------------------------------------------------------------------------------------
 # Reconstruction and sparsity measures used inside losses
@@ -36,9 +38,10 @@ class TopKCodes(NamedTuple):
 
 
 def topk_codes(pre: Tensor, k: int) -> TopKCodes:
-    """Keep the k largest pre-activations of each row, through a ReLU (ties broken by torch.topk)."""
-    values, indices = pre.topk(k, dim=-1, sorted=False)
-    return TopKCodes(values.relu(), indices)
+    """Keep the k largest pre-activations of each row, through a ReLU (indices ascending within a row;
+    among equal pre-activations the choice is free). Differentiable in the kept values."""
+    indices = row_topk(pre.reshape(-1, pre.shape[-1]), k).view(*pre.shape[:-1], k)
+    return TopKCodes(pre.gather(-1, indices).relu(), indices)
 
 
 def scatter_codes(sparse: TopKCodes, d_sae: int) -> Tensor:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.errors import DataError
+from saekit.kernels import row_topk
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
 from saekit.sae.base import SAE, OptimDefaults
@@ -123,7 +124,7 @@ class GradientTopKSAE(SAE):
             if batch.grad is not None and self.cfg.beta != 0:
                 self._check_grad(batch.grad, pre)
                 scores = gradient_scores(pre.relu(), batch.grad.to(pre.dtype), self.W_dec, self.cfg.beta, self.cfg.normalize_grad)
-            pattern = S.pattern_from_topk(scores.topk(self.cfg.k, dim=-1, sorted=False).indices, self.d_sae)
+            pattern = S.pattern_from_topk(row_topk(scores, self.cfg.k), self.d_sae, ascending=True)
         return S.topk_family_loss(self, x, x_in, pre, pattern, ctx.dead_mask)
 
     def _dense_loss(self, x: Tensor, ctx: StepCtx, grad: Tensor | None = None) -> LossOut:

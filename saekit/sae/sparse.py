@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as tF
 
+from saekit.kernels import row_topk
 from saekit.memory import scratch
 from saekit.types import LossOut
 
@@ -77,10 +78,11 @@ class Pattern:
         return ByColumn(order, self.rows[order], torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
 
 
-def pattern_from_topk(indices: Tensor, n_cols: int) -> Pattern:
-    """Pattern of per-row top-k indices [n_rows, k] (sorted within each row)."""
+def pattern_from_topk(indices: Tensor, n_cols: int, *, ascending: bool = False) -> Pattern:
+    """Pattern of per-row top-k indices [n_rows, k]; ``ascending`` says they are already sorted within
+    each row (as :func:`saekit.kernels.row_topk` gives them), else they are sorted here."""
     n_rows, k = indices.shape
-    cols = indices.sort(dim=-1).values.reshape(-1)
+    cols = (indices if ascending else indices.sort(dim=-1).values).reshape(-1)
     rows = torch.arange(n_rows, device=indices.device).repeat_interleave(k)
     crow = torch.arange(0, n_rows * k + 1, k, device=indices.device)
     return Pattern(rows, cols, crow, n_rows, n_cols)
@@ -117,7 +119,8 @@ def batch_topk_flat(scores: Tensor, n_keep: int, per_row: int) -> Tensor:
     per_row = min(n_cols, per_row)
     if per_row == n_cols or n_keep >= per_row * n_rows:
         return scores.flatten().topk(n_keep, sorted=False).indices
-    values, cols = scores.topk(per_row, dim=-1, sorted=False)
+    cols = row_topk(scores, per_row)
+    values = scores.gather(-1, cols)
     kept = values.flatten().topk(n_keep, sorted=False).indices
     rows = torch.div(kept, per_row, rounding_mode="floor")
     full = torch.bincount(rows, minlength=n_rows) >= per_row

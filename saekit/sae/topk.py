@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from saekit.kernels import row_topk
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
@@ -89,7 +90,7 @@ class TopKSAE(SAE):
         x_in = x - self.b_dec.detach()
         with torch.no_grad():
             pre = S.pre_acts(x_in, self.W_enc, self.b_enc)
-            pattern = S.pattern_from_topk(pre.topk(self.cfg.k, dim=-1, sorted=False).indices, self.d_sae)
+            pattern = S.pattern_from_topk(row_topk(pre, self.cfg.k), self.d_sae, ascending=True)
         return S.topk_family_loss(self, x, x_in, pre, pattern, ctx.dead_mask)
 
     def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:

@@ -1,0 +1,162 @@
+"""Native kernels for the hot spots of a training step that torch does slowly on a CPU, each with the
+torch computation it replaces as the fallback.
+
+:func:`row_topk` (``row_topk.c``) selects each row's top k, the TopK family's selection over the
+[batch, d_sae] pre-activations: about 2.5× faster than ``torch.topk`` for k = 32 of 4608 on a 2-core
+CPU, and 3× for 18432. (C versions of the sparse backward products of :mod:`saekit.sae.sparse` were
+tried and dropped: they are bound by reading scattered rows of memory, and were no faster than
+torch's ``embedding_bag`` and ``sampled_addmm``.)
+
+The C files are compiled on first use with the system C compiler (``$CC``, else ``cc``) into one
+library in ``<cache>/kernels`` (:func:`saekit.paths.cache_root`), once per machine and source version,
+and loaded with ctypes; nothing is needed at install time. Without a compiler, with
+``SAEKIT_KERNELS=0``, or for input a kernel does not take (not CPU float32, NaN present), the torch
+computation runs instead, with the same result up to float rounding and the order of ties.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from saekit.paths import cache_root
+
+_SOURCES = sorted(Path(__file__).parent.glob("*.c"))
+_GROUP = 16  # GROUP in row_topk.c: the kernel's scratch holds n_cols + n_cols // GROUP entries
+_PARALLEL_MIN_ENTRIES = 1 << 20
+"""Below this much work (entries read) one thread does it all (a hand-off costs tens of µs)."""
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_tried = False
+_pool: ThreadPoolExecutor | None = None
+
+
+def _flags() -> list[list[str]]:
+    """Compiler flags to try, best first: tuned to this CPU (the library is built on the machine that
+    runs it), then portable."""
+    return [["-O3", "-march=native"], ["-O3"]]
+
+
+def _library_path() -> Path:
+    # The CPU's feature flags are part of the key: -march=native code must not move to another CPU
+    # through a shared home folder.
+    cpu = ""
+    try:
+        cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        pass
+    sources = b"".join(path.name.encode() + path.read_bytes() for path in _SOURCES)
+    key = hashlib.sha256(sources + platform.machine().encode() + cpu.encode()).hexdigest()[:16]
+    return cache_root() / "kernels" / f"saekit-kernels-{key}.so"
+
+
+def _compile(target: Path) -> bool:
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for flags in _flags():
+        # Built beside the target and renamed into place, so a reader never sees half a library.
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            done = subprocess.run(
+                [compiler, *flags, "-shared", "-fPIC", "-o", tmp, *map(str, _SOURCES)], capture_output=True, timeout=120
+            )
+            if done.returncode == 0:
+                os.replace(tmp, target)
+                return True
+        except (OSError, subprocess.SubprocessError):
+            pass
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return False
+
+
+def _load() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first use; None where they cannot be (then torch runs)."""
+    global _library, _tried
+    with _lock:
+        if _tried:
+            return _library
+        _tried = True
+        if os.environ.get("SAEKIT_KERNELS", "1") == "0":
+            return None
+        try:
+            path = _library_path()
+            if not path.exists() and not _compile(path):
+                return None
+            library = ctypes.CDLL(str(path))
+        except OSError:
+            return None
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        library.row_topk.restype = ctypes.c_int
+        library.row_topk.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr]
+        _library = library
+        return library
+
+
+def available() -> bool:
+    """Whether the compiled kernels run here (else every function falls back to torch)."""
+    return _load() is not None
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool._max_workers != threads:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="saekit-kernels")
+        return _pool
+
+
+def row_topk(scores: Tensor, k: int) -> Tensor:
+    """[n_rows, k] int64: the columns of each row's k largest scores, ascending within the row.
+
+    The same columns as ``scores.topk(k, dim=-1).indices`` up to the choice among equal scores (the
+    values at the columns are the same). Not differentiable (it returns indices); gather the values.
+    """
+    if scores.dim() != 2 or not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"row_topk needs a 2-d tensor with 1 <= k <= its columns, got {tuple(scores.shape)} and k={k}")
+    library = _load() if scores.device.type == "cpu" and scores.dtype == torch.float32 else None
+    if library is not None and scores.shape[0] > 0:
+        indices = _run(library, scores.detach().contiguous(), k)
+        if indices is not None:
+            return indices
+    return scores.detach().topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+
+
+def _split(n_parts: int, work: int, part) -> list:
+    """``part(begin, end)`` over ``[0, n_parts)``: on the calling thread for small work, else split across
+    torch's thread count (ctypes lets go of the GIL during a call, so the pieces run in parallel)."""
+    threads = max(1, min(torch.get_num_threads(), n_parts)) if work >= _PARALLEL_MIN_ENTRIES else 1
+    bounds = [n_parts * i // threads for i in range(threads + 1)]
+    if threads == 1:
+        return [part(0, n_parts)]
+    return list(_executor(threads).map(part, bounds[:-1], bounds[1:]))
+
+
+def _run(library: ctypes.CDLL, scores: Tensor, k: int) -> Tensor | None:
+    n_rows, n_cols = scores.shape
+    out = torch.empty(n_rows, k, dtype=torch.int64)
+    scratch = n_cols + n_cols // _GROUP
+
+    def part(begin: int, end: int) -> int:
+        keys = torch.empty(scratch, dtype=torch.int32)
+        ids = torch.empty(scratch, dtype=torch.int64)
+        return library.row_topk(scores.data_ptr(), n_cols, begin, end, k, out.data_ptr(), keys.data_ptr(), ids.data_ptr())
+
+    return None if any(_split(n_rows, scores.numel(), part)) else out
