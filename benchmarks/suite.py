@@ -12,9 +12,9 @@ held-out contexts for quality.
 * SAELens runs its own suite pipeline, ``MultiSAETrainingRunner`` (new in SAELens 6): one forward pass
   per batch of contexts feeds every SAE, through ``HookedProxyLM``, its hooks on the same Hugging Face
   model object, with its activation store (smallest buffer it accepts: one batch), its per-site
-  normalisation (estimated on one batch, as saekit does) and its trainer (:func:`run_sae_lens`). It
-  forwards a few more contexts than saekit (its normalisation batch is drawn from the stream and its
-  mixing buffer keeps half a batch back) and the whole model, logits included.
+  normalisation (estimated on one batch, as saekit does) and its trainer (:func:`run_sae_lens`). Its
+  passes stop after the last hooked layer, as saekit's do; it forwards a few more contexts than saekit
+  (its normalisation batch is drawn from the stream and its mixing buffer keeps half a batch back).
 * dictionary_learning has no trainer for several sites at once (its ``ActivationBuffer`` and trainers
   take one submodule), and its own way, one buffer per site, would run the model 30 times (15.5
   full passes, each stopping at its site). It gets the generous version instead: the activations of

@@ -41,6 +41,8 @@ _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _tried = False
 _pool: ThreadPoolExecutor | None = None
+_pool_key: tuple[int, int] = (0, 0)
+"""(threads, process id) of ``_pool``."""
 
 
 def _flags() -> list[list[str]]:
@@ -114,12 +116,15 @@ def available() -> bool:
 
 
 def _executor(threads: int) -> ThreadPoolExecutor:
-    global _pool
+    """A pool of ``threads`` workers, made anew for another count or in a forked child (whose copy of
+    the parent's pool has no threads behind it and would never run a task)."""
+    global _pool, _pool_key
+    key = (threads, os.getpid())
     with _lock:
-        if _pool is None or _pool._max_workers != threads:
-            if _pool is not None:
+        if _pool is None or _pool_key != key:
+            if _pool is not None and _pool_key[1] == key[1]:
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="saekit-kernels")
+            _pool, _pool_key = ThreadPoolExecutor(threads, thread_name_prefix="saekit-kernels"), key
         return _pool
 
 

@@ -123,3 +123,26 @@ def test_switched_off_by_the_environment(monkeypatch):
     monkeypatch.setattr(kernels, "_tried", False)
     monkeypatch.setattr(kernels, "_library", None)
     assert not kernels.available()
+
+
+def test_a_forked_child_gets_a_pool_of_its_own(monkeypatch):
+    # The parent's pool exists; in a child it has no threads, so reusing it would hang forever.
+    import multiprocessing
+
+    monkeypatch.setattr(kernels, "_PARALLEL_MIN_ENTRIES", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        scores = torch.randn(64, 256, generator=torch.Generator().manual_seed(6))
+        expected = row_topk(scores, 8)
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_child_topk, (scores,)).get(timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got, expected)
+
+
+def _child_topk(scores: torch.Tensor) -> torch.Tensor:
+    torch.set_num_threads(2)
+    kernels._PARALLEL_MIN_ENTRIES = 1
+    return row_topk(scores, 8)
