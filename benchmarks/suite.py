@@ -30,8 +30,9 @@ are the means over the 30 sites on held-out contexts the SAEs never saw, leaving
 rows (benchmarks/peers.py ``sink_rows``: massive activations, mostly in layers 2–8, one of which would
 decide a site's FVU).
 
-Duration on a quiet 2-core CPU: saekit ~2 min, SAELens ~6 min, dictionary_learning ~6 min with the
-harvest (~1 min, in the preparation). Memory: the 30 sites' rows take 1.7 GB (float32).
+Duration on this 2-core CPU (on a slow day, R = 103 GFLOP/s): saekit ~2 min, SAELens ~7 min,
+dictionary_learning ~7 min with the harvest (~1.2 min, in the preparation). Memory: the 30 sites' rows
+take 1.7 GB (float32).
 
     .bench-venv/bin/python benchmarks/suite.py prepare WORK_DIR CONFIG_JSON   # harvest, held-out rows
     .bench-venv/bin/python benchmarks/suite.py LIBRARY WORK_DIR CONFIG_JSON OUT_JSON
@@ -199,7 +200,7 @@ def run_sae_lens(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
     sae_cfg = TopKTrainingSAEConfig(
         d_in=loaded.model.config.hidden_size, d_sae=cfg.d_sae, k=cfg.k, aux_loss_coefficient=1 / 32,
         rescale_acts_by_decoder_norm=False,
-        normalize_activations="expected_average_only_in",  # its E||x||² = d_in per site; folded back at the end
+        normalize_activations="expected_average_only_in",  # its per-site scaling to ||x|| ~ sqrt(d_in), folded back at the end
     )
     runner_cfg = MultiSAETrainingRunnerConfig(
         saes=dict.fromkeys(hooks, sae_cfg), hook_names=hooks, model_class_name="AutoModelForCausalLM",

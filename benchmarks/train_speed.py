@@ -47,7 +47,7 @@ harvest. ``--cases none`` runs the suite alone (results to .bench-cache/suite-on
 
 Duration of ``make bench`` on a quiet 2-core CPU: single-site cases ~14 min (5 cases × 3 libraries
 × 32 steps, 17 at d_sae 18432, plus ~4 s of process set-up per run), the suite ~18 min per pass
-(saekit ~2 min, SAELens ~7, dictionary_learning ~6 after the ~1.5 min preparation), so about 32 min;
+(saekit ~2 min, SAELens ~7, dictionary_learning ~6 after the ~1.5 min preparation), so about 35 min;
 the first run also harvests the 135k rows (~3 min), kept for later runs.
 
 Results go to bench-results.json at the repository root: a list with one record per case and library:
