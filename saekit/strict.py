@@ -140,6 +140,16 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str | None = None
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def refuse_unused(config: Any, names: tuple[str, ...], because: str) -> None:
+    """Raise ValueError (from a config's ``__post_init__``; :func:`from_dict` turns it into a ConfigError
+    naming the config) if any field of ``names`` differs from its default: it would have no effect,
+    ``because`` (e.g. "aux_coef is 0"). A setting that does nothing is an error, not a silent no-op."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    changed = [name for name in names if getattr(config, name) != defaults[name]]
+    if changed:
+        raise ValueError(f"{', '.join(changed)} {'has' if len(changed) == 1 else 'have'} no effect when {because}")
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain, JSON-ready dict of a config dataclass (tuples become lists)."""
     return {f.name: (list(v) if isinstance(v := getattr(config, f.name), tuple) else v) for f in dataclasses.fields(config)}

@@ -6,15 +6,17 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from saekit.models.load import LoadedModel, as_module
 from saekit.sources.hf import collect_activations
 
 
 @torch.no_grad()
 def site_rows(
-    model: nn.Module, tokens: Tensor, sites: list[str], *, skip_positions: int = 1, batch_size: int = 8, progress: bool = True
+    model: nn.Module | LoadedModel, tokens: Tensor, sites: list[str], *, skip_positions: int = 1, batch_size: int = 8, progress: bool = True
 ) -> dict[str, Tensor]:
     """site -> [contexts · (T − skip_positions), d] float32 CPU activations of ``tokens`` [contexts, T],
     context-major, positions before ``skip_positions`` (BOS) left out."""
+    model = as_module(model)
     # a site named twice (two SAEs of one layer) is read once: its rows must stay aligned with the tokens
     parts: dict[str, list[Tensor]] = {site: [] for site in sites}
     for start in tqdm(range(0, tokens.shape[0], batch_size), desc="activations", disable=not progress, leave=False):

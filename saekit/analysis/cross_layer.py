@@ -34,6 +34,7 @@ from saekit.analysis.store import Stored, cpu_float
 from saekit.errors import DataError
 from saekit.eval.metrics import fvu
 from saekit.eval.plots import pyplot
+from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
 
 MatchOn = Literal["decoder", "encoder", "both"]
@@ -196,7 +197,7 @@ def run(
     *,
     sites: Sequence[str] | None = None,
     acts: dict[str, Tensor] | None = None,
-    model: nn.Module | None = None,
+    model: nn.Module | LoadedModel | None = None,
     tokens: Tensor | None = None,
     match_on: MatchOn = "decoder",
     folded: bool = True,
@@ -253,6 +254,7 @@ def _downstream(
 ) -> dict[str, float]:
     """ΔCE with ``next_site`` replaced by the matched approximation from ``site`` (captured in the same
     forward pass), by ``site`` itself (identity baseline), and by ``b``'s own reconstruction."""
+    model = as_module(model)
     from saekit.eval.downstream import downstream_metrics_many
     from saekit.sources.hf import splice
 

@@ -15,7 +15,19 @@ tokens, scored on the other half):
 * Two attempts to reduce the nonlinear error: gradient pursuit on the SAE's own decoder with each
   token's L0 kept, and an affine map from the previous layer's SAE reconstruction and error.
 
-The regression direction differs from the paper's code (which regresses −e); R² does not depend on it.
+Two protocols (``protocol=``), recorded in every result:
+
+* ``"saekit"`` (default): affine fits (with an intercept) of the error vector and of ||e||², on the
+  positions ``>= skip_positions`` of each context the caller extracted (the CLI drops 2: BOS, and
+  SmolLM2's position 1, whose massive activations would dominate the regressions).
+* ``"paper"``: as the paper's code (JoshEngels/SAE-Dark-Matter ``sae_power_laws.py`` / ``utils.py``
+  ``run_lstsq``): ``lstsq`` without a column of ones for both fits, and the first 200 positions of
+  every context dropped (``num_cols_start = 200``; the CLI then reads contexts of 1024 tokens).
+
+Either way R² is the paper's: per target dimension, around the target's mean, averaged over
+dimensions, on held-out tokens. The regression direction differs from the paper's code (which
+regresses −e); R² does not depend on it. The per-token scaling and previous-layer maps are affine in
+both protocols (the paper's per-token regressions have a column of ones too).
 """
 
 from __future__ import annotations
@@ -31,7 +43,21 @@ from saekit.analysis.regression import AffineMap, Split, design, fit_affine, r2_
 from saekit.analysis.store import Stored, cpu_float
 from saekit.errors import DataError
 from saekit.eval.plots import pyplot
+from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
+
+
+class Protocol(NamedTuple):
+    """How the error regressions are fitted and which positions of each context they read."""
+
+    name: str
+    intercept: bool
+    """Whether the error-vector and error-norm fits have an intercept."""
+    skip_positions: int
+    """Leading positions of each context left out (what the activations given to :func:`run` lack)."""
+
+
+PROTOCOLS = {"saekit": Protocol("saekit", True, 2), "paper": Protocol("paper", False, 200)}
 
 
 class ErrorSplit(NamedTuple):
@@ -90,6 +116,12 @@ class DarkMatterResult(Stored):
     name: str
     tokens_train: int
     tokens_test: int
+    protocol: str
+    """"saekit" or "paper" (see the module docstring)."""
+    intercept: bool
+    """Whether the error fits had an intercept (False in the paper's protocol)."""
+    skip_positions: int
+    """Leading positions of each context the activations lacked, as the caller stated."""
     l0: float
     fvu: float
     r2_vector: float
@@ -106,7 +138,8 @@ class DarkMatterResult(Stored):
 
     def summary(self) -> dict[str, Any]:
         """The scalar numbers, flat, for tables."""
-        out: dict[str, Any] = {k: getattr(self, k) for k in ("name", "l0", "fvu", "r2_vector", "r2_norm", "fvu_linear", "fvu_nonlinear")}
+        keys = ("name", "protocol", "l0", "fvu", "r2_vector", "r2_norm", "fvu_linear", "fvu_nonlinear")
+        out: dict[str, Any] = {k: getattr(self, k) for k in keys}
         for key, value in (self.downstream or {}).items():
             out[key] = value
         if self.scaling:
@@ -144,9 +177,9 @@ class DarkMatterResult(Stored):
         return Path(path)
 
 
-def error_split(x: Tensor, err: Tensor, split: Split) -> ErrorSplit:
+def error_split(x: Tensor, err: Tensor, split: Split, intercept: bool = True) -> ErrorSplit:
     """Regress ``err`` on ``x`` on the train tokens; linear and nonlinear parts on the test tokens."""
-    fit = fit_affine(x[split.train], err[split.train])
+    fit = fit_affine(x[split.train], err[split.train], intercept=intercept)
     xt, et = x[split.test].double(), err[split.test].double()
     e_lin = fit(xt)
     return ErrorSplit(fit, r2_per_dim(et, e_lin), e_lin, et - e_lin)
@@ -157,19 +190,28 @@ def total_variance(x: Tensor) -> float:
     return float((x - x.mean(0)).pow(2).sum())
 
 
-def norm_r2(x: Tensor, err: Tensor, split: Split) -> float:
-    """R² on the test tokens of an affine prediction of ||err||² from x."""
+def norm_r2(x: Tensor, err: Tensor, split: Split, intercept: bool = True) -> float:
+    """R² on the test tokens of an affine (or, without ``intercept``, linear) prediction of ||err||² from x."""
     target = err.double().pow(2).sum(-1)
-    fit = fit_affine(x[split.train], target[split.train])
+    fit = fit_affine(x[split.train], target[split.train], intercept=intercept)
     return float(r2_per_dim(target[split.test], fit(x[split.test].double()))[0])
 
 
-def analyse_error(x: Tensor, x_hat: Tensor, split: Split, name: str = "sae", l0: float = float("nan")) -> DarkMatterResult:
-    """The core numbers of the study from activations ``x`` and reconstructions ``x_hat`` [n, d]."""
+def analyse_error(
+    x: Tensor,
+    x_hat: Tensor,
+    split: Split,
+    name: str = "sae",
+    l0: float = float("nan"),
+    protocol: Protocol = PROTOCOLS["saekit"],
+    skip_positions: int | None = None,
+) -> DarkMatterResult:
+    """The core numbers of the study from activations ``x`` and reconstructions ``x_hat`` [n, d];
+    ``skip_positions`` (recorded only; default: the protocol's) says which positions ``x`` lacks."""
     if x.shape != x_hat.shape or x.dim() != 2:
         raise DataError(f"x and x_hat must both be [tokens, d], got {tuple(x.shape)} and {tuple(x_hat.shape)}")
     err = (x.double() - x_hat.double())
-    parts = error_split(x, err, split)
+    parts = error_split(x, err, split, protocol.intercept)
     xt = x[split.test]
     var = total_variance(xt)
     e_test = err[split.test]
@@ -177,11 +219,14 @@ def analyse_error(x: Tensor, x_hat: Tensor, split: Split, name: str = "sae", l0:
         name=name,
         tokens_train=len(split.train),
         tokens_test=len(split.test),
+        protocol=protocol.name,
+        intercept=protocol.intercept,
+        skip_positions=protocol.skip_positions if skip_positions is None else skip_positions,
         l0=l0,
         fvu=float(e_test.pow(2).sum()) / var,
         r2_vector=float(parts.r2_per_dim.mean()),
         r2_vector_pooled=r2_pooled(e_test, parts.e_lin),
-        r2_norm=norm_r2(x, err, split),
+        r2_norm=norm_r2(x, err, split, protocol.intercept),
         fvu_linear=float(parts.e_lin.pow(2).sum()) / var,
         fvu_nonlinear=float(parts.e_nl.pow(2).sum()) / var,
         fvu_plus_linear=float((xt.double() - (x_hat[split.test].double() + parts.e_lin)).pow(2).sum()) / var,
@@ -245,14 +290,16 @@ def gradient_pursuit(x: Tensor, W_dec: Tensor, b_dec: Tensor, n_atoms: Tensor) -
     return PursuitCodes(codes, x - residual)
 
 
-def pursuit_result(sae: SAE, x: Tensor, codes: Tensor, x_hat: Tensor, split: Split, base: DarkMatterResult) -> PursuitResult:
+def pursuit_result(
+    sae: SAE, x: Tensor, codes: Tensor, x_hat: Tensor, split: Split, base: DarkMatterResult, protocol: Protocol
+) -> PursuitResult:
     """Run gradient pursuit at each test token's L0 and split its error like the SAE's."""
     n_atoms = (codes != 0).sum(-1)
     pursued = torch.empty_like(x, dtype=torch.float64)
     for start in range(0, x.shape[0], 4096):
         sl = slice(start, start + 4096)
         pursued[sl] = gradient_pursuit(x[sl], sae.W_dec, sae.b_dec, n_atoms[sl]).x_hat
-    gp = analyse_error(x, pursued, split)
+    gp = analyse_error(x, pursued, split, protocol=protocol)
     return PursuitResult(
         l0=float(n_atoms.double().mean()),
         fvu_sae=base.fvu,
@@ -315,13 +362,18 @@ def run(
     larger: SAE | None = None,
     previous: tuple[SAE, Tensor] | None = None,
     pursuit: bool = True,
-    model: nn.Module | None = None,
+    model: nn.Module | LoadedModel | None = None,
     tokens: Tensor | None = None,
     site: str | None = None,
-    skip_positions: int = 1,
+    skip_positions: int | None = None,
     batch_size: int = 8,
+    protocol: str = "saekit",
 ) -> DarkMatterResult:
     """The dark-matter study of ``sae`` on activations ``x`` [tokens, d] (see the module docstring).
+
+    ``protocol``: "saekit" or "paper" (see the module docstring). ``skip_positions``: the leading
+    positions of each context that ``x`` lacks and that the downstream splice leaves alone (default:
+    the protocol's, 2 or 200), recorded in the result.
 
     ``larger``: a larger SAE of the same site (per-token scaling). ``previous``: an SAE of the previous
     layer and its activations on the same tokens, row for row. ``model``, ``tokens`` [contexts, T] and
@@ -329,13 +381,17 @@ def run(
     ``>= skip_positions`` (which is what ``x`` should hold)."""
     if x.dim() != 2 or x.shape[1] != sae.d_in:
         raise DataError(f"activations must be [tokens, {sae.d_in}], got {tuple(x.shape)}")
+    if protocol not in PROTOCOLS:
+        raise DataError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+    chosen = PROTOCOLS[protocol]
+    skip_positions = chosen.skip_positions if skip_positions is None else skip_positions
     x = x.float()
     split = split_tokens(x.shape[0], test_fraction, seed)
     codes, x_hat = encode_rows(sae, x)
     l0 = float((codes[split.test] != 0).sum(-1).double().mean())
-    result = analyse_error(x, x_hat, split, name=name, l0=l0)
+    result = analyse_error(x, x_hat, split, name=name, l0=l0, protocol=chosen, skip_positions=skip_positions)
     err = x.double() - x_hat.double()
-    parts = error_split(x, err, split)
+    parts = error_split(x, err, split, chosen.intercept)
     var = total_variance(x[split.test])
 
     if larger is not None:
@@ -344,7 +400,7 @@ def run(
         r2 = norm_scaling(err[split.test], parts.e_nl, large_err)
         result.scaling = ScalingResult(r2.from_norm, r2.with_nonlinear, float(large_err.pow(2).sum()) / var)
     if pursuit:
-        result.pursuit = pursuit_result(sae, x, codes, x_hat, split, result)
+        result.pursuit = pursuit_result(sae, x, codes, x_hat, split, result, chosen)
     if previous is not None:
         prev_sae, prev_x = previous
         if prev_x.shape[0] != x.shape[0]:
@@ -359,9 +415,10 @@ def run(
 
 
 def downstream(
-    model: nn.Module, tokens: Tensor, site: str, sae: SAE, fit: AffineMap, *, skip_positions: int = 1, batch_size: int = 8
+    model: nn.Module | LoadedModel, tokens: Tensor, site: str, sae: SAE, fit: AffineMap, *, skip_positions: int = 1, batch_size: int = 8
 ) -> dict[str, float]:
     """Next-token loss increases with the site replaced by x̂, x̂ + e_lin and x̂ + e_nl = x − e_lin."""
+    model = as_module(model)
     from saekit.eval.downstream import as_function, downstream_metrics_many
 
     through = as_function(sae)

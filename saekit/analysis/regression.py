@@ -38,18 +38,20 @@ def split_tokens(n: int, test_fraction: float = 0.5, seed: int = 0) -> Split:
     return Split(train=order[n_test:].sort().values, test=order[:n_test].sort().values)
 
 
-def fit_affine(x: Tensor, y: Tensor, ridge: float = 1e-8) -> AffineMap:
-    """Least-squares affine map from ``x`` [n, d] to ``y`` [n, k] (or [n]).
+def fit_affine(x: Tensor, y: Tensor, ridge: float = 1e-8, *, intercept: bool = True) -> AffineMap:
+    """Least-squares affine map from ``x`` [n, d] to ``y`` [n, k] (or [n]); with ``intercept=False`` a
+    linear map through the origin (bias 0), as ``torch.linalg.lstsq(x, y)`` without a column of ones.
 
-    Centred normal equations in float64 with a ridge of ``ridge`` times the mean input variance, which
-    only matters when ``x`` is rank-deficient (e.g. a dead direction)."""
+    Normal equations in float64 (centred when there is an intercept) with a ridge of ``ridge`` times
+    the mean diagonal of the Gram matrix, which only matters when ``x`` is rank-deficient (e.g. a dead
+    direction)."""
     if x.dim() != 2 or x.shape[0] != y.shape[0]:
         raise DataError(f"cannot regress targets of shape {tuple(y.shape)} on inputs of shape {tuple(x.shape)}")
     if x.shape[0] <= x.shape[1]:
         raise DataError(f"a linear fit on {x.shape[1]} inputs needs more than {x.shape[1]} tokens, got {x.shape[0]}")
     vector = y.dim() == 1
     X, Y = x.double(), (y[:, None] if vector else y).double()
-    mx, my = X.mean(0), Y.mean(0)
+    mx, my = (X.mean(0), Y.mean(0)) if intercept else (X.new_zeros(X.shape[1]), Y.new_zeros(Y.shape[1]))
     Xc, Yc = X - mx, Y - my
     gram = Xc.T @ Xc
     gram.diagonal().add_(ridge * float(gram.diagonal().mean().clamp_min(1e-30)))

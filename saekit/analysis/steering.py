@@ -29,6 +29,7 @@ from saekit.analysis.matching import unit_rows
 from saekit.analysis.store import Stored, cpu_float
 from saekit.errors import DataError
 from saekit.eval.plots import pyplot
+from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
 from saekit.sources.hf import add_vector, collect_activations
 
@@ -54,10 +55,11 @@ def prompt_ids(tokenizer: Any, prompt: str) -> Tensor:
 
 @torch.no_grad()
 def prompt_activations(
-    model: nn.Module, tokenizer: Any, site: str, prompts: Sequence[str], position: Literal["last", "mean"] = "last"
+    model: nn.Module | LoadedModel, tokenizer: Any, site: str, prompts: Sequence[str], position: Literal["last", "mean"] = "last"
 ) -> Tensor:
     """[prompts, d] activation at ``site`` of each prompt's last token (or the mean over its tokens, BOS
     excluded)."""
+    model = as_module(model)
     if not prompts:
         raise DataError("no prompts given")
     rows = []
@@ -68,7 +70,7 @@ def prompt_activations(
 
 
 def steering_vector(
-    model: nn.Module, tokenizer: Any, site: str, positive: Sequence[str], negative: Sequence[str], position: Literal["last", "mean"] = "last"
+    model: nn.Module | LoadedModel, tokenizer: Any, site: str, positive: Sequence[str], negative: Sequence[str], position: Literal["last", "mean"] = "last"
 ) -> ContrastActs:
     """Difference of mean activations of contrastive prompts (CAA)."""
     pos = prompt_activations(model, tokenizer, site, positive, position)
@@ -275,7 +277,7 @@ def _greedy(model: nn.Module, ids: Tensor, n: int) -> Tensor:
 
 @torch.no_grad()
 def steer(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     tokenizer: Any,
     site: str,
     vector: Tensor,
@@ -287,6 +289,7 @@ def steer(
 ) -> list[SteerResult]:
     """Add ``scale · vector`` at ``site`` (every position) while reading each prompt and generating
     greedily; compare the next-token distribution after the prompt with the clean model's."""
+    model = as_module(model)
     model.eval()
     device = next(model.parameters()).device
     results = []

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from saekit.models.load import LoadedModel, as_module
+
 
 class LogitEffects(NamedTuple):
     """[L, k] token ids and logit changes: the most promoted (descending) and most suppressed (ascending)."""
@@ -36,8 +38,9 @@ class Neighbours(NamedTuple):
 _FINAL_NORMS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
 
 
-def final_norm_scale(model: nn.Module) -> Tensor | None:
+def final_norm_scale(model: nn.Module | LoadedModel) -> Tensor | None:
     """The per-dimension weight the final norm applies before the unembedding, or None if not found."""
+    model = as_module(model)
     for path in _FINAL_NORMS:
         try:
             norm = model.get_submodule(path)
@@ -51,8 +54,9 @@ def final_norm_scale(model: nn.Module) -> Tensor | None:
     return None
 
 
-def unembedding(model: nn.Module) -> Tensor | None:
+def unembedding(model: nn.Module | LoadedModel) -> Tensor | None:
     """W_U as [vocab, d_model] (the output embedding's weight), or None if the model has none."""
+    model = as_module(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return None if head is None else head.weight.detach()
 

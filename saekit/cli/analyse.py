@@ -29,8 +29,13 @@ def add_parser(sub: Any) -> None:
     dm.add_argument("--previous", help="an SAE of the previous layer: affine map from its outputs to the nonlinear error")
     dm.add_argument("--no-pursuit", action="store_true", help="skip gradient pursuit at equal L0")
     dm.add_argument("--ce-contexts", type=int, default=8, help="contexts for the next-token losses (0: skip)")
+    dm.add_argument(
+        "--protocol", default="saekit", choices=["saekit", "paper"],
+        help="saekit: affine fits, positions from 2 on, contexts of 128; paper: the paper's code, fits without "
+        "an intercept, positions from 200 on, contexts of 1024 (--skip-positions / --context-size override)",
+    )  # fmt: skip
     _model_args(dm, tokens=32768)
-    dm.set_defaults(func=_dark_matter)
+    dm.set_defaults(func=_dark_matter, skip_positions=None, context_size=None)
 
     seeds = studies.add_parser("seeds", help="latents shared by SAEs that differ only in their seed")
     seeds.add_argument("saes", nargs="*", help="SAE folders or suite folders (grouped by architecture and width)")
@@ -117,6 +122,11 @@ def _dark_matter(args: argparse.Namespace) -> int:
     from saekit.analysis.acts import site_rows
     from saekit.io import load_sae
 
+    protocol = dark_matter.PROTOCOLS[args.protocol]
+    args.skip_positions = protocol.skip_positions if args.skip_positions is None else args.skip_positions
+    args.context_size = (1024 if args.protocol == "paper" else 128) if args.context_size is None else args.context_size
+    if args.context_size < args.skip_positions + 2:
+        raise ConfigError(f"--context-size {args.context_size} leaves no position after skipping {args.skip_positions}")
     sae = load_sae(args.sae)
     site = _site(args, sae)
     larger = load_sae(args.larger) if args.larger else None
@@ -132,6 +142,7 @@ def _dark_matter(args: argparse.Namespace) -> int:
         sae, acts[site], name=Path(args.sae).name, larger=larger,
         previous=(prev, acts[prev.site]) if prev is not None else None, pursuit=not args.no_pursuit,
         model=lm.model if ce_tokens is not None else None, tokens=ce_tokens, site=site, skip_positions=args.skip_positions,
+        protocol=args.protocol,
     )  # fmt: skip
     row = result.summary()
     _finish(result, Path(args.out), [row], list(row))

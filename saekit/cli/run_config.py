@@ -21,7 +21,7 @@
     members = [0, 1]
 
     [e2e]                           # optional: train end to end through the model (data kind = "model")
-    kl_coef = 1.0
+    downstream_sites = ["later"]    # e2e+ds (KL weight 0.5 and downstream weight 2.5, as the paper)
 """
 
 from __future__ import annotations

@@ -30,8 +30,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from saekit.errors import DataError
+from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
-from saekit.sources.hf import splice
+from saekit.sources.hf import collect_activations_and_grads, splice
 
 Reconstruction = SAE | Callable[[Tensor], Tensor]
 """An SAE, or a function mapping the kept activations ``[batch, positions, d]`` to their replacement."""
@@ -71,8 +72,12 @@ def recovered(ablated: float, spliced: float, clean: float) -> float:
     return (ablated - spliced) / gap if gap != 0 else float("nan")
 
 
-def as_function(reconstruct: Reconstruction) -> Callable[[Tensor], Tensor]:
-    """A reconstruction as a function of ``[batch, positions, d]`` activations, run in the SAE's dtype."""
+def as_function(reconstruct: Reconstruction, grad: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """A reconstruction as a function of ``[batch, positions, d]`` activations, run in the SAE's dtype.
+
+    ``grad`` (the same shape as the activations the function will get) is d(summed next-token
+    loss)/d(activation): an SAE whose ``uses_grad`` is True then encodes with it, as it was trained;
+    without it such an SAE uses its rule without a gradient."""
     if not isinstance(reconstruct, SAE):
         return reconstruct
     sae = reconstruct
@@ -81,14 +86,24 @@ def as_function(reconstruct: Reconstruction) -> Callable[[Tensor], Tensor]:
         if h.shape[-1] != sae.d_in:
             raise DataError(f"SAE with d_in={sae.d_in} cannot replace activations of width {h.shape[-1]}")
         rows = h.reshape(-1, h.shape[-1]).to(sae.W_dec.device, sae.W_dec.dtype)
-        return sae(rows).reshape(h.shape).to(h.device)
+        if sae.uses_grad and grad is not None:
+            codes = sae.encode_with_grad(rows, grad.reshape(rows.shape).to(rows))
+        else:
+            codes = sae.encode(rows)
+        return sae.decode(codes).reshape(h.shape).to(h.device)
 
     return through_sae
 
 
+def site_grads(model: nn.Module, part: Tensor, site: str, skip: int) -> Tensor:
+    """d(next-token loss summed over the context's predictions)/d(activation) at ``site``, positions
+    ``>= skip``: what a gradient-aware SAE was trained with (:class:`saekit.sources.model.ModelSource`)."""
+    return collect_activations_and_grads(model, part, [site], reduction="sum").grads[site][:, skip:]
+
+
 @torch.no_grad()
 def downstream_metrics(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     tokens: Tensor,
     site: str,
     reconstruct: Reconstruction,
@@ -105,32 +120,36 @@ def downstream_metrics(
 
 @torch.no_grad()
 def downstream_metrics_many(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     tokens: Tensor,
     site: str,
     reconstructions: Mapping[str, Reconstruction],
     *,
     skip_positions: int = 1,
     batch_size: int = 8,
-    on_clean_activations: Callable[[Tensor], None] | None = None,
+    on_clean_activations: Callable[[Tensor, Tensor | None], None] | None = None,
     progress: bool = False,
 ) -> dict[str, DownstreamMetrics]:
     """Downstream metrics of several reconstructions of the same ``site``, sharing the clean and ablated
     passes. ``on_clean_activations`` receives the clean activations ``[batch, T - skip, d]`` of each batch
-    (positions ``>= skip_positions``), so activation metrics can be computed in the same pass."""
+    (positions ``>= skip_positions``) and their gradients (:func:`site_grads`; None unless an SAE among the
+    reconstructions selects with the gradient), so activation metrics can be computed in the same pass.
+    An SAE whose ``uses_grad`` is True is spliced with its gradient-aware codes (one more forward and
+    backward pass per batch gives the gradients)."""
+    model = as_module(model)
     tokens = _check_tokens(tokens, skip_positions)
     model.eval()
     device = next(model.parameters()).device
-    functions = {name: as_function(rec) for name, rec in reconstructions.items()}
+    needs_grad = any(isinstance(rec, SAE) and rec.uses_grad for rec in reconstructions.values())
     skip = skip_positions
 
     clean: list[_Sums] = []
     zero: list[_Sums] = []
-    spliced: dict[str, list[_Sums]] = {name: [] for name in functions}
+    spliced: dict[str, list[_Sums]] = {name: [] for name in reconstructions}
     site_sum: Tensor | None = None
     site_rows = 0
     batches = list(_batches(tokens, batch_size))
-    steps = len(batches) * (3 + len(functions))
+    steps = len(batches) * (3 + len(reconstructions))
     bar = tqdm(total=steps, desc=f"downstream {site}", unit="pass", disable=not progress, leave=False)
 
     for part in batches:
@@ -145,8 +164,9 @@ def downstream_metrics_many(
             clean_logp = _log_probs(model, part, skip)
         bar.update()
         (kept,) = captured
+        kept_grad = site_grads(model, part, site, skip) if needs_grad else None
         if on_clean_activations is not None:
-            on_clean_activations(kept)
+            on_clean_activations(kept, kept_grad)
         batch_sum = kept.double().sum(dim=(0, 1))
         site_sum = batch_sum if site_sum is None else site_sum + batch_sum
         site_rows += kept.shape[0] * kept.shape[1]
@@ -154,8 +174,8 @@ def downstream_metrics_many(
 
         zero.append(_scored(model, part, site, skip, lambda h: torch.zeros_like(h), clean_logp))
         bar.update()
-        for name, fn in functions.items():
-            spliced[name].append(_scored(model, part, site, skip, fn, clean_logp))
+        for name, rec in reconstructions.items():
+            spliced[name].append(_scored(model, part, site, skip, as_function(rec, kept_grad), clean_logp))
             bar.update()
         del clean_logp
 
@@ -214,9 +234,10 @@ def _scored(
 
 
 def _log_probs(model: nn.Module, part: Tensor, skip: int) -> Tensor:
-    """float32 log-probabilities of the predictions made at positions skip .. T-2."""
+    """Log-probabilities of the predictions made at positions skip .. T-2, in float32 or the model's
+    own dtype if wider (a float64 model gives float64 metrics)."""
     logits = model(part).logits[:, skip:-1]
-    return torch.log_softmax(logits.float(), dim=-1)
+    return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
 def _nll_sum(logp: Tensor, part: Tensor, skip: int) -> float:

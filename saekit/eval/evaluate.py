@@ -9,14 +9,15 @@ have a large common offset (where Σ||x||² − n||x̄||² would cancel catastro
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from saekit.errors import DataError
 from saekit.eval import metrics
-from saekit.eval.downstream import downstream_metrics_many
+from saekit.eval.downstream import as_function, downstream_metrics_many
+from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
 from saekit.sources.tensor import SourceInput, as_source
 from saekit.types import ActivationSource
@@ -94,7 +95,7 @@ def evaluate(
     sae: SAE,
     activations: SourceInput | ActivationSource | None = None,
     *,
-    model: nn.Module | None = None,
+    model: nn.Module | LoadedModel | None = None,
     site: str | None = None,
     tokens: Tensor | None = None,
     skip_positions: int = 1,
@@ -124,7 +125,8 @@ def evaluate(
 
     Returns ``l0, fvu, explained_variance, mse, nmse, cos, l2_ratio, relative_reconstruction_bias,
     dead_fraction, dense_fraction, density_histogram`` (see :mod:`saekit.eval.metrics` for definitions)
-    and ``tokens``.
+    and ``tokens``; for a gradient-aware SAE also ``readout = "plain"`` (activations carry no gradient;
+    evaluate with a model for the gradient readout).
     """
     if model is not None:
         if activations is not None:
@@ -162,14 +164,15 @@ def evaluate(
         sae.to(home)
     if totals.tokens == 0:
         raise DataError("no activations were read, so there is nothing to evaluate")
-    return totals.result(dense_threshold)
+    # Activations alone carry no gradient: a gradient-aware SAE is read out by its rule without one.
+    return totals.result(dense_threshold) | ({"readout": "plain"} if sae.uses_grad else {})
 
 
 @torch.no_grad()
 def evaluate_on_model(
     saes: Mapping[str, SAE],
     *,
-    model: Any,
+    model: nn.Module | LoadedModel,
     tokens: Tensor | None,
     sites: Mapping[str, str] | None = None,
     skip_positions: int = 1,
@@ -182,32 +185,44 @@ def evaluate_on_model(
 
     The SAEs of one site share its clean and ablated forward passes, so a suite costs
     ``3 + (SAEs on the site)`` forward passes per site over ``tokens``.
-    """
-    from saekit.models.load import LoadedModel
 
-    module = model.model if isinstance(model, LoadedModel) else model
-    if not isinstance(module, nn.Module):
-        raise DataError(f"model must be a torch module or a LoadedModel, got {type(model).__name__}")
+    An SAE that selects with the gradient (``uses_grad``, the g-SAE) is read out as it was trained:
+    with d(next-token loss)/d(activation) at its site from the clean pass. Its result then also has
+    ``readout = "gradient"`` and ``plain_readout``, the same metrics for the rule without a gradient
+    (what a reader such as SAELens computes, and what runs where no gradient is at hand).
+    """
+    module = as_module(model)
     if tokens is None:
         raise DataError("evaluating on a model needs tokens= (an integer tensor [contexts, positions])")
-    by_site: dict[str, dict[str, SAE]] = {}
+    by_site: dict[str, dict[str, _Readout]] = {}
     for name, sae in saes.items():
         site = (sites or {}).get(name) or sae.site
         if not site:
             raise DataError(f"SAE {name!r} has no site; pass site= or set sae.metadata['site']")
-        by_site.setdefault(site, {})[name] = sae
+        by_site.setdefault(site, {})[name] = _Readout(sae, with_grad=sae.uses_grad)
+        if sae.uses_grad:
+            by_site[site][_PLAIN + name] = _Readout(sae, with_grad=False)
     results: dict[str, dict[str, Any]] = {}
     for site, group in by_site.items():
         totals: dict[str, _Totals] = {}
         position_err: dict[str, Tensor] = {}
 
         def activation_metrics(
-            kept: Tensor, group: dict[str, SAE] = group, totals: dict[str, _Totals] = totals, position_err: dict[str, Tensor] = position_err
+            kept: Tensor,
+            kept_grad: Tensor | None,
+            group: dict[str, _Readout] = group,
+            totals: dict[str, _Totals] = totals,
+            position_err: dict[str, Tensor] = position_err,
         ) -> None:
-            for name, sae in group.items():
+            for name, (sae, with_grad) in group.items():
                 param = sae.W_dec
                 x = kept.to(param.device, param.dtype)
-                codes = sae.encode(x.reshape(-1, x.shape[-1]))
+                rows = x.reshape(-1, x.shape[-1])
+                if with_grad:
+                    assert kept_grad is not None  # downstream_metrics_many computes it for uses_grad SAEs
+                    codes = sae.encode_with_grad(rows, kept_grad.reshape(rows.shape).to(rows))
+                else:
+                    codes = sae.encode(rows)
                 x_hat = sae.decode(codes)
                 if name not in totals:
                     totals[name] = _Totals(sae.d_in, sae.d_sae, param.device)
@@ -220,18 +235,30 @@ def evaluate_on_model(
             module,
             tokens,
             site,
-            group,
+            {name: readout.sae if readout.with_grad or not readout.sae.uses_grad else as_function(readout.sae) for name, readout in group.items()},
             skip_positions=skip_positions,
             batch_size=context_batch_size,
             on_clean_activations=activation_metrics,
             progress=progress,
         )
-        for name, sae in group.items():
+        for name, (sae, _) in group.items():
             result = totals[name].result(dense_threshold)
             contexts, d_in = tokens.shape[0], sae.d_in
             result["mse_by_position"] = (position_err[name] / (contexts * d_in)).tolist()
             results[name] = {"site": site, **result, **downstream[name].as_dict()}
+    for name, sae in saes.items():
+        if sae.uses_grad:
+            results[name] |= {"readout": "gradient", "plain_readout": results.pop(_PLAIN + name)}
     return {name: results[name] for name in saes}
+
+
+_PLAIN = "\0plain:"
+"""Key prefix of the extra readout without a gradient of a gradient-aware SAE (no user name starts so)."""
+
+
+class _Readout(NamedTuple):
+    sae: SAE
+    with_grad: bool
 
 
 def _pick_site(source: ActivationSource, sae: SAE) -> str:

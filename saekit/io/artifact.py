@@ -97,7 +97,7 @@ def load_sae(folder: str | os.PathLike[str], *, device: str | torch.device = "cp
     weights_path = folder / WEIGHTS_FILE
     state = _read_weights(weights_path)
     fresh = sae.state_dict()
-    state = {key: fresh[key] for key in sae.training_state if key not in state} | state
+    state = {key: value for key, value in fresh.items() if key in sae.training_state and key not in state} | state
     _check_state(sae, state, weights_path)
     sae.load_state_dict(state)
     sae.metadata = _metadata_from_cfg(cfg, cfg_path)

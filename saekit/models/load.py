@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from saekit.errors import ArtifactError, ConfigError
+from torch import nn
+
+from saekit.errors import ArtifactError, ConfigError, DataError
 from saekit.models import smollm2
 from saekit.paths import cache_root
 
@@ -45,6 +47,19 @@ class LoadedModel:
     def bos_token_id(self) -> int | None:
         """The token to put before every context (SmolLM2: ``<|im_start|>`` = 1); None if the tokenizer has none."""
         return self.tokenizer.bos_token_id
+
+
+def as_module(model: nn.Module | LoadedModel) -> nn.Module:
+    """The torch module behind ``model``: ``model.model`` for a :class:`LoadedModel`, the module itself
+    otherwise. Every public function that takes a model calls this first."""
+    if isinstance(model, LoadedModel):
+        return model.model
+    if isinstance(model, nn.Module):
+        return model
+    raise DataError(
+        f"model must be a torch module (e.g. a Hugging Face causal LM) or what saekit.load_model returns, "
+        f"got {type(model).__name__}"
+    )
 
 
 def default_cache_dir() -> Path:

@@ -2,17 +2,28 @@
 reconstruction is spliced into the model and the SAE learns to keep the model's output, not the
 activation.
 
-    x̂         = the SAE's training reconstruction of the activation h at ``site`` (positions ≥ skip)
-    KL        = mean over positions ≥ skip of KL(p_clean ‖ p_spliced), in nats
-    sparsity  = the architecture's own loss minus its reconstruction MSE (L1, L0, AuxK, ...)
-    downstream = mean over ``downstream_sites`` k of E_t ||a_k^spliced − a_k^clean||² / E||a_k^clean||²
-    SAE_e2e    : loss = kl_coef · KL + sparsity
-    SAE_e2e+ds : loss = kl_coef · KL + sparsity + downstream_coef · downstream   (paper: kl_coef 0.5, 2.5)
+    x̂          = the SAE's training reconstruction of the activation h at ``site`` (positions ≥ skip)
+    KL         = mean over positions ≥ skip of KL(p_clean ‖ p_spliced), in nats
+    sparsity   = the architecture's own loss minus its reconstruction MSE (L1, L0, AuxK, ...)
+    MSE_k      = mean over positions ≥ skip and over the width of (a_k^spliced − a_k^clean)², in the
+                 model's own units, at each of the N ``downstream_sites`` k
+    SAE_e2e    : loss = kl_coef · KL + sparsity                                    (kl_coef 1)
+    SAE_e2e+ds : loss = kl_coef · KL + sparsity + (downstream_coef / N) Σ_k MSE_k   (kl_coef 0.5)
+
+This is the paper's objective as its code computes it (ApolloResearch/e2e_sae ``losses.py`` and the
+GPT-2 configs ``gpt2_e2e.yaml`` / ``gpt2_e2e_recon.yaml``): ``F.mse_loss`` per downstream hook, the
+``in_to_orig`` coefficient 2.5 a total split equally over the hooks, the KL weight 1 for e2e and 0.5
+for e2e+ds (``kl_coef`` left unset picks it), and "later" hooks the ``resid_pre`` of every block after
+the SAE's up to and including the last block's input (never the final block's output).
+
+The sparsity term is the architecture's own, on activations scaled to unit mean squared norm (as every
+saekit objective). The paper's is φ · mean_t ||c||₁ / d_in on raw activations with a column-normalised
+decoder (φ = 1.5 for e2e and e2e+ds on GPT-2); for saekit's ReLU SAE, whose codes are s times the
+raw ones when activations are scaled by s, the same penalty is ``l1_coef = φ / (d_in · s)`` with s the
+run's ``normalization_factor``.
 
 Any registered architecture trains this way: its ``loss`` must be ``MSE + rest`` with saekit's MSE
-(summed over the width, mean over tokens), which the first step checks. The downstream term is
-normalised by each site's mean squared norm (the paper uses a raw per-element MSE, whose scale would
-change from layer to layer and model to model).
+(summed over the width, mean over tokens), which the first step checks.
 
 The model is the source: each step runs ``ceil(batch_size / (context − skip))`` contexts once clean
 (shared by every SAE) and once per SAE spliced, with gradients flowing through the frozen model into
@@ -41,17 +52,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from saekit.errors import ConfigError, DataError
+from saekit.models.load import LoadedModel, as_module
 from saekit.sae import functional as F
 from saekit.sae.base import SAE
 from saekit.sources.hf import splice
 from saekit.sources.sites import layer_of, n_layers, resolve_sites
 from saekit.sources.tensor import seeded_generator
-from saekit.strict import to_dict
+from saekit.strict import refuse_unused, to_dict
 from saekit.training import dead
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.logs import MetricsLog
-from saekit.training.loop import TrainResult, init_b_dec_, rescale_, resolve_device, resolve_dtype, was_trained
+from saekit.training.loop import TrainResult, enter_normalised_units_, rescale_, resolve_device, resolve_dtype
 from saekit.training.optim import apply_update, make_optimizer
 from saekit.training.schedules import lr_factor, sparsity_factor
 from saekit.types import ActBatch, StepCtx, as_float
@@ -61,21 +73,30 @@ _EPOCH = 21  # tag of this module's random stream of context orders
 
 @dataclass(frozen=True)
 class E2EConfig:
-    kl_coef: float = 1.0
-    """Weight of KL(p_clean ‖ p_spliced) (paper: 1 for e2e, 0.5 for e2e+ds)."""
+    kl_coef: float | None = None
+    """Weight of KL(p_clean ‖ p_spliced); None takes the paper's: 1 for e2e, 0.5 for e2e+ds."""
     downstream_sites: tuple[str, ...] = ()
     """Sites whose spliced activations are pulled back to the clean ones (e2e+ds); globs allowed, and
-    "later" means the resid_post of every layer after the SAE's. Empty: plain e2e."""
+    "later" means, as the paper, the input of every block after the SAE's site up to the last block's
+    input (the final block's output is not one). Empty: plain e2e."""
     downstream_coef: float = 2.5
-    """Weight of the mean normalised downstream MSE (paper: 2.5)."""
+    """Total weight of the downstream MSEs, split equally over the downstream sites (paper: 2.5)."""
     skip_positions: int = 1
     """Leading positions (BOS) left as they are and not scored, as in the local ModelSource."""
 
     def __post_init__(self) -> None:
-        if not self.kl_coef >= 0 or not self.downstream_coef >= 0:
+        if (self.kl_coef is not None and not self.kl_coef >= 0) or not self.downstream_coef >= 0:
             raise ConfigError("e2e: kl_coef and downstream_coef must be >= 0")
         if self.skip_positions < 0:
             raise ConfigError(f"e2e: skip_positions must be >= 0, got {self.skip_positions}")
+        if not self.downstream_sites:
+            refuse_unused(self, ("downstream_coef",), "there are no downstream_sites (plain e2e)")
+
+    @property
+    def resolved_kl_coef(self) -> float:
+        if self.kl_coef is not None:
+            return self.kl_coef
+        return 0.5 if self.downstream_sites else 1.0
 
 
 def context_ids(n_contexts: int, per_step: int, seed: int, step: int) -> Tensor:
@@ -89,13 +110,16 @@ def context_ids(n_contexts: int, per_step: int, seed: int, step: int) -> Tensor:
     return torch.stack(ids)
 
 
-def later_sites(model: nn.Module, site: str) -> list[str]:
-    """The resid_post of every layer after ``site``'s (for resid_post) or from its layer on (others)."""
+def later_sites(model: nn.Module | LoadedModel, site: str) -> list[str]:
+    """The paper's downstream hooks for an SAE at ``site``: ``resid_pre`` of every block whose input comes
+    after ``site``, up to the last block's (for ``layers.6.resid_pre`` of a 12-block model: blocks 7 to
+    11, as e2e_sae's ``gpt2_e2e_recon.yaml``)."""
+    model = as_module(model)
     layer = layer_of(site)
     if layer is None:
         raise ConfigError(f"e2e: 'later' downstream sites need a canonical site (layers.N.kind), got {site!r}")
-    first = layer + 1 if site.endswith("resid_post") else layer
-    return [f"layers.{i}.resid_post" for i in range(first, n_layers(model))]
+    first = layer + 2 if site.endswith("resid_post") else layer + 1  # resid_post of L is resid_pre of L + 1
+    return [f"layers.{i}.resid_pre" for i in range(first, n_layers(model))]
 
 
 def kl_clean_spliced(clean_logp: Tensor, spliced_logits: Tensor) -> Tensor:
@@ -104,9 +128,11 @@ def kl_clean_spliced(clean_logp: Tensor, spliced_logits: Tensor) -> Tensor:
     return (clean_logp.exp() * (clean_logp - spliced_logp)).sum(-1).mean()
 
 
-def normalised_sq_error(spliced: Tensor, clean: Tensor, mean_sq_norm: float) -> Tensor:
-    """E_t ||spliced_t − clean_t||² / mean_sq_norm over [batch, positions, d] tensors."""
-    return (spliced.float() - clean.float()).pow(2).sum(-1).mean() / mean_sq_norm
+def mean_downstream_mse(spliced: Mapping[str, Tensor], clean: Mapping[str, Tensor]) -> Tensor:
+    """(1 / N) Σ_k mean((spliced_k − clean_k)²) over the N sites of ``clean``, each [batch, positions, d]:
+    times ``downstream_coef`` it is e2e_sae's ``in_to_orig`` term, whose total coefficient is split
+    equally over the hooks."""
+    return torch.stack([torch.nn.functional.mse_loss(spliced[k].float(), clean[k].float()) for k in clean]).mean()
 
 
 @contextlib.contextmanager
@@ -152,7 +178,7 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 
 
 def train_e2e(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     tokens: Tensor,
     saes: SAE | Sequence[SAE],
     train: TrainConfig,
@@ -168,6 +194,7 @@ def train_e2e(
     steps (or tokens), ``batch_size`` in tokens per step (rounded up to whole contexts), seed, schedules,
     clipping, normalisation, checkpoint cadence and device. Returns the SAEs in raw activation units.
     """
+    model = as_module(model)
     started = time.perf_counter()
     saes = [saes] if isinstance(saes, SAE) else list(saes)
     if not saes:
@@ -221,16 +248,16 @@ def train_e2e(
                 f"{ckpt_path} was written by a different e2e run; resume with the same settings or use a new folder"
             )
         restore(ckpt, saes, optimizers, counters)
-        scales, sq_norms, start = ckpt.info["scales"], ckpt.info["sq_norms"], ckpt.step
+        scales, start = ckpt.info["scales"], ckpt.step
     else:
-        sq_norms = _mean_sq_norms(clean_pass, watched, train.norm_estimation_tokens)
-        scales = {s: 1.0 / math.sqrt(sq_norms[s]) if train.normalize_activations else 1.0 for s in sites}
+        if train.normalize_activations:
+            sq_norms = _mean_sq_norms(clean_pass, sorted(set(sites)), train.norm_estimation_tokens)
+            scales = {s: 1.0 / math.sqrt(sq_norms[s]) for s in sites}
+        else:
+            scales = dict.fromkeys(sites, 1.0)
         first, _ = clean_pass(0)
         for sae, s in zip(saes, sites):
-            fresh = not was_trained(sae)
-            rescale_(sae, scales[s])
-            if fresh:
-                init_b_dec_(sae, first[s].reshape(-1, sae.d_in).to(device).float() * scales[s])
+            enter_normalised_units_(sae, first[s].reshape(-1, sae.d_in).to(device).float() * scales[s], scales[s])
 
     log = MetricsLog(
         out_dir, resume_step=start, tensorboard=train.tensorboard, wandb_project=train.wandb_project, run_config=fingerprint
@@ -239,7 +266,7 @@ def train_e2e(
 
     def checkpoint(step: int) -> None:
         if ckpt_path is not None:
-            info = {"scales": scales, "sq_norms": sq_norms, "fingerprint": fingerprint}
+            info = {"scales": scales, "fingerprint": fingerprint}
             save_checkpoint(
                 ckpt_path,
                 Checkpoint(
@@ -258,13 +285,13 @@ def train_e2e(
         for step in range(start, total):
             clean, clean_logp = clean_pass(step)
             ctx0 = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, train.resolved_sparsity_warmup))
-            lr_mult = lr_factor(step, total, train.resolved_lr_warmup, train.lr_decay_fraction)
+            lr_mult = lr_factor(step, total, train.lr_warmup_steps, train.lr_decay_fraction)
             terms_all = []
             for i, (sae, opt, counter, s) in enumerate(zip(saes, optimizers, counters, sites)):
                 ctx = replace(ctx0, dead_mask=dead.dead_mask(counter, window))
                 with _autocast(train.dtype, devices):
                     loss, out, terms = _e2e_loss(
-                        model, sae, s, clean, clean_logp, ctx, scales[s], downstream[s], sq_norms, e2e, device
+                        model, sae, s, clean, clean_logp, ctx, scales[s], downstream[s], e2e, device
                     )
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"SAE {i} ({sae.architecture}) diverged at step {step}; lower its learning rate")
@@ -301,7 +328,7 @@ def train_e2e(
     return TrainResult(saes, final, total, start, time.perf_counter() - started)
 
 
-def _e2e_loss(model, sae, site, clean, clean_logp, ctx, scale, downstream, sq_norms, e2e, device):
+def _e2e_loss(model, sae, site, clean, clean_logp, ctx, scale, downstream, e2e, device):
     """One SAE's e2e objective on the clean pass ``clean``: (loss, its LossOut, logged terms)."""
     h = clean[site]
     x = h.reshape(-1, h.shape[-1]).to(device).float() * scale
@@ -323,11 +350,11 @@ def _e2e_loss(model, sae, site, clean, clean_logp, ctx, scale, downstream, sq_no
         logits = model(input_ids=clean["_tokens"], use_cache=False).logits
     skip = logits.shape[1] - x_hat.shape[1]
     kl = kl_clean_spliced(clean_logp, logits[:, skip:])
-    loss = e2e.kl_coef * kl + rest
+    loss = e2e.resolved_kl_coef * kl + rest
     terms = {k: as_float(v) for k, v in out.terms.items()}
     terms["kl"] = float(kl.detach())
     if downstream:
-        ds = torch.stack([normalised_sq_error(spliced[d][:, skip:], clean[d], sq_norms[d]) for d in downstream]).mean()
+        ds = mean_downstream_mse({d: spliced[d][:, skip:] for d in downstream}, {d: clean[d] for d in downstream})
         loss = loss + e2e.downstream_coef * ds.to(loss.device)
         terms["downstream_mse"] = float(ds.detach())
     terms["loss"] = float(loss.detach())
@@ -353,6 +380,11 @@ def _downstream_of(model: nn.Module, site: str, e2e: E2EConfig) -> list[str]:
         names += later_sites(model, site) if pattern == "later" else resolve_sites(model, pattern)
     if site in names:
         raise ConfigError(f"e2e: downstream sites must differ from the SAE's own site {site!r}")
+    if e2e.downstream_sites and not names:
+        raise ConfigError(
+            f"e2e: downstream_sites {list(e2e.downstream_sites)} name no site after {site!r} (\"later\" stops at the "
+            "last block's input, as the paper); give the sites explicitly or train plain e2e"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -376,7 +408,7 @@ def _mean_sq_norms(clean_pass, sites: list[str], n_tokens: int) -> dict[str, flo
 
 
 def downstream_errors(
-    model: nn.Module, tokens: Tensor, site: str, sae: SAE, sites: Sequence[str], *, skip_positions: int = 1, batch_size: int = 8
+    model: nn.Module | LoadedModel, tokens: Tensor, site: str, sae: SAE, sites: Sequence[str], *, skip_positions: int = 1, batch_size: int = 8
 ) -> dict[str, float]:
     """For each of ``sites``: E_t ||a^spliced − a^clean||² / E||a^clean||² over positions ≥ skip, with
     ``sae``'s reconstruction spliced at ``site`` (how far the SAE moves later activations)."""
@@ -384,7 +416,7 @@ def downstream_errors(
 
 
 def downstream_errors_of(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     tokens: Tensor,
     site: str,
     saes: Mapping[str, SAE],
@@ -395,6 +427,7 @@ def downstream_errors_of(
 ) -> dict[str, dict[str, float]]:
     """:func:`downstream_errors` of several SAEs (by name) at the same ``site``, sharing one clean pass
     over ``tokens``: ``{name: {downstream site: normalised squared error}}``."""
+    model = as_module(model)
     if site in sites:
         raise ConfigError(f"downstream_errors: {site!r} is the spliced site itself; name sites after it")
     if not 0 <= skip_positions < tokens.shape[1]:

@@ -34,7 +34,7 @@ class SAEConfig:
     d_sae: int
     """Number of latents (dictionary size)."""
     lr: float | None = None
-    """Adam learning rate; None takes the architecture's published default."""
+    """Adam learning rate; None takes the default, 8e-4 · sqrt(2^14 / d_sae) (saekit.sae.functional.default_lr)."""
 
     def __post_init__(self) -> None:
         for name in ("d_in", "d_sae"):
@@ -47,7 +47,7 @@ class SAEConfig:
 
 @dataclass(frozen=True)
 class OptimDefaults:
-    """Adam settings an architecture was published with."""
+    """Adam settings of an architecture (learning rate and betas)."""
 
     lr: float
     betas: tuple[float, float] = (0.9, 0.999)
@@ -70,6 +70,10 @@ class SAE(nn.Module, abc.ABC):
     """How the loop initialises ``b_dec`` from the first batch: "geometric_median", "mean" or "zeros"."""
     scaled_params: ClassVar[tuple[str, ...]] = ("b_enc", "b_dec")
     """Parameters and buffers in activation units: divided by the activation scale when folding it."""
+    uses_grad: ClassVar[bool] = False
+    """Whether the selection reads the gradient of the model's loss at the site: in training from
+    ``ActBatch.grad``, at inference through :meth:`encode_with_grad` (evaluation with a model computes
+    it); ``encode(x)`` is then the rule without a gradient."""
     training_state: ClassVar[tuple[str, ...]] = ()
     """Buffers only training needs (schedules' state): kept in checkpoints, left out of saved SAE folders so
     that SAELens and other readers see just the inference tensors; a loaded SAE starts them afresh."""
@@ -104,6 +108,11 @@ class SAE(nn.Module, abc.ABC):
     def encode(self, x: Tensor) -> Tensor:
         """[..., d_in] activations -> [..., d_sae] non-negative codes, row by row."""
 
+    def encode_with_grad(self, x: Tensor, grad: Tensor) -> Tensor:
+        """Codes of ``x`` chosen with ``grad`` = d(summed next-token loss)/dx, for architectures whose
+        ``uses_grad`` is True; the others have no such rule."""
+        raise TypeError(f"{self.architecture} SAEs do not select latents with a gradient (uses_grad is False)")
+
     def decode(self, codes: Tensor) -> Tensor:
         """[..., d_sae] codes -> [..., d_in] reconstruction."""
         return codes @ self.W_dec + self.b_dec
@@ -118,7 +127,12 @@ class SAE(nn.Module, abc.ABC):
     @classmethod
     @abc.abstractmethod
     def optim_defaults(cls, cfg: SAEConfig) -> OptimDefaults:
-        """Published Adam settings for this architecture and size."""
+        """Adam settings for this architecture and size."""
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Parameters (by name) that learn at a multiple of the base learning rate; the rest learn at the
+        base rate. Default: none."""
+        return {}
 
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
         """Hook run by the loop after each optimiser step (threshold EMAs, clamping). Default: nothing."""

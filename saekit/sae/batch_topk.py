@@ -18,19 +18,23 @@ for SAELens as ``jumprelu`` with ``threshold`` a full [d_sae] vector of equal en
 
 Choices made here (dictionary_learning's ``BatchTopKTrainer`` is the reference):
 
-* The EMA starts at ``min(threshold_start_step, total_steps // 2)``, so a short run still averages
-  the threshold over at least its second half instead of never setting it.
+* β is raised to 10 / total_steps when that is larger (:func:`saekit.sae.functional.threshold_ema_weight`),
+  so that in a short run the threshold follows the encoder of the run's last tenth rather than
+  averaging over encoders long gone.
+* The EMA starts at ``min(threshold_start_step, total_steps // 2)``, so a short run still sets the
+  threshold instead of never reaching the start step.
 * A batch with no positive kept activation leaves θ unchanged (dictionary_learning would pull θ
   towards 0, which would switch every latent on at inference).
-* Until θ has been set, ``encode`` falls back to per-token TopK with the same k: the same mean
-  sparsity, and still independent of the rest of the batch.
-* θ starts at −1, which marks it as not yet set (the EMA of positive minima is always positive). The
-  state thus lives in ``threshold`` alone: a run resumed from a state_dict continues the EMA exactly,
-  and the saved folder has exactly the tensors SAELens's ``jumprelu`` expects (its strict
-  ``load_state_dict`` would refuse a separate flag tensor).
+* θ starts at +inf, which marks it as not yet set: until it is, ``encode`` gives zero codes, exactly
+  what SAELens's ``jumprelu`` (ReLU(z) ⊙ 1[z > θ]) computes from the saved folder. A run sets θ by
+  half its length; an SAE saved before that encodes nothing, in saekit as in SAELens. The state thus
+  lives in ``threshold`` alone: a run resumed from a state_dict continues the EMA exactly, and the
+  saved folder has exactly the tensors SAELens's ``jumprelu`` expects (its strict ``load_state_dict``
+  would refuse a separate flag tensor).
 
-Defaults follow dictionary_learning: lr = 2e-4 / sqrt(d_sae / 2^14), AuxK weight 1/32 with
-k_aux = d_in // 2, unit-norm decoder, geometric-median ``b_dec``.
+Defaults follow dictionary_learning: AuxK weight 1/32 with k_aux = d_in // 2, unit-norm decoder,
+geometric-median ``b_dec``; the learning rate is saekit's default (:func:`saekit.sae.functional.default_lr`,
+four times dictionary_learning's).
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ class BatchTopKConfig(TopKConfig):
     k: int = 32
     """Mean active latents per token: a training batch of B tokens keeps its B·k largest activations."""
     threshold_ema: float = 0.001
-    """β of the inference-threshold EMA, θ ← (1 − β) θ + β · (smallest kept activation of the batch)."""
+    """β of the inference-threshold EMA, θ ← (1 − β) θ + β · (smallest kept activation of the batch);
+    raised to 10 / total_steps in runs shorter than 10,000 steps (memory at most a tenth of the run)."""
     threshold_start_step: int = 1000
     """Step from which the threshold is tracked (capped at half the run, so short runs set it too)."""
 
@@ -70,6 +75,7 @@ class BatchTopKConfig(TopKConfig):
 @register("batch_topk")
 class BatchTopKSAE(SAE):
     config_class = BatchTopKConfig
+    training_state = F.ZIPF_STATE
     saelens_architecture = "jumprelu"
     scaled_params = ("b_enc", "b_dec", "threshold")
     cfg: BatchTopKConfig
@@ -82,16 +88,18 @@ class BatchTopKSAE(SAE):
         self.W_dec = nn.Parameter(W_dec)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        self.register_buffer("threshold", torch.full((cfg.d_sae,), -1.0))
+        if cfg.aux_zipf_coef > 0:
+            F.register_zipf_state(self, cfg.d_sae)
+        self.register_buffer("threshold", torch.full((cfg.d_sae,), F.UNSET_THRESHOLD))
 
     @classmethod
     def optim_defaults(cls, cfg: BatchTopKConfig) -> OptimDefaults:
-        return OptimDefaults(lr=cfg.lr or F.topk_family_lr(cfg.d_sae))
+        return OptimDefaults(lr=cfg.lr or F.default_lr(cfg.d_sae))
 
     @property
     def threshold_set(self) -> bool:
         """Whether the inference threshold has been learned (see the module docstring)."""
-        return bool(self.threshold[0] >= 0)
+        return bool(self.threshold.isfinite().all())
 
     def post_relu(self, x: Tensor) -> Tensor:
         return ((x - self.b_dec) @ self.W_enc + self.b_enc).relu()
@@ -99,8 +107,6 @@ class BatchTopKSAE(SAE):
     def encode(self, x: Tensor) -> Tensor:
         self._check_input(x)
         acts = self.post_relu(x)
-        if not self.threshold_set:
-            return F.scatter_codes(F.topk_codes(acts, self.cfg.k), self.d_sae)
         return acts * (acts > self.threshold.to(acts.dtype))
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
@@ -129,12 +135,15 @@ class BatchTopKSAE(SAE):
         loss = mse + self.cfg.aux_coef * aux
         terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)}
         if self.cfg.aux_zipf_coef > 0:
-            zipf = F.aux_zipf_loss(acts, (x - x_hat).detach(), F.firing_density(codes), self.cfg.aux_k or self.d_in // 2, self.W_dec, self.cfg.aux_zipf_exponent)
+            zipf = F.aux_zipf_loss(acts, (x - x_hat).detach(), F.zipf_running(self, codes, self.cfg.aux_zipf_ema).estimate, self.cfg.aux_k or self.d_in // 2, self.W_dec, self.cfg.aux_zipf_exponent)
             loss = loss + self.cfg.aux_zipf_coef * zipf
             terms["aux_zipf"] = zipf.detach()
         return LossOut(loss, x_hat, codes, terms)
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
+        if self.cfg.aux_zipf_coef > 0:
+            F.commit_zipf_state_(self, F.zipf_running(self, out.codes, self.cfg.aux_zipf_ema))
         if F.threshold_tracking(ctx.step, self.cfg.threshold_start_step, ctx.total_steps):
-            F.ema_threshold_(self.threshold, F.smallest_kept(out.codes), self.cfg.threshold_ema)
+            weight = F.threshold_ema_weight(self.cfg.threshold_ema, ctx.total_steps)
+            F.ema_threshold_(self.threshold, F.smallest_kept(out.codes), weight)

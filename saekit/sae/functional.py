@@ -63,9 +63,28 @@ def batch_topk_mask(acts: Tensor, k: int) -> Tensor:
 # JumpReLU with straight-through pseudo-derivatives for the threshold (Rajamanoharan et al. 2024)
 
 
+def affine_float32(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """``x @ W + b`` in float32 (or wider, if the inputs are), whatever autocast is active.
+
+    What decides a learned threshold's pseudo-gradient, the pre-activations within ε/2 of θ, must be
+    computed at a precision finer than ε: bfloat16's spacing near 0.25-0.5 is 0.002-0.004, wider than
+    the default ε = 0.001, so in bfloat16 most thresholds there would never see a pre-activation in
+    their window and would get exactly zero gradient forever."""
+    dtype = torch.promote_types(torch.promote_types(x.dtype, W.dtype), torch.float32)
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.addmm(b.to(dtype), x.reshape(-1, x.shape[-1]).to(dtype), W.to(dtype)).view(*x.shape[:-1], W.shape[-1])
+
+
+
 def rectangle(u: Tensor) -> Tensor:
     """Rectangle kernel K(u) = 1[|u| < 1/2]."""
     return (u.abs() < 0.5).to(u.dtype)
+
+
+def jump_mask(z: Tensor, threshold: Tensor) -> Tensor:
+    """Where JumpReLU_θ lets z through: z > θ and z > 0. For θ >= 0 this is z > θ; for a negative θ
+    it is what SAELens and the Gemma Scope reference compute, ReLU(z) ⊙ 1[z > θ]."""
+    return (z > threshold) & (z > 0)
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -73,13 +92,13 @@ class _JumpReLU(torch.autograd.Function):
     def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
         ctx.save_for_backward(z, threshold)
         ctx.bandwidth = bandwidth
-        return z * (z > threshold).to(z.dtype)
+        return z * jump_mask(z, threshold).to(z.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         z, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
-        grad_z = grad_out * (z > threshold).to(z.dtype)
+        grad_z = grad_out * jump_mask(z, threshold).to(z.dtype)
         # ð/ðθ JumpReLU_θ(z) = -(θ/ε) K((z-θ)/ε)
         grad_theta = -(threshold / eps) * rectangle((z - threshold) / eps) * grad_out
         return grad_z, _sum_to(grad_theta, threshold.shape), None
@@ -106,7 +125,8 @@ def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
 
 
 def jumprelu(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-    """z · H(z − θ), with the rectangle-kernel pseudo-derivative for θ and the exact one for z."""
+    """ReLU(z) · H(z − θ) (= z · H(z − θ) for θ >= 0), with the rectangle-kernel pseudo-derivative for θ
+    and the exact one for z."""
     return _JumpReLU.apply(z, threshold, bandwidth)
 
 
@@ -137,9 +157,15 @@ def remove_parallel_grad_(W_dec: Tensor) -> None:
     W_dec.grad.addcmul_(W_dec, along.unsqueeze(-1))
 
 
-def topk_family_lr(d_sae: int) -> float:
-    """Gao et al.'s learning-rate scaling for TopK-family SAEs: 2e-4 at 2^14 latents, ∝ 1/sqrt(d_sae)."""
-    return 2e-4 / math.sqrt(d_sae / 2**14)
+def default_lr(d_sae: int) -> float:
+    """The default Adam learning rate of every architecture: 8e-4 at 2^14 latents, ∝ 1/sqrt(d_sae).
+
+    The width scaling is Gao et al.'s (2e-4 at 2^14 latents, for their batches of 131,072 tokens; also
+    dictionary_learning's and sparsify's Adam default); the constant is four times theirs, because at
+    their rate, and at the published rates of JumpReLU (7e-5) and Gated (5e-5), runs of thousands of
+    steps end far from converged (README, "Defaults"; tests/integration/test_planted_recovery.py pins
+    it). The run's linear decay to 0 over its last fifth is what keeps long runs at this rate stable."""
+    return 8e-4 / math.sqrt(d_sae / 2**14)
 
 
 def tied_init(d_in: int, d_sae: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -167,8 +193,15 @@ def aux_k_loss(
     """Reconstruct the main residual with the top-``k_aux`` dead latents, normalised by its variance.
 
     pre_acts: [batch, d_sae] encoder pre-activations; residual: [batch, d_in] ``x - x_hat`` (detached
-    by the caller). Returns 0 when no latent is dead. The number of latents used is
-    min(k_aux, #dead), as in sparsify, so a few dead latents are not asked to explain everything.
+    by the caller). Returns 0 when no latent is dead.
+
+    The protocol is dictionary_learning's (``trainers/top_k.py`` ``get_auxiliary_loss``): per token the
+    min(k_aux, #dead) largest pre-activations of dead latents, through a ReLU, decoded without b_dec;
+    the summed squared error divided by the residual's total variance in the batch, which is Gao et
+    al.'s normalisation (OpenAI's ``normalized_mse``). The callers' default k_aux is d_in // 2, as
+    dictionary_learning and sparsify (OpenAI: 256, the paper 512). sparsify differs in three ways,
+    not followed here: it scales the term by min(#dead / k_aux, 1), divides by the total variance of x
+    rather than of the residual, and decodes with b_dec.
     """
     if dead_mask is None or not bool(dead_mask.any()):
         return pre_acts.new_zeros(())
@@ -202,13 +235,25 @@ def geometric_median(points: Tensor, max_iter: int = 100, tol: float = 1e-6) -> 
 
 # ---------------------------------------------------------------------------------------------
 # Learned inference thresholds of the batch-coupled selections (BatchTopK, Mutual / Feature Choice).
-# A threshold entry below 0 means "not set yet": the EMA of positive minima is always positive.
+# A threshold entry of +inf means "not set yet": the latent is off at inference, in saekit and in any
+# reader that computes ReLU(z) ⊙ 1[z > θ] (SAELens's jumprelu), and the EMA starts at the first
+# observed value.
+
+UNSET_THRESHOLD = float("inf")
 
 
 def threshold_tracking(step: int, start_step: int, total_steps: int) -> bool:
     """Whether the threshold EMA runs at ``step``: from ``start_step``, capped at half the run so a
     short run still sets its threshold."""
     return step >= min(start_step, total_steps // 2)
+
+
+def threshold_ema_weight(beta: float, total_steps: int) -> float:
+    """The EMA weight actually used: ``beta``, raised so that the EMA's memory (about 1/weight steps)
+    is at most a tenth of the run. With β = 0.001 a run of a few thousand steps would end with a
+    threshold averaged over encoders long gone; the last tenth of the run is within its learning-rate
+    decay, where the encoder the threshold will serve has settled."""
+    return max(beta, min(1.0, 10.0 / max(1, total_steps)))
 
 
 def smallest_kept(codes: Tensor, per_latent: bool = False) -> Tensor:
@@ -231,10 +276,10 @@ def smallest_kept(codes: Tensor, per_latent: bool = False) -> Tensor:
 
 @torch.no_grad()
 def ema_threshold_(threshold: Tensor, observed: Tensor, beta: float) -> None:
-    """In place, entry by entry: θ ← (1 − β) θ + β · observed where θ is set (θ ≥ 0), θ ← observed
-    where it is not; a NaN observation leaves θ as it is. ``observed`` broadcasts to θ's shape."""
+    """In place, entry by entry: θ ← (1 − β) θ + β · observed where θ is set (finite), θ ← observed
+    where it is not (+inf); a NaN observation leaves θ as it is. ``observed`` broadcasts to θ's shape."""
     observed = observed.to(threshold.dtype).expand_as(threshold)
-    updated = torch.where(threshold >= 0, threshold.lerp(observed, beta), observed)
+    updated = torch.where(threshold.isfinite(), threshold.lerp(observed, beta), observed)
     threshold.copy_(torch.where(observed.isnan(), threshold, updated))
 
 
@@ -270,6 +315,25 @@ def firing_density(codes: Tensor) -> Tensor:
     return (codes.reshape(-1, codes.shape[-1]) != 0).float().mean(0).detach()
 
 
+class RunningDensity(NamedTuple):
+    """An exponential moving average of per-latent firing densities, bias-corrected while it fills:
+    ``ema`` [d_sae] and ``seen`` (scalar) start at 0 and the estimate is ``ema / seen``."""
+
+    ema: Tensor
+    seen: Tensor
+
+    @property
+    def estimate(self) -> Tensor:
+        return self.ema / self.seen
+
+
+def update_density(running: RunningDensity, batch_density: Tensor, weight: float) -> RunningDensity:
+    """The running density after one more batch: ema ← (1 − w) ema + w ρ_batch, seen ← (1 − w) seen + w.
+    After the first batch the estimate is that batch's density; later batches count with weight w."""
+    ema, seen = running
+    return RunningDensity(ema * (1 - weight) + weight * batch_density.to(ema), seen * (1 - weight) + weight)
+
+
 def zipf_deficit(density: Tensor, exponent: float) -> Tensor:
     """Per latent, how far its firing density falls short of a Zipf law, in [0, 1].
 
@@ -288,6 +352,31 @@ def zipf_deficit(density: Tensor, exponent: float) -> Tensor:
     return (1 - density / target).clamp(0, 1)
 
 
+ZIPF_STATE = ("zipf_density", "zipf_seen")
+"""Buffers of the running firing density aux_zipf_loss uses: training state, left out of saved folders."""
+
+
+def register_zipf_state(sae: torch.nn.Module, d_sae: int) -> None:
+    """Give ``sae`` the (empty) running density of :data:`ZIPF_STATE`; architectures call it when their
+    ``aux_zipf_coef`` is positive."""
+    sae.register_buffer(ZIPF_STATE[0], torch.zeros(d_sae))
+    sae.register_buffer(ZIPF_STATE[1], torch.zeros(()))
+
+
+def zipf_running(sae: torch.nn.Module, codes: Tensor, weight: float) -> RunningDensity:
+    """The running density of ``sae`` (registered by :func:`register_zipf_state`) updated with the
+    batch's ``codes``; ``commit_zipf_state_`` stores it after the step."""
+    state = sae.state_dict()
+    return update_density(RunningDensity(state[ZIPF_STATE[0]], state[ZIPF_STATE[1]]), firing_density(codes), weight)
+
+
+@torch.no_grad()
+def commit_zipf_state_(sae: torch.nn.Module, running: RunningDensity) -> None:
+    state = sae.state_dict()
+    state[ZIPF_STATE[0]].copy_(running.ema)
+    state[ZIPF_STATE[1]].copy_(running.seen)
+
+
 def aux_zipf_loss(
     pre_acts: Tensor,
     residual: Tensor,
@@ -298,7 +387,9 @@ def aux_zipf_loss(
 ) -> Tensor:
     """AuxK generalised from dead to underutilised latents, each weighted by its Zipf deficit.
 
-    w = :func:`zipf_deficit` (density, exponent). Per token, the ``min(k_aux, #{w > 0})`` largest
+    ``density`` is each latent's firing density: the running estimate over recent batches in training
+    (:class:`RunningDensity`), since one batch says little about a latent that fires once in
+    thousands of tokens. w = :func:`zipf_deficit` (density, exponent). Per token, the ``min(k_aux, #{w > 0})`` largest
     pre-activations among latents with w > 0 are kept through a ReLU and multiplied by their latent's
     w; they reconstruct the residual (``x − x̂``, detached by the caller) through ``W_dec``, and the
     squared error is divided by the residual's total variance, as in :func:`aux_k_loss`. With w equal

@@ -19,7 +19,9 @@ decoder row norms: the decoder is kept at unit norm, where the weights are all 1
 such a weighting on W_dec is parallel to each row and would be projected away by the loop anyway.
 
 Defaults follow dictionary_learning: W_enc = W_decᵀ with unit-norm rows, b_gate = b_mag = r_mag = 0,
-Adam β = (0, 0.999), lr 5e-5; geometric-median ``b_dec``.
+Adam β = (0, 0.999), geometric-median ``b_dec``; the learning rate is saekit's default
+(:func:`saekit.sae.functional.default_lr`; dictionary_learning's 5e-5 barely moves in a few thousand
+steps).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class GatedSAE(SAE):
 
     @classmethod
     def optim_defaults(cls, cfg: GatedConfig) -> OptimDefaults:
-        return OptimDefaults(lr=cfg.lr or 5e-5, betas=(0.0, 0.999))
+        return OptimDefaults(lr=cfg.lr or F.default_lr(cfg.d_sae), betas=(0.0, 0.999))
 
     def paths(self, x: Tensor) -> GatedPaths:
         u = (x - self.b_dec) @ self.W_enc

@@ -2,29 +2,40 @@
 Forsey, Hepner, Howe & Wingate 2024, "Features that Make a Difference", papers.md §4).
 
     z   = ReLU((x − b_dec) W_enc + b_enc)                      TopK's pre-selection activations
-    g   = ∇_x L_LM at the SAE's site (the source carries it in ``ActBatch.grad``), optionally unit-normed
-    s   = z + β · z ⊙ |g W_decᵀ|                                score: activation + its effect on the loss
+    g   = ∇_x L_LM at the SAE's site (training: ``ActBatch.grad``; inference: ``encode_with_grad``)
+    e_i = |d_i · g|, scaled per token (below)                  latent i's effect on the loss
+    s   = z + β · z ⊙ e                                         score: activation + its effect on the loss
     f   = z on the k largest entries of s per token, 0 elsewhere   (the kept values are z, not s)
     x̂   = f W_dec + b_dec
     loss = ||x − x̂||² + aux_coef · AuxK                          exactly TopK's objective
 
-With unit-norm decoder rows, ``g · d_i`` is the directional derivative of the LM loss along latent i, so
-a small activation whose direction moves the loss a lot can win a slot from a large one that does not.
+With unit-norm decoder rows d_i, ``d_i · g`` is the directional derivative of the LM loss along latent
+i, so a small activation whose direction moves the loss a lot can win a slot from a large one that
+does not. L_LM is the next-token loss summed over the context's predictions (what ``ModelSource`` and
+evaluation with a model give), so g does not depend on the batch size.
 
-Provisional reading (no official code; papers.md §4 marks β's definition as provisional): the score is
-``z + β z |W_dec g|`` with ``g`` normalised to unit norm per token (``normalize_grad``), and the kept
-values are ``z``. β is a parameter; β = 0 is exactly TopK.
+How the effects are scaled per token (``normalize_grad``):
 
-At inference the gradient is optional: ``encode(x)`` (no gradient, e.g. when spliced into a model)
-falls back to plain TopK on ``z``, the rule the paper gives for label-free use, and
-``encode(x, grad)`` applies the full rule. Both are per token. Saved folders load in SAELens as
-``topk`` (the fallback rule).
+* True (default): divided by their maximum over latents, so e ∈ [0, 1] and the most loss-relevant
+  latent gets 1; β is then free of the loss's scale and of d_in.
+* False: multiplied by the activation's norm, e_i = |d_i · g| · ||x||, the first-order change of the
+  loss when the activation moves by its own length along d_i.
+
+Either way the selection is free of the activations' scale (x → c·x divides g by c), so the SAE
+trained on normalised activations selects the same latents once folded back to raw units.
+
+Provisional reading (no official code; papers.md §4 marks β's definition as provisional): the score
+``z + β z e`` and kept values ``z``. β is a parameter; β = 0 is exactly TopK.
+
+At inference ``encode(x)`` (no gradient, e.g. when spliced into a model) is plain TopK on ``z``, the
+rule the paper gives for label-free use, and ``encode_with_grad(x, grad)`` applies the full rule; both
+are per token. ``saekit.evaluate`` with a model computes the gradient at the site and reports both
+readouts. Saved folders load in SAELens as ``topk`` (the rule without a gradient).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -33,35 +44,51 @@ from saekit.errors import DataError
 from saekit.kernels import row_topk
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
-from saekit.sae.base import SAE, OptimDefaults
+from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import register
-from saekit.sae.topk import TopKConfig
+from saekit.sae.topk import check_aux_k
+from saekit.strict import refuse_unused
 from saekit.types import ActBatch, LossOut, StepCtx
 
 
 @dataclass(frozen=True)
-class GradientTopKConfig(TopKConfig):
-    """TopK's fields (k, aux_k, aux_coef) plus the weight of the gradient in the selection score."""
+class GradientTopKConfig(SAEConfig):
+    """TopK's selection and AuxK fields (k, aux_k, aux_coef) plus the weight of the gradient in the
+    selection score; no aux_zipf_loss."""
 
+    k: int = 32
+    """Active latents per token."""
+    aux_k: int | None = None
+    """Dead latents used by the AuxK loss; None means d_in // 2."""
+    aux_coef: float = 1 / 32
+    """Weight of the AuxK loss; 0 disables it."""
     beta: float = 1.0
     """β in the selection score z + β·z·|W_dec g| (provisional reading of the paper; 0 gives TopK)."""
     normalize_grad: bool = True
     """Divide each token's effects |W_dec g| by their maximum over latents (the most loss-relevant latent
-    gets effect 1), so β depends neither on the scale of the loss nor on d_in."""
+    gets effect 1), so β depends neither on the scale of the loss nor on d_in; False multiplies them by
+    the activation's norm instead (the loss change for a move of the activation's own length)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+        check_aux_k(self)
         if not self.beta >= 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.beta == 0:
+            refuse_unused(self, ("normalize_grad",), "beta is 0")
 
 
-def gradient_scores(z: Tensor, grad: Tensor, W_dec: Tensor, beta: float, normalize: bool) -> Tensor:
-    """Selection scores s = z + β z e for activations ``z`` [..., d_sae] and gradients ``grad``
-    [..., d_in], with the effect e = |g W_decᵀ|, divided per row by its maximum over latents when
-    ``normalize`` (so e ∈ [0, 1] and β is free of the loss scale and of d_in; a zero gradient gives e = 0)."""
+def gradient_scores(z: Tensor, x: Tensor, grad: Tensor, W_dec: Tensor, beta: float, normalize: bool) -> Tensor:
+    """Selection scores s = z + β z e for activations ``z`` [..., d_sae] of inputs ``x`` [..., d_in] with
+    gradients ``grad`` [..., d_in]: e = |g W_decᵀ|, divided per row by its maximum over latents when
+    ``normalize`` (a zero gradient gives e = 0), else multiplied by ||x|| per row."""
     effect = (grad @ W_dec.T).abs()
     if normalize:
         effect = effect / effect.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(effect.dtype).tiny)
+    else:
+        effect = effect * torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     return z + beta * z * effect
 
 
@@ -69,8 +96,7 @@ def gradient_scores(z: Tensor, grad: Tensor, W_dec: Tensor, beta: float, normali
 class GradientTopKSAE(SAE):
     config_class = GradientTopKConfig
     saelens_architecture = "topk"
-    uses_grad: ClassVar[bool] = True
-    """Read by the training loop: batches should carry ``grad`` (it warns once when they do not)."""
+    uses_grad = True
     cfg: GradientTopKConfig
 
     def __init__(self, cfg: GradientTopKConfig, generator: torch.Generator | None = None) -> None:
@@ -83,21 +109,21 @@ class GradientTopKSAE(SAE):
 
     @classmethod
     def optim_defaults(cls, cfg: GradientTopKConfig) -> OptimDefaults:
-        return OptimDefaults(lr=cfg.lr or F.topk_family_lr(cfg.d_sae))
+        return OptimDefaults(lr=cfg.lr or F.default_lr(cfg.d_sae))
 
     def pre_acts(self, x: Tensor) -> Tensor:
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
-    def select(self, pre: Tensor, grad: Tensor | None) -> Tensor:
-        """Dense codes from pre-activations: z = ReLU(pre) kept on the k best-scored latents of each row
-        (plain TopK without ``grad``)."""
+    def select(self, x: Tensor, pre: Tensor, grad: Tensor | None) -> Tensor:
+        """Dense codes from pre-activations of ``x``: z = ReLU(pre) kept on the k best-scored latents of
+        each row (plain TopK without ``grad``)."""
         z = pre.relu()
         if grad is None or self.cfg.beta == 0:
             return F.scatter_codes(F.topk_codes(z, self.cfg.k), self.d_sae)
         self._check_grad(grad, pre)
         # Selection is a discrete choice: only the kept values carry gradient, as in TopK.
         with torch.no_grad():
-            scores = gradient_scores(z, grad.to(z.dtype), self.W_dec, self.cfg.beta, self.cfg.normalize_grad)
+            scores = gradient_scores(z, x.to(z.dtype), grad.to(z.dtype), self.W_dec, self.cfg.beta, self.cfg.normalize_grad)
             indices = scores.topk(self.cfg.k, dim=-1, sorted=False).indices
         return torch.zeros_like(z).scatter(-1, indices, z.gather(-1, indices))
 
@@ -105,10 +131,15 @@ class GradientTopKSAE(SAE):
         if grad.shape[:-1] != pre.shape[:-1] or grad.shape[-1] != self.d_in:
             raise DataError(f"gradient of shape {tuple(grad.shape)} does not match activations of shape {(*pre.shape[:-1], self.d_in)}")
 
-    def encode(self, x: Tensor, grad: Tensor | None = None) -> Tensor:
-        """Codes of ``x``; with ``grad`` (d loss / d x, same shape) the gradient-aware selection."""
+    def encode(self, x: Tensor) -> Tensor:
+        """Codes of ``x`` without a gradient: plain TopK on z."""
         self._check_input(x)
-        return self.select(self.pre_acts(x), grad)
+        return self.select(x, self.pre_acts(x), None)
+
+    def encode_with_grad(self, x: Tensor, grad: Tensor) -> Tensor:
+        """Codes of ``x`` chosen with ``grad`` (d loss / d x, same shape): the rule it was trained with."""
+        self._check_input(x)
+        return self.select(x, self.pre_acts(x), grad)
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         x = batch.x
@@ -123,14 +154,16 @@ class GradientTopKSAE(SAE):
             scores = pre
             if batch.grad is not None and self.cfg.beta != 0:
                 self._check_grad(batch.grad, pre)
-                scores = gradient_scores(pre.relu(), batch.grad.to(pre.dtype), self.W_dec, self.cfg.beta, self.cfg.normalize_grad)
+                scores = gradient_scores(
+                    pre.relu(), x.to(pre.dtype), batch.grad.to(pre.dtype), self.W_dec, self.cfg.beta, self.cfg.normalize_grad
+                )
             pattern = S.pattern_from_topk(row_topk(scores, self.cfg.k), self.d_sae, ascending=True)
         return S.topk_family_loss(self, x, x_in, pre, pattern, ctx.dead_mask)
 
     def _dense_loss(self, x: Tensor, ctx: StepCtx, grad: Tensor | None = None) -> LossOut:
         """The plain dense computation of ``loss``; the sparse path is tested against it."""
         pre = self.pre_acts(x)
-        codes = self.select(pre, grad)
+        codes = self.select(x, pre, grad)
         x_hat = self.decode(codes)
         mse = F.mse_per_token(x, x_hat).mean()
         aux = F.aux_k_loss(pre, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)

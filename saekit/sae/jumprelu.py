@@ -15,11 +15,30 @@ straight-through pseudo-derivatives of :func:`saekit.sae.functional.jumprelu` an
 while z gets the exact gradient H(z − θ) from the reconstruction and nothing from the L0 term, so the
 penalty acts on the encoder only through θ.
 
-Paper defaults: θ₀ = ε = 0.001, Adam β = (0, 0.999), lr 7e-5, W_enc = W_decᵀ with unit-norm rows,
-zero biases, unit-norm decoder kept by gradient projection. ``after_step`` clamps θ at 0: a negative
-threshold would let negative pre-activations through as codes (SAELens, which applies a ReLU first,
-would then compute something else), and since the θ pseudo-derivative is scaled by θ, it would also
+Kept from the paper: θ₀ = ε = 0.001 (in units of activations scaled to E||x||² = 1), Adam β = (0, 0.999),
+W_enc = W_decᵀ at initialisation, zero biases (``b_dec`` included, as Gemma Scope). Three defaults
+depart from the paper's, for runs from hundreds of steps on (its recipe, lr 7e-5 over 10⁵-10⁶ steps,
+barely moves in a few thousand); each was measured on planted features (README, "Defaults"):
+
+* the learning rate is saekit's default for every architecture (:func:`saekit.sae.functional.default_lr`);
+* the thresholds learn at ``threshold_lr_scale`` = 0.1 of it. Adam moves every parameter by about
+  the learning rate per step whatever the size of its gradient, and θ's gradient comes from the
+  few pre-activations within ε/2 of it: at the weights' rate the thresholds climb past the
+  pre-activations of latents still forming (rare features), which then never fire and never learn;
+* the decoder rows are free (no unit-norm constraint; the L0 penalty does not depend on them) and
+  start at norm ``init_decoder_norm`` = 0.1 with W_enc = W_decᵀ, as SAELens's JumpReLU trainer and
+  Anthropic's April 2024 recipe: small initial pre-activations let θ and the encoder grow together.
+  A latent's code is therefore in units of its own decoder row.
+
+The code is computed as ReLU(z) ⊙ H(z − θ), which is z ⊙ H(z − θ) for θ >= 0 and is what SAELens and
+the Gemma Scope reference compute for any θ, so a loaded or edited SAE with a negative θ encodes alike
+everywhere. ``after_step`` clamps θ at 0: the θ pseudo-derivative is scaled by θ, so a negative θ would
 flip the sign of the reconstruction gradient on θ.
+
+Precision: the pre-activations are computed in float32 even under bfloat16 autocast
+(:func:`saekit.sae.functional.affine_float32`), since what decides θ's pseudo-gradient, the
+pre-activations within ε/2 of θ, needs a resolution finer than ε, which bfloat16 lacks near θ ~ 0.3.
+On CUDA this gives up the bfloat16 rate for the encoder product of this architecture.
 """
 
 from __future__ import annotations
@@ -53,6 +72,10 @@ class JumpReLUConfig(SAEConfig):
     """Initial value θ₀ of every threshold."""
     bandwidth: float = 0.001
     """Width ε of the rectangle kernel in the threshold's pseudo-derivative."""
+    threshold_lr_scale: float = 0.1
+    """Learning rate of the thresholds as a multiple of the weights' (see the module docstring)."""
+    init_decoder_norm: float = 0.1
+    """Norm of every decoder row at initialisation (W_enc = W_decᵀ); the rows are free afterwards."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,6 +85,10 @@ class JumpReLUConfig(SAEConfig):
             raise ValueError(f"threshold_init must be >= 0, got {self.threshold_init!r}")
         if not self.bandwidth > 0:
             raise ValueError(f"bandwidth must be positive, got {self.bandwidth!r}")
+        if not self.threshold_lr_scale > 0:
+            raise ValueError(f"threshold_lr_scale must be positive, got {self.threshold_lr_scale!r}")
+        if not self.init_decoder_norm > 0:
+            raise ValueError(f"init_decoder_norm must be positive, got {self.init_decoder_norm!r}")
 
 
 @register("jumprelu")
@@ -69,6 +96,7 @@ class JumpReLUSAE(SAE):
     config_class = JumpReLUConfig
     saelens_architecture = "jumprelu"
     apply_b_dec_to_input = False
+    unit_norm_decoder = False
     b_dec_init = "zeros"
     scaled_params = ("b_enc", "b_dec", "threshold")
     cfg: JumpReLUConfig
@@ -76,18 +104,22 @@ class JumpReLUSAE(SAE):
     def __init__(self, cfg: JumpReLUConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg)
         W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
-        self.W_enc = nn.Parameter(W_enc)
-        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_enc * cfg.init_decoder_norm)
+        self.W_dec = nn.Parameter(W_dec * cfg.init_decoder_norm)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.threshold_init))
 
     @classmethod
     def optim_defaults(cls, cfg: JumpReLUConfig) -> OptimDefaults:
-        return OptimDefaults(lr=cfg.lr or 7e-5, betas=(0.0, 0.999))
+        return OptimDefaults(lr=cfg.lr or F.default_lr(cfg.d_sae), betas=(0.0, 0.999))
+
+    def lr_multipliers(self) -> dict[str, float]:
+        return {"threshold": self.cfg.threshold_lr_scale}
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        return x @ self.W_enc + self.b_enc
+        """z = x W_enc + b_enc, in float32 even under autocast (see the module docstring)."""
+        return F.affine_float32(x, self.W_enc, self.b_enc)
 
     def encode(self, x: Tensor) -> Tensor:
         self._check_input(x)
@@ -98,7 +130,8 @@ class JumpReLUSAE(SAE):
         self._check_input(x)
         if x.dim() != 2:
             return self._dense_loss(x, ctx)
-        with torch.no_grad():
+        x = x.to(torch.promote_types(x.dtype, torch.float32))  # θ's window needs float32 z (docstring)
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             z = S.pre_acts(x, self.W_enc, self.b_enc)
             # Every (token, latent) with a gradient: the active codes (z > θ), and those within ε/2 of θ,
             # where the pseudo-derivative of θ is non-zero. One comparison against θ − ε takes them all

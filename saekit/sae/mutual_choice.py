@@ -21,10 +21,10 @@ must not depend on the batch, so one global threshold is learned: after each ste
     θ ← (1 − β) θ + β · (smallest positive activation kept in the batch)
 
 and ``encode(x) = Z ⊙ 1[Z > θ]``, saved for SAELens as ``jumprelu`` with a [d_sae] threshold of equal
-entries. Until θ is set (θ < 0 marks "not yet"), ``encode`` is per-token TopK with the same k.
+entries. Until θ is set (+inf marks "not yet"), ``encode`` gives zero codes, as SAELens does.
 
-Defaults follow the TopK family: lr = 2e-4 / sqrt(d_sae / 2^14), AuxK weight 1/32 with
-k_aux = d_in // 2, unit-norm decoder, geometric-median ``b_dec``.
+Defaults follow the TopK family: the default learning rate, AuxK weight 1/32 with k_aux = d_in // 2,
+unit-norm decoder, geometric-median ``b_dec``.
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ SAELens loader must be given only W_enc, W_dec, b_enc, b_dec). Both are logged: 
 ``sparsity_coef`` show the schedule in the training log. At inference this is a plain ReLU SAE.
 
 Defaults: λ = 0.1 for activations scaled to E||x||² = 1, p from 1 to 0.2 in 10 values from step
-1000, as the paper's Othello configs; lr 1e-3 (dictionary_learning's default; the paper used 3e-4
-for 300M tokens).
+1000, as the paper's Othello configs; the learning rate is saekit's default
+(:func:`saekit.sae.functional.default_lr`; dictionary_learning's is 1e-3, the paper used 3e-4 for
+300M tokens).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 from saekit.sae import functional as F
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import register
+from saekit.strict import refuse_unused
 from saekit.types import ActBatch, LossOut, StepCtx
 
 
@@ -71,6 +73,8 @@ class PAnnealConfig(SAEConfig):
             raise ValueError(f"anneal_start must be >= 0, got {self.anneal_start}")
         if self.rescale_batches < 1:
             raise ValueError(f"rescale_batches must be >= 1, got {self.rescale_batches}")
+        if self.n_p_values == 1:
+            refuse_unused(self, ("p_end", "anneal_start", "rescale_batches"), "n_p_values is 1 (p stays at p_start)")
 
 
 class PStep(NamedTuple):
@@ -121,7 +125,7 @@ class PAnnealSAE(SAE):
 
     @classmethod
     def optim_defaults(cls, cfg: PAnnealConfig) -> OptimDefaults:
-        return OptimDefaults(lr=cfg.lr or 1e-3)
+        return OptimDefaults(lr=cfg.lr or F.default_lr(cfg.d_sae))
 
     def schedule(self, ctx: StepCtx) -> PStep:
         c = self.cfg

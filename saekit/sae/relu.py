@@ -11,9 +11,9 @@ constraint was there for, so the decoder is left free (``unit_norm_decoder = Fal
 
 Initialisation follows the April update and dictionary_learning's ``AutoEncoder``: random decoder rows
 of norm ``init_decoder_norm`` (0.1), ``W_enc = W_decᵀ``, ``b_enc = 0``; the loop sets ``b_dec`` to the
-geometric median of the first batch. The default learning rate is dictionary_learning's
-``StandardTrainerAprilUpdate`` default, 1e-3 (Anthropic's 5e-5 is tuned for runs of billions of
-tokens and barely moves in a few thousand steps).
+geometric median of the first batch. The learning rate is saekit's default
+(:func:`saekit.sae.functional.default_lr`; Anthropic's 5e-5 is tuned for runs of billions of tokens
+and barely moves in a few thousand steps).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class ReLUSAE(SAE):
 
     @classmethod
     def optim_defaults(cls, cfg: ReLUConfig) -> OptimDefaults:
-        return OptimDefaults(lr=cfg.lr or 1e-3)
+        return OptimDefaults(lr=cfg.lr or F.default_lr(cfg.d_sae))
 
     def encode(self, x: Tensor) -> Tensor:
         self._check_input(x)

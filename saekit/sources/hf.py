@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from saekit.errors import ConfigError, DataError
+from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
 from saekit.sources.sites import resolve_sites, site_module
 
@@ -49,7 +50,7 @@ class _StopForward(Exception):
 
 
 def collect_activations(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     tokens: Tensor,
     sites: str | Iterable[str],
     *,
@@ -61,6 +62,7 @@ def collect_activations(
     the order of :func:`resolve_sites`. Splices active around the call are applied, and their results are
     what is captured at their own sites.
     """
+    model = as_module(model)
     names = resolve_sites(model, sites)
     tokens, attention_mask = _check_tokens(model, tokens, attention_mask)
     with torch.no_grad(), _capturing(model, names, stop_early=True) as captured:
@@ -73,18 +75,22 @@ def collect_activations(
 
 
 def collect_activations_and_grads(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     tokens: Tensor,
     sites: str | Iterable[str],
     *,
     attention_mask: Tensor | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> ActsAndGrads:
-    """Activations at ``sites`` and the gradient of the mean next-token loss with respect to each.
+    """Activations at ``sites`` and the gradient of the next-token loss with respect to each: the loss
+    averaged over the predictions, or with ``reduction="sum"`` summed, whose gradient at a token does not
+    depend on how many contexts share the batch (what gradient-aware SAEs read).
 
     Runs the whole model (the loss needs the logits) and one backward pass restricted to the sites, so
     parameters' ``.grad`` are left untouched. Works whether or not the parameters require grad. Under a
     splice, the activation and gradient are those of the spliced tensor.
     """
+    model = as_module(model)
     names = resolve_sites(model, sites)
     tokens, attention_mask = _check_tokens(model, tokens, attention_mask)
     if tokens.shape[1] < 2:
@@ -92,7 +98,7 @@ def collect_activations_and_grads(
     with torch.enable_grad(), _capturing(model, names, stop_early=False) as captured:
         logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
         _check_all_ran(names, captured)
-        loss = next_token_loss(logits, tokens, attention_mask)
+        loss = next_token_loss(logits, tokens, attention_mask, reduction=reduction)
         acts = [captured[name] for name in names]
         # a site the loss does not depend on (allow_unused) has a zero gradient
         grads = torch.autograd.grad(loss, acts, allow_unused=True)
@@ -103,22 +109,24 @@ def collect_activations_and_grads(
     )
 
 
-def next_token_loss(logits: Tensor, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-    """Mean cross-entropy of predicting ``tokens[:, t + 1]`` from ``logits[:, t]``, in float32 or wider.
+def next_token_loss(
+    logits: Tensor, tokens: Tensor, attention_mask: Tensor | None = None, *, reduction: Literal["mean", "sum"] = "mean"
+) -> Tensor:
+    """Cross-entropy of predicting ``tokens[:, t + 1]`` from ``logits[:, t]``, averaged (or summed) over
+    the predictions, in float32 or wider.
 
     With an ``attention_mask``, only pairs whose two positions are both real tokens count.
     """
     logits = logits[:, :-1].flatten(0, 1)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 / fp16 logits lose too much
     losses = F.cross_entropy(logits, tokens[:, 1:].flatten(), reduction="none")
-    if attention_mask is None:
-        return losses.mean()
-    keep = (attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()).flatten()
-    return losses[keep].mean()
+    if attention_mask is not None:
+        losses = losses[(attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()).flatten()]
+    return losses.sum() if reduction == "sum" else losses.mean()
 
 
 @contextmanager
-def splice(model: nn.Module, site: str, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
+def splice(model: nn.Module | LoadedModel, site: str, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
     """Replace the tensor ``h`` at ``site`` by ``fn(h)`` (cast to ``h``'s dtype) while the block runs.
 
     What is replaced is the site's tensor as defined in :mod:`saekit.sources.sites`: for ``resid_pre``
@@ -131,6 +139,7 @@ def splice(model: nn.Module, site: str, fn: Callable[[Tensor], Tensor]) -> Itera
     replacement; hence when two splices are nested on one site, the inner one runs first and the outer
     one receives its result.
     """
+    model = as_module(model)
     hook = site_module(model, site)
 
     def replace(h: Tensor) -> Tensor:
@@ -144,8 +153,9 @@ def splice(model: nn.Module, site: str, fn: Callable[[Tensor], Tensor]) -> Itera
         yield
 
 
-def splice_sae(model: nn.Module, site: str, sae: SAE) -> AbstractContextManager[None]:
+def splice_sae(model: nn.Module | LoadedModel, site: str, sae: SAE) -> AbstractContextManager[None]:
     """Replace the activation at ``site`` by the SAE's reconstruction ``sae(h)`` (see :func:`splice`)."""
+    model = as_module(model)
 
     def reconstruct(h: Tensor) -> Tensor:
         if h.shape[-1] != sae.d_in:
@@ -157,11 +167,12 @@ def splice_sae(model: nn.Module, site: str, sae: SAE) -> AbstractContextManager[
     return splice(model, site, reconstruct)
 
 
-def add_vector(model: nn.Module, site: str, vector: Tensor, scale: float = 1.0) -> AbstractContextManager[None]:
+def add_vector(model: nn.Module | LoadedModel, site: str, vector: Tensor, scale: float = 1.0) -> AbstractContextManager[None]:
     """Add ``scale * vector`` to the activation at ``site`` at every position (steering; see :func:`splice`).
 
     ``vector`` is ``[d]``, or any shape that broadcasts to ``[batch, positions, d]`` (e.g. per position).
     """
+    model = as_module(model)
 
     def steer(h: Tensor) -> Tensor:
         try:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from saekit.errors import ConfigError, DataError
 from saekit.memory.heap import reuse_large_blocks
+from saekit.models.load import LoadedModel, as_module
 from saekit.sources.hf import collect_activations, collect_activations_and_grads
 from saekit.sources.sites import resolve_sites
 from saekit.sources.tensor import seeded_generator
@@ -55,7 +56,7 @@ class ModelSource:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | LoadedModel,
         tokens: Tensor,
         sites: str | list[str],
         *,
@@ -71,9 +72,9 @@ class ModelSource:
             raise ConfigError(f"skip_positions must be in 0..{tokens.shape[1] - 1}, got {skip_positions}")
         if chunk_seqs <= 0 or forward_batch <= 0:
             raise ConfigError("chunk_seqs and forward_batch must be positive")
-        self.model = model.eval()
+        self.model = as_module(model).eval()
         self.tokens = tokens.long()
-        self._sites = tuple(resolve_sites(model, sites))
+        self._sites = tuple(resolve_sites(self.model, sites))
         self.chunk_seqs = chunk_seqs
         self.forward_batch = forward_batch
         self.skip_positions = skip_positions
@@ -215,10 +216,9 @@ class ModelSource:
         if not with_grads:
             with torch.no_grad():
                 return _Pass(collect_activations(self.model, tokens, list(self._sites)), None)
-        out = collect_activations_and_grads(self.model, tokens, list(self._sites))
-        # d(mean loss)/dh times the number of predictions = d(summed loss)/dh, free of the batch size.
-        n_predictions = tokens.shape[0] * (tokens.shape[1] - 1)
-        return _Pass(out.acts, {site: g * n_predictions for site, g in out.grads.items()})
+        # d(summed loss)/dh: free of the batch size.
+        out = collect_activations_and_grads(self.model, tokens, list(self._sites), reduction="sum")
+        return _Pass(out.acts, out.grads)
 
 
 def _gather(pieces: list[tuple[dict[str, Tensor], Tensor]], key: str) -> Tensor:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from saekit.errors import ConfigError
+from saekit.models.load import LoadedModel, as_module
 
 KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 """Canonical site kinds, in the order they are computed inside a block."""
@@ -125,8 +126,9 @@ class SiteHook:
         return value
 
 
-def family_of(model: nn.Module) -> Family | None:
+def family_of(model: nn.Module | LoadedModel) -> Family | None:
     """The model's row in :data:`FAMILIES`, from ``config.model_type``; None for other families."""
+    model = as_module(model)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return next((f for f in FAMILIES if model_type in f.model_types), None)
 
@@ -145,8 +147,9 @@ def _blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     )
 
 
-def n_layers(model: nn.Module) -> int:
+def n_layers(model: nn.Module | LoadedModel) -> int:
     """Number of transformer blocks."""
+    model = as_module(model)
     return len(_blocks(model)[1])
 
 
@@ -158,14 +161,16 @@ def layer_of(site: str) -> int | None:
     return int(match["index"])
 
 
-def available_sites(model: nn.Module) -> list[str]:
+def available_sites(model: nn.Module | LoadedModel) -> list[str]:
     """Every canonical site of the model, block by block."""
+    model = as_module(model)
     kinds = KINDS if family_of(model) is not None else ("resid_pre", "resid_post")
     return [f"layers.{i}.{kind}" for i in range(n_layers(model)) for kind in kinds]
 
 
-def site_module(model: nn.Module, site: str) -> SiteHook:
+def site_module(model: nn.Module | LoadedModel, site: str) -> SiteHook:
     """The module and the tensor behind one site name (canonical or a module path; no globs)."""
+    model = as_module(model)
     match = _CANONICAL.fullmatch(site)
     if match is None or match["kind"] not in KINDS:
         return _module_path_site(model, site)
@@ -191,13 +196,14 @@ def site_module(model: nn.Module, site: str) -> SiteHook:
     return SiteHook(site, f"{block_path}.{sub}", blocks[layer].get_submodule(sub))
 
 
-def resolve_sites(model: nn.Module, patterns: str | Iterable[str]) -> list[str]:
+def resolve_sites(model: nn.Module | LoadedModel, patterns: str | Iterable[str]) -> list[str]:
     """Expand site patterns into a sorted list of distinct site names.
 
     A pattern is a canonical name, a canonical name whose layer is ``*`` (every block) or ``{a..b}``
     (blocks a to b inclusive), or a module path. Canonical names come first, in the order the forward
     pass computes them; module paths follow in alphabetical order.
     """
+    model = as_module(model)
     if isinstance(patterns, str):
         patterns = [patterns]
     names: set[str] = set()

@@ -127,6 +127,17 @@ def rescale_(sae: SAE, factor: float) -> None:
         tensors[name].mul_(factor)
 
 
+def enter_normalised_units_(sae: SAE, x: torch.Tensor, scale: float) -> None:
+    """Prepare ``sae`` for training on activations already multiplied by ``scale`` (``x`` is the first
+    such batch). A trained SAE lives in raw units and is rescaled into normalised ones. A fresh SAE's
+    hyper-parameters (threshold_init, bandwidth, coefficients) are defined in normalised units, so it
+    is left as it is, whatever the raw scale of the data, and only its ``b_dec`` is initialised."""
+    if was_trained(sae):
+        rescale_(sae, scale)
+    else:
+        init_b_dec_(sae, x)
+
+
 def was_trained(sae: SAE) -> bool:
     """Whether ``sae`` comes out of training (saekit's, or another library's through io.convert): its
     ``b_dec`` is then kept when training continues, instead of being re-initialised from the data."""
@@ -259,11 +270,7 @@ def _run(
         scales = estimate_scales(source, used_sites, cfg) if cfg.normalize_activations else dict.fromkeys(used_sites, 1.0)
         first = next(iter(source.batches(cfg.batch_size, seed=cfg.seed, start=0)))
         for sae, site in zip(saes, sites):
-            # SAEs live in raw activation units outside training; enter normalised units.
-            trained = was_trained(sae)
-            rescale_(sae, scales[site])
-            if not trained:
-                init_b_dec_(sae, first[site].x.to(device).float() * scales[site])
+            enter_normalised_units_(sae, first[site].x.to(device).float() * scales[site], scales[site])
 
     log = MetricsLog(
         out_dir, resume_step=start, tensorboard=cfg.tensorboard, wandb_project=cfg.wandb_project, run_config=fingerprint
@@ -297,14 +304,14 @@ def _run(
         for step in range(start, total):
             batch = next(batches)
             ctx_base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup))
-            lr_mult = lr_factor(step, total, cfg.resolved_lr_warmup, cfg.lr_decay_fraction)
+            lr_mult = lr_factor(step, total, cfg.lr_warmup_steps, cfg.lr_decay_fraction)
             outs: list[LossOut] = [None] * len(saes)  # type: ignore[list-item]
             unit_losses = []
             for unit in units:
                 ctxs = {}
                 for i in unit.members:
                     acts = batch[sites[i]]
-                    if step == start and acts.grad is None and getattr(saes[i], "uses_grad", False):
+                    if step == start and acts.grad is None and saes[i].uses_grad:
                         _warn_no_grad(i, saes[i])
                     x = acts.x.to(device, non_blocking=True).float() * scales[sites[i]]
                     # x is scaled by s, so d loss / d(s·x) = (d loss / d x) / s

@@ -9,14 +9,20 @@ from saekit.sae.base import SAE
 
 
 def make_optimizer(sae: SAE) -> torch.optim.Adam:
-    """Adam with the architecture's published settings; ``cfg.lr`` overrides the learning rate."""
+    """Adam with the architecture's settings; ``cfg.lr`` overrides the learning rate. Parameters the
+    architecture names in ``lr_multipliers()`` form groups of their own at that multiple of it (the
+    first group is always the base rate, which the logs report)."""
     defaults = sae.optim_defaults(sae.cfg)
     lr = sae.cfg.lr if sae.cfg.lr is not None else defaults.lr
+    multipliers = sae.lr_multipliers()
+    named = dict(sae.named_parameters())
+    groups = [{"params": [p for n, p in named.items() if n not in multipliers], "lr": lr}]
+    groups += [{"params": [named[n]], "lr": lr * m} for n, m in multipliers.items()]
+    params = list(named.values())
+    opt = torch.optim.Adam(groups, lr=lr, betas=defaults.betas, eps=defaults.eps, fused=fused_supported(params))
     # "initial_lr" is the base of the schedule, kept in the optimiser state so resume restores it.
-    params = list(sae.parameters())
-    opt = torch.optim.Adam(params, lr=lr, betas=defaults.betas, eps=defaults.eps, fused=fused_supported(params))
     for group in opt.param_groups:
-        group["initial_lr"] = lr
+        group["initial_lr"] = group["lr"]
     return opt
 
 

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def jumprelu(d_in=16, d_sae=40, seed=0):
     g = torch.Generator().manual_seed(seed)
-    sae = saekit.build_sae("jumprelu", d_in=d_in, d_sae=d_sae, seed=seed)
+    sae = saekit.build_sae("jumprelu", d_in=d_in, d_sae=d_sae, seed=seed, init_decoder_norm=1.0)  # unit rows
     with torch.no_grad():
         sae.threshold.copy_(torch.rand(d_sae, generator=g) * 2 + 0.05)  # thresholds from 0.05 to 2
         sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)

@@ -150,14 +150,16 @@ def test_run_on_a_tiny_model_with_downstream_and_round_trip(tmp_path):
     prev_x = saekit.collect_activations(model, tokens, ["layers.0.resid_pre"])["layers.0.resid_pre"][:, 1:].reshape(-1, 16)
     sae = saekit.build_sae("topk", d_in=16, d_sae=32, k=4, seed=0)
     larger = saekit.build_sae("topk", d_in=16, d_sae=64, k=8, seed=1)
-    res = dm.run(sae, x, name="t", larger=larger, previous=(exact_relu_sae(16), prev_x), model=model, tokens=tokens, site=site)
+    res = dm.run(
+        sae, x, name="t", larger=larger, previous=(exact_relu_sae(16), prev_x), model=model, tokens=tokens, site=site, skip_positions=1
+    )
     from saekit.eval.downstream import downstream_metrics
 
     assert res.downstream["delta_ce_sae"] == pytest.approx(downstream_metrics(model, tokens, site, sae).delta_ce, abs=1e-6)
     assert res.l0 == pytest.approx(4.0)
     assert res.pursuit.l0 == pytest.approx(4.0)
     assert res.scaling is not None and res.previous is not None
-    exact = dm.run(exact_relu_sae(16), x, pursuit=False, model=model, tokens=tokens, site=site)
+    exact = dm.run(exact_relu_sae(16), x, pursuit=False, model=model, tokens=tokens, site=site, skip_positions=1)
     assert exact.fvu < 1e-10
     for key in ("delta_ce_sae", "delta_ce_sae_plus_linear", "delta_ce_sae_plus_nonlinear"):
         assert abs(exact.downstream[key]) < 1e-5
@@ -167,3 +169,33 @@ def test_run_on_a_tiny_model_with_downstream_and_round_trip(tmp_path):
     assert torch.equal(back.r2_per_dim, res.r2_per_dim)
     assert back.plot(tmp_path / "p.png").stat().st_size > 1000
     assert not math.isnan(back.r2_norm)
+
+
+def test_paper_protocol_fits_no_intercept_and_is_recorded(tmp_path):
+    """The paper's code (SAE-Dark-Matter utils.run_lstsq) regresses without a column of ones. With an
+    error that is an offset plus noise, the affine fit explains the offset's part of ||e||² and the
+    linear one cannot (x has zero mean): the two protocols give different R², and each result says
+    which it followed."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 20_000, 6
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    err = x @ (0.3 * torch.randn(d, d, generator=g, dtype=torch.float64)) + 2.0
+    split = split_tokens(n, 0.5, seed=0)
+    affine = dm.analyse_error(x, x - err, split)
+    paper = dm.analyse_error(x, x - err, split, protocol=dm.PROTOCOLS["paper"])
+    assert affine.r2_vector == pytest.approx(1.0, abs=1e-9)  # the offset is the intercept
+    assert paper.r2_vector < 0.5  # through the origin, a constant offset of zero-mean inputs is unreachable
+    assert (affine.protocol, affine.intercept, affine.skip_positions) == ("saekit", True, 2)
+    assert (paper.protocol, paper.intercept, paper.skip_positions) == ("paper", False, 200)
+    back = dm.DarkMatterResult.load(paper.save(tmp_path / "p"))
+    assert (back.protocol, back.intercept, back.skip_positions) == ("paper", False, 200)
+
+
+def test_linear_fit_without_intercept_equals_lstsq():
+    from saekit.analysis.regression import fit_affine
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(500, 4, generator=g, dtype=torch.float64) + 1.0, torch.randn(500, 3, generator=g, dtype=torch.float64)
+    fit = fit_affine(x, y, ridge=0.0, intercept=False)
+    torch.testing.assert_close(fit.weight, torch.linalg.lstsq(x, y).solution)
+    assert torch.equal(fit.bias, torch.zeros(3, dtype=torch.float64))

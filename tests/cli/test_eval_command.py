@@ -41,7 +41,8 @@ def test_eval_writes_rows_table_and_plots(suite, capsys):
     tokens = tokens_from_config(TextConfig(corpus=str(corpus), context_size=8, n_tokens=96, split="test"), loaded.tokenizer)
     from saekit.io import load_suite
 
-    direct = evaluate(load_suite(folder)["a"], model=loaded, tokens=tokens, skip_positions=1)
+    # The same batching as the command's, so that both run the very same float32 computation.
+    direct = evaluate(load_suite(folder)["a"], model=loaded, tokens=tokens, skip_positions=1, context_batch_size=3)
     for key in ("l0", "fvu", "delta_ce", "kl", "loss_recovered_zero", "clean_ce"):
         assert rows["a"][key] == pytest.approx(direct[key], rel=1e-6), key
     assert rows["a"]["l0"] == pytest.approx(2.0)

@@ -1,5 +1,5 @@
-"""Each architecture, trained on 64-d activations built from a few hundred planted feature
-directions, recovers most of them (cosine >= 0.9 between a true direction and some decoder row)."""
+"""Each architecture, trained with its defaults on 64-d activations built from a few hundred planted
+feature directions, recovers them (cosine >= 0.9 between a true direction and some decoder row)."""
 
 import pytest
 
@@ -9,33 +9,34 @@ from saekit.sources.synthetic import SyntheticSource
 from saekit.training import train
 
 DATA = SyntheticSource(d=64, n_features=256, mean_active=5, seed=0)
-# Short-run settings: JumpReLU's and Gated's published learning rates (7e-5, 5e-5) are meant for
-# billions of tokens; the sparsity settings aim every architecture at an L0 near the data's 5.
-SHORT_RUN = {
+# Only the sparsity is set, to the data's L0 of about 5 (k for the TopK family, the L0 penalty for
+# JumpReLU); learning rate, schedules, optimiser, initialisation and every other setting are the
+# defaults. ReLU's, Gated's and p-annealing's default penalties already give an L0 of 5-22 here.
+SPARSITY = {
     "topk": {"k": 5},
     "batch_topk": {"k": 5},
-    "relu": {"l1_coef": 0.2},
-    "jumprelu": {"lr": 1e-3, "l0_coef": 0.01},
-    "gated": {"lr": 5e-4},
-    "feature_choice": {"k": 5},
     "mutual_choice": {"k": 5},
-    "p_anneal": {"sparsity_coef": 0.2},
+    "feature_choice": {"k": 5},
     # Synthetic data has no downstream gradient: the g-SAE trains with its no-gradient (TopK) rule.
     "gradient_topk": {"k": 5},
+    "jumprelu": {"l0_coef": 0.01},
+    "relu": {},
+    "gated": {},
+    "p_anneal": {},
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:SAE .* selects latents")]
 
 
 @pytest.mark.slow
-def test_every_architecture_recovers_most_planted_features():
-    assert set(SHORT_RUN) == set(list_architectures()), "add the new architecture to SHORT_RUN"
-    saes = [build(name, d_in=64, d_sae=512, seed=i, **hp) for i, (name, hp) in enumerate(SHORT_RUN.items())]
-    saes = train(saes, DATA, steps=6000, batch_size=512, seed=0, progress=False)
+def test_every_architecture_with_its_defaults_recovers_the_planted_features_in_2000_steps():
+    assert set(SPARSITY) == set(list_architectures()), "add the new architecture to SPARSITY"
+    saes = [build(name, d_in=64, d_sae=512, seed=i, **hp) for i, (name, hp) in enumerate(SPARSITY.items())]
+    saes = train(saes, DATA, steps=2000, batch_size=1024, seed=0, progress=False)
     results = {sae.architecture: feature_recovery(sae, DATA.true_features).recovered for sae in saes}
     print(results)
-    assert all(value >= 0.6 for value in results.values()), results
+    assert all(value >= 0.9 for value in results.values()), results
 
 
 def test_topk_and_relu_recover_planted_features_quickly():

@@ -16,6 +16,8 @@ from saekit.errors import ArtifactError, UnknownArchitectureError
 from saekit.io import artifact, is_sae_folder, load_sae, load_suite, save_sae, save_suite
 from saekit.sae import SAE, build, get, list_architectures
 from saekit.types import ActBatch, StepCtx
+from tests.io.saelens_reference import reference_decode, reference_encode
+from tests.tolerance import assert_close_normwise
 
 D_IN, D_SAE = 12, 48
 ARCHITECTURES = list_architectures()
@@ -445,26 +447,61 @@ def test_load_suite_refuses_names_leaving_the_folder(tmp_path):
         load_suite(folder)
 
 
-@pytest.mark.parametrize("name", ARCHITECTURES)
-def test_saelens_itself_loads_the_folder(tmp_path, name):
-    sae_lens = pytest.importorskip("sae_lens")
-    # A briefly trained SAE: thresholds learned and non-negative, as SAELens (ReLU first) assumes.
+def untrained(name: str) -> SAE:
     sae = build(name, d_in=D_IN, d_sae=D_SAE, seed=0)
     sae.metadata = {"site": "layers.3.resid_post"}
+    return sae
+
+
+def probe_rows() -> torch.Tensor:
+    return 2 * torch.randn(64, D_IN, generator=torch.Generator().manual_seed(11))
+
+
+@pytest.mark.parametrize("state", ["untrained", "perturbed"])
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_saved_folder_encodes_as_saelens_formulas_say(tmp_path, name, state):
+    """For any values saekit saves (fresh ones: unset thresholds; random ones: negative thresholds),
+    its encode equals what a SAELens reader computes from the folder's files."""
+    sae = untrained(name) if state == "untrained" else perturbed(name)
+    folder = save_sae(sae, tmp_path / "sae")
+    x = probe_rows()
+    expected = reference_encode(folder, x)
+    # Norm-wise: equal up to float rounding (gated computes (x W) ⊙ exp(r) where SAELens computes
+    # x (W ⊙ exp(r)), the same number rounded differently); a different rule would differ by O(1).
+    with torch.no_grad():
+        assert_close_normwise(sae.encode(x), expected)
+        assert_close_normwise(load_sae(folder).encode(x), expected)
+        assert_close_normwise(sae(x), reference_decode(folder, expected))
+    if state == "perturbed":
+        assert expected.count_nonzero() > 0, "vacuous: nothing fires"
+
+
+@pytest.mark.parametrize("state", ["untrained", "perturbed", "trained"])
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_saelens_itself_loads_the_folder(tmp_path, name, state):
+    sae_lens = pytest.importorskip("sae_lens")
+    sae = {"untrained": untrained, "perturbed": perturbed, "trained": briefly_trained}[state](name)
+    lens = sae_lens.SAE.load_from_disk(str(save_sae(sae, tmp_path / "sae")))
+    x = probe_rows()
+    with torch.no_grad():
+        assert_close_normwise(lens.encode(x), sae.encode(x))
+        assert_close_normwise(lens.decode(lens.encode(x)), sae(x))
+    assert lens.cfg.metadata.hook_name == "layers.3.resid_post"
+
+
+def briefly_trained(name: str) -> SAE:
+    """A briefly trained SAE: thresholds learned."""
+    sae = untrained(name)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(5)
     for step in range(10):
         ctx = StepCtx(step=step, total_steps=10)
-        out = sae.loss(ActBatch(torch.randn(64, D_IN)), ctx)
+        out = sae.loss(ActBatch(torch.randn(64, D_IN, generator=g)), ctx)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
         sae.after_step(out, ctx)
-    lens = sae_lens.SAE.load_from_disk(str(save_sae(sae, tmp_path / "sae")))
-    x = torch.randn(32, D_IN)
-    with torch.no_grad():
-        torch.testing.assert_close(lens.encode(x), sae.encode(x))
-        torch.testing.assert_close(lens.decode(lens.encode(x)), sae(x))
-    assert lens.cfg.metadata.hook_name == "layers.3.resid_post"
+    return sae
 
 
 def test_every_registered_architecture_is_loadable_by_class(tmp_path):

@@ -92,7 +92,8 @@ def _write(tmp_path, lm, name, **fields):
 def test_e2e_config_trains_and_fine_tunes_a_saved_sae(lm, tmp_path):
     assert main(["train", str(_write(tmp_path, lm, "local"))]) == 0
     local = tmp_path / "local/saes/00-topk"
-    e2e = _write(tmp_path, lm, "e2e", extra='[e2e]\nkl_coef = 0.5\ndownstream_sites = ["later"]', sae_extra=f'init_from = "{local}"')
+    # The tiny model has 2 blocks: after layers.0.resid_post the paper's "later" hooks are empty.
+    e2e = _write(tmp_path, lm, "e2e", extra='[e2e]\ndownstream_sites = ["layers.1.resid_post"]', sae_extra=f'init_from = "{local}"')
     e2e.write_text(e2e.read_text().replace("d_sae = 32\nk = 4\n", ""))
     assert main(["train", str(e2e)]) == 0
     lines = [json.loads(line) for line in (tmp_path / "e2e/metrics.jsonl").read_text().splitlines()]

@@ -88,3 +88,41 @@ def test_every_topk_family_sae_takes_the_option(name: str) -> None:
 def test_bad_values_name_the_field(bad: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         TopKConfig(d_in=4, d_sae=8, k=2, **bad)
+
+
+def test_density_is_a_running_estimate_not_the_batch_alone() -> None:
+    """The paper's utilisation is a latent's firing frequency over training, not in one batch: after a
+    batch where latent 2 fired on half the tokens, a batch where it is silent must not call it unused."""
+    sae = hand_topk(0.5)
+    weight = sae.cfg.aux_zipf_ema
+    first = torch.tensor([[1.5, 1.0], [0.5, -1.0]])  # codes [[0, 0, 1.5], [0, 0, 0]]: densities [0, 0, 0.5]
+    out = sae.loss(ActBatch(first), StepCtx(step=0))
+    sae.after_step(out, StepCtx(step=0))
+    torch.testing.assert_close(sae.zipf_density, weight * torch.tensor([0.0, 0.0, 0.5]))
+    torch.testing.assert_close(sae.zipf_seen, torch.tensor(weight))
+    second = torch.tensor([[0.5, 1.5], [0.5, 1.5]])  # pre [[0, 1.75, 1], [0, 1.75, 1]]: latent 1 fires on both
+    batch = torch.tensor([0.0, 1.0, 0.0])
+    running = (weight * (1 - weight) * torch.tensor([0.0, 0.0, 0.5]) + weight * batch) / (weight * (1 - weight) + weight)
+    out = sae.loss(ActBatch(second), StepCtx(step=1))
+    with torch.no_grad():
+        pre = (second - sae.b_dec) @ sae.W_enc + sae.b_enc
+        expected = F.aux_zipf_loss(pre, (second - out.x_hat).detach(), running, 1, sae.W_dec, exponent=1.0)
+        batch_only = F.aux_zipf_loss(pre, (second - out.x_hat).detach(), batch, 1, sae.W_dec, exponent=1.0)
+    assert out.terms["aux_zipf"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert expected.item() != pytest.approx(batch_only.item(), rel=1e-3)  # the two readings differ here
+
+
+def test_running_density_is_training_state(tmp_path) -> None:
+    from saekit.io import load_sae, save_sae
+
+    sae = build("batch_topk", d_in=8, d_sae=32, k=2, seed=0, aux_zipf_coef=0.5)
+    assert set(F.ZIPF_STATE) <= set(sae.state_dict())  # in checkpoints, so a resumed run continues it
+    loaded = load_sae(save_sae(sae, tmp_path / "s"))  # but not in the folder SAELens reads
+    assert torch.equal(loaded.zipf_seen, torch.zeros(()))
+    assert set(F.ZIPF_STATE).isdisjoint(build("batch_topk", d_in=8, d_sae=32, k=2, seed=0).state_dict())
+
+
+@pytest.mark.parametrize("unused", [{"aux_zipf_exponent": 2.0}, {"aux_zipf_ema": 0.1}])
+def test_zipf_settings_without_the_loss_are_refused(unused: dict) -> None:
+    with pytest.raises(ValueError, match=f"{next(iter(unused))} has no effect when aux_zipf_coef is 0"):
+        TopKConfig(d_in=4, d_sae=8, k=2, **unused)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from saekit.sae import build, get
+from saekit.sae import functional as F
 from saekit.sae.batch_topk import BatchTopKConfig, BatchTopKSAE
 from saekit.types import ActBatch, LossOut, StepCtx
 
@@ -69,7 +70,7 @@ def test_threshold_ema_follows_the_formula() -> None:
     sae = hand_sae(threshold_ema=0.1, threshold_start_step=2)
     ctx = lambda step: StepCtx(step=step, total_steps=100)  # noqa: E731
     sae.after_step(out_with([[0.5, 0.0, 0.0]]), ctx(1))  # before the start step: ignored
-    assert not sae.threshold_set and torch.equal(sae.threshold, torch.full((3,), -1.0))
+    assert not sae.threshold_set and torch.equal(sae.threshold, torch.full((3,), float("inf")))
     sae.after_step(out_with([[0.0, 0.8, 0.3], [1.0, 0.0, 0.0]]), ctx(2))  # first minimum: θ = 0.3
     assert sae.threshold_set
     assert torch.allclose(sae.threshold, torch.full((3,), 0.3))
@@ -93,15 +94,15 @@ def test_threshold_start_is_capped_at_half_the_run() -> None:
 def test_threshold_from_real_training_codes() -> None:
     sae = hand_sae(k=1, threshold_start_step=0)
     out = sae.loss(ActBatch(X), StepCtx())
-    sae.after_step(out, StepCtx(step=0, total_steps=10))
+    sae.after_step(out, StepCtx(step=0, total_steps=1000))
     assert torch.allclose(sae.threshold, torch.full((3,), 1.25))
 
 
 def test_encode_before_and_after_the_threshold_is_set() -> None:
     sae = hand_sae(k=1, threshold_start_step=0)
-    # Not set yet: per-token TopK with the same k.
-    assert torch.equal(sae.encode(X), torch.tensor([[0.0, 0.0, 1.5], [0.0, 0.0, 0.0]]))
-    sae.after_step(out_with([[1.1, 0.0, 0.0]]), StepCtx(step=0, total_steps=10))
+    # Not set yet (θ = +inf): no latent fires, as SAELens's ReLU(z)·1[z > θ] computes from the folder.
+    assert torch.equal(sae.encode(X), torch.zeros(2, 3))
+    sae.after_step(out_with([[1.1, 0.0, 0.0]]), StepCtx(step=0, total_steps=1000))
     # Set: ReLU activations above θ = 1.1, whatever the rest of the batch.
     assert torch.equal(sae.encode(X), torch.tensor([[0.0, 1.25, 1.5], [0.0, 0.0, 0.0]]))
     assert torch.equal(sae.encode(X[:1]), sae.encode(X)[:1])
@@ -109,16 +110,16 @@ def test_encode_before_and_after_the_threshold_is_set() -> None:
 
 def test_resume_from_state_dict_continues_the_ema_exactly() -> None:
     a = hand_sae(threshold_start_step=0, threshold_ema=0.25)
-    a.after_step(out_with([[0.4, 0.0, 0.9]]), StepCtx(step=0, total_steps=10))
+    a.after_step(out_with([[0.4, 0.0, 0.9]]), StepCtx(step=0, total_steps=1000))
     state = a.state_dict()
-    # Only SAELens's jumprelu tensors: the "not yet set" state is θ < 0, not a separate flag.
+    # Only SAELens's jumprelu tensors: the "not yet set" state is θ = +inf, not a separate flag.
     assert set(state) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
     b = hand_sae(threshold_start_step=0, threshold_ema=0.25)
     assert not b.threshold_set
     b.load_state_dict(state)
     assert b.threshold_set
     for sae in (a, b):
-        sae.after_step(out_with([[0.8, 0.0, 0.0]]), StepCtx(step=1, total_steps=10))
+        sae.after_step(out_with([[0.8, 0.0, 0.0]]), StepCtx(step=1, total_steps=1000))
     assert torch.equal(a.threshold, b.threshold)
     assert torch.allclose(b.threshold, torch.full((3,), 0.75 * 0.4 + 0.25 * 0.8))
 
@@ -128,7 +129,7 @@ def test_defaults_and_flags() -> None:
     assert BatchTopKSAE.saelens_architecture == "jumprelu"
     assert "threshold" in BatchTopKSAE.scaled_params
     assert BatchTopKSAE.unit_norm_decoder and BatchTopKSAE.apply_b_dec_to_input
-    assert BatchTopKSAE.optim_defaults(BatchTopKConfig(d_in=4, d_sae=4 * 2**14)).lr == pytest.approx(1e-4)
+    assert BatchTopKSAE.optim_defaults(BatchTopKConfig(d_in=4, d_sae=4 * 2**14)).lr == pytest.approx(4e-4)
     sae = build("batch_topk", d_in=4, d_sae=8, k=2, seed=0)
     assert sae.threshold.shape == (8,)
     assert torch.equal(sae.W_enc, sae.W_dec.t())
@@ -140,3 +141,16 @@ def test_defaults_and_flags() -> None:
 def test_bad_hyperparameters_name_the_field(bad: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         BatchTopKConfig(d_in=4, d_sae=8, **{"k": 2, **bad})
+
+
+def test_ema_memory_is_at_most_a_tenth_of_the_run() -> None:
+    """β = 0.001 keeps a threshold for about 1,000 steps: in a 2,000-step run it would still hold the
+    minima of encoders from the run's first half. The weight used is at least 10 / total_steps."""
+    assert F.threshold_ema_weight(0.001, 1_000_000) == 0.001
+    assert F.threshold_ema_weight(0.001, 2000) == pytest.approx(0.005)
+    assert F.threshold_ema_weight(0.5, 2000) == 0.5
+    assert F.threshold_ema_weight(0.001, 5) == 1.0
+    sae = hand_sae(threshold_ema=0.001, threshold_start_step=0)
+    for step, value in enumerate([1.0, 0.5]):
+        sae.after_step(out_with([[value, 0.0, 0.0]]), StepCtx(step=step, total_steps=100))
+    torch.testing.assert_close(sae.threshold, torch.full((3,), 0.9 * 1.0 + 0.1 * 0.5))

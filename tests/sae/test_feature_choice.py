@@ -42,9 +42,9 @@ def out_with(codes: list[list[float]]) -> LossOut:
 
 def test_per_latent_threshold_ema() -> None:
     sae = hand_sae(threshold_ema=0.5, threshold_start_step=0)
-    ctx = StepCtx(step=0, total_steps=10)
+    ctx = StepCtx(step=0, total_steps=1000)
     sae.after_step(out_with([[0.5, 0.0, 0.2], [0.3, 0.0, 0.0]]), ctx)
-    torch.testing.assert_close(sae.threshold, torch.tensor([0.3, -1.0, 0.2]))  # latent 1 kept nothing: unset
+    torch.testing.assert_close(sae.threshold, torch.tensor([0.3, float("inf"), 0.2]))  # latent 1 kept nothing: unset
     sae.after_step(out_with([[0.9, 0.4, 0.0]]), ctx)
     torch.testing.assert_close(sae.threshold, torch.tensor([0.6, 0.4, 0.2]))
     # Inference: each latent against its own threshold.
@@ -57,7 +57,7 @@ def test_per_latent_threshold_ema() -> None:
 
 def test_unset_latent_stays_off_at_inference() -> None:
     sae = hand_sae(threshold_start_step=0)
-    sae.after_step(out_with([[0.1, 0.0, 0.0]]), StepCtx(step=0, total_steps=10))
+    sae.after_step(out_with([[0.1, 0.0, 0.0]]), StepCtx(step=0, total_steps=1000))
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(2, 3))
         sae.b_enc.copy_(torch.tensor([0.0, 0.0, 1.0]))
@@ -82,9 +82,11 @@ def test_a_latent_never_exceeds_its_capacity(exponent: float) -> None:
 
 @pytest.fixture(scope="module")
 def trained():
-    """TopK, with its default AuxK, and Feature Choice at the same budget on the same stream."""
+    """TopK, with its default AuxK, and Feature Choice with uniform capacities (every latent takes its
+    best tokens of every batch) at the same budget on the same stream."""
     data = saekit.SyntheticSource(d=16, n_features=32, mean_active=3, seed=0)
-    saes = [build("topk", d_in=16, d_sae=256, k=3, seed=0), build("feature_choice", d_in=16, d_sae=256, k=3, seed=0)]
+    fc = build("feature_choice", d_in=16, d_sae=256, k=3, seed=0, capacity_zipf_exponent=0.0)
+    saes = [build("topk", d_in=16, d_sae=256, k=3, seed=0), fc]
     result = saekit.training.run(
         saes, data, saekit.TrainConfig(steps=300, batch_size=512, seed=0, progress=False, dead_tokens=512 * 20)
     )
@@ -98,8 +100,11 @@ def test_no_dead_latents_where_topk_has_some(trained) -> None:
     dead = {sae.architecture: evaluate(sae, held_out)["dead_fraction"] for sae in (topk, fc)}
     train_dead = {sae.architecture: m["dead_fraction"] for sae, m in zip(result.saes, result.final_metrics)}
     print(dead, train_dead)
-    assert train_dead["topk"] > 0 and dead["topk"] > 0
-    assert train_dead["feature_choice"] == 0 and dead["feature_choice"] == 0
+    assert train_dead["topk"] > 0.1 and dead["topk"] > 0.1
+    assert train_dead["feature_choice"] == 0
+    # At inference a latent fires when it passes its learned threshold, an estimate from recent
+    # batches: a few thresholds may sit above all 8,192 held-out activations of their latent.
+    assert dead["feature_choice"] <= 0.01
     # On fresh batches every latent fires within its capacity of ⌊512·3/256⌋ = 6 tokens per batch.
     fired = torch.zeros(256, dtype=torch.bool)
     for _, batch in zip(range(5), data.batches(512, seed=5)):

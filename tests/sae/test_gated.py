@@ -78,7 +78,7 @@ def test_layout_is_saelens_gated() -> None:
     assert torch.equal(sae.W_enc, sae.W_dec.t())
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(8))
     defaults = GatedSAE.optim_defaults(sae.cfg)
-    assert defaults.lr == 5e-5 and defaults.betas == (0.0, 0.999)
+    assert defaults.lr == pytest.approx(8e-4 * (2**14 / 8) ** 0.5) and defaults.betas == (0.0, 0.999)
 
 
 def test_bad_l1_coef_names_the_field() -> None:

@@ -90,13 +90,15 @@ def test_defaults_and_flags() -> None:
     assert get("jumprelu") is JumpReLUSAE
     assert JumpReLUSAE.saelens_architecture == "jumprelu"
     assert not JumpReLUSAE.apply_b_dec_to_input and JumpReLUSAE.b_dec_init == "zeros"
-    assert JumpReLUSAE.unit_norm_decoder
+    assert not JumpReLUSAE.unit_norm_decoder  # free decoder rows, started at norm 0.1
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.full((8,), 0.1))
     assert set(JumpReLUSAE.scaled_params) == {"b_enc", "b_dec", "threshold"}
     assert isinstance(sae.threshold, torch.nn.Parameter)
     assert torch.equal(sae.threshold.detach(), torch.full((8,), 0.001))
     assert torch.equal(sae.W_enc, sae.W_dec.t())
     defaults = JumpReLUSAE.optim_defaults(sae.cfg)
-    assert defaults.lr == 7e-5 and defaults.betas == (0.0, 0.999)
+    assert defaults.lr == pytest.approx(8e-4 * (2**14 / 8) ** 0.5) and defaults.betas == (0.0, 0.999)
+    assert sae.lr_multipliers() == {"threshold": 0.1}
 
 
 @pytest.mark.parametrize("bad", [{"l0_coef": -1.0}, {"threshold_init": -0.1}, {"bandwidth": 0.0}])

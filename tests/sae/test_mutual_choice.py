@@ -30,9 +30,9 @@ def test_selection_hand_computed() -> None:
 def test_global_threshold_ema() -> None:
     sae = MutualChoiceSAE(MutualChoiceConfig(d_in=2, d_sae=3, k=1, threshold_ema=0.5, threshold_start_step=0))
     codes = lambda c: LossOut(torch.zeros(()), torch.zeros(len(c), 2), torch.tensor(c), {})  # noqa: E731
-    sae.after_step(codes([[0.5, 0.0, 0.2], [0.3, 0.0, 0.0]]), StepCtx(step=0, total_steps=10))
+    sae.after_step(codes([[0.5, 0.0, 0.2], [0.3, 0.0, 0.0]]), StepCtx(step=0, total_steps=1000))
     assert torch.allclose(sae.threshold, torch.full((3,), 0.2))
-    sae.after_step(codes([[0.9, 0.4, 0.0]]), StepCtx(step=1, total_steps=10))
+    sae.after_step(codes([[0.9, 0.4, 0.0]]), StepCtx(step=1, total_steps=1000))
     assert torch.allclose(sae.threshold, torch.full((3,), 0.3))
 
 

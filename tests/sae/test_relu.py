@@ -67,7 +67,7 @@ def test_init_and_flags() -> None:
     assert ReLUSAE.saelens_architecture == "standard"
     assert not ReLUSAE.unit_norm_decoder and ReLUSAE.apply_b_dec_to_input
     assert ReLUSAE.scaled_params == ("b_enc", "b_dec")
-    assert ReLUSAE.optim_defaults(sae.cfg).lr == 1e-3
+    assert ReLUSAE.optim_defaults(sae.cfg).lr == pytest.approx(8e-4 * (2**14 / 16) ** 0.5)
 
 
 def test_encode_is_per_token_and_nonnegative() -> None:

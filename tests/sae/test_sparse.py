@@ -233,7 +233,7 @@ def test_feature_choice_sparse_loss_equals_dense(dead):
 
 
 def test_jumprelu_sparse_loss_equals_dense_including_threshold_gradients():
-    sae = perturbed("jumprelu", bandwidth=0.05)
+    sae = perturbed("jumprelu", bandwidth=0.05, init_decoder_norm=1.0)
     x = rows(4 * BATCH, 2)
     with torch.no_grad():
         z = x @ sae.W_enc + sae.b_enc
@@ -301,7 +301,7 @@ def test_sparse_losses_in_reused_buffers_equal_dense_step_after_step(name):
     # The training loop computes the pre-activations into one reused buffer (saekit.memory.scratch);
     # the second batch overwrites the first one's buffer, and both steps must still be exact.
     if name == "jumprelu":
-        sae = perturbed(name, bandwidth=0.05)
+        sae = perturbed(name, bandwidth=0.05, init_decoder_norm=1.0)
         with torch.no_grad():  # thresholds that keep ~1% active: the sparse regime
             sae.threshold.copy_((rows(4 * BATCH, 9) @ sae.W_enc + sae.b_enc).quantile(0.99, dim=0))
     else:

@@ -66,7 +66,7 @@ def test_aux_loss_with_a_dead_latent() -> None:
 
 def test_defaults_and_flags() -> None:
     cfg = TopKConfig(d_in=4, d_sae=4 * 2**14)
-    assert TopKSAE.optim_defaults(cfg).lr == pytest.approx(1e-4)
+    assert TopKSAE.optim_defaults(cfg).lr == pytest.approx(4e-4)  # 8e-4 at 2^14 latents, ∝ 1/sqrt(d_sae)
     assert TopKSAE.optim_defaults(TopKConfig(d_in=4, d_sae=8, k=2, lr=3e-3)).lr == 3e-3
     assert get("topk") is TopKSAE and TopKSAE.saelens_architecture == "topk"
     assert TopKSAE.unit_norm_decoder

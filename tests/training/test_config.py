@@ -32,8 +32,8 @@ def test_bad_values_are_named():
 
 def test_defaults_scale_with_short_runs():
     cfg = TrainConfig(steps=200, batch_size=100)
-    assert cfg.resolved_lr_warmup == 10
+    assert cfg.lr_warmup_steps == 0
     assert cfg.resolved_sparsity_warmup == 20
     assert cfg.resolved_dead_tokens == 2000
     long = TrainConfig(steps=1_000_000, batch_size=4096)
-    assert (long.resolved_lr_warmup, long.resolved_sparsity_warmup, long.resolved_dead_tokens) == (1000, 2000, 10_000_000)
+    assert (long.lr_warmup_steps, long.resolved_sparsity_warmup, long.resolved_dead_tokens) == (0, 2000, 10_000_000)
