@@ -18,7 +18,7 @@ from saekit.io import save_suite
 from saekit.sae.registry import build
 from saekit.sources.model import ModelSource
 from saekit.training.config import TrainConfig
-from saekit.training.loop import run
+from saekit.training.engine import run
 
 LAYERS = (3, 9, 15, 21, 27)
 ARCHITECTURES = {"topk": {"k": 32}, "batch_topk": {"k": 32}, "relu": {}}

@@ -18,7 +18,7 @@ from saekit.io import save_suite
 from saekit.sae.registry import build
 from saekit.sources.synthetic import SyntheticConfig, SyntheticSource
 from saekit.training.config import TrainConfig
-from saekit.training.loop import run
+from saekit.training.engine import run
 
 DATA = SyntheticConfig(d=64, n_features=512, mean_active=5, noise_std=0.01, seed=0)
 D_SAE = 1024

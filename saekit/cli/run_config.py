@@ -215,14 +215,18 @@ def train_from_config(rc: RunConfig, saes: list[SAE], source: ActivationSource, 
     """Train as the config says: the multi-SAE loop (with its group objectives), or end to end through
     the data's model when there is an [e2e] table. Returns a TrainResult."""
     if rc.e2e is None:
-        from saekit.training.loop import run
+        from saekit.training.engine import run
+        from saekit.training.objective import LocalObjective
 
-        return run(saes, source, rc.train, out_dir=out_dir, resume=resume, objectives=build_objectives(rc.objectives, len(saes)))
+        objective = LocalObjective(build_objectives(rc.objectives, len(saes)))
+        return run(saes, source, rc.train, objective=objective, out_dir=out_dir, resume=resume)
     from saekit.objectives.e2e import E2EConfig, train_e2e
 
     if rc.objectives:
         raise ConfigError("[e2e] and [[objective]] cannot be combined in one run")
-    if not hasattr(source, "model") or not hasattr(source, "tokens"):
+    from saekit.sources.model import ModelSource
+
+    if not isinstance(source, ModelSource):
         raise ConfigError("[e2e] trains through a language model: the data must be kind = \"model\"")
     e2e = from_dict(E2EConfig, {"skip_positions": source.skip_positions, **rc.e2e}, where="e2e")
     return train_e2e(source.model, source.tokens, saes, rc.train, e2e, out_dir=out_dir, resume=resume)

@@ -25,13 +25,13 @@ run's ``normalization_factor``.
 Any registered architecture trains this way: its ``loss`` must be ``MSE + rest`` with saekit's MSE
 (summed over the width, mean over tokens), which the first step checks.
 
-The model is the source: each step runs ``ceil(batch_size / (context − skip))`` contexts once clean
-(shared by every SAE) and once per SAE spliced, with gradients flowing through the frozen model into
-the SAE. Contexts are visited in seeded epochs, so step ``i`` reads a pure function of ``(seed, i)``
-and a run resumed from its checkpoint ends with exactly the weights of an uninterrupted one. As in
-the local loop, activations are scaled to unit mean squared norm while training and the factor is
-folded back at the end; the schedules, optimiser, dead-latent tracking and checkpoint format are
-those of :mod:`saekit.training`.
+It runs on the one training engine (:mod:`saekit.training.engine`) as two small pieces: a source,
+:class:`ContextSource`, whose step ``i`` runs ``ceil(batch_size / (context − skip))`` contexts once
+clean (shared by every SAE; contexts visited in seeded epochs, so step ``i`` is a pure function of
+``(seed, i)``), and an objective, :class:`E2EObjective`, which splices each SAE's reconstruction in
+and runs the model again, gradients flowing through the frozen model into the SAE. Normalisation,
+schedules, optimiser, dead-latent tracking, precision, checkpoints (exact resume), logs and
+provenance are the engine's, as for local training.
 
 Fine-tuning: pass SAEs that were already trained (e.g. loaded with :func:`saekit.load_sae`); an SAE
 whose metadata has a ``normalization_factor`` keeps its ``b_dec`` instead of re-initialising it.
@@ -41,32 +41,26 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from saekit import devices
 from saekit.errors import ConfigError, DataError
 from saekit.models.load import LoadedModel, as_module
 from saekit.sae import functional as F
 from saekit.sae.base import SAE
-from saekit.sources.hf import splice
+from saekit.sources.hf import record, splice
+from saekit.sources.order import EpochOrder
 from saekit.sources.sites import layer_of, n_layers, resolve_sites
-from saekit.sources.tensor import seeded_generator
 from saekit.strict import refuse_unused, to_dict
-from saekit.training import dead
-from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
-from saekit.training.logs import MetricsLog
-from saekit.training.loop import TrainResult, enter_normalised_units_, rescale_, resolve_device, resolve_dtype
-from saekit.training.optim import apply_update, make_optimizer
-from saekit.training.schedules import lr_factor, sparsity_factor
-from saekit.types import ActBatch, StepCtx, as_float
+from saekit.training.engine import Run, TrainResult, run
+from saekit.training.objective import Unit, UnitLoss
+from saekit.types import ActBatch, LossOut, StepCtx
 
 _EPOCH = 21  # tag of this module's random stream of context orders
 
@@ -101,13 +95,7 @@ class E2EConfig:
 
 def context_ids(n_contexts: int, per_step: int, seed: int, step: int) -> Tensor:
     """Indices of the contexts read at ``step``: consecutive slices of seeded shuffles (epochs)."""
-    ids, perms = [], {}
-    for position in range(step * per_step, (step + 1) * per_step):
-        epoch, offset = divmod(position, n_contexts)
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(n_contexts, generator=seeded_generator(_EPOCH, seed, epoch))
-        ids.append(perms[epoch][offset])
-    return torch.stack(ids)
+    return EpochOrder(n_contexts, _EPOCH).take(seed, step * per_step, per_step)
 
 
 def later_sites(model: nn.Module | LoadedModel, site: str) -> list[str]:
@@ -135,46 +123,120 @@ def mean_downstream_mse(spliced: Mapping[str, Tensor], clean: Mapping[str, Tenso
     return torch.stack([torch.nn.functional.mse_loss(spliced[k].float(), clean[k].float()) for k in clean]).mean()
 
 
-@contextlib.contextmanager
-def _capture(model: nn.Module, sites: Sequence[str], into: dict[str, Tensor]) -> Iterator[None]:
-    """Record the tensors of ``sites`` (positions included) during the forward passes in the block."""
+class ContextBatch(dict):
+    """One step of a :class:`ContextSource`: site -> ActBatch of the kept positions' rows (what the
+    engine reads), plus the contexts and their clean pass (what :class:`E2EObjective` reads)."""
 
-    def reader(name: str) -> Callable[[Tensor], Tensor]:
-        def read(h: Tensor) -> Tensor:
-            into[name] = h
-            return h
-
-        return read
-
-    with contextlib.ExitStack() as stack:
-        for name in sites:
-            stack.enter_context(splice(model, name, reader(name)))
-        yield
+    tokens: Tensor
+    """[contexts, positions] token ids, on the model's device."""
+    clean_logp: Tensor
+    """[contexts, positions − skip, vocab] float32 log-probabilities of the clean pass."""
+    clean: dict[str, Tensor]
+    """Every watched site's clean activations at positions >= skip, [contexts, positions − skip, d]."""
 
 
-@contextlib.contextmanager
-def _autocast(dtype: str, devices: Sequence[torch.device]) -> Iterator[None]:
-    """TrainConfig.dtype for the block, on every device type in ``devices`` (float32: nothing; "auto" as
-    resolved per device by :func:`saekit.training.loop.resolve_dtype`)."""
-    with contextlib.ExitStack() as stack:
-        for device in {d.type: d for d in devices}.values():
-            resolved = resolve_dtype(dtype, device)
-            if resolved != torch.float32:
-                stack.enter_context(torch.autocast(device.type, dtype=resolved))
-        yield
+class ContextSource:
+    """Contexts of a model as an activation source: step ``i`` runs its contexts through the model once,
+    clean, and yields the SAE sites' activations at positions >= ``skip`` as rows."""
+
+    def __init__(self, model: nn.Module, tokens: Tensor, sites: Sequence[str], watched: Sequence[str], skip: int, dtype: str) -> None:
+        self.model, self.tokens, self.skip, self.dtype = model, tokens, skip, dtype
+        self._sites, self._watched = tuple(dict.fromkeys(sites)), sorted(set(sites) | set(watched))
+        self._order = EpochOrder(tokens.shape[0], _EPOCH)
+        with torch.no_grad():
+            probe = self._clean(tokens[:1])
+        self._width = {site: probe.clean[site].shape[-1] for site in self._sites}
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return self._sites
+
+    def d_in(self, site: str) -> int:
+        return self._width[site]
+
+    def describe(self) -> dict:
+        return {"kind": "contexts", "tokens_shape": list(self.tokens.shape), "tokens_sum": int(self.tokens.long().sum()),
+                "skip_positions": self.skip}  # fmt: skip
+
+    def batches(self, batch_size: int, *, seed: int, start: int = 0) -> Iterator[ContextBatch]:
+        per_step = math.ceil(batch_size / (self.tokens.shape[1] - self.skip))
+        step = start
+        while True:
+            yield self._clean(self.tokens[self._order.take(seed, step * per_step, per_step)])
+            step += 1
+
+    @torch.no_grad()
+    def _clean(self, part: Tensor) -> ContextBatch:
+        device = next(self.model.parameters()).device
+        part = part.to(device)
+        captured: dict[str, Tensor] = {}
+        # The clean pass runs in the run's precision, as the spliced one, so an exact SAE has KL 0.
+        with devices.autocast(self.dtype, [device]), record(self.model, self._watched, captured):
+            logits = self.model(input_ids=part, use_cache=False).logits
+        batch = ContextBatch({s: ActBatch(captured[s][:, self.skip :].reshape(-1, captured[s].shape[-1])) for s in self._sites})
+        batch.tokens = part
+        batch.clean_logp = logits[:, self.skip :].float().log_softmax(-1)
+        batch.clean = {name: h[:, self.skip :].detach() for name, h in captured.items()}
+        return batch
 
 
-@contextlib.contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """The model's parameters without gradients (restored after), so only the SAE accumulates them."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+class E2EObjective:
+    """KL(p_clean ‖ p_spliced) (+ the downstream MSEs) plus each SAE's own non-reconstruction terms."""
+
+    prefetch = False  # the objective runs the source's model: its hooks cannot be shared with a thread
+
+    def __init__(self, model: nn.Module, e2e: E2EConfig, downstream: Mapping[str, list[str]]) -> None:
+        self.model, self.e2e, self.downstream = model, e2e, dict(downstream)
+
+    def units(self, n_saes: int) -> list[Unit]:
+        return [Unit((i,)) for i in range(n_saes)]
+
+    def describe(self) -> dict:
+        return {"objective": "e2e", "e2e_config": to_dict(self.e2e)}
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """The model's parameters without gradients (restored after), so only the SAEs accumulate them."""
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+    def unit_loss(self, run: Run, unit: Unit, batch: Mapping[str, ActBatch], ctxs: Mapping[int, StepCtx]) -> UnitLoss:
+        assert isinstance(batch, ContextBatch)
+        (i,) = unit.members
+        site, sae = run.sites[i], run.saes[i]
+        inputs = run.inputs(i, batch)
+        with devices.autocast(run.cfg.dtype, [run.device, batch.tokens.device]):
+            out = sae.loss(inputs, ctxs[i])
+            mse = F.mse_per_token(inputs.x, out.x_hat).mean()
+            _check_mse(sae, out, mse)
+            x_hat = (out.x_hat / run.scales[site]).reshape(batch.clean[site].shape)
+            loss, terms = self._spliced(batch, site, x_hat)
+        loss = loss + (out.loss.float() - mse)  # the architecture's sparsity (and auxiliary) terms
+        terms["loss"] = loss.detach()
+        return UnitLoss(loss, {i: out._replace(loss=loss, terms={**out.terms, **terms})})
+
+    def _spliced(self, batch: ContextBatch, site: str, x_hat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        def replace_kept(a: Tensor) -> Tensor:
+            return torch.cat([a[:, : a.shape[1] - x_hat.shape[1]], x_hat.to(a.device, a.dtype)], dim=1)
+
+        spliced: dict[str, Tensor] = {}
+        downstream = self.downstream[site]
+        with splice(self.model, site, replace_kept), record(self.model, downstream, spliced):
+            logits = self.model(input_ids=batch.tokens, use_cache=False).logits
+        skip = logits.shape[1] - x_hat.shape[1]
+        kl = kl_clean_spliced(batch.clean_logp, logits[:, skip:])
+        loss, terms = self.e2e.resolved_kl_coef * kl, {"kl": kl.detach()}
+        if downstream:
+            ds = mean_downstream_mse({d: spliced[d][:, skip:] for d in downstream}, {d: batch.clean[d] for d in downstream})
+            loss = loss + self.e2e.downstream_coef * ds.to(loss.device)
+            terms["downstream_mse"] = ds.detach()
+        return loss, terms
 
 
 def train_e2e(
@@ -195,7 +257,6 @@ def train_e2e(
     clipping, normalisation, checkpoint cadence and device. Returns the SAEs in raw activation units.
     """
     model = as_module(model)
-    started = time.perf_counter()
     saes = [saes] if isinstance(saes, SAE) else list(saes)
     if not saes:
         raise ConfigError("nothing to train: the list of SAEs is empty")
@@ -204,161 +265,21 @@ def train_e2e(
     skip = e2e.skip_positions
     if not 0 <= skip < tokens.shape[1] - 1:
         raise ConfigError(f"e2e: skip_positions must be in 0..{tokens.shape[1] - 2} for contexts of {tokens.shape[1]} tokens")
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if resume and out_dir is None:
-        raise ConfigError("resume needs the output folder of the interrupted run")
-    if train.checkpoint_every and out_dir is None:
-        raise ConfigError("checkpoint_every needs an output folder")
     sites = _sites_of(model, saes, site)
-    downstream = {s: _downstream_of(model, s, e2e) for s in sites}
-    watched = sorted(set(sites) | {d for ds in downstream.values() for d in ds})
-    device = resolve_device(train.device)
-    model.eval()
-    model_device = next(model.parameters()).device
-    devices = [model_device, device]
-    per_step = math.ceil(train.batch_size / (tokens.shape[1] - skip))
-    total = train.total_steps
-    fingerprint = {
-        "saes": [{"architecture": s.architecture, "config": to_dict(s.cfg), "site": st} for s, st in zip(saes, sites)],
-        "train": to_dict(replace(train, progress=True, log_every=1, checkpoint_every=None, device="auto")),
-        "e2e": to_dict(e2e),
-        "data": {"tokens_shape": list(tokens.shape), "tokens_sum": int(tokens.long().sum())},
-    }
-    fingerprint = _json(fingerprint)
-
-    def clean_pass(step: int) -> tuple[dict[str, Tensor], Tensor]:
-        batch = tokens[context_ids(tokens.shape[0], per_step, train.seed, step)].to(model_device)
-        captured: dict[str, Tensor] = {}
-        # The clean pass runs in the same precision as the spliced one, so an exact SAE has KL 0.
-        with torch.no_grad(), _autocast(train.dtype, devices), _capture(model, watched, captured):
-            logits = model(input_ids=batch, use_cache=False).logits
-        acts = {name: h[:, skip:].detach() for name, h in captured.items()}
-        return acts | {"_tokens": batch}, logits[:, skip:].float().log_softmax(-1)
-
-    for sae in saes:
-        sae.to(device)
-    optimizers = [make_optimizer(sae) for sae in saes]
-    counters = [dead.new_counter(sae.d_sae, device) for sae in saes]
-    ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
-    start = 0
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.info.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{ckpt_path} was written by a different e2e run; resume with the same settings or use a new folder"
-            )
-        restore(ckpt, saes, optimizers, counters)
-        scales, start = ckpt.info["scales"], ckpt.step
-    else:
-        if train.normalize_activations:
-            sq_norms = _mean_sq_norms(clean_pass, sorted(set(sites)), train.norm_estimation_tokens)
-            scales = {s: 1.0 / math.sqrt(sq_norms[s]) for s in sites}
-        else:
-            scales = dict.fromkeys(sites, 1.0)
-        first, _ = clean_pass(0)
-        for sae, s in zip(saes, sites):
-            enter_normalised_units_(sae, first[s].reshape(-1, sae.d_in).to(device).float() * scales[s], scales[s])
-
-    log = MetricsLog(
-        out_dir, resume_step=start, tensorboard=train.tensorboard, wandb_project=train.wandb_project, run_config=fingerprint
-    )
-    window = train.resolved_dead_tokens
-
-    def checkpoint(step: int) -> None:
-        if ckpt_path is not None:
-            info = {"scales": scales, "fingerprint": fingerprint}
-            save_checkpoint(
-                ckpt_path,
-                Checkpoint(
-                    step,
-                    [s.state_dict() for s in saes],
-                    [o.state_dict() for o in optimizers],
-                    counters,
-                    torch.get_rng_state(),
-                    info,
-                ),
-            )
-
-    records: list[dict[str, Any]] = []
-    bar = tqdm(total=total, initial=start, disable=not train.progress, unit="step", desc=f"e2e training {len(saes)} SAE(s)")
-    with _frozen(model):
-        for step in range(start, total):
-            clean, clean_logp = clean_pass(step)
-            ctx0 = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, train.resolved_sparsity_warmup))
-            lr_mult = lr_factor(step, total, train.lr_warmup_steps, train.lr_decay_fraction)
-            terms_all = []
-            for i, (sae, opt, counter, s) in enumerate(zip(saes, optimizers, counters, sites)):
-                ctx = replace(ctx0, dead_mask=dead.dead_mask(counter, window))
-                with _autocast(train.dtype, devices):
-                    loss, out, terms = _e2e_loss(
-                        model, sae, s, clean, clean_logp, ctx, scales[s], downstream[s], e2e, device
-                    )
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"SAE {i} ({sae.architecture}) diverged at step {step}; lower its learning rate")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                apply_update(sae, opt, lr_mult, train.grad_clip)
-                with torch.no_grad():
-                    sae.after_step(out, ctx)
-                dead.update_counter_(counter, out.codes, out.fired)
-                terms_all.append(terms)
-            if (step + 1) % train.log_every == 0 or step + 1 == total:
-                records = [
-                    {"step": step + 1, "sae": i, "name": f"{i:02d}-{sae.architecture}", "site": s, **terms,
-                     "dead_fraction": float(dead.dead_mask(counter, window).float().mean()),
-                     "lr": opt.param_groups[0]["lr"], "tokens": (step + 1) * per_step * (tokens.shape[1] - skip)}
-                    for i, (sae, s, terms, counter, opt) in enumerate(zip(saes, sites, terms_all, counters, optimizers))
-                ]  # fmt: skip
-                log.write(records)
-                bar.set_postfix({r["name"]: f"kl={r['kl']:.3g} l0={r['l0']:.3g}" for r in records[:3]})
-            bar.update(1)
-            if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 and step + 1 < total:
-                checkpoint(step + 1)
-    bar.close()
-    checkpoint(total)
-    log.close()
     for sae, s in zip(saes, sites):
-        rescale_(sae, 1.0 / scales[s])
         sae.metadata["site"] = s
-        sae.metadata["normalization_factor"] = scales[s]
-    final = [{k: v for k, v in r.items() if k not in ("step", "sae", "name")} for r in records]
-    for sae, metrics in zip(saes, final):
-        sae.provenance.update({"objective": "e2e", "e2e_config": to_dict(e2e), "train_config": to_dict(train),
-                               "tokens": total * per_step * (tokens.shape[1] - skip), "final_metrics": metrics})  # fmt: skip
-    return TrainResult(saes, final, total, start, time.perf_counter() - started)
+    downstream = {s: _downstream_of(model, s, e2e) for s in sites}
+    model.eval()
+    source = ContextSource(model, tokens, sites, [d for ds in downstream.values() for d in ds], skip, train.dtype)
+    return run(saes, source, train, objective=E2EObjective(model, e2e, downstream), out_dir=out_dir, resume=resume)
 
 
-def _e2e_loss(model, sae, site, clean, clean_logp, ctx, scale, downstream, e2e, device):
-    """One SAE's e2e objective on the clean pass ``clean``: (loss, its LossOut, logged terms)."""
-    h = clean[site]
-    x = h.reshape(-1, h.shape[-1]).to(device).float() * scale
-    out = sae.loss(ActBatch(x), ctx)
-    mse = F.mse_per_token(x, out.x_hat).mean()
+def _check_mse(sae: SAE, out: LossOut, mse: Tensor) -> None:
     if "mse" not in out.terms or not torch.allclose(mse.detach(), out.terms["mse"].float(), rtol=1e-4, atol=1e-7):
         raise ConfigError(
             f"{sae.architecture}: its loss does not report saekit's reconstruction MSE as 'mse', so the "
             "sparsity part of its objective cannot be separated for end-to-end training"
         )
-    rest = out.loss.float() - mse  # the sparsity (and auxiliary) part of the architecture's objective
-    x_hat = (out.x_hat / scale).reshape(h.shape).to(h.device)
-
-    def replace_kept(a: Tensor) -> Tensor:
-        return torch.cat([a[:, : a.shape[1] - x_hat.shape[1]], x_hat.to(a.dtype)], dim=1)
-
-    spliced: dict[str, Tensor] = {}
-    with splice(model, site, replace_kept), _capture(model, downstream, spliced):
-        logits = model(input_ids=clean["_tokens"], use_cache=False).logits
-    skip = logits.shape[1] - x_hat.shape[1]
-    kl = kl_clean_spliced(clean_logp, logits[:, skip:])
-    loss = e2e.resolved_kl_coef * kl + rest
-    terms = {k: as_float(v) for k, v in out.terms.items()}
-    terms["kl"] = float(kl.detach())
-    if downstream:
-        ds = mean_downstream_mse({d: spliced[d][:, skip:] for d in downstream}, {d: clean[d] for d in downstream})
-        loss = loss + e2e.downstream_coef * ds.to(loss.device)
-        terms["downstream_mse"] = float(ds.detach())
-    terms["loss"] = float(loss.detach())
-    return loss, out, terms
 
 
 def _sites_of(model: nn.Module, saes: list[SAE], site: str | None) -> list[str]:
@@ -386,25 +307,6 @@ def _downstream_of(model: nn.Module, site: str, e2e: E2EConfig) -> list[str]:
             "last block's input, as the paper); give the sites explicitly or train plain e2e"
         )
     return list(dict.fromkeys(names))
-
-
-@torch.no_grad()
-def _mean_sq_norms(clean_pass, sites: list[str], n_tokens: int) -> dict[str, float]:
-    """E||a||² per site over the first steps' contexts, until ``n_tokens`` rows are seen."""
-    sums, count, step = dict.fromkeys(sites, 0.0), 0, 0
-    while count < n_tokens:
-        acts, _ = clean_pass(step)
-        for s in sites:
-            a = acts[s].double()
-            if not torch.isfinite(a).all():
-                raise DataError(f"activations at site {s!r} contain NaN or inf")
-            sums[s] += float(a.pow(2).sum())
-        count += acts[sites[0]].shape[0] * acts[sites[0]].shape[1]
-        step += 1
-    for s, v in sums.items():
-        if v <= 0:
-            raise DataError(f"activations at site {s!r} are all zero; cannot normalise them")
-    return {s: v / count for s, v in sums.items()}
 
 
 def downstream_errors(
@@ -448,21 +350,15 @@ def downstream_errors_of(
         for begin in range(0, tokens.shape[0], batch_size):
             part = tokens[begin : begin + batch_size].to(device)
             clean: dict[str, Tensor] = {}
-            with _capture(model, sites, clean):
+            with record(model, sites, clean):
                 model(input_ids=part, use_cache=False)
             for s in sites:
                 norms[s] += float(clean[s][:, skip_positions:].double().pow(2).sum())
             for name, sae in saes.items():
                 spliced: dict[str, Tensor] = {}
-                with splice(model, site, through(sae)), _capture(model, sites, spliced):
+                with splice(model, site, through(sae)), record(model, sites, spliced):
                     model(input_ids=part, use_cache=False)
                 for s in sites:
                     diff = spliced[s][:, skip_positions:].double() - clean[s][:, skip_positions:].double()
                     errs[name][s] += float(diff.pow(2).sum())
     return {name: {s: e[s] / norms[s] for s in sites} for name, e in errs.items()}
-
-
-def _json(value: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(value, default=str))

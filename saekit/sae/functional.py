@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from saekit.kernels import row_topk
+from saekit._fast import row_topk
 
 
 # ---------------------------------------------------------------------------------------------

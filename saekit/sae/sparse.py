@@ -32,8 +32,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as tF
 
-from saekit.kernels import row_topk
-from saekit.memory import scratch
+from saekit._fast import row_topk, scratch
 from saekit.types import LossOut
 
 
@@ -169,7 +168,7 @@ def l0_per_row(values: Tensor, pattern: Pattern) -> Tensor:
 def pre_acts(x_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
     """``x_in @ W_enc + b_enc`` in one fused call, which saves a pass over the [batch, d_sae] result.
 
-    Without autograd and autocast, and inside :func:`saekit.memory.scratch.reusing` (the training loop),
+    Without autograd and autocast, and inside :func:`saekit._fast.scratch.reusing` (a training run),
     the result is written into a reused buffer: the caller must drop it, and any view of it, within the
     step.
     """

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from saekit.kernels import row_topk
+from saekit._fast import row_topk
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig

@@ -153,6 +153,23 @@ def splice(model: nn.Module | LoadedModel, site: str, fn: Callable[[Tensor], Ten
         yield
 
 
+@contextmanager
+def record(model: nn.Module | LoadedModel, sites: Iterable[str], into: dict[str, Tensor]) -> Iterator[None]:
+    """While the block runs, store in ``into`` the tensor of each of ``sites`` (all positions) at every
+    forward pass, as the model computes it (with its graph, under any splice): what an objective that
+    runs the model reads downstream of a splice. The last pass of the block wins."""
+    model = as_module(model)
+
+    def reader(name: str) -> Callable[[Tensor], None]:
+        def read(h: Tensor) -> None:
+            into[name] = h
+
+        return read
+
+    with _removing([site_module(model, name).attach(reader(name)) for name in sites]):
+        yield
+
+
 def splice_sae(model: nn.Module | LoadedModel, site: str, sae: SAE) -> AbstractContextManager[None]:
     """Replace the activation at ``site`` by the SAE's reconstruction ``sae(h)`` (see :func:`splice`)."""
     model = as_module(model)

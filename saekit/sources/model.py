@@ -29,7 +29,6 @@ import torch
 from torch import Tensor, nn
 
 from saekit.errors import ConfigError, DataError
-from saekit.memory.heap import reuse_large_blocks
 from saekit.models.load import LoadedModel, as_module
 from saekit.sources.hf import collect_activations, collect_activations_and_grads
 from saekit.sources.sites import resolve_sites
@@ -145,20 +144,18 @@ class ModelSource:
         per_seq = self.tokens.shape[1] - self.skip_positions
         acts: dict[str, Tensor] = {}
         grads: dict[str, Tensor] = {}
-        # The forward passes allocate and free the same large blocks over and over; reusing them spares
-        # the page faults (saekit.memory.heap: a sixth of a SmolLM2 forward pass on a 2-core CPU).
-        with reuse_large_blocks(next(self.model.parameters()).device):
-            for start in range(0, len(ids), self.forward_batch):
-                out = self._forward(self.tokens[ids[start : start + self.forward_batch]], with_grads=with_grads)
-                begin = start * per_seq
-                for site in self._sites:
-                    for into, value in ((acts, out.acts[site]), (grads, out.grads[site] if out.grads is not None else None)):
-                        if value is None:
-                            continue
-                        rows = value[:, self.skip_positions :].reshape(-1, value.shape[-1])
-                        if site not in into:
-                            into[site] = torch.empty(len(ids) * per_seq, value.shape[-1], dtype=torch.float32)
-                        into[site][begin : begin + len(rows)].copy_(rows)
+        # (Inside a training run the engine keeps large blocks in the heap for these passes: saekit._fast.)
+        for start in range(0, len(ids), self.forward_batch):
+            out = self._forward(self.tokens[ids[start : start + self.forward_batch]], with_grads=with_grads)
+            begin = start * per_seq
+            for site in self._sites:
+                for into, value in ((acts, out.acts[site]), (grads, out.grads[site] if out.grads is not None else None)):
+                    if value is None:
+                        continue
+                    rows = value[:, self.skip_positions :].reshape(-1, value.shape[-1])
+                    if site not in into:
+                        into[site] = torch.empty(len(ids) * per_seq, value.shape[-1], dtype=torch.float32)
+                    into[site][begin : begin + len(rows)].copy_(rows)
         return acts, grads if with_grads else None
 
     def chunks_in_order(self, first: int = 0) -> Iterator[dict[str, Tensor]]:

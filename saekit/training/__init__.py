@@ -9,7 +9,7 @@ from typing import Any
 from saekit.sae.base import SAE
 from saekit.strict import from_dict
 from saekit.training.config import TrainConfig
-from saekit.training.loop import TrainResult, run
+from saekit.training.engine import TrainResult, run
 
 
 def train(

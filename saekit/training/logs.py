@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
+from saekit.atomic import write_text
 from saekit.errors import ConfigError
+from saekit.sae.base import SAE
+from saekit.training import dead
+from saekit.types import LossOut, as_float
 
 
 class MetricsLog:
@@ -40,7 +46,7 @@ class MetricsLog:
         if self.path is None or not self.path.exists():
             return
         kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, records: list[dict[str, Any]]) -> None:
         if self.path is not None:
@@ -60,3 +66,19 @@ class MetricsLog:
             self.tb.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def step_records(
+    saes: list[SAE], sites: list[str], outs: list[LossOut], counters: list[Tensor], dead_window: int, optimizers: list, step: int, rows: int
+) -> list[dict[str, Any]]:
+    """One log record per SAE after ``step`` steps of ``rows`` activation rows: its loss terms, dead
+    fraction, base learning rate and tokens seen."""
+    records = []
+    for i, (sae, site, out, counter, opt) in enumerate(zip(saes, sites, outs, counters, optimizers)):
+        record: dict[str, Any] = {"step": step, "sae": i, "name": f"{i:02d}-{sae.architecture}", "site": site}
+        record.update({k: as_float(v) for k, v in out.terms.items()})
+        record["dead_fraction"] = float(dead.dead_mask(counter, dead_window).float().mean())
+        record["lr"] = opt.param_groups[0]["lr"]
+        record["tokens"] = step * rows
+        records.append(record)
+    return records

@@ -150,7 +150,7 @@ def test_logged_kl_falls_and_matches_the_independent_metric(model, tokens, tmp_p
 
 
 def test_interrupted_e2e_run_resumes_to_the_same_weights(model, tokens, tmp_path, monkeypatch):
-    import saekit.objectives.e2e as e2e_module
+    import saekit.training.engine as e2e_module
 
     cfg = settings(6, checkpoint_every=3)
     reference = train_e2e(model, tokens, sae(), cfg, site=SITE, out_dir=tmp_path / "ref").saes[0]
@@ -171,7 +171,7 @@ def test_interrupted_e2e_run_resumes_to_the_same_weights(model, tokens, tmp_path
     assert resumed.resumed_from == 3
     for key, value in reference.state_dict().items():
         assert torch.equal(value, resumed.saes[0].state_dict()[key]), key
-    with pytest.raises(ConfigError, match="different e2e run"):
+    with pytest.raises(ConfigError, match="different SAEs, sites, data or training settings"):
         train_e2e(model, tokens, sae(k=5), cfg, site=SITE, out_dir=tmp_path / "run", resume=True)
 
 

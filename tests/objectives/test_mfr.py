@@ -13,7 +13,8 @@ from saekit.objectives.mfr import MFR, cosine_warmup, matched_cosine
 from saekit.sae import build
 from saekit.sources.synthetic import SyntheticSource
 from saekit.training import TrainConfig
-from saekit.training.loop import run, training_units
+from saekit.training.engine import run
+from saekit.training.objective import LocalObjective, training_units
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SOURCE = SyntheticSource(d=16, n_features=32, mean_active=3, seed=0)
@@ -60,7 +61,7 @@ def _ctx(step):
 def test_units_link_chains_of_objectives():
     units = training_units(5, [MFR(members=(0, 3)), MFR(members=(3, 4))])
     assert [u.members for u in units] == [(0, 3, 4), (1,), (2,)]
-    assert len(units[0].objectives) == 2 and units[1].objectives == ()
+    assert len(units[0].groups) == 2 and units[1].groups == ()
     with pytest.raises(ConfigError, match="two distinct"):
         training_units(2, [MFR(members=(0, 5))])
     with pytest.raises(ConfigError, match="two distinct"):
@@ -77,7 +78,7 @@ def pair(seed=0):
 
 def test_coef_zero_trains_exactly_as_apart_and_terms_are_logged(tmp_path):
     apart = run(pair() + [build("relu", d_in=16, d_sae=32, seed=5)], SOURCE, cfg(8)).saes
-    together = run(pair() + [build("relu", d_in=16, d_sae=32, seed=5)], SOURCE, cfg(8), objectives=[MFR(members=(0, 1), coef=0.0)], out_dir=tmp_path).saes
+    together = run(pair() + [build("relu", d_in=16, d_sae=32, seed=5)], SOURCE, cfg(8), objective=LocalObjective([MFR(members=(0, 1), coef=0.0)]), out_dir=tmp_path).saes
     for x, y in zip(apart, together):
         for key, value in x.state_dict().items():
             assert torch.equal(value, y.state_dict()[key]), key
@@ -86,10 +87,10 @@ def test_coef_zero_trains_exactly_as_apart_and_terms_are_logged(tmp_path):
 
 
 def test_mfr_run_resumes_exactly(tmp_path, monkeypatch):
-    import saekit.training.loop as loop
+    import saekit.training.engine as loop
 
     objectives = [MFR(members=(0, 1), coef=0.5, warmup_steps=4)]
-    reference = run(pair(), SOURCE, cfg(8), objectives=objectives, out_dir=tmp_path / "ref").saes
+    reference = run(pair(), SOURCE, cfg(8), objective=LocalObjective(objectives), out_dir=tmp_path / "ref").saes
     real, calls = loop.apply_update, []
 
     def dies(*args, **kwargs):
@@ -100,15 +101,15 @@ def test_mfr_run_resumes_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "apply_update", dies)
     with pytest.raises(KeyboardInterrupt):
-        run(pair(), SOURCE, cfg(8, checkpoint_every=5), objectives=objectives, out_dir=tmp_path / "run")
+        run(pair(), SOURCE, cfg(8, checkpoint_every=5), objective=LocalObjective(objectives), out_dir=tmp_path / "run")
     monkeypatch.setattr(loop, "apply_update", real)
-    resumed = run(pair(seed=7), SOURCE, cfg(8, checkpoint_every=5), objectives=objectives, out_dir=tmp_path / "run", resume=True)
+    resumed = run(pair(seed=7), SOURCE, cfg(8, checkpoint_every=5), objective=LocalObjective(objectives), out_dir=tmp_path / "run", resume=True)
     assert resumed.resumed_from == 5
     for x, y in zip(reference, resumed.saes):
         for key, value in x.state_dict().items():
             assert torch.equal(value, y.state_dict()[key]), key
     with pytest.raises(ConfigError, match="different SAEs"):
-        run(pair(), SOURCE, cfg(8), objectives=[MFR(members=(0, 1), coef=0.6, warmup_steps=4)], out_dir=tmp_path / "run", resume=True)
+        run(pair(), SOURCE, cfg(8), objective=LocalObjective([MFR(members=(0, 1), coef=0.6, warmup_steps=4)]), out_dir=tmp_path / "run", resume=True)
 
 
 def agreement_and_recovery(coef, steps, seeds):
@@ -117,7 +118,7 @@ def agreement_and_recovery(coef, steps, seeds):
     for seed in seeds:
         saes = [build("topk", d_in=32, d_sae=64, k=4, seed=seed + s, lr=3e-3) for s in (0, 1)]
         objectives = [MFR(members=(0, 1), coef=coef)] if coef else []
-        a, b = run(saes, source, TrainConfig(steps=steps, batch_size=256, progress=False, norm_estimation_tokens=256), objectives=objectives).saes
+        a, b = run(saes, source, TrainConfig(steps=steps, batch_size=256, progress=False, norm_estimation_tokens=256), objective=LocalObjective(objectives)).saes
         with torch.no_grad():
             agree.append(float(matched_cosine(a.W_dec, b.W_dec)))
         mmcs += [feature_recovery(s, source.true_features).mmcs for s in (a, b)]

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from saekit.memory import scratch
+from saekit._fast import scratch
 from saekit.sae import build
 from saekit.sae import jumprelu
 from saekit.sae import sparse as S
@@ -298,7 +298,7 @@ def test_a_training_step_makes_no_dense_batch_by_latents_tensor_in_backward(name
 
 @pytest.mark.parametrize("name", ["topk", "batch_topk", "gradient_topk", "feature_choice", "jumprelu"])
 def test_sparse_losses_in_reused_buffers_equal_dense_step_after_step(name):
-    # The training loop computes the pre-activations into one reused buffer (saekit.memory.scratch);
+    # The training loop computes the pre-activations into one reused buffer (saekit._fast.scratch);
     # the second batch overwrites the first one's buffer, and both steps must still be exact.
     if name == "jumprelu":
         sae = perturbed(name, bandwidth=0.05, init_decoder_norm=1.0)

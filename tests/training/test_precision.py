@@ -9,7 +9,7 @@ import torch
 from saekit.sae import build, list_architectures
 from saekit.sources.synthetic import SyntheticSource
 from saekit.training import train
-from saekit.training.loop import resolve_dtype
+from saekit.devices import resolve_dtype
 from saekit.types import ActBatch, StepCtx
 
 pytestmark = pytest.mark.usefixtures("one_thread")

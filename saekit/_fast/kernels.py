@@ -1,17 +1,16 @@
-"""Native kernels for the hot spots of a training step that torch does slowly on a CPU, each with the
-torch computation it replaces as the fallback.
+"""The compiled kernels of the training fast paths (:mod:`saekit._fast`), each with the torch
+computation it replaces as the fallback.
 
 :func:`row_topk` (``row_topk.c``) selects each row's top k, the TopK family's selection over the
-[batch, d_sae] pre-activations: about 2.5× faster than ``torch.topk`` for k = 32 of 4608 on a 2-core
-CPU, and 3× for 18432. (C versions of the sparse backward products of :mod:`saekit.sae.sparse` were
-tried and dropped: they are bound by reading scattered rows of memory, and were no faster than
-torch's ``embedding_bag`` and ``sampled_addmm``.)
+[batch, d_sae] pre-activations (benchmarks/RESULTS.md has its gain). C versions of the sparse backward
+products of :mod:`saekit.sae.sparse` were tried and dropped: they are bound by reading scattered rows
+of memory, and were no faster than torch's ``embedding_bag`` and ``sampled_addmm``.
 
-The C files are compiled on first use with the system C compiler (``$CC``, else ``cc``) into one
+The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``) into one
 library in ``<cache>/kernels`` (:func:`saekit.paths.cache_root`), once per machine and source version,
 and loaded with ctypes; nothing is needed at install time. Without a compiler, with
-``SAEKIT_KERNELS=0``, or for input a kernel does not take (not CPU float32, NaN present), the torch
-computation runs instead, with the same result up to float rounding and the order of ties.
+``SAEKIT_KERNELS=0``, or for input a kernel does not take (not CPU float32, NaN present), the caller
+runs the torch computation instead.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from saekit.atomic import write_file
 from saekit.paths import cache_root
 
 _SOURCES = sorted(Path(__file__).parent.glob("*.c"))
@@ -68,22 +67,17 @@ def _compile(target: Path) -> bool:
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
     for flags in _flags():
-        # Built beside the target and renamed into place, so a reader never sees half a library.
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".so", dir=target.parent)
-        os.close(fd)
+
+        def build(tmp: Path, flags: list[str] = flags) -> None:
+            subprocess.run([compiler, *flags, "-shared", "-fPIC", "-o", str(tmp), *map(str, _SOURCES)], capture_output=True,
+                           timeout=120, check=True)  # fmt: skip
+
         try:
-            done = subprocess.run(
-                [compiler, *flags, "-shared", "-fPIC", "-o", tmp, *map(str, _SOURCES)], capture_output=True, timeout=120
-            )
-            if done.returncode == 0:
-                os.replace(tmp, target)
-                return True
+            write_file(target, build)  # a reader never sees half a library
+            return True
         except (OSError, subprocess.SubprocessError):
-            pass
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+            continue
     return False
 
 
@@ -128,20 +122,22 @@ def _executor(threads: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def row_topk(scores: Tensor, k: int) -> Tensor:
-    """[n_rows, k] int64: the columns of each row's k largest scores, ascending within the row.
-
-    The same columns as ``scores.topk(k, dim=-1).indices`` up to the choice among equal scores (the
-    values at the columns are the same). Not differentiable (it returns indices); gather the values.
-    """
-    if scores.dim() != 2 or not 1 <= k <= scores.shape[1]:
-        raise ValueError(f"row_topk needs a 2-d tensor with 1 <= k <= its columns, got {tuple(scores.shape)} and k={k}")
+def row_topk(scores: Tensor, k: int) -> Tensor | None:
+    """[n_rows, k] int64: the columns of each row's k largest scores, ascending within the row; None
+    where the kernel does not run (no compiler, not CPU float32, a NaN in the rows)."""
     library = _load() if scores.device.type == "cpu" and scores.dtype == torch.float32 else None
-    if library is not None and scores.shape[0] > 0:
-        indices = _run(library, scores.detach().contiguous(), k)
-        if indices is not None:
-            return indices
-    return scores.detach().topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+    if library is None or scores.shape[0] == 0:
+        return None
+    return _run(library, scores.detach().contiguous(), k)
+
+
+def shutdown_pool() -> None:
+    """Stop the worker threads (the end of a training run)."""
+    global _pool
+    with _lock:
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+            _pool = None
 
 
 def _split(n_parts: int, work: int, part) -> list:

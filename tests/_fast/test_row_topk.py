@@ -1,4 +1,5 @@
-"""The compiled per-row top-k against torch.topk, and its fallbacks."""
+"""The compiled per-row top-k against torch.topk, its fallbacks, and that it runs only inside a
+training run (outside, nothing is compiled and no thread is started)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ import shutil
 import pytest
 import torch
 
-from saekit import kernels
-from saekit.kernels import row_topk
+from saekit._fast import kernels, row_topk, training_fast_paths
+
+
+@pytest.fixture(autouse=True)
+def inside_a_training_run(request):
+    if "outside" in request.node.name:
+        yield
+        return
+    with training_fast_paths(torch.device("cpu")):
+        yield
 
 
 def reference(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -145,4 +154,24 @@ def test_a_forked_child_gets_a_pool_of_its_own(monkeypatch):
 def _child_topk(scores: torch.Tensor) -> torch.Tensor:
     torch.set_num_threads(2)
     kernels._PARALLEL_MIN_ENTRIES = 1
-    return row_topk(scores, 8)
+    with training_fast_paths(torch.device("cpu")):
+        return row_topk(scores, 8)
+
+
+def test_outside_a_training_run_nothing_is_compiled_or_started(monkeypatch):
+    monkeypatch.setattr(kernels, "_load", lambda: pytest.fail("the kernel library was loaded outside a run"))
+    monkeypatch.setattr(kernels, "_executor", lambda threads: pytest.fail("a thread pool was started outside a run"))
+    scores = torch.randn(300, 4608, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(row_topk(scores, 32), reference(scores, 32))
+
+
+def test_the_pool_is_shut_down_when_the_run_ends_outside(monkeypatch):
+    monkeypatch.setattr(kernels, "_PARALLEL_MIN_ENTRIES", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with training_fast_paths(torch.device("cpu")):
+            row_topk(torch.randn(64, 256), 8)
+        assert kernels._pool is None
+    finally:
+        torch.set_num_threads(threads)

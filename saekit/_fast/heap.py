@@ -1,18 +1,14 @@
-"""Keep large CPU buffers in the heap while training.
+"""Keep large CPU buffers in the heap for the duration of a training run.
 
 Every training step allocates several [batch, d_sae] tensors (pre-activations, masks, gradients) of
-tens of megabytes. glibc serves blocks that large with a fresh ``mmap`` and unmaps them when freed, so
-each step the kernel faults in and zeroes every page again (a ReLU over 4096 × 4608 took 41 ms that
-way and 9 ms with reused blocks on a 2-core CPU; over whole training runs the gain measured small).
-Raising glibc's mmap and trim thresholds for the duration of a run
-lets the heap reuse the same blocks from step to step; on exit both thresholds go back to glibc's
-default value and the freed memory is handed back to the system with ``malloc_trim``. (Once set by
-``mallopt``, glibc no longer adjusts its mmap threshold by itself: the process keeps the fixed default.)
-
-The model's forward passes gain the most: a SmolLM2-135M pass over 16 × 128 tokens faulted in 1.2 GB
-of fresh pages (311k faults) each time, and with reused blocks almost none; twelve passes, interleaved
-with and without the setting, took 62.1 s without it and 52.6 s with it (2-core CPU). :class:`saekit.sources.model.ModelSource` and the training loop both open the setting,
-so it nests: only the outermost block sets and restores the thresholds.
+tens of megabytes, and the model's forward passes larger ones. glibc serves blocks that large with a
+fresh ``mmap`` and unmaps them when freed, so each step the kernel faults in and zeroes every page
+again. Raising glibc's mmap and trim thresholds while the run lasts lets the heap reuse the same
+blocks from step to step; on exit both thresholds go back to glibc's default value and the freed
+memory is handed back to the system with ``malloc_trim``. (Once set by ``mallopt``, glibc no longer
+adjusts its mmap threshold by itself: the process keeps the fixed default.) The gain is largest on
+the model's forward passes (benchmarks/RESULTS.md). Blocks nest: only the outermost one sets and
+restores the thresholds.
 
 Nothing happens on CUDA (its caching allocator already reuses blocks) or where glibc is absent
 (macOS, Windows, musl): there the context manager does nothing.

@@ -7,7 +7,7 @@ import resource
 import pytest
 import torch
 
-from saekit.memory.heap import _glibc, reuse_large_blocks
+from saekit._fast.heap import _glibc, reuse_large_blocks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,0 +1,365 @@
+"""The one training engine: any number of SAEs, on one or many sites, fed by one activation stream,
+under any objective (:mod:`saekit.training.objective`).
+
+A run's life cycle, each stage a small function over the run's state (:class:`Run`):
+
+    prepare  ->  restore_or_initialise  ->  train_step (× steps, checkpoint every N)  ->  finalise
+
+* ``prepare`` checks the SAEs against the source, moves them to the device and builds their
+  optimisers and dead-latent counters;
+* ``restore_or_initialise`` resumes from the output folder's checkpoint, or estimates the
+  normalisation factors and puts the SAEs into normalised units (``b_dec`` from the first batch);
+* ``train_step`` draws nothing itself: it takes the step's batch, asks the objective for each unit's
+  loss, back-propagates it, updates, runs the SAEs' ``after_step`` and the dead-latent counters, and
+  logs;
+* ``finalise`` folds the normalisation back into the weights and records site, factor and provenance.
+
+Everything the run keeps between steps (weights, Adam moments, dead-latent counters, normalisation
+factors, RNG) goes into the checkpoint, and the source replays from a batch index, so a resumed run
+ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from saekit import devices
+from saekit._fast import training_fast_paths
+from saekit.errors import ConfigError, DataError
+from saekit.sae.base import SAE
+from saekit.sources.cache import CacheSource
+from saekit.sources.prefetch import Prefetcher
+from saekit.strict import to_dict
+from saekit.training import dead
+from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
+from saekit.training.config import TrainConfig
+from saekit.training.logs import MetricsLog, step_records
+from saekit.training.normalise import enter_normalised_units_, estimate_scales, leave_normalised_units_
+from saekit.training.objective import LocalObjective, Objective, Unit
+from saekit.training.optim import apply_update, make_optimizer
+from saekit.training.schedules import lr_factor, sparsity_factor
+from saekit.types import ActBatch, ActivationSource, LossOut, StepCtx
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``saes`` take raw activations (normalisation folded back)."""
+
+    saes: list[SAE]
+    final_metrics: list[dict[str, float]]
+    steps: int
+    resumed_from: int
+    seconds: float
+
+
+@dataclass
+class Run:
+    """The state of one run, shared by the stages."""
+
+    saes: list[SAE]
+    sites: list[str]
+    source: ActivationSource
+    cfg: TrainConfig
+    objective: Objective
+    device: torch.device
+    units: list[Unit]
+    optimizers: list[torch.optim.Adam]
+    counters: list[torch.Tensor]
+    fingerprint: dict[str, Any]
+    out_dir: Path | None
+    started: float
+    scales: dict[str, float] = field(default_factory=dict)
+    start: int = 0
+    rows: int = 0
+    """Activation rows per step, as the stream delivers them (e2e rounds up to whole contexts)."""
+    records: list[dict[str, Any]] = field(default_factory=list)
+    log: MetricsLog | None = None
+    bar: Any = None
+
+    def inputs(self, i: int, batch: Mapping[str, ActBatch]) -> ActBatch:
+        """SAE ``i``'s rows of ``batch`` on the run's device, in normalised units."""
+        acts, scale = batch[self.sites[i]], self.scales[self.sites[i]]
+        x = acts.x.to(self.device, non_blocking=True).float() * scale
+        # x is scaled by s, so d loss / d(s·x) = (d loss / d x) / s
+        grad = acts.grad.to(self.device).float() / scale if acts.grad is not None else None
+        return ActBatch(x, grad)
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        return devices.autocast(self.cfg.dtype, [self.device])
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+
+
+def run(
+    saes: Sequence[SAE],
+    source: ActivationSource,
+    cfg: TrainConfig,
+    *,
+    objective: Objective | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train ``saes`` side by side on ``source`` under ``objective`` (default: each SAE's own loss);
+    see :func:`saekit.train`."""
+    state = prepare(saes, source, cfg, objective or LocalObjective(), out_dir, resume)
+    with _session(state):
+        restore_or_initialise(state, resume)
+        with _stream(state) as batches:
+            for step in range(state.start, cfg.total_steps):
+                train_step(state, step, next(batches))
+                if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.total_steps:
+                    checkpoint(state, step + 1)
+        checkpoint(state, cfg.total_steps)
+    return finalise(state)
+
+
+def prepare(
+    saes: Sequence[SAE], source: ActivationSource, cfg: TrainConfig, objective: Objective, out_dir: str | Path | None, resume: bool
+) -> Run:
+    """Check the SAEs against the source and build their optimisers and counters."""
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if resume and out_dir is None:
+        raise ConfigError("resume needs the output folder of the interrupted run")
+    if cfg.checkpoint_every and out_dir is None:
+        raise ConfigError("checkpoint_every needs an output folder")
+    saes = list(saes)
+    if not saes:
+        raise ConfigError("nothing to train: the list of SAEs is empty")
+    sites = assign_sites(saes, source)
+    device = devices.resolve_device(cfg.device)
+    for sae in saes:
+        sae.to(device)
+    return Run(
+        saes=saes,
+        sites=sites,
+        source=source,
+        cfg=cfg,
+        objective=objective,
+        device=device,
+        units=objective.units(len(saes)),
+        optimizers=[make_optimizer(sae) for sae in saes],
+        counters=[dead.new_counter(sae.d_sae, device) for sae in saes],
+        fingerprint=_fingerprint(saes, sites, cfg, source, objective),
+        out_dir=out_dir,
+        started=time.perf_counter(),
+    )
+
+
+def restore_or_initialise(state: Run, resume: bool) -> None:
+    """Resume from the checkpoint in the output folder, or estimate the normalisation and enter it."""
+    path, cfg = state.checkpoint_path, state.cfg
+    if resume and path is not None and path.exists():
+        ckpt = load_checkpoint(path)
+        if ckpt.info.get("fingerprint") != state.fingerprint:
+            raise ConfigError(
+                f"{path} was written by a run with different SAEs, sites, data or training settings; "
+                "resume with the same configuration or start a new output folder"
+            )
+        restore(ckpt, state.saes, state.optimizers, state.counters)
+        state.scales, state.start = ckpt.info["scales"], ckpt.step
+        _say(cfg, f"resuming from step {state.start} of {cfg.total_steps} ({path})")
+    else:
+        if resume:
+            _say(cfg, f"no checkpoint in {state.out_dir}; starting from scratch")
+        used = set(state.sites)
+        state.scales = (
+            estimate_scales(state.source, used, cfg.batch_size, cfg.seed, cfg.norm_estimation_tokens)
+            if cfg.normalize_activations
+            else dict.fromkeys(used, 1.0)
+        )
+        first = next(iter(state.source.batches(cfg.batch_size, seed=cfg.seed, start=0)))
+        for i, sae in enumerate(state.saes):
+            enter_normalised_units_(sae, state.inputs(i, first).x, state.scales[state.sites[i]])
+    state.log = MetricsLog(
+        state.out_dir, resume_step=state.start, tensorboard=cfg.tensorboard, wandb_project=cfg.wandb_project,
+        run_config=state.fingerprint,
+    )  # fmt: skip
+    state.bar = tqdm(
+        total=cfg.total_steps, initial=state.start, disable=not cfg.progress, unit="step", desc=f"training {len(state.saes)} SAE(s)"
+    )
+
+
+def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
+    """One optimiser step of every unit on ``batch``, then the dead-latent counters and the log."""
+    cfg, total = state.cfg, state.cfg.total_steps
+    state.rows = batch[state.sites[0]].x.shape[0]
+    base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup))
+    lr_mult = lr_factor(step, total, cfg.lr_warmup_steps, cfg.lr_decay_fraction)
+    window = cfg.resolved_dead_tokens
+    outs: dict[int, LossOut] = {}
+    losses = []
+    for unit in state.units:
+        ctxs = {i: replace(base, dead_mask=dead.dead_mask(state.counters[i], window)) for i in unit.members}
+        for i in unit.members:
+            if step == state.start and batch[state.sites[i]].grad is None and state.saes[i].uses_grad:
+                _warn_no_grad(i, state.saes[i])
+        unit_loss = state.objective.unit_loss(state, unit, batch, ctxs)
+        for i in unit.members:
+            state.optimizers[i].zero_grad(set_to_none=True)
+        unit_loss.loss.backward()
+        losses.append(unit_loss.loss.detach())
+        for i in unit.members:
+            out = outs[i] = unit_loss.outs[i]
+            apply_update(state.saes[i], state.optimizers[i], lr_mult, cfg.grad_clip)
+            with torch.no_grad():
+                state.saes[i].after_step(out, ctxs[i])
+            dead.update_counter_(state.counters[i], out.codes, out.fired)
+    if not bool(torch.stack(losses).isfinite().all()):  # one host sync per step, for all SAEs
+        _raise_non_finite(state, batch, outs, step)
+    if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+        state.records = step_records(state.saes, state.sites, [outs[i] for i in range(len(state.saes))],
+                                     state.counters, window, state.optimizers, step + 1, state.rows)  # fmt: skip
+        assert state.log is not None
+        state.log.write(state.records)
+        state.bar.set_postfix(_postfix(state.records))
+    state.bar.update(1)
+
+
+def checkpoint(state: Run, step: int) -> None:
+    """Save everything needed to resume after ``step`` steps (with an output folder)."""
+    path = state.checkpoint_path
+    if path is None:
+        return
+    save_checkpoint(
+        path,
+        Checkpoint(
+            step=step,
+            sae_states=[sae.state_dict() for sae in state.saes],
+            optimizer_states=[opt.state_dict() for opt in state.optimizers],
+            dead_counters=state.counters,
+            rng_state=torch.get_rng_state(),
+            info={"scales": state.scales, "fingerprint": state.fingerprint},
+        ),
+    )
+
+
+def finalise(state: Run) -> TrainResult:
+    """Fold the normalisation back, record site, factor and provenance; the trained SAEs."""
+    state.bar.close()
+    assert state.log is not None
+    state.log.close()
+    total = state.cfg.total_steps
+    final = [{k: v for k, v in r.items() if k not in ("step", "sae", "name")} for r in state.records]
+    for sae, site, metrics in zip(state.saes, state.sites, final):
+        leave_normalised_units_(sae, site, state.scales)
+        sae.provenance.update({
+            "data": state.source.describe(),
+            "tokens": total * state.rows,
+            "train_config": to_dict(state.cfg),
+            "final_metrics": metrics,
+            **state.objective.describe(),
+        })  # fmt: skip
+    return TrainResult(state.saes, final, total, state.start, time.perf_counter() - state.started)
+
+
+def assign_sites(saes: Sequence[SAE], source: ActivationSource) -> list[str]:
+    """The source site each SAE reads. A one-site source feeds every SAE; otherwise each SAE's
+    ``site`` must name one of the source's sites."""
+    sites = tuple(source.sites)
+    assigned = []
+    for i, sae in enumerate(saes):
+        if len(sites) == 1:
+            site = sites[0]
+        elif sae.site in sites:
+            site = sae.site
+        else:
+            raise ConfigError(
+                f"SAE {i} ({sae.architecture}) has site {sae.site!r}, but the activation source provides {list(sites)}"
+            )
+        if source.d_in(site) != sae.d_in:
+            raise DataError(
+                f"SAE {i} ({sae.architecture}) has d_in={sae.d_in} but activations at site {site!r} "
+                f"have width {source.d_in(site)}"
+            )
+        assigned.append(site)
+    return assigned
+
+
+@contextlib.contextmanager
+def _session(state: Run) -> Iterator[None]:
+    """What holds for the whole run: the training-only fast paths and the objective's own session."""
+    with training_fast_paths(state.device), state.objective.session():
+        yield
+
+
+@contextlib.contextmanager
+def _stream(state: Run) -> Iterator[Iterator[Mapping[str, ActBatch]]]:
+    """The batches from the run's start, read ahead on another thread where that pays (CUDA, or a
+    source on disk) and the objective allows it; closed at the end."""
+    batches: Iterator[Mapping[str, ActBatch]] = state.source.batches(state.cfg.batch_size, seed=state.cfg.seed, start=state.start)
+    if state.objective.prefetch and (state.device.type == "cuda" or isinstance(state.source, CacheSource)):
+        batches = Prefetcher(batches, pin_memory=state.device.type == "cuda")
+    try:
+        yield batches
+    finally:
+        close = getattr(batches, "close", None)  # generators and the prefetcher close; a source may return any iterator
+        if close is not None:
+            close()
+
+
+def _fingerprint(saes: Sequence[SAE], sites: list[str], cfg: TrainConfig, source: ActivationSource, objective: Objective) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed by this run (as JSON gives it back). Settings
+    that do not change the result (logging, progress, checkpoint cadence, device) may differ."""
+    keep = replace(cfg, progress=True, log_every=1, checkpoint_every=None, wandb_project=None, tensorboard=False, device="auto")
+    fingerprint = {
+        "saes": [{"architecture": s.architecture, "config": to_dict(s.cfg), "site": site} for s, site in zip(saes, sites)],
+        "train": to_dict(keep),
+        "data": source.describe(),
+        "objective": objective.describe(),
+    }
+    return json.loads(json.dumps(fingerprint, default=str))
+
+
+def _say(cfg: TrainConfig, message: str) -> None:
+    if cfg.progress:
+        tqdm.write(message)
+
+
+def _postfix(records: list[dict[str, Any]]) -> dict[str, str]:
+    if len(records) <= 3:
+        return {f"{r['name']}": f"mse={r['mse']:.3g} l0={r['l0']:.3g}" for r in records}
+    return {
+        "mean mse": f"{sum(r['mse'] for r in records) / len(records):.3g}",
+        "mean l0": f"{sum(r['l0'] for r in records) / len(records):.3g}",
+    }
+
+
+def _warn_no_grad(i: int, sae: SAE) -> None:
+    import warnings
+
+    warnings.warn(
+        f"SAE {i} ({sae.architecture}) selects latents with the downstream gradient, but the activation "
+        "source gives none, so it trains with its no-gradient rule; use a source with gradients "
+        "(ModelSource(..., with_grads=True), or with_grads = true in a run config's [data])",
+        stacklevel=5,  # the caller of train(), past train(), run() and train_step()
+    )
+
+
+def _raise_non_finite(state: Run, batch: Mapping[str, ActBatch], outs: Mapping[int, LossOut], step: int) -> None:
+    for site in sorted(set(state.sites)):
+        x = batch[site].x
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            row = int(bad.any(-1).nonzero()[0])
+            raise DataError(
+                f"activations at site {site!r} contain {int(bad.sum())} NaN or inf values "
+                f"(first in row {row} of the batch at step {step})"
+            )
+    for i, sae in enumerate(state.saes):
+        if not bool(torch.isfinite(outs[i].loss.detach())):
+            raise FloatingPointError(
+                f"SAE {i} ({sae.architecture}) diverged at step {step}: loss is {float(outs[i].loss)}; "
+                "lower its learning rate (lr) or enable grad_clip"
+            )
+    raise FloatingPointError(f"a group objective's term is not finite at step {step}; lower its coefficient or the learning rates")

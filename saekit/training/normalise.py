@@ -1,0 +1,75 @@
+"""Activation normalisation: one scale estimator, and moving SAEs between raw and normalised units.
+
+While training, each site's activations are multiplied by one fixed factor ``s`` with E||s·x||² = 1,
+so that a fresh SAE's settings (thresholds, bandwidths, sparsity coefficients) mean the same thing
+whatever the model. At the end the factor is folded into the weights, so trained SAEs take raw
+activations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from saekit.errors import DataError
+from saekit.sae import functional as F
+from saekit.sae.base import SAE
+from saekit.types import ActivationSource
+
+
+@torch.no_grad()
+def estimate_scales(source: ActivationSource, sites: set[str], batch_size: int, seed: int, n_tokens: int) -> dict[str, float]:
+    """Per site, the factor s with E||s·x||² = 1 over the stream's first ``n_tokens`` rows (at least one batch)."""
+    sums = dict.fromkeys(sites, 0.0)
+    count = 0
+    for batch in source.batches(batch_size, seed=seed, start=0):
+        for site in sites:
+            x = batch[site].x.double()
+            if not torch.isfinite(x).all():
+                raise DataError(f"activations at site {site!r} contain NaN or inf")
+            sums[site] += float(x.pow(2).sum())
+        count += batch[next(iter(sites))].x.shape[0]
+        if count >= n_tokens:
+            break
+    for site, total in sums.items():
+        if total <= 0:
+            raise DataError(f"activations at site {site!r} are all zero; cannot normalise them")
+    return {site: math.sqrt(count / total) for site, total in sums.items()}
+
+
+@torch.no_grad()
+def rescale_(sae: SAE, factor: float) -> None:
+    """Multiply the tensors in activation units by ``factor`` (factor = s enters normalised units,
+    1/s returns to raw units); weights are unit-free and stay as they are."""
+    tensors = dict(sae.named_parameters()) | dict(sae.named_buffers())
+    for name in sae.scaled_params:
+        tensors[name].mul_(factor)
+
+
+def was_trained(sae: SAE) -> bool:
+    """Whether ``sae`` comes out of training (saekit's, or another library's through io.convert): its
+    ``b_dec`` is then kept when training continues, instead of being re-initialised from the data."""
+    return "normalization_factor" in sae.metadata or "converted_from" in sae.metadata
+
+
+@torch.no_grad()
+def enter_normalised_units_(sae: SAE, x: torch.Tensor, scale: float) -> None:
+    """Prepare ``sae`` for training on activations already multiplied by ``scale`` (``x`` is the first
+    such batch). A trained SAE lives in raw units and is rescaled into normalised ones. A fresh SAE's
+    hyper-parameters (threshold_init, bandwidth, coefficients) are defined in normalised units, so it
+    is left as it is, whatever the raw scale of the data, and only its ``b_dec`` is initialised."""
+    if was_trained(sae):
+        rescale_(sae, scale)
+    elif sae.b_dec_init == "geometric_median":
+        sae.b_dec.copy_(F.geometric_median(x))
+    elif sae.b_dec_init == "mean":
+        sae.b_dec.copy_(x.mean(0))
+
+
+def leave_normalised_units_(sae: SAE, site: str, scales: Mapping[str, float]) -> None:
+    """Fold the factor back into the weights and record it (``normalization_factor``)."""
+    rescale_(sae, 1.0 / scales[site])
+    sae.metadata.setdefault("site", site)
+    sae.metadata["normalization_factor"] = scales[site]
