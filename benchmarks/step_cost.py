@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import saekit
 from saekit.types import ActBatch, StepCtx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "sae"))
+from dense_reference import dense_loss  # noqa: E402  (the TopK family's dense oracle)
+
 
 def step(sae, opt, x, dense: bool) -> None:
-    out = sae._dense_loss(x, StepCtx()) if dense else sae.loss(ActBatch(x), StepCtx())
+    if not dense:
+        out = sae.loss(ActBatch(x), StepCtx())
+    else:
+        out = sae._dense_loss(x, StepCtx()) if sae.architecture == "jumprelu" else dense_loss(sae, x, StepCtx())
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     opt.step()

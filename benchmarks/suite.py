@@ -101,9 +101,9 @@ def _tokens(cfg: SuiteCase, tokenizer) -> torch.Tensor:
 def _harvest(model, tokens: torch.Tensor, forward_batch: int) -> tuple[list[str], np.ndarray]:
     """[n_sites, rows, d] activations of ``tokens`` at every residual site, BOS positions dropped.
 
-    The forward passes run with saekit's heap reuse (saekit.memory.heap), as in saekit's ModelSource,
+    The forward passes run with saekit's heap reuse (saekit._fast.heap), as in a saekit training run,
     so the peers get the speed of saekit's own forward passes."""
-    from saekit.memory.heap import reuse_large_blocks
+    from saekit._fast.heap import reuse_large_blocks
     from saekit.sources.hf import collect_activations
 
     parts: dict[str, list[torch.Tensor]] = {}

@@ -72,9 +72,12 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 def _cmd_ls(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from saekit.sae.registry import get, list_architectures
+    from saekit.sae.registry import aliases, get, list_architectures
     from saekit.strict import field_docs
 
+    for name, target in sorted(aliases().items()):
+        print(f"{name}  = {target}  (a second name of the same architecture)")
+    print()
     for name in list_architectures():
         cls = get(name)
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]

@@ -2,7 +2,7 @@
 (end-to-end training).
 
 A *group objective* is a term added to the losses of several SAEs that train side by side in
-:func:`saekit.training.loop.run`. The loop computes the members' own losses, adds the group term, and
+:func:`saekit.training.engine.run`. The engine computes the members' own losses, adds the group term, and
 back-propagates the sum once, so the term's gradient reaches every member. Group objectives must be
 pure functions of the members' parameters, their ``LossOut`` and the step: they hold no state of their
 own, which keeps exact resume free.

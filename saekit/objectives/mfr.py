@@ -86,7 +86,7 @@ def matched_cosine(a: Tensor, b: Tensor, matching: str = "hungarian") -> Tensor:
 
 
 class MFR:
-    """The MFR penalty as a group objective of :func:`saekit.training.loop.run`."""
+    """The MFR penalty as a group term of :class:`saekit.training.objective.LocalObjective`."""
 
     def __init__(self, config: MFRConfig | None = None, **fields) -> None:
         if config is None:

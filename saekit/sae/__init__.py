@@ -7,7 +7,6 @@ from saekit.sae import jumprelu  # noqa: F401
 from saekit.sae import gated  # noqa: F401
 from saekit.sae import gradient_topk  # noqa: F401
 from saekit.sae import feature_choice  # noqa: F401
-from saekit.sae import mutual_choice  # noqa: F401
 from saekit.sae import p_anneal  # noqa: F401
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import build, get, list_architectures, register

@@ -32,6 +32,9 @@ Choices made here (dictionary_learning's ``BatchTopKTrainer`` is the reference):
   saved folder has exactly the tensors SAELens's ``jumprelu`` expects (its strict ``load_state_dict``
   would refuse a separate flag tensor).
 
+This selection is also Mutual Choice's (Ayonrinde 2024: the batch budget n·k spent freely across
+tokens and latents), registered as ``mutual_choice`` beside ``batch_topk``: one class, two names.
+
 Defaults follow dictionary_learning: AuxK weight 1/32 with k_aux = d_in // 2, unit-norm decoder,
 geometric-median ``b_dec``; the learning rate is saekit's default (:func:`saekit.sae.functional.default_lr`,
 four times dictionary_learning's).
@@ -40,24 +43,23 @@ four times dictionary_learning's).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import final
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
+from saekit.sae import topk_family as family
 from saekit.sae.base import SAE, OptimDefaults
-from saekit.sae.registry import register
-from saekit.sae.topk import TopKConfig
+from saekit.sae.registry import alias, register
 from saekit.types import ActBatch, LossOut, StepCtx
 
 
 @dataclass(frozen=True)
-class BatchTopKConfig(TopKConfig):
-    """TopK's fields and checks (k, aux_k, aux_coef), k read as a mean, plus the threshold's."""
+class BatchTopKConfig(family.TopKFamilyConfig):
+    """The TopK family's fields (k read as a mean over the batch) and the inference threshold's."""
 
-    k: int = 32
-    """Mean active latents per token: a training batch of B tokens keeps its B·k largest activations."""
     threshold_ema: float = 0.001
     """β of the inference-threshold EMA, θ ← (1 − β) θ + β · (smallest kept activation of the batch);
     raised to 10 / total_steps in runs shorter than 10,000 steps (memory at most a tenth of the run)."""
@@ -66,30 +68,42 @@ class BatchTopKConfig(TopKConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.threshold_ema <= 1:
-            raise ValueError(f"threshold_ema must be in (0, 1], got {self.threshold_ema!r}")
-        if self.threshold_start_step < 0:
-            raise ValueError(f"threshold_start_step must be >= 0, got {self.threshold_start_step}")
+        check_threshold_fields(self.threshold_ema, self.threshold_start_step)
 
 
+def check_threshold_fields(ema: float, start_step: int) -> None:
+    """The inference-threshold fields of the batch-coupled selections (BatchTopK, Feature Choice)."""
+    if not 0 < ema <= 1:
+        raise ValueError(f"threshold_ema must be in (0, 1], got {ema!r}")
+    if start_step < 0:
+        raise ValueError(f"threshold_start_step must be >= 0, got {start_step}")
+
+
+def batch_topk(k: int) -> family.Selection:
+    """BatchTopK's selection: the n·k largest pre-activations of a batch of n tokens. Selecting on pre
+    rather than ReLU(pre) keeps the same positive entries (ReLU is monotone); where fewer than n·k are
+    positive, the extra picks get a zero code either way."""
+
+    def select(pre: Tensor, batch: ActBatch) -> S.Pattern:
+        n_keep = min(pre.numel(), pre.shape[0] * k)
+        return S.pattern_from_flat(S.batch_topk_flat(pre, n_keep, per_row=2 * k), *pre.shape)
+
+    return select
+
+
+@final
 @register("batch_topk")
 class BatchTopKSAE(SAE):
     config_class = BatchTopKConfig
-    training_state = F.ZIPF_STATE
     saelens_architecture = "jumprelu"
     scaled_params = ("b_enc", "b_dec", "threshold")
+    training_state = F.ZIPF_STATE
     cfg: BatchTopKConfig
     threshold: Tensor
 
     def __init__(self, cfg: BatchTopKConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg)
-        W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
-        self.W_enc = nn.Parameter(W_enc)
-        self.W_dec = nn.Parameter(W_dec)
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        if cfg.aux_zipf_coef > 0:
-            F.register_zipf_state(self, cfg.d_sae)
+        family.init_parameters(self, cfg, generator)
         self.register_buffer("threshold", torch.full((cfg.d_sae,), F.UNSET_THRESHOLD))
 
     @classmethod
@@ -101,49 +115,21 @@ class BatchTopKSAE(SAE):
         """Whether the inference threshold has been learned (see the module docstring)."""
         return bool(self.threshold.isfinite().all())
 
-    def post_relu(self, x: Tensor) -> Tensor:
-        return ((x - self.b_dec) @ self.W_enc + self.b_enc).relu()
-
     def encode(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        acts = self.post_relu(x)
+        acts = family.pre_acts(self, x).relu()
         return acts * (acts > self.threshold.to(acts.dtype))
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
-        x = batch.x
-        self._check_input(x)
-        if x.dim() != 2 or self.cfg.aux_zipf_coef > 0:
-            return self._dense_loss(x, ctx)
-        # Sparse path (saekit.sae.sparse): one dense product, then only the batch·k kept activations.
-        x_in = x - self.b_dec.detach()
-        with torch.no_grad():
-            pre = S.pre_acts(x_in, self.W_enc, self.b_enc)
-            # Selecting on pre rather than ReLU(pre) keeps the same positive entries (ReLU is monotone);
-            # where fewer than batch·k are positive, the extra picks get a zero code either way.
-            n_keep = min(pre.numel(), pre.shape[0] * self.cfg.k)
-            flat = S.batch_topk_flat(pre, n_keep, per_row=2 * self.cfg.k)
-            pattern = S.pattern_from_flat(flat, *pre.shape)
-        return S.topk_family_loss(self, x, x_in, pre, pattern, ctx.dead_mask)
-
-    def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
-        """The plain dense computation of ``loss``; the sparse path is tested against it."""
-        acts = self.post_relu(x)
-        codes = acts * F.batch_topk_mask(acts, self.cfg.k)
-        x_hat = self.decode(codes)
-        mse = F.mse_per_token(x, x_hat).mean()
-        aux = F.aux_k_loss(acts, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
-        loss = mse + self.cfg.aux_coef * aux
-        terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)}
-        if self.cfg.aux_zipf_coef > 0:
-            zipf = F.aux_zipf_loss(acts, (x - x_hat).detach(), F.zipf_running(self, codes, self.cfg.aux_zipf_ema).estimate, self.cfg.aux_k or self.d_in // 2, self.W_dec, self.cfg.aux_zipf_exponent)
-            loss = loss + self.cfg.aux_zipf_coef * zipf
-            terms["aux_zipf"] = zipf.detach()
-        return LossOut(loss, x_hat, codes, terms)
+        self._check_input(batch.x)
+        return family.family_loss(self, batch, ctx, batch_topk(self.cfg.k))
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
-        if self.cfg.aux_zipf_coef > 0:
-            F.commit_zipf_state_(self, F.zipf_running(self, out.codes, self.cfg.aux_zipf_ema))
+        family.after_step(self, out)
         if F.threshold_tracking(ctx.step, self.cfg.threshold_start_step, ctx.total_steps):
             weight = F.threshold_ema_weight(self.cfg.threshold_ema, ctx.total_steps)
             F.ema_threshold_(self.threshold, F.smallest_kept(out.codes), weight)
+
+
+alias("mutual_choice", "batch_topk")

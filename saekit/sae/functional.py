@@ -1,5 +1,6 @@
 """Pure maths shared by the architectures: selection rules, the JumpReLU estimator, decoder
-normalisation, initialisation, the auxiliary loss on dead latents and the geometric median."""
+normalisation, initialisation, the geometric median, learned thresholds and the Zipf deficits of
+aux_zipf_loss. The TopK family's losses themselves run on the sparse path (:mod:`saekit.sae.sparse`)."""
 
 from __future__ import annotations
 
@@ -48,15 +49,6 @@ def scatter_codes(sparse: TopKCodes, d_sae: int) -> Tensor:
     """Dense [..., d_sae] codes from (values, indices)."""
     dense = sparse.values.new_zeros(*sparse.values.shape[:-1], d_sae)
     return dense.scatter(-1, sparse.indices, sparse.values)
-
-
-def batch_topk_mask(acts: Tensor, k: int) -> Tensor:
-    """Mask of the ``batch * k`` largest entries of a [batch, d_sae] matrix, over the whole batch."""
-    flat = acts.flatten()
-    n_keep = min(flat.numel(), acts.shape[0] * k)
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask[flat.topk(n_keep, sorted=False).indices] = True
-    return mask.view_as(acts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,41 +172,6 @@ def tied_init(d_in: int, d_sae: int, generator: torch.Generator | None = None) -
 
 
 # ---------------------------------------------------------------------------------------------
-# Auxiliary loss on dead latents (Gao et al. 2024)
-
-
-def aux_k_loss(
-    pre_acts: Tensor,
-    residual: Tensor,
-    dead_mask: Tensor | None,
-    k_aux: int,
-    W_dec: Tensor,
-) -> Tensor:
-    """Reconstruct the main residual with the top-``k_aux`` dead latents, normalised by its variance.
-
-    pre_acts: [batch, d_sae] encoder pre-activations; residual: [batch, d_in] ``x - x_hat`` (detached
-    by the caller). Returns 0 when no latent is dead.
-
-    The protocol is dictionary_learning's (``trainers/top_k.py`` ``get_auxiliary_loss``): per token the
-    min(k_aux, #dead) largest pre-activations of dead latents, through a ReLU, decoded without b_dec;
-    the summed squared error divided by the residual's total variance in the batch, which is Gao et
-    al.'s normalisation (OpenAI's ``normalized_mse``). The callers' default k_aux is d_in // 2, as
-    dictionary_learning and sparsify (OpenAI: 256, the paper 512). sparsify differs in three ways,
-    not followed here: it scales the term by min(#dead / k_aux, 1), divides by the total variance of x
-    rather than of the residual, and decodes with b_dec.
-    """
-    if dead_mask is None or not bool(dead_mask.any()):
-        return pre_acts.new_zeros(())
-    k = min(k_aux, int(dead_mask.sum()))
-    masked = pre_acts.masked_fill(~dead_mask, float("-inf"))
-    values, indices = masked.topk(k, dim=-1, sorted=False)
-    codes = torch.zeros_like(pre_acts).scatter(-1, indices, values.relu())
-    residual_hat = codes @ W_dec
-    variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
-    return (residual_hat - residual).pow(2).sum() / variance
-
-
-# ---------------------------------------------------------------------------------------------
 # Geometric median (Weiszfeld), the b_dec initialisation of the TopK family
 
 
@@ -308,10 +265,17 @@ def feature_choice_mask(acts: Tensor, capacities: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # aux_zipf_loss (Ayonrinde 2024), PROVISIONAL reading: papers.md §3 marks its definition unverified.
+# The loss is saekit.sae.sparse.aux_loss with the weights zipf_deficit(running density).
 
 
 def firing_density(codes: Tensor) -> Tensor:
-    """[d_sae] fraction of the batch's tokens on which each latent is non-zero, detached."""
+    """[d_sae] fraction of the batch's tokens on which each latent is non-zero, detached; ``codes`` is
+    dense or a [batch, d_sae] sparse CSR tensor (the TopK family's ``LossOut.codes``)."""
+    if codes.layout == torch.sparse_csr:
+        counts = torch.zeros(codes.shape[-1], device=codes.device)
+        nonzero = codes.values() != 0
+        counts.index_add_(0, codes.col_indices()[nonzero], nonzero[nonzero].float())
+        return counts / max(1, codes.shape[0])
     return (codes.reshape(-1, codes.shape[-1]) != 0).float().mean(0).detach()
 
 
@@ -375,37 +339,6 @@ def commit_zipf_state_(sae: torch.nn.Module, running: RunningDensity) -> None:
     state = sae.state_dict()
     state[ZIPF_STATE[0]].copy_(running.ema)
     state[ZIPF_STATE[1]].copy_(running.seen)
-
-
-def aux_zipf_loss(
-    pre_acts: Tensor,
-    residual: Tensor,
-    density: Tensor,
-    k_aux: int,
-    W_dec: Tensor,
-    exponent: float = 1.0,
-) -> Tensor:
-    """AuxK generalised from dead to underutilised latents, each weighted by its Zipf deficit.
-
-    ``density`` is each latent's firing density: the running estimate over recent batches in training
-    (:class:`RunningDensity`), since one batch says little about a latent that fires once in
-    thousands of tokens. w = :func:`zipf_deficit` (density, exponent). Per token, the ``min(k_aux, #{w > 0})`` largest
-    pre-activations among latents with w > 0 are kept through a ReLU and multiplied by their latent's
-    w; they reconstruct the residual (``x − x̂``, detached by the caller) through ``W_dec``, and the
-    squared error is divided by the residual's total variance, as in :func:`aux_k_loss`. With w equal
-    to 1 on some latents and 0 elsewhere this is exactly ``aux_k_loss`` with those latents as dead.
-    """
-    weights = zipf_deficit(density, exponent)
-    selectable = weights > 0
-    if not bool(selectable.any()):
-        return pre_acts.new_zeros(())
-    k = min(k_aux, int(selectable.sum()))
-    masked = pre_acts.masked_fill(~selectable, float("-inf"))
-    values, indices = masked.topk(k, dim=-1, sorted=False)
-    codes = torch.zeros_like(pre_acts).scatter(-1, indices, values.relu() * weights.to(pre_acts.dtype)[indices])
-    residual_hat = codes @ W_dec
-    variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
-    return (residual_hat - residual).pow(2).sum() / variance
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ Forsey, Hepner, Howe & Wingate 2024, "Features that Make a Difference", papers.m
     s   = z + β · z ⊙ e                                         score: activation + its effect on the loss
     f   = z on the k largest entries of s per token, 0 elsewhere   (the kept values are z, not s)
     x̂   = f W_dec + b_dec
-    loss = ||x − x̂||² + aux_coef · AuxK                          exactly TopK's objective
+    loss = ||x − x̂||² + aux_coef · AuxK (+ aux_zipf)             exactly TopK's objective
 
 With unit-norm decoder rows d_i, ``d_i · g`` is the directional derivative of the LM loss along latent
 i, so a small activation whose direction moves the loss a lot can win a slot from a large one that
@@ -30,38 +30,33 @@ Provisional reading (no official code; papers.md §4 marks β's definition as pr
 At inference ``encode(x)`` (no gradient, e.g. when spliced into a model) is plain TopK on ``z``, the
 rule the paper gives for label-free use, and ``encode_with_grad(x, grad)`` applies the full rule; both
 are per token. ``saekit.evaluate`` with a model computes the gradient at the site and reports both
-readouts. Saved folders load in SAELens as ``topk`` (the rule without a gradient).
+readouts. Saved folders load in SAELens as ``topk`` (the rule without a gradient). The loss, AuxK and
+aux_zipf_loss are the TopK family's (:mod:`saekit.sae.topk_family`); g-SAE's part is its selection.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import final
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from saekit.errors import DataError
 from saekit._fast import row_topk
+from saekit.errors import DataError
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
-from saekit.sae.base import SAE, OptimDefaults, SAEConfig
+from saekit.sae import topk_family as family
+from saekit.sae.base import SAE, OptimDefaults
 from saekit.sae.registry import register
-from saekit.sae.topk import check_aux_k
 from saekit.strict import refuse_unused
 from saekit.types import ActBatch, LossOut, StepCtx
 
 
 @dataclass(frozen=True)
-class GradientTopKConfig(SAEConfig):
-    """TopK's selection and AuxK fields (k, aux_k, aux_coef) plus the weight of the gradient in the
-    selection score; no aux_zipf_loss."""
+class GradientTopKConfig(family.TopKFamilyConfig):
+    """The TopK family's fields plus the weight of the gradient in the selection score."""
 
-    k: int = 32
-    """Active latents per token."""
-    aux_k: int | None = None
-    """Dead latents used by the AuxK loss; None means d_in // 2."""
-    aux_coef: float = 1 / 32
-    """Weight of the AuxK loss; 0 disables it."""
     beta: float = 1.0
     """β in the selection score z + β·z·|W_dec g| (provisional reading of the paper; 0 gives TopK)."""
     normalize_grad: bool = True
@@ -71,9 +66,6 @@ class GradientTopKConfig(SAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.k <= self.d_sae:
-            raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
-        check_aux_k(self)
         if not self.beta >= 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.beta == 0:
@@ -92,83 +84,58 @@ def gradient_scores(z: Tensor, x: Tensor, grad: Tensor, W_dec: Tensor, beta: flo
     return z + beta * z * effect
 
 
+@final
 @register("gradient_topk")
 class GradientTopKSAE(SAE):
     config_class = GradientTopKConfig
     saelens_architecture = "topk"
     uses_grad = True
+    training_state = F.ZIPF_STATE
     cfg: GradientTopKConfig
 
     def __init__(self, cfg: GradientTopKConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg)
-        W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
-        self.W_enc = nn.Parameter(W_enc)
-        self.W_dec = nn.Parameter(W_dec)
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        family.init_parameters(self, cfg, generator)
 
     @classmethod
     def optim_defaults(cls, cfg: GradientTopKConfig) -> OptimDefaults:
         return OptimDefaults(lr=cfg.lr or F.default_lr(cfg.d_sae))
 
-    def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
-
-    def select(self, x: Tensor, pre: Tensor, grad: Tensor | None) -> Tensor:
-        """Dense codes from pre-activations of ``x``: z = ReLU(pre) kept on the k best-scored latents of
-        each row (plain TopK without ``grad``)."""
-        z = pre.relu()
+    def scores(self, pre: Tensor, x: Tensor, grad: Tensor | None) -> Tensor:
+        """What the k best of each row are chosen by: ``pre`` itself without a gradient (or with β = 0),
+        else :func:`gradient_scores` of ReLU(pre). Computed without autograd: selection is a discrete
+        choice, and only the kept values carry gradient, as in TopK."""
         if grad is None or self.cfg.beta == 0:
-            return F.scatter_codes(F.topk_codes(z, self.cfg.k), self.d_sae)
-        self._check_grad(grad, pre)
-        # Selection is a discrete choice: only the kept values carry gradient, as in TopK.
-        with torch.no_grad():
-            scores = gradient_scores(z, x.to(z.dtype), grad.to(z.dtype), self.W_dec, self.cfg.beta, self.cfg.normalize_grad)
-            indices = scores.topk(self.cfg.k, dim=-1, sorted=False).indices
-        return torch.zeros_like(z).scatter(-1, indices, z.gather(-1, indices))
-
-    def _check_grad(self, grad: Tensor, pre: Tensor) -> None:
+            return pre
         if grad.shape[:-1] != pre.shape[:-1] or grad.shape[-1] != self.d_in:
             raise DataError(f"gradient of shape {tuple(grad.shape)} does not match activations of shape {(*pre.shape[:-1], self.d_in)}")
+        with torch.no_grad():
+            z = pre.detach().relu()
+            return gradient_scores(z, x.to(z.dtype), grad.to(z.dtype), self.W_dec, self.cfg.beta, self.cfg.normalize_grad)
 
     def encode(self, x: Tensor) -> Tensor:
         """Codes of ``x`` without a gradient: plain TopK on z."""
         self._check_input(x)
-        return self.select(x, self.pre_acts(x), None)
+        return F.scatter_codes(F.topk_codes(family.pre_acts(self, x), self.cfg.k), self.d_sae)
 
     def encode_with_grad(self, x: Tensor, grad: Tensor) -> Tensor:
         """Codes of ``x`` chosen with ``grad`` (d loss / d x, same shape): the rule it was trained with."""
         self._check_input(x)
-        return self.select(x, self.pre_acts(x), grad)
+        pre = family.pre_acts(self, x)
+        indices = self.scores(pre, x, grad).topk(self.cfg.k, dim=-1, sorted=False).indices
+        return torch.zeros_like(pre).scatter(-1, indices, pre.gather(-1, indices).relu())
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
-        x = batch.x
-        self._check_input(x)
-        if x.dim() != 2:
-            return self._dense_loss(x, ctx, batch.grad)
-        # Sparse path (saekit.sae.sparse): the encoder product, with a gradient the product giving each
-        # latent's effect on the loss, then only the k chosen latents per token.
-        x_in = x - self.b_dec.detach()
-        with torch.no_grad():
-            pre = S.pre_acts(x_in, self.W_enc, self.b_enc)
-            scores = pre
-            if batch.grad is not None and self.cfg.beta != 0:
-                self._check_grad(batch.grad, pre)
-                scores = gradient_scores(
-                    pre.relu(), x.to(pre.dtype), batch.grad.to(pre.dtype), self.W_dec, self.cfg.beta, self.cfg.normalize_grad
-                )
-            pattern = S.pattern_from_topk(row_topk(scores, self.cfg.k), self.d_sae, ascending=True)
-        return S.topk_family_loss(self, x, x_in, pre, pattern, ctx.dead_mask)
+        self._check_input(batch.x)
 
-    def _dense_loss(self, x: Tensor, ctx: StepCtx, grad: Tensor | None = None) -> LossOut:
-        """The plain dense computation of ``loss``; the sparse path is tested against it."""
-        pre = self.pre_acts(x)
-        codes = self.select(x, pre, grad)
-        x_hat = self.decode(codes)
-        mse = F.mse_per_token(x, x_hat).mean()
-        aux = F.aux_k_loss(pre, (x - x_hat).detach(), ctx.dead_mask, self.cfg.aux_k or self.d_in // 2, self.W_dec)
-        loss = mse + self.cfg.aux_coef * aux
-        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "aux_k": aux.detach(), "l0": F.l0_of(codes)})
+        def select(pre: Tensor, rows: ActBatch) -> S.Pattern:
+            return S.pattern_from_topk(row_topk(self.scores(pre, rows.x, rows.grad), self.cfg.k), self.d_sae, ascending=True)
+
+        return family.family_loss(self, batch, ctx, select)
+
+    @torch.no_grad()
+    def after_step(self, out: LossOut, ctx: StepCtx) -> None:
+        family.after_step(self, out)
 
     def extra_saelens_cfg(self) -> dict:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}

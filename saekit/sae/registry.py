@@ -1,5 +1,7 @@
 """Registry of architectures: ``@register("topk")`` on the class, ``build(name, ...)`` to make one.
-The registry name is what cfg.json stores, so a saved SAE is rebuilt by name."""
+The registry name is what cfg.json stores, so a saved SAE is rebuilt by name. ``alias(name, target)``
+gives an architecture a second name (Mutual Choice is BatchTopK's selection under the paper's name):
+it builds the target's class, and saved folders record the target's name."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from saekit.sae.base import SAE, SAEConfig
 from saekit.strict import from_dict
 
 _REGISTRY: dict[str, type[SAE]] = {}
+_ALIASES: dict[str, str] = {}
 S = TypeVar("S", bound=type[SAE])
 
 
@@ -27,18 +30,29 @@ def register(name: str) -> Callable[[S], S]:
     return wrap
 
 
+def alias(name: str, target: str) -> None:
+    """Let ``name`` build the architecture registered as ``target``."""
+    if name in _REGISTRY or _ALIASES.get(name, target) != target:
+        raise ValueError(f"architecture name {name!r} is taken")
+    _ALIASES[name] = target
+
+
 def list_architectures() -> list[str]:
-    """Names of every registered architecture, sorted."""
+    """Names of every registered architecture (one per class, aliases left out), sorted."""
     return sorted(_REGISTRY)
+
+
+def aliases() -> dict[str, str]:
+    """Second names of architectures: alias -> registered name."""
+    return dict(_ALIASES)
 
 
 def get(name: str) -> type[SAE]:
     try:
-        return _REGISTRY[name]
+        return _REGISTRY[_ALIASES.get(name, name)]
     except KeyError:
-        raise UnknownArchitectureError(
-            f"unknown architecture {name!r}; known architectures are {', '.join(list_architectures())}"
-        ) from None
+        known = sorted([*_REGISTRY, *_ALIASES])
+        raise UnknownArchitectureError(f"unknown architecture {name!r}; known architectures are {', '.join(known)}") from None
 
 
 def make_config(name: str, d_in: int, d_sae: int, **hparams: Any) -> SAEConfig:

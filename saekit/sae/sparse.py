@@ -16,8 +16,9 @@ a token uses are known, only the encoder product needs every latent; the other f
 Everything is plain torch (embedding_bag over the pairs by row, and by column for the weight
 gradients; sampled_addmm for the dot products), so it runs on any device; its results equal the dense
 path's up to float rounding, which tests/sae/test_sparse.py checks for the loss and the gradient of
-every parameter. The architectures use it privately in ``loss`` (:func:`topk_family_loss` for the
-TopK family); their public ``encode`` / ``decode`` stay dense, and ``LossOut.codes`` is a sparse CSR
+every parameter against the dense oracle of tests/sae/dense_reference.py. The architectures use it in
+``loss`` (:func:`saekit.sae.topk_family.family_loss` for the TopK family, JumpReLU's sparse regime);
+their public ``encode`` / ``decode`` stay dense, and ``LossOut.codes`` is a sparse CSR
 tensor (:func:`sparse_codes`).
 """
 
@@ -33,7 +34,6 @@ from torch import Tensor
 from torch.nn import functional as tF
 
 from saekit._fast import row_topk, scratch
-from saekit.types import LossOut
 
 
 class ByColumn(NamedTuple):
@@ -79,7 +79,7 @@ class Pattern:
 
 def pattern_from_topk(indices: Tensor, n_cols: int, *, ascending: bool = False) -> Pattern:
     """Pattern of per-row top-k indices [n_rows, k]; ``ascending`` says they are already sorted within
-    each row (as :func:`saekit.kernels.row_topk` gives them), else they are sorted here."""
+    each row (as :func:`saekit._fast.row_topk` gives them), else they are sorted here."""
     n_rows, k = indices.shape
     cols = (indices if ascending else indices.sort(dim=-1).values).reshape(-1)
     rows = torch.arange(n_rows, device=indices.device).repeat_interleave(k)
@@ -284,57 +284,40 @@ def sparse_decode(values: Tensor, pattern: Pattern, W_dec: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Losses shared by the TopK family
+# The auxiliary loss of the TopK family (AuxK and aux_zipf_loss)
 
 
-def aux_k_loss(
-    pre: Tensor,
-    gather,
-    x_hat: Tensor,
-    x: Tensor,
-    dead_mask: Tensor | None,
-    k_aux: int,
-    W_dec: Tensor,
-) -> Tensor:
-    """Sparse form of :func:`saekit.sae.functional.aux_k_loss` on the residual x − x̂ (detached),
-    with the same value and gradients.
+def aux_loss(pre: Tensor, gather, x_hat: Tensor, x: Tensor, weights: Tensor | None, k_aux: int, W_dec: Tensor) -> Tensor:
+    """The auxiliary loss of the TopK family: latents with a positive weight reconstruct the residual
+    x − x̂ (detached) from each token's ``min(k_aux, #latents)`` largest pre-activations among them,
+    through a ReLU and times their latent's weight, decoded without b_dec; the summed squared error
+    over the residual's total variance in the batch. 0 when no weight is positive (or ``weights`` is
+    None).
+
+    Weights of 1 on the dead latents make it AuxK with dictionary_learning's protocol
+    (``trainers/top_k.py`` ``get_auxiliary_loss``), whose normalisation is Gao et al.'s (OpenAI's
+    ``normalized_mse``); the family's default k_aux is d_in // 2, as dictionary_learning and sparsify
+    (OpenAI: 256, the paper 512). sparsify differs in three ways, not followed here: it scales the
+    term by min(#dead / k_aux, 1), divides by the total variance of x rather than of the residual,
+    and decodes with b_dec. The Zipf deficits of :func:`saekit.sae.functional.zipf_deficit` as weights
+    make it aux_zipf_loss (provisional reading, papers.md §3).
 
     ``pre`` [batch, d_sae] holds the pre-activations without autograd; ``gather(pattern)`` returns
-    them at a pattern with gradients (a closure over :func:`gather_pre`).
+    them at a pattern with gradients (a closure over :func:`gather_pre`). The dense form of the same
+    formula is the test oracle (tests/sae/dense_reference.py).
     """
-    if dead_mask is None or not bool(dead_mask.any()):
+    if weights is None or not bool((weights > 0).any()):
         return pre.new_zeros((), dtype=W_dec.dtype)
     residual = (x - x_hat).detach()
-    dead = dead_mask.nonzero().squeeze(-1)
-    k = min(k_aux, dead.numel())
-    if 4 * dead.numel() < pre.shape[-1]:
-        # Few dead latents: select among their columns only instead of masking the whole matrix.
-        indices = dead[pre.index_select(-1, dead).topk(k, dim=-1, sorted=False).indices]
+    chosen = (weights > 0).nonzero().squeeze(-1)
+    k = min(k_aux, chosen.numel())
+    if 4 * chosen.numel() < pre.shape[-1]:
+        # Few latents: select among their columns only instead of masking the whole matrix.
+        indices = chosen[pre.index_select(-1, chosen).topk(k, dim=-1, sorted=False).indices]
     else:
-        indices = pre.masked_fill(~dead_mask, float("-inf")).topk(k, dim=-1, sorted=False).indices
+        indices = pre.masked_fill(weights <= 0, float("-inf")).topk(k, dim=-1, sorted=False).indices
     pattern = pattern_from_topk(indices, pre.shape[-1])
-    residual_hat = sparse_decode(gather(pattern).relu(), pattern, W_dec)
+    values = gather(pattern).relu() * weights.to(pre.dtype)[pattern.cols]
+    residual_hat = sparse_decode(values, pattern, W_dec)
     variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
     return (residual_hat - residual).pow(2).sum() / variance
-
-
-def topk_family_loss(sae, x: Tensor, x_in: Tensor, pre: Tensor, pattern: Pattern, dead_mask: Tensor | None) -> LossOut:
-    """The TopK family's training loss once the latents are chosen (``pattern``), on the sparse path.
-
-    ``pre = x_in @ W_enc + b_enc`` without autograd, ``x_in = x − b_dec`` (b_dec detached there: its
-    gradient through the encoder arrives as the shift's). The codes are ReLU(pre) at the pattern;
-    loss = ||x − x̂||² per token, averaged, + ``aux_coef`` · AuxK over ``dead_mask`` with ``aux_k``
-    latents (None: d_in // 2), as the dense losses of TopK, BatchTopK, Feature Choice and g-SAE.
-    """
-
-    def gather(p: Pattern) -> Tensor:
-        return gather_pre(pre, x_in, sae.b_dec, sae.W_enc, sae.b_enc, p)
-
-    values = gather(pattern).relu()
-    x_hat = sparse_decode(values, pattern, sae.W_dec) + sae.b_dec
-    # Σ over the batch of ||x̂ − x||², divided by the rows: one fused op forward and backward.
-    mse = tF.mse_loss(x_hat, x, reduction="sum") / x.shape[0]
-    aux = aux_k_loss(pre, gather, x_hat, x, dead_mask, sae.cfg.aux_k or sae.d_in // 2, sae.W_dec)
-    loss = mse + sae.cfg.aux_coef * aux
-    terms = {"mse": mse.detach(), "aux_k": aux.detach(), "l0": l0_per_row(values, pattern)}
-    return LossOut(loss, x_hat, sparse_codes(values, pattern), terms, fired_latents(values, pattern))

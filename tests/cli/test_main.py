@@ -51,7 +51,8 @@ def test_ls_lists_every_architecture_with_its_hyperparameters(capsys):
     text = capsys.readouterr().out
     for name in list_architectures():
         assert f"\n{name}  (SAELens:" in "\n" + text
-    assert "k = 32    Active latents per token." in text
+    assert "k = 32    Active latents per token: exactly k" in text
+    assert "mutual_choice  = batch_topk" in text
 
 
 def test_train_writes_loadable_saes_and_a_log(tmp_path, capsys):

@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dense_reference import aux_zipf_loss
+
 from saekit.sae import build
 from saekit.sae import functional as F
+from saekit.sae import sparse as S
 from saekit.sae.topk import TopKConfig, TopKSAE
 from saekit.types import ActBatch, StepCtx
 
@@ -32,20 +35,16 @@ def test_aux_zipf_loss_hand_computed() -> None:
     # Token 0 keeps latents 1, 2 (values 2, 1); token 1 keeps 2 (3) and 1 (ReLU(−1) = 0).
     r_hat = torch.tensor([[2 * w1, 1 * w2], [0.0, 3 * w2]])
     expected = ((r_hat - residual) ** 2).sum() / 1.0
-    got = F.aux_zipf_loss(pre, residual, torch.tensor([0.6, 0.1, 0.05]), 2, W_dec, exponent=1.0)
+    weights = F.zipf_deficit(torch.tensor([0.6, 0.1, 0.05]), exponent=1.0)
+    got = S.aux_loss(pre, lambda p: pre.reshape(-1)[p.flat], torch.zeros_like(residual), residual, weights, 2, W_dec)
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_with_unit_deficits_it_is_aux_k() -> None:
-    g = torch.Generator().manual_seed(0)
-    pre, residual, W_dec = torch.randn(8, 6, generator=g), torch.randn(8, 4, generator=g), torch.randn(6, 4, generator=g)
-    # Exponent 0: uniform target 1/6 each; latents at 0.25 are above it, the unused ones 1 short.
+    # Exponent 0: uniform target 1/6 each; latents at 0.25 are above it, the unused ones 1 short, so
+    # the weights are AuxK's (1 on the dead latents, 0 elsewhere).
     density = torch.tensor([0.25, 0.0, 0.25, 0.0, 0.25, 0.25])
-    dead = density == 0
-    for k_aux in (1, 2, 5):
-        torch.testing.assert_close(
-            F.aux_zipf_loss(pre, residual, density, k_aux, W_dec, exponent=0.0), F.aux_k_loss(pre, residual, dead, k_aux, W_dec)
-        )
+    assert torch.equal(F.zipf_deficit(density, exponent=0.0), (density == 0).float())
 
 
 def hand_topk(coef: float) -> TopKSAE:
@@ -71,7 +70,7 @@ def test_topk_option_hand_computed() -> None:
     assert out.loss.item() == pytest.approx(plain.loss.item() + 0.5 * expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("name", ["topk", "batch_topk", "feature_choice", "mutual_choice"])
+@pytest.mark.parametrize("name", ["topk", "batch_topk", "feature_choice", "mutual_choice", "gradient_topk"])
 def test_every_topk_family_sae_takes_the_option(name: str) -> None:
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
     on = build(name, d_in=8, d_sae=32, k=2, seed=0, aux_zipf_coef=1.0)
@@ -106,8 +105,8 @@ def test_density_is_a_running_estimate_not_the_batch_alone() -> None:
     out = sae.loss(ActBatch(second), StepCtx(step=1))
     with torch.no_grad():
         pre = (second - sae.b_dec) @ sae.W_enc + sae.b_enc
-        expected = F.aux_zipf_loss(pre, (second - out.x_hat).detach(), running, 1, sae.W_dec, exponent=1.0)
-        batch_only = F.aux_zipf_loss(pre, (second - out.x_hat).detach(), batch, 1, sae.W_dec, exponent=1.0)
+        expected = aux_zipf_loss(pre, (second - out.x_hat).detach(), running, 1, sae.W_dec, 1.0)
+        batch_only = aux_zipf_loss(pre, (second - out.x_hat).detach(), batch, 1, sae.W_dec, 1.0)
     assert out.terms["aux_zipf"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert expected.item() != pytest.approx(batch_only.item(), rel=1e-3)  # the two readings differ here
 

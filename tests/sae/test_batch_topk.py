@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saekit.sae import topk_family as family
 from saekit.sae import build, get
 from saekit.sae import functional as F
 from saekit.sae.batch_topk import BatchTopKConfig, BatchTopKSAE
@@ -43,7 +44,7 @@ def test_training_keeps_exactly_batch_times_k_largest() -> None:
         sae.b_enc.fill_(10.0)  # every activation positive, so every kept entry is non-zero
     x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
     out = sae.loss(ActBatch(x), StepCtx())
-    acts = sae.post_relu(x)
+    acts = family.pre_acts(sae, x).relu()
     kept = out.codes.to_dense() != 0
     assert int(kept.sum()) == 6 * 3
     assert acts[kept].min() >= acts[~kept].max()

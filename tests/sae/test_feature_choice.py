@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import saekit
+from saekit.sae import topk_family as family
 from saekit.eval.evaluate import evaluate
 from saekit.sae import build
 from saekit.sae import functional as F
@@ -73,7 +74,7 @@ def test_a_latent_never_exceeds_its_capacity(exponent: float) -> None:
     codes = sae.loss(ActBatch(x), StepCtx()).codes.to_dense()
     caps = sae.capacities(40)
     assert torch.equal((codes != 0).sum(0), caps)
-    acts = sae.post_relu(x)
+    acts = family.pre_acts(sae, x).relu()
     for j in range(32):  # the kept tokens of each latent are its largest activations
         kept = codes[:, j] != 0
         assert acts[kept, j].min() >= acts[~kept, j].max()

@@ -34,54 +34,6 @@ def test_scatter_codes_places_values_at_indices() -> None:
     assert torch.equal(F.scatter_codes(sparse, 4), torch.tensor([[7.0, 0.0, 0.0, 5.0]]))
 
 
-def test_batch_topk_mask_selects_over_whole_batch() -> None:
-    acts = torch.tensor([[5.0, 1.0, 0.0], [4.0, 3.0, 2.0]])
-    # k = 1: the two largest of the batch are both in column 0, one per row.
-    assert torch.equal(F.batch_topk_mask(acts, 1), torch.tensor([[True, False, False], [True, False, False]]))
-    # k = 2: four entries, three of them from the second row.
-    assert torch.equal(F.batch_topk_mask(acts, 2), torch.tensor([[True, False, False], [True, True, True]]))
-    # Asking for more than the batch holds keeps everything.
-    assert bool(F.batch_topk_mask(acts, 10).all())
-
-
-# ---------------------------------------------------------------------------------------------
-# AuxK
-
-_PRE = torch.tensor([[1.0, 2.0, -1.0], [0.5, 3.0, 2.0]])
-_RESIDUAL = torch.tensor([[1.0, 1.0], [3.0, 1.0]])
-_W_DEC = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-_DEAD = torch.tensor([True, False, True])
-
-
-def test_aux_k_loss_hand_computed() -> None:
-    # k_aux = 1: row 0 uses dead latent 0 (value 1), row 1 dead latent 2 (value 2).
-    # Predictions [1, 0] and [2, 2]; squared error 1 + 1 + 1 = 3; variance of the residual about its
-    # mean [2, 1] is 1 + 1 = 2.
-    loss = F.aux_k_loss(_PRE, _RESIDUAL, _DEAD, 1, _W_DEC)
-    assert loss.item() == pytest.approx(1.5)
-
-
-def test_aux_k_loss_uses_at_most_the_dead_latents() -> None:
-    # k_aux = 5 > 2 dead: both dead latents, negative values through the ReLU.
-    # Row 0 codes [1, 0, 0] -> [1, 0]; row 1 codes [0.5, 0, 2] -> [2.5, 2]; error 1 + 0.25 + 1.
-    loss = F.aux_k_loss(_PRE, _RESIDUAL, _DEAD, 5, _W_DEC)
-    assert loss.item() == pytest.approx(2.25 / 2)
-
-
-def test_aux_k_loss_is_zero_without_dead_latents() -> None:
-    assert F.aux_k_loss(_PRE, _RESIDUAL, torch.zeros(3, dtype=torch.bool), 2, _W_DEC).item() == 0.0
-    assert F.aux_k_loss(_PRE, _RESIDUAL, None, 2, _W_DEC).item() == 0.0
-
-
-def test_aux_k_loss_gradient_reaches_only_selected_dead_latents() -> None:
-    pre = _PRE.clone().requires_grad_(True)
-    F.aux_k_loss(pre, _RESIDUAL, _DEAD, 5, _W_DEC).backward()
-    # Row 1 error [-0.5, 1]: 2 · (error · W_dec[i]) / variance 2 for the dead latents 0 and 2; the live
-    # latent 1 and the negative (ReLU-clipped) entry of row 0 get nothing.
-    expected = torch.tensor([[0.0, 0.0, 0.0], [-0.5, 0.0, 0.5]])
-    assert torch.allclose(pre.grad, expected)
-
-
 # ---------------------------------------------------------------------------------------------
 # JumpReLU pseudo-derivatives (paper §1): the estimator values, checked through autograd
 

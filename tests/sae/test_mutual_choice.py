@@ -1,5 +1,5 @@
-"""Mutual Choice SAE: the batch spends exactly n·k, unevenly across tokens, and the learned global
-threshold carries that sparsity to per-token inference."""
+"""Mutual Choice SAE (BatchTopK's selection under the paper's name): the batch spends exactly n·k,
+unevenly across tokens, and the learned global threshold carries that sparsity to per-token inference."""
 
 from __future__ import annotations
 
@@ -9,14 +9,24 @@ import torch
 import saekit
 from saekit.eval.evaluate import evaluate
 from saekit.sae import build
-from saekit.sae.mutual_choice import MutualChoiceConfig, MutualChoiceSAE
+from saekit.io import load_sae, save_sae
+from saekit.sae.batch_topk import BatchTopKConfig, BatchTopKSAE
 from saekit.types import ActBatch, LossOut, StepCtx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def test_mutual_choice_is_batch_topk_under_a_second_name(tmp_path) -> None:
+    sae = build("mutual_choice", d_in=4, d_sae=8, k=2, seed=0)
+    assert type(sae) is BatchTopKSAE and sae.architecture == "batch_topk"
+    assert "mutual_choice" not in saekit.list_architectures()
+    folder = save_sae(sae, tmp_path / "mc")
+    assert '"architecture": "batch_topk"' in (folder / "cfg.json").read_text().replace("'", '"')
+    assert torch.equal(load_sae(folder).W_enc, sae.W_enc)
+
+
 def test_selection_hand_computed() -> None:
-    sae = MutualChoiceSAE(MutualChoiceConfig(d_in=2, d_sae=3, k=1))
+    sae = BatchTopKSAE(BatchTopKConfig(d_in=2, d_sae=3, k=1))
     with torch.no_grad():
         sae.W_enc.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
         sae.b_enc.copy_(torch.tensor([0.0, 0.25, -0.5]))
@@ -28,7 +38,7 @@ def test_selection_hand_computed() -> None:
 
 
 def test_global_threshold_ema() -> None:
-    sae = MutualChoiceSAE(MutualChoiceConfig(d_in=2, d_sae=3, k=1, threshold_ema=0.5, threshold_start_step=0))
+    sae = BatchTopKSAE(BatchTopKConfig(d_in=2, d_sae=3, k=1, threshold_ema=0.5, threshold_start_step=0))
     codes = lambda c: LossOut(torch.zeros(()), torch.zeros(len(c), 2), torch.tensor(c), {})  # noqa: E731
     sae.after_step(codes([[0.5, 0.0, 0.2], [0.3, 0.0, 0.0]]), StepCtx(step=0, total_steps=1000))
     assert torch.allclose(sae.threshold, torch.full((3,), 0.2))
@@ -68,4 +78,4 @@ def test_threshold_keeps_inference_l0_near_training_l0(trained) -> None:
 @pytest.mark.parametrize("bad", [{"k": 0}, {"k": 9}, {"aux_zipf_coef": -1.0}, {"threshold_start_step": -1}])
 def test_bad_hyperparameters_name_the_field(bad: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
-        MutualChoiceConfig(d_in=4, d_sae=8, **{"k": 2, **bad})
+        BatchTopKConfig(d_in=4, d_sae=8, **{"k": 2, **bad})

@@ -7,6 +7,8 @@ import copy
 import pytest
 import torch
 
+from dense_reference import dense_loss
+
 from saekit._fast import scratch
 from saekit.sae import build
 from saekit.sae import jumprelu
@@ -41,7 +43,7 @@ def grads_of(sae, out) -> dict[str, torch.Tensor]:
 
 def assert_same(sparse_sae, dense_sae, x, ctx, grad=None):
     fast = sparse_sae.loss(ActBatch(x, grad), ctx)
-    plain = dense_sae._dense_loss(x, ctx) if grad is None else dense_sae._dense_loss(x, ctx, grad)
+    plain = dense_sae._dense_loss(x, ctx) if dense_sae.architecture == "jumprelu" else dense_loss(dense_sae, x, ctx, grad)
     torch.testing.assert_close(fast.loss, plain.loss)
     torch.testing.assert_close(fast.x_hat, plain.x_hat)
     torch.testing.assert_close(fast.codes.to_dense(), plain.codes)
@@ -180,6 +182,55 @@ def test_sparse_codes_are_the_dense_codes_and_feed_the_threshold_and_dead_counts
 
 
 # ---------------------------------------------------------------------------------------------
+# The auxiliary loss (AuxK with weight 1 on dead latents) by hand
+
+_PRE = torch.tensor([[1.0, 2.0, -1.0], [0.5, 3.0, 2.0]])
+_RESIDUAL = torch.tensor([[1.0, 1.0], [3.0, 1.0]])
+_W_DEC = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+_DEAD = torch.tensor([1.0, 0.0, 1.0])
+
+
+def aux(pre: torch.Tensor, weights, k_aux: int) -> torch.Tensor:
+    """S.aux_loss with x − x̂ = the residual and the pre-activations themselves as the gathered values."""
+
+    def gather(p: S.Pattern) -> torch.Tensor:
+        return pre.reshape(-1)[p.flat]
+
+    return S.aux_loss(pre.detach(), gather, torch.zeros_like(_RESIDUAL), _RESIDUAL, weights, k_aux, _W_DEC)
+
+
+def test_aux_loss_hand_computed():
+    # k_aux = 1: row 0 uses dead latent 0 (value 1), row 1 dead latent 2 (value 2).
+    # Predictions [1, 0] and [2, 2]; squared error 1 + 1 + 1 = 3; variance of the residual about its
+    # mean [2, 1] is 1 + 1 = 2.
+    assert aux(_PRE, _DEAD, 1).item() == pytest.approx(1.5)
+
+
+def test_aux_loss_uses_at_most_the_weighted_latents():
+    # k_aux = 5 > 2 dead: both dead latents, negative values through the ReLU.
+    # Row 0 codes [1, 0, 0] -> [1, 0]; row 1 codes [0.5, 0, 2] -> [2.5, 2]; error 1 + 0.25 + 1.
+    assert aux(_PRE, _DEAD, 5).item() == pytest.approx(2.25 / 2)
+
+
+def test_aux_loss_scales_codes_by_their_weights():
+    # Weight 0.5 on latent 2: row 1 predicts [1, 1] instead of [2, 2]; error 1 + 4 + 0 + 0 over 2.
+    assert aux(_PRE, torch.tensor([1.0, 0.0, 0.5]), 1).item() == pytest.approx(2.5)
+
+
+def test_aux_loss_is_zero_without_weighted_latents():
+    assert aux(_PRE, torch.zeros(3), 2).item() == 0.0
+    assert aux(_PRE, None, 2).item() == 0.0
+
+
+def test_aux_loss_gradient_reaches_only_selected_latents():
+    pre = _PRE.clone().requires_grad_(True)
+    aux(pre, _DEAD, 5).backward()
+    # Row 1 error [-0.5, 1]: 2 · (error · W_dec[i]) / variance 2 for the dead latents 0 and 2; the live
+    # latent 1 and the negative (ReLU-clipped) entry of row 0 get nothing.
+    assert torch.allclose(pre.grad, torch.tensor([[0.0, 0.0, 0.0], [-0.5, 0.0, 0.5]]))
+
+
+# ---------------------------------------------------------------------------------------------
 # Architectures: the sparse loss against the dense one
 
 
@@ -230,6 +281,19 @@ def test_feature_choice_sparse_loss_equals_dense(dead):
     out = assert_same(sae, copy.deepcopy(sae), rows(BATCH, 6), StepCtx(dead_mask=DEAD_MASKS[dead]))
     per_latent = (out.codes.to_dense() != 0).sum(0)
     assert per_latent.max() > per_latent.min(), "vacuous: every latent took the same number of tokens"
+
+
+@pytest.mark.parametrize("name", ["topk", "batch_topk", "gradient_topk", "feature_choice"])
+def test_aux_zipf_sparse_loss_equals_dense(name):
+    """aux_zipf_loss runs on the sparse path for every TopK-family selection, with a running density
+    that has already seen a batch (so the weights are the running estimate's, not one batch's)."""
+    sae = perturbed(name, k=5, aux_k=7, aux_zipf_coef=0.5)
+    first = sae.loss(ActBatch(rows(BATCH, 10)), StepCtx(step=0))
+    sae.after_step(first, StepCtx(step=0, total_steps=100))
+    assert sae.zipf_seen > 0
+    grad = rows(BATCH, 12) if name == "gradient_topk" else None
+    out = assert_same(sae, copy.deepcopy(sae), rows(BATCH, 11), StepCtx(step=1, dead_mask=DEAD_MASKS["few"]), grad)
+    assert out.terms["aux_zipf"] > 0 and out.terms["aux_k"] > 0
 
 
 def test_jumprelu_sparse_loss_equals_dense_including_threshold_gradients():
@@ -290,7 +354,7 @@ def test_a_training_step_makes_no_dense_batch_by_latents_tensor_in_backward(name
     assert backward.shapes, "vacuous: no operation recorded"
     assert (D_SAE, D_IN) in backward.shapes  # the decoder gradient was seen, so the recording works
     assert (BATCH, D_SAE) not in backward.shapes
-    dense = copy.deepcopy(sae)._dense_loss(rows(BATCH, 7).float(), StepCtx(dead_mask=DEAD_MASKS["few"]))
+    dense = dense_loss(copy.deepcopy(sae), rows(BATCH, 7).float(), StepCtx(dead_mask=DEAD_MASKS["few"]))
     with Shapes() as dense_backward:
         dense.loss.backward()
     assert (BATCH, D_SAE) in dense_backward.shapes  # the check would catch the dense path

@@ -1,0 +1,154 @@
+"""The TopK family: one loss, written once, and a selection rule per architecture.
+
+Every member encodes ``pre = (x − b_dec) W_enc + b_enc``, keeps ReLU(pre) on a *selection* of
+(token, latent) pairs and reconstructs from them:
+
+    loss = ||x − x̂||² + aux_coef · AuxK(dead latents) + aux_zipf_coef · aux_zipf(underused latents)
+
+What differs is only the selection (a :data:`Selection`): the k largest per token (``topk``), the
+batch's n·k largest (``batch_topk``, registered as ``mutual_choice`` too), each latent's m_j largest
+(``feature_choice``), or the k best by a gradient-aware score (``gradient_topk``). The loss runs on
+the sparse path of :mod:`saekit.sae.sparse` (one dense product: the pre-activations), for any
+selection; its codes are always a sparse CSR tensor.
+
+AuxK and aux_zipf_loss are one term with per-latent weights (:func:`saekit.sae.sparse.aux_loss`): 1
+on dead latents for AuxK, the Zipf deficit of each latent's running firing density for aux_zipf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as tF
+
+from saekit._fast import row_topk
+from saekit.sae import functional as F
+from saekit.sae import sparse as S
+from saekit.sae.base import SAEConfig
+from saekit.strict import refuse_unused
+from saekit.types import ActBatch, LossOut, StepCtx
+
+Selection = Callable[[Tensor, ActBatch], S.Pattern]
+"""``select(pre, batch)``: the (token, latent) pairs that carry a code, from the pre-activations
+(computed without autograd) and the batch (its ``grad`` for gradient-aware rules)."""
+
+
+@dataclass(frozen=True)
+class TopKFamilyConfig(SAEConfig):
+    """The fields of every TopK-family architecture (each adds its own after these)."""
+
+    k: int = 32
+    """Active latents per token: exactly k (topk, gradient_topk), or k on average over a training batch
+    (batch_topk and mutual_choice keep the batch's n·k largest; feature_choice shares n·k as capacities)."""
+    aux_k: int | None = None
+    """Dead latents used by the AuxK loss per token; None means d_in // 2."""
+    aux_coef: float = 1 / 32
+    """Weight of the AuxK loss; 0 disables it."""
+    aux_zipf_coef: float = 0.0
+    """Weight of aux_zipf_loss (Ayonrinde 2024), AuxK extended to underutilised latents; 0 disables it.
+    PROVISIONAL reading of the paper (see saekit.sae.functional.aux_zipf_loss): latents whose running
+    firing density falls below a Zipf law with the same total reconstruct the residual, each weighted
+    by its shortfall, with up to aux_k latents per token."""
+    aux_zipf_exponent: float = 1.0
+    """Exponent α of the Zipf target density C · rank^(−α) used by aux_zipf_loss (provisional)."""
+    aux_zipf_ema: float = 0.01
+    """Weight of each batch in the running firing density aux_zipf_loss compares with the Zipf law (an
+    exponential moving average over about 1/aux_zipf_ema batches, bias-corrected while it fills)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+        if self.aux_k is not None and self.aux_k <= 0:
+            raise ValueError(f"aux_k must be positive, got {self.aux_k}")
+        for name in ("aux_coef", "aux_zipf_coef", "aux_zipf_exponent"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 < self.aux_zipf_ema <= 1:
+            raise ValueError(f"aux_zipf_ema must be in (0, 1], got {self.aux_zipf_ema!r}")
+        if self.aux_coef == 0:
+            refuse_unused(self, ("aux_k",), "aux_coef is 0")
+        if self.aux_zipf_coef == 0:
+            refuse_unused(self, ("aux_zipf_exponent", "aux_zipf_ema"), "aux_zipf_coef is 0")
+
+
+class FamilySAE(Protocol):
+    """What :func:`family_loss` reads of an architecture (every TopK-family class has it)."""
+
+    cfg: TopKFamilyConfig
+    W_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_enc: nn.Parameter
+    b_dec: nn.Parameter
+
+    @property
+    def d_in(self) -> int: ...
+
+    def state_dict(self) -> dict[str, Tensor]: ...
+
+
+def init_parameters(sae: nn.Module, cfg: TopKFamilyConfig, generator: torch.Generator | None) -> None:
+    """The family's initialisation: W_enc = W_decᵀ with unit-norm decoder rows, zero biases, and the
+    running density of aux_zipf_loss when it is on."""
+    W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
+    sae.W_enc = nn.Parameter(W_enc)
+    sae.W_dec = nn.Parameter(W_dec)
+    sae.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+    sae.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+    if cfg.aux_zipf_coef > 0:
+        F.register_zipf_state(sae, cfg.d_sae)
+
+
+def pre_acts(sae: FamilySAE, x: Tensor) -> Tensor:
+    """``(x − b_dec) W_enc + b_enc``, with autograd (``encode``'s form)."""
+    return (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+
+
+def family_loss(sae: FamilySAE, batch: ActBatch, ctx: StepCtx, select: Selection) -> LossOut:
+    """The family's training loss on the sparse path (see the module docstring). ``batch.x`` may have
+    leading dimensions; they are flattened into rows, and ``x_hat`` has ``x``'s shape again."""
+    shape = batch.x.shape
+    x = batch.x.reshape(-1, shape[-1])
+    grad = batch.grad.reshape(-1, shape[-1]) if batch.grad is not None else None
+    x_in = x - sae.b_dec.detach()  # b_dec's gradient through the encoder arrives as the shift's
+    with torch.no_grad():
+        pre = S.pre_acts(x_in, sae.W_enc, sae.b_enc)
+        pattern = select(pre, ActBatch(x, grad))
+
+    def gather(p: S.Pattern) -> Tensor:
+        return S.gather_pre(pre, x_in, sae.b_dec, sae.W_enc, sae.b_enc, p)
+
+    values = gather(pattern).relu()
+    x_hat = S.sparse_decode(values, pattern, sae.W_dec) + sae.b_dec
+    mse = tF.mse_loss(x_hat, x, reduction="sum") / x.shape[0]  # Σ over the batch of ||x̂ − x||², over rows
+    codes = S.sparse_codes(values, pattern)
+    cfg, k_aux = sae.cfg, sae.cfg.aux_k or sae.d_in // 2
+    loss, terms = mse, {"mse": mse.detach(), "l0": S.l0_per_row(values, pattern)}
+    if cfg.aux_coef > 0:
+        dead = ctx.dead_mask.to(pre.dtype) if ctx.dead_mask is not None else None
+        aux = S.aux_loss(pre, gather, x_hat, x, dead, k_aux, sae.W_dec)
+        loss, terms["aux_k"] = loss + cfg.aux_coef * aux, aux.detach()
+    if cfg.aux_zipf_coef > 0:
+        density = F.zipf_running(sae, codes, cfg.aux_zipf_ema).estimate
+        zipf = S.aux_loss(pre, gather, x_hat, x, F.zipf_deficit(density, cfg.aux_zipf_exponent), k_aux, sae.W_dec)
+        loss, terms["aux_zipf"] = loss + cfg.aux_zipf_coef * zipf, zipf.detach()
+    return LossOut(loss, x_hat.reshape(shape), codes, terms, S.fired_latents(values, pattern))
+
+
+def after_step(sae: FamilySAE, out: LossOut) -> None:
+    """The family's part of ``after_step``: the running density of aux_zipf_loss moves on."""
+    if sae.cfg.aux_zipf_coef > 0:
+        F.commit_zipf_state_(sae, F.zipf_running(sae, out.codes, sae.cfg.aux_zipf_ema))
+
+
+def per_row_topk(k: int) -> Selection:
+    """TopK's selection: the k largest pre-activations of each row."""
+
+    def select(pre: Tensor, batch: ActBatch) -> S.Pattern:
+        return S.pattern_from_topk(row_topk(pre, k), pre.shape[-1], ascending=True)
+
+    return select
