@@ -115,7 +115,7 @@ def main() -> None:
         cfg = TrainConfig(
             tokens=n_base * SCORED, batch_size=8 * SCORED, seed=args.seed, norm_estimation_tokens=64 * SCORED, log_every=10
         )
-        return train(sae, source, config=cfg)
+        return train(sae, source, config=cfg).sae
 
     base_sae, base_s = stage(out, "base-local", base)
 
@@ -131,7 +131,7 @@ def main() -> None:
             # trained SAE; an instance-level "zeros" keeps the trained b_dec, as the e2e trainer does.
             sae.b_dec_init = "zeros"
             source = ModelSource(model, contexts, SITE, chunk_seqs=min(n_ft, 32), skip_positions=SKIP)
-            return train(sae, source, config=cfg)
+            return train(sae, source, config=cfg).sae
 
         return make
 

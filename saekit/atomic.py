@@ -2,28 +2,37 @@
 
 Rule: everything is written under a hidden temporary name in the destination's own folder, flushed to
 disk (``fsync`` of every file written and of every folder holding them), renamed into place with
-``os.replace``, and the parent folder is flushed again so the rename itself survives a power cut. A
-reader therefore sees the previous version or the new one, never a half-written file; a crash leaves
-at most a hidden ``.<name>.*`` sibling, which the next write of the same name supersedes.
+``os.replace`` (``os.rename`` for :func:`create_folder`, which must not replace), and the parent folder
+is flushed again so the rename itself survives a power cut. A reader therefore sees the previous
+version or the new one, never a half-written file; a crash leaves at most a hidden ``.<name>.*``
+sibling, which the next write of the same name supersedes.
+
+Files get the permissions a plain ``open`` would give them (``0o666`` less the umask) and folders those
+of a plain ``mkdir``-and-``chmod 755``, not ``mkstemp``'s owner-only ones: caches, models and exported
+sites are often shared with other users or served by another one.
+
+* :func:`write_file` / :func:`write_bytes` / :func:`write_text`: one file, replacing any previous one.
+* :func:`replace_folder`: a whole folder, replacing any previous one.
+* :func:`create_folder`: a whole folder only if none is there yet; when several processes race to
+  create the same folder, the first rename wins and the others keep (and return) its folder.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 
-def write_file(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def write_file(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Create ``path`` through ``write(tmp)``, which must create the file ``tmp`` (any way it likes:
     a safetensors writer, a compiler), then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _new_temp_file(path)
     try:
         write(tmp)
         _fsync_file(tmp)
@@ -51,15 +60,7 @@ def replace_folder(folder: str | os.PathLike[str], fill: Callable[[Path], None])
     removed first: the complete new folder supersedes it.
     """
     folder = Path(os.path.abspath(folder))  # "." or "x/.." have no name to build siblings from
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
-    try:
-        fill(tmp)
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    tmp = _filled_temp_folder(folder, fill)
     old = folder.with_name(f".{folder.name}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -79,6 +80,35 @@ def replace_folder(folder: str | os.PathLike[str], fill: Callable[[Path], None])
     return folder
 
 
+def create_folder(folder: str | os.PathLike[str], fill: Callable[[Path], None]) -> bool:
+    """Create ``folder`` with what ``fill(tmp)`` writes into an empty sibling folder, unless it exists.
+
+    For folders that any of several processes may create and none ever replaces (a converted model in
+    a shared cache): the complete folder is renamed into place only if nothing is there yet. Returns
+    True when this call put it in place, False when ``folder`` already existed or another process's
+    rename won meanwhile; that folder is then kept as it is (whether it is complete is the caller's
+    question) and ours is deleted. ``fill`` is not called when ``folder`` exists beforehand.
+    """
+    folder = Path(os.path.abspath(folder))
+    if folder.exists():
+        return False
+    tmp = _filled_temp_folder(folder, fill)
+    try:
+        # os.rename, not os.replace: it refuses to put a folder over a non-empty one (and Windows
+        # over any existing one), which is exactly "keep theirs".
+        os.rename(tmp, folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if folder.exists():
+            return False
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(folder.parent)
+    return True
+
+
 def fsync_dir(path: Path) -> None:
     """Flush a folder's entries (a rename in it) to disk; a no-op where folders cannot be opened (Windows)."""
     if os.name == "nt":
@@ -88,6 +118,34 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _new_temp_file(path: Path) -> Path:
+    """A new, empty, hidden sibling ``.<name>.<random>.tmp`` of ``path``, created with the mode a plain
+    ``open`` gives (``mkstemp`` would make it owner-only, and the rename would keep that)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _filled_temp_folder(folder: Path, fill: Callable[[Path], None]) -> Path:
+    """A hidden sibling ``.<name>.<random>.tmp`` of ``folder`` that ``fill`` has written and that is
+    flushed to disk; deleted again if ``fill`` fails."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    try:
+        fill(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
 
 
 def _fsync_file(path: Path) -> None:

@@ -14,7 +14,7 @@ import textwrap
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from saekit.errors import ConfigError
 
@@ -50,17 +50,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: cannot be {value!r}")
+        return _coerce_union(value, args, where)
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
@@ -71,44 +61,68 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         inner = args[0] if args else Any
         items = [_coerce(v, inner, where) for v in value]
         return tuple(items) if origin is tuple else items
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                as_float = float(value.replace("_", ""))
-            except ValueError:
-                pass
-            else:
-                if as_float.is_integer():
-                    return int(as_float)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+    scalar = _SCALARS.get(annotation)
+    return value if scalar is None else scalar(value, where)
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], where: str) -> Any:
+    """The first member of ``X | Y | None`` that takes ``value``; else the first member's complaint."""
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, where)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[0] if errors else f"{where}: cannot be {value!r}")
+
+
+def _as_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
         return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
+
+
+def _as_int(value: Any, where: str) -> int:
+    """An int, an integral float, or a string of one ("1e6", "4_096"); never a bool."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            as_float = float(value.replace("_", ""))
+        except ValueError:
+            pass
+        else:
+            if as_float.is_integer():
+                return int(as_float)
+    raise ConfigError(f"{where}: expected an integer, got {value!r}")
+
+
+def _as_float(value: Any, where: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected a number, got {value!r}")
+
+
+def _as_str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
+
+
+_SCALARS: dict[Any, Any] = {bool: _as_bool, int: _as_int, float: _as_float, str: _as_str}
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str | None = None) -> T:
@@ -116,7 +130,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str | None = None
     where = where or cls.__name__
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a table of settings, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cast(Any, cls)) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(

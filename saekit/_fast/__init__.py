@@ -11,8 +11,8 @@ and imports never compile code, change the allocator or start threads: :func:`ro
   and of the model's forward passes are reused instead of faulted in afresh;
 * :mod:`.scratch`: one reused buffer per shape for the per-step [batch, d_sae] pre-activations.
 
-Each is kept because ``benchmarks/`` shows a whole-run gain (benchmarks/RESULTS.md); each has a
-torch fallback with the same results up to float rounding and the order of ties.
+Each is kept because ``benchmarks/`` shows a whole-run gain (docs/benchmarks.md, "Why a training step is
+fast"); each has a torch fallback with the same results up to float rounding and the order of ties.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ again. Raising glibc's mmap and trim thresholds while the run lasts lets the hea
 blocks from step to step; on exit both thresholds go back to glibc's default value and the freed
 memory is handed back to the system with ``malloc_trim``. (Once set by ``mallopt``, glibc no longer
 adjusts its mmap threshold by itself: the process keeps the fixed default.) The gain is largest on
-the model's forward passes (benchmarks/RESULTS.md). Blocks nest: only the outermost one sets and
+the model's forward passes (docs/benchmarks.md). Blocks nest: only the outermost one sets and
 restores the thresholds.
 
 Nothing happens on CUDA (its caching allocator already reuses blocks) or where glibc is absent

@@ -2,7 +2,7 @@
 computation it replaces as the fallback.
 
 :func:`row_topk` (``row_topk.c``) selects each row's top k, the TopK family's selection over the
-[batch, d_sae] pre-activations (benchmarks/RESULTS.md has its gain). C versions of the sparse backward
+[batch, d_sae] pre-activations (docs/benchmarks.md has its gain). C versions of the sparse backward
 products of :mod:`saekit.sae.sparse` were tried and dropped: they are bound by reading scattered rows
 of memory, and were no faster than torch's ``embedding_bag`` and ``sampled_addmm``.
 

@@ -1,27 +1,30 @@
-"""Activations of a model at some sites, as [tokens, d] rows, for the studies that need a model."""
+"""An SAE's codes and reconstructions of activation rows, computed in batches, for the studies."""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
-from tqdm.auto import tqdm
+from typing import NamedTuple
 
-from saekit.models.load import LoadedModel, as_module
-from saekit.sources.hf import collect_activations
+import torch
+from torch import Tensor
+
+from saekit.sae.base import SAE
+
+
+class Encoded(NamedTuple):
+    """Codes and reconstructions of an SAE on rows, float32 on the CPU."""
+
+    codes: Tensor
+    x_hat: Tensor
 
 
 @torch.no_grad()
-def site_rows(
-    model: nn.Module | LoadedModel, tokens: Tensor, sites: list[str], *, skip_positions: int = 1, batch_size: int = 8, progress: bool = True
-) -> dict[str, Tensor]:
-    """site -> [contexts · (T − skip_positions), d] float32 CPU activations of ``tokens`` [contexts, T],
-    context-major, positions before ``skip_positions`` (BOS) left out."""
-    model = as_module(model)
-    # a site named twice (two SAEs of one layer) is read once: its rows must stay aligned with the tokens
-    parts: dict[str, list[Tensor]] = {site: [] for site in sites}
-    for start in tqdm(range(0, tokens.shape[0], batch_size), desc="activations", disable=not progress, leave=False):
-        acts = collect_activations(model, tokens[start : start + batch_size], list(parts))
-        for site in parts:
-            a = acts[site][:, skip_positions:]
-            parts[site].append(a.reshape(-1, a.shape[-1]).float().cpu())
-    return {site: torch.cat(chunks) for site, chunks in parts.items()}
+def encode_rows(sae: SAE, x: Tensor, batch: int = 8192) -> Encoded:
+    """(codes, x_hat) of the SAE on rows ``x``, computed in batches in the SAE's dtype and device."""
+    param = sae.W_dec
+    codes, recon = [], []
+    for start in range(0, x.shape[0], batch):
+        rows = x[start : start + batch].to(param.device, param.dtype)
+        c = sae.encode(rows)
+        codes.append(c.float().cpu())
+        recon.append(sae.decode(c).float().cpu())
+    return Encoded(torch.cat(codes), torch.cat(recon))

@@ -32,10 +32,12 @@ from torch import Tensor, nn
 from saekit.analysis.matching import assign, paired_cosine, squared_distance_matrix
 from saekit.analysis.store import Stored, cpu_float
 from saekit.errors import DataError
+from saekit.eval.downstream import downstream_metrics_many
 from saekit.eval.metrics import fvu
 from saekit.eval.plots import pyplot
 from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
+from saekit.sources.hf import record
 
 MatchOn = Literal["decoder", "encoder", "both"]
 
@@ -57,18 +59,17 @@ class Folded(NamedTuple):
 def fold(sae: SAE, eps: float = 1e-8) -> Folded:
     """Fold the SAE's thresholds (and, without thresholds, its decoder norms) into its weights."""
     W_dec = sae.W_dec.detach().double()
-    threshold = getattr(sae, "threshold", None)
-    if isinstance(threshold, Tensor) and threshold.shape == (sae.d_sae,):
-        theta = threshold.detach().double().cpu()
+    state = sae.state_dict()
+    if sae.has_threshold:
+        theta = state["threshold"].double().cpu()
     else:
         theta = torch.zeros(sae.d_sae, dtype=torch.float64)
     norms = W_dec.norm(dim=-1).cpu().clamp_min(eps)
     # latents without a usable threshold get unit decoder rows instead
     scale = torch.where(theta > eps, theta, 1 / norms).to(W_dec.device)
-    b_enc = getattr(sae, "b_enc", None)
     return Folded(
         W_enc=sae.W_enc.detach().double() / scale,
-        b_enc=None if not isinstance(b_enc, Tensor) else b_enc.detach().double() / scale,
+        b_enc=state["b_enc"].double() / scale if sae.has_b_enc else None,
         W_dec=W_dec * scale[:, None],
         b_dec=sae.b_dec.detach().double(),
         scale=scale,
@@ -104,8 +105,8 @@ def match_layers(a: SAE, b: SAE, *, on: MatchOn = "decoder", folded: bool = True
 
 
 def _unfolded(sae: SAE) -> Folded:
-    b_enc = getattr(sae, "b_enc", None)
-    return Folded(sae.W_enc.detach().double(), None if b_enc is None else b_enc.detach().double(), sae.W_dec.detach().double(), sae.b_dec.detach().double(), torch.ones(sae.d_sae, dtype=torch.float64))
+    b_enc = sae.state_dict()["b_enc"].double() if sae.has_b_enc else None
+    return Folded(sae.W_enc.detach().double(), b_enc, sae.W_dec.detach().double(), sae.b_dec.detach().double(), torch.ones(sae.d_sae, dtype=torch.float64))
 
 
 def chain(perms: Sequence[Tensor], start: int = 0) -> Tensor:
@@ -236,7 +237,7 @@ def run(
         if model is not None:
             if tokens is None:
                 raise DataError("the next-token losses need tokens as well as the model")
-            fields.update(_downstream(model, tokens, sites[t], sites[t + 1], a, b, m.perm, skip_positions, batch_size))
+            fields.update(_downstream(as_module(model), tokens, sites[t], sites[t + 1], a, b, m.perm, skip_positions, batch_size))
         pairs.append(PairResult(**fields))
     return CrossLayerResult(match_on=match_on, folded=folded, pairs=pairs, perms=[cpu_float(p).long() for p in perms])
 
@@ -252,23 +253,20 @@ def _batched(fn: Any, x: Tensor, size: int = 8192) -> Tensor:
 def _downstream(
     model: nn.Module, tokens: Tensor, site: str, next_site: str, a: SAE, b: SAE, perm: Tensor, skip: int, batch_size: int
 ) -> dict[str, float]:
-    """ΔCE with ``next_site`` replaced by the matched approximation from ``site`` (captured in the same
+    """ΔCE with ``next_site`` replaced by the matched approximation from ``site`` (recorded in the same
     forward pass), by ``site`` itself (identity baseline), and by ``b``'s own reconstruction."""
     model = as_module(model)
-    from saekit.eval.downstream import downstream_metrics_many
-    from saekit.sources.hf import splice
+    upstream: dict[str, Tensor] = {}
 
-    held: list[Tensor] = []
-
-    def capture(h: Tensor) -> Tensor:
-        held[:] = [h[:, skip:]]
-        return h
+    def held() -> Tensor:
+        return upstream[site][:, skip:]
 
     def matched(h: Tensor) -> Tensor:
-        rows = held[0].reshape(-1, held[0].shape[-1]).float().cpu()
+        kept = held()
+        rows = kept.reshape(-1, kept.shape[-1]).float().cpu()
         return transfer(a, b, perm, rows).reshape(h.shape).to(h.device, h.dtype)
 
-    recs = {"match": matched, "identity": lambda h: held[0].to(h.dtype), "own_sae": b}
-    with splice(model, site, capture):
+    recs = {"match": matched, "identity": lambda h: held().to(h.dtype), "own_sae": b}
+    with record(model, [site], upstream):
         m = downstream_metrics_many(model, tokens, next_site, recs, skip_positions=skip, batch_size=batch_size, progress=True)
     return {f"delta_ce_{k}": v.delta_ce for k, v in m.items()}

@@ -39,6 +39,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from saekit.analysis.acts import encode_rows
+from saekit.analysis.pursuit import gradient_pursuit
 from saekit.analysis.regression import AffineMap, Split, design, fit_affine, r2_per_dim, r2_pooled, split_tokens
 from saekit.analysis.store import Stored, cpu_float
 from saekit.errors import DataError
@@ -253,43 +255,6 @@ def norm_scaling(small_err: Tensor, small_nl: Tensor, large_err: Tensor) -> Scal
     return ScalingR2(out[0], out[1])
 
 
-class PursuitCodes(NamedTuple):
-    """Codes found by :func:`gradient_pursuit` and the reconstruction they give."""
-
-    codes: Tensor
-    x_hat: Tensor
-
-
-@torch.no_grad()
-def gradient_pursuit(x: Tensor, W_dec: Tensor, b_dec: Tensor, n_atoms: Tensor) -> PursuitCodes:
-    """Gradient pursuit (Blumensath & Davies 2008) of ``x − b_dec`` over the rows of ``W_dec``.
-
-    Token n gets at most ``n_atoms[n]`` distinct atoms: each iteration adds the atom most correlated
-    with the residual to the support and takes an exact line-search step along the gradient restricted
-    to the support. Coefficients are signed (pursuit is an inference-time optimum, not an SAE code)."""
-    x = x.double()
-    D = W_dec.detach().double()
-    norms = D.norm(dim=-1).clamp_min(1e-12)
-    D_unit = D / norms[:, None]
-    residual = x - b_dec.detach().double()
-    coef = torch.zeros(x.shape[0], D.shape[0], dtype=torch.float64, device=x.device)
-    support = torch.zeros_like(coef, dtype=torch.bool)
-    n_atoms = n_atoms.to(x.device)
-    for it in range(int(n_atoms.max().item()) if n_atoms.numel() else 0):
-        active = n_atoms > it
-        corr = residual @ D_unit.T
-        pick = corr.abs().argmax(dim=-1)
-        support[active, pick[active]] = True
-        grad = torch.where(support, corr, 0.0) * active[:, None]
-        step_dir = grad @ D_unit
-        denom = step_dir.pow(2).sum(-1)
-        alpha = torch.where(denom > 0, grad.pow(2).sum(-1) / denom.clamp_min(1e-300), 0.0)
-        coef += alpha[:, None] * grad
-        residual -= alpha[:, None] * step_dir
-    codes = coef / norms  # back to the scale of W_dec's own rows
-    return PursuitCodes(codes, x - residual)
-
-
 def pursuit_result(
     sae: SAE, x: Tensor, codes: Tensor, x_hat: Tensor, split: Split, base: DarkMatterResult, protocol: Protocol
 ) -> PursuitResult:
@@ -329,26 +294,6 @@ def previous_layer_result(prev_x: Tensor, prev_x_hat: Tensor, e_nl: Tensor, spli
         fvu_nonlinear=float(target.pow(2).sum()) / test_var,
         fvu_nonlinear_after=float(r2[0][1].pow(2).sum()) / test_var,
     )
-
-
-class Encoded(NamedTuple):
-    """Codes and reconstructions of an SAE on rows, float32 on the CPU."""
-
-    codes: Tensor
-    x_hat: Tensor
-
-
-@torch.no_grad()
-def encode_rows(sae: SAE, x: Tensor, batch: int = 8192) -> Encoded:
-    """(codes, x_hat) of the SAE on rows ``x``, computed in batches in the SAE's dtype and device."""
-    param = sae.W_dec
-    codes, recon = [], []
-    for start in range(0, x.shape[0], batch):
-        rows = x[start : start + batch].to(param.device, param.dtype)
-        c = sae.encode(rows)
-        codes.append(c.float().cpu())
-        recon.append(sae.decode(c).float().cpu())
-    return Encoded(torch.cat(codes), torch.cat(recon))
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.analysis.matching import unit_rows
+from saekit.analysis.pursuit import signed_pursuit
 from saekit.analysis.store import Stored, cpu_float
 from saekit.errors import DataError
 from saekit.eval.plots import pyplot
@@ -76,40 +77,6 @@ def steering_vector(
     pos = prompt_activations(model, tokenizer, site, positive, position)
     neg = prompt_activations(model, tokenizer, site, negative, position)
     return ContrastActs(pos.mean(0) - neg.mean(0), pos, neg)
-
-
-class Pursuit(NamedTuple):
-    """Orthogonal matching pursuit of a vector over unit dictionary rows.
-
-    indices: [k] selected rows, in order; coefs: [k] signed coefficients of the final least-squares fit
-    (on unit rows); explained: [k] fraction of ||v||² explained after 1..k atoms.
-    """
-
-    indices: Tensor
-    coefs: Tensor
-    explained: Tensor
-
-
-def signed_pursuit(vector: Tensor, dictionary: Tensor, n_atoms: int) -> Pursuit:
-    """Orthogonal matching pursuit: add the unit row most correlated (in absolute value) with the
-    residual, refit all coefficients by least squares, repeat ``n_atoms`` times."""
-    v = vector.detach().double().cpu()
-    D = unit_rows(dictionary.detach().double().cpu())
-    total = float(v.pow(2).sum())
-    if total == 0:
-        raise DataError("cannot decompose a zero vector")
-    residual, chosen, explained = v.clone(), [], []
-    coefs = torch.zeros(0, dtype=torch.float64)
-    for _ in range(min(n_atoms, D.shape[0])):
-        scores = (D @ residual).abs()
-        if chosen:
-            scores[chosen] = -1
-        chosen.append(int(scores.argmax()))
-        basis = D[chosen]
-        coefs = torch.linalg.lstsq(basis.T, v[:, None]).solution[:, 0]
-        residual = v - coefs @ basis
-        explained.append(1 - float(residual.pow(2).sum()) / total)
-    return Pursuit(torch.tensor(chosen), coefs, torch.tensor(explained))
 
 
 @dataclass
@@ -207,14 +174,8 @@ def decompose(
     n_top = min(n_top, sae.d_sae)
     top_proj = proj.abs().topk(n_top).indices
     negative_top = top_proj[proj[top_proj] < 0]
-    delta_negative = None
-    if positive is not None and negative is not None:
-        delta = sae.encode(positive.to(dev, dt)).double().mean(0).cpu() - sae.encode(negative.to(dev, dt)).double().mean(0).cpu()
-        delta_negative = int((delta[delta.abs().topk(n_top).indices] < 0).sum())
-    percentile = None
-    if reference is not None:
-        norms = reference.double().norm(dim=-1)
-        percentile = 100 * float((norms < vd.norm()).double().mean())
+    delta_negative = None if positive is None or negative is None else _delta_negative(sae, positive, negative, n_top)
+    percentile = None if reference is None else 100 * float((reference.double().norm(dim=-1) < vd.norm()).double().mean())
     pursuit = signed_pursuit(vd, W, n_atoms)
     denom = float(f_v.norm() * f_0.norm())
     return Decomposition(
@@ -239,6 +200,13 @@ def decompose(
         projections=cpu_float(proj),
         codes=cpu_float(f_v),
     )
+
+
+def _delta_negative(sae: SAE, positive: Tensor, negative: Tensor, n_top: int) -> int:
+    """Negative entries among the ``n_top`` largest of the mean code difference of the prompts."""
+    dev, dt = sae.W_dec.device, sae.W_dec.dtype
+    delta = sae.encode(positive.to(dev, dt)).double().mean(0).cpu() - sae.encode(negative.to(dev, dt)).double().mean(0).cpu()
+    return int((delta[delta.abs().topk(n_top).indices] < 0).sum())
 
 
 class TokenShift(NamedTuple):

@@ -2,7 +2,7 @@
 
 A result is a dataclass whose fields are tensors, plain JSON values, or nested dataclasses of those
 (NamedTuples and dataclasses are stored as dicts and rebuilt on load from the field's annotation).
-Each file is written to a temporary name and renamed into place, so a crash never leaves half a file.
+Each file is written atomically (:func:`saekit.atomic.write_file`), so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from saekit.atomic import write_file
 from saekit.errors import ArtifactError
 
 JSON_NAME = "result.json"
@@ -48,8 +48,8 @@ def save_result(result: Any, folder: str | os.PathLike[str]) -> Path:
     arrays: dict[str, Tensor] = {}
     plain = _split(result, "", arrays)
     payload = {"kind": type(result).__name__, "fields": plain}
-    _atomic(folder / ARRAYS_NAME, lambda p: save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, str(p)))
-    _atomic(folder / JSON_NAME, lambda p: p.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n", encoding="utf-8"))
+    write_file(folder / ARRAYS_NAME, lambda p: save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, str(p)))
+    write_file(folder / JSON_NAME, lambda p: p.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n", encoding="utf-8"))
     return folder
 
 
@@ -79,8 +79,8 @@ def _split(obj: Any, prefix: str, arrays: dict[str, Tensor]) -> Any:
         return {"__tensor__": prefix}
     if dataclasses.is_dataclass(obj):
         return {f.name: _split(getattr(obj, f.name), f"{prefix}{f.name}.", arrays) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return {name: _split(value, f"{prefix}{name}.", arrays) for name, value in zip(obj._fields, obj)}
+    if _is_named_tuple(type(obj)):
+        return {name: _split(value, f"{prefix}{name}.", arrays) for name, value in zip(cast(Any, obj)._fields, obj)}
     if isinstance(obj, dict):
         return {str(k): _split(v, f"{prefix}{k}.", arrays) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -101,9 +101,9 @@ def _build(annotation: Any, value: Any, prefix: str, arrays: dict[str, Tensor]) 
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         hints = typing.get_type_hints(annotation)
         return annotation(**{f.name: _build(hints[f.name], value[f.name], f"{prefix}{f.name}.", arrays) for f in dataclasses.fields(annotation) if f.init})
-    if isinstance(annotation, type) and issubclass(annotation, tuple) and hasattr(annotation, "_fields"):
+    if isinstance(annotation, type) and _is_named_tuple(annotation):
         hints = typing.get_type_hints(annotation)
-        return annotation(**{n: _build(hints.get(n, Any), value[n], f"{prefix}{n}.", arrays) for n in annotation._fields})
+        return annotation(**{n: _build(hints.get(n, Any), value[n], f"{prefix}{n}.", arrays) for n in cast(Any, annotation)._fields})
     if origin is dict and isinstance(value, dict):
         inner = args[1] if len(args) == 2 else Any
         return {k: _build(inner, v, f"{prefix}{k}.", arrays) for k, v in value.items()}
@@ -114,15 +114,9 @@ def _build(annotation: Any, value: Any, prefix: str, arrays: dict[str, Tensor]) 
     return value
 
 
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _is_named_tuple(cls: type) -> bool:
+    """A NamedTuple class (a tuple subclass with ``_fields``): the one form of tuple stored by field name."""
+    return issubclass(cls, tuple) and any(isinstance(k.__dict__.get("_fields"), tuple) for k in cls.__mro__)
 
 
 def cpu_float(t: Tensor) -> Tensor:

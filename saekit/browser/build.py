@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from saekit.browser.effects import final_norm_scale, logit_effects, nearest_latents, unembedding
+from saekit.browser.server import export_site
 from saekit.browser.stats import Layout, StatsSettings, compute_latent_stats
-from saekit.browser.store import SaeData, cached_key, fingerprint, load_data, save_data, weights_hash
+from saekit.browser.store import Browser, SaeData, cached_key, fingerprint, load_data, save_data, weights_hash
 from saekit.errors import ArtifactError, ConfigError
 from saekit.io import is_sae_folder, load_sae
 from saekit.sae.base import SAE
+from saekit.sources.hf import site_rows
 from saekit.strict import to_dict
 
 if TYPE_CHECKING:
@@ -74,15 +75,6 @@ class BrowserConfig:
         return {"model": model, **{k: getattr(self, k) for k in keep}, "stats": to_dict(self.stats)}
 
 
-@dataclass(frozen=True)
-class Browser:
-    """The data of every page: a title and each SAE's data, in suite order."""
-
-    root: Path
-    title: str
-    saes: dict[str, SaeData]
-
-
 def sae_folders(target: str | os.PathLike[str]) -> dict[str, Path]:
     """name -> folder for an SAE folder or a suite folder (names from its index.json)."""
     target = Path(target)
@@ -127,8 +119,6 @@ def build_browser(
         _compute(stale, keys, cfg, model_name, loaded, Path(target), progress)
     browser = Browser(Path(target), _title(Path(target)), {name: load_data(folder) for name, folder in folders.items()})
     if export is not None:
-        from saekit.browser.server import export_site
-
         export_site(browser, export, progress=progress)
     return browser
 
@@ -168,9 +158,9 @@ def _compute(
     text = TextConfig(corpus=cfg.corpus, context_size=cfg.context_size, n_tokens=cfg.n_tokens, seed=cfg.seed, split=cfg.split)  # type: ignore[arg-type]
     tokens = tokens_from_config(text, loaded.tokenizer)
     layout = Layout(cfg.context_size, cfg.skip_positions)
-    sites = sorted({sae.site for sae in saes.values()})
+    sites = sorted({sae.require_site() for sae in saes.values()})
     started = time.perf_counter()
-    acts = sample_activations(loaded.model, tokens, sites, cfg.skip_positions, cfg.forward_batch, progress)
+    acts = site_rows(loaded.model, tokens, sites, skip_positions=cfg.skip_positions, batch_size=cfg.forward_batch, progress=progress)
     if progress:
         print(
             f"browse: {tokens.numel():,} tokens through {model_name} at {len(sites)} site(s) in {time.perf_counter() - started:.0f} s"
@@ -180,7 +170,7 @@ def _compute(
     for name, sae in saes.items():
         started = time.perf_counter()
         data = browser_data(
-            name, sae, acts[sae.site], tokens, layout, cfg, scale=scale, W_U=W_U, tokenizer=loaded.tokenizer, progress=progress
+            name, sae, acts[sae.require_site()], tokens, layout, cfg, scale=scale, W_U=W_U, tokenizer=loaded.tokenizer, progress=progress
         )
         info = data.info | {"model": model_name, "metrics": _metrics(sae, evals.get(name, {}))}
         save_data(stale[name], dataclasses.replace(data, info=info), keys[name])
@@ -189,25 +179,6 @@ def _compute(
 
 
 @torch.no_grad()
-def sample_activations(
-    model: torch.nn.Module, tokens: Tensor, sites: list[str], skip: int, forward_batch: int = 16, progress: bool = False
-) -> dict[str, Tensor]:
-    """site -> [contexts * (context - skip), d] float32 activations (CPU), one forward pass per batch
-    of contexts for all sites, the first ``skip`` positions of each context left out."""
-    from saekit.sources.hf import collect_activations
-
-    device = next(model.parameters()).device
-    out: dict[str, Tensor] = {}
-    per = tokens.shape[1] - skip
-    for start in tqdm(range(0, len(tokens), forward_batch), desc="model forward", disable=not progress, leave=False):
-        part = tokens[start : start + forward_batch]
-        for site, a in collect_activations(model, part.to(device), sites).items():
-            if site not in out:
-                out[site] = torch.empty(len(tokens) * per, a.shape[-1])
-            out[site][start * per : (start + len(part)) * per] = a[:, skip:].reshape(-1, a.shape[-1]).float().cpu()
-    return out
-
-
 def browser_data(
     name: str,
     sae: SAE,

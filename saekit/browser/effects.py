@@ -11,12 +11,15 @@ scale by ``1 + γ``. Models without a recognised final norm use the unembedding 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
 
 from saekit.models.load import LoadedModel, as_module
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class LogitEffects(NamedTuple):
@@ -46,8 +49,9 @@ def final_norm_scale(model: nn.Module | LoadedModel) -> Tensor | None:
             norm = model.get_submodule(path)
         except AttributeError:
             continue
-        weight = getattr(norm, "weight", None)
-        if weight is None:
+        try:
+            weight = norm.get_parameter("weight")
+        except AttributeError:  # a norm without a learned scale
             return None
         # Gemma's RMSNorm multiplies by (1 + weight), with weights stored around 0.
         return weight.detach() + 1.0 if "Gemma" in type(norm).__name__ else weight.detach()
@@ -57,7 +61,7 @@ def final_norm_scale(model: nn.Module | LoadedModel) -> Tensor | None:
 def unembedding(model: nn.Module | LoadedModel) -> Tensor | None:
     """W_U as [vocab, d_model] (the output embedding's weight), or None if the model has none."""
     model = as_module(model)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = cast("PreTrainedModel", model).get_output_embeddings()
     return None if head is None else head.weight.detach()
 
 

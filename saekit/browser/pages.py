@@ -217,7 +217,23 @@ def latent_page(title: str, d: SaeData, latent: int) -> str:
         f"density {percent(density)}{one_in}, fired on {fired:,} of {s.n_rows:,} tokens · "
         f"max activation {num(max_act)} · mean when firing {num(mean)}"
     )
-    panels = [f"<div><h2>Activation histogram (non-zero)</h2>{histogram_svg(s.histogram[latent].tolist(), max_act)}</div>"]
+    panels = _panels(d, latent, max_act)
+    top = _examples(d, s.top_rows[latent], s.top_values[latent], s.top_windows[latent], max_act)
+    bands = _quantile_bands(d, latent, max_act)
+    body = (
+        f'<nav>{" ".join(nav)}</nav><h1>{esc(d.name)} · latent {latent}</h1><p class="facts">{facts}</p>'
+        f'<div class="panels">{"".join(panels)}</div>'
+        f"<h2>Top activations</h2>{top or '<p>never fired on the sample</p>'}"
+        "<h2>Examples across the activation distribution</h2>"
+        '<p class="facts">From a uniform random sample of this latent\'s firings, split into bands of equal mass.</p>'
+        + "".join(bands)
+    )
+    return _page(f"{d.name} · latent {latent}", body)
+
+
+def _panels(d: SaeData, latent: int, max_act: float) -> list[str]:
+    """The histogram, the logit effects (with a model) and the nearest latents of ``latent``."""
+    panels = [f"<div><h2>Activation histogram (non-zero)</h2>{histogram_svg(d.stats.histogram[latent].tolist(), max_act)}</div>"]
     if d.effects is not None:
         panels.append(
             "<div><h2>Logit effects</h2><table><thead><tr><th>promotes</th><th></th><th>suppresses</th><th></th></tr></thead><tbody>"
@@ -241,7 +257,12 @@ def latent_page(title: str, d: SaeData, latent: int) -> str:
         )
         + "</tbody></table></div>"
     )
-    top = _examples(d, s.top_rows[latent], s.top_values[latent], s.top_windows[latent], max_act)
+    return panels
+
+
+def _quantile_bands(d: SaeData, latent: int, max_act: float) -> list[str]:
+    """One heading and its examples per quantile band in which ``latent`` has examples."""
+    s = d.stats
     bands = []
     n_bands = s.quantile_rows.shape[1]
     for b in range(n_bands):
@@ -254,15 +275,7 @@ def latent_page(title: str, d: SaeData, latent: int) -> str:
             f"<h3>quantile band {lo}–{hi}% (examples {num(float(present.min()))} to {num(float(present.max()))})</h3>"
             + _examples(d, rows, values, s.quantile_windows[latent, b], max_act)
         )
-    body = (
-        f'<nav>{" ".join(nav)}</nav><h1>{esc(d.name)} · latent {latent}</h1><p class="facts">{facts}</p>'
-        f'<div class="panels">{"".join(panels)}</div>'
-        f"<h2>Top activations</h2>{top or '<p>never fired on the sample</p>'}"
-        "<h2>Examples across the activation distribution</h2>"
-        '<p class="facts">From a uniform random sample of this latent\'s firings, split into bands of equal mass.</p>'
-        + "".join(bands)
-    )
-    return _page(f"{d.name} · latent {latent}", body)
+    return bands
 
 
 def _examples(d: SaeData, rows: torch.Tensor, values: torch.Tensor, windows: torch.Tensor, max_act: float) -> str:

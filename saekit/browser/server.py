@@ -20,8 +20,9 @@ from urllib.parse import unquote, urlsplit
 
 from tqdm.auto import tqdm
 
-from saekit.browser.build import Browser
+from saekit.atomic import write_text
 from saekit.browser.pages import CSP, latent_list_page, latent_page, overview_page
+from saekit.browser.store import Browser
 
 _LATENT = re.compile(r"(0|[1-9][0-9]{0,9})\.html")
 
@@ -125,18 +126,12 @@ def export_site(browser: Browser, out: str | os.PathLike[str], *, progress: bool
     """Write every page as a plain HTML file under ``out`` (the URL layout of the server); returns ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / "index.html", overview_page(browser.title, browser.saes))
+    write_text(out / "index.html", overview_page(browser.title, browser.saes))
     for name, data in browser.saes.items():
         folder = out / name
         (folder / "latent").mkdir(parents=True, exist_ok=True)
-        _write(folder / "index.html", latent_list_page(browser.title, data))
+        write_text(folder / "index.html", latent_list_page(browser.title, data))
         n = data.stats.top_values.shape[0]
         for latent in tqdm(range(n), desc=f"pages of {name}", disable=not progress, leave=False):
-            _write(folder / "latent" / f"{latent}.html", latent_page(browser.title, data, latent))
+            write_text(folder / "latent" / f"{latent}.html", latent_page(browser.title, data, latent))
     return out
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -15,7 +15,7 @@ row ``r`` is context ``r // (context - skip)``, position ``skip + r % (context -
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -227,24 +227,50 @@ def compute_latent_stats(
     if n_rows == 0 or n_rows % layout.per_context:
         raise DataError(f"{n_rows} activation rows is not a positive multiple of {layout.per_context} rows per context")
     s = settings
-    f32 = dict(device=device, dtype=torch.float32)
-    top_values = torch.zeros(d_sae, s.top_n, **f32)
-    top_rows = torch.full((d_sae, s.top_n), -1, device=device, dtype=torch.long)
-    res_keys = torch.full((d_sae, s.reservoir), float("inf"), device=device, dtype=torch.float64)
-    res_rows = torch.full((d_sae, s.reservoir), -1, device=device, dtype=torch.long)
-    res_values = torch.zeros(d_sae, s.reservoir, **f32)
-    fire_count = torch.zeros(d_sae, device=device, dtype=torch.long)
-    act_sum = torch.zeros(d_sae, device=device, dtype=torch.float64)
 
-    def batches(desc: str):
+    def batches(desc: str) -> Iterator[tuple[int, Tensor]]:
         starts = range(0, n_rows, batch_size)
-        for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        for start in tqdm(starts, desc=f"{label} {desc}".strip(), disable=not progress, leave=False):
             codes = encode(acts[start : start + batch_size].to(device)).float()
             if codes.shape[1] != d_sae:
                 raise DataError(f"encode returned {codes.shape[1]} latents, expected {d_sae}")
             yield start, codes
 
-    for start, codes in batches(f"{label} pass 1/2".strip()):
+    first = _first_pass(batches("pass 1/2"), d_sae, s, torch.device(device))
+    windows, histogram = _second_pass(batches("pass 2/2"), first, layout, s)
+    return LatentStats(
+        n_rows=n_rows,
+        top_values=first.top_values.cpu(),
+        top_rows=first.top_rows.cpu(),
+        quantile_values=first.quantile_values.cpu(),
+        quantile_rows=first.quantile_rows.cpu(),
+        top_windows=windows[:, : s.top_n].cpu(),
+        quantile_windows=windows[:, s.top_n :].reshape(d_sae, s.quantile_bands, s.per_band, s.window).cpu(),
+        histogram=histogram.view(d_sae, s.histogram_bins).cpu(),
+        fire_count=first.fire_count.cpu(),
+        act_sum=first.act_sum.cpu(),
+    )
+
+
+class _FirstPass(NamedTuple):
+    top_values: Tensor
+    top_rows: Tensor
+    quantile_values: Tensor
+    quantile_rows: Tensor
+    fire_count: Tensor
+    act_sum: Tensor
+
+
+def _first_pass(batches: Iterable[tuple[int, Tensor]], d_sae: int, s: StatsSettings, device: torch.device) -> _FirstPass:
+    """Top-N buffers, firing counts and sums, and the reservoir sample the quantile examples come from."""
+    top_values = torch.zeros(d_sae, s.top_n, device=device, dtype=torch.float32)
+    top_rows = torch.full((d_sae, s.top_n), -1, device=device, dtype=torch.long)
+    res_keys = torch.full((d_sae, s.reservoir), float("inf"), device=device, dtype=torch.float64)
+    res_rows = torch.full((d_sae, s.reservoir), -1, device=device, dtype=torch.long)
+    res_values = torch.zeros(d_sae, s.reservoir, device=device, dtype=torch.float32)
+    fire_count = torch.zeros(d_sae, device=device, dtype=torch.long)
+    act_sum = torch.zeros(d_sae, device=device, dtype=torch.float64)
+    for start, codes in batches:
         top_values, top_rows = merge_topk(top_values, top_rows, codes, start)
         r, lat = (codes > 0).nonzero(as_tuple=True)
         v = codes[r, lat]
@@ -255,39 +281,33 @@ def compute_latent_stats(
             res_keys, res_rows, res_values, lat, firing_keys(rows, lat, s.seed), rows, v
         )
     empty = top_values <= 0
-    top_values = top_values.masked_fill(empty, 0.0)
-    top_rows = top_rows.masked_fill(empty, -1)
     q_values, q_rows = quantile_examples(res_keys, res_rows, res_values, s.quantile_bands, s.per_band)
+    return _FirstPass(top_values.masked_fill(empty, 0.0), top_rows.masked_fill(empty, -1), q_values, q_rows, fire_count, act_sum)
 
-    # Pass 2: requests for (row, latent) activations of every window, sorted by row so that each batch
+
+def _second_pass(
+    batches: Iterable[tuple[int, Tensor]], first: _FirstPass, layout: Layout, s: StatsSettings
+) -> tuple[Tensor, Tensor]:
+    """The activation of every example window's tokens [L, E, W], and the histogram counts [L · bins]."""
+    # Requests for (row, latent) activations of every window, sorted by row so that each batch
     # answers a contiguous slice of them.
-    examples = torch.cat([top_rows, q_rows.flatten(1)], dim=1)  # [L, E]
+    d_sae, device = first.top_values.shape[0], first.top_values.device
+    examples = torch.cat([first.top_rows, first.quantile_rows.flatten(1)], dim=1)  # [L, E]
     wrows = window_rows(examples, layout, s.window_before, s.window_after)  # [L, E, W]
     wanted = wrows >= 0
     req_rows = wrows[wanted]
     req_lat = torch.arange(d_sae, device=device).view(-1, 1, 1).expand_as(wrows)[wanted]
     order = torch.argsort(req_rows)
     sorted_rows, sorted_lat = req_rows[order], req_lat[order]
-    answers = torch.zeros(len(req_rows), **f32)
-    max_act = top_values[:, 0]
+    answers = torch.zeros(len(req_rows), device=device, dtype=torch.float32)
+    max_act = first.top_values[:, 0]
     histogram = torch.zeros(d_sae * s.histogram_bins, device=device, dtype=torch.long)
-    for start, codes in batches(f"{label} pass 2/2".strip()):
+    for start, codes in batches:
         lo, hi = torch.searchsorted(sorted_rows, torch.tensor([start, start + len(codes)], device=device)).tolist()
         answers[order[lo:hi]] = codes[sorted_rows[lo:hi] - start, sorted_lat[lo:hi]]
         r, lat = (codes > 0).nonzero(as_tuple=True)
         bins = (codes[r, lat] / max_act[lat] * s.histogram_bins).long().clamp(max=s.histogram_bins - 1)
         histogram += torch.bincount(lat * s.histogram_bins + bins, minlength=d_sae * s.histogram_bins)
-    windows = torch.zeros(wrows.shape, **f32)
+    windows = torch.zeros(wrows.shape, device=device, dtype=torch.float32)
     windows[wanted] = answers
-    return LatentStats(
-        n_rows=n_rows,
-        top_values=top_values.cpu(),
-        top_rows=top_rows.cpu(),
-        quantile_values=q_values.cpu(),
-        quantile_rows=q_rows.cpu(),
-        top_windows=windows[:, : s.top_n].cpu(),
-        quantile_windows=windows[:, s.top_n :].reshape(d_sae, s.quantile_bands, s.per_band, s.window).cpu(),
-        histogram=histogram.view(d_sae, s.histogram_bins).cpu(),
-        fire_count=fire_count.cpu(),
-        act_sum=act_sum.cpu(),
-    )
+    return windows, histogram

@@ -4,17 +4,17 @@
       data.safetensors   the LatentStats tensors, logit effects, neighbours and the token contexts
       meta.json          fingerprint (weights hash + settings), token strings, sample facts
 
-The folder is written under a temporary name and renamed into place, so a cache is either complete
+The folder is written atomically (:func:`saekit.atomic.replace_folder`), so a cache is either complete
 or absent; a cache whose fingerprint differs from the one asked for is stale and rebuilt.
+
+:class:`Browser`, the data of every page of a suite, is defined here too: it is what both the builder
+(:mod:`saekit.browser.build`) and the pages' server and exporter (:mod:`saekit.browser.server`) hold.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from saekit.atomic import replace_folder
 from saekit.browser.effects import LogitEffects, Neighbours
 from saekit.browser.stats import _TENSORS, LatentStats, Layout
 from saekit.errors import ArtifactError
@@ -49,6 +50,15 @@ class SaeData:
     vocab: dict[int, str]
     """Display string of every token id that appears in ``tokens`` or ``effects``."""
     window_before: int
+
+
+@dataclass(frozen=True)
+class Browser:
+    """The data of every page: a title and each SAE's data, in suite order."""
+
+    root: Path
+    title: str
+    saes: dict[str, SaeData]
 
 
 def weights_hash(sae_folder: Path) -> str:
@@ -82,20 +92,12 @@ def save_data(folder: Path, data: SaeData, key: str) -> Path:
         "window_before": data.window_before,
         "vocab": {str(k): v for k, v in data.vocab.items()},
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_DIR}.", suffix=".partial", dir=folder))
-    try:
+
+    def fill(tmp: Path) -> None:
         save_file(tensors, str(tmp / "data.safetensors"))
         (tmp / "meta.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
-        old = folder / f".{CACHE_DIR}.old"
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+
+    return replace_folder(target, fill)
 
 
 def cached_key(folder: Path) -> str | None:

@@ -119,8 +119,8 @@ def _finish(result: Any, out: Path, rows: list[dict[str, Any]], columns: list[st
 
 def _dark_matter(args: argparse.Namespace) -> int:
     from saekit.analysis import dark_matter
-    from saekit.analysis.acts import site_rows
     from saekit.io import load_sae
+    from saekit.sources.hf import site_rows
 
     protocol = dark_matter.PROTOCOLS[args.protocol]
     args.skip_positions = protocol.skip_positions if args.skip_positions is None else args.skip_positions
@@ -133,14 +133,15 @@ def _dark_matter(args: argparse.Namespace) -> int:
     prev = load_sae(args.previous) if args.previous else None
     if prev is not None and not prev.site:
         raise ConfigError(f"{args.previous} names no site in its cfg.json")
+    prev_site = prev.require_site() if prev is not None else None
     lm = _load(args)
     tokens = _tokens(args, lm, args.tokens)
-    sites = [site] + ([prev.site] if prev is not None else [])
+    sites = [site] + ([prev_site] if prev_site is not None else [])
     acts = site_rows(lm.model, tokens, sites, skip_positions=args.skip_positions)
     ce_tokens = tokens[: args.ce_contexts] if args.ce_contexts else None
     result = dark_matter.run(
         sae, acts[site], name=Path(args.sae).name, larger=larger,
-        previous=(prev, acts[prev.site]) if prev is not None else None, pursuit=not args.no_pursuit,
+        previous=(prev, acts[prev_site]) if prev is not None and prev_site is not None else None, pursuit=not args.no_pursuit,
         model=lm.model if ce_tokens is not None else None, tokens=ce_tokens, site=site, skip_positions=args.skip_positions,
         protocol=args.protocol,
     )  # fmt: skip
@@ -194,7 +195,7 @@ def _train_seeds(args: argparse.Namespace) -> dict[str, list[Any]]:
     for sae in flat:
         sae.metadata["site"] = args.site
     steps = max(1, (tokens.shape[0] * (tokens.shape[1] - args.skip_positions)) // args.batch_size)
-    trained = train(flat, source, steps=steps, batch_size=args.batch_size, seed=0)
+    trained = train(flat, source, steps=steps, batch_size=args.batch_size, seed=0).saes
     names = [f"{arch}-seed{s}" for arch in groups for s in args.seeds]
     save_suite(trained, Path(args.out) / "saes", names=names)
     it = iter(trained)
@@ -203,7 +204,7 @@ def _train_seeds(args: argparse.Namespace) -> dict[str, list[Any]]:
 
 def _sae_match(args: argparse.Namespace) -> int:
     from saekit.analysis import cross_layer
-    from saekit.analysis.acts import site_rows
+    from saekit.sources.hf import site_rows
 
     saes = _collect_saes(args.saes)
     if len(args.saes) == 1:  # a suite: order by layer number
@@ -232,9 +233,9 @@ def _layer_of(site: str | None) -> int:
 def _steer(args: argparse.Namespace) -> int:
 
     from saekit.analysis import steering
-    from saekit.analysis.acts import site_rows
     from saekit.eval.table import markdown_table
     from saekit.io import load_sae
+    from saekit.sources.hf import site_rows
 
     sae = load_sae(args.sae) if args.sae else None
     site = args.site or (sae.site if sae is not None else None)

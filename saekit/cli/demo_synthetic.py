@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from saekit.eval.evaluate import evaluate
-from saekit.eval.recovery import feature_recovery
 from saekit.eval.plots import pyplot
+from saekit.eval.recovery import feature_recovery
 from saekit.eval.report import write_report
 from saekit.io import save_suite
 from saekit.sae.registry import build

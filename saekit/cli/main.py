@@ -12,10 +12,10 @@ from saekit.errors import SaekitError
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from saekit.cli.run_config import apply_overrides, build_saes, parse_run_config, read_config_file, train_from_config
+    from saekit.eval.table import markdown_table
     from saekit.io import save_suite
     from saekit.sources.spec import source_from_spec
     from saekit.training.checkpoint import CHECKPOINT_NAME
-    from saekit.eval.table import markdown_table
 
     raw = apply_overrides(read_config_file(args.config), args.set or [])
     rc = parse_run_config(raw)
@@ -107,10 +107,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from saekit import __version__
-    from saekit.cli import evaluate as evaluate_cmd
-    from saekit.cli import convert as convert_cmd
-    from saekit.cli import browse as browse_cmd
     from saekit.cli import analyse as analyse_cmd
+    from saekit.cli import browse as browse_cmd
+    from saekit.cli import convert as convert_cmd
+    from saekit.cli import evaluate as evaluate_cmd
 
     parser = argparse.ArgumentParser(prog="saekit", description="Sparse autoencoders on model activations.")
     parser.add_argument("--version", action="version", version=f"saekit {__version__}")

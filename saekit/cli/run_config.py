@@ -162,11 +162,12 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
         name = spec.pop("name", None)
         site = spec.pop("site", None)
         seed = spec.pop("seed", i)
-        if site is None and len(source.sites) == 1:
-            site = source.sites[0]
-        if site not in source.sites and len(source.sites) > 1:
-            raise ConfigError(f"sae.{i}: site {site!r} is not one of the data's sites {list(source.sites)}")
-        d_in = spec.pop("d_in", source.d_in(site if site in source.sites else source.sites[0]))
+        sites = list(source.sites)
+        if site is None and len(sites) == 1:
+            site = sites[0]
+        if site not in sites and len(sites) > 1:
+            raise ConfigError(f"sae.{i}: site {site!r} is not one of the data's sites {sites}")
+        d_in = spec.pop("d_in", source.d_in(site if isinstance(site, str) and site in sites else sites[0]))
         init_from = spec.pop("init_from", None)
         try:
             sae = build(architecture, d_in=d_in, seed=seed, **spec) if init_from is None else _load_start(init_from, architecture, spec)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from saekit.errors import DataError
 from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
-from saekit.sources.hf import collect_activations_and_grads, splice
+from saekit.sources.hf import collect_activations_and_grads, record, splice
 
 Reconstruction = SAE | Callable[[Tensor], Tensor]
 """An SAE, or a function mapping the kept activations ``[batch, positions, d]`` to their replacement."""
@@ -154,16 +154,8 @@ def downstream_metrics_many(
 
     for part in batches:
         part = part.to(device)
-        captured: list[Tensor] = []
-
-        def capture(h: Tensor, captured: list[Tensor] = captured) -> Tensor:
-            captured.append(h[:, skip:].detach())
-            return h
-
-        with splice(model, site, capture):
-            clean_logp = _log_probs(model, part, skip)
+        clean_logp, kept = _clean_pass(model, part, site, skip)
         bar.update()
-        (kept,) = captured
         kept_grad = site_grads(model, part, site, skip) if needs_grad else None
         if on_clean_activations is not None:
             on_clean_activations(kept, kept_grad)
@@ -180,52 +172,59 @@ def downstream_metrics_many(
         del clean_logp
 
     assert site_sum is not None
-    mean_activation = site_sum / site_rows
+    mean = _mean_ablated(model, batches, site, skip, site_sum / site_rows, bar)
+    bar.close()
+    scored = tokens.shape[0] * (tokens.shape[1] - 1 - skip)
+    return {name: _metrics(clean, zero, mean, sums, scored) for name, sums in spliced.items()}
+
+
+def _clean_pass(model: nn.Module, part: Tensor, site: str, skip: int) -> tuple[Tensor, Tensor]:
+    """The clean log-probabilities of ``part`` and the site's activations at positions ``>= skip``,
+    recorded in the same forward pass."""
+    recorded: dict[str, Tensor] = {}
+    with record(model, [site], recorded):
+        clean_logp = _log_probs(model, part, skip)
+    return clean_logp, recorded[site][:, skip:].detach()
+
+
+def _mean_ablated(
+    model: nn.Module, batches: list[Tensor], site: str, skip: int, mean_activation: Tensor, bar: tqdm
+) -> list[_Sums]:
+    """Every batch run again with positions ``>= skip`` of ``site`` replaced by ``mean_activation``."""
+    device = next(model.parameters()).device
     mean: list[_Sums] = []
     for part in batches:
         part = part.to(device)
         # KL is not reported for the mean ablation: only its loss is needed.
         mean.append(_scored(model, part, site, skip, lambda h: mean_activation.to(h.dtype).expand_as(h), None))
         bar.update()
-    bar.close()
+    return mean
 
-    scored = tokens.shape[0] * (tokens.shape[1] - 1 - skip)
+
+def _metrics(clean: list[_Sums], zero: list[_Sums], mean: list[_Sums], spliced: list[_Sums], scored: int) -> DownstreamMetrics:
+    """One reconstruction's metrics from the per-batch sums of every pass, over ``scored`` predictions."""
     clean_ce = sum(s.nll for s in clean) / scored
     zero_ce = sum(s.nll for s in zero) / scored
     mean_ce = sum(s.nll for s in mean) / scored
-    results = {}
-    for name, sums in spliced.items():
-        spliced_ce = sum(s.nll for s in sums) / scored
-        results[name] = DownstreamMetrics(
-            clean_ce=clean_ce,
-            spliced_ce=spliced_ce,
-            delta_ce=spliced_ce - clean_ce,
-            zero_ablation_ce=zero_ce,
-            mean_ablation_ce=mean_ce,
-            loss_recovered_zero=recovered(zero_ce, spliced_ce, clean_ce),
-            loss_recovered_mean=recovered(mean_ce, spliced_ce, clean_ce),
-            kl=sum(s.kl for s in sums) / scored,
-            scored_tokens=scored,
-        )
-    return results
+    spliced_ce = sum(s.nll for s in spliced) / scored
+    return DownstreamMetrics(
+        clean_ce=clean_ce,
+        spliced_ce=spliced_ce,
+        delta_ce=spliced_ce - clean_ce,
+        zero_ablation_ce=zero_ce,
+        mean_ablation_ce=mean_ce,
+        loss_recovered_zero=recovered(zero_ce, spliced_ce, clean_ce),
+        loss_recovered_mean=recovered(mean_ce, spliced_ce, clean_ce),
+        kl=sum(s.kl for s in spliced) / scored,
+        scored_tokens=scored,
+    )
 
 
 def _scored(
     model: nn.Module, part: Tensor, site: str, skip: int, fn: Callable[[Tensor], Tensor], clean_logp: Tensor | None
 ) -> _Sums:
     """Run ``part`` with positions ``>= skip`` of ``site`` replaced by ``fn`` of them; sum NLL and KL."""
-
-    def replace_kept(h: Tensor) -> Tensor:
-        kept = h[:, skip:]
-        new = fn(kept)
-        if not isinstance(new, Tensor) or new.shape != kept.shape:
-            got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
-            raise DataError(f"a reconstruction of {site!r} must return shape {tuple(kept.shape)}, got {got}")
-        out = h.clone()
-        out[:, skip:] = new.to(h.device, h.dtype)
-        return out
-
-    with splice(model, site, replace_kept):
+    with splice(model, site, fn, start=skip):
         logp = _log_probs(model, part, skip)
     kl = 0.0
     if clean_logp is not None:

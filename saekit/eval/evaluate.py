@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from saekit.devices import resolve_device
 from saekit.errors import DataError
 from saekit.eval import metrics
 from saekit.eval.downstream import as_function, downstream_metrics_many
@@ -70,7 +71,7 @@ class _Totals:
         self.mean += delta * (n / total)
         self.tokens = total
 
-    def result(self, dense_threshold: float) -> dict[str, float]:
+    def result(self, dense_threshold: float) -> dict[str, Any]:
         n, d_in = self.tokens, self.mean.numel()
         frequency = self.fired.double() / n
         fvu = metrics.safe_ratio(self.sq_err, self.m2.sum())
@@ -145,19 +146,24 @@ def evaluate(
         raise DataError("nothing to evaluate on: give activations, or model= and tokens=")
     if max_tokens is not None and max_tokens <= 0:
         raise DataError(f"max_tokens must be positive, got {max_tokens}")
-    source = as_source(activations)
+    return _evaluate_activations(sae, as_source(activations), batch_size, max_tokens, device, dense_threshold)
+
+
+def _evaluate_activations(
+    sae: SAE, source: ActivationSource, batch_size: int, max_tokens: int | None, device: str | torch.device | None, dense_threshold: float
+) -> dict[str, Any]:
+    """:func:`evaluate` without a model: the SAE's site of ``source`` read once, on ``device``."""
     site = _pick_site(source, sae)
     if source.d_in(site) != sae.d_in:
         raise DataError(f"site {site!r} has width {source.d_in(site)} but the SAE expects d_in={sae.d_in}")
-
     first_param = next(sae.parameters())
     home, dtype = first_param.device, first_param.dtype
-    device = torch.device(device) if device is not None else home
-    sae.to(device)
+    where = resolve_device(device) if device is not None else home
+    sae.to(where)
     try:
-        totals = _Totals(sae.d_in, sae.d_sae, device)
+        totals = _Totals(sae.d_in, sae.d_sae, where)
         for x in _read_once(source, site, batch_size, max_tokens):
-            x = x.to(device, dtype, non_blocking=True)
+            x = x.to(where, dtype, non_blocking=True)
             codes = sae.encode(x)
             totals.update(x, sae.decode(codes), codes)
     finally:
@@ -194,43 +200,9 @@ def evaluate_on_model(
     module = as_module(model)
     if tokens is None:
         raise DataError("evaluating on a model needs tokens= (an integer tensor [contexts, positions])")
-    by_site: dict[str, dict[str, _Readout]] = {}
-    for name, sae in saes.items():
-        site = (sites or {}).get(name) or sae.site
-        if not site:
-            raise DataError(f"SAE {name!r} has no site; pass site= or set sae.metadata['site']")
-        by_site.setdefault(site, {})[name] = _Readout(sae, with_grad=sae.uses_grad)
-        if sae.uses_grad:
-            by_site[site][_PLAIN + name] = _Readout(sae, with_grad=False)
     results: dict[str, dict[str, Any]] = {}
-    for site, group in by_site.items():
-        totals: dict[str, _Totals] = {}
-        position_err: dict[str, Tensor] = {}
-
-        def activation_metrics(
-            kept: Tensor,
-            kept_grad: Tensor | None,
-            group: dict[str, _Readout] = group,
-            totals: dict[str, _Totals] = totals,
-            position_err: dict[str, Tensor] = position_err,
-        ) -> None:
-            for name, (sae, with_grad) in group.items():
-                param = sae.W_dec
-                x = kept.to(param.device, param.dtype)
-                rows = x.reshape(-1, x.shape[-1])
-                if with_grad:
-                    assert kept_grad is not None  # downstream_metrics_many computes it for uses_grad SAEs
-                    codes = sae.encode_with_grad(rows, kept_grad.reshape(rows.shape).to(rows))
-                else:
-                    codes = sae.encode(rows)
-                x_hat = sae.decode(codes)
-                if name not in totals:
-                    totals[name] = _Totals(sae.d_in, sae.d_sae, param.device)
-                    position_err[name] = torch.zeros(x.shape[1], dtype=torch.float64)
-                totals[name].update(x.reshape(-1, x.shape[-1]), x_hat, codes)
-                err = (x - x_hat.reshape(x.shape)).double().pow(2).sum(-1).sum(0)
-                position_err[name] += err.cpu()
-
+    for site, group in _readouts_by_site(saes, sites).items():
+        activation_metrics = _SiteTotals(group)
         downstream = downstream_metrics_many(
             module,
             tokens,
@@ -241,10 +213,8 @@ def evaluate_on_model(
             on_clean_activations=activation_metrics,
             progress=progress,
         )
-        for name, (sae, _) in group.items():
-            result = totals[name].result(dense_threshold)
-            contexts, d_in = tokens.shape[0], sae.d_in
-            result["mse_by_position"] = (position_err[name] / (contexts * d_in)).tolist()
+        for name in group:
+            result = activation_metrics.result(name, dense_threshold, contexts=tokens.shape[0])
             results[name] = {"site": site, **result, **downstream[name].as_dict()}
     for name, sae in saes.items():
         if sae.uses_grad:
@@ -259,6 +229,52 @@ _PLAIN = "\0plain:"
 class _Readout(NamedTuple):
     sae: SAE
     with_grad: bool
+
+
+def _readouts_by_site(saes: Mapping[str, SAE], sites: Mapping[str, str] | None) -> dict[str, dict[str, _Readout]]:
+    """The readouts to compute on each site: every SAE as trained, and a gradient-aware one also plain."""
+    by_site: dict[str, dict[str, _Readout]] = {}
+    for name, sae in saes.items():
+        site = (sites or {}).get(name) or sae.site
+        if not site:
+            raise DataError(f"SAE {name!r} has no site; pass site= or set sae.metadata['site']")
+        by_site.setdefault(site, {})[name] = _Readout(sae, with_grad=sae.uses_grad)
+        if sae.uses_grad:
+            by_site[site][_PLAIN + name] = _Readout(sae, with_grad=False)
+    return by_site
+
+
+class _SiteTotals:
+    """The activation metrics of a site's readouts, fed the clean activations of each context batch
+    (``[contexts, positions, d]`` and, for gradient readouts, their gradients) by the downstream pass."""
+
+    def __init__(self, group: Mapping[str, _Readout]) -> None:
+        self.group = group
+        self.totals: dict[str, _Totals] = {}
+        self.position_err: dict[str, Tensor] = {}
+
+    def __call__(self, kept: Tensor, kept_grad: Tensor | None) -> None:
+        for name, (sae, with_grad) in self.group.items():
+            param = sae.W_dec
+            x = kept.to(param.device, param.dtype)
+            rows = x.reshape(-1, x.shape[-1])
+            if with_grad:
+                assert kept_grad is not None  # downstream_metrics_many computes it for uses_grad SAEs
+                codes = sae.encode_with_grad(rows, kept_grad.reshape(rows.shape).to(rows))
+            else:
+                codes = sae.encode(rows)
+            x_hat = sae.decode(codes)
+            if name not in self.totals:
+                self.totals[name] = _Totals(sae.d_in, sae.d_sae, param.device)
+                self.position_err[name] = torch.zeros(x.shape[1], dtype=torch.float64)
+            self.totals[name].update(rows, x_hat, codes)
+            self.position_err[name] += (x - x_hat.reshape(x.shape)).double().pow(2).sum(-1).sum(0).cpu()
+
+    def result(self, name: str, dense_threshold: float, contexts: int) -> dict[str, Any]:
+        """The metrics of readout ``name``, with ``mse_by_position`` over the ``contexts`` read."""
+        result = self.totals[name].result(dense_threshold)
+        result["mse_by_position"] = (self.position_err[name] / (contexts * self.group[name].sae.d_in)).tolist()
+        return result
 
 
 def _pick_site(source: ActivationSource, sae: SAE) -> str:

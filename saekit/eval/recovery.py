@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.errors import DataError
+from saekit.sae.base import SAE
 from saekit.types import Recovery
 
 _CHUNK = 4096  # true features per block of the cosine matrix, to bound memory for large dictionaries
@@ -43,7 +44,7 @@ def _directions(value: nn.Module | Tensor, name: str) -> Tensor:
     """Row-normalised float32 copy of a direction matrix (zero rows stay zero: cosine 0 with everything)."""
     if isinstance(value, Tensor):
         rows = value
-    elif isinstance(getattr(value, "W_dec", None), Tensor):
+    elif isinstance(value, SAE):
         rows = value.W_dec
     else:
         raise TypeError(f"{name}: expected an SAE or a [n, d] tensor, got {type(value).__name__}")

@@ -62,7 +62,7 @@ def plot_frontier(rows: Sequence[Row], path: Path) -> Path | None:
 
 def plot_by_depth(rows: Sequence[Row], path: Path) -> Path | None:
     """FVU and (when measured) delta LM loss against layer, a line per architecture and sublayer kind."""
-    placed = [(site_depth(r["site"]), r) for r in rows if site_depth(r.get("site", ""))]
+    placed = [(depth, r) for r in rows if (depth := site_depth(r.get("site", ""))) is not None]
     plt = pyplot()
     if plt is None or len({depth[0] for depth, _ in placed}) < 2:
         return None

@@ -9,55 +9,41 @@
 
 A suite is a folder of such folders plus ``index.json``.
 
-Writes go to a temporary sibling folder that is renamed into place, so an interrupted save leaves
-either the previous folder or the new one complete (during the swap the previous one waits in
-``.<name>.old`` beside it).
+Writes go to a temporary sibling folder that is renamed into place (:func:`saekit.atomic.replace_folder`),
+so an interrupted save leaves either the previous folder or the new one complete (during the swap the
+previous one waits in ``.<name>.old`` beside it). Reading a folder is :mod:`saekit.io.convert.native`'s
+job, and :func:`load_sae` reads the other libraries' layouts through :mod:`saekit.io.convert`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-import saekit
-from saekit.errors import ArtifactError, ConfigError, UnknownArchitectureError
-from saekit.sae import registry
+from saekit.atomic import replace_folder
+from saekit.errors import ArtifactError
+from saekit.io import convert
+from saekit.io.convert import native
+from saekit.io.convert.native import CFG_FILE, PROVENANCE_FILE, WEIGHTS_FILE, is_sae_folder, read_json
 from saekit.sae.base import SAE
 from saekit.strict import to_dict
+from saekit.version import __version__
 
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
-PROVENANCE_FILE = "provenance.json"
 INDEX_FILE = "index.json"
 
 SAELENS_FORMAT = "6.54.12"
 """The SAELens version whose folder layout this writes (and whose loader the layout was checked with).
 Written as the top-level ``sae_lens_version``: without it SAELens treats cfg.json as pre-6.0 and
 rebuilds ``metadata`` from top-level keys, losing ours."""
-
-# Folders written by SAELens itself carry only its class name. Several of our architectures share a
-# SAELens class (BatchTopK is saved as "jumprelu"), so this maps each name to the one architecture
-# that SAELens class means when it has no saekit block; load_sae then checks apply_b_dec_to_input.
-_SAEKIT_NAME_OF_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
-
-
-def is_sae_folder(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a folder holding a cfg.json and a weights file."""
-    path = Path(path)
-    return (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
-
 
 # ---------------------------------------------------------------------------------------------
 # One SAE
@@ -78,134 +64,9 @@ def load_sae(folder: str | os.PathLike[str], *, device: str | torch.device = "cp
     """The SAE saved in ``folder`` (by saekit or by SAELens), with its weights, metadata and provenance.
     Gemma Scope, sparsify and dictionary_learning folders are recognised and read too (saekit.io.convert)."""
     folder = Path(folder)
-    if folder.exists() and not is_sae_folder(folder):
-        from saekit.io import convert  # imported here: it imports this module
-
-        if convert.layout_of(folder) != convert.SAEKIT:
-            return convert.read_one(folder, device=device)
-    if not folder.is_dir():
-        old = _old_path(folder)
-        hint = f"; an interrupted save left the previous version in {old}" if is_sae_folder(old) else ""
-        raise ArtifactError(f"no SAE folder at {folder}: it {'is a file' if folder.exists() else 'does not exist'}{hint}")
-    cfg_path = folder / CFG_FILE
-    if not cfg_path.is_file():
-        raise ArtifactError(f"{folder} is not an SAE folder: it has no {CFG_FILE}")
-    cfg = _read_json(cfg_path)
-    # The SAE starts with its initial weights; they are replaced below.
-    sae = _sae_from_saekit(cfg, cfg_path) if "saekit" in cfg else _sae_from_saelens(cfg, cfg_path)
-
-    weights_path = folder / WEIGHTS_FILE
-    state = _read_weights(weights_path)
-    fresh = sae.state_dict()
-    state = {key: value for key, value in fresh.items() if key in sae.training_state and key not in state} | state
-    _check_state(sae, state, weights_path)
-    sae.load_state_dict(state)
-    sae.metadata = _metadata_from_cfg(cfg, cfg_path)
-    provenance_path = folder / PROVENANCE_FILE
-    sae.provenance = _read_json(provenance_path) if provenance_path.is_file() else {}
-    return sae.to(device=device, dtype=_dtype_of(cfg, cfg_path))
-
-
-def _sae_from_saekit(cfg: dict[str, Any], cfg_path: Path) -> SAE:
-    block = cfg["saekit"]
-    if not isinstance(block, dict) or not isinstance(block.get("config"), dict):
-        raise ArtifactError(f"{cfg_path}: the saekit block must hold an architecture name and a config table")
-    return _build(str(block.get("architecture")), block["config"], cfg_path)
-
-
-def _sae_from_saelens(cfg: dict[str, Any], cfg_path: Path) -> SAE:
-    """Rebuild a folder written by SAELens, refusing any setting our architecture would not honour."""
-    # SAELens before 6.0 wrote no architecture key for its standard SAE.
-    saelens_name = cfg.get("architecture", "standard")
-    name = _SAEKIT_NAME_OF_SAELENS.get(saelens_name)
-    if name is None:
-        raise ArtifactError(
-            f"{cfg_path}: SAELens architecture {saelens_name!r} has no saekit equivalent "
-            f"(supported: {', '.join(_SAEKIT_NAME_OF_SAELENS)})"
-        )
-    for key in ("normalize_activations", "reshape_activations"):
-        if cfg.get(key, "none") not in ("none", None):
-            raise ArtifactError(f"{cfg_path}: {key}={cfg[key]!r} is not supported; saekit loads only 'none'")
-    cls = registry.get(name)
-    flag = cfg.get("apply_b_dec_to_input", True)
-    if flag != cls.apply_b_dec_to_input:
-        raise ArtifactError(
-            f"{cfg_path}: a SAELens {saelens_name!r} SAE with apply_b_dec_to_input={flag} is not saekit's "
-            f"{name!r}, which uses apply_b_dec_to_input={cls.apply_b_dec_to_input}"
-        )
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    sae = _build(name, {k: v for k, v in cfg.items() if k in fields}, cfg_path)
-    # Keys such as topk's rescale_acts_by_decoder_norm change SAELens's encode: ours must agree.
-    for key, ours in sae.extra_saelens_cfg().items():
-        if key in cfg and cfg[key] != ours:
-            raise ArtifactError(f"{cfg_path}: {key}={cfg[key]!r} is not supported by saekit's {name!r} (needs {ours!r})")
-    return sae
-
-
-def _build(name: str, config: dict[str, Any], cfg_path: Path) -> SAE:
-    try:
-        return registry.from_config(name, config)
-    except UnknownArchitectureError as exc:
-        raise UnknownArchitectureError(f"{cfg_path}: {exc}") from None
-    except ConfigError as exc:
-        raise ArtifactError(f"{cfg_path}: invalid config: {exc}") from exc
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} must hold a JSON object, found {type(data).__name__}")
-    return data
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing: the SAE folder has a cfg.json but no weights")
-    try:
-        return load_file(path)
-    except SafetensorError as exc:
-        raise ArtifactError(f"{path} is truncated or corrupted: {exc}") from exc
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {path}: {exc}") from exc
-
-
-def _check_state(sae: SAE, state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Name every missing, unexpected and mis-shaped tensor at once, instead of torch's first error."""
-    expected = sae.state_dict()
-    problems = []
-    if missing := sorted(expected.keys() - state.keys()):
-        problems.append(f"missing tensors {', '.join(missing)}")
-    if unexpected := sorted(state.keys() - expected.keys()):
-        problems.append(f"unexpected tensors {', '.join(unexpected)}")
-    for key in sorted(expected.keys() & state.keys()):
-        if state[key].shape != expected[key].shape:
-            problems.append(f"{key} has shape {list(state[key].shape)} but the config needs {list(expected[key].shape)}")
-    if problems:
-        raise ArtifactError(f"{path} does not match the {sae.architecture} SAE of its cfg.json: {'; '.join(problems)}")
-
-
-def _dtype_of(cfg: dict[str, Any], cfg_path: Path) -> torch.dtype:
-    name = str(cfg.get("dtype", "float32")).removeprefix("torch.")
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ArtifactError(f"{cfg_path}: dtype {cfg.get('dtype')!r} is not a floating-point torch dtype")
-    return dtype
-
-
-def _metadata_from_cfg(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
-    meta = cfg.get("metadata") or {}
-    if not isinstance(meta, dict):
-        raise ArtifactError(f"{cfg_path}: metadata must be a JSON object, found {type(meta).__name__}")
-    meta = dict(meta)
-    # SAELens before 6.0 kept hook_name and model_name at the top level.
-    site = meta.pop("hook_name", None) or cfg.get("hook_name")
-    model = meta.pop("model_name", None) or cfg.get("model_name")
-    return meta | ({"site": site} if site is not None else {}) | ({"model": model} if model is not None else {})
+    if folder.exists() and not is_sae_folder(folder) and convert.layout_of(folder) != convert.SAEKIT:
+        return convert.read_one(folder, device=device)
+    return native.read(folder, device=device)
 
 
 def _write_sae(sae: SAE, folder: Path, provenance: Mapping[str, Any] | None) -> None:
@@ -219,8 +80,8 @@ def _write_sae(sae: SAE, folder: Path, provenance: Mapping[str, Any] | None) -> 
         {
             **sae.provenance,
             **(provenance or {}),
-            "saekit_version": saekit.__version__,
-            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "saekit_version": __version__,
+            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
 
@@ -228,7 +89,7 @@ def _write_sae(sae: SAE, folder: Path, provenance: Mapping[str, Any] | None) -> 
 def _cfg_of(sae: SAE) -> dict[str, Any]:
     meta = dict(sae.metadata)
     metadata = {"model_name": meta.pop("model", None), "hook_name": meta.pop("site", None), **meta}
-    block: dict[str, Any] = {"architecture": sae.architecture, "config": to_dict(sae.cfg), "version": saekit.__version__}
+    block: dict[str, Any] = {"architecture": sae.architecture, "config": to_dict(sae.cfg), "version": __version__}
     if "normalization_factor" in sae.metadata:
         # Already folded into the weights by training; kept so users can map back to raw activations.
         block["normalization_factor"] = sae.metadata["normalization_factor"]
@@ -279,7 +140,7 @@ def save_suite(
         for name, sae in zip(names, saes):
             (tmp / name).mkdir()
             _write_sae(sae, tmp / name, provenance)
-        _write_json(tmp / INDEX_FILE, {"saekit_version": saekit.__version__, "saes": [_index_entry(n, s) for n, s in zip(names, saes)]})
+        _write_json(tmp / INDEX_FILE, {"saekit_version": __version__, "saes": [_index_entry(n, s) for n, s in zip(names, saes)]})
 
     folder = Path(folder)
     _write_atomically(folder, write, lambda p: (p / INDEX_FILE).is_file(), "a suite folder")
@@ -292,7 +153,7 @@ def load_suite(folder: str | os.PathLike[str], *, device: str | torch.device = "
     index_path = folder / INDEX_FILE
     if not index_path.is_file():
         raise ArtifactError(f"{folder} is not a suite folder: it has no {INDEX_FILE}")
-    entries = _read_json(index_path).get("saes")
+    entries = read_json(index_path).get("saes")
     if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in entries):
         raise ArtifactError(f"{index_path}: 'saes' must be a list of entries with a name")
     suite = {}
@@ -328,43 +189,16 @@ def _index_entry(name: str, sae: SAE) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic folder writes
-
-
-def _old_path(folder: Path) -> Path:
-    return folder.with_name(f".{folder.name}.old")
+# Writing folders
 
 
 def _write_atomically(folder: Path, write: Callable[[Path], None], is_ours: Callable[[Path], bool], what: str) -> None:
-    """Run ``write`` on a fresh sibling folder, then swap it in for ``folder``."""
-    folder = Path(os.path.abspath(folder))  # "." or "x/.." have no name to build siblings from
+    """Run ``write`` on a fresh sibling folder, then swap it in for ``folder`` (saekit.atomic), refusing
+    to replace a folder that is neither ours nor empty."""
+    folder = Path(os.path.abspath(folder))
     if folder.exists() and not (folder.is_dir() and (is_ours(folder) or not any(folder.iterdir()))):
         raise ArtifactError(f"refusing to overwrite {folder}: it exists and is not {what} (nor empty)")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = _old_path(folder)
-    if old.exists():
-        # Left by a save interrupted mid-swap; the complete new folder in ``tmp`` supersedes it.
-        shutil.rmtree(old)
-    had_old = folder.exists()
-    if had_old:
-        os.replace(folder, old)
-    try:
-        os.replace(tmp, folder)
-    except BaseException:
-        if had_old:
-            os.replace(old, folder)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(folder.parent)
-    if had_old:
-        shutil.rmtree(old)
+    replace_folder(folder, write)
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -377,26 +211,6 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 def _json_default(value: Any) -> Any:
     # Tensors and numpy scalars (e.g. a normalisation factor) become plain numbers or lists.
-    if hasattr(value, "tolist"):
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} {value!r} is not JSON serialisable")
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush the written files to disk before the rename makes them visible as the real folder."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -3,24 +3,25 @@
 Cache layout: ``<cache>/<name>/`` is a plain Hugging Face folder (config.json, model.safetensors,
 tokenizer files). ``<cache>`` is ``cache_dir`` when given, else ``$SAEKIT_CACHE/models``, else
 ``${XDG_CACHE_HOME:-~/.cache}/saekit/models``. A conversion writes into a hidden temporary sibling
-that is renamed into place, so a folder named ``<name>`` is always complete; a conversion killed
-outright leaves at most a hidden ``.<name>.*.partial`` folder, which is safe to delete.
+that is renamed into place (:func:`saekit.atomic.create_folder`), so a folder named ``<name>`` is always
+complete, and when several processes convert at once the first to finish wins and the others use its
+folder; a conversion killed outright leaves at most a hidden ``.<name>.*.tmp`` folder, which is safe
+to delete.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
-
 from torch import nn
 
+from saekit.atomic import create_folder
+from saekit.devices import as_dtype, resolve_device
 from saekit.errors import ArtifactError, ConfigError, DataError
 from saekit.models import smollm2
 from saekit.paths import cache_root
@@ -46,7 +47,8 @@ class LoadedModel:
     @property
     def bos_token_id(self) -> int | None:
         """The token to put before every context (SmolLM2: ``<|im_start|>`` = 1); None if the tokenizer has none."""
-        return self.tokenizer.bos_token_id
+        bos = self.tokenizer.bos_token_id
+        return bos if isinstance(bos, int) else None
 
 
 def as_module(model: nn.Module | LoadedModel) -> nn.Module:
@@ -70,7 +72,7 @@ def default_cache_dir() -> Path:
 def load_model(
     name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = "cpu",
     dtype: torch.dtype | str = torch.float32,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
@@ -79,9 +81,12 @@ def load_model(
     ``name_or_path`` is an embedded name (``"smollm2-135m"``, converted into the cache on first use),
     else an existing local folder, else passed to ``from_pretrained`` as a hub id (which works only
     with network access). An embedded name wins over a same-named folder in the working directory;
-    write ``./smollm2-135m`` to mean the folder.
+    write ``./smollm2-135m`` to mean the folder. ``device`` may be "auto" (CUDA when available), or None
+    to leave the model where ``from_pretrained`` puts it (the CPU); ``dtype`` may be a name such as
+    "bfloat16" (:mod:`saekit.devices`).
     """
-    dtype = _as_dtype(dtype)
+    device = None if device is None else resolve_device(device)
+    dtype = as_dtype(dtype)
     name = os.fspath(name_or_path)
     if name.lower() in EMBEDDED_MODELS:
         key = name.lower()
@@ -102,50 +107,31 @@ def _looks_like_path(name: str) -> bool:
     return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    value = getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ConfigError(f"dtype must be a floating torch dtype such as 'float32' or 'bfloat16', got {dtype!r}")
-    return value
-
-
 def _cached(key: str, folder: Path) -> Path:
     """``folder``, converting the embedded model ``key`` into it first if it is not there yet."""
     if (folder / "config.json").is_file():
         return folder
-    if folder.exists():
-        # Not ours: our conversions appear only complete (rename), so do not guess what this is.
+    # Our conversions appear only complete, so a folder without config.json is not ours: do not guess
+    # what it is. Another process that finished the same conversion first left a folder as good as ours.
+    if not create_folder(folder, EMBEDDED_MODELS[key]) and not (folder / "config.json").is_file():
         raise ArtifactError(f"{folder} exists but holds no complete model (no config.json); delete it to convert again")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would make a cache shared between users unreadable
-    try:
-        EMBEDDED_MODELS[key](tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            # Another process finished the same conversion first; its folder is as good as ours.
-            if not (folder / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
-def _from_pretrained(source: str | Path, name: str, device: str | torch.device, dtype: torch.dtype) -> LoadedModel:
+def _from_pretrained(source: str | Path, name: str, device: torch.device | None, dtype: torch.dtype) -> LoadedModel:
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
     except ImportError as exc:
         raise ConfigError("loading a language model needs transformers: pip install transformers") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = cast(PreTrainedModel, AutoModelForCausalLM.from_pretrained(source, dtype=dtype))
     except OSError as exc:
         where = "folder" if isinstance(source, Path) else "hub id (needs network access unless already in the HF cache)"
         raise ArtifactError(f"could not load model {name!r} as a {where}: {exc}") from exc
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         # Batches of unequal length need some pad id; padded positions are masked, so EOS is harmless.
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(model=model.to(device).eval(), tokenizer=tokenizer, name=name)
+    if device is not None:
+        model.to(device)  # pyright: ignore[reportArgumentType]  (transformers types .to as its generate mixin's)
+    return LoadedModel(model=model.eval(), tokenizer=tokenizer, name=name)

@@ -43,8 +43,8 @@ def convert(dest: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
     # The weights are already de-quantised to float32; only the GGUF quantizer marker makes
     # save_pretrained refuse ("quantized with gguf and is not serializable").
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010  (nn.Module's typed __setattr__ takes only tensors and modules)
     if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+        delattr(model.config, "quantization_config")
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)

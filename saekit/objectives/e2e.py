@@ -222,14 +222,11 @@ class E2EObjective:
         return UnitLoss(loss, {i: out._replace(loss=loss, terms={**out.terms, **terms})})
 
     def _spliced(self, batch: ContextBatch, site: str, x_hat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        def replace_kept(a: Tensor) -> Tensor:
-            return torch.cat([a[:, : a.shape[1] - x_hat.shape[1]], x_hat.to(a.device, a.dtype)], dim=1)
-
         spliced: dict[str, Tensor] = {}
         downstream = self.downstream[site]
-        with splice(self.model, site, replace_kept), record(self.model, downstream, spliced):
+        skip = batch.tokens.shape[1] - x_hat.shape[1]
+        with splice(self.model, site, lambda kept: x_hat, start=skip), record(self.model, downstream, spliced):
             logits = self.model(input_ids=batch.tokens, use_cache=False).logits
-        skip = logits.shape[1] - x_hat.shape[1]
         kl = kl_clean_spliced(batch.clean_logp, logits[:, skip:])
         loss, terms = self.e2e.resolved_kl_coef * kl, {"kl": kl.detach()}
         if downstream:
@@ -339,10 +336,8 @@ def downstream_errors_of(
     device = next(model.parameters()).device
 
     def through(sae: SAE) -> Callable[[Tensor], Tensor]:
-        def through_sae(h: Tensor) -> Tensor:
-            kept = h[:, skip_positions:]
-            rec = sae(kept.reshape(-1, kept.shape[-1]).to(sae.W_dec.device, sae.W_dec.dtype)).reshape(kept.shape)
-            return torch.cat([h[:, :skip_positions], rec.to(h.device, h.dtype)], dim=1)
+        def through_sae(kept: Tensor) -> Tensor:
+            return sae(kept.reshape(-1, kept.shape[-1]).to(sae.W_dec.device, sae.W_dec.dtype)).reshape(kept.shape)
 
         return through_sae
 
@@ -356,7 +351,7 @@ def downstream_errors_of(
                 norms[s] += float(clean[s][:, skip_positions:].double().pow(2).sum())
             for name, sae in saes.items():
                 spliced: dict[str, Tensor] = {}
-                with splice(model, site, through(sae)), record(model, sites, spliced):
+                with splice(model, site, through(sae), start=skip_positions), record(model, sites, spliced):
                     model(input_ids=part, use_cache=False)
                 for s in sites:
                     diff = spliced[s][:, skip_positions:].double() - clean[s][:, skip_positions:].double()

@@ -20,8 +20,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
+from saekit.errors import DataError
 from saekit.types import ActBatch, LossOut, StepCtx
 
 
@@ -74,6 +76,11 @@ class SAE(nn.Module, abc.ABC):
     """Whether the selection reads the gradient of the model's loss at the site: in training from
     ``ActBatch.grad``, at inference through :meth:`encode_with_grad` (evaluation with a model computes
     it); ``encode(x)`` is then the rule without a gradient."""
+    has_b_enc: ClassVar[bool] = True
+    """Whether the SAE has the encoder bias ``b_enc [d_sae]`` (Gated has its gate and magnitude biases instead)."""
+    has_threshold: ClassVar[bool] = False
+    """Whether the SAE keeps a per-latent inference threshold ``threshold [d_sae]`` (JumpReLU's, or the
+    learned global threshold of the architectures that couple tokens in training)."""
     training_state: ClassVar[tuple[str, ...]] = ()
     """Buffers only training needs (schedules' state): kept in checkpoints, left out of saved SAE folders so
     that SAELens and other readers see just the inference tensors; a loaded SAE starts them afresh."""
@@ -81,9 +88,12 @@ class SAE(nn.Module, abc.ABC):
     W_enc: nn.Parameter
     W_dec: nn.Parameter
     b_enc: nn.Parameter
+    """Present where ``has_b_enc``."""
     b_dec: nn.Parameter
 
-    def __init__(self, cfg: SAEConfig) -> None:
+    def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
+        """Every architecture is built as ``cls(cfg, generator=...)``; ``generator`` is the random source
+        of its initialisation (None: torch's global one). This base only keeps ``cfg``."""
         super().__init__()
         self.cfg = cfg
         self.metadata: dict[str, Any] = {}
@@ -103,6 +113,13 @@ class SAE(nn.Module, abc.ABC):
     def site(self) -> str | None:
         """The site (hook point) this SAE reads, when known."""
         return self.metadata.get("site")
+
+    def require_site(self) -> str:
+        """:attr:`site`, for code that needs one: a missing site is a DataError naming the fix."""
+        site = self.site
+        if not site:
+            raise DataError(f"this {self.architecture} SAE names no site; set sae.metadata['site'] (or save it with one)")
+        return site
 
     @abc.abstractmethod
     def encode(self, x: Tensor) -> Tensor:
@@ -150,8 +167,6 @@ class SAE(nn.Module, abc.ABC):
 
     def _check_input(self, x: Tensor) -> None:
         if x.shape[-1] != self.d_in:
-            from saekit.errors import DataError
-
             raise DataError(
                 f"{self.architecture} SAE expects activations of width d_in={self.d_in}, got shape {tuple(x.shape)}"
             )

@@ -97,6 +97,7 @@ class BatchTopKSAE(SAE):
     config_class = BatchTopKConfig
     saelens_architecture = "jumprelu"
     scaled_params = ("b_enc", "b_dec", "threshold")
+    has_threshold = True
     training_state = F.ZIPF_STATE
     cfg: BatchTopKConfig
     threshold: Tensor
@@ -122,11 +123,11 @@ class BatchTopKSAE(SAE):
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         self._check_input(batch.x)
-        return family.family_loss(self, batch, ctx, batch_topk(self.cfg.k))
+        return family.family_loss(self, self.cfg, batch, ctx, batch_topk(self.cfg.k))
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
-        family.after_step(self, out)
+        family.after_step(self, self.cfg, out)
         if F.threshold_tracking(ctx.step, self.cfg.threshold_start_step, ctx.total_steps):
             weight = F.threshold_ema_weight(self.cfg.threshold_ema, ctx.total_steps)
             F.ema_threshold_(self.threshold, F.smallest_kept(out.codes), weight)

@@ -20,7 +20,7 @@ capacities from a Zipf distribution (the paper's text could not be read here; it
 feature matches at most m tokens, and its OpenReview reviewers that "zipf distribution is used to set
 the constraints for feature choice"; its exponent is not known to us, so 1 is our choice). A uniform
 capacity caps every latent at a density of k / d_sae, so a feature more frequent than that must be
-split over several latents: on planted Zipfian features (README, "Defaults") uniform capacities
+split over several latents: on planted Zipfian features (docs/architectures.md, "Defaults") uniform capacities
 recovered 0.85 of them in 2,000 steps, Zipf-shaped ones 0.97. Latents learn which capacity suits
 them: the most frequent features settle in the latents with the largest capacities.
 
@@ -95,6 +95,7 @@ class FeatureChoiceSAE(SAE):
     config_class = FeatureChoiceConfig
     saelens_architecture = "jumprelu"
     scaled_params = ("b_enc", "b_dec", "threshold")
+    has_threshold = True
     training_state = F.ZIPF_STATE
     cfg: FeatureChoiceConfig
     threshold: Tensor
@@ -125,11 +126,11 @@ class FeatureChoiceSAE(SAE):
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         self._check_input(batch.x)
         select = feature_choice(self.cfg.k, self.d_sae, self.cfg.capacity_zipf_exponent)
-        return family.family_loss(self, batch, ctx, select)
+        return family.family_loss(self, self.cfg, batch, ctx, select)
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
-        family.after_step(self, out)
+        family.after_step(self, self.cfg, out)
         if F.threshold_tracking(ctx.step, self.cfg.threshold_start_step, ctx.total_steps):
             weight = F.threshold_ema_weight(self.cfg.threshold_ema, ctx.total_steps)
             F.ema_threshold_(self.threshold, F.smallest_kept(out.codes, per_latent=True), weight)

@@ -12,7 +12,6 @@ from torch import Tensor
 
 from saekit._fast import row_topk
 
-
 # ---------------------------------------------------------------------------------------------
 # Reconstruction and sparsity measures used inside losses
 
@@ -155,7 +154,7 @@ def default_lr(d_sae: int) -> float:
     The width scaling is Gao et al.'s (2e-4 at 2^14 latents, for their batches of 131,072 tokens; also
     dictionary_learning's and sparsify's Adam default); the constant is four times theirs, because at
     their rate, and at the published rates of JumpReLU (7e-5) and Gated (5e-5), runs of thousands of
-    steps end far from converged (README, "Defaults"; tests/integration/test_planted_recovery.py pins
+    steps end far from converged (docs/architectures.md, "Defaults"; tests/integration/test_planted_recovery.py pins
     it). The run's linear decay to 0 over its last fifth is what keeps long runs at this rate stable."""
     return 8e-4 / math.sqrt(d_sae / 2**14)
 

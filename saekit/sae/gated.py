@@ -64,6 +64,7 @@ class GatedSAE(SAE):
     config_class = GatedConfig
     saelens_architecture = "gated"
     scaled_params = ("b_gate", "b_mag", "b_dec")
+    has_b_enc = False
     cfg: GatedConfig
 
     def __init__(self, cfg: GatedConfig, generator: torch.Generator | None = None) -> None:

@@ -131,11 +131,11 @@ class GradientTopKSAE(SAE):
         def select(pre: Tensor, rows: ActBatch) -> S.Pattern:
             return S.pattern_from_topk(row_topk(self.scores(pre, rows.x, rows.grad), self.cfg.k), self.d_sae, ascending=True)
 
-        return family.family_loss(self, batch, ctx, select)
+        return family.family_loss(self, self.cfg, batch, ctx, select)
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
-        family.after_step(self, out)
+        family.after_step(self, self.cfg, out)
 
     def extra_saelens_cfg(self) -> dict:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}

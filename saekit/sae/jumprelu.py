@@ -18,7 +18,7 @@ penalty acts on the encoder only through θ.
 Kept from the paper: θ₀ = ε = 0.001 (in units of activations scaled to E||x||² = 1), Adam β = (0, 0.999),
 W_enc = W_decᵀ at initialisation, zero biases (``b_dec`` included, as Gemma Scope). Three defaults
 depart from the paper's, for runs from hundreds of steps on (its recipe, lr 7e-5 over 10⁵-10⁶ steps,
-barely moves in a few thousand); each was measured on planted features (README, "Defaults"):
+barely moves in a few thousand); each was measured on planted features (docs/architectures.md, "Defaults"):
 
 * the learning rate is saekit's default for every architecture (:func:`saekit.sae.functional.default_lr`);
 * the thresholds learn at ``threshold_lr_scale`` = 0.1 of it. Adam moves every parameter by about
@@ -53,7 +53,6 @@ from saekit.sae import sparse as S
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import register
 from saekit.types import ActBatch, LossOut, StepCtx
-
 
 SPARSE_MAX_DENSITY = 0.03
 """The sparse loss is used when at most this fraction of (token, latent) pairs is active or near θ:
@@ -99,6 +98,7 @@ class JumpReLUSAE(SAE):
     unit_norm_decoder = False
     b_dec_init = "zeros"
     scaled_params = ("b_enc", "b_dec", "threshold")
+    has_threshold = True
     cfg: JumpReLUConfig
 
     def __init__(self, cfg: JumpReLUConfig, generator: torch.Generator | None = None) -> None:

@@ -19,8 +19,8 @@ shrinkage of L1.
 
 The schedule of p is a pure function of the step (:func:`p_schedule`); λ and the recent Lp values
 are training state kept in the buffers ``sparsity_coef`` and ``lp_history`` (so a resumed run
-continues exactly; a saved folder holds them beside the SAELens ``standard`` weights, and a strict
-SAELens loader must be given only W_enc, W_dec, b_enc, b_dec). Both are logged: the terms ``p`` and
+continues exactly; they are ``training_state``: checkpoints keep them, saved folders hold only the
+SAELens ``standard`` weights W_enc, W_dec, b_enc, b_dec). Both are logged: the terms ``p`` and
 ``sparsity_coef`` show the schedule in the training log. At inference this is a plain ReLU SAE.
 
 Defaults: λ = 0.1 for activations scaled to E||x||² = 1, p from 1 to 0.2 in 10 values from step
@@ -155,7 +155,7 @@ class PAnnealSAE(SAE):
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
         now = self.schedule(ctx)
-        if now.next_p is not None and ctx.step >= now.next_step - self.cfg.rescale_batches:
+        if now.next_p is not None and now.next_step is not None and ctx.step >= now.next_step - self.cfg.rescale_batches:
             row = torch.stack([F.lp_pow(out.codes, now.p), F.lp_pow(out.codes, now.next_p)]).to(self.lp_history)
             self.lp_history.copy_(torch.cat([row[None], self.lp_history[:-1]]))
         after = self.schedule(StepCtx(step=ctx.step + 1, total_steps=ctx.total_steps))

@@ -8,7 +8,7 @@ autoencoders").
 
 AuxK reconstructs the residual ``x − x̂`` from the ``aux_k`` most active dead latents, which gives
 dead latents a gradient and brings them back; its protocol is dictionary_learning's (see
-:func:`saekit.sae.functional.aux_k_loss`). Decoder rows stay unit norm. The loss, AuxK and the
+:func:`saekit.sae.sparse.aux_loss`). Decoder rows stay unit norm. The loss, AuxK and the
 optional aux_zipf_loss are the TopK family's (:mod:`saekit.sae.topk_family`); TopK's part is its
 selection, the k largest pre-activations of each row.
 """
@@ -55,11 +55,11 @@ class TopKSAE(SAE):
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         self._check_input(batch.x)
-        return family.family_loss(self, batch, ctx, family.per_row_topk(self.cfg.k))
+        return family.family_loss(self, self.cfg, batch, ctx, family.per_row_topk(self.cfg.k))
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
-        family.after_step(self, out)
+        family.after_step(self, self.cfg, out)
 
     def extra_saelens_cfg(self) -> dict:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}

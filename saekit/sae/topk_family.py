@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +27,7 @@ from torch.nn import functional as tF
 from saekit._fast import row_topk
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
-from saekit.sae.base import SAEConfig
+from saekit.sae.base import SAE, SAEConfig
 from saekit.strict import refuse_unused
 from saekit.types import ActBatch, LossOut, StepCtx
 
@@ -50,7 +49,7 @@ class TopKFamilyConfig(SAEConfig):
     """Weight of the AuxK loss; 0 disables it."""
     aux_zipf_coef: float = 0.0
     """Weight of aux_zipf_loss (Ayonrinde 2024), AuxK extended to underutilised latents; 0 disables it.
-    PROVISIONAL reading of the paper (see saekit.sae.functional.aux_zipf_loss): latents whose running
+    PROVISIONAL reading of the paper (see saekit.sae.functional.zipf_deficit): latents whose running
     firing density falls below a Zipf law with the same total reconstruct the residual, each weighted
     by its shortfall, with up to aux_k latents per token."""
     aux_zipf_exponent: float = 1.0
@@ -76,21 +75,6 @@ class TopKFamilyConfig(SAEConfig):
             refuse_unused(self, ("aux_zipf_exponent", "aux_zipf_ema"), "aux_zipf_coef is 0")
 
 
-class FamilySAE(Protocol):
-    """What :func:`family_loss` reads of an architecture (every TopK-family class has it)."""
-
-    cfg: TopKFamilyConfig
-    W_enc: nn.Parameter
-    W_dec: nn.Parameter
-    b_enc: nn.Parameter
-    b_dec: nn.Parameter
-
-    @property
-    def d_in(self) -> int: ...
-
-    def state_dict(self) -> dict[str, Tensor]: ...
-
-
 def init_parameters(sae: nn.Module, cfg: TopKFamilyConfig, generator: torch.Generator | None) -> None:
     """The family's initialisation: W_enc = W_decᵀ with unit-norm decoder rows, zero biases, and the
     running density of aux_zipf_loss when it is on."""
@@ -103,13 +87,13 @@ def init_parameters(sae: nn.Module, cfg: TopKFamilyConfig, generator: torch.Gene
         F.register_zipf_state(sae, cfg.d_sae)
 
 
-def pre_acts(sae: FamilySAE, x: Tensor) -> Tensor:
+def pre_acts(sae: SAE, x: Tensor) -> Tensor:
     """``(x − b_dec) W_enc + b_enc``, with autograd (``encode``'s form)."""
     return (x - sae.b_dec) @ sae.W_enc + sae.b_enc
 
 
-def family_loss(sae: FamilySAE, batch: ActBatch, ctx: StepCtx, select: Selection) -> LossOut:
-    """The family's training loss on the sparse path (see the module docstring). ``batch.x`` may have
+def family_loss(sae: SAE, cfg: TopKFamilyConfig, batch: ActBatch, ctx: StepCtx, select: Selection) -> LossOut:
+    """The training loss of ``sae`` (its config ``cfg``) on the sparse path (see the module docstring). ``batch.x`` may have
     leading dimensions; they are flattened into rows, and ``x_hat`` has ``x``'s shape again."""
     shape = batch.x.shape
     x = batch.x.reshape(-1, shape[-1])
@@ -126,7 +110,7 @@ def family_loss(sae: FamilySAE, batch: ActBatch, ctx: StepCtx, select: Selection
     x_hat = S.sparse_decode(values, pattern, sae.W_dec) + sae.b_dec
     mse = tF.mse_loss(x_hat, x, reduction="sum") / x.shape[0]  # Σ over the batch of ||x̂ − x||², over rows
     codes = S.sparse_codes(values, pattern)
-    cfg, k_aux = sae.cfg, sae.cfg.aux_k or sae.d_in // 2
+    k_aux = cfg.aux_k or sae.d_in // 2
     loss, terms = mse, {"mse": mse.detach(), "l0": S.l0_per_row(values, pattern)}
     if cfg.aux_coef > 0:
         dead = ctx.dead_mask.to(pre.dtype) if ctx.dead_mask is not None else None
@@ -139,10 +123,10 @@ def family_loss(sae: FamilySAE, batch: ActBatch, ctx: StepCtx, select: Selection
     return LossOut(loss, x_hat.reshape(shape), codes, terms, S.fired_latents(values, pattern))
 
 
-def after_step(sae: FamilySAE, out: LossOut) -> None:
+def after_step(sae: SAE, cfg: TopKFamilyConfig, out: LossOut) -> None:
     """The family's part of ``after_step``: the running density of aux_zipf_loss moves on."""
-    if sae.cfg.aux_zipf_coef > 0:
-        F.commit_zipf_state_(sae, F.zipf_running(sae, out.codes, sae.cfg.aux_zipf_ema))
+    if cfg.aux_zipf_coef > 0:
+        F.commit_zipf_state_(sae, F.zipf_running(sae, out.codes, cfg.aux_zipf_ema))
 
 
 def per_row_topk(k: int) -> Selection:

@@ -17,19 +17,23 @@ modifies in place, so no copy is made.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from tqdm.auto import tqdm
 
 from saekit.errors import ConfigError, DataError
 from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
 from saekit.sources.sites import resolve_sites, site_module
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class ActsAndGrads(NamedTuple):
@@ -72,6 +76,27 @@ def collect_activations(
             pass
         _check_all_ran(names, captured)
         return {name: captured[name].detach() for name in names}
+
+@torch.no_grad()
+def site_rows(
+    model: nn.Module | LoadedModel, tokens: Tensor, sites: Sequence[str], *, skip_positions: int = 1, batch_size: int = 8, progress: bool = True
+) -> dict[str, Tensor]:
+    """site -> [contexts · (T − skip_positions), d] float32 CPU activations of ``tokens [contexts, T]``,
+    context-major, the first ``skip_positions`` positions (BOS) of each context left out: one forward
+    pass per ``batch_size`` contexts for all sites, each batch copied into its slice of the result (the
+    rows are never held twice). A site named twice is read once."""
+    model = as_module(model)
+    per = tokens.shape[1] - skip_positions
+    out: dict[str, Tensor] = {}
+    wanted = list(dict.fromkeys(sites))
+    for start in tqdm(range(0, tokens.shape[0], batch_size), desc="activations", disable=not progress, leave=False):
+        part = tokens[start : start + batch_size]
+        for site, a in collect_activations(model, part, wanted).items():
+            if site not in out:
+                out[site] = torch.empty(tokens.shape[0] * per, a.shape[-1], dtype=torch.float32)
+            out[site][start * per : (start + part.shape[0]) * per] = a[:, skip_positions:].reshape(-1, a.shape[-1])
+    return out
+
 
 
 def collect_activations_and_grads(
@@ -126,8 +151,10 @@ def next_token_loss(
 
 
 @contextmanager
-def splice(model: nn.Module | LoadedModel, site: str, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """Replace the tensor ``h`` at ``site`` by ``fn(h)`` (cast to ``h``'s dtype) while the block runs.
+def splice(model: nn.Module | LoadedModel, site: str, fn: Callable[[Tensor], Tensor], *, start: int = 0) -> Iterator[None]:
+    """Replace the tensor ``h`` at ``site`` by ``fn(h)`` (cast to ``h``'s dtype) while the block runs;
+    with ``start``, only positions ``>= start`` are replaced, by ``fn(h[:, start:])``, and the earlier
+    ones (BOS and the other positions an SAE was not trained on) stay as the model computes them.
 
     What is replaced is the site's tensor as defined in :mod:`saekit.sources.sites`: for ``resid_pre``
     the block's input, for ``resid_post`` its output, for ``attn_out`` / ``mlp_out`` the sublayer's
@@ -143,11 +170,13 @@ def splice(model: nn.Module | LoadedModel, site: str, fn: Callable[[Tensor], Ten
     hook = site_module(model, site)
 
     def replace(h: Tensor) -> Tensor:
-        new = fn(h)
-        if not isinstance(new, Tensor) or new.shape != h.shape:
+        kept = h[:, start:] if start else h
+        new = fn(kept)
+        if not isinstance(new, Tensor) or new.shape != kept.shape:
             got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
-            raise DataError(f"splice at {site!r} must return a tensor of shape {tuple(h.shape)}, got {got}")
-        return new.to(h.dtype)
+            raise DataError(f"splice at {site!r} must return a tensor of shape {tuple(kept.shape)}, got {got}")
+        new = new.to(h.device, h.dtype)
+        return torch.cat([h[:, :start], new], dim=1) if start else new
 
     with _removing([hook.attach(replace, prepend=True)]):
         yield
@@ -260,7 +289,9 @@ def _check_tokens(model: nn.Module, tokens: Tensor, attention_mask: Tensor | Non
     if tokens.ndim != 2 or tokens.numel() == 0:
         hint = " (use tokens[None] for a single sequence)" if tokens.ndim == 1 else ""
         raise DataError(f"tokens must be a non-empty [batch, positions] tensor, got shape {tuple(tokens.shape)}{hint}")
-    embedding = model.get_input_embeddings()
+    embedding = cast("PreTrainedModel", model).get_input_embeddings()
+    if not isinstance(embedding, nn.Embedding):
+        raise DataError(f"{type(model).__name__} has no token embedding to check the ids against")
     vocab = embedding.num_embeddings
     low, high = int(tokens.min()), int(tokens.max())
     if low < 0 or high >= vocab:

@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from saekit.errors import ConfigError, DataError
 from saekit.models.load import LoadedModel, as_module
 from saekit.sources.hf import collect_activations, collect_activations_and_grads
+from saekit.sources.order import EpochOrder, seeded_generator
 from saekit.sources.sites import resolve_sites
-from saekit.sources.tensor import seeded_generator
 from saekit.types import ActBatch
 
 _EPOCH, _CHUNK = 11, 12  # tags that keep the two random streams apart
@@ -81,6 +81,7 @@ class ModelSource:
         self._description = description or {}
         self._last: tuple[tuple[int, int], Chunk] | None = None
         self._width = {site: acts.shape[-1] for site, acts in self._forward(self.tokens[:1, :2]).acts.items()}
+        self._contexts = EpochOrder(self.tokens.shape[0], _EPOCH)
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -110,16 +111,8 @@ class ModelSource:
     # ------------------------------------------------------------------ the row stream
 
     def sequence_ids(self, chunk: int, seed: int) -> Tensor:
-        """Indices of the contexts in ``chunk`` of the stream: epochs are seeded shuffles."""
-        n = self.tokens.shape[0]
-        perms: dict[int, Tensor] = {}
-        ids = []
-        for position in range(chunk * self.chunk_seqs, (chunk + 1) * self.chunk_seqs):
-            epoch, offset = divmod(position, n)
-            if epoch not in perms:
-                perms[epoch] = torch.randperm(n, generator=seeded_generator(_EPOCH, seed, epoch))
-            ids.append(perms[epoch][offset])
-        return torch.stack(ids)
+        """Indices of the contexts in ``chunk`` of the stream: epochs are seeded shuffles (EpochOrder)."""
+        return self._contexts.take(seed, chunk * self.chunk_seqs, self.chunk_seqs)
 
     def chunk(self, index: int, seed: int) -> Chunk:
         """Activations of chunk ``index`` of the stream, rows in context order."""
@@ -195,7 +188,7 @@ class ModelSource:
     def iter_rows(self, batch_size: int, *, site: str | None = None, max_rows: int | None = None, seed: int = 0) -> Iterator[Tensor]:
         """Rows of one site once, in stream order (no row shuffle), for evaluation."""
         site = site or (self._sites[0] if len(self._sites) == 1 else None)
-        if site not in self._sites:
+        if site is None or site not in self._sites:
             raise ConfigError(f"name one of the sites {list(self._sites)}")
         if max_rows is None:
             max_rows = self.tokens.shape[0] * (self.tokens.shape[1] - self.skip_positions)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 from saekit.types import ActBatch
@@ -47,9 +47,8 @@ class Prefetcher:
         except BaseException as exc:  # handed to the consumer, raised there
             self._put(_Raised(exc))
         finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
+            if isinstance(batches, Generator):  # a source may return any iterator; a generator holds its frame
+                batches.close()
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from saekit.errors import ConfigError
 from saekit.strict import from_dict
 from saekit.types import ActivationSource
+
+if TYPE_CHECKING:
+    from saekit.sources.model import ModelSource
 
 
 @dataclass(frozen=True)
@@ -87,20 +90,16 @@ def split_model_settings(settings: dict[str, Any]) -> ModelData:
     return ModelData(model_cfg, text_cfg)
 
 
-def model_source(settings: dict[str, Any]) -> ActivationSource:
+def model_source(settings: dict[str, Any]) -> ModelSource:
     """Load the model and corpus of a kind = "model" table and wrap them as a ModelSource."""
-    import torch
-
     from saekit.models import load_model
     from saekit.sources.model import ModelSource
     from saekit.sources.text import tokens_from_config
     from saekit.strict import to_dict
 
     model_cfg, text_cfg = split_model_settings(settings)
-    device = model_cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = load_model(model_cfg.model, device=device, dtype=model_cfg.dtype)
+    # load_model resolves the device ("auto" included) and dtype names: saekit.devices
+    loaded = load_model(model_cfg.model, device=model_cfg.device, dtype=model_cfg.dtype)
     tokens = tokens_from_config(text_cfg, loaded.tokenizer)
     return ModelSource(
         loaded.model,

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 
 from saekit.errors import ConfigError, DataError
-from saekit.sources.tensor import _check_positive, seeded_generator
+from saekit.sources.order import seeded_generator
+from saekit.sources.tensor import _check_positive
 from saekit.strict import from_dict, to_dict
 from saekit.types import ActBatch
 

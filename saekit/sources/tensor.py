@@ -12,14 +12,15 @@ Input forms (all become ``[tokens, d]`` rows; 3-D ``[batch, pos, d]`` arrays are
 Every site must have the same number of rows: row ``r`` of every site is the same token, and a batch
 takes the same rows from every site.
 
-Batching rule. The data are read as an endless stream of epochs; epoch ``e`` is the permutation of all
-``N`` rows drawn from a generator seeded by ``(seed, e)``. Batch ``i`` is positions
+Batching rule. The data are read as an endless stream of epochs
+(:class:`saekit.sources.order.EpochOrder` over the rows, untagged); epoch ``e`` is the permutation of
+all ``N`` rows drawn from a generator seeded by ``(seed, e)``. Batch ``i`` is positions
 ``[i·B, (i+1)·B)`` of that stream, so it starts in epoch ``(i·B) // N``. When ``B`` divides ``N`` every
-epoch is exactly ``N / B`` batches; otherwise the batch that crosses an epoch boundary takes the end of
-one permutation and the start of the next (no row is dropped, every epoch visits every row once). A
-data set with fewer rows than ``B`` is allowed: each batch then spans several epochs. Because batch
-``i`` depends only on ``(seed, i)``, ``batches(..., start=n)`` yields exactly what a ``start=0``
-iteration yields after ``n`` batches.
+epoch is exactly ``N / B`` batches; otherwise the batch that crosses an epoch boundary takes the end of one
+permutation and the start of the next (no row is dropped, every epoch visits every row once). A data set
+with fewer rows than ``B`` is allowed: each batch then spans several epochs. Because batch ``i`` depends
+only on ``(seed, i)``, ``batches(..., start=n)`` yields exactly what a ``start=0`` iteration yields
+after ``n`` batches.
 
 Finiteness. In-memory data are checked once at construction; a memory-mapped ``.npy`` is checked batch
 by batch as it is read (checking up front would read the whole file).
@@ -27,7 +28,6 @@ by batch as it is read (checking up front would read the whole file).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 from collections.abc import Iterator, Mapping
@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from saekit.errors import DataError
+from saekit.sources.order import EpochOrder
 from saekit.types import ActBatch, ActivationSource
 
 Array: TypeAlias = Tensor | np.ndarray
@@ -47,17 +48,6 @@ SourceInput: TypeAlias = Tensor | np.ndarray | str | os.PathLike | Mapping[str, 
 DEFAULT_SITE = "default"
 SUPPORTED_SUFFIXES = (".npy", ".safetensors")
 _CHECK_ROWS = 1 << 16  # rows per chunk of the finiteness scan, so the scan never doubles memory use
-
-
-def seeded_generator(*keys: int) -> torch.Generator:
-    """CPU generator seeded from a tuple of integers by hashing the whole tuple.
-
-    A hash (rather than, say, ``seed * K + i``, or numpy's SeedSequence, which ignores trailing zero
-    words) keeps streams for different keys independent and collision-free: (seed=1, i=0) and
-    (seed=0, i=K), or (s,) and (s, 0), give different streams.
-    """
-    digest = hashlib.sha256(",".join(str(int(k)) for k in keys).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 class TensorSource:
@@ -79,7 +69,7 @@ class TensorSource:
         for name, rows in self._rows.items():
             if isinstance(rows, Tensor):
                 _check_finite(rows, self._where(name))
-        self._perm_cache: dict[tuple[int, int], Tensor] = {}
+        self._order = EpochOrder(self.n_rows)
 
     # ------------------------------------------------------------------ ActivationSource protocol
 
@@ -134,29 +124,8 @@ class TensorSource:
 
     def _batches(self, batch_size: int, seed: int, start: int) -> Iterator[Mapping[str, ActBatch]]:
         for i in itertools.count(start):
-            indices = self._batch_indices(i, batch_size, seed)
+            indices = self._order.take(seed, i * batch_size, batch_size)
             yield {name: ActBatch(self._take(name, indices)) for name in self._rows}
-
-    def _batch_indices(self, i: int, batch_size: int, seed: int) -> Tensor:
-        n = self.n_rows
-        pos, end = i * batch_size, (i + 1) * batch_size
-        pieces = []
-        while pos < end:
-            epoch, offset = divmod(pos, n)
-            take = min(end - pos, n - offset)
-            pieces.append(self._permutation(seed, epoch)[offset : offset + take])
-            pos += take
-        return torch.cat(pieces)
-
-    def _permutation(self, seed: int, epoch: int) -> Tensor:
-        key = (seed, epoch)
-        if key not in self._perm_cache:
-            # Two entries suffice: consecutive batches touch at most the current and the next epoch
-            # (more only when N < batch size, where a permutation is cheap anyway).
-            if len(self._perm_cache) >= 2:
-                self._perm_cache.pop(next(iter(self._perm_cache)))
-            self._perm_cache[key] = torch.randperm(self.n_rows, generator=seeded_generator(seed, epoch))
-        return self._perm_cache[key]
 
     def _take(self, site: str, indices: Tensor) -> Tensor:
         rows = self._rows[site]
@@ -265,9 +234,9 @@ def _load_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path} cannot be read: {exc}") from exc
 
 
-def _select(arrays: dict[str, Array], site: str | None, where: str) -> dict[str, Array]:
+def _select(arrays: Mapping[str, Array], site: str | None, where: str) -> dict[str, Array]:
     if site is None:
-        return arrays
+        return dict(arrays)
     if site not in arrays:
         raise DataError(f"{where}: no tensor named {site!r}; keys are {list(arrays)}")
     return {site: arrays[site]}

@@ -243,7 +243,7 @@ def _read_jsonl(path: Path, text_field: str) -> list[str]:
 
 def _read_parquet(path: Path, text_field: str) -> list[str]:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # pyright: ignore[reportMissingImports]  (an optional dependency)
     except ImportError as exc:
         raise ConfigError(f"reading {path} needs pyarrow: pip install pyarrow") from exc
     if text_field not in pq.read_schema(path).names:
@@ -253,7 +253,7 @@ def _read_parquet(path: Path, text_field: str) -> list[str]:
 
 def _read_saved_dataset(path: Path, text_field: str) -> list[str]:
     try:
-        import datasets
+        import datasets  # pyright: ignore[reportMissingImports]  (an optional dependency)
     except ImportError as exc:
         raise ConfigError(f"reading the datasets folder {path} needs datasets: pip install datasets") from exc
     dataset = datasets.load_from_disk(str(path))

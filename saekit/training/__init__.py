@@ -20,7 +20,7 @@ def train(
     out_dir: str | Path | None = None,
     resume: bool = False,
     **settings: Any,
-) -> SAE | list[SAE]:
+) -> TrainResult:
     """Train one SAE, or a list of SAEs side by side on the same activation stream.
 
     ``activations``: a tensor or numpy array [tokens, d_in] (or [batch, pos, d_in]), a path to a
@@ -29,16 +29,15 @@ def train(
     names are an error. With ``out_dir``, metrics go to ``out_dir/metrics.jsonl`` and checkpoints to
     ``out_dir/checkpoint.safetensors``; ``resume=True`` continues from the latest checkpoint there.
 
-    Returns the trained SAE (or list, in the order given); they take raw activations.
+    Returns a :class:`TrainResult`: ``.sae`` (a run of one SAE) or ``.saes`` (in the order given) are
+    the SAEs passed in, trained in place; they take raw activations.
     """
     from saekit.sources.tensor import as_source
 
     if config is not None and settings:
         raise TypeError("give either config= or keyword settings, not both")
     cfg = config if config is not None else from_dict(TrainConfig, settings, where="train")
-    single = isinstance(saes, SAE)
-    result = run([saes] if single else list(saes), as_source(activations), cfg, out_dir=out_dir, resume=resume)
-    return result.saes[0] if single else result.saes
+    return run([saes] if isinstance(saes, SAE) else list(saes), as_source(activations), cfg, out_dir=out_dir, resume=resume)
 
 
 __all__ = ["TrainConfig", "TrainResult", "run", "train"]

@@ -2,24 +2,25 @@
 
 Tensors (SAE weights, Adam moments, dead-latent counters, RNG state) go in the file body; everything
 else (step, normalisation factors, optimiser hyper-parameters, a fingerprint of the run) goes as JSON
-in the safetensors metadata. The file is written beside its final name and renamed over it, so a
-crash at any moment leaves the previous checkpoint intact. No pickle is involved.
+in the safetensors metadata. The file is written atomically (:mod:`saekit.atomic`: beside its final
+name, flushed, renamed over it), so a crash at any moment leaves the previous checkpoint intact. No
+pickle is involved.
 """
 
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-import torch
 from torch import Tensor, nn
 
+from saekit.atomic import write_file
 from saekit.errors import ArtifactError
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -42,7 +43,6 @@ class Checkpoint:
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, Tensor] = {"rng": ckpt.rng_state.contiguous()}
     optim_meta = []
     for i, state in enumerate(ckpt.sae_states):
@@ -66,12 +66,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "optimizers": optim_meta,
         "info": ckpt.info,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)}))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -22,7 +22,7 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     """Linear learning-rate warm-up from 0 over this many steps; none by default: Adam's bias-corrected
     first steps are already of the learning rate's size, and on planted features a warm-up over 5% of
-    the run cost BatchTopK a quarter of the features it recovers (README, "Defaults")."""
+    the run cost BatchTopK a quarter of the features it recovers (docs/architectures.md, "Defaults")."""
     lr_decay_fraction: float = 0.2
     """Fraction of the run, at its end, over which the learning rate decays linearly to 0."""
     sparsity_warmup_steps: int | None = None
@@ -71,7 +71,10 @@ class TrainConfig:
 
     @property
     def total_steps(self) -> int:
-        return self.steps if self.steps is not None else math.ceil(self.tokens / self.batch_size)
+        if self.steps is not None:
+            return self.steps
+        assert self.tokens is not None  # __post_init__ requires one of the two
+        return math.ceil(self.tokens / self.batch_size)
 
     @property
     def total_tokens(self) -> int:

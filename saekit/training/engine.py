@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,15 +50,26 @@ from saekit.training.schedules import lr_factor, sparsity_factor
 from saekit.types import ActBatch, ActivationSource, LossOut, StepCtx
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
-    """What a run produced. ``saes`` take raw activations (normalisation folded back)."""
+    """What a run produced, whatever it was given. ``saes`` (in the order given) take raw activations
+    (normalisation folded back); they are the objects passed in, trained in place."""
 
     saes: list[SAE]
     final_metrics: list[dict[str, float]]
+    """Per SAE, the metrics of the last logged step."""
     steps: int
+    """Steps the run ended at."""
     resumed_from: int
+    """Step the run resumed from (0 for a fresh run)."""
     seconds: float
+
+    @property
+    def sae(self) -> SAE:
+        """The trained SAE of a run of one SAE."""
+        if len(self.saes) != 1:
+            raise ValueError(f"this run trained {len(self.saes)} SAEs: read .saes")
+        return self.saes[0]
 
 
 @dataclass
@@ -303,9 +314,8 @@ def _stream(state: Run) -> Iterator[Iterator[Mapping[str, ActBatch]]]:
     try:
         yield batches
     finally:
-        close = getattr(batches, "close", None)  # generators and the prefetcher close; a source may return any iterator
-        if close is not None:
-            close()
+        if isinstance(batches, (Generator, Prefetcher)):  # a source may return any iterator; these hold resources
+            batches.close()
 
 
 def _fingerprint(saes: Sequence[SAE], sites: list[str], cfg: TrainConfig, source: ActivationSource, objective: Objective) -> dict[str, Any]:

@@ -36,7 +36,7 @@ class MetricsLog:
             self.tb = SummaryWriter(str(out_dir / "tensorboard"))
         if wandb_project:
             try:
-                import wandb
+                import wandb  # pyright: ignore[reportMissingImports]  (an optional dependency)
             except ImportError as exc:
                 raise ConfigError(f"wandb_project = {wandb_project!r} but wandb is not installed") from exc
             self.wandb_run = wandb.init(project=wandb_project, config=run_config or {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from saekit.sae import functional as F
@@ -26,7 +28,7 @@ def make_optimizer(sae: SAE) -> torch.optim.Adam:
     return opt
 
 
-def fused_supported(params: list[torch.Tensor]) -> bool:
+def fused_supported(params: Sequence[torch.Tensor]) -> bool:
     """Whether torch's fused Adam (one kernel for every tensor's update) can run on ``params``: floating
     point tensors on one CPU or CUDA device, each contiguous. On CPU it is several times faster than
     the default per-tensor loop, which costs as much as the rest of a sparse TopK step at 18k latents.

@@ -85,9 +85,9 @@ def test_transfer_through_an_exact_permutation_is_the_first_sae():
 def test_run_on_a_tiny_model_and_round_trip(tmp_path):
     import tiny_lm
 
-    from saekit.analysis.acts import site_rows
     from saekit.eval.downstream import downstream_metrics
     from saekit.eval.metrics import fvu
+    from saekit.sources.hf import site_rows
 
     model = tiny_lm.tiny_llama().eval()
     tokens = torch.randint(3, 15, (8, 10), generator=torch.Generator().manual_seed(0))
@@ -111,7 +111,7 @@ def test_run_on_a_tiny_model_and_round_trip(tmp_path):
 def test_site_rows_reads_a_site_named_twice_once():
     import tiny_lm
 
-    from saekit.analysis.acts import site_rows
+    from saekit.sources.hf import site_rows
 
     model = tiny_lm.tiny_llama().eval()
     tokens = torch.randint(3, 15, (4, 6), generator=torch.Generator().manual_seed(0))

@@ -66,7 +66,7 @@ def test_seeds_trained_on_planted_features_agree():
     data = saekit.SyntheticSource(d=32, n_features=32, mean_active=3, seed=0)
     saes = ss.seed_suite("topk", d_in=32, d_sae=32, seeds=[0, 1], k=3)
     assert ss.run({"init": saes}).groups[0].shared_fraction < 0.1
-    saes = saekit.train(saes, data, steps=600, batch_size=512, seed=0, progress=False)
+    saes = saekit.train(saes, data, steps=600, batch_size=512, seed=0, progress=False).saes
     group = ss.run({"topk": saes}).groups[0]
     recovered = [saekit.feature_recovery(s, data.true_features).recovered for s in saes]
     assert min(recovered) > 0.6

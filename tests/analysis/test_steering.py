@@ -54,17 +54,6 @@ def test_delta_negative_counts_latents_that_fire_more_on_negative_prompts():
     assert dec.delta_negative_in_top == 2
 
 
-def test_signed_pursuit_on_a_redundant_dictionary():
-    g = torch.Generator().manual_seed(0)
-    D = torch.randn(50, 10, generator=g, dtype=torch.float64)
-    Du = D / D.norm(dim=-1, keepdim=True)
-    v = 2.0 * Du[7] - 1.0 * Du[30]
-    p = st.signed_pursuit(v, D, 5)
-    assert p.explained[-1] == pytest.approx(1.0)
-    assert (p.explained[1:] >= p.explained[:-1] - 1e-12).all()
-    assert torch.allclose(p.coefs @ Du[p.indices], v, atol=1e-9)
-
-
 def test_steering_vector_and_steer_on_a_tiny_model():
     import tiny_lm
 

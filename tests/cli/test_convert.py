@@ -13,6 +13,7 @@ import saekit
 from saekit.cli.convert import suite_names
 from saekit.cli.main import main
 from saekit.errors import ArtifactError
+from saekit.io import is_sae_folder
 from saekit.io.convert import read_one
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +31,7 @@ def test_one_sae_becomes_one_folder_with_the_same_codes(tmp_path, capsys, layout
     assert main(["convert", str(tmp_path / "src"), str(tmp_path / "out")]) == 0
     assert f"{layout} SAE at" in capsys.readouterr().out
     source, converted = read_one(tmp_path / "src"), saekit.load_sae(tmp_path / "out")
-    assert saekit.is_sae_folder(tmp_path / "out")
+    assert is_sae_folder(tmp_path / "out")
     assert "converted_from" in converted.metadata and converted.provenance["converted_from"]["layout"] == layout
     x = activations()
     assert torch.equal(converted.encode(x), source.encode(x))

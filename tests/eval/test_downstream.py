@@ -145,7 +145,7 @@ def test_bad_inputs_are_named(model, tokens):
         downstream_metrics(model, tokens.float(), SITE, lambda h: h)
     with pytest.raises(DataError, match="no prediction"):
         downstream_metrics(model, tokens[:, :2], SITE, lambda h: h, skip_positions=1)
-    with pytest.raises(DataError, match="must return shape"):
+    with pytest.raises(DataError, match="must return a tensor of shape"):
         downstream_metrics(model, tokens, SITE, lambda h: h[:, :1])
     with pytest.raises(DataError, match="d_in=8"):
         downstream_metrics(model, tokens, SITE, build("topk", d_in=8, d_sae=16, k=2))

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings(
 def test_every_architecture_with_its_defaults_recovers_the_planted_features_in_2000_steps():
     assert set(SPARSITY) == set(list_architectures()), "add the new architecture to SPARSITY"
     saes = [build(name, d_in=64, d_sae=512, seed=i, **hp) for i, (name, hp) in enumerate(SPARSITY.items())]
-    saes = train(saes, DATA, steps=2000, batch_size=1024, seed=0, progress=False)
+    saes = train(saes, DATA, steps=2000, batch_size=1024, seed=0, progress=False).saes
     results = {sae.architecture: feature_recovery(sae, DATA.true_features).recovered for sae in saes}
     print(results)
     assert all(value >= 0.9 for value in results.values()), results
@@ -41,7 +41,7 @@ def test_every_architecture_with_its_defaults_recovers_the_planted_features_in_2
 
 def test_topk_and_relu_recover_planted_features_quickly():
     saes = [build("topk", d_in=64, d_sae=512, k=5, seed=0), build("relu", d_in=64, d_sae=512, l1_coef=0.2, seed=1)]
-    saes = train(saes, DATA, steps=2000, batch_size=512, seed=0, progress=False)
+    saes = train(saes, DATA, steps=2000, batch_size=512, seed=0, progress=False).saes
     for sae in saes:
         recovery = feature_recovery(sae, DATA.true_features)
         assert recovery.recovered >= 0.8, (sae.architecture, recovery)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import saekit
+from saekit import atomic
 from saekit.errors import ArtifactError, UnknownArchitectureError
 from saekit.io import artifact, is_sae_folder, load_sae, load_suite, save_sae, save_suite
 from saekit.sae import SAE, build, get, list_architectures
@@ -251,7 +252,7 @@ def test_failed_write_keeps_the_previous_folder(tmp_path, monkeypatch):
 def test_failed_swap_restores_the_previous_folder(tmp_path, monkeypatch):
     first = perturbed("topk", seed=1)
     save_sae(first, tmp_path / "sae")
-    real_replace, calls = artifact.os.replace, []
+    real_replace, calls = atomic.os.replace, []
 
     def replace(src, dst):
         calls.append(src)
@@ -259,7 +260,7 @@ def test_failed_swap_restores_the_previous_folder(tmp_path, monkeypatch):
             raise OSError("power cut")
         real_replace(src, dst)
 
-    monkeypatch.setattr(artifact.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "replace", replace)
     with pytest.raises(OSError, match="power cut"):
         save_sae(perturbed("topk", seed=2), tmp_path / "sae")
     assert_same_sae(first, load_sae(tmp_path / "sae"))

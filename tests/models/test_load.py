@@ -17,12 +17,16 @@ import torch
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from saekit.errors import ArtifactError, ConfigError  # noqa: E402
-from saekit.models import LoadedModel, default_cache_dir, load_model  # noqa: E402
-from saekit.models import load as load_module  # noqa: E402
-from saekit.models import smollm2  # noqa: E402
-
 from tiny_lm import tiny_llama, tiny_tokenizer, write_tiny_model  # noqa: E402,F401
+
+from saekit.errors import ArtifactError, ConfigError  # noqa: E402
+from saekit.models import (  # noqa: E402
+    LoadedModel,
+    default_cache_dir,
+    load_model,
+    smollm2,  # noqa: E402
+)
+from saekit.models import load as load_module  # noqa: E402
 
 
 @pytest.fixture

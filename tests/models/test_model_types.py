@@ -8,14 +8,13 @@ import torch
 
 import saekit
 from saekit.analysis import cross_layer, dark_matter, steering
-from saekit.analysis.acts import site_rows
 from saekit.browser.effects import final_norm_scale, unembedding
 from saekit.errors import DataError
 from saekit.eval.downstream import downstream_metrics
 from saekit.models import LoadedModel, as_module
 from saekit.objectives.e2e import E2EConfig, downstream_errors, later_sites, train_e2e
 from saekit.sources import sites as S
-from saekit.sources.hf import collect_activations_and_grads
+from saekit.sources.hf import add_vector, collect_activations_and_grads, site_rows
 from saekit.training import TrainConfig
 from tests.tiny_lm import tiny_llama, tiny_tokenizer
 
@@ -68,7 +67,7 @@ CALLS = {
     "site_module": lambda m, t: S.site_module(m, SITE).path,
     "splice": lambda m, t: _under(saekit.splice(m, SITE, lambda h: 0.5 * h), m, t),
     "splice_sae": lambda m, t: _under(saekit.splice_sae(m, SITE, sae()), m, t),
-    "add_vector": lambda m, t: _under(saekit.add_vector(m, SITE, torch.ones(16)), m, t),
+    "add_vector": lambda m, t: _under(add_vector(m, SITE, torch.ones(16)), m, t),
     "ModelSource": lambda m, t: next(iter(saekit.ModelSource(m, t, [SITE], chunk_seqs=2).batches(8, seed=0)))[SITE].x,
     "downstream_metrics": lambda m, t: downstream_metrics(m, t, SITE, sae()).as_dict(),
     "evaluate": lambda m, t: saekit.evaluate(sae(), model=m, tokens=t),

@@ -176,7 +176,7 @@ def test_interrupted_e2e_run_resumes_to_the_same_weights(model, tokens, tmp_path
 
 
 def test_fine_tuning_starts_from_the_given_sae(model, tokens, tmp_path):
-    local = train(sae(), ModelSource(model, tokens, SITE, chunk_seqs=32), config=settings(30))
+    local = train(sae(), ModelSource(model, tokens, SITE, chunk_seqs=32), config=settings(30)).sae
     start = load_sae(save_sae(local, tmp_path / "local"))
     b_dec = start.b_dec.detach().clone()
     before = downstream_metrics(model, tokens[:32], SITE, start).kl
@@ -246,7 +246,7 @@ def test_an_sae_without_a_site_is_named(model, tokens):
 def test_e2e_beats_local_on_kl_and_ds_keeps_later_layers_closer(model, tokens):
     held = torch.randint(0, 32, (32, 12), generator=torch.Generator().manual_seed(1))
     cfg = settings(300)
-    local = train(sae(k=2), ModelSource(model, tokens, SITE, chunk_seqs=32), config=cfg)
+    local = train(sae(k=2), ModelSource(model, tokens, SITE, chunk_seqs=32), config=cfg).sae
     e2e = train_e2e(model, tokens, sae(k=2), cfg, site=SITE).saes[0]
     ds = train_e2e(model, tokens, sae(k=2), cfg, E2EConfig(downstream_sites=("later",)), site=SITE).saes[0]
     kl = {name: downstream_metrics(model, held, SITE, s).kl for name, s in [("local", local), ("e2e", e2e)]}

@@ -134,7 +134,7 @@ def test_mfr_raises_agreement_between_the_saes():
 @pytest.mark.slow
 def test_mfr_raises_agreement_and_recovery_of_planted_features():
     """Two seed pairs, 800 steps: agreement 0.79 -> 0.86 and MMCS to the planted features
-    0.870 -> 0.877 (README numbers); the recovery gain is small at this scale."""
+    0.870 -> 0.877 (docs/architectures.md, "Mutual feature regularisation"); the recovery gain is small at this scale."""
     apart = agreement_and_recovery(0.0, 800, [0, 10])
     together = agreement_and_recovery(0.01, 800, [0, 10])
     assert together[0] > apart[0] + 0.03, (apart, together)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from dense_reference import aux_zipf_loss
 
 from saekit.sae import build

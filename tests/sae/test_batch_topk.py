@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saekit.sae import topk_family as family
 from saekit.sae import build, get
 from saekit.sae import functional as F
+from saekit.sae import topk_family as family
 from saekit.sae.batch_topk import BatchTopKConfig, BatchTopKSAE
 from saekit.types import ActBatch, LossOut, StepCtx
 

@@ -105,6 +105,15 @@ def test_scaled_params_exist(sae):
         assert name in state and state[name].is_floating_point(), name
 
 
+def test_declared_capabilities_match_the_tensors(sae):
+    """What an architecture declares (read by the analyses instead of probing) is what it has."""
+    state = sae.state_dict()
+    assert ("b_enc" in state) == sae.has_b_enc
+    assert ("threshold" in state) == sae.has_threshold
+    if sae.has_threshold:
+        assert state["threshold"].shape == (sae.d_sae,)
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("scale", [3.7, 0.25])
 def test_dividing_scaled_params_folds_an_activation_scale(sae, scale):

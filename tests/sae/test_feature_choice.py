@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import saekit
-from saekit.sae import topk_family as family
 from saekit.eval.evaluate import evaluate
 from saekit.sae import build
 from saekit.sae import functional as F
+from saekit.sae import topk_family as family
 from saekit.sae.feature_choice import FeatureChoiceConfig, FeatureChoiceSAE
 from saekit.types import ActBatch, LossOut, StepCtx
 

@@ -3,8 +3,8 @@ gradient-aware selection keeps what matters downstream better than TopK at equal
 
 import pytest
 import torch
-
 from readout_task import ReadoutSource
+
 from saekit.errors import DataError
 from saekit.sae import build
 from saekit.sae.gradient_topk import GradientTopKConfig, GradientTopKSAE, gradient_scores
@@ -86,11 +86,11 @@ def test_training_without_gradients_warns():
 def test_g_sae_keeps_the_read_out_better_than_topk_at_equal_k():
     """Small features decide the read-out, large ones do not (tests/readout_task.py). At k = 3, TopK
     spends its slots on the large features; the g-SAE, trained and applied with the read-out's
-    gradient, keeps the read-out's prediction far better (numbers in the README section)."""
+    gradient, keeps the read-out's prediction far better (numbers in docs/architectures.md, "g-SAE")."""
     task = ReadoutSource()
     settings = dict(steps=250, batch_size=256, progress=False, norm_estimation_tokens=1024)
-    topk = train(build("topk", d_in=32, d_sae=128, k=3, seed=0, lr=3e-3), task, **settings)
-    g_sae = train(build("gradient_topk", d_in=32, d_sae=128, k=3, beta=4.0, seed=0, lr=3e-3), task, **settings)
+    topk = train(build("topk", d_in=32, d_sae=128, k=3, seed=0, lr=3e-3), task, **settings).sae
+    g_sae = train(build("gradient_topk", d_in=32, d_sae=128, k=3, beta=4.0, seed=0, lr=3e-3), task, **settings).sae
     x = task.held_out(4096)
     with torch.no_grad():
         base = task.downstream(x, topk(x))

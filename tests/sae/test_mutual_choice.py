@@ -8,8 +8,8 @@ import torch
 
 import saekit
 from saekit.eval.evaluate import evaluate
-from saekit.sae import build
 from saekit.io import load_sae, save_sae
+from saekit.sae import build
 from saekit.sae.batch_topk import BatchTopKConfig, BatchTopKSAE
 from saekit.types import ActBatch, LossOut, StepCtx
 

@@ -6,12 +6,10 @@ import copy
 
 import pytest
 import torch
-
 from dense_reference import dense_loss
 
 from saekit._fast import scratch
-from saekit.sae import build
-from saekit.sae import jumprelu
+from saekit.sae import build, jumprelu
 from saekit.sae import sparse as S
 from saekit.types import ActBatch, StepCtx
 

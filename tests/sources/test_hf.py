@@ -11,15 +11,16 @@ transformers = pytest.importorskip("transformers")
 
 from saekit.errors import ConfigError, DataError  # noqa: E402
 from saekit.sae.relu import ReLUConfig, ReLUSAE  # noqa: E402
-from saekit.sources.sites import site_module  # noqa: E402
 from saekit.sources.hf import (  # noqa: E402
     add_vector,
     collect_activations,
     collect_activations_and_grads,
     next_token_loss,
+    record,
     splice,
     splice_sae,
 )
+from saekit.sources.sites import site_module  # noqa: E402
 from tests.tolerance import assert_close_normwise  # noqa: E402
 
 VOCAB, D, LAYERS = 64, 32, 3
@@ -324,6 +325,22 @@ def test_splices_nest_and_combine(llama, tokens) -> None:
     after = collect_activations(llama, tokens, ALL_SITES)
     for name, value in after.items():
         torch.testing.assert_close(value, original[name], rtol=0, atol=0)
+
+
+def test_splice_from_a_position_keeps_the_earlier_ones_and_passes_gradients(llama, tokens) -> None:
+    site, start = "layers.0.resid_post", 2
+    original = collect_activations(llama, tokens, [site])[site]
+    scale = torch.tensor(3.0, requires_grad=True)
+    seen = {}
+    with splice(llama, site, lambda kept: kept * scale, start=start), record(llama, [site], seen):
+        llama(tokens).logits.sum().backward()
+    torch.testing.assert_close(seen[site][:, :start], original[:, :start], rtol=0, atol=0)
+    torch.testing.assert_close(seen[site][:, start:], 3 * original[:, start:])
+    assert scale.grad is not None and scale.grad != 0
+    llama.zero_grad(set_to_none=True)  # the module-scoped model is shared
+    with pytest.raises(DataError, match=r"must return a tensor of shape \(2, 4, 32\)"):
+        with splice(llama, site, lambda kept: kept[:, 1:], start=start):
+            logits_of(llama, tokens)
 
 
 def test_splice_errors_and_cleanup(llama, tokens) -> None:

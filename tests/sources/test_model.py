@@ -82,7 +82,7 @@ def test_trains_from_the_live_model(model, tokens):
     source = _source(model, tokens)
     sae = build("topk", d_in=16, d_sae=32, k=4)
     sae.metadata["site"] = "layers.1.resid_pre"
-    trained = train(sae, source, steps=3, batch_size=16, norm_estimation_tokens=16, progress=False)
+    trained = train(sae, source, steps=3, batch_size=16, norm_estimation_tokens=16, progress=False).sae
     assert trained.provenance["data"]["kind"] == "model"
 
 

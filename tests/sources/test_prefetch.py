@@ -65,7 +65,7 @@ def test_training_from_a_cache_reads_ahead_and_ends_as_without(tmp_path):
 
     def trained(source):
         sae = saekit.build_sae("topk", d_in=8, d_sae=16, k=2, seed=0)
-        return train(sae, source, steps=6, batch_size=64, progress=False, norm_estimation_tokens=64)
+        return train(sae, source, steps=6, batch_size=64, progress=False, norm_estimation_tokens=64).sae
 
     class Plain:  # the same cache without the read-ahead flag
         sites, d_in, describe = cached.sites, cached.d_in, cached.describe

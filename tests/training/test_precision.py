@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saekit.devices import resolve_dtype
 from saekit.sae import build, list_architectures
 from saekit.sources.synthetic import SyntheticSource
 from saekit.training import train
-from saekit.devices import resolve_dtype
 from saekit.types import ActBatch, StepCtx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,7 +60,7 @@ def test_jumprelu_thresholds_move_under_bfloat16_as_in_float32():
         with torch.no_grad():
             sae.threshold.uniform_(0.25, 0.5, generator=torch.Generator().manual_seed(1))
         start = sae.threshold.detach().clone()
-        trained = train(sae, x, steps=150, batch_size=1024, dtype=dtype, progress=False)
+        trained = train(sae, x, steps=150, batch_size=1024, dtype=dtype, progress=False).sae
         end = trained.threshold.detach() * trained.metadata["normalization_factor"]  # normalised units
         frozen[dtype] = float(((end - start).abs() <= 1e-6 * start).float().mean())
     assert 0 < frozen["float32"] < 0.5  # the comparison is not vacuous

@@ -1,6 +1,6 @@
 """Readers for SAEs saved by other libraries, one file per layout; this module recognises the layout.
 
-    saekit / SAELens      cfg.json + sae_weights.safetensors          (saekit.io.artifact)
+    saekit / SAELens      cfg.json + sae_weights.safetensors          (native.py; written by saekit.io.artifact)
     gemma_scope           params.npz                                  (gemmascope.py)
     sparsify              cfg.json + sae.safetensors                  (sparsify.py)
     dictionary_learning   ae.pt + config.json                         (dictionary_learning.py)
@@ -26,13 +26,12 @@ from typing import NamedTuple
 
 import torch
 
+from saekit.devices import resolve_device
 from saekit.errors import ArtifactError
-from saekit.io import artifact
-from saekit.io.convert import dictionary_learning, gemmascope, sparsify
-from saekit.io.convert.common import peek_json_keys
+from saekit.io.convert import dictionary_learning, gemmascope, native, sparsify
 from saekit.sae.base import SAE
 
-SAEKIT = "saekit"
+SAEKIT = native.LAYOUT
 MAX_DEPTH = 4
 """How deep below the given folder SAE folders are looked for (Gemma Scope's hub tree is 3 deep)."""
 
@@ -47,16 +46,8 @@ class Layout(NamedTuple):
     """What its folder holds, for messages."""
 
 
-def _claims_saekit(path: Path) -> bool:
-    # The weights file alone decides; a lone cfg.json counts when it has SAELens's keys, so that a
-    # folder missing its weights gets saekit's own "weights missing" message.
-    if not path.is_dir():
-        return False
-    return (path / artifact.WEIGHTS_FILE).is_file() or bool({"saekit", "d_sae", "architecture"} & peek_json_keys(path / artifact.CFG_FILE))
-
-
 LAYOUTS: tuple[Layout, ...] = (
-    Layout(SAEKIT, _claims_saekit, lambda p: artifact.load_sae(p), f"{artifact.CFG_FILE} + {artifact.WEIGHTS_FILE}"),
+    Layout(SAEKIT, native.claims, native.read, f"{native.CFG_FILE} + {native.WEIGHTS_FILE}"),
     Layout(gemmascope.LAYOUT, gemmascope.claims, gemmascope.read, gemmascope.PARAMS_FILE),
     Layout(sparsify.LAYOUT, sparsify.claims, sparsify.read, f"{sparsify.CFG_FILE} + {sparsify.WEIGHTS_FILE}"),
     Layout(
@@ -111,6 +102,7 @@ def detect_layout(path: str | os.PathLike[str]) -> str:
 
 def read_any(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> dict[str, SAE]:
     """Every SAE at or below ``path``, by name ("" when ``path`` is itself one SAE)."""
+    device = resolve_device(device)
     return {found.name: _read(found).to(device) for found in find_saes(path)}
 
 
@@ -123,7 +115,7 @@ def read_one(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
             f"{path} is not itself an SAE folder but holds {len(found)} below it ({names}): load one of "
             "those, read them all with saekit.io.convert.read_any, or write them as a suite with `saekit convert`"
         )
-    return _read(found[0]).to(device)
+    return _read(found[0]).to(resolve_device(device))
 
 
 def _read(found: FoundSAE) -> SAE:

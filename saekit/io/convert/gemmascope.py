@@ -38,7 +38,7 @@ PARAMS_FILE = "params.npz"
 
 SPEC = {"W_enc": ("d_in", "d_sae"), "W_dec": ("d_sae", "d_in"), "b_enc": ("d_sae",), "b_dec": ("d_in",), "threshold": ("d_sae",)}
 # Some releases spell the matrices in lower case (SAELens's loader renames them the same way).
-_RENAMES = {"w_enc": "W_enc", "w_dec": "W_dec"}
+_RENAMES: dict[str, str] = {"w_enc": "W_enc", "w_dec": "W_dec"}
 _SITE_OF_KIND = {"res": "resid_post", "mlp": "mlp_out"}
 
 
@@ -82,7 +82,7 @@ def read(path: Path) -> SAE:
 def _load_arrays(params: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(params, allow_pickle=False) as data:
-            return {_RENAMES.get(k, k): data[k] for k in data.files}
+            return {_RENAMES.get(str(k), str(k)): data[k] for k in data.files}
     except ValueError as exc:  # what numpy raises for object arrays when allow_pickle=False
         raise ArtifactError(f"{params} holds pickled objects, which saekit never loads: {exc}") from exc
     except (zipfile.BadZipFile, EOFError) as exc:

@@ -7,7 +7,14 @@ import json
 
 import pytest
 import torch
-from foreign_saes import activations, dictionary_learning_config, sparsify_cfg, write_dictionary_learning, write_gemma_scope, write_sparsify
+from foreign_saes import (
+    activations,
+    dictionary_learning_config,
+    sparsify_cfg,
+    write_dictionary_learning,
+    write_gemma_scope,
+    write_sparsify,
+)
 
 import saekit
 from saekit.errors import ArtifactError

@@ -48,20 +48,20 @@ class InterruptingSource:
 
 
 def test_saes_trained_together_end_exactly_as_trained_alone():
-    together = train(_all_architectures(), SOURCE, steps=15, **FAST)
-    alone = [train(sae, SOURCE, steps=15, **FAST) for sae in _all_architectures()]
+    together = train(_all_architectures(), SOURCE, steps=15, **FAST).saes
+    alone = [train(sae, SOURCE, steps=15, **FAST).sae for sae in _all_architectures()]
     _assert_same(_state(together), _state(alone))
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     settings = dict(steps=12, checkpoint_every=5, log_every=1, **FAST)
-    reference = train(_all_architectures(), SOURCE, out_dir=tmp_path / "ref", **settings)
+    reference = train(_all_architectures(), SOURCE, out_dir=tmp_path / "ref", **settings).saes
 
     with pytest.raises(Interrupted):
         train(_all_architectures(), InterruptingSource(SOURCE, at=8), out_dir=tmp_path / "run", **settings)
     # The last checkpoint is from step 5; the log has lines past it, from the dead process.
     assert max(json.loads(line)["step"] for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 8
-    resumed = train(_all_architectures(seed=100), SOURCE, out_dir=tmp_path / "run", resume=True, **settings)
+    resumed = train(_all_architectures(seed=100), SOURCE, out_dir=tmp_path / "run", resume=True, **settings).saes
 
     _assert_same(_state(reference), _state(resumed))
     assert (tmp_path / "run/metrics.jsonl").read_text() == (tmp_path / "ref/metrics.jsonl").read_text()
@@ -87,7 +87,7 @@ def test_the_raw_scale_of_the_data_does_not_matter(arch):
     must agree bit for bit: any term left in raw units would show (θ₀ scaled by the normalisation
     factor moved a JumpReLU decoder by 3e-5 in these 20 steps)."""
     x = SOURCE.sample(2048)
-    trained = {c: train(build(arch, d_in=16, d_sae=32, seed=3), x * c, steps=20, **FAST) for c in (1.0, 2.0**7, 2.0**-7)}
+    trained = {c: train(build(arch, d_in=16, d_sae=32, seed=3), x * c, steps=20, **FAST).sae for c in (1.0, 2.0**7, 2.0**-7)}
     base = trained[1.0]
     probe = x[:200]
     base_tensors = dict(base.named_parameters()) | dict(base.named_buffers())
@@ -103,7 +103,7 @@ def test_the_raw_scale_of_the_data_does_not_matter(arch):
 
 def test_trained_sae_takes_raw_activations():
     x = SOURCE.sample(4096) * 7.0
-    sae = train(build("topk", d_in=16, d_sae=64, k=4, seed=0, lr=3e-3), x, steps=150, **FAST)
+    sae = train(build("topk", d_in=16, d_sae=64, k=4, seed=0, lr=3e-3), x, steps=150, **FAST).sae
     fvu = (sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     assert fvu < 0.5  # in raw units; a scale left unfolded would give an FVU far above 1
 
@@ -111,7 +111,7 @@ def test_trained_sae_takes_raw_activations():
 def test_unit_norm_decoder_and_logged_learning_rate_schedule(tmp_path):
     sae = train(
         build("topk", d_in=16, d_sae=32, k=4, lr=1e-3), SOURCE, out_dir=tmp_path, steps=20, log_every=1, lr_warmup_steps=5, **FAST
-    )
+    ).sae
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(32))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 21))
@@ -124,18 +124,18 @@ def test_b_dec_starts_at_the_geometric_median_of_the_first_batch():
     from saekit.sae.functional import geometric_median
 
     sae = build("topk", d_in=16, d_sae=32, k=4, lr=1e-12)
-    trained = train(sae, SOURCE, steps=1, normalize_activations=False, **FAST)
+    trained = train(sae, SOURCE, steps=1, normalize_activations=False, **FAST).sae
     first = next(SOURCE.batches(64, seed=0))[SOURCE.sites[0]].x
     torch.testing.assert_close(trained.b_dec, geometric_median(first), atol=1e-5, rtol=1e-5)
 
 
 def test_continued_training_keeps_the_trained_b_dec():
     sae = build("topk", d_in=16, d_sae=32, k=4)
-    sae = train(sae, SOURCE, steps=20, **FAST)
+    sae = train(sae, SOURCE, steps=20, **FAST).sae
     with torch.no_grad():
         sae.b_dec.add_(5.0)  # far from the data's median, where a re-initialisation would put it back
     before = sae.b_dec.detach().clone()
-    sae = train(sae, SOURCE, steps=1, **FAST)
+    sae = train(sae, SOURCE, steps=1, **FAST).sae
     # One Adam step moves each entry by about the learning rate (0.0045 in normalised units), no more.
     assert (sae.b_dec - before).abs().max() < 0.1
 
@@ -199,6 +199,61 @@ def test_a_source_may_return_any_iterator():
             source = SOURCE.batches(batch_size, seed=seed, start=start)
             return iter([next(source) for _ in range(8)])
 
-    trained = train(build("topk", d_in=16, d_sae=32, seed=0), ListSource(), steps=4, **FAST)
-    reference = train(build("topk", d_in=16, d_sae=32, seed=0), SOURCE, steps=4, **FAST)
+    trained = train(build("topk", d_in=16, d_sae=32, seed=0), ListSource(), steps=4, **FAST).sae
+    reference = train(build("topk", d_in=16, d_sae=32, seed=0), SOURCE, steps=4, **FAST).sae
     _assert_same(_state([trained]), _state([reference]))
+
+
+def test_train_returns_one_type_for_one_sae_or_several():
+    one = train(build("topk", d_in=16, d_sae=32, k=4, seed=0), SOURCE, steps=2, **FAST)
+    several = train([build("topk", d_in=16, d_sae=32, k=4, seed=s) for s in (0, 1)], SOURCE, steps=2, **FAST)
+    assert type(one) is type(several)
+    assert one.saes == [one.sae] and one.steps == several.steps == 2 and one.resumed_from == 0
+    assert len(several.saes) == len(several.final_metrics) == 2
+    with pytest.raises(ValueError, match="trained 2 SAEs"):
+        _ = several.sae
+
+
+def test_the_stages_run_by_hand_are_the_run(tmp_path):
+    """prepare, restore_or_initialise, train_step, checkpoint and finalise, called one by one (as a
+    distributed or custom driver would), give what run() gives; a checkpoint written mid-way restores
+    the exact state of the run at that step."""
+    from saekit.training.config import TrainConfig
+    from saekit.training.engine import checkpoint, finalise, prepare, restore_or_initialise, run, train_step
+    from saekit.training.objective import LocalObjective
+
+    cfg = TrainConfig(steps=6, **FAST)
+    reference = run(_all_architectures(), SOURCE, cfg)
+
+    state = prepare(_all_architectures(), SOURCE, cfg, LocalObjective(), tmp_path, False)
+    restore_or_initialise(state, resume=False)
+    assert state.start == 0 and set(state.scales) == set(SOURCE.sites)
+    batches = SOURCE.batches(cfg.batch_size, seed=cfg.seed)
+    for step in range(3):
+        train_step(state, step, next(batches))
+    checkpoint(state, 3)
+    at_three = _state(state.saes)
+    for step in range(3, 6):
+        train_step(state, step, next(batches))
+    by_hand = finalise(state)
+    assert by_hand.steps == reference.steps == 6
+    _assert_same(_state(by_hand.saes), _state(reference.saes))
+
+    again = prepare(_all_architectures(seed=50), SOURCE, cfg, LocalObjective(), tmp_path, True)
+    restore_or_initialise(again, resume=True)
+    assert again.start == 3
+    _assert_same(_state(again.saes), at_three)
+
+
+def test_prepare_refuses_what_cannot_run(tmp_path):
+    from saekit.training.config import TrainConfig
+    from saekit.training.engine import prepare
+    from saekit.training.objective import LocalObjective
+
+    cfg = TrainConfig(steps=2, **FAST)
+    with pytest.raises(ConfigError, match="resume needs the output folder"):
+        prepare(_all_architectures(), SOURCE, cfg, LocalObjective(), None, True)
+    with pytest.raises(ConfigError, match="the list of SAEs is empty"):
+        prepare([], SOURCE, cfg, LocalObjective(), tmp_path, False)
+    with pytest.raises(ConfigError, match="checkpoint_every needs an output folder"):
+        prepare(_all_architectures(), SOURCE, TrainConfig(steps=2, checkpoint_every=1, **FAST), LocalObjective(), None, False)

@@ -1,0 +1,246 @@
+"""Writing an activation cache: :func:`write_cache` (checks, shards, manifest updates, resume)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, TypeAlias
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saekit.atomic import write_bytes
+from saekit.errors import ArtifactError, ConfigError, DataError
+from saekit.sources.cache.manifest import (
+    DEFAULT_SHARD_TOKENS,
+    DTYPES,
+    MANIFEST,
+    SHARD_FILE,
+    CacheManifest,
+    ShardRecord,
+    manifest_bytes,
+    read_manifest,
+)
+from saekit.sources.tensor import _check_positive
+
+Chunk: TypeAlias = Mapping[str, Tensor]
+ChunkStream: TypeAlias = Iterable[Chunk] | Callable[[int], Iterable[Chunk]]
+
+
+def write_cache(
+    folder: str | os.PathLike[str],
+    chunks: ChunkStream,
+    *,
+    sites: Iterable[str],
+    d_in: Mapping[str, int],
+    info: Mapping[str, Any],
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16",
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    resume: bool = True,
+    progress: bool = False,
+) -> CacheManifest:
+    """Write ``chunks`` (each ``{site: Tensor[n, d_in[site]]}``, the same ``n`` for every site) into
+    ``folder`` as shards of ``shard_tokens`` rows, and return the final manifest.
+
+    ``chunks`` is an iterable, or a function ``first_chunk -> iterable`` that yields the stream from
+    chunk ``first_chunk`` on (lets a resumed write skip producing finished chunks). ``info`` (model,
+    corpus, context size, seed, ...) must be JSON-serialisable; it is stored and must match on resume.
+    ``resume=True`` continues an interrupted write into ``folder`` (or returns a complete one's manifest
+    without reading ``chunks``); ``resume=False`` deletes a previous cache there and starts over.
+    """
+    folder = Path(folder)
+    manifest = _start(folder, _new_manifest(sites, d_in, info, dtype, shard_tokens), resume)
+    if manifest.complete:
+        return manifest
+    return _append(folder, manifest, chunks, progress)
+
+
+def _start(folder: Path, wanted: CacheManifest, resume: bool) -> CacheManifest:
+    """The manifest the write continues from, with ``folder`` made ready for it: with ``resume``, the
+    cache already there (after checking it has ``wanted``'s settings; a complete one is returned as it
+    is), else ``wanted`` with a previous cache deleted. Stray files are removed and the manifest written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = None
+    if resume and (folder / MANIFEST).exists():
+        try:
+            existing = read_manifest(folder)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{exc}; pass resume=False to overwrite the cache in {folder}") from None
+    if existing is not None:
+        _check_same_cache(existing, wanted, folder)
+        if existing.complete:
+            return existing
+        manifest = existing
+    else:
+        # The manifest goes first, so that a crash below never leaves it pointing at deleted shards.
+        (folder / MANIFEST).unlink(missing_ok=True)
+        manifest = wanted
+    _remove_strays(folder, keep=len(manifest.shards))
+    write_bytes(folder / MANIFEST, manifest_bytes(manifest))
+    return manifest
+
+
+def _append(folder: Path, manifest: CacheManifest, chunks: ChunkStream, progress: bool) -> CacheManifest:
+    """Write the rows of ``chunks`` that ``manifest``'s shards do not hold yet, and complete the cache."""
+    done = manifest.total_tokens
+    if callable(chunks):
+        index, consumed, stream = manifest.chunks_done, manifest.chunk_rows_done, chunks(manifest.chunks_done)
+    else:
+        index, consumed, stream = 0, 0, chunks
+    writer = _ShardWriter(folder, manifest)
+    with tqdm(initial=done, unit="tok", unit_scale=True, desc=f"cache {folder.name}", disable=not progress) as bar:
+        for chunk in stream:
+            rows = _checked_chunk(chunk, manifest, index)
+            n = next(iter(rows.values())).shape[0]
+            if consumed + n > done:
+                skip = max(0, done - consumed)  # the start of this chunk may already be in a shard
+                writer.add({site: x[skip:] for site, x in rows.items()}, _ChunkEnd(index, consumed + n))
+                bar.update(n - skip)
+            consumed, index = consumed + n, index + 1
+    if consumed < done:
+        raise DataError(
+            f"{folder}: the chunk stream ended after {consumed} rows but the cache already holds {done}; "
+            "a resumed write needs the same stream as the interrupted one"
+        )
+    return writer.finish(_ChunkEnd(index, consumed))
+
+
+class _ChunkEnd(NamedTuple):
+    index: int  # input chunk number
+    end_row: int  # input rows up to and including this chunk
+
+
+class _ShardWriter:
+    """Buffers checked rows and commits full shards, each followed by a manifest update."""
+
+    def __init__(self, folder: Path, manifest: CacheManifest) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.buffer: dict[str, list[Tensor]] = {site: [] for site in manifest.sites}
+        self.buffered = 0
+        self.pending: deque[_ChunkEnd] = deque()  # chunks some of whose rows are only in the buffer
+
+    def add(self, rows: Mapping[str, Tensor], end: _ChunkEnd) -> None:
+        for site, x in rows.items():
+            self.buffer[site].append(x)
+        self.buffered += next(iter(rows.values())).shape[0]
+        self.pending.append(end)
+        while self.buffered >= self.manifest.shard_tokens:
+            self._commit(self.manifest.shard_tokens)
+
+    def finish(self, last: _ChunkEnd) -> CacheManifest:
+        if self.buffered:
+            self._commit(self.buffered)
+        if self.manifest.total_tokens == 0:
+            raise DataError(f"{self.folder}: the chunk stream yielded no rows")
+        self.manifest = dataclasses.replace(
+            self.manifest, chunks_done=last.index, chunk_rows_done=last.end_row, complete=True
+        )
+        write_bytes(self.folder / MANIFEST, manifest_bytes(self.manifest))
+        return self.manifest
+
+    def _commit(self, n: int) -> None:
+        tensors = {}
+        for site, pieces in self.buffer.items():
+            block = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+            tensors[site], rest = block[:n], block[n:]
+            self.buffer[site] = [rest] if len(rest) else []
+        self.buffered -= n
+        name = f"shard-{len(self.manifest.shards):06d}.safetensors"
+        data = safetensors_bytes(tensors)
+        write_bytes(self.folder / name, data)
+        written = self.manifest.total_tokens + n
+        chunks_done, chunk_rows_done = self.manifest.chunks_done, self.manifest.chunk_rows_done
+        while self.pending and self.pending[0].end_row <= written:
+            done = self.pending.popleft()
+            chunks_done, chunk_rows_done = done.index + 1, done.end_row
+        self.manifest = dataclasses.replace(
+            self.manifest,
+            shards=(*self.manifest.shards, ShardRecord(name, n, len(data), hashlib.sha256(data).hexdigest())),
+            chunks_done=chunks_done,
+            chunk_rows_done=chunk_rows_done,
+        )
+        write_bytes(self.folder / MANIFEST, manifest_bytes(self.manifest))
+
+
+def _new_manifest(
+    sites: Iterable[str], d_in: Mapping[str, int], info: Mapping[str, Any], dtype: str, shard_tokens: int
+) -> CacheManifest:
+    sites = tuple(sites)
+    if not sites or len(set(sites)) != len(sites) or not all(isinstance(s, str) and s for s in sites):
+        raise ConfigError(f"sites must be distinct, non-empty names, got {list(sites)}")
+    if set(d_in) != set(sites):
+        raise ConfigError(f"d_in must give a width for exactly the sites {list(sites)}, got keys {list(d_in)}")
+    for site, d in d_in.items():
+        if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
+            raise ConfigError(f"d_in[{site!r}] must be a positive integer, got {d!r}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    _check_positive(shard_tokens, "shard_tokens")
+    try:
+        # A JSON round trip, so that comparing with a manifest read back from disk is like for like.
+        info = json.loads(json.dumps(dict(info), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"info must be JSON-serialisable: {exc}") from None
+    return CacheManifest(info=dict(info), sites=sites, d_in={s: d_in[s] for s in sites}, dtype=dtype, shard_tokens=shard_tokens)
+
+
+def _check_same_cache(existing: CacheManifest, wanted: CacheManifest, folder: Path) -> None:
+    for field in ("sites", "d_in", "dtype", "shard_tokens", "info"):
+        there, now = getattr(existing, field), getattr(wanted, field)
+        if there != now:
+            raise ArtifactError(
+                f"{folder} already holds a cache with a different {field} ({there!r} there, {now!r} now); "
+                "pass resume=False to overwrite it, or write to another folder"
+            )
+
+
+def _checked_chunk(chunk: Chunk, manifest: CacheManifest, index: int) -> dict[str, Tensor]:
+    """The chunk's rows per site, on the CPU in the storage dtype, after checking everything about them."""
+    if not isinstance(chunk, Mapping):
+        raise DataError(f"chunk {index}: expected a mapping {{site: tensor}}, got {type(chunk).__name__}")
+    if set(chunk) != set(manifest.sites):
+        raise DataError(f"chunk {index}: sites {sorted(chunk)}, expected {sorted(manifest.sites)}")
+    storage = DTYPES[manifest.dtype][0]
+    rows: dict[str, Tensor] = {}
+    for site in manifest.sites:
+        x, where = chunk[site], f"chunk {index}, site {site!r}"
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise DataError(f"{where}: expected a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+        if x.ndim != 2 or x.shape[1] != manifest.d_in[site]:
+            raise DataError(f"{where}: expected shape [tokens, {manifest.d_in[site]}], got {tuple(x.shape)}")
+        if rows and x.shape[0] != next(iter(rows.values())).shape[0]:
+            raise DataError(f"chunk {index}: every site must have the same number of rows (tokens); {where} differs")
+        # Always a copy: producers often reuse one buffer for every chunk, and rows wait in ours.
+        stored = x.detach().to("cpu", storage, copy=True)
+        # One scan of the stored values catches NaN/inf in the input and overflow of the cast alike.
+        if not bool(torch.isfinite(stored).all()):
+            bad = ~torch.isfinite(x)
+            if bool(bad.any()):
+                first = int(bad.any(dim=1).nonzero()[0])
+                raise DataError(
+                    f"{where}: {int(bad.sum())} NaN or inf value(s), first in row {first}; activations must be finite"
+                )
+            raise DataError(
+                f"{where}: values up to {float(x.abs().max()):.4g} overflow {manifest.dtype}; "
+                "store the cache as bfloat16 or float32"
+            )
+        rows[site] = stored
+    return rows
+
+
+def _remove_strays(folder: Path, *, keep: int) -> None:
+    """Delete temporary files of a killed writer and shards numbered ``keep`` or more (not in the manifest)."""
+    for path in folder.iterdir():
+        name = path.name
+        ours_tmp = name.endswith(".tmp") and (name.startswith(".shard-") or name.startswith(f".{MANIFEST}."))
+        match = SHARD_FILE.fullmatch(name)
+        if ours_tmp or (match is not None and int(match.group(1)) >= keep):
+            path.unlink(missing_ok=True)
