@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, final, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -48,27 +48,86 @@ class StepCtx:
         return min(1.0, self.step / max(1, self.total_steps))
 
 
+@final
+class Codes:
+    """The [rows, d_sae] codes a training loss selected (``LossOut.codes``): one type out of every path.
+
+    A dense path hands over its strided tensor (leading dimensions flattened into rows; with autograd
+    where the loss has it). A sparse path (the TopK family, JumpReLU's sparse regime) hands over a
+    detached sparse CSR tensor, so that no dense [rows, d_sae] matrix is filled each step, and the
+    latents that fired when its selection already knows them. What the engine and the architectures
+    read of the codes is a method here: no consumer branches on the layout.
+    """
+
+    __slots__ = ("_fired", "_values")
+
+    def __init__(self, values: Tensor, fired: Tensor | None = None) -> None:
+        if values.layout == torch.strided and values.dim() >= 2:
+            values = values.reshape(-1, values.shape[-1])
+        elif values.layout != torch.sparse_csr or values.dim() != 2:
+            raise ValueError(f"codes are a dense [..., d_sae] or a sparse CSR [rows, d_sae] tensor, got {values.layout} {tuple(values.shape)}")
+        self._values = values
+        self._fired = fired
+
+    @property
+    def shape(self) -> torch.Size:
+        """``(rows, d_sae)``."""
+        return self._values.shape
+
+    def to_dense(self) -> Tensor:
+        """The codes as a dense [rows, d_sae] tensor (the tensor itself on a dense path)."""
+        return self._values.to_dense() if self._values.layout == torch.sparse_csr else self._values
+
+    def fired(self) -> Tensor:
+        """[d_sae] bool: the latents with a non-zero code on some row."""
+        if self._fired is not None:
+            return self._fired
+        if self._values.layout == torch.sparse_csr:
+            fired = torch.zeros(self.shape[1], dtype=torch.bool, device=self._values.device)
+            return fired.index_fill_(0, self._values.col_indices()[self._values.values() != 0], True)
+        return (self._values != 0).any(0)
+
+    def density(self) -> Tensor:
+        """[d_sae] fraction of the rows on which each latent is non-zero (detached)."""
+        rows = max(1, self.shape[0])
+        if self._values.layout == torch.sparse_csr:
+            nonzero = self._values.values() != 0
+            counts = torch.zeros(self.shape[1], device=self._values.device)
+            return counts.index_add_(0, self._values.col_indices()[nonzero], nonzero[nonzero].float()) / rows
+        return (self._values.detach() != 0).float().sum(0) / rows
+
+    def smallest_positive(self, per_latent: bool = False) -> Tensor:
+        """Smallest positive code: one scalar for all rows, or one per latent ([d_sae]); NaN where no
+        code is positive (detached)."""
+        if self._values.layout == torch.sparse_csr:
+            values, cols = self._values.values(), self._values.col_indices()
+        else:
+            values = self._values.detach()
+        positive = values.masked_fill(values <= 0, float("inf"))
+        if not per_latent:
+            smallest = positive.amin() if positive.numel() else positive.new_tensor(float("inf"))
+        elif self._values.layout == torch.sparse_csr:
+            smallest = positive.new_full((self.shape[1],), float("inf")).scatter_reduce_(0, cols, positive, "amin")
+        else:
+            smallest = positive.amin(0)
+        return smallest.masked_fill(smallest.isinf(), float("nan"))
+
+
 class LossOut(NamedTuple):
     """Result of ``SAE.loss``.
 
     loss:  scalar to minimise.
     x_hat: [batch, d_in] reconstruction used by the loss.
-    codes: [batch, d_sae] latent activations used by the loss (training-time selection, which for
-           batch-coupled architectures may differ from ``encode``). The sparse training paths give a
-           detached sparse CSR tensor, so that no dense matrix is filled each step; ``codes.to_dense()``
-           works on either layout.
+    codes: the latent activations used by the loss (training-time selection, which for batch-coupled
+           architectures may differ from ``encode``), as :class:`Codes`.
     terms: named scalar parts of the objective and diagnostics (``mse``, ``l1``, ``l0``, ``aux_k``, ...),
            logged verbatim. Values are detached tensors.
-    fired: optional [d_sae] bool, the latents with a non-zero code in the batch (``(codes != 0).any(0)``),
-           given by architectures that know it from their sparse selection so that the training loop's
-           dead-latent count need not scan the dense codes; None: the loop computes it from ``codes``.
     """
 
     loss: Tensor
     x_hat: Tensor
-    codes: Tensor
+    codes: Codes
     terms: dict[str, Tensor]
-    fired: Tensor | None = None
 
 
 @runtime_checkable

@@ -130,7 +130,7 @@ class BatchTopKSAE(SAE):
         family.after_step(self, self.cfg, out)
         if F.threshold_tracking(ctx.step, self.cfg.threshold_start_step, ctx.total_steps):
             weight = F.threshold_ema_weight(self.cfg.threshold_ema, ctx.total_steps)
-            F.ema_threshold_(self.threshold, F.smallest_kept(out.codes), weight)
+            F.ema_threshold_(self.threshold, out.codes.smallest_positive(), weight)
 
 
 alias("mutual_choice", "batch_topk")

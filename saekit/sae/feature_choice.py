@@ -133,4 +133,4 @@ class FeatureChoiceSAE(SAE):
         family.after_step(self, self.cfg, out)
         if F.threshold_tracking(ctx.step, self.cfg.threshold_start_step, ctx.total_steps):
             weight = F.threshold_ema_weight(self.cfg.threshold_ema, ctx.total_steps)
-            F.ema_threshold_(self.threshold, F.smallest_kept(out.codes, per_latent=True), weight)
+            F.ema_threshold_(self.threshold, out.codes.smallest_positive(per_latent=True), weight)

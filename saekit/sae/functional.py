@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from saekit._fast import row_topk
+from saekit.types import Codes
 
 # ---------------------------------------------------------------------------------------------
 # Reconstruction and sparsity measures used inside losses
@@ -212,24 +213,6 @@ def threshold_ema_weight(beta: float, total_steps: int) -> float:
     return max(beta, min(1.0, 10.0 / max(1, total_steps)))
 
 
-def smallest_kept(codes: Tensor, per_latent: bool = False) -> Tensor:
-    """Smallest positive code of a [batch, d_sae] selection (dense, or sparse CSR): one scalar for the
-    whole batch, or one value per latent ([d_sae]); NaN where no code is positive."""
-    if codes.layout == torch.sparse_csr:
-        values = codes.values()
-        positive = values.masked_fill(values <= 0, float("inf"))
-        if per_latent:
-            smallest = positive.new_full((codes.shape[-1],), float("inf"))
-            smallest.scatter_reduce_(0, codes.col_indices(), positive, "amin")
-        else:
-            smallest = torch.cat([positive, positive.new_full((1,), float("inf"))]).amin()
-    else:
-        flat = codes.reshape(-1, codes.shape[-1])
-        positive = flat.masked_fill(flat <= 0, float("inf"))
-        smallest = positive.amin(0) if per_latent else positive.amin()
-    return smallest.masked_fill(smallest.isinf(), float("nan"))
-
-
 @torch.no_grad()
 def ema_threshold_(threshold: Tensor, observed: Tensor, beta: float) -> None:
     """In place, entry by entry: θ ← (1 − β) θ + β · observed where θ is set (finite), θ ← observed
@@ -265,17 +248,6 @@ def feature_choice_mask(acts: Tensor, capacities: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # aux_zipf_loss (Ayonrinde 2024), PROVISIONAL reading: papers.md §3 marks its definition unverified.
 # The loss is saekit.sae.sparse.aux_loss with the weights zipf_deficit(running density).
-
-
-def firing_density(codes: Tensor) -> Tensor:
-    """[d_sae] fraction of the batch's tokens on which each latent is non-zero, detached; ``codes`` is
-    dense or a [batch, d_sae] sparse CSR tensor (the TopK family's ``LossOut.codes``)."""
-    if codes.layout == torch.sparse_csr:
-        counts = torch.zeros(codes.shape[-1], device=codes.device)
-        nonzero = codes.values() != 0
-        counts.index_add_(0, codes.col_indices()[nonzero], nonzero[nonzero].float())
-        return counts / max(1, codes.shape[0])
-    return (codes.reshape(-1, codes.shape[-1]) != 0).float().mean(0).detach()
 
 
 class RunningDensity(NamedTuple):
@@ -326,11 +298,11 @@ def register_zipf_state(sae: torch.nn.Module, d_sae: int) -> None:
     sae.register_buffer(ZIPF_STATE[1], torch.zeros(()))
 
 
-def zipf_running(sae: torch.nn.Module, codes: Tensor, weight: float) -> RunningDensity:
+def zipf_running(sae: torch.nn.Module, codes: Codes, weight: float) -> RunningDensity:
     """The running density of ``sae`` (registered by :func:`register_zipf_state`) updated with the
     batch's ``codes``; ``commit_zipf_state_`` stores it after the step."""
     state = sae.state_dict()
-    return update_density(RunningDensity(state[ZIPF_STATE[0]], state[ZIPF_STATE[1]]), firing_density(codes), weight)
+    return update_density(RunningDensity(state[ZIPF_STATE[0]], state[ZIPF_STATE[1]]), codes.density(), weight)
 
 
 @torch.no_grad()

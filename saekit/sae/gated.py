@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from saekit.sae import functional as F
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import register
-from saekit.types import ActBatch, LossOut, StepCtx
+from saekit.types import ActBatch, Codes, LossOut, StepCtx
 
 
 @dataclass(frozen=True)
@@ -103,4 +103,4 @@ class GatedSAE(SAE):
         aux = F.mse_per_token(x, x_hat_gate).mean()
         loss = mse + ctx.sparsity_scale * self.cfg.l1_coef * l1 + aux
         terms = {"mse": mse.detach(), "l1": l1.detach(), "aux": aux.detach(), "l0": F.l0_of(codes)}
-        return LossOut(loss, x_hat, codes, terms)
+        return LossOut(loss, x_hat, Codes(codes), terms)

@@ -52,7 +52,7 @@ from saekit.sae import functional as F
 from saekit.sae import sparse as S
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import register
-from saekit.types import ActBatch, LossOut, StepCtx
+from saekit.types import ActBatch, Codes, LossOut, StepCtx
 
 SPARSE_MAX_DENSITY = 0.03
 """The sparse loss is used when at most this fraction of (token, latent) pairs is active or near θ:
@@ -149,7 +149,7 @@ class JumpReLUSAE(SAE):
         l0 = F.heaviside_step(z_at, theta_at, self.cfg.bandwidth).sum() / x.shape[0]
         loss = mse + ctx.sparsity_scale * self.cfg.l0_coef * l0
         codes = S.sparse_codes(values, pattern)
-        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "l0": l0.detach()}, S.fired_latents(values, pattern))
+        return LossOut(loss, x_hat, Codes(codes, fired=S.fired_latents(values, pattern)), {"mse": mse.detach(), "l0": l0.detach()})
 
     def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
         """The plain dense computation of ``loss``; the sparse path is tested against it."""
@@ -160,7 +160,7 @@ class JumpReLUSAE(SAE):
         # With θ >= 0 this equals the count of non-zero codes, but carries the θ pseudo-derivative.
         l0 = F.heaviside_step(z, self.threshold, self.cfg.bandwidth).sum(-1).mean()
         loss = mse + ctx.sparsity_scale * self.cfg.l0_coef * l0
-        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "l0": l0.detach()})
+        return LossOut(loss, x_hat, Codes(codes), {"mse": mse.detach(), "l0": l0.detach()})
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:

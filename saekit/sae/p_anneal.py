@@ -41,7 +41,7 @@ from saekit.sae import functional as F
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import register
 from saekit.strict import refuse_unused
-from saekit.types import ActBatch, LossOut, StepCtx
+from saekit.types import ActBatch, Codes, LossOut, StepCtx
 
 
 @dataclass(frozen=True)
@@ -150,13 +150,14 @@ class PAnnealSAE(SAE):
             "p": torch.tensor(p),
             "sparsity_coef": self.sparsity_coef.detach().clone(),
         }
-        return LossOut(loss, x_hat, codes, terms)
+        return LossOut(loss, x_hat, Codes(codes), terms)
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
         now = self.schedule(ctx)
         if now.next_p is not None and now.next_step is not None and ctx.step >= now.next_step - self.cfg.rescale_batches:
-            row = torch.stack([F.lp_pow(out.codes, now.p), F.lp_pow(out.codes, now.next_p)]).to(self.lp_history)
+            codes = out.codes.to_dense()
+            row = torch.stack([F.lp_pow(codes, now.p), F.lp_pow(codes, now.next_p)]).to(self.lp_history)
             self.lp_history.copy_(torch.cat([row[None], self.lp_history[:-1]]))
         after = self.schedule(StepCtx(step=ctx.step + 1, total_steps=ctx.total_steps))
         if after.index == now.index:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from saekit.sae import functional as F
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import register
-from saekit.types import ActBatch, LossOut, StepCtx
+from saekit.types import ActBatch, Codes, LossOut, StepCtx
 
 
 @dataclass(frozen=True)
@@ -77,4 +77,4 @@ class ReLUSAE(SAE):
         mse = F.mse_per_token(x, x_hat).mean()
         l1 = (codes * self.W_dec.norm(dim=-1)).sum(-1).mean()
         loss = mse + ctx.sparsity_scale * self.cfg.l1_coef * l1
-        return LossOut(loss, x_hat, codes, {"mse": mse.detach(), "l1": l1.detach(), "l0": F.l0_of(codes)})
+        return LossOut(loss, x_hat, Codes(codes), {"mse": mse.detach(), "l1": l1.detach(), "l0": F.l0_of(codes)})

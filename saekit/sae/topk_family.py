@@ -29,7 +29,7 @@ from saekit.sae import functional as F
 from saekit.sae import sparse as S
 from saekit.sae.base import SAE, SAEConfig
 from saekit.strict import refuse_unused
-from saekit.types import ActBatch, LossOut, StepCtx
+from saekit.types import ActBatch, Codes, LossOut, StepCtx
 
 Selection = Callable[[Tensor, ActBatch], S.Pattern]
 """``select(pre, batch)``: the (token, latent) pairs that carry a code, from the pre-activations
@@ -109,7 +109,7 @@ def family_loss(sae: SAE, cfg: TopKFamilyConfig, batch: ActBatch, ctx: StepCtx, 
     values = gather(pattern).relu()
     x_hat = S.sparse_decode(values, pattern, sae.W_dec) + sae.b_dec
     mse = tF.mse_loss(x_hat, x, reduction="sum") / x.shape[0]  # Σ over the batch of ||x̂ − x||², over rows
-    codes = S.sparse_codes(values, pattern)
+    codes = Codes(S.sparse_codes(values, pattern), fired=S.fired_latents(values, pattern))
     k_aux = cfg.aux_k or sae.d_in // 2
     loss, terms = mse, {"mse": mse.detach(), "l0": S.l0_per_row(values, pattern)}
     if cfg.aux_coef > 0:
@@ -120,7 +120,7 @@ def family_loss(sae: SAE, cfg: TopKFamilyConfig, batch: ActBatch, ctx: StepCtx, 
         density = F.zipf_running(sae, codes, cfg.aux_zipf_ema).estimate
         zipf = S.aux_loss(pre, gather, x_hat, x, F.zipf_deficit(density, cfg.aux_zipf_exponent), k_aux, sae.W_dec)
         loss, terms["aux_zipf"] = loss + cfg.aux_zipf_coef * zipf, zipf.detach()
-    return LossOut(loss, x_hat.reshape(shape), codes, terms, S.fired_latents(values, pattern))
+    return LossOut(loss, x_hat.reshape(shape), codes, terms)
 
 
 def after_step(sae: SAE, cfg: TopKFamilyConfig, out: LossOut) -> None:

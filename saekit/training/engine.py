@@ -225,7 +225,7 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
             apply_update(state.saes[i], state.optimizers[i], lr_mult, cfg.grad_clip)
             with torch.no_grad():
                 state.saes[i].after_step(out, ctxs[i])
-            dead.update_counter_(state.counters[i], out.codes, out.fired)
+            dead.update_counter_(state.counters[i], out.codes)
     if not bool(torch.stack(losses).isfinite().all()):  # one host sync per step, for all SAEs
         _raise_non_finite(state, batch, outs, step)
     if (step + 1) % cfg.log_every == 0 or step + 1 == total:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from saekit.sae import functional as F
 from saekit.sae.gradient_topk import gradient_scores
-from saekit.types import LossOut, StepCtx
+from saekit.types import Codes, LossOut, StepCtx
 
 
 def batch_topk_mask(acts: Tensor, k: int) -> Tensor:
@@ -90,7 +90,7 @@ def dense_loss(sae, x: Tensor, ctx: StepCtx, grad: Tensor | None = None) -> Loss
         loss, terms["aux_k"] = loss + sae.cfg.aux_coef * aux, aux.detach()
     if sae.cfg.aux_zipf_coef > 0:
         state = sae.state_dict()
-        running = F.update_density(F.RunningDensity(state["zipf_density"], state["zipf_seen"]), F.firing_density(codes), sae.cfg.aux_zipf_ema)
+        running = F.update_density(F.RunningDensity(state["zipf_density"], state["zipf_seen"]), (codes != 0).float().mean(0), sae.cfg.aux_zipf_ema)
         zipf = aux_zipf_loss(pre, residual, running.estimate, k_aux, sae.W_dec, sae.cfg.aux_zipf_exponent)
         loss, terms["aux_zipf"] = loss + sae.cfg.aux_zipf_coef * zipf, zipf.detach()
-    return LossOut(loss, x_hat, codes, terms)
+    return LossOut(loss, x_hat, Codes(codes), terms)

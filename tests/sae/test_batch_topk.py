@@ -9,7 +9,7 @@ from saekit.sae import build, get
 from saekit.sae import functional as F
 from saekit.sae import topk_family as family
 from saekit.sae.batch_topk import BatchTopKConfig, BatchTopKSAE
-from saekit.types import ActBatch, LossOut, StepCtx
+from saekit.types import ActBatch, Codes, LossOut, StepCtx
 
 W_DEC = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
 X = torch.tensor([[1.5, 1.0], [0.5, -1.0]])  # x − b_dec = [[1, 1], [0, −1]]
@@ -28,7 +28,7 @@ def hand_sae(k: int = 1, **hparams) -> BatchTopKSAE:
 
 def out_with(codes: list[list[float]]) -> LossOut:
     c = torch.tensor(codes)
-    return LossOut(torch.zeros(()), torch.zeros(c.shape[0], 2), c, {})
+    return LossOut(torch.zeros(()), torch.zeros(c.shape[0], 2), Codes(c), {})
 
 
 def test_training_selection_is_batch_level() -> None:

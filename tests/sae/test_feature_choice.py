@@ -12,7 +12,7 @@ from saekit.sae import build
 from saekit.sae import functional as F
 from saekit.sae import topk_family as family
 from saekit.sae.feature_choice import FeatureChoiceConfig, FeatureChoiceSAE
-from saekit.types import ActBatch, LossOut, StepCtx
+from saekit.types import ActBatch, Codes, LossOut, StepCtx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +38,7 @@ def hand_sae(**hparams) -> FeatureChoiceSAE:
 
 def out_with(codes: list[list[float]]) -> LossOut:
     c = torch.tensor(codes)
-    return LossOut(torch.zeros(()), torch.zeros(c.shape[0], 2), c, {})
+    return LossOut(torch.zeros(()), torch.zeros(c.shape[0], 2), Codes(c), {})
 
 
 def test_per_latent_threshold_ema() -> None:

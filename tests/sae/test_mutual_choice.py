@@ -11,7 +11,7 @@ from saekit.eval.evaluate import evaluate
 from saekit.io import load_sae, save_sae
 from saekit.sae import build
 from saekit.sae.batch_topk import BatchTopKConfig, BatchTopKSAE
-from saekit.types import ActBatch, LossOut, StepCtx
+from saekit.types import ActBatch, Codes, LossOut, StepCtx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,7 +39,7 @@ def test_selection_hand_computed() -> None:
 
 def test_global_threshold_ema() -> None:
     sae = BatchTopKSAE(BatchTopKConfig(d_in=2, d_sae=3, k=1, threshold_ema=0.5, threshold_start_step=0))
-    codes = lambda c: LossOut(torch.zeros(()), torch.zeros(len(c), 2), torch.tensor(c), {})  # noqa: E731
+    codes = lambda c: LossOut(torch.zeros(()), torch.zeros(len(c), 2), Codes(torch.tensor(c)), {})  # noqa: E731
     sae.after_step(codes([[0.5, 0.0, 0.2], [0.3, 0.0, 0.0]]), StepCtx(step=0, total_steps=1000))
     assert torch.allclose(sae.threshold, torch.full((3,), 0.2))
     sae.after_step(codes([[0.9, 0.4, 0.0]]), StepCtx(step=1, total_steps=1000))

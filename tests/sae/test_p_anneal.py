@@ -66,7 +66,7 @@ def test_terms_follow_the_schedule_and_the_rescale_rule() -> None:
         sae.after_step(out, ctx)
         p_of.append(out.terms["p"].item())
         coef_of.append(out.terms["sparsity_coef"].item())
-        codes_of.append(out.codes.detach())
+        codes_of.append(out.codes.to_dense().detach())
     # a = 10; values 1, 11/15, 7/15, 0.2 from steps 10, 26, 43, 60: p changes at 26 and 43.
     expected_p = [1.0] * 26 + [1 - 0.8 / 3] * 17 + [1 - 1.6 / 3] * 17
     assert p_of == pytest.approx(expected_p)

@@ -11,7 +11,7 @@ from dense_reference import dense_loss
 from saekit._fast import scratch
 from saekit.sae import build, jumprelu
 from saekit.sae import sparse as S
-from saekit.types import ActBatch, StepCtx
+from saekit.types import ActBatch, Codes, StepCtx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,11 +44,11 @@ def assert_same(sparse_sae, dense_sae, x, ctx, grad=None):
     plain = dense_sae._dense_loss(x, ctx) if dense_sae.architecture == "jumprelu" else dense_loss(dense_sae, x, ctx, grad)
     torch.testing.assert_close(fast.loss, plain.loss)
     torch.testing.assert_close(fast.x_hat, plain.x_hat)
-    torch.testing.assert_close(fast.codes.to_dense(), plain.codes)
-    # The fired mask the loop's dead-latent count reads instead of scanning the dense codes.
-    assert fast.fired is not None and fast.fired.dtype == torch.bool
-    assert torch.equal(fast.fired, (plain.codes != 0).any(0))
-    assert int(fast.fired.sum()) > 0, "vacuous: no latent fired"
+    torch.testing.assert_close(fast.codes.to_dense(), plain.codes.to_dense())
+    # The fired mask the loop's dead-latent count reads (the sparse selection gives it).
+    fired = fast.codes.fired()
+    assert fired.dtype == torch.bool and torch.equal(fired, (plain.codes.to_dense() != 0).any(0))
+    assert int(fired.sum()) > 0, "vacuous: no latent fired"
     for key in plain.terms:
         torch.testing.assert_close(fast.terms[key], plain.terms[key], msg=key)
     g_fast, g_plain = grads_of(sparse_sae, fast), grads_of(dense_sae, plain)
@@ -157,7 +157,6 @@ def test_batch_topk_flat_is_the_flat_topk(case):
 
 
 def test_sparse_codes_are_the_dense_codes_and_feed_the_threshold_and_dead_counts():
-    from saekit.sae import functional as F
     from saekit.training import dead
 
     pattern = random_pattern(3)
@@ -168,14 +167,19 @@ def test_sparse_codes_are_the_dense_codes_and_feed_the_threshold_and_dead_counts
     dense = S.densify(values, pattern)
     assert csr.layout == torch.sparse_csr
     assert torch.equal(csr.to_dense(), dense)
-    torch.testing.assert_close(F.smallest_kept(csr), F.smallest_kept(dense))
-    torch.testing.assert_close(F.smallest_kept(csr, per_latent=True), F.smallest_kept(dense, per_latent=True), equal_nan=True)
-    assert F.smallest_kept(dense, per_latent=True).isnan().any(), "vacuous: every latent has a positive code"
+    sparse_codes, dense_codes = Codes(csr), Codes(dense)
+    torch.testing.assert_close(sparse_codes.smallest_positive(), dense_codes.smallest_positive())
+    torch.testing.assert_close(sparse_codes.smallest_positive(True), dense_codes.smallest_positive(True), equal_nan=True)
+    assert dense_codes.smallest_positive(True).isnan().any(), "vacuous: every latent has a positive code"
+    positive = dense.masked_fill(dense <= 0, float("inf"))
+    assert float(dense_codes.smallest_positive()) == float(positive.min())  # by hand
+    torch.testing.assert_close(sparse_codes.density(), (dense != 0).float().mean(0))
+    assert torch.equal(sparse_codes.fired(), (dense != 0).any(0)) and torch.equal(dense_codes.fired(), (dense != 0).any(0))
     from_csr, from_dense = dead.new_counter(pattern.n_cols), dead.new_counter(pattern.n_cols)
     from_csr.fill_(5)
     from_dense.fill_(5)
-    dead.update_counter_(from_csr, csr)
-    dead.update_counter_(from_dense, dense)
+    dead.update_counter_(from_csr, sparse_codes)
+    dead.update_counter_(from_dense, dense_codes)
     assert torch.equal(from_csr, from_dense) and (from_dense == 0).any() and (from_dense == 5 + pattern.n_rows).any()
 
 
@@ -312,7 +316,7 @@ def test_jumprelu_sparse_loss_equals_dense_including_threshold_gradients():
     touched = ((z > sae.threshold) | near).sum()
     assert touched < jumprelu.SPARSE_MAX_DENSITY * z.numel(), "this case should take the sparse path"
     out = assert_same(sae, copy.deepcopy(sae), x, ctx)
-    assert not out.codes.requires_grad  # the sparse path returns detached codes
+    assert not out.codes.to_dense().requires_grad  # the sparse path returns detached codes
 
 
 def test_jumprelu_dense_regime_takes_the_dense_path():
@@ -320,8 +324,9 @@ def test_jumprelu_dense_regime_takes_the_dense_path():
     x = rows(BATCH, 3)
     out = sae.loss(ActBatch(x), StepCtx())
     ref = sae._dense_loss(x, StepCtx())
-    assert out.codes.count_nonzero() > 0.3 * out.codes.numel()
-    assert out.codes.requires_grad  # the dense path's codes carry autograd
+    codes = out.codes.to_dense()
+    assert codes.count_nonzero() > 0.3 * codes.numel()
+    assert codes.requires_grad  # the dense path's codes carry autograd
     assert torch.equal(out.loss, ref.loss)
 
 
