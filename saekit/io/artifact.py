@@ -33,7 +33,8 @@ from saekit.atomic import replace_folder
 from saekit.errors import ArtifactError
 from saekit.io import convert
 from saekit.io.convert import native
-from saekit.io.convert.native import CFG_FILE, PROVENANCE_FILE, WEIGHTS_FILE, is_sae_folder, read_json
+from saekit.io.convert.common import read_json_object
+from saekit.io.convert.native import CFG_FILE, PROVENANCE_FILE, WEIGHTS_FILE, is_sae_folder
 from saekit.sae.base import SAE
 from saekit.strict import to_dict
 from saekit.version import __version__
@@ -153,7 +154,7 @@ def load_suite(folder: str | os.PathLike[str], *, device: str | torch.device = "
     index_path = folder / INDEX_FILE
     if not index_path.is_file():
         raise ArtifactError(f"{folder} is not a suite folder: it has no {INDEX_FILE}")
-    entries = read_json(index_path).get("saes")
+    entries = read_json_object(index_path).get("saes")
     if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in entries):
         raise ArtifactError(f"{index_path}: 'saes' must be a list of entries with a name")
     suite = {}

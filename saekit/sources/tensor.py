@@ -87,9 +87,7 @@ class TensorSource:
 
     def batches(self, batch_size: int, *, seed: int, start: int = 0) -> Iterator[Mapping[str, ActBatch]]:
         """Endless shuffled batches following the module's batching rule; ``start`` skips batches exactly."""
-        _check_positive(batch_size, "batch_size")
-        if start < 0:
-            raise ValueError(f"start must be >= 0, got {start}")
+        check_stream_start(batch_size, start)
         return self._batches(batch_size, seed, start)
 
     def describe(self) -> dict:
@@ -286,6 +284,13 @@ def _check_finite(rows: Tensor, where: str) -> None:
         raise DataError(
             f"{where}: {n_nan} NaN and {n_inf} inf value(s), first in row {first_bad}; activations must be finite"
         )
+
+
+def check_stream_start(batch_size: int, start: int) -> None:
+    """The arguments of a source's ``batches``: a positive batch size and a batch index from 0."""
+    _check_positive(batch_size, "batch_size")
+    if not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
 
 
 def _check_positive(value: int, name: str) -> None:

@@ -30,8 +30,8 @@ def make_optimizer(sae: SAE) -> torch.optim.Adam:
 
 def fused_supported(params: Sequence[torch.Tensor]) -> bool:
     """Whether torch's fused Adam (one kernel for every tensor's update) can run on ``params``: floating
-    point tensors on one CPU or CUDA device, each contiguous. On CPU it is several times faster than
-    the default per-tensor loop, which costs as much as the rest of a sparse TopK step at 18k latents.
+    point tensors on one CPU or CUDA device, each contiguous. It replaces the per-tensor loop, which on
+    the CPU is a large share of a sparse TopK step (measured in docs/benchmarks.md).
 
     Contiguous, because the fused kernel walks a parameter and its Adam moments as flat memory: a
     transposed parameter next to moments restored contiguous from a checkpoint got a wrong update.

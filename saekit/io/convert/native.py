@@ -15,7 +15,6 @@ writer is :mod:`saekit.io.artifact`, which also loads every other layout through
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from safetensors.torch import load_file
 
 from saekit.devices import as_dtype, resolve_device
 from saekit.errors import ArtifactError, ConfigError, UnknownArchitectureError
-from saekit.io.convert.common import peek_json_keys
+from saekit.io.convert.common import peek_json_keys, read_json_object
 from saekit.sae import registry
 from saekit.sae.base import SAE
 
@@ -71,7 +70,7 @@ def read(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") 
     cfg_path = folder / CFG_FILE
     if not cfg_path.is_file():
         raise ArtifactError(f"{folder} is not an SAE folder: it has no {CFG_FILE}")
-    cfg = read_json(cfg_path)
+    cfg = read_json_object(cfg_path)
     # The SAE starts with its initial weights; they are replaced below.
     sae = _sae_from_saekit(cfg, cfg_path) if "saekit" in cfg else _sae_from_saelens(cfg, cfg_path)
 
@@ -83,7 +82,7 @@ def read(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") 
     sae.load_state_dict(state)
     sae.metadata = _metadata_from_cfg(cfg, cfg_path)
     provenance_path = folder / PROVENANCE_FILE
-    sae.provenance = read_json(provenance_path) if provenance_path.is_file() else {}
+    sae.provenance = read_json_object(provenance_path) if provenance_path.is_file() else {}
     return sae.to(device=resolve_device(device), dtype=_dtype_of(cfg, cfg_path))
 
 
@@ -130,18 +129,6 @@ def _build(name: str, config: dict[str, Any], cfg_path: Path) -> SAE:
         raise UnknownArchitectureError(f"{cfg_path}: {exc}") from None
     except ConfigError as exc:
         raise ArtifactError(f"{cfg_path}: invalid config: {exc}") from exc
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} must hold a JSON object, found {type(data).__name__}")
-    return data
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from saekit.errors import ArtifactError, DataError
 from saekit.sources.cache.manifest import DTYPES, read_manifest
 from saekit.sources.cache.shards import checksum_problem, map_shard, size_problem
 from saekit.sources.order import seeded_generator
-from saekit.sources.tensor import _check_positive
+from saekit.sources.tensor import _check_positive, check_stream_start
 from saekit.types import ActBatch
 
 DEFAULT_WINDOW_SHARDS = 16
@@ -104,9 +104,7 @@ class CacheSource:
 
     def batches(self, batch_size: int, *, seed: int, start: int = 0) -> Iterator[Mapping[str, ActBatch]]:
         """Endless shuffled batches (module docstring); ``start`` skips batches exactly."""
-        _check_positive(batch_size, "batch_size")
-        if start < 0:
-            raise ValueError(f"start must be >= 0, got {start}")
+        check_stream_start(batch_size, start)
         return self._batches(batch_size, seed, start)
 
     def describe(self) -> dict:
