@@ -161,8 +161,8 @@ class CacheSource:
     def _plan(self, seed: int, epoch: int) -> _EpochPlan:
         key = (seed, epoch)
         if key not in self._plans:
-            # The trailing tags keep the two kinds of stream apart; never end a key with 0
-            # (SeedSequence treats trailing zeros as absent).
+            # The tags (1: the shard order, 2: a window's row order) keep the two kinds of stream apart
+            # (seeded_generator hashes the whole key, so every key is its own stream).
             order = torch.randperm(len(self.manifest.shards), generator=seeded_generator(seed, epoch, 1)).tolist()
             windows = [order[k : k + self.window_shards] for k in range(0, len(order), self.window_shards)]
             sizes = [sum(self.manifest.shards[s].rows for s in window) for window in windows]
