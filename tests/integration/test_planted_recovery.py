@@ -15,7 +15,6 @@ DATA = SyntheticSource(d=64, n_features=256, mean_active=5, seed=0)
 SPARSITY = {
     "topk": {"k": 5},
     "batch_topk": {"k": 5},
-    "mutual_choice": {"k": 5},
     "feature_choice": {"k": 5},
     # Synthetic data has no downstream gradient: the g-SAE trains with its no-gradient (TopK) rule.
     "gradient_topk": {"k": 5},
