@@ -45,9 +45,10 @@ batch 4096, 6 steps) on all 30 residual sites of SmolLM2-135M, end to end includ
 forward passes; SAELens through its own MultiSAETrainingRunner, dictionary_learning from one shared
 harvest. ``--cases none`` runs the suite alone (results to .bench-cache/suite-only.json).
 
-Duration of ``make bench`` on a quiet 2-core CPU: single-site cases ~14 min (5 cases × 3 libraries
-× 32 steps, 17 at d_sae 18432, plus ~4 s of process set-up per run), the suite ~18 min per pass
-(saekit ~2 min, SAELens ~7, dictionary_learning ~6 after the ~1.5 min preparation), so about 35 min;
+Duration of ``make bench`` on a quiet 2-core CPU (2026-12-05): single-site cases ~8 min (5 cases × 3
+libraries × 32 steps, 17 at d_sae 18432, plus ~4 s of process set-up per run), the suite ~6 min per
+pass (saekit ~1 min, SAELens and dictionary_learning ~2.5 each after the ~0.5 min preparation), so
+about 15 min;
 the first run also harvests the 135k rows (~3 min), kept for later runs.
 
 Results go to bench-results.json at the repository root: a list with one record per case and library:
