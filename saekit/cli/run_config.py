@@ -39,6 +39,7 @@ import yaml
 from saekit.errors import ConfigError
 from saekit.sae.base import SAE
 from saekit.sae.registry import build
+from saekit.sources.tensor import DEFAULT_SITE
 from saekit.strict import from_dict
 from saekit.training.config import TrainConfig
 from saekit.types import ActivationSource
@@ -165,7 +166,8 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
         sites = list(source.sites)
         if site is None and len(sites) == 1:
             site = sites[0]
-        if site not in sites and len(sites) > 1:
+        if site not in sites and (len(sites) > 1 or sites[0] != DEFAULT_SITE):
+            # (an anonymous tensor's one site cannot contradict the SAE's: see engine.assign_sites)
             raise ConfigError(f"sae.{i}: site {site!r} is not one of the data's sites {sites}")
         d_in = spec.pop("d_in", source.d_in(site if isinstance(site, str) and site in sites else sites[0]))
         init_from = spec.pop("init_from", None)

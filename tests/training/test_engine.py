@@ -257,3 +257,14 @@ def test_prepare_refuses_what_cannot_run(tmp_path):
         prepare([], SOURCE, cfg, LocalObjective(), tmp_path, False)
     with pytest.raises(ConfigError, match="checkpoint_every needs an output folder"):
         prepare(_all_architectures(), SOURCE, TrainConfig(steps=2, checkpoint_every=1, **FAST), LocalObjective(), None, False)
+
+
+def test_an_sae_is_never_trained_on_a_site_it_does_not_name():
+    """An SAE saved as layers.9 must not be trained on the layers.3 activations of a one-site source:
+    evaluation would splice it at layer 9. An anonymous tensor (site "default") cannot contradict it."""
+    sae = build("topk", d_in=16, d_sae=32, k=4, seed=0)
+    sae.metadata["site"] = "layers.9.resid_post"
+    with pytest.raises(ConfigError, match=r"has site 'layers.9.resid_post', but the activation source provides \['synthetic'\]"):
+        train(sae, SOURCE, steps=1, **FAST)
+    trained = train(sae, SOURCE.sample(256), steps=1, **FAST).sae
+    assert trained.site == "layers.9.resid_post"
