@@ -517,3 +517,35 @@ def test_training_state_stays_out_of_the_saved_weights(tmp_path):
     save_sae(sae, tmp_path / "p")
     saved = load_file(tmp_path / "p" / "sae_weights.safetensors")
     assert set(saved) == {"W_enc", "W_dec", "b_enc", "b_dec"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("W_dec", float("nan"), "W_dec holds 1 NaN or infinite value"),
+        ("b_dec", float("inf"), "b_dec holds 1 NaN or infinite value"),
+        ("threshold", float("-inf"), "threshold holds 1 NaN or infinite value"),
+        ("W_enc", "int", "W_enc is stored as torch.int32, not floating point"),
+        ("b_enc", "bool", "b_enc is stored as torch.bool, not floating point"),
+    ],
+)
+def test_weights_with_nan_inf_or_integers_are_refused_by_name(tmp_path, name, value, message):
+    folder = save_sae(build("jumprelu", d_in=4, d_sae=8, seed=0), tmp_path / "sae")
+    weights = load_file(str(folder / "sae_weights.safetensors"))
+    if value == "int":
+        weights[name] = weights[name].round().to(torch.int32)
+    elif value == "bool":
+        weights[name] = weights[name] > 0
+    else:
+        weights[name] = weights[name].clone()
+        weights[name].view(-1)[0] = value
+    save_file(weights, str(folder / "sae_weights.safetensors"))
+    with pytest.raises(ArtifactError, match=f"holds unusable weights: {message}"):
+        load_sae(folder)
+
+
+def test_an_unset_threshold_of_plus_infinity_loads(tmp_path):
+    """BatchTopK's threshold is +inf until training sets it: a fresh SAE saves and loads."""
+    sae = build("batch_topk", d_in=4, d_sae=8, k=2, seed=0)
+    assert sae.threshold.isinf().all()
+    assert load_sae(save_sae(sae, tmp_path / "sae")).threshold.isinf().all()

@@ -66,6 +66,22 @@ def check_shapes(
         raise ArtifactError(f"{path} is not a valid {what}: {'; '.join(problems)} (found: {found})")
 
 
+def weight_problems(state: Mapping[str, Tensor]) -> list[str]:
+    """What is wrong with the values of an SAE's tensors, one phrase per tensor: not floating point
+    (an int or bool tensor would be cast silently), or holding NaN or infinities. The one infinity
+    allowed is +inf in ``threshold``: a learned threshold not yet set (BatchTopK, Feature Choice)."""
+    problems = []
+    for name in sorted(state):
+        t = state[name]
+        if not t.is_floating_point():
+            problems.append(f"{name} is stored as {t.dtype}, not floating point")
+            continue
+        bad = t.isnan() | (t.isinf() & ~((t > 0) if name == "threshold" else torch.zeros_like(t, dtype=torch.bool)))
+        if bool(bad.any()):
+            problems.append(f"{name} holds {int(bad.sum())} NaN or infinite value(s)")
+    return problems
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; anything else is an ArtifactError naming the file."""
     try:
@@ -110,6 +126,8 @@ def assemble(
         cfg = registry.make_config(architecture, dims.d_in, dims.d_sae, **hparams)
     except ConfigError as exc:
         raise ArtifactError(f"{source}: the {layout} settings give no valid {architecture} SAE: {exc}") from exc
+    if problems := weight_problems(weights):
+        raise ArtifactError(f"{source}: the {layout} weights are unusable: {'; '.join(problems)}")
     dtype = weights["W_enc"].dtype
     with torch.device("meta"):
         sae = registry.get(architecture)(cfg)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from saekit.devices import as_dtype, resolve_device
 from saekit.errors import ArtifactError, ConfigError, UnknownArchitectureError
-from saekit.io.convert.common import peek_json_keys, read_json_object
+from saekit.io.convert.common import peek_json_keys, read_json_object, weight_problems
 from saekit.sae import registry
 from saekit.sae.base import SAE
 
@@ -155,6 +155,8 @@ def _check_state(sae: SAE, state: Mapping[str, torch.Tensor], path: Path) -> Non
             problems.append(f"{key} has shape {list(state[key].shape)} but the config needs {list(expected[key].shape)}")
     if problems:
         raise ArtifactError(f"{path} does not match the {sae.architecture} SAE of its cfg.json: {'; '.join(problems)}")
+    if problems := weight_problems(state):
+        raise ArtifactError(f"{path} holds unusable weights: {'; '.join(problems)}")
 
 
 def _dtype_of(cfg: dict[str, Any], cfg_path: Path) -> torch.dtype:

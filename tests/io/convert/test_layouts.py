@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 from foreign_saes import (
+    D_IN,
+    D_SAE,
     activations,
     dictionary_learning_config,
     sparsify_cfg,
@@ -112,3 +114,13 @@ def test_origin_survives_a_save_and_reload(tmp_path):
 def test_device_argument_is_honoured(tmp_path):
     write_gemma_scope(tmp_path / "g")
     assert saekit.load_sae(tmp_path / "g", device="meta").W_enc.device.type == "meta"
+
+
+def test_foreign_weights_with_nan_are_refused_by_name(tmp_path):
+    import numpy as np
+
+    bad = np.zeros((D_IN, D_SAE), dtype=np.float32)
+    bad[0, 0] = np.nan
+    write_gemma_scope(tmp_path / "gs", W_enc=bad)
+    with pytest.raises(ArtifactError, match="weights are unusable: W_enc holds 1 NaN or infinite value"):
+        read_one(tmp_path / "gs")
