@@ -73,6 +73,14 @@ class _Totals:
 
     def result(self, dense_threshold: float) -> dict[str, Any]:
         n, d_in = self.tokens, self.mean.numel()
+        if n < 2 or float(self.m2.sum()) == 0:
+            # FVU divides by the activations' total variance: with one token, or all tokens equal, it
+            # is 0 and every FVU would be NaN or infinite.
+            raise DataError(
+                f"FVU needs activations that vary: {n} token(s) read"
+                + (", all equal" if n >= 2 else "")
+                + "; evaluate on more tokens"
+            )
         frequency = self.fired.double() / n
         fvu = metrics.safe_ratio(self.sq_err, self.m2.sum())
         return {

@@ -40,7 +40,7 @@ from saekit.sources.cache import CacheSource
 from saekit.sources.prefetch import Prefetcher
 from saekit.sources.tensor import DEFAULT_SITE
 from saekit.strict import to_dict
-from saekit.training import dead
+from saekit.training import dead, health
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.logs import MetricsLog, step_records
@@ -227,8 +227,7 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
             with torch.no_grad():
                 state.saes[i].after_step(out, ctxs[i])
             dead.update_counter_(state.counters[i], out.codes)
-    if not bool(torch.stack(losses).isfinite().all()):  # one host sync per step, for all SAEs
-        _raise_non_finite(state, batch, outs, step)
+    health.check_step(state.saes, state.sites, state.scales, batch, losses, outs, step)
     if (step + 1) % cfg.log_every == 0 or step + 1 == total:
         state.records = step_records(state.saes, state.sites, [outs[i] for i in range(len(state.saes))],
                                      state.counters, window, state.optimizers, step + 1, state.rows)  # fmt: skip
@@ -357,22 +356,3 @@ def _warn_no_grad(i: int, sae: SAE) -> None:
         "(ModelSource(..., with_grads=True), or with_grads = true in a run config's [data])",
         stacklevel=5,  # the caller of train(), past train(), run() and train_step()
     )
-
-
-def _raise_non_finite(state: Run, batch: Mapping[str, ActBatch], outs: Mapping[int, LossOut], step: int) -> None:
-    for site in sorted(set(state.sites)):
-        x = batch[site].x
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            row = int(bad.any(-1).nonzero()[0])
-            raise DataError(
-                f"activations at site {site!r} contain {int(bad.sum())} NaN or inf values "
-                f"(first in row {row} of the batch at step {step})"
-            )
-    for i, sae in enumerate(state.saes):
-        if not bool(torch.isfinite(outs[i].loss.detach())):
-            raise FloatingPointError(
-                f"SAE {i} ({sae.architecture}) diverged at step {step}: loss is {float(outs[i].loss)}; "
-                "lower its learning rate (lr) or enable grad_clip"
-            )
-    raise FloatingPointError(f"a group objective's term is not finite at step {step}; lower its coefficient or the learning rates")

@@ -146,3 +146,11 @@ def test_explicit_device_leaves_the_sae_where_it_was(sae):
     result = evaluate(sae, activations(12), device="cpu")
     assert result["tokens"] == 12
     assert next(sae.parameters()).device.type == "cpu"
+
+
+def test_one_token_or_constant_activations_are_refused_instead_of_a_nan_fvu():
+    sae = build("topk", d_in=8, d_sae=16, k=2, seed=0)
+    with pytest.raises(DataError, match=r"FVU needs activations that vary: 1 token\(s\) read; evaluate on more tokens"):
+        evaluate(sae, torch.randn(1, 8))
+    with pytest.raises(DataError, match=r"4 token\(s\) read, all equal"):
+        evaluate(sae, torch.ones(4, 8))

@@ -268,3 +268,11 @@ def test_an_sae_is_never_trained_on_a_site_it_does_not_name():
         train(sae, SOURCE, steps=1, **FAST)
     trained = train(sae, SOURCE.sample(256), steps=1, **FAST).sae
     assert trained.site == "layers.9.resid_post"
+
+
+@pytest.mark.parametrize("arch", ["topk", "batch_topk"])
+def test_a_run_that_diverges_to_finite_garbage_stops_with_the_sae_named(arch):
+    """lr = 1e6 used to train on to an FVU of 1e29 without a word: every loss stayed finite."""
+    sae = build(arch, d_in=16, d_sae=32, seed=0, lr=1e6)
+    with pytest.raises(FloatingPointError, match=rf"SAE 0 \({arch}\) diverged at step \d+: its reconstruction error is .* times the energy"):
+        train(sae, SOURCE, steps=50, **FAST)

@@ -1,0 +1,70 @@
+"""A training step's numbers checked once per step, with one host synchronisation for all SAEs: a
+non-finite loss or activation, and a divergence that stays finite, stop the run with the culprit named."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from saekit.errors import DataError
+from saekit.sae.base import SAE
+from saekit.types import ActBatch, LossOut
+
+DIVERGED_MSE = 100.0
+"""A step whose reconstruction error is this many times the batch's own energy (mean ||x||², the error of
+reconstructing nothing) has diverged, finite or not: the run stops instead of training on to FVU 1e29."""
+
+
+def check_step(
+    saes: Sequence[SAE],
+    sites: Sequence[str],
+    scales: Mapping[str, float],
+    batch: Mapping[str, ActBatch],
+    losses: Sequence[Tensor],
+    outs: Mapping[int, LossOut],
+    step: int,
+) -> None:
+    """Raise if a unit's loss is not finite, or an SAE's reconstruction error (``terms["mse"]``, in
+    normalised units) exceeds :data:`DIVERGED_MSE` times the energy of its input rows."""
+    mses = torch.stack([outs[i].terms["mse"].float() for i in range(len(saes))])
+    energy = energies(sites, scales, batch).to(mses.device, non_blocking=True)
+    finite = torch.stack(list(losses)).isfinite().all()
+    if bool(finite & (mses <= DIVERGED_MSE * energy).all()):
+        return
+    if not bool(finite):
+        _raise_non_finite(saes, sites, batch, outs, step)
+    i = int((mses / energy.clamp_min(1e-30)).argmax())
+    raise FloatingPointError(
+        f"SAE {i} ({saes[i].architecture}) diverged at step {step}: its reconstruction error is "
+        f"{float(mses[i]):.3g}, {float(mses[i] / energy[i].clamp_min(1e-30)):.3g} times the energy of the activations "
+        "it reconstructs; lower its learning rate (lr) or enable grad_clip"
+    )
+
+
+def energies(sites: Sequence[str], scales: Mapping[str, float], batch: Mapping[str, ActBatch]) -> Tensor:
+    """[n_saes] the mean squared norm of each SAE's input rows in the batch, in normalised units."""
+    per_site = {site: batch[site].x.float().pow(2).sum(-1).mean() * scales[site] ** 2 for site in set(sites)}
+    return torch.stack([per_site[site] for site in sites])
+
+
+def _raise_non_finite(
+    saes: Sequence[SAE], sites: Sequence[str], batch: Mapping[str, ActBatch], outs: Mapping[int, LossOut], step: int
+) -> None:
+    for site in sorted(set(sites)):
+        x = batch[site].x
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            row = int(bad.any(-1).nonzero()[0])
+            raise DataError(
+                f"activations at site {site!r} contain {int(bad.sum())} NaN or inf values "
+                f"(first in row {row} of the batch at step {step})"
+            )
+    for i, sae in enumerate(saes):
+        if not bool(torch.isfinite(outs[i].loss.detach())):
+            raise FloatingPointError(
+                f"SAE {i} ({sae.architecture}) diverged at step {step}: loss is {float(outs[i].loss.detach())}; "
+                "lower its learning rate (lr) or enable grad_clip"
+            )
+    raise FloatingPointError(f"a group objective's term is not finite at step {step}; lower its coefficient or the learning rates")
