@@ -94,6 +94,8 @@ class Run:
     rows: int = 0
     """Activation rows per step, as the stream delivers them (e2e rounds up to whole contexts)."""
     records: list[dict[str, Any]] = field(default_factory=list)
+    energy: torch.Tensor | None = None
+    """[n_saes] energy of each SAE's input rows in the run's first step: the yardstick of divergence."""
     log: MetricsLog | None = None
     bar: Any = None
 
@@ -227,7 +229,9 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
             with torch.no_grad():
                 state.saes[i].after_step(out, ctxs[i])
             dead.update_counter_(state.counters[i], out.codes)
-    health.check_step(state.saes, state.sites, state.scales, batch, losses, outs, step)
+    if state.energy is None:
+        state.energy = health.energies(state.sites, state.scales, batch)
+    health.check_step(state.saes, state.sites, batch, losses, outs, step, state.energy)
     if (step + 1) % cfg.log_every == 0 or step + 1 == total:
         state.records = step_records(state.saes, state.sites, [outs[i] for i in range(len(state.saes))],
                                      state.counters, window, state.optimizers, step + 1, state.rows)  # fmt: skip

@@ -13,23 +13,26 @@ from saekit.sae.base import SAE
 from saekit.types import ActBatch, LossOut
 
 DIVERGED_MSE = 100.0
-"""A step whose reconstruction error is this many times the batch's own energy (mean ||x||², the error of
-reconstructing nothing) has diverged, finite or not: the run stops instead of training on to FVU 1e29."""
+"""A step whose reconstruction error is this many times the energy of the SAE's input rows (mean ||x||²,
+the error of reconstructing nothing) has diverged, finite or not: the run stops instead of training on
+to FVU 1e29."""
 
 
 def check_step(
     saes: Sequence[SAE],
     sites: Sequence[str],
-    scales: Mapping[str, float],
     batch: Mapping[str, ActBatch],
     losses: Sequence[Tensor],
     outs: Mapping[int, LossOut],
     step: int,
+    energy: Tensor,
 ) -> None:
     """Raise if a unit's loss is not finite, or an SAE's reconstruction error (``terms["mse"]``, in
-    normalised units) exceeds :data:`DIVERGED_MSE` times the energy of its input rows."""
+    normalised units) exceeds :data:`DIVERGED_MSE` times ``energy`` ([n_saes], :func:`energies` of a
+    batch of the run: batches differ far less than the factor, and measuring one batch keeps the check
+    free)."""
     mses = torch.stack([outs[i].terms["mse"].float() for i in range(len(saes))])
-    energy = energies(sites, scales, batch).to(mses.device, non_blocking=True)
+    energy = energy.to(mses.device, non_blocking=True)
     finite = torch.stack(list(losses)).isfinite().all()
     if bool(finite & (mses <= DIVERGED_MSE * energy).all()):
         return
