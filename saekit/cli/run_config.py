@@ -39,7 +39,7 @@ import yaml
 from saekit.errors import ConfigError
 from saekit.sae.base import SAE
 from saekit.sae.registry import build
-from saekit.sources.tensor import DEFAULT_SITE
+from saekit.sources.tensor import site_to_read
 from saekit.strict import from_dict
 from saekit.training.config import TrainConfig
 from saekit.types import ActivationSource
@@ -164,12 +164,11 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
         site = spec.pop("site", None)
         seed = spec.pop("seed", i)
         sites = list(source.sites)
-        if site is None and len(sites) == 1:
-            site = sites[0]
-        if site not in sites and (len(sites) > 1 or sites[0] != DEFAULT_SITE):
-            # (an anonymous tensor's one site cannot contradict the SAE's: see engine.assign_sites)
+        read = site_to_read(site, sites)  # the engine's rule (engine.assign_sites), named here by table
+        if read is None:
             raise ConfigError(f"sae.{i}: site {site!r} is not one of the data's sites {sites}")
-        d_in = spec.pop("d_in", source.d_in(site if isinstance(site, str) and site in sites else sites[0]))
+        site = read if site is None else site
+        d_in = spec.pop("d_in", source.d_in(read))
         init_from = spec.pop("init_from", None)
         try:
             sae = build(architecture, d_in=d_in, seed=seed, **spec) if init_from is None else _load_start(init_from, architecture, spec)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
@@ -284,6 +284,17 @@ def _check_finite(rows: Tensor, where: str) -> None:
         raise DataError(
             f"{where}: {n_nan} NaN and {n_inf} inf value(s), first in row {first_bad}; activations must be finite"
         )
+
+
+def site_to_read(claimed: str | None, sites: Sequence[str]) -> str | None:
+    """The site of ``sites`` an SAE that claims site ``claimed`` (None: no claim) reads, or None when
+    the data does not provide it. A one-site source feeds an SAE without a claim, and any SAE when
+    that site is an anonymous tensor's (``DEFAULT_SITE``: the data cannot contradict the claim)."""
+    if claimed is not None and claimed in sites:
+        return claimed
+    if len(sites) == 1 and (claimed is None or sites[0] == DEFAULT_SITE):
+        return sites[0]
+    return None
 
 
 def check_stream_start(batch_size: int, start: int) -> None:

@@ -38,7 +38,7 @@ from saekit.errors import ConfigError, DataError
 from saekit.sae.base import SAE
 from saekit.sources.cache import CacheSource
 from saekit.sources.prefetch import Prefetcher
-from saekit.sources.tensor import DEFAULT_SITE
+from saekit.sources.tensor import site_to_read
 from saekit.strict import to_dict
 from saekit.training import dead, health
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
@@ -279,18 +279,13 @@ def finalise(state: Run) -> TrainResult:
 
 
 def assign_sites(saes: Sequence[SAE], source: ActivationSource) -> list[str]:
-    """The source site each SAE reads: the one its ``site`` names. An SAE without a site reads a
-    one-site source's site, and so does any SAE when that site is an anonymous tensor's
-    (``DEFAULT_SITE``: the data cannot contradict the SAE's claim). An SAE whose site the source does
-    not provide is refused: it would be trained on one site and saved as another."""
+    """The source site each SAE reads (:func:`saekit.sources.tensor.site_to_read`). An SAE whose site
+    the source does not provide is refused: it would be trained on one site and saved as another."""
     sites = tuple(source.sites)
     assigned = []
     for i, sae in enumerate(saes):
-        if sae.site is not None and sae.site in sites:
-            site = sae.site
-        elif len(sites) == 1 and (sae.site is None or sites[0] == DEFAULT_SITE):
-            site = sites[0]
-        else:
+        site = site_to_read(sae.site, sites)
+        if site is None:
             raise ConfigError(
                 f"SAE {i} ({sae.architecture}) has site {sae.site!r}, but the activation source provides {list(sites)}"
             )
