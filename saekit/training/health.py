@@ -3,6 +3,7 @@ non-finite loss or activation, and a divergence that stays finite, stop the run 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor
 
 from saekit.errors import DataError
 from saekit.sae.base import SAE
+from saekit.training.normalise import OUTLIER_NORM
 from saekit.types import ActBatch, LossOut
 
 DIVERGED_MSE = 100.0
@@ -36,8 +38,9 @@ def check_step(
     finite = torch.stack(list(losses)).isfinite().all()
     if bool(finite & (mses <= DIVERGED_MSE * energy).all()):
         return
+    _raise_bad_rows(sites, batch, step)
     if not bool(finite):
-        _raise_non_finite(saes, sites, batch, outs, step)
+        _raise_non_finite(saes, outs, step)
     i = int((mses / energy.clamp_min(1e-30)).argmax())
     raise FloatingPointError(
         f"SAE {i} ({saes[i].architecture}) diverged at step {step}: its reconstruction error is "
@@ -52,9 +55,10 @@ def energies(sites: Sequence[str], scales: Mapping[str, float], batch: Mapping[s
     return torch.stack([per_site[site] for site in sites])
 
 
-def _raise_non_finite(
-    saes: Sequence[SAE], sites: Sequence[str], batch: Mapping[str, ActBatch], outs: Mapping[int, LossOut], step: int
-) -> None:
+def _raise_bad_rows(sites: Sequence[str], batch: Mapping[str, ActBatch], step: int) -> None:
+    """The data's fault before the learning rate's: a NaN or infinite activation, or an outlier row
+    (:data:`~saekit.training.normalise.OUTLIER_NORM` times the batch's median norm) that no learning rate
+    reconstructs."""
     for site in sorted(set(sites)):
         x = batch[site].x
         bad = ~torch.isfinite(x)
@@ -64,6 +68,18 @@ def _raise_non_finite(
                 f"activations at site {site!r} contain {int(bad.sum())} NaN or inf values "
                 f"(first in row {row} of the batch at step {step})"
             )
+        sq = x.double().pow(2).sum(-1)
+        median = float(sq.median())
+        row = int(sq.argmax())
+        if median > 0 and float(sq[row]) > OUTLIER_NORM**2 * median:
+            raise DataError(
+                f"activations at site {site!r}: row {row} of the batch at step {step} has norm "
+                f"{math.sqrt(float(sq[row])):.3g}, {math.sqrt(float(sq[row]) / median):.3g} times the batch's median norm; "
+                "an outlier this large dominates training: remove it from the data"
+            )
+
+
+def _raise_non_finite(saes: Sequence[SAE], outs: Mapping[int, LossOut], step: int) -> None:
     for i, sae in enumerate(saes):
         if not bool(torch.isfinite(outs[i].loss.detach())):
             raise FloatingPointError(

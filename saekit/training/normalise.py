@@ -18,25 +18,49 @@ from saekit.sae import functional as F
 from saekit.sae.base import SAE
 from saekit.types import ActivationSource
 
+OUTLIER_NORM = 1000.0
+"""A row whose norm is this many times the median norm is an outlier: real models' largest activations
+(attention sinks, "massive activations") stay within a few hundred times the median, while one corrupted
+row of norm 1e6 would set the normalisation alone and scale every other row to about zero."""
+
 
 @torch.no_grad()
 def estimate_scales(source: ActivationSource, sites: set[str], batch_size: int, seed: int, n_tokens: int) -> dict[str, float]:
-    """Per site, the factor s with E||s·x||² = 1 over the stream's first ``n_tokens`` rows (at least one batch)."""
-    sums = dict.fromkeys(sites, 0.0)
+    """Per site, the factor s with E||s·x||² = 1 over the stream's first ``n_tokens`` rows (at least one
+    batch). A row :data:`OUTLIER_NORM` times the median norm or more is refused by its stream position,
+    since it would decide the factor alone; so is a site whose rows are all zero."""
+    sq_norms: dict[str, list[torch.Tensor]] = {site: [] for site in sites}
     count = 0
     for batch in source.batches(batch_size, seed=seed, start=0):
         for site in sites:
             x = batch[site].x.double()
             if not torch.isfinite(x).all():
                 raise DataError(f"activations at site {site!r} contain NaN or inf")
-            sums[site] += float(x.pow(2).sum())
+            sq_norms[site].append(x.pow(2).sum(-1))
         count += batch[next(iter(sites))].x.shape[0]
         if count >= n_tokens:
             break
-    for site, total in sums.items():
-        if total <= 0:
+    scales = {}
+    for site in sorted(sites):
+        sq = torch.cat(sq_norms[site])
+        if float(sq.sum()) <= 0:
             raise DataError(f"activations at site {site!r} are all zero; cannot normalise them")
-    return {site: math.sqrt(count / total) for site, total in sums.items()}
+        _refuse_outliers(site, sq)
+        scales[site] = math.sqrt(sq.numel() / float(sq.sum()))
+    return scales
+
+
+def _refuse_outliers(site: str, sq: torch.Tensor) -> None:
+    median = float(sq.median())
+    bad = (sq > OUTLIER_NORM**2 * median).nonzero().flatten() if median > 0 else sq.new_zeros(0, dtype=torch.long)
+    if bad.numel():
+        row = int(bad[sq[bad].argmax()])
+        raise DataError(
+            f"activations at site {site!r}: row {row} of the stream has norm {math.sqrt(float(sq[row])):.3g}, "
+            f"{math.sqrt(float(sq[row]) / median):.3g} times the median norm {math.sqrt(median):.3g} of the first "
+            f"{sq.numel()} rows ({bad.numel()} such row(s)); an outlier this large would set the normalisation and "
+            f"dominate training: remove rows with norm above {OUTLIER_NORM * math.sqrt(median):.3g} from the data"
+        )
 
 
 @torch.no_grad()
