@@ -282,6 +282,17 @@ def _check_all_ran(names: list[str], captured: dict[str, Tensor]) -> None:
 
 def _check_tokens(model: nn.Module, tokens: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """Validate token ids [batch, positions] and move them (and the mask) to the embedding's device."""
+    embedding = check_token_ids(model, tokens)
+    if attention_mask is not None and attention_mask.shape != tokens.shape:
+        raise DataError(f"attention_mask shape {tuple(attention_mask.shape)} differs from tokens shape {tuple(tokens.shape)}")
+    device = embedding.weight.device
+    return tokens.to(device), None if attention_mask is None else attention_mask.to(device)
+
+
+def check_token_ids(model: nn.Module, tokens: Tensor) -> nn.Embedding:
+    """Refuse anything but integer token ids [batch, positions] within ``model``'s vocabulary; return its
+    token embedding. Sources check their whole token set with it up front, so that a bad id is named
+    before the first forward pass, not hours into a run."""
     if not isinstance(tokens, Tensor):
         raise DataError(f"tokens must be a tensor of token ids, got {type(tokens).__name__}")
     if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
@@ -296,7 +307,4 @@ def _check_tokens(model: nn.Module, tokens: Tensor, attention_mask: Tensor | Non
     low, high = int(tokens.min()), int(tokens.max())
     if low < 0 or high >= vocab:
         raise DataError(f"token ids must be in [0, {vocab}), got values in [{low}, {high}]")
-    if attention_mask is not None and attention_mask.shape != tokens.shape:
-        raise DataError(f"attention_mask shape {tuple(attention_mask.shape)} differs from tokens shape {tuple(tokens.shape)}")
-    device = embedding.weight.device
-    return tokens.to(device), None if attention_mask is None else attention_mask.to(device)
+    return embedding

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from saekit.errors import ConfigError, DataError
 from saekit.models.load import LoadedModel, as_module
-from saekit.sources.hf import collect_activations, collect_activations_and_grads
+from saekit.sources.hf import check_token_ids, collect_activations, collect_activations_and_grads
 from saekit.sources.order import EpochOrder, seeded_generator
 from saekit.sources.sites import resolve_sites
 from saekit.types import ActBatch
@@ -67,6 +67,7 @@ class ModelSource:
     ) -> None:
         if tokens.ndim != 2 or tokens.dtype not in (torch.int32, torch.int64):
             raise DataError(f"tokens must be an integer tensor [n_seqs, context], got {tuple(tokens.shape)} {tokens.dtype}")
+        check_token_ids(as_module(model), tokens)
         if not 0 <= skip_positions < tokens.shape[1]:
             raise ConfigError(f"skip_positions must be in 0..{tokens.shape[1] - 1}, got {skip_positions}")
         if chunk_seqs <= 0 or forward_batch <= 0:

@@ -89,3 +89,14 @@ def test_trains_from_the_live_model(model, tokens):
 def test_bad_tokens_are_named(model):
     with pytest.raises(DataError, match="integer tensor"):
         ModelSource(model, torch.zeros(3, 4), "layers.0.resid_post")
+
+
+def test_a_token_id_beyond_the_vocabulary_is_named_before_the_first_forward_pass(model, tokens):
+    """An id in the last context used to surface only when the stream reached its chunk, hours in."""
+    bad = tokens.clone()
+    bad[-1, 4] = VOCAB + 7
+    with pytest.raises(DataError, match=rf"token ids must be in \[0, {VOCAB}\), got values in \[0, {VOCAB + 7}\]"):
+        _source(model, bad)
+    bad[-1, 4] = -1
+    with pytest.raises(DataError, match=r"got values in \[-1, "):
+        _source(model, bad)
