@@ -78,8 +78,10 @@ class TextConfig:
 def load_texts(corpus: str | os.PathLike[str] = "sotu", *, split: Split = "all", text_field: str = "text") -> list[str]:
     """The documents of ``corpus`` in a fixed order, restricted to ``split`` (see the module docstring)."""
     name = os.fspath(corpus)
-    docs = _read_sotu() if name == "sotu" else _read_path(Path(name).expanduser(), text_field)
-    return split_texts([d for d in docs if d.strip()], split)
+    docs = [d for d in (_read_sotu() if name == "sotu" else _read_path(Path(name).expanduser(), text_field)) if d.strip()]
+    if not docs:
+        raise DataError(f"corpus {name} holds no documents with text")
+    return split_texts(docs, split)
 
 
 def held_out_indices(n_docs: int, test_fraction: float = TEST_FRACTION) -> frozenset[int]:
@@ -203,7 +205,7 @@ def _read_path(path: Path, text_field: str) -> list[str]:
             raise ConfigError(f"{path} is a DatasetDict; give one of its split folders: {splits}")
         if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
             return _read_saved_dataset(path, text_field)
-        files = sorted((p for p in path.rglob("*.txt") if p.is_file()), key=lambda p: p.relative_to(path).parts)
+        files = sorted((p for p in path.rglob("*.txt") if not p.is_dir()), key=lambda p: p.relative_to(path).parts)
         if not files:
             raise ConfigError(f"corpus folder {path} has no .txt files and is not a datasets.save_to_disk folder")
         return [_read_txt(f) for f in files]
@@ -223,22 +225,34 @@ def _read_txt(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _read_jsonl(path: Path, text_field: str) -> list[str]:
     docs = []
-    with path.open(encoding="utf-8") as lines:
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise DataError(f"{path}:{lineno}: no string field {text_field!r}")
-            docs.append(record[text_field])
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for lineno, line in enumerate(lines, 1):
+                if line.strip():
+                    docs.append(_jsonl_text(line, text_field, f"{path}:{lineno}"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason})") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return docs
+
+
+def _jsonl_text(line: str, text_field: str, where: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not valid JSON ({exc.msg})") from exc
+    except RecursionError as exc:
+        raise DataError(f"{where}: not valid JSON (nested too deeply)") from exc
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        raise DataError(f"{where}: no string field {text_field!r}")
+    return record[text_field]
 
 
 def _read_parquet(path: Path, text_field: str) -> list[str]:

@@ -241,3 +241,18 @@ def test_text_config_is_documented_strict_and_feeds_pack_tokens(tmp_path):
     test_cfg = dataclasses.replace(cfg, split="test", n_tokens=None)
     test_rows = tokens_from_config(test_cfg, word_tokenizer(documents(100, 3)))
     assert set(rows[:, 1:].flatten().tolist()).isdisjoint(set(test_rows[:, 1:].flatten().tolist()) - {EOS})
+
+
+def test_unreadable_corpora_are_named(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match=r"corpus .*empty.jsonl holds no documents with text"):
+        load_texts(empty)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"text": "fine"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataError, match=r"deep.jsonl:2: not valid JSON \(nested too deeply\)"):
+        load_texts(deep)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin.jsonl is not UTF-8 text"):
+        load_texts(latin)
