@@ -62,15 +62,24 @@ def load_result(cls: type[T], folder: str | os.PathLike[str]) -> T:
             raise ArtifactError(f"{path} is missing: {folder} is not a saved analysis result")
     try:
         payload = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON, not UTF-8, nested too deeply
         raise ArtifactError(f"{json_path} is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict) or "fields" not in payload:
+        raise ArtifactError(f"{json_path} is not a saved analysis result (no 'kind' and 'fields')")
     if payload.get("kind") != cls.__name__:
         raise ArtifactError(f"{folder} holds a {payload.get('kind')!r}, not a {cls.__name__}")
     try:
         arrays = load_file(str(arrays_path))
     except Exception as exc:  # safetensors raises its own error types for truncated files
         raise ArtifactError(f"cannot read {arrays_path}: {exc}") from exc
-    return _build(cls, payload["fields"], "", arrays)
+    try:
+        return _build(cls, payload["fields"], "", arrays)
+    except _Mismatch as exc:
+        raise ArtifactError(f"{json_path} does not hold a {cls.__name__}: {exc}") from exc
+
+
+class _Mismatch(Exception):
+    """A stored value that does not fit the field's annotation (caught once, with the file named)."""
 
 
 def _split(obj: Any, prefix: str, arrays: dict[str, Tensor]) -> Any:
@@ -92,7 +101,11 @@ def _split(obj: Any, prefix: str, arrays: dict[str, Tensor]) -> Any:
 
 def _build(annotation: Any, value: Any, prefix: str, arrays: dict[str, Tensor]) -> Any:
     if isinstance(value, dict) and set(value) == {"__tensor__"}:
+        if value["__tensor__"] not in arrays:
+            raise _Mismatch(f"tensor {value['__tensor__']!r} is not in {ARRAYS_NAME}")
         return arrays[value["__tensor__"]]
+    if annotation is Tensor:
+        raise _Mismatch(f"field {prefix.rstrip('.')!r} should be a tensor, got {type(value).__name__}")
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -100,10 +113,14 @@ def _build(annotation: Any, value: Any, prefix: str, arrays: dict[str, Tensor]) 
         return value if value is None else _build(candidates[0], value, prefix, arrays)
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         hints = typing.get_type_hints(annotation)
-        return annotation(**{f.name: _build(hints[f.name], value[f.name], f"{prefix}{f.name}.", arrays) for f in dataclasses.fields(annotation) if f.init})
+        names = [f.name for f in dataclasses.fields(annotation) if f.init]
+        _check_record(value, names, prefix)
+        return annotation(**{n: _build(hints[n], value[n], f"{prefix}{n}.", arrays) for n in names})
     if isinstance(annotation, type) and _is_named_tuple(annotation):
         hints = typing.get_type_hints(annotation)
-        return annotation(**{n: _build(hints.get(n, Any), value[n], f"{prefix}{n}.", arrays) for n in cast(Any, annotation)._fields})
+        names = list(cast(Any, annotation)._fields)
+        _check_record(value, names, prefix)
+        return annotation(**{n: _build(hints.get(n, Any), value[n], f"{prefix}{n}.", arrays) for n in names})
     if origin is dict and isinstance(value, dict):
         inner = args[1] if len(args) == 2 else Any
         return {k: _build(inner, v, f"{prefix}{k}.", arrays) for k, v in value.items()}
@@ -112,6 +129,15 @@ def _build(annotation: Any, value: Any, prefix: str, arrays: dict[str, Tensor]) 
         items = [_build(inner, v, f"{prefix}{i}.", arrays) for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     return value
+
+
+def _check_record(value: Any, names: list[str], prefix: str) -> None:
+    where = repr(prefix.rstrip(".")) if prefix else "the top level"
+    if not isinstance(value, dict):
+        raise _Mismatch(f"{where} should be a table of fields, got {type(value).__name__}")
+    missing = [n for n in names if n not in value]
+    if missing:
+        raise _Mismatch(f"{where} lacks the field(s) {', '.join(missing)}")
 
 
 def _is_named_tuple(cls: type) -> bool:
