@@ -123,10 +123,15 @@ def _from_pretrained(source: str | Path, name: str, device: torch.device | None,
         from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
     except ImportError as exc:
         raise ConfigError("loading a language model needs transformers: pip install transformers") from exc
+    from safetensors import SafetensorError
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = cast(PreTrainedModel, AutoModelForCausalLM.from_pretrained(source, dtype=dtype))
-    except OSError as exc:
+    # What transformers raises for a folder it cannot use: missing or unreadable files (OSError), an
+    # unknown model type or bad config values (ValueError, KeyError), weights of the wrong shape
+    # (RuntimeError), a truncated safetensors file (SafetensorError).
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         where = "folder" if isinstance(source, Path) else "hub id (needs network access unless already in the HF cache)"
         raise ArtifactError(f"could not load model {name!r} as a {where}: {exc}") from exc
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:

@@ -66,6 +66,25 @@ def test_missing_folders_and_non_model_folders_are_named_in_the_error(tmp_path):
         load_model(tmp_path / "empty", dtype="int8")
 
 
+def test_broken_model_folders_are_artifact_errors_naming_the_folder(tmp_path):
+    """A truncated weights file, an unknown model type, weights of another shape: transformers' own
+    exceptions (SafetensorError, ValueError, RuntimeError) come out as one ArtifactError."""
+    import json
+
+    write_tiny_model(tmp_path / "truncated")
+    weights = tmp_path / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    write_tiny_model(tmp_path / "unknown-type")
+    config = tmp_path / "unknown-type" / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"model_type": "no-such-model"}))
+    write_tiny_model(tmp_path / "other-shape")
+    config = tmp_path / "other-shape" / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"hidden_size": 32}))
+    for name in ("truncated", "unknown-type", "other-shape"):
+        with pytest.raises(ArtifactError, match=rf"could not load model '.*{name}' as a folder"):
+            load_model(tmp_path / name)
+
+
 def test_an_unknown_hub_id_offline_is_an_artifact_error(monkeypatch):
     import huggingface_hub.constants
 
