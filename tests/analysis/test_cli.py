@@ -69,3 +69,13 @@ def test_steer_command(tiny, tmp_path, capsys):
     assert main(["analyse", "steer", "--model", str(tiny / "model"), "--sae", str(tiny / "sae0"), "--feature", "3", "--prompt", "a mat",
                  "--max-new-tokens", "2", "--reference-tokens", "0", "--out", str(tmp_path / "f")]) == 0  # fmt: skip
     assert main(["analyse", "steer", "--model", str(tiny / "model"), "--site", "layers.0.resid_post", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_seeds_options_that_only_training_uses_are_refused_without_train(tiny, tmp_path, capsys):
+    saes = [str(tiny / "sae0"), str(tiny / "sae1")]
+    assert main(["analyse", "seeds", *saes, "--d-sae", "64", "--model", "other", "--out", str(tmp_path / "s")]) == 2
+    assert "--d-sae, --model have no effect without --train" in capsys.readouterr().err
+    assert main(["analyse", "seeds", "--train", *saes, "--site", "layers.0.resid_post", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "--train trains new SAEs; the SAE folders given" in err and "would be ignored" in err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()

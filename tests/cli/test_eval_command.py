@@ -63,3 +63,31 @@ def test_eval_on_an_activation_file_keeps_working(suite, tmp_path):
     assert main(["eval", str(folder / "a"), "--data", str(tmp_path / "acts.npy"), "--out", str(tmp_path / "r")]) == 0
     (row,) = json.loads((tmp_path / "r" / "results.json").read_text())
     assert row["tokens"] == 256 and "delta_ce" not in row
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--batch-size", "-3"], "argument --batch-size: expected a positive integer, got -3"),
+        (["--tokens", "many"], "argument --tokens: expected a positive integer, got 'many'"),
+        (["--skip-positions", "-1"], "argument --skip-positions: expected an integer of 0 or more, got -1"),
+    ],
+)
+def test_impossible_numbers_are_refused_when_parsed(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", str(tmp_path), *extra])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_options_the_chosen_mode_ignores_are_refused(suite, tmp_path, capsys):
+    """--batch-size or --device with --data used to be ignored without a word; so was --max-tokens
+    on a model."""
+    import numpy as np
+
+    folder, _, _ = suite
+    np.save(tmp_path / "acts.npy", np.ones((16, 16), "float32"))
+    assert main(["eval", str(folder / "a"), "--data", str(tmp_path / "acts.npy"), "--batch-size", "3", "--device", "cpu"]) == 2
+    assert "--batch-size, --device have no effect with --data (activation metrics only)" in capsys.readouterr().err
+    assert main(["eval", str(folder / "a"), "--max-tokens", "5"]) == 2
+    assert "--max-tokens has no effect without --data" in capsys.readouterr().err
+    assert not (folder / "a" / "eval").exists()

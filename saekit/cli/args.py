@@ -1,0 +1,38 @@
+"""What every command's arguments share: number types that refuse impossible values at parse time, and
+the refusal of options that the chosen mode would ignore (an unused setting is an error, never a no-op)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from saekit.errors import ConfigError
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    return _int_at_least(text, 0, "an integer of 0 or more")
+
+
+def _int_at_least(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    return value
+
+
+def refuse_unused(args: argparse.Namespace, parser: argparse.ArgumentParser, names: Sequence[str], why: str) -> None:
+    """Raise if any option ``names`` (destinations) was set to other than its default: ``why`` says when
+    they are unused, e.g. "with --data"."""
+    values = vars(args)
+    given = [f"--{n.replace('_', '-')}" for n in names if values[n] != parser.get_default(n)]
+    if given:
+        raise ConfigError(f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no effect {why}; leave {'it' if len(given) == 1 else 'them'} out")
