@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from saekit.analysis.matching import assign, paired_cosine, squared_distance_matrix
 from saekit.analysis.store import Stored, cpu_float
+from saekit.atomic import write_file
 from saekit.errors import DataError
 from saekit.eval.downstream import downstream_metrics_many
 from saekit.eval.metrics import fvu
@@ -187,7 +188,7 @@ class CrossLayerResult(Stored):
         right.set_ylabel("FVU of layer t+1")
         right.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=120))
         plt.close(fig)
         return Path(path)
 

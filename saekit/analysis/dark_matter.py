@@ -43,6 +43,7 @@ from saekit.analysis.acts import encode_rows
 from saekit.analysis.pursuit import gradient_pursuit
 from saekit.analysis.regression import AffineMap, Split, design, fit_affine, r2_per_dim, r2_pooled, split_tokens
 from saekit.analysis.store import Stored, cpu_float
+from saekit.atomic import write_file
 from saekit.errors import DataError
 from saekit.eval.plots import pyplot
 from saekit.models.load import LoadedModel, as_module
@@ -174,7 +175,7 @@ class DarkMatterResult(Stored):
         right.set_xlabel("R² of the error, per dimension")
         right.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=120))
         plt.close(fig)
         return Path(path)
 

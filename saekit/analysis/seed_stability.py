@@ -25,6 +25,7 @@ from torch import Tensor
 
 from saekit.analysis.matching import match_cosine, paired_cosine, similarity_stats
 from saekit.analysis.store import Stored, cpu_float
+from saekit.atomic import write_file
 from saekit.errors import DataError
 from saekit.eval.plots import pyplot
 from saekit.sae.base import SAE
@@ -104,7 +105,7 @@ class SeedStabilityResult(Stored):
         ax.set_ylabel("fraction of latents")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=120))
         plt.close(fig)
         return Path(path)
 

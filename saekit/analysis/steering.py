@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from saekit.analysis.matching import unit_rows
 from saekit.analysis.pursuit import signed_pursuit
 from saekit.analysis.store import Stored, cpu_float
+from saekit.atomic import write_file
 from saekit.errors import DataError
 from saekit.eval.plots import pyplot
 from saekit.models.load import LoadedModel, as_module
@@ -137,7 +138,7 @@ class Decomposition(Stored):
         right.set_title("top latents of f(v) and their value in f(0)")
         right.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=120))
         plt.close(fig)
         return Path(path)
 

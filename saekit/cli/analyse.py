@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from saekit.atomic import write_file, write_text
 from saekit.cli.args import non_negative_int, positive_int, refuse_unused
 from saekit.errors import ConfigError
 
@@ -285,9 +286,9 @@ def _steer(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
-    save_file({"vector": vector.detach().float().cpu().contiguous()}, str(out / "vector.safetensors"))
+    write_file(out / "vector.safetensors", lambda tmp: save_file({"vector": vector.detach().float().cpu().contiguous()}, str(tmp)))
     dicts = [dataclasses.asdict(e) for e in effects]
-    (out / "steering.json").write_text(json.dumps(dicts, indent=2) + "\n", encoding="utf-8")
+    write_text(out / "steering.json", json.dumps(dicts, indent=2) + "\n")
     if result is not None:
         result.steering = dicts
         result.save(out)

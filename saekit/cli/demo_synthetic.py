@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from saekit.atomic import write_file
 from saekit.eval.evaluate import evaluate
 from saekit.eval.plots import pyplot
 from saekit.eval.recovery import feature_recovery
@@ -81,6 +82,6 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
     ax_rec.bar([r["name"] for r in rows], [r["recovered"] for r in rows])
     ax_rec.set(ylabel="fraction of true features recovered (cos >= 0.9)", ylim=(0, 1), title="Feature recovery")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=120))
     plt.close(fig)
     return path

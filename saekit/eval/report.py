@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from saekit.atomic import write_text
 from saekit.eval.table import markdown_table
 
 
@@ -30,10 +31,10 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows, columns)
     drawn = [p for p in plots if p is not None]
-    (out / "results.json").write_text(json.dumps(list(rows), indent=2) + "\n")
+    write_text(out / "results.json", json.dumps(list(rows), indent=2) + "\n")
     images = "".join(f"\n![{p.stem}]({_relative(p, out)})\n" for p in drawn)
     listed = "".join(f"- {label}: [{_relative(Path(p), out)}]({_relative(Path(p), out)})\n" for label, p in (links or {}).items())
-    (out / "report.md").write_text(f"# {title}\n\n{intro}\n\n{table}\n{images}" + (f"\n{listed}" if listed else ""))
+    write_text(out / "report.md", f"# {title}\n\n{intro}\n\n{table}\n{images}" + (f"\n{listed}" if listed else ""))
     print("\n" + table + "\n")
     print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
     for p in drawn:

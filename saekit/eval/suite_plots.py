@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from saekit.atomic import write_file
 from saekit.eval.plots import pyplot
 
 Row = dict[str, Any]
@@ -34,7 +35,7 @@ def _grid(plt: Any, n: int, width: float = 3.6, height: float = 3.0) -> tuple[An
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=110))
     plt.close(fig)
     return path
 
