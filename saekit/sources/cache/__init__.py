@@ -24,19 +24,25 @@ that the values survive the cast to the storage dtype), buffers the rows and wri
 ``shard_tokens`` rows. Every file is written atomically (:func:`saekit.atomic.write_bytes`: a hidden
 temporary name, fsynced, renamed into place), and the manifest is rewritten after each shard, so a
 killed run leaves a valid, incomplete cache. Rows still in the buffer are lost; they are produced again
-on resume. Every consumed input row is in a
-shard, so ``total_tokens`` is also the number of input rows to skip on resume. With ``resume=True`` an
-existing manifest must describe the same cache (sites, widths, dtype, shard size, ``info``), otherwise
-an :class:`~saekit.errors.ArtifactError` says what differs; the writer then skips ``total_tokens`` rows
-of the incoming stream and continues. **The caller must produce the same stream as the interrupted
-run** (chunk ``k`` always the same rows). Skipping by iteration still makes the caller compute the
-skipped chunks; to avoid that, pass ``chunks`` as a function ``first_chunk -> iterable`` that starts
-at chunk ``first_chunk``: it is called with ``chunks_done`` (the number of input chunks whose rows are
-all in completed shards) and only the rest of the partly written chunk is skipped. Stray temporary
-files and shards that the manifest does not list (a run killed between a shard's rename and the
-manifest update) are deleted when writing starts. ``resume=False`` deletes a previous cache in the
-folder (its manifest and shards, nothing else) and starts over. A folder is written by one process at
-a time.
+on resume. Every consumed input row is in a shard, so ``total_tokens`` is also the number of input rows
+to skip on resume. With ``resume=True`` an existing manifest must describe the same cache (sites,
+widths, dtype, shard size, ``info``), otherwise an :class:`~saekit.errors.ArtifactError` says what
+differs, and every listed shard must be there with its recorded size; the writer then skips
+``total_tokens`` rows of the incoming stream and continues. **The caller must produce the same stream as
+the interrupted run** (chunk ``k`` always the same rows). Skipping by iteration still makes the caller
+compute the skipped chunks; to avoid that, pass ``chunks`` as a function ``first_chunk -> iterable``
+that starts at chunk ``first_chunk``: it is called with ``chunks_done`` (the number of input chunks
+whose rows are all in completed shards) and only the rest of the partly written chunk is skipped. A
+folder is written by one process at a time.
+
+What the writer deletes or overwrites. Only files it can tell it wrote for the cache in the folder:
+the shards the manifest lists, the shard after them when its header is that of a shard of this cache
+(a run killed between renaming a shard into place and recording it leaves one; it is written again),
+and the temporary files of its atomic writes. ``resume=False`` deletes the listed shards (and that
+one) and starts over. Shard files without a readable manifest, or any other file named like a shard,
+stop the write with an :class:`~saekit.errors.ArtifactError` that names them and says what to do
+(write to another folder, or move or delete them yourself): a folder whose manifest was lost is never
+emptied on a guess. Other files in the folder are left alone.
 
 Reading. :class:`CacheSource` serves the cache as an :class:`~saekit.types.ActivationSource`. Shards are
 memory-mapped and only the rows a batch needs are read, so caches larger than memory work. Batching
@@ -57,13 +63,27 @@ When the cache has at most ``window_shards`` shards the shuffle is a uniform per
 pass a larger ``window_shards`` for a better mix when the page cache can hold that many shards. The
 order depends on ``window_shards``: a resumed run must use the same value (``describe()`` records it).
 
-Integrity. On open, every shard listed in the manifest must exist with its recorded size (a cheap
-``stat``, done even with ``verify="none"`` because reading a truncated memory-mapped file would crash
-the process instead of raising). ``verify="full"`` also checks every checksum on open; ``"lazy"`` checks
-a shard's checksum the first time a batch reads from it; ``"none"`` never does. Problems raise
-:class:`~saekit.errors.ArtifactError` naming the shard file and what is wrong; :func:`verify_cache` lists
-them all without raising. A cache whose writer has not finished (``complete: false``) can be read: a
-warning says how many tokens it holds, and only the completed shards are served.
+Integrity. Every reader loads the manifest through one check (:func:`read_manifest`): every field is
+what the writer writes (types, counts, widths, dtype, each shard's size against its rows), and shard
+``k`` is ``shard-<k>.safetensors`` in the folder itself, a regular file, never a path elsewhere nor a
+symbolic link; anything else is an :class:`~saekit.errors.ArtifactError` naming the manifest and the
+entry. On open, every listed shard must be a regular file of its recorded size (a cheap ``lstat``,
+done even with ``verify="none"``). ``verify="full"`` also checks every checksum on open; ``"lazy"``
+checks a shard's checksum the first time a batch reads from it; ``"none"`` never does. Each time a shard
+is memory-mapped, the open file's size is checked against the manifest first and its whole header
+against the manifest (sites, dtype, shapes, data offsets that tile the file exactly). Problems raise
+an ArtifactError naming the shard file and what is wrong; :func:`verify_cache` lists them all without
+raising. Rows holding NaN or inf (which the writer refuses, but another writer may not) are refused
+when served, with a :class:`~saekit.errors.DataError` naming the shard file, the row and the site. A
+cache whose writer has not finished (``complete: false``) can be read: a warning says how many tokens
+it holds, and only the completed shards are served.
+
+**Do not truncate or rewrite a shard in place while a process reads the cache.** A memory-mapped file
+that shrinks under the map makes the next read of a lost page raise SIGBUS, which kills the process
+(Python cannot turn that signal into an exception). saekit's writer never does this: it renames new
+files over old ones, and a mapped old file stays readable. Tools that write in place (``truncate``,
+``rsync --inplace``, a copy over the same name) can. A shard damaged between two mappings is refused
+with an ArtifactError when it is next mapped.
 
 The package's modules, one job each: :mod:`~saekit.sources.cache.manifest` (the format: manifest and
 storage dtypes), :mod:`~saekit.sources.cache.shards` (shard files: integrity checks and memory maps),

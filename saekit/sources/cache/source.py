@@ -17,7 +17,7 @@ from torch import Tensor
 
 from saekit.errors import ArtifactError, DataError
 from saekit.sources.cache.manifest import DTYPES, read_manifest
-from saekit.sources.cache.shards import checksum_problem, map_shard, size_problem
+from saekit.sources.cache.shards import CacheProblem, checksum_problem, file_problem, map_shard
 from saekit.sources.order import seeded_generator
 from saekit.sources.tensor import _check_positive, check_stream_start
 from saekit.types import ActBatch
@@ -70,11 +70,9 @@ class CacheSource:
         if self.manifest.total_tokens == 0:
             raise DataError(f"{self.folder}: the cache holds no tokens yet")
         shards = self.manifest.shards
-        problems = [p for shard in shards if (p := size_problem(self.folder / shard.file, shard))]
-        if verify == "full" and not problems:
-            problems = [p for shard in shards if (p := checksum_problem(self.folder / shard.file, shard))]
-        if problems:
-            raise ArtifactError(f"{self.folder}: " + "; ".join(map(str, problems)))
+        self._refuse([p for shard in shards if (p := file_problem(self.folder / shard.file, shard))])
+        if verify == "full":
+            self._refuse([p for shard in shards if (p := checksum_problem(self.folder / shard.file, shard))])
         self._verified: set[int] = set(range(len(shards))) if verify != "lazy" else set()
         self._starts = torch.tensor([0, *itertools.accumulate(s.rows for s in shards)], dtype=torch.int64)
         # Enough open shards for the current and the next window; each is one memory map.
@@ -193,7 +191,31 @@ class CacheSource:
             for site in sites:
                 stored[site][dest[lo : lo + count]] = arrays[site][local]
             lo += count
-        return {site: _as_float32(block) for site, block in stored.items()}
+        served = {site: _as_float32(block) for site, block in stored.items()}
+        for site, x in served.items():
+            self._check_finite(x, rows, site)
+        return served
+
+    def _check_finite(self, x: Tensor, rows: Tensor, site: str) -> None:
+        """DataError naming the shard file and row when a served row holds NaN or inf.
+
+        The writer refuses such values, so they reach a shard only through another writer or an older
+        saekit, and the shard's checksum then vouches for them. They are caught here, on the rows each
+        batch serves, rather than by a scan of every shard at open: this covers every way of reading
+        (batches, iter_rows) with every ``verify``, reads nothing that is not served anyway, and costs
+        one vectorised pass over the float32 batch, small next to gathering its rows from the maps. A
+        scan at open would read whole shards even with ``verify="none"``, which exists to avoid that.
+        """
+        finite = np.isfinite(x.numpy())
+        if finite.all():
+            return
+        row = int(rows[int(np.argmin(finite.all(axis=1)))])  # the first bad row of the batch
+        shard = int(torch.searchsorted(self._starts, torch.tensor(row), right=True)) - 1
+        raise DataError(
+            f"{self.folder / self.manifest.shards[shard].file}: row {row - int(self._starts[shard])} of site {site!r} "
+            "holds NaN or inf, which training cannot use; saekit's writer refuses such values, so the shard comes "
+            "from another writer or is damaged (verify_cache checks its checksum)"
+        )
 
     def _shard(self, index: int) -> dict[str, np.ndarray]:
         if index in self._open:
@@ -202,14 +224,21 @@ class CacheSource:
         shard = self.manifest.shards[index]
         path = self.folder / shard.file
         if index not in self._verified:
-            problem = size_problem(path, shard) or checksum_problem(path, shard)
-            if problem is not None:
-                raise ArtifactError(f"{self.folder}: {problem}")
+            if (problem := checksum_problem(path, shard)) is not None:
+                self._refuse([problem])
             self._verified.add(index)
+        # map_shard checks the file's size against the manifest before mapping it, on every (re)mapping.
         self._open[index] = map_shard(path, shard, self.manifest, self._sites)
         if len(self._open) > self._max_open:
             self._open.popitem(last=False)
         return self._open[index]
+
+    def _refuse(self, problems: list[CacheProblem], shown: int = 3) -> None:
+        """ArtifactError naming the first ``shown`` problems' shard files, if there are any."""
+        if not problems:
+            return
+        more = f"; and {len(problems) - shown} more (saekit.sources.cache.verify_cache lists them)" if len(problems) > shown else ""
+        raise ArtifactError("; ".join(f"{self.folder / p.file}: {p.problem}" for p in problems[:shown]) + more)
 
     def _check_site(self, site: str) -> None:
         if site not in self.manifest.d_in:

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -27,8 +28,13 @@ from saekit.sources.cache.manifest import (
     ShardRecord,
     manifest_bytes,
     read_manifest,
+    shard_name,
 )
+from saekit.sources.cache.shards import file_problem, is_unrecorded_shard
 from saekit.sources.tensor import _check_positive
+
+# The temporary names saekit.atomic gives the files it writes here (".<name>.<8 hex digits>.tmp").
+_TEMPORARY = re.compile(r"\.(?:shard-\d+\.safetensors|manifest\.json)\.[0-9a-f]{8}\.tmp")
 
 Chunk: TypeAlias = Mapping[str, Tensor]
 ChunkStream: TypeAlias = Iterable[Chunk] | Callable[[int], Iterable[Chunk]]
@@ -53,7 +59,9 @@ def write_cache(
     chunk ``first_chunk`` on (lets a resumed write skip producing finished chunks). ``info`` (model,
     corpus, context size, seed, ...) must be JSON-serialisable; it is stored and must match on resume.
     ``resume=True`` continues an interrupted write into ``folder`` (or returns a complete one's manifest
-    without reading ``chunks``); ``resume=False`` deletes a previous cache there and starts over.
+    without reading ``chunks``); ``resume=False`` deletes a previous cache there and starts over. Files
+    saekit cannot tell it wrote for that cache are never deleted nor overwritten: the write stops with
+    an ArtifactError instead (see :mod:`saekit.sources.cache`).
     """
     folder = Path(folder)
     manifest = _start(folder, _new_manifest(sites, d_in, info, dtype, shard_tokens), resume)
@@ -65,26 +73,124 @@ def write_cache(
 def _start(folder: Path, wanted: CacheManifest, resume: bool) -> CacheManifest:
     """The manifest the write continues from, with ``folder`` made ready for it: with ``resume``, the
     cache already there (after checking it has ``wanted``'s settings; a complete one is returned as it
-    is), else ``wanted`` with a previous cache deleted. Stray files are removed and the manifest written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    existing = None
-    if resume and (folder / MANIFEST).exists():
-        try:
-            existing = read_manifest(folder)
-        except ArtifactError as exc:
-            raise ArtifactError(f"{exc}; pass resume=False to overwrite the cache in {folder}") from None
-    if existing is not None:
-        _check_same_cache(existing, wanted, folder)
-        if existing.complete:
-            return existing
-        manifest = existing
-    else:
-        # The manifest goes first, so that a crash below never leaves it pointing at deleted shards.
-        (folder / MANIFEST).unlink(missing_ok=True)
+    is), else ``wanted``, after deleting a previous cache. The manifest is written before any shard.
+
+    Only files saekit can tell it wrote for the cache in ``folder`` are ever deleted or overwritten: the
+    shards its manifest lists, the shard after them when it is laid out as one of them (what a run
+    killed between renaming a shard into place and recording it leaves), and the temporary files of
+    :mod:`saekit.atomic`. Shards without a readable manifest, or any other file named like a shard,
+    stop the write with an ArtifactError that says what to do.
+    """
+    _make_folder(folder)
+    existing = _existing_cache(folder)
+    if existing is None:
+        if strays := _shard_files(folder):
+            raise ArtifactError(
+                f"{folder} holds shard files ({_names(strays)}) but no {MANIFEST}, so saekit cannot tell which cache "
+                "they belong to and will not delete or overwrite them: write to another folder, or delete them "
+                "(or the folder) yourself to start over"
+            )
         manifest = wanted
-    _remove_strays(folder, keep=len(manifest.shards))
-    write_bytes(folder / MANIFEST, manifest_bytes(manifest))
+    else:
+        if resume:
+            _check_same_cache(existing, wanted, folder)
+            if existing.complete:
+                return existing
+        remnant = _unrecorded_shard(folder, existing)  # and no other file named like a shard
+        if resume:
+            _check_shards(folder, existing)
+            manifest = existing
+        else:
+            _delete_cache(folder, existing, remnant)
+            manifest = wanted
+        _remove_temporaries(folder)
+    _write(folder / MANIFEST, manifest_bytes(manifest))
     return manifest
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ArtifactError(f"{folder} is not a folder; write the cache to a folder") from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot create the cache folder {folder} ({exc.strerror or exc})") from None
+
+
+def _existing_cache(folder: Path) -> CacheManifest | None:
+    """The manifest of the cache in ``folder``; None when there is none. One that cannot be read is an
+    error: without it, saekit cannot tell which files belong to the cache."""
+    if not (folder / MANIFEST).exists():
+        return None
+    try:
+        return read_manifest(folder)
+    except ArtifactError as exc:
+        raise ArtifactError(
+            f"{exc}; saekit cannot tell which files in {folder} belong to that cache, so it neither resumes nor "
+            f"overwrites it: delete {folder} yourself to start over, or write to another folder"
+        ) from None
+
+
+def _shard_files(folder: Path) -> list[str]:
+    try:
+        return sorted(path.name for path in folder.iterdir() if SHARD_FILE.fullmatch(path.name))
+    except OSError as exc:
+        raise ArtifactError(f"cannot list the cache folder {folder} ({exc.strerror or exc})") from None
+
+
+def _unrecorded_shard(folder: Path, manifest: CacheManifest) -> Path | None:
+    """The shard after the listed ones when a killed run left it; ArtifactError when ``folder`` holds
+    any other file named like a shard that the manifest does not list."""
+    listed = {shard.file for shard in manifest.shards}
+    unlisted = [name for name in _shard_files(folder) if name not in listed]
+    nxt = folder / shard_name(len(manifest.shards))
+    remnant = nxt if nxt.name in unlisted and is_unrecorded_shard(nxt, manifest) else None
+    if foreign := [name for name in unlisted if remnant is None or name != remnant.name]:
+        raise ArtifactError(
+            f"{folder} holds shard files its {MANIFEST} does not list ({_names(foreign)}); saekit deletes and "
+            "overwrites only files it can tell it wrote for this cache: move them out of the folder, or write to "
+            "another folder"
+        )
+    return remnant
+
+
+def _check_shards(folder: Path, manifest: CacheManifest) -> None:
+    """A resumed write appends to the listed shards: each must be there with its recorded size."""
+    for shard in manifest.shards:
+        if (problem := file_problem(folder / shard.file, shard)) is not None:
+            raise ArtifactError(
+                f"{folder}: cannot resume the cache: {problem}; pass resume=False (saekit cache --overwrite) to start it over"
+            )
+
+
+def _delete_cache(folder: Path, manifest: CacheManifest, remnant: Path | None) -> None:
+    """Delete the cache's shards, the last first; the manifest is then replaced by the new one. A crash
+    part-way leaves a manifest listing missing shards, which readers name and another overwrite ends."""
+    paths = ([remnant] if remnant is not None else []) + [folder / shard.file for shard in reversed(manifest.shards)]
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ArtifactError(f"cannot delete {path} ({exc.strerror or exc})") from None
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Delete what a killed writer left of its atomic writes: the names :mod:`saekit.atomic` gives the
+    temporary files of shards and of the manifest, and nothing else."""
+    for path in folder.iterdir():
+        if _TEMPORARY.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        write_bytes(path, data)
+    except OSError as exc:
+        raise ArtifactError(f"cannot write {path} ({exc.strerror or exc})") from None
 
 
 def _append(folder: Path, manifest: CacheManifest, chunks: ChunkStream, progress: bool) -> CacheManifest:
@@ -143,7 +249,7 @@ class _ShardWriter:
         self.manifest = dataclasses.replace(
             self.manifest, chunks_done=last.index, chunk_rows_done=last.end_row, complete=True
         )
-        write_bytes(self.folder / MANIFEST, manifest_bytes(self.manifest))
+        _write(self.folder / MANIFEST, manifest_bytes(self.manifest))
         return self.manifest
 
     def _commit(self, n: int) -> None:
@@ -153,9 +259,9 @@ class _ShardWriter:
             tensors[site], rest = block[:n], block[n:]
             self.buffer[site] = [rest] if len(rest) else []
         self.buffered -= n
-        name = f"shard-{len(self.manifest.shards):06d}.safetensors"
+        name = shard_name(len(self.manifest.shards))
         data = safetensors_bytes(tensors)
-        write_bytes(self.folder / name, data)
+        _write(self.folder / name, data)
         written = self.manifest.total_tokens + n
         chunks_done, chunk_rows_done = self.manifest.chunks_done, self.manifest.chunk_rows_done
         while self.pending and self.pending[0].end_row <= written:
@@ -167,7 +273,7 @@ class _ShardWriter:
             chunks_done=chunks_done,
             chunk_rows_done=chunk_rows_done,
         )
-        write_bytes(self.folder / MANIFEST, manifest_bytes(self.manifest))
+        _write(self.folder / MANIFEST, manifest_bytes(self.manifest))
 
 
 def _new_manifest(
@@ -234,13 +340,3 @@ def _checked_chunk(chunk: Chunk, manifest: CacheManifest, index: int) -> dict[st
             )
         rows[site] = stored
     return rows
-
-
-def _remove_strays(folder: Path, *, keep: int) -> None:
-    """Delete temporary files of a killed writer and shards numbered ``keep`` or more (not in the manifest)."""
-    for path in folder.iterdir():
-        name = path.name
-        ours_tmp = name.endswith(".tmp") and (name.startswith(".shard-") or name.startswith(f".{MANIFEST}."))
-        match = SHARD_FILE.fullmatch(name)
-        if ours_tmp or (match is not None and int(match.group(1)) >= keep):
-            path.unlink(missing_ok=True)
