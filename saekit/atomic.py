@@ -1,6 +1,6 @@
 """The one way saekit puts a file or a folder on disk: atomically and durably.
 
-Rule: everything is written under a hidden temporary name in the destination's own folder, flushed to
+Rule: everything (but a line appended to a log, :func:`append_text`) is written under a hidden temporary name in the destination's own folder, flushed to
 disk (``fsync`` of every file written and of every folder holding them), renamed into place with
 ``os.replace`` (``os.rename`` for :func:`create_folder`, which must not replace), and the parent folder
 is flushed again so the rename itself survives a power cut. A reader therefore sees the previous
@@ -15,32 +15,43 @@ sites are often shared with other users or served by another one.
 * :func:`replace_folder`: a whole folder, replacing any previous one.
 * :func:`create_folder`: a whole folder only if none is there yet; when several processes race to
   create the same folder, the first rename wins and the others keep (and return) its folder.
+* :func:`append_text`: text added at the end of a log, all of it or none of it.
+
+A write that the system refuses (disk full, read-only or foreign folder, a folder where the file
+should be) raises :class:`~saekit.errors.ArtifactError` naming the destination and the cause (its
+``errno`` kept), after removing its temporary file or folder: the previous version stays as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from saekit.errors import ArtifactError
 
 
 def write_file(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Create ``path`` through ``write(tmp)``, which must create the file ``tmp`` (any way it likes:
     a safetensors writer, a compiler), then rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp_file(path)
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with _named_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temp_file(path)
+        try:
+            write(tmp)
+            _fsync_file(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
     return path
 
 
@@ -52,6 +63,35 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def append_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Add ``text`` at the end of ``path`` (created if missing). A write the system refuses part-way
+    (disk full) is cut off again, so the file never ends in a fragment of ``text``; only a process
+    killed mid-write can leave one, which readers of an appended log must expect on its last line.
+    Not flushed to disk: a caller that needs the lines durable at some point calls :func:`sync_file`."""
+    path, data = Path(path), memoryview(text.encode("utf-8"))
+    with _named_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
+    return path
+
+
+def sync_file(path: str | os.PathLike[str]) -> None:
+    """Flush what was written to ``path`` (by :func:`append_text`) to disk."""
+    with _named_errors(Path(path)):
+        _fsync_file(Path(path))
+
+
 def replace_folder(folder: str | os.PathLike[str], fill: Callable[[Path], None]) -> Path:
     """Create or replace ``folder`` with what ``fill(tmp)`` writes into an empty sibling folder.
 
@@ -60,7 +100,18 @@ def replace_folder(folder: str | os.PathLike[str], fill: Callable[[Path], None])
     removed first: the complete new folder supersedes it.
     """
     folder = Path(os.path.abspath(folder))  # "." or "x/.." have no name to build siblings from
-    tmp = _filled_temp_folder(folder, fill)
+    with _named_errors(folder):
+        tmp = _filled_temp_folder(folder, fill)
+        try:
+            _swap_in(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already when the swap succeeded
+    return folder
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Put the complete folder ``tmp`` where ``folder`` is, through ``.<name>.old``; on failure the
+    old folder is put back."""
     old = folder.with_name(f".{folder.name}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -72,12 +123,10 @@ def replace_folder(folder: str | os.PathLike[str], fill: Callable[[Path], None])
     except BaseException:
         if had_old:
             os.replace(old, folder)
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(folder.parent)
     if had_old:
         shutil.rmtree(old)
-    return folder
 
 
 def create_folder(folder: str | os.PathLike[str], fill: Callable[[Path], None]) -> bool:
@@ -92,20 +141,21 @@ def create_folder(folder: str | os.PathLike[str], fill: Callable[[Path], None]) 
     folder = Path(os.path.abspath(folder))
     if folder.exists():
         return False
-    tmp = _filled_temp_folder(folder, fill)
-    try:
-        # os.rename, not os.replace: it refuses to put a folder over a non-empty one (and Windows
-        # over any existing one), which is exactly "keep theirs".
-        os.rename(tmp, folder)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if folder.exists():
-            return False
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(folder.parent)
+    with _named_errors(folder):
+        tmp = _filled_temp_folder(folder, fill)
+        try:
+            # os.rename, not os.replace: it refuses to put a folder over a non-empty one (and Windows
+            # over any existing one), which is exactly "keep theirs".
+            os.rename(tmp, folder)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if folder.exists():
+                return False
+            raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_dir(folder.parent)
     return True
 
 
@@ -118,6 +168,30 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _named_errors(path: Path) -> Iterator[None]:
+    """Turn an OSError of a write to ``path`` into an ArtifactError naming ``path`` and the cause."""
+    try:
+        yield
+    except ArtifactError:
+        raise
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+
+
+def _write_error(path: Path, exc: OSError) -> ArtifactError:
+    """``cannot write <path>: No space left on device (ENOSPC)``, with ``errno`` kept for callers; the
+    file the system named, when it is neither ``path`` nor our temporary sibling, is named too."""
+    code = exc.errno
+    cause = f"{os.strerror(code)} ({errno.errorcode.get(code, code)})" if code is not None else str(exc)
+    where = Path(os.fsdecode(exc.filename)) if exc.filename is not None else None
+    if where is not None and where != path and not where.name.startswith(f".{path.name}."):
+        cause += f" at {where}"
+    error = ArtifactError(f"cannot write {path}: {cause}")
+    error.errno = code
+    return error
 
 
 def _new_temp_file(path: Path) -> Path:

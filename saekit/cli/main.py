@@ -15,18 +15,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from saekit.eval.table import markdown_table
     from saekit.io import save_suite
     from saekit.sources.spec import source_from_spec
-    from saekit.training.checkpoint import CHECKPOINT_NAME
+    from saekit.training.outputs import files_at_start, refuse_a_second_run
 
     raw = apply_overrides(read_config_file(args.config), args.set or [])
     rc = parse_run_config(raw)
     out = Path(args.out) if args.out else rc.out
-    if (out / CHECKPOINT_NAME).exists() and not args.resume:
-        raise SaekitError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    if not args.resume:
+        refuse_a_second_run(out)  # before the data is loaded; the run checks again
     source = source_from_spec(rc.data)
     built = build_saes(rc.saes, source)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
-    result = train_from_config(rc, built.saes, source, out_dir=out, resume=args.resume)
+    # config.json is written by the run once its checks have passed: a refused resume keeps the old one.
+    with files_at_start({"config.json": json.dumps(raw, indent=2, default=str) + "\n"}):
+        result = train_from_config(rc, built.saes, source, out_dir=out, resume=args.resume)
     suite = save_suite(result.saes, out / "saes", names=built.names)
     rows = [{"name": name, **metrics} for name, metrics in zip(built.names, result.final_metrics)]
     print(markdown_table(rows, ["name", "site", "mse", "l0", "dead_fraction"]))

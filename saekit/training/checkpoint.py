@@ -2,33 +2,41 @@
 
 Tensors (SAE weights, Adam moments, dead-latent counters, RNG state) go in the file body; everything
 else (step, normalisation factors, optimiser hyper-parameters, a fingerprint of the run) goes as JSON
-in the safetensors metadata. The file is written atomically (:mod:`saekit.atomic`: beside its final
-name, flushed, renamed over it), so a crash at any moment leaves the previous checkpoint intact. No
-pickle is involved.
+in the safetensors metadata (:mod:`saekit.training.checkpoint_meta`). The file carries the sha256 of
+its whole content (:mod:`saekit.training.checksummed`) and is written atomically
+(:mod:`saekit.atomic`), so a crash at any moment leaves the previous checkpoint intact, and a file
+changed in any byte since is refused as corrupted instead of resuming with other weights. A checkpoint
+whose tensors do not fit the run (missing, extra or of another shape) is refused by name before any of
+it is loaded. No pickle is involved.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from saekit.atomic import write_file
 from saekit.errors import ArtifactError
+from saekit.training.checkpoint_fit import fit_problems
+from saekit.training.checkpoint_meta import (
+    CheckpointMeta,
+    OptimizerMeta,
+    check_format_version,
+    meta_json,
+    parse_meta,
+)
+from saekit.training.checksummed import Checksum, read_checksummed, tensors_of, write_checksummed
+from saekit.version import __version__
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 _META_KEY = "saekit_checkpoint"
-FORMAT_VERSION = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class Checkpoint:
     """State of a run after ``step`` optimiser steps."""
 
@@ -37,14 +45,15 @@ class Checkpoint:
     optimizer_states: list[dict[str, Any]]
     dead_counters: list[Tensor]
     rng_state: Tensor
-    info: dict[str, Any]
-    """JSON-ready: normalisation factors, run fingerprint, anything else the loop wants back."""
+    scales: dict[str, float]
+    """The normalisation factor of each site."""
+    fingerprint: dict[str, Any]
+    """JSON-ready description of the run; only a run with the same fingerprint may resume it."""
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
-    path = Path(path)
     tensors: dict[str, Tensor] = {"rng": ckpt.rng_state.contiguous()}
-    optim_meta = []
+    optimizers = []
     for i, state in enumerate(ckpt.sae_states):
         for name, value in state.items():
             tensors[f"sae.{i}.{name}"] = value.detach().cpu().contiguous()
@@ -58,63 +67,36 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
                     tensors[f"opt.{i}.{pid}.{name}"] = value.detach().cpu().contiguous()
                 else:
                     scalars.setdefault(str(pid), {})[name] = value
-        optim_meta.append({"param_groups": opt_state["param_groups"], "scalars": scalars})
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "step": ckpt.step,
-        "n_saes": len(ckpt.sae_states),
-        "optimizers": optim_meta,
-        "info": ckpt.info,
-    }
-    return write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)}))
+        optimizers.append(OptimizerMeta(opt_state["param_groups"], scalars))
+    meta = CheckpointMeta(__version__, ckpt.step, len(ckpt.sae_states), optimizers, ckpt.scales, ckpt.fingerprint)
+    return write_checksummed(Path(path), tensors, {_META_KEY: meta_json(meta)})
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
+    """The checkpoint at ``path``, after its checksum, format version and metadata are checked."""
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"no checkpoint at {path}")
-    try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            raw_meta = (handle.metadata() or {}).get(_META_KEY)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ArtifactError(f"checkpoint {path} is truncated or corrupted ({exc})") from exc
-    if raw_meta is None:
+    contents = read_checksummed(path, "checkpoint")
+    raw = contents.metadata.get(_META_KEY)
+    if raw is None:
         raise ArtifactError(f"{path} is a safetensors file but not a saekit checkpoint")
-    meta = json.loads(raw_meta)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"checkpoint {path} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
-    n = meta["n_saes"]
-    sae_states: list[dict[str, Tensor]] = [{} for _ in range(n)]
-    opt_tensors: list[dict[str, dict[str, Tensor]]] = [{} for _ in range(n)]
-    dead: list[Tensor | None] = [None] * n
-    for key, value in tensors.items():
-        kind, _, rest = key.partition(".")
-        if kind == "sae":
-            index, _, name = rest.partition(".")
-            sae_states[int(index)][name] = value
-        elif kind == "opt":
-            index, pid, name = rest.split(".", 2)
-            opt_tensors[int(index)].setdefault(pid, {})[name] = value
-        elif kind == "dead":
-            dead[int(rest)] = value
-    optimizer_states = []
-    for i, opt_meta in enumerate(meta["optimizers"]):
-        state: dict[int, dict[str, Any]] = {}
-        for pid in set(opt_tensors[i]) | set(opt_meta["scalars"]):
-            state[int(pid)] = {**opt_tensors[i].get(pid, {}), **opt_meta["scalars"].get(pid, {})}
-        # JSON turned tuples (Adam's betas) into lists; give them back as torch wrote them.
-        groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()} for g in opt_meta["param_groups"]]
-        optimizer_states.append({"state": state, "param_groups": groups})
-    if any(d is None for d in dead) or "rng" not in tensors:
-        raise ArtifactError(f"checkpoint {path} is incomplete (missing dead-latent counters or RNG state)")
-    return Checkpoint(meta["step"], sae_states, optimizer_states, dead, tensors["rng"], meta["info"])  # type: ignore[arg-type]
+    check_format_version(raw, path)
+    if contents.checksum is not Checksum.MATCHES:
+        why = "carries no checksum" if contents.checksum is Checksum.ABSENT else "does not match its sha256 checksum"
+        raise ArtifactError(
+            f"checkpoint {path} is corrupted: its content {why} (bytes changed on disk or by hand since saekit "
+            "wrote it), so it cannot be resumed; restore it from a copy, or start the run again in a new output folder"
+        )
+    meta = parse_meta(raw, path)
+    return _assemble(tensors_of(contents, path, "checkpoint"), meta, path)
 
 
-def restore(ckpt: Checkpoint, saes: Sequence[nn.Module], optimizers: Sequence[Any], dead_counters: Sequence[Tensor]) -> None:
-    """Put a checkpoint's SAE weights, optimiser states, dead-latent counters and RNG state back in place."""
+def restore(ckpt: Checkpoint, path: Path, saes: Sequence[nn.Module], optimizers: Sequence[Any], dead_counters: Sequence[Tensor]) -> None:
+    """Put the checkpoint read from ``path`` back in place: SAE weights, optimiser states, dead-latent
+    counters and RNG state. Nothing is changed when any tensor does not fit (ArtifactError)."""
+    problems = fit_problems(ckpt.sae_states, ckpt.optimizer_states, ckpt.dead_counters, ckpt.rng_state, saes, optimizers, dead_counters)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ArtifactError(f"checkpoint {path} does not fit this run: {'; '.join(problems[:5])}{more}")
     for sae, opt, counter, sae_state, opt_state, dead_state in zip(
         saes, optimizers, dead_counters, ckpt.sae_states, ckpt.optimizer_states, ckpt.dead_counters
     ):
@@ -122,3 +104,34 @@ def restore(ckpt: Checkpoint, saes: Sequence[nn.Module], optimizers: Sequence[An
         opt.load_state_dict(opt_state)
         counter.copy_(dead_state)
     torch.set_rng_state(ckpt.rng_state)
+
+
+def _assemble(tensors: dict[str, Tensor], meta: CheckpointMeta, path: Path) -> Checkpoint:
+    """Sort the file's tensors back by kind and SAE (``sae.<i>.<name>``, ``opt.<i>.<param>.<name>``,
+    ``dead.<i>``, ``rng``); a name outside that scheme is refused."""
+    n = meta.n_saes
+    sae_states: list[dict[str, Tensor]] = [{} for _ in range(n)]
+    opt_tensors: list[dict[str, dict[str, Tensor]]] = [{} for _ in range(n)]
+    dead: dict[int, Tensor] = {}
+    for key, value in tensors.items():
+        kind, *parts = key.split(".", 3 if key.startswith("opt.") else 2)
+        index = int(parts[0]) if parts and parts[0].isdecimal() and int(parts[0]) < n else None
+        if kind == "sae" and index is not None and len(parts) == 2:
+            sae_states[index][parts[1]] = value
+        elif kind == "opt" and index is not None and len(parts) == 3 and parts[1].isdecimal():
+            opt_tensors[index].setdefault(parts[1], {})[parts[2]] = value
+        elif kind == "dead" and index is not None and len(parts) == 1:
+            dead[index] = value
+        elif key != "rng":
+            raise ArtifactError(f"checkpoint {path} holds a tensor {key!r} that is not part of a checkpoint of {n} SAE(s)")
+    if len(dead) != n or "rng" not in tensors:
+        raise ArtifactError(f"checkpoint {path} is incomplete (missing dead-latent counters or RNG state)")
+    optimizer_states = []
+    for i, opt_meta in enumerate(meta.optimizers):
+        state: dict[int, dict[str, Any]] = {}
+        for pid in set(opt_tensors[i]) | set(opt_meta.scalars):
+            state[int(pid)] = {**opt_tensors[i].get(pid, {}), **opt_meta.scalars.get(pid, {})}
+        # JSON turned tuples (Adam's betas) into lists; give them back as torch wrote them.
+        groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()} for g in opt_meta.param_groups]
+        optimizer_states.append({"state": state, "param_groups": groups})
+    return Checkpoint(meta.step, sae_states, optimizer_states, [dead[i] for i in range(n)], tensors["rng"], meta.scales, meta.fingerprint)

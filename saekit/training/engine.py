@@ -41,12 +41,13 @@ from saekit.sources.prefetch import Prefetcher
 from saekit.sources.tensor import site_to_read
 from saekit.strict import to_dict
 from saekit.training import dead, health
-from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, restore, save_checkpoint
+from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.logs import MetricsLog, step_records
 from saekit.training.normalise import enter_normalised_units_, estimate_scales, leave_normalised_units_
 from saekit.training.objective import LocalObjective, Objective, Unit
 from saekit.training.optim import apply_update, make_optimizer
+from saekit.training.outputs import checkpoint_to_resume, write_start_files
 from saekit.training.schedules import lr_factor, sparsity_factor
 from saekit.types import ActBatch, ActivationSource, LossOut, StepCtx
 
@@ -171,18 +172,16 @@ def prepare(
 
 
 def restore_or_initialise(state: Run, resume: bool) -> None:
-    """Resume from the checkpoint in the output folder, or estimate the normalisation and enter it."""
-    path, cfg = state.checkpoint_path, state.cfg
-    if resume and path is not None and path.exists():
-        ckpt = load_checkpoint(path)
-        if ckpt.info.get("fingerprint") != state.fingerprint:
-            raise ConfigError(
-                f"{path} was written by a run with different SAEs, sites, data or training settings; "
-                "resume with the same configuration or start a new output folder"
-            )
-        restore(ckpt, state.saes, state.optimizers, state.counters)
-        state.scales, state.start = ckpt.info["scales"], ckpt.step
-        _say(cfg, f"resuming from step {state.start} of {cfg.total_steps} ({path})")
+    """Resume from the checkpoint in the output folder, or estimate the normalisation and enter it;
+    then open the outputs. Every check comes before the first write into the output folder
+    (:mod:`saekit.training.outputs`)."""
+    cfg = state.cfg
+    resumed = checkpoint_to_resume(state.out_dir, resume, state.fingerprint, state.sites, cfg.total_steps)
+    if resumed is not None:
+        ckpt = resumed.checkpoint
+        restore(ckpt, resumed.path, state.saes, state.optimizers, state.counters)
+        state.scales, state.start = ckpt.scales, ckpt.step
+        _say(cfg, f"resuming from step {state.start} of {cfg.total_steps} ({resumed.path})")
     else:
         if resume:
             _say(cfg, f"no checkpoint in {state.out_dir}; starting from scratch")
@@ -199,6 +198,8 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
         state.out_dir, resume_step=state.start, tensorboard=cfg.tensorboard, wandb_project=cfg.wandb_project,
         run_config=state.fingerprint,
     )  # fmt: skip
+    if state.out_dir is not None:
+        write_start_files(state.out_dir)
     state.bar = tqdm(
         total=cfg.total_steps, initial=state.start, disable=not cfg.progress, unit="step", desc=f"training {len(state.saes)} SAE(s)"
     )
@@ -246,6 +247,8 @@ def checkpoint(state: Run, step: int) -> None:
     path = state.checkpoint_path
     if path is None:
         return
+    assert state.log is not None
+    state.log.sync()  # the log lines up to ``step`` are on disk before a checkpoint says the run got there
     save_checkpoint(
         path,
         Checkpoint(
@@ -254,7 +257,8 @@ def checkpoint(state: Run, step: int) -> None:
             optimizer_states=[opt.state_dict() for opt in state.optimizers],
             dead_counters=state.counters,
             rng_state=torch.get_rng_state(),
-            info={"scales": state.scales, "fingerprint": state.fingerprint},
+            scales=state.scales,
+            fingerprint=state.fingerprint,
         ),
     )
 

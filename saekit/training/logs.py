@@ -1,58 +1,51 @@
 """Where training metrics go: a JSONL file always (with an output folder), TensorBoard and
-Weights & Biases when asked for and installed."""
+Weights & Biases when asked for and installed.
+
+``metrics.jsonl`` is appended to line by line (:func:`saekit.atomic.append_text`). A fresh run
+replaces it without reading it; a resumed run keeps the lines up to its checkpoint's step. Its last
+line may be unfinished, cut off when the process died mid-write: that line is dropped with a warning
+(it is always of a step after the checkpoint, whose lines were written before it). A line that is not
+a record anywhere else was damaged after it was written, not by a crash, so it is refused by line
+number rather than dropped: the resume rewrites the file, and would lose it for good.
+"""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from saekit.atomic import write_text
-from saekit.errors import ConfigError
+from saekit.atomic import append_text, sync_file, write_text
+from saekit.errors import ArtifactError, ConfigError
 from saekit.sae.base import SAE
 from saekit.training import dead
 from saekit.types import LossOut, as_float
 
+METRICS_NAME = "metrics.jsonl"
+
 
 class MetricsLog:
-    """Appends one JSON object per (step, SAE) to ``metrics.jsonl`` and mirrors to optional sinks."""
+    """Appends one JSON object per (step, SAE) to ``metrics.jsonl`` and mirrors to optional sinks.
+
+    Opening it checks the optional sinks and reads the previous log before writing anything."""
 
     def __init__(self, out_dir: Path | None, *, resume_step: int = 0, tensorboard: bool = False, wandb_project: str | None = None, run_config: dict | None = None) -> None:
-        self.path = out_dir / "metrics.jsonl" if out_dir is not None else None
+        if tensorboard and out_dir is None:
+            raise ConfigError("tensorboard logging needs an output folder")
+        summary_writer = _tensorboard_writer() if tensorboard else None
+        wandb = _wandb_module(wandb_project) if wandb_project else None
+        self.path = out_dir / METRICS_NAME if out_dir is not None else None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._truncate_after(resume_step)
-        self.tb = None
-        self.wandb_run = None
-        if tensorboard:
-            if out_dir is None:
-                raise ConfigError("tensorboard logging needs an output folder")
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise ConfigError("tensorboard = true but the tensorboard package is not installed") from exc
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-        if wandb_project:
-            try:
-                import wandb  # pyright: ignore[reportMissingImports]  (an optional dependency)
-            except ImportError as exc:
-                raise ConfigError(f"wandb_project = {wandb_project!r} but wandb is not installed") from exc
-            self.wandb_run = wandb.init(project=wandb_project, config=run_config or {})
-
-    def _truncate_after(self, step: int) -> None:
-        """On resume, drop lines a killed run logged after its last checkpoint, so none is doubled."""
-        if self.path is None or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        write_text(self.path, "".join(line + "\n" for line in kept))
+            write_text(self.path, lines_up_to(self.path, resume_step) if resume_step > 0 else "")
+        self.tb = summary_writer(str(out_dir / "tensorboard")) if summary_writer is not None and out_dir is not None else None
+        self.wandb_run = wandb.init(project=wandb_project, config=run_config or {}) if wandb is not None else None
 
     def write(self, records: list[dict[str, Any]]) -> None:
         if self.path is not None:
-            with open(self.path, "a") as handle:
-                for record in records:
-                    handle.write(json.dumps(record) + "\n")
+            append_text(self.path, "".join(json.dumps(record) + "\n" for record in records))
         for record in records:
             scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("step", "sae")}
             if self.tb is not None:
@@ -61,11 +54,71 @@ class MetricsLog:
             if self.wandb_run is not None:
                 self.wandb_run.log({f"{record['name']}/{k}": v for k, v in scalars.items()}, step=record["step"])
 
+    def sync(self) -> None:
+        """Put the lines written so far on disk (before a checkpoint says the run got past them)."""
+        if self.path is not None:
+            sync_file(self.path)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def lines_up_to(path: Path, step: int) -> str:
+    """The lines of the log at ``path`` (none if it is missing) whose step is at most ``step``."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ArtifactError(f"cannot read the metrics log {path}: {exc.strerror or exc}") from exc
+    lines = data.split(b"\n")
+    unfinished = lines.pop()  # empty when the file ends with a newline, as every complete write does
+    if unfinished:
+        warnings.warn(
+            f"{path}: dropped its unfinished last line ({len(unfinished)} bytes), cut off when the run stopped mid-write",
+            stacklevel=2,
+        )
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        line_step = _step_of(line)
+        if line_step is None:
+            raise ArtifactError(
+                f"{path}, line {number}: not a metrics record ({line[:60]!r}); the log was damaged after it was "
+                "written: repair or delete that line (or move the file away) and resume again"
+            )
+        if line_step <= step:
+            kept.append(line.decode() + "\n")
+    return "".join(kept)
+
+
+def _step_of(line: bytes) -> int | None:
+    try:
+        record = json.loads(line)
+    except ValueError:  # also UnicodeDecodeError
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def _tensorboard_writer() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ConfigError("tensorboard = true but the tensorboard package is not installed") from exc
+    return SummaryWriter
+
+
+def _wandb_module(project: str) -> Any:
+    try:
+        import wandb  # pyright: ignore[reportMissingImports]  (an optional dependency)
+    except ImportError as exc:
+        raise ConfigError(f"wandb_project = {project!r} but wandb is not installed") from exc
+    return wandb
 
 
 def step_records(

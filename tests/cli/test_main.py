@@ -71,7 +71,30 @@ def test_train_refuses_to_overwrite_a_run_without_resume(tmp_path, capsys):
     config = _write(tmp_path, steps=2)
     assert main(["train", str(config)]) == 0
     assert main(["train", str(config)]) == 2
-    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    assert "already holds a run (checkpoint.safetensors); resume it (--resume" in capsys.readouterr().err
+
+
+def test_a_refused_resume_leaves_the_output_folder_as_it_was(tmp_path, capsys):
+    """config.json used to be overwritten with the refused config before the run's checks."""
+    from write_faults import snapshot
+
+    config = _write(tmp_path, steps=2)
+    assert main(["train", str(config)]) == 0
+    before = snapshot(tmp_path / "out")
+    assert main(["train", str(config), "--resume", "--set", "sae.0.k=2"]) == 2
+    assert "different SAEs, sites, data or training settings" in capsys.readouterr().err
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_a_write_the_disk_refuses_is_named(tmp_path, capsys):
+    """The checkpoint cannot be written (a file-size limit: the portable stand-in for a full disk)."""
+    from write_faults import file_size_limit, hidden_leftovers
+
+    with file_size_limit(8192):
+        assert main(["train", str(_write(tmp_path, steps=2))]) == 2
+    out = tmp_path / "out"
+    assert f"saekit train: error: cannot write {out / 'checkpoint.safetensors'}: File too large (EFBIG)" in capsys.readouterr().err
+    assert hidden_leftovers(out) == []
 
 
 @pytest.mark.parametrize(

@@ -276,3 +276,115 @@ def test_a_run_that_diverges_to_finite_garbage_stops_with_the_sae_named(arch):
     sae = build(arch, d_in=16, d_sae=32, seed=0, lr=1e6)
     with pytest.raises(FloatingPointError, match=rf"SAE 0 \({arch}\) diverged at step \d+: its reconstruction error is .* times the energy"):
         train(sae, SOURCE, steps=50, **FAST)
+
+
+def _poke(path, tensor: str, value: float) -> None:
+    """Overwrite every element of ``tensor`` in the safetensors file at ``path`` with ``value``, as a
+    damaged disk or a stray write would (the file's checksum is left as it was)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    (length,) = struct.unpack("<Q", data[:8])
+    begin, end = json.loads(data[8 : 8 + length])[tensor]["data_offsets"]
+    data[8 + length + begin : 8 + length + end] = struct.pack("<f", value) * ((end - begin) // 4)
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_named_not_taken_for_a_divergence(tmp_path):
+    """A decoder overwritten with 1e30 used to resume and stop as 'diverged: lower its learning rate'."""
+    from saekit.errors import ArtifactError
+
+    settings = dict(steps=8, checkpoint_every=4, **FAST)
+    with pytest.raises(Interrupted):
+        train(build("topk", d_in=16, d_sae=32, k=4), InterruptingSource(SOURCE, at=6), out_dir=tmp_path, **settings)
+    _poke(tmp_path / "checkpoint.safetensors", "sae.0.W_dec", 1e30)
+    with pytest.raises(ArtifactError, match=r"checkpoint.safetensors is corrupted: its content does not match its sha256 checksum"):
+        train(build("topk", d_in=16, d_sae=32, k=4), SOURCE, out_dir=tmp_path, resume=True, **settings)
+
+
+def test_a_checkpoint_write_the_disk_refuses_is_named_and_the_run_resumes_exactly(tmp_path):
+    """The disk fills up while a checkpoint is written (a file-size limit makes the write fail part-way,
+    EFBIG): the error names the file, the previous checkpoint stays, and the resume is exact."""
+    from write_faults import file_size_limit, hidden_leftovers
+
+    from saekit.errors import ArtifactError
+
+    settings = dict(steps=9, checkpoint_every=3, log_every=1, **FAST)
+    reference = train(_pair(), SOURCE, out_dir=tmp_path / "ref", **settings).saes
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(_pair(), InterruptingSource(SOURCE, at=5), out_dir=run, **settings)
+    before = (run / "checkpoint.safetensors").read_bytes()
+    with file_size_limit(len(before) // 2), pytest.raises(ArtifactError, match=rf"cannot write {run}/checkpoint.safetensors: File too large \(EFBIG\)"):
+        train(_pair(seed=100), SOURCE, out_dir=run, resume=True, **settings)
+    assert (run / "checkpoint.safetensors").read_bytes() == before and hidden_leftovers(run) == []
+    resumed = train(_pair(seed=200), SOURCE, out_dir=run, resume=True, **settings).saes
+    _assert_same(_state(reference), _state(resumed))
+    assert (run / "metrics.jsonl").read_text() == (tmp_path / "ref/metrics.jsonl").read_text()
+
+
+def test_a_torn_last_log_line_is_dropped_and_the_run_resumes_exactly(tmp_path):
+    settings = dict(steps=8, checkpoint_every=4, log_every=1, **FAST)
+    reference = train(_pair(), SOURCE, out_dir=tmp_path / "ref", **settings).saes
+    with pytest.raises(Interrupted):
+        train(_pair(), InterruptingSource(SOURCE, at=6), out_dir=tmp_path / "run", **settings)
+    with open(tmp_path / "run/metrics.jsonl", "a") as log:
+        log.write('{"step": 7, "sae": 0, "name": "00-top')  # the disk filled, or the process died, mid-line
+    with pytest.warns(UserWarning, match="dropped its unfinished last line"):
+        resumed = train(_pair(seed=100), SOURCE, out_dir=tmp_path / "run", resume=True, **settings).saes
+    _assert_same(_state(reference), _state(resumed))
+    assert (tmp_path / "run/metrics.jsonl").read_text() == (tmp_path / "ref/metrics.jsonl").read_text()
+
+
+KILLER = """
+import os, signal, sys
+from saekit.sae import build
+from saekit.sources.synthetic import SyntheticSource
+from saekit.training import train
+
+when, renamed = {when!r}, []
+
+
+def kill_in_the_second_checkpoint_write(event, args):
+    # a checkpoint's temporary file is created (os.open), opened to be written, and renamed (os.replace)
+    if event in ("open", "os.rename") and ".checkpoint.safetensors." in str(args[0]):
+        if event == when and len(renamed) == 1 and os.path.exists(args[0]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if event == "os.rename":
+            renamed.append(args[0])
+
+
+sys.addaudithook(kill_in_the_second_checkpoint_write)
+saes = [build(name, d_in=16, d_sae=32, seed=i) for i, name in enumerate(("topk", "jumprelu"))]
+train(saes, SyntheticSource(d=16, n_features=48, mean_active=3, seed=1), out_dir={out!r}, **{settings!r})
+"""
+
+
+def _pair(seed: int = 0):
+    return [build(name, d_in=16, d_sae=32, seed=seed + i) for i, name in enumerate(("topk", "jumprelu"))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["open", "os.rename"], ids=["as its temporary file is opened to be written", "just before the rename"])
+def test_a_run_killed_while_writing_a_checkpoint_resumes_exactly(tmp_path, when):
+    """kill -9 (a real SIGKILL of a real process, at the system calls) at the two edges of the second
+    checkpoint's write: the first checkpoint stays, and the resume ends bit for bit as an
+    uninterrupted run, its log too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    settings = dict(steps=9, checkpoint_every=3, log_every=1, **FAST)
+    reference = train(_pair(), SOURCE, out_dir=tmp_path / "ref", **settings).saes
+    run = tmp_path / "run"
+    code = KILLER.format(when=when, out=str(run), settings=settings)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert any(p.name.startswith(".checkpoint.safetensors.") for p in run.iterdir())  # killed mid-write
+    resumed = train(_pair(seed=100), SOURCE, out_dir=run, resume=True, **settings)
+    assert resumed.resumed_from == 3
+    _assert_same(_state(reference), _state(resumed.saes))
+    assert (run / "metrics.jsonl").read_text() == (tmp_path / "ref/metrics.jsonl").read_text()

@@ -1,0 +1,88 @@
+"""A run's output folder: which checkpoint a run resumes from, and what else it writes when it starts.
+
+The order is the contract: every check (the folder holds no other run, the checkpoint is intact, fits
+and has the run's fingerprint, the data) is done before the run writes anything into the folder, so a
+refused run leaves the folder byte for byte as it found it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from saekit.atomic import write_text
+from saekit.errors import ArtifactError, ConfigError
+from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
+
+_START_FILES: ContextVar[Mapping[str, str]] = ContextVar("saekit_start_files", default=MappingProxyType({}))
+
+
+@contextlib.contextmanager
+def files_at_start(files: Mapping[str, str]) -> Iterator[None]:
+    """Runs started in this block write ``files`` (name -> text) into their output folder once all
+    their checks have passed, before their first step. For records made by a caller that does not
+    drive the run itself: ``saekit train``'s ``config.json``, which must not replace the record of a
+    run whose resume is then refused."""
+    token = _START_FILES.set(MappingProxyType(dict(files)))
+    try:
+        yield
+    finally:
+        _START_FILES.reset(token)
+
+
+def write_start_files(out_dir: Path) -> None:
+    for name, text in _START_FILES.get().items():
+        write_text(out_dir / name, text)
+
+
+def refuse_a_second_run(out_dir: Path) -> None:
+    """A fresh run must not overwrite the checkpoint of another one (ConfigError), nor train to find
+    a folder where its checkpoint goes (ArtifactError)."""
+    if (out_dir / CHECKPOINT_NAME).is_dir():
+        raise ArtifactError(f"{out_dir / CHECKPOINT_NAME} is a folder where the run's checkpoint file goes: move it away")
+    if _present(out_dir / CHECKPOINT_NAME):
+        raise ConfigError(
+            f"{out_dir} already holds a run ({CHECKPOINT_NAME}); resume it (--resume, or resume=True) or "
+            "choose another output folder"
+        )
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()  # a dangling link is there too, and is reported on reading
+
+
+class Resumed(NamedTuple):
+    checkpoint: Checkpoint
+    path: Path
+
+
+def checkpoint_to_resume(
+    out_dir: Path | None, resume: bool, fingerprint: Mapping[str, Any], sites: list[str], total_steps: int
+) -> Resumed | None:
+    """The checkpoint a run continues from: None for a fresh run, or a resume that finds none. A
+    fresh run into a folder that holds a checkpoint, or a resume from a checkpoint of another run,
+    is refused (ConfigError); a checkpoint that is damaged or does not fit raises ArtifactError."""
+    if out_dir is None:
+        return None
+    path = out_dir / CHECKPOINT_NAME
+    if not resume:
+        refuse_a_second_run(out_dir)
+        return None
+    if not _present(path):
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt.fingerprint != fingerprint:
+        raise ConfigError(
+            f"{path} was written by a run with different SAEs, sites, data or training settings; "
+            "resume with the same configuration or start a new output folder"
+        )
+    if set(ckpt.scales) != set(sites) or not 0 <= ckpt.step <= total_steps:
+        raise ArtifactError(
+            f"checkpoint {path} does not fit this run: step {ckpt.step} of {total_steps}, normalisation "
+            f"factors for sites {sorted(ckpt.scales)}, the run reads {sorted(set(sites))}"
+        )
+    return Resumed(ckpt, path)
