@@ -1,4 +1,4 @@
-"""Serve the pages on localhost (stdlib ``http.server``), or write them as static files.
+"""Serve the pages on localhost (stdlib ``http.server``); :mod:`saekit.browser.export` writes them as files.
 
 The server opens no file named by a URL: a request path is decoded, checked segment by segment and
 matched against three patterns whose parts are looked up in memory (an SAE name among the suite's
@@ -8,19 +8,14 @@ a NUL or an undecodable escape is a 400; anything else that does not match is a 
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from tqdm.auto import tqdm
-
-from saekit.atomic import write_text
 from saekit.browser.pages import CSP, latent_list_page, latent_page, overview_page
 from saekit.browser.store import Browser
 
@@ -120,18 +115,3 @@ def serve_in_thread(browser: Browser, host: str = "127.0.0.1", port: int = 0) ->
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server, thread
-
-
-def export_site(browser: Browser, out: str | os.PathLike[str], *, progress: bool = False) -> Path:
-    """Write every page as a plain HTML file under ``out`` (the URL layout of the server); returns ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "index.html", overview_page(browser.title, browser.saes))
-    for name, data in browser.saes.items():
-        folder = out / name
-        (folder / "latent").mkdir(parents=True, exist_ok=True)
-        write_text(folder / "index.html", latent_list_page(browser.title, data))
-        n = data.stats.top_values.shape[0]
-        for latent in tqdm(range(n), desc=f"pages of {name}", disable=not progress, leave=False):
-            write_text(folder / "latent" / f"{latent}.html", latent_page(browser.title, data, latent))
-    return out
