@@ -6,7 +6,8 @@ effects, nearest latents), cached next to each SAE, served on localhost or expor
 """
 
 from saekit.browser.build import Browser, BrowserConfig, build_browser, sae_folders
-from saekit.browser.server import export_site, make_server, route, serve_in_thread
+from saekit.browser.export import export_site
+from saekit.browser.server import make_server, route, serve_in_thread
 from saekit.browser.stats import LatentStats, Layout, StatsSettings, compute_latent_stats
 from saekit.browser.store import SaeData
 

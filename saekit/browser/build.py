@@ -8,7 +8,6 @@ every SAE's site, then each stale SAE gets its statistics, logit effects and nei
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ import torch
 from torch import Tensor
 
 from saekit.browser.effects import final_norm_scale, logit_effects, nearest_latents, unembedding
-from saekit.browser.server import export_site
+from saekit.browser.export import check_export_target, export_site, is_plain_name
+from saekit.browser.meta import MAX_JSON_BYTES, SaeInfo, Sample, read_json_limited
 from saekit.browser.stats import Layout, StatsSettings, compute_latent_stats
 from saekit.browser.store import Browser, SaeData, cached_key, fingerprint, load_data, save_data, weights_hash
 from saekit.errors import ArtifactError, ConfigError
@@ -83,16 +83,16 @@ def sae_folders(target: str | os.PathLike[str]) -> dict[str, Path]:
     index = target / "index.json"
     if not index.is_file():
         raise ArtifactError(f"{target} is neither an SAE folder (cfg.json + weights) nor a suite folder (index.json)")
-    try:
-        entries = json.loads(index.read_text(encoding="utf-8"))["saes"]
-        names = [e["name"] for e in entries]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{index} is not a suite index: {exc}") from exc
+    raw = read_json_limited(index, MAX_JSON_BYTES)
+    entries = raw.get("saes") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
+        raise ArtifactError(f"{index} is not a suite index: 'saes' must be a list of entries with a name")
+    names = [e["name"] for e in entries]
     folders = {}
     for name in names:
-        folder = (target / name).resolve()
-        # A suite name is a folder inside the suite, nothing else.
-        if not isinstance(name, str) or folder.parent != target.resolve() or not is_sae_folder(folder):
+        # A suite name is one folder inside the suite, nothing else: it also names a folder of an export.
+        folder = (target / name).resolve() if is_plain_name(name) else None
+        if folder is None or folder.parent != target.resolve() or not is_sae_folder(folder):
             raise ArtifactError(f"{index} names {name!r}, which is not an SAE folder inside {target}")
         folders[name] = folder
     return folders
@@ -110,6 +110,8 @@ def build_browser(
     """Compute (or reuse from each SAE's ``browser-cache``) the browser data of ``target``, an SAE or
     suite folder; with ``export``, also write the static pages there. ``loaded`` reuses a model
     already in memory (it must be the one the SAEs were trained on)."""
+    if export is not None:
+        check_export_target(export)  # before minutes of computing, not after
     folders = sae_folders(target)
     model_name = loaded.name if loaded is not None else cfg.model or _model_of(folders)
     settings = cfg.content_settings(model_name)
@@ -124,14 +126,17 @@ def build_browser(
 
 
 def _model_of(folders: dict[str, Path]) -> str:
+    """The one model named (``metadata.model_name``) by the SAEs' cfg.json files, else the default."""
     names = set()
     for folder in folders.values():
         try:
-            meta = json.loads((folder / "cfg.json").read_text(encoding="utf-8")).get("metadata") or {}
-        except (OSError, ValueError):
-            meta = {}
-        if meta.get("model_name"):
-            names.add(meta["model_name"])
+            cfg = read_json_limited(folder / "cfg.json", MAX_JSON_BYTES)
+        except ArtifactError:
+            continue  # load_sae reports a broken cfg.json by name
+        meta = cfg.get("metadata") if isinstance(cfg, dict) else None
+        name = meta.get("model_name") if isinstance(meta, dict) else None
+        if isinstance(name, str) and name:
+            names.add(name)
     if len(names) > 1:
         raise ConfigError(f"the SAEs were trained on different models ({', '.join(sorted(names))}); pass the model to use")
     return names.pop() if names else "smollm2-135m"
@@ -172,7 +177,7 @@ def _compute(
         data = browser_data(
             name, sae, acts[sae.require_site()], tokens, layout, cfg, scale=scale, W_U=W_U, tokenizer=loaded.tokenizer, progress=progress
         )
-        info = data.info | {"model": model_name, "metrics": _metrics(sae, evals.get(name, {}))}
+        info = dataclasses.replace(data.info, model=model_name, metrics=_metrics(sae, evals.get(name, {})))
         save_data(stale[name], dataclasses.replace(data, info=info), keys[name])
         if progress:
             print(f"browse: {name}: {sae.d_sae} latents in {time.perf_counter() - started:.1f} s")
@@ -209,24 +214,25 @@ def browser_data(
         ids |= set(torch.unique(torch.cat([effects.promoted_ids, effects.suppressed_ids])).tolist())
     ordered = sorted(ids)
     vocab = dict(zip(ordered, tokenizer.batch_decode([[i] for i in ordered])))
-    info = {
-        "architecture": sae.architecture,
-        "site": sae.site,
-        "d_in": sae.d_in,
-        "d_sae": sae.d_sae,
-        "hparams": {k: v for k, v in sae.hparams().items() if v is not None},
-        "sample": {
-            "corpus": cfg.corpus,
-            "split": cfg.split,
-            "tokens": stats.n_rows,
-            "contexts": len(tokens),
-            "context_size": layout.context,
-            "skip_positions": layout.skip,
-            "l0": float(stats.fire_count.sum()) / stats.n_rows,
-            "dead_fraction": float((stats.fire_count == 0).double().mean()),
-        },
-        "logit_effects": "W_dec row * final-norm weight @ W_U (direct path)" if effects is not None else None,
-    }
+    sample = Sample(
+        corpus=cfg.corpus,
+        split=cfg.split,
+        tokens=stats.n_rows,
+        contexts=len(tokens),
+        context_size=layout.context,
+        skip_positions=layout.skip,
+        l0=float(stats.fire_count.sum()) / stats.n_rows,
+        dead_fraction=float((stats.fire_count == 0).double().mean()),
+    )
+    info = SaeInfo(
+        architecture=sae.architecture,
+        site=sae.require_site(),
+        d_in=sae.d_in,
+        d_sae=sae.d_sae,
+        sample=sample,
+        hparams={k: v for k, v in sae.hparams().items() if v is not None},
+        logit_effects="W_dec row * final-norm weight @ W_U (direct path)" if effects is not None else None,
+    )
     return SaeData(name, info, stats, effects, neighbours, tokens.cpu(), layout, vocab, cfg.stats.window_before)
 
 
@@ -234,24 +240,29 @@ def _eval_rows(target: Path) -> dict[str, dict]:
     """Rows of a ``results.json`` written beside the suite (by ``saekit demo``), by SAE name."""
     for path in (target / "results.json", target.parent / "results.json"):
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+            rows = read_json_limited(path, MAX_JSON_BYTES)
+        except ArtifactError:
+            continue  # optional: the overview then shows no eval metrics
         if isinstance(rows, list):
             return {r["name"]: r for r in rows if isinstance(r, dict) and isinstance(r.get("name"), str)}
     return {}
 
 
-def _metrics(sae: SAE, eval_row: dict) -> dict[str, Any]:
+def _metrics(sae: SAE, eval_row: dict) -> dict[str, float]:
     """Numbers from training (provenance.json) and from an evaluation, prefixed by where they are from."""
-    metrics: dict[str, Any] = {}
-    trained = sae.provenance.get("final_metrics") or {}
+    metrics: dict[str, float] = {}
+    trained = sae.provenance.get("final_metrics")
+    trained = trained if isinstance(trained, dict) else {}
     for key in ("mse", "l0", "dead_fraction"):
-        if isinstance(trained.get(key), (int, float)):
+        if _is_number(trained.get(key)):
             metrics[f"train {key}"] = trained[key]
-    if isinstance(sae.provenance.get("tokens"), int):
+    if _is_number(sae.provenance.get("tokens")):
         metrics["train tokens"] = sae.provenance["tokens"]
     for key, value in eval_row.items():
-        if key not in ("name", "site") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if key not in ("name", "site") and _is_number(value):
             metrics[f"eval {key}"] = value
     return metrics
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,6 +1,8 @@
-"""The HTML pages, as pure functions of the browser data. Every string from the corpus, the tokenizer
-or a file is escaped; the one script is a constant allowed by its hash in the page's CSP, so even a
-string that escaped escaping could not run.
+"""The HTML pages, as pure functions of the browser data. All markup is made by the templates of
+:mod:`saekit.browser.fmt`, which escape every value put into them (names, numbers, token strings,
+anything read from a file), so no value can add a tag or an attribute. The one script is a constant,
+allowed by its hash in the page's CSP: even a string that escaped escaping could not run. No data is
+ever put inside a ``<script>`` or ``<style>`` element.
 
 URL layout (the same for the server and the static export, so every link is relative):
 
@@ -17,12 +19,12 @@ from collections import Counter
 
 import torch
 
-from saekit.browser.fmt import esc, num, percent, token_text, url_part
+from saekit.browser.fmt import Html, html, join, num, percent, token_text, url_part
 from saekit.browser.stats import window_positions
 from saekit.browser.store import SaeData
 from saekit.browser.svg import histogram_svg
 
-SCRIPT = """(function () {
+SCRIPT = Html("""(function () {
   var table = document.getElementById('latents');
   if (!table) return;
   var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
@@ -53,7 +55,8 @@ SCRIPT = """(function () {
       rows.forEach(function (r) { body.appendChild(r); });
     });
   });
-})();"""
+})();""")
+"""The pages' one script: the latent list's search and the sortable tables."""
 
 _SCRIPT_HASH = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
 CSP = (
@@ -62,7 +65,7 @@ CSP = (
 )
 """Content-Security-Policy of every page: nothing loads from anywhere, only our own script runs."""
 
-_STYLE = """
+_STYLE = Html("""
 body{font:14px/1.45 system-ui,sans-serif;margin:1.2em 2em;color:#222;max-width:1200px}
 h1{font-size:1.4em;margin:.3em 0}h2{font-size:1.1em;margin:1.2em 0 .4em}
 nav{color:#666;margin-bottom:.5em}nav a{margin-right:.3em}
@@ -75,69 +78,67 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ctx span{border-radius:2px}.c{outline:1px solid #333}.off{color:#aaa}
 .tok{font-family:ui-monospace,monospace;white-space:pre;background:#f3f3f3;padding:0 3px;border-radius:2px}
 input#q{font-size:1em;padding:3px 6px;width:22em}
-"""
+""")
 
 
-def _page(title: str, body: str, *, script: bool = False) -> str:
-    js = f"<script>{SCRIPT}</script>" if script else ""
-    return (
+def _page(title: str, body: Html, *, script: bool = False) -> str:
+    return html(
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">'
+        '<meta http-equiv="Content-Security-Policy" content="{csp}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>{body}{js}</body></html>"
-    )
+        "<title>{title}</title><style>{style}</style></head><body>{body}{js}</body></html>",
+        csp=CSP, title=title, style=_STYLE, body=body, js=html("<script>{}</script>", SCRIPT) if script else Html(),
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
 # Overview
 
+_OVERVIEW_COLUMNS = [
+    ("SAE", "text"), ("architecture", "text"), ("site", "text"), ("latents", "num"), ("hyper-parameters", "text"),
+    ("L0 (sample)", "num"), ("never fired (sample)", "num"),
+]  # fmt: skip
+
 
 def overview_page(title: str, saes: dict[str, SaeData]) -> str:
-    metric_keys = sorted({k for d in saes.values() for k in d.info.get("metrics", {})})
-    head = "".join(
-        f'<th data-type="{t}">{esc(h)}</th>'
-        for h, t in [("SAE", "text"), ("architecture", "text"), ("site", "text"), ("latents", "num"),
-                     ("hyper-parameters", "text"), ("L0 (sample)", "num"), ("never fired (sample)", "num")]
-        + [(k, "num") for k in metric_keys]
-    )  # fmt: skip
+    metric_keys = sorted({k for d in saes.values() for k in d.info.metrics})
+    head = join(html('<th data-type="{}">{}</th>', t, h) for h, t in _OVERVIEW_COLUMNS + [(k, "num") for k in metric_keys])
     rows = []
     for name, d in saes.items():
-        info, sample = d.info, d.info["sample"]
-        hparams = ", ".join(f"{k}={v}" for k, v in info.get("hparams", {}).items())
-        metrics = info.get("metrics", {})
+        info, sample = d.info, d.info.sample
         cells = [
-            f'<td data-v="{esc(name)}"><a href="{url_part(name)}/index.html">{esc(name)}</a></td>',
-            _text_cell(info["architecture"]),
-            _text_cell(info["site"]),
-            _num_cell(info["d_sae"]),
-            _text_cell(hparams),
-            _num_cell(sample["l0"]),
-            _num_cell(sample["dead_fraction"], percent(sample["dead_fraction"])),
-        ] + [_num_cell(metrics.get(k)) for k in metric_keys]
-        rows.append(f"<tr>{''.join(cells)}</tr>")
+            html('<td data-v="{name}"><a href="{url}/index.html">{name}</a></td>', name=name, url=url_part(name)),
+            _text_cell(info.architecture),
+            _text_cell(info.site),
+            _num_cell(info.d_sae),
+            _text_cell(", ".join(f"{k}={v}" for k, v in info.hparams.items())),
+            _num_cell(sample.l0),
+            _num_cell(sample.dead_fraction, percent(sample.dead_fraction)),
+        ] + [_num_cell(info.metrics.get(k)) for k in metric_keys]
+        rows.append(html("<tr>{}</tr>", join(cells)))
     by_site: dict[str, list[str]] = {}
     for name, d in saes.items():
-        by_site.setdefault(str(d.info["site"]), []).append(name)
-    sites = "".join(
-        f"<li>{esc(site)}: " + ", ".join(f'<a href="{url_part(n)}/index.html">{esc(n)}</a>' for n in names) + "</li>"
+        by_site.setdefault(d.info.site, []).append(name)
+    sites = join(
+        html("<li>{}: {}</li>", site, join((html('<a href="{}/index.html">{}</a>', url_part(n), n) for n in names), ", "))
         for site, names in by_site.items()
     )
     first = next(iter(saes.values()), None)
-    sample = ""
+    facts = Html()
     if first is not None:
-        s = first.info["sample"]
-        sample = (
-            f'<p class="facts">Sample: {s["tokens"]:,} tokens of <b>{esc(s["corpus"])}</b> ({esc(s["split"])} split), '
-            f"{s['contexts']:,} contexts of {s['context_size']} tokens, the first {s['skip_positions']} positions of each "
-            f"left out; model {esc(first.info.get('model', '?'))}.</p>"
-        )
-    body = (
-        f"<h1>{esc(title)}</h1>{sample}<h2>Sites</h2><ul>{sites}</ul><h2>SAEs</h2>"
-        f'<table id="latents"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-        '<p class="facts">Click a column to sort. "train" metrics come from each SAE\'s provenance.json, "eval" '
-        'metrics from a results.json beside the suite; "sample" numbers from the tokens above.</p>'
-        '<p hidden><input id="q"><span id="count"></span></p>'
-    )
+        s = first.info.sample
+        facts = html(
+            '<p class="facts">Sample: {s.tokens:,} tokens of <b>{s.corpus}</b> ({s.split} split), {s.contexts:,} contexts '
+            "of {s.context_size} tokens, the first {s.skip_positions} positions of each left out; model {model}.</p>",
+            s=s, model=first.info.model or "?",
+        )  # fmt: skip
+    body = html(
+        '<h1>{title}</h1>{facts}<h2>Sites</h2><ul>{sites}</ul><h2>SAEs</h2><table id="latents"><thead><tr>{head}</tr>'
+        '</thead><tbody>{rows}</tbody></table><p class="facts">Click a column to sort. "train" metrics come from each '
+        "SAE's provenance.json, \"eval\" metrics from a results.json beside the suite; \"sample\" numbers from the "
+        'tokens above.</p><p hidden><input id="q"><span id="count"></span></p>',
+        title=title, facts=facts, sites=sites, head=head, rows=join(rows),
+    )  # fmt: skip
     return _page(title, body, script=True)
 
 
@@ -153,6 +154,10 @@ def _center_tokens(d: SaeData) -> torch.Tensor:
     return torch.where(rows >= 0, d.tokens.flatten()[flat], -1)
 
 
+def _tokens(words: list[str]) -> Html:
+    return join((html('<span class="tok">{}</span>', token_text(w)) for w in words), " ")
+
+
 def latent_list_page(title: str, d: SaeData) -> str:
     stats = d.stats
     centers = _center_tokens(d).tolist()
@@ -163,36 +168,31 @@ def latent_list_page(title: str, d: SaeData) -> str:
     rows = []
     for i in range(len(density)):
         common = Counter(t for t in centers[i] if t >= 0).most_common(3)
-        tops = " ".join(f'<span class="tok">{token_text(d.vocab.get(t, "?"))}</span>×{n}' for t, n in common)
+        tops = join((html('<span class="tok">{}</span>×{}', token_text(d.vocab.get(t, "?")), n) for t, n in common), " ")
         cells = [
-            f'<td class="n" data-v="{i}"><a href="latent/{i}.html">{i}</a></td>',
+            html('<td class="n" data-v="{0}"><a href="latent/{0}.html">{0}</a></td>', i),
             _num_cell(density[i], percent(density[i])),
             _num_cell(max_act[i]),
             _num_cell(mean_act[i]),
-            f'<td data-v="{esc(" ".join(d.vocab.get(t, "?") for t, _ in common))}">{tops}</td>',
+            html('<td data-v="{}">{}</td>', " ".join(d.vocab.get(t, "?") for t, _ in common), tops),
         ]
         if promoted is not None:
             words = [d.vocab.get(t, "?") for t in promoted[i]]
-            cells.append(
-                f'<td data-v="{esc(" ".join(words))}">'
-                + " ".join(f'<span class="tok">{token_text(w)}</span>' for w in words)
-                + "</td>"
-            )
-        rows.append(f"<tr>{''.join(cells)}</tr>")
+            cells.append(html('<td data-v="{}">{}</td>', " ".join(words), _tokens(words)))
+        rows.append(html("<tr>{}</tr>", join(cells)))
     heads = [("latent", "num"), ("density", "num"), ("max act", "num"), ("mean act (firing)", "num"), ("top tokens", "text")]
     if promoted is not None:
         heads.append(("promotes", "text"))
-    head = "".join(f'<th data-type="{t}">{esc(h)}</th>' for h, t in heads)
-    info = d.info
-    body = (
-        f'<nav><a href="../index.html">{esc(title)}</a> › {esc(d.name)}</nav>'
-        f"<h1>{esc(d.name)}</h1>"
-        f'<p class="facts">{esc(info["architecture"])} SAE at {esc(info["site"])}, {info["d_sae"]:,} latents; '
-        f"L0 {num(info['sample']['l0'])} and {percent(info['sample']['dead_fraction'])} never fired on "
-        f"{info['sample']['tokens']:,} sample tokens.</p>"
+    info, sample = d.info, d.info.sample
+    body = html(
+        '<nav><a href="../index.html">{title}</a> › {name}</nav><h1>{name}</h1><p class="facts">{arch} SAE at {site}, '
+        "{d_sae:,} latents; L0 {l0} and {dead} never fired on {tokens:,} sample tokens.</p>"
         '<p><input id="q" type="search" placeholder="search tokens or latent ids" autofocus> <span id="count"></span></p>'
-        f'<table id="latents"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-    )
+        '<table id="latents"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>',
+        title=title, name=d.name, arch=info.architecture, site=info.site, d_sae=info.d_sae, l0=num(sample.l0),
+        dead=percent(sample.dead_fraction), tokens=sample.tokens, rows=join(rows),
+        head=join(html('<th data-type="{}">{}</th>', t, h) for h, t in heads),
+    )  # fmt: skip
     return _page(f"{d.name} · latents", body, script=True)
 
 
@@ -207,60 +207,64 @@ def latent_page(title: str, d: SaeData, latent: int) -> str:
     fired = int(s.fire_count[latent])
     density = fired / max(s.n_rows, 1)
     mean = float(s.act_sum[latent]) / max(fired, 1)
-    nav = [f'<a href="../../index.html">{esc(title)}</a> ›', f'<a href="../index.html">{esc(d.name)}</a> ›', f"latent {latent}"]
+    nav = [
+        html('<a href="../../index.html">{}</a> ›', title),
+        html('<a href="../index.html">{}</a> ›', d.name),
+        html("latent {}", latent),
+    ]
     if latent > 0:
-        nav.append(f'<a href="{latent - 1}.html">← {latent - 1}</a>')
+        nav.append(html('<a href="{0}.html">← {0}</a>', latent - 1))
     if latent + 1 < n_latents:
-        nav.append(f'<a href="{latent + 1}.html">{latent + 1} →</a>')
+        nav.append(html('<a href="{0}.html">{0} →</a>', latent + 1))
     one_in = f" (1 in {round(1 / density):,} tokens)" if density > 0 else ""
-    facts = (
-        f"density {percent(density)}{one_in}, fired on {fired:,} of {s.n_rows:,} tokens · "
-        f"max activation {num(max_act)} · mean when firing {num(mean)}"
-    )
-    panels = _panels(d, latent, max_act)
     top = _examples(d, s.top_rows[latent], s.top_values[latent], s.top_windows[latent], max_act)
-    bands = _quantile_bands(d, latent, max_act)
-    body = (
-        f'<nav>{" ".join(nav)}</nav><h1>{esc(d.name)} · latent {latent}</h1><p class="facts">{facts}</p>'
-        f'<div class="panels">{"".join(panels)}</div>'
-        f"<h2>Top activations</h2>{top or '<p>never fired on the sample</p>'}"
+    body = html(
+        '<nav>{nav}</nav><h1>{name} · latent {latent}</h1><p class="facts">density {density}{one_in}, fired on '
+        "{fired:,} of {rows:,} tokens · max activation {max_act} · mean when firing {mean}</p>"
+        '<div class="panels">{panels}</div><h2>Top activations</h2>{top}'
         "<h2>Examples across the activation distribution</h2>"
-        '<p class="facts">From a uniform random sample of this latent\'s firings, split into bands of equal mass.</p>'
-        + "".join(bands)
-    )
+        "<p class=\"facts\">From a uniform random sample of this latent's firings, split into bands of equal mass.</p>"
+        "{bands}",
+        nav=join(nav, " "), name=d.name, latent=latent, density=percent(density), one_in=one_in, fired=fired,
+        rows=s.n_rows, max_act=num(max_act), mean=num(mean), panels=join(_panels(d, latent, max_act)),
+        top=top or Html("<p>never fired on the sample</p>"), bands=join(_quantile_bands(d, latent, max_act)),
+    )  # fmt: skip
     return _page(f"{d.name} · latent {latent}", body)
 
 
-def _panels(d: SaeData, latent: int, max_act: float) -> list[str]:
+def _panels(d: SaeData, latent: int, max_act: float) -> list[Html]:
     """The histogram, the logit effects (with a model) and the nearest latents of ``latent``."""
-    panels = [f"<div><h2>Activation histogram (non-zero)</h2>{histogram_svg(d.stats.histogram[latent].tolist(), max_act)}</div>"]
+    histogram = histogram_svg(d.stats.histogram[latent].tolist(), max_act)
+    panels = [html("<div><h2>Activation histogram (non-zero)</h2>{}</div>", histogram)]
     if d.effects is not None:
+        e = d.effects
+        rows = (
+            html(
+                '<tr><td><span class="tok">{}</span></td><td class="n">{}</td>'
+                '<td><span class="tok">{}</span></td><td class="n">{}</td></tr>',
+                token_text(d.vocab.get(int(pi), "?")),
+                num(float(pv)),
+                token_text(d.vocab.get(int(si), "?")),
+                num(float(sv)),
+            )  # fmt: skip
+            for pi, pv, si, sv in zip(e.promoted_ids[latent], e.promoted[latent], e.suppressed_ids[latent], e.suppressed[latent])
+        )
         panels.append(
-            "<div><h2>Logit effects</h2><table><thead><tr><th>promotes</th><th></th><th>suppresses</th><th></th></tr></thead><tbody>"
-            + "".join(
-                f'<tr><td><span class="tok">{token_text(d.vocab.get(int(pi), "?"))}</span></td><td class="n">{num(float(pv))}</td>'
-                f'<td><span class="tok">{token_text(d.vocab.get(int(si), "?"))}</span></td><td class="n">{num(float(sv))}</td></tr>'
-                for pi, pv, si, sv in zip(
-                    d.effects.promoted_ids[latent],
-                    d.effects.promoted[latent],
-                    d.effects.suppressed_ids[latent],
-                    d.effects.suppressed[latent],
-                )  # fmt: skip
+            html(
+                "<div><h2>Logit effects</h2><table><thead><tr><th>promotes</th><th></th><th>suppresses</th><th></th>"
+                "</tr></thead><tbody>{}</tbody></table></div>",
+                join(rows),
             )
-            + "</tbody></table></div>"
         )
-    panels.append(
-        "<div><h2>Nearest latents (decoder cosine)</h2><table><tbody>"
-        + "".join(
-            f'<tr><td><a href="{int(j)}.html">latent {int(j)}</a></td><td class="n">{num(float(c))}</td></tr>'
-            for j, c in zip(d.neighbours.ids[latent], d.neighbours.cosine[latent])
-        )
-        + "</tbody></table></div>"
+    neighbours = (
+        html('<tr><td><a href="{0}.html">latent {0}</a></td><td class="n">{1}</td></tr>', int(j), num(float(c)))
+        for j, c in zip(d.neighbours.ids[latent], d.neighbours.cosine[latent])
     )
+    panels.append(html("<div><h2>Nearest latents (decoder cosine)</h2><table><tbody>{}</tbody></table></div>", join(neighbours)))
     return panels
 
 
-def _quantile_bands(d: SaeData, latent: int, max_act: float) -> list[str]:
+def _quantile_bands(d: SaeData, latent: int, max_act: float) -> list[Html]:
     """One heading and its examples per quantile band in which ``latent`` has examples."""
     s = d.stats
     bands = []
@@ -269,16 +273,21 @@ def _quantile_bands(d: SaeData, latent: int, max_act: float) -> list[str]:
         rows, values = s.quantile_rows[latent, b], s.quantile_values[latent, b]
         if not bool((rows >= 0).any()):
             continue
-        lo, hi = 100 * b // n_bands, 100 * (b + 1) // n_bands
         present = values[rows >= 0]
         bands.append(
-            f"<h3>quantile band {lo}–{hi}% (examples {num(float(present.min()))} to {num(float(present.max()))})</h3>"
-            + _examples(d, rows, values, s.quantile_windows[latent, b], max_act)
+            html(
+                "<h3>quantile band {}–{}% (examples {} to {})</h3>{}",
+                100 * b // n_bands,
+                100 * (b + 1) // n_bands,
+                num(float(present.min())),
+                num(float(present.max())),
+                _examples(d, rows, values, s.quantile_windows[latent, b], max_act),
+            )  # fmt: skip
         )
     return bands
 
 
-def _examples(d: SaeData, rows: torch.Tensor, values: torch.Tensor, windows: torch.Tensor, max_act: float) -> str:
+def _examples(d: SaeData, rows: torch.Tensor, values: torch.Tensor, windows: torch.Tensor, max_act: float) -> Html:
     """One line per example: its activation, then its window of tokens shaded by the latent's activation."""
     before = d.window_before
     after = windows.shape[-1] - before - 1
@@ -295,20 +304,21 @@ def _examples(d: SaeData, rows: torch.Tensor, values: torch.Tensor, windows: tor
             # Most tokens of a sparse latent are zero: they go out as bare text to keep pages small.
             if a > 0 and max_act > 0:
                 alpha = round(255 * min(a / max_act, 1.0))
-                cls = ' class="c"' if w == before else ""
-                spans.append(f'<span{cls} style="background:#e8740c{alpha:02x}" title="{num(a)}">{text}</span>')
+                cls = Html(' class="c"') if w == before else Html()
+                spans.append(html('<span{} style="background:#e8740c{:02x}" title="{}">{}</span>', cls, alpha, num(a), text))
             elif w == before or p < d.layout.skip:
-                spans.append(f'<span class="{"c" if w == before else "off"}">{text}</span>')
+                spans.append(html('<span class="{}">{}</span>', "c" if w == before else "off", text))
             else:
                 spans.append(text)
-        out.append(f'<div class="ex"><span class="val">{num(value)}</span><span class="ctx">{"".join(spans)}</span></div>')
-    return "".join(out)
+        out.append(html('<div class="ex"><span class="val">{}</span><span class="ctx">{}</span></div>', num(value), join(spans)))
+    return join(out)
 
 
-def _num_cell(value: float | int | None, shown: str | None = None) -> str:
+def _num_cell(value: float | int | None, shown: str | None = None) -> Html:
+    """A right-aligned number, sorted by its value (missing: first in ascending order)."""
     v = "-Infinity" if value is None else repr(float(value))
-    return f'<td class="n" data-v="{esc(v)}">{esc(shown if shown is not None else num(value))}</td>'
+    return html('<td class="n" data-v="{}">{}</td>', v, shown if shown is not None else num(value))
 
 
-def _text_cell(value: object) -> str:
-    return f'<td data-v="{esc(value)}">{esc(value)}</td>'
+def _text_cell(value: str) -> Html:
+    return html('<td data-v="{0}">{0}</td>', value)

@@ -8,7 +8,13 @@ The folder is written atomically (:func:`saekit.atomic.replace_folder`), so a ca
 or absent; a cache whose fingerprint differs from the one asked for is stale and rebuilt.
 
 :class:`Browser`, the data of every page of a suite, is defined here too: it is what both the builder
-(:mod:`saekit.browser.build`) and the pages' server and exporter (:mod:`saekit.browser.server`) hold.
+(:mod:`saekit.browser.build`) and the pages' server and exporter (:mod:`saekit.browser.server`,
+:mod:`saekit.browser.export`) hold.
+
+A cache can come from elsewhere (inside a downloaded SAE's folder), so :func:`load_data` trusts
+nothing in it: :func:`saekit.browser.meta.read_meta` checks the JSON, :func:`tensor_problem` the
+tensors against it, so that a page never indexes out of range; either failure is an ArtifactError
+naming the file.
 """
 
 from __future__ import annotations
@@ -26,12 +32,22 @@ from torch import Tensor
 
 from saekit.atomic import replace_folder
 from saekit.browser.effects import LogitEffects, Neighbours
+from saekit.browser.meta import FORMAT, CacheMeta, SaeInfo, meta_text, read_meta
 from saekit.browser.stats import _TENSORS, LatentStats, Layout
 from saekit.errors import ArtifactError
 
 CACHE_DIR = "browser-cache"
-FORMAT = 1
-"""Bumped whenever what the cache holds changes meaning, so older caches are rebuilt."""
+
+_RANKS = {
+    "stats.top_values": 2, "stats.top_rows": 2, "stats.quantile_values": 3, "stats.quantile_rows": 3,
+    "stats.top_windows": 3, "stats.quantile_windows": 4, "stats.histogram": 2, "stats.fire_count": 1,
+    "stats.act_sum": 1, "neighbours.ids": 2, "neighbours.cosine": 2,
+    **{f"effects.{k}": 2 for k in LogitEffects._fields},
+}  # fmt: skip
+"""Rank of each cached tensor; each has one row per latent."""
+_INTEGERS = ("stats.top_rows", "stats.quantile_rows", "stats.histogram", "stats.fire_count", "neighbours.ids",
+            "effects.promoted_ids", "effects.suppressed_ids")  # fmt: skip
+"""Tensors of integers; the others hold floats."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +55,7 @@ class SaeData:
     """All a browser page needs about one SAE."""
 
     name: str
-    info: dict[str, Any]
-    """Architecture, site, model, d_sae, hparams, metrics from provenance / eval, sample settings."""
+    info: SaeInfo
     stats: LatentStats
     effects: LogitEffects | None
     neighbours: Neighbours
@@ -82,53 +97,89 @@ def save_data(folder: Path, data: SaeData, key: str) -> Path:
     if data.effects is not None:
         tensors.update({f"effects.{k}": v.contiguous() for k, v in data.effects._asdict().items()})
     tensors["tokens"] = data.tokens.to(torch.int32).contiguous()
-    meta = {
-        "format": FORMAT,
-        "key": key,
-        "name": data.name,
-        "info": data.info,
-        "n_rows": data.stats.n_rows,
-        "layout": list(data.layout),
-        "window_before": data.window_before,
-        "vocab": {str(k): v for k, v in data.vocab.items()},
-    }
+    meta = CacheMeta(key, data.name, data.info, data.stats.n_rows, tuple(data.layout), data.window_before, data.vocab)
 
     def fill(tmp: Path) -> None:
         save_file(tensors, str(tmp / "data.safetensors"))
-        (tmp / "meta.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
+        (tmp / "meta.json").write_text(meta_text(meta), encoding="utf-8")
 
     return replace_folder(target, fill)
 
 
 def cached_key(folder: Path) -> str | None:
-    """The fingerprint of the cache in ``folder``, or None when there is no readable cache."""
+    """The fingerprint of the cache in ``folder``, or None when there is no readable cache (rebuild it)."""
     try:
-        meta = json.loads((folder / CACHE_DIR / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_meta(folder / CACHE_DIR / "meta.json").key
+    except ArtifactError:
         return None
-    return meta.get("key") if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
 def load_data(folder: Path) -> SaeData:
-    """The cached data of the SAE in ``folder``."""
+    """The cached data of the SAE in ``folder``, checked: a cache may come from elsewhere."""
     cache = folder / CACHE_DIR
+    meta = read_meta(cache / "meta.json")
+    path = cache / "data.safetensors"
     try:
-        meta = json.loads((cache / "meta.json").read_text(encoding="utf-8"))
-        tensors = load_file(str(cache / "data.safetensors"))
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise ArtifactError(f"cannot read the browser cache {cache}: {exc}; delete it to rebuild it") from exc
-    stats = LatentStats(n_rows=int(meta["n_rows"]), **{k: tensors[f"stats.{k}"] for k in _TENSORS})
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise ArtifactError(f"cannot read the browser cache {path}: {exc}; delete {cache} to rebuild it") from exc
+    problem = tensor_problem(tensors, meta)
+    if problem:
+        raise ArtifactError(f"{path} does not match its meta.json: {problem}; delete {cache} to rebuild it")
+    stats = LatentStats(n_rows=meta.n_rows, **{k: tensors[f"stats.{k}"] for k in _TENSORS})
     effects = None
     if "effects.promoted" in tensors:
         effects = LogitEffects(*(tensors[f"effects.{k}"] for k in LogitEffects._fields))
     return SaeData(
-        name=meta["name"],
-        info=meta["info"],
+        name=meta.name,
+        info=meta.info,
         stats=stats,
         effects=effects,
         neighbours=Neighbours(tensors["neighbours.ids"], tensors["neighbours.cosine"]),
         tokens=tensors["tokens"].long(),
-        layout=Layout(*meta["layout"]),
-        vocab={int(k): v for k, v in meta["vocab"].items()},
-        window_before=int(meta["window_before"]),
+        layout=Layout(*meta.layout),
+        vocab=meta.vocab,
+        window_before=meta.window_before,
     )
+
+
+def tensor_problem(tensors: dict[str, Tensor], meta: CacheMeta) -> str | None:
+    """What makes ``tensors`` unusable with ``meta``: a tensor missing, of the wrong rank, dtype or
+    shape, or an example row, latent id or window outside what the cache holds; None if nothing."""
+    has_effects = any(k.startswith("effects.") for k in tensors)  # a model without unembedding has none
+    ranked = [k for k in _RANKS if has_effects or not k.startswith("effects.")]
+    missing = [k for k in [*ranked, "tokens"] if k not in tensors]
+    if missing:
+        return f"missing tensor(s) {', '.join(missing)}"
+    t = {k: tensors[k] for k in [*ranked, "tokens"]}
+    for k in ranked:
+        if t[k].ndim != _RANKS[k] or t[k].shape[0] != meta.info.d_sae:
+            return f"{k} has shape {list(t[k].shape)}, not {_RANKS[k]} dimensions with d_sae={meta.info.d_sae} rows"
+        if t[k].is_floating_point() == (k in _INTEGERS) or t[k].dtype == torch.bool:
+            return f"{k} is stored as {t[k].dtype}"
+    tokens, layout = t["tokens"], Layout(*meta.layout)
+    if tokens.ndim != 2 or tokens.shape[1] != layout.context or tokens.is_floating_point():
+        return f"tokens is {tokens.dtype} {list(tokens.shape)}, not integer [contexts, {layout.context}]"
+    return _shape_problem(t, meta, tokens.shape[0] * layout.per_context)
+
+
+def _shape_problem(t: dict[str, Tensor], meta: CacheMeta, rows: int) -> str | None:
+    """The part of :func:`tensor_problem` that relates tensors to each other and to the ``rows``
+    activation rows that the stored tokens hold."""
+    top, quantile = t["stats.top_values"].shape, t["stats.quantile_values"].shape
+    same = [("stats.top_rows", top), ("stats.quantile_rows", quantile), ("neighbours.cosine", t["neighbours.ids"].shape)]
+    same += [("stats.top_windows", (*top, t["stats.top_windows"].shape[2]))]
+    same += [("stats.quantile_windows", (*quantile, t["stats.top_windows"].shape[2]))]
+    same += [(k, t["effects.promoted"].shape) for k in t if k.startswith("effects.")]
+    for k, shape in same:
+        if t[k].shape != shape:
+            return f"{k} has shape {list(t[k].shape)}, expected {list(shape)}"
+    if top[1] < 1 or not meta.window_before < t["stats.top_windows"].shape[2]:
+        return "no top example slot, or window_before outside the stored windows"
+    if meta.n_rows > rows:
+        return f"n_rows={meta.n_rows} is more than the {rows} rows of the stored tokens"
+    for k, high in (("stats.top_rows", meta.n_rows), ("stats.quantile_rows", meta.n_rows), ("neighbours.ids", meta.info.d_sae)):
+        low = 0 if k == "neighbours.ids" else -1
+        if t[k].numel() and (int(t[k].min()) < low or int(t[k].max()) >= high):
+            return f"{k} holds values outside {low}..{high - 1}"
+    return None

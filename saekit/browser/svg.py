@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from saekit.browser.fmt import num
+from saekit.browser.fmt import Html, html, join, num
 
 
-def histogram_svg(counts: Sequence[int], high: float, *, width: int = 420, height: int = 130, label: str = "activation") -> str:
+def histogram_svg(counts: Sequence[int], high: float, *, width: int = 420, height: int = 130, label: str = "activation") -> Html:
     """Bars of ``counts`` over equal bins of [0, high], with a title per bar (its range and count)."""
     pad_left, pad_bottom, pad_top = 8, 22, 6
     inner_w, inner_h = width - 2 * pad_left, height - pad_bottom - pad_top
@@ -19,18 +19,26 @@ def histogram_svg(counts: Sequence[int], high: float, *, width: int = 420, heigh
         h = inner_h * count / peak
         lo, hi = high * i / n, high * (i + 1) / n
         bars.append(
-            f'<rect x="{pad_left + i * bar_w:.1f}" y="{pad_top + inner_h - h:.1f}" width="{max(bar_w - 1, 0.5):.1f}" '
-            f'height="{h:.1f}" fill="#e8740c"><title>{num(lo)} to {num(hi)}: {int(count):,}</title></rect>'
+            html(
+                '<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="#e8740c"><title>{} to {}: {:,}</title></rect>',
+                pad_left + i * bar_w,
+                pad_top + inner_h - h,
+                max(bar_w - 1, 0.5),
+                h,
+                num(lo),
+                num(hi),
+                int(count),
+            )  # fmt: skip
         )
     axis_y = pad_top + inner_h
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        f'role="img" aria-label="histogram of non-zero activations" class="hist">'
-        f'<line x1="{pad_left}" y1="{axis_y}" x2="{width - pad_left}" y2="{axis_y}" stroke="#555"/>'
-        + "".join(bars)
-        + f'<text x="{pad_left}" y="{height - 6}" font-size="11">0</text>'
-        f'<text x="{width / 2}" y="{height - 6}" font-size="11" text-anchor="middle">{label}</text>'
-        f'<text x="{width - pad_left}" y="{height - 6}" font-size="11" text-anchor="end">{num(high)}</text>'
-        f'<text x="{pad_left + 2}" y="{pad_top + 10}" font-size="10" fill="#555">max bin {int(peak):,}</text>'
-        "</svg>"
-    )
+    return html(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
+        'aria-label="histogram of non-zero activations" class="hist">'
+        '<line x1="{pad}" y1="{axis_y}" x2="{right}" y2="{axis_y}" stroke="#555"/>{bars}'
+        '<text x="{pad}" y="{text_y}" font-size="11">0</text>'
+        '<text x="{mid}" y="{text_y}" font-size="11" text-anchor="middle">{label}</text>'
+        '<text x="{right}" y="{text_y}" font-size="11" text-anchor="end">{high}</text>'
+        '<text x="{peak_x}" y="{peak_y}" font-size="10" fill="#555">max bin {peak:,}</text></svg>',
+        w=width, h=height, pad=pad_left, axis_y=axis_y, right=width - pad_left, bars=join(bars), text_y=height - 6,
+        mid=width / 2, label=label, high=num(high), peak_x=pad_left + 2, peak_y=pad_top + 10, peak=int(peak),
+    )  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 
 from saekit.browser.build import BrowserConfig
 from saekit.strict import field_docs
@@ -31,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from saekit.browser.build import build_browser
-    from saekit.browser.server import make_server
+    from saekit.browser.server import is_loopback, make_server
 
     cfg = BrowserConfig(
         model=args.model, corpus=args.corpus, n_tokens=args.tokens, context_size=args.context_size,
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export is not None:
         print(f"browse: pages written to {args.export}/index.html")
         return 0
-    if not _is_loopback(args.host):
+    if not is_loopback(args.host):
         print(f"browse: warning: serving on {args.host}, reachable from other machines")
     server = make_server(browser, args.host, args.port)
     host, port = server.server_address[:2]
@@ -51,13 +50,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 __all__ = ["add_parser"]

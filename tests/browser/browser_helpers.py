@@ -1,5 +1,6 @@
 """A tiny suite for the browser tests: a random Llama whose vocabulary holds an HTML-injection token,
-a corpus that uses it, and two random SAEs at two of its sites."""
+a corpus that uses it, and two random SAEs at two of its sites; and, without any model, the browser
+data of a small random SAE (:func:`tiny_data`) for the tests of pages, cache, export and server."""
 
 from __future__ import annotations
 
@@ -9,10 +10,19 @@ import torch
 from tiny_lm import tiny_llama, tiny_tokenizer
 
 import saekit
-from saekit.browser import BrowserConfig
+from saekit.browser import Browser, BrowserConfig, SaeData
+from saekit.browser.effects import logit_effects, nearest_latents
+from saekit.browser.meta import SaeInfo, Sample
+from saekit.browser.stats import Layout, StatsSettings, compute_latent_stats
 
 EVIL = "<script>alert(1)</script>"
 """A token whose text must show as text on every page."""
+
+HOSTILE = '<meta http-equiv="refresh" content="0;url=http://evil"></script><script>alert(1)</script><!--'
+"""A string that, put into a page raw, redirects it, closes a script element and opens a new one, and
+opens a comment."""
+RAW_MARKUP = ('<meta http-equiv="refresh"', "<script>alert", "</script><script>", "<!--")
+"""What a page must never contain once HOSTILE went through it."""
 
 
 def write_model(dest: Path) -> Path:
@@ -77,3 +87,25 @@ def tiny_setup(root: Path) -> tuple[Path, BrowserConfig]:
     model_dir = write_model(root / "model")
     corpus = write_corpus(root / "corpus")
     return write_suite(root / "suite", model_dir), tiny_config(model_dir, corpus)
+
+
+def tiny_data(name: str = "tiny", d_sae: int = 6, vocab_size: int = 12) -> SaeData:
+    """The browser data of a random ReLU-like SAE over random activations: 4 contexts of 8 tokens, the
+    first position skipped; token 0 reads EVIL."""
+    g = torch.Generator().manual_seed(0)
+    layout = Layout(context=8, skip=1)
+    tokens = torch.randint(0, vocab_size, (4, layout.context), generator=g)
+    acts = torch.randn(4 * layout.per_context, 5, generator=g)
+    W_enc, W_dec = torch.randn(5, d_sae, generator=g), torch.randn(d_sae, 5, generator=g)
+    settings = StatsSettings(top_n=3, quantile_bands=2, per_band=2, reservoir=4, window_before=2, window_after=1, histogram_bins=5)
+    stats = compute_latent_stats(lambda x: torch.relu(x @ W_enc), acts, d_sae, layout, settings, batch_size=16)
+    sample = Sample("corpus", "train", stats.n_rows, 4, layout.context, layout.skip, 1.5, 0.0)
+    info = SaeInfo("relu", "layers.0.resid_post", 5, d_sae, sample, {"l1_coef": 0.1, "betas": [0.9, 0.999]},
+                   "direct path", "tiny-model", {"train mse": 0.5, "train tokens": 1000})  # fmt: skip
+    vocab = {i: EVIL if i == 0 else f"t{i}" for i in range(vocab_size)}
+    effects = logit_effects(W_dec, torch.randn(vocab_size, 5, generator=g), None, 3)
+    return SaeData(name, info, stats, effects, nearest_latents(W_dec, 2), tokens, layout, vocab, settings.window_before)
+
+
+def tiny_browser(root: Path, title: str = "suite") -> Browser:
+    return Browser(root, title, {"tiny": tiny_data()})

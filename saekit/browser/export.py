@@ -1,0 +1,122 @@
+"""The static export: every page as a plain HTML file, in the server's URL layout, written as one folder.
+
+An export never destroys what it did not write. Its folder is used only when it is absent, empty, or
+a previous export: a folder holding the marker :data:`MARKER` (which names each SAE and its number of
+latents, so the exact set of files that export wrote) and nothing besides those files. Anything else
+is refused with a ConfigError naming the folder, before any page is rendered. The new export is
+built in a hidden sibling folder and swapped in whole by :func:`saekit.atomic.replace_folder`: the
+folder holds the old export or the new one, never a mix, and the marker is there exactly when the
+export it describes is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from saekit.atomic import replace_folder
+from saekit.browser.meta import MAX_JSON_BYTES, read_json_limited
+from saekit.browser.pages import latent_list_page, latent_page, overview_page
+from saekit.browser.store import Browser
+from saekit.errors import ArtifactError, ConfigError
+
+MARKER = "saekit-export.json"
+"""The file that makes a folder a saekit export: {"format": 1, "saes": {name: number of latents}}."""
+_MARKER_FORMAT = 1
+
+
+def is_plain_name(name: object) -> bool:
+    """Whether ``name`` can be one folder's name: a non-empty string, not ``.``/``..``, no separator or NUL."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not set(name) & {"/", "\\", "\0"}
+
+
+def check_export_target(out: str | os.PathLike[str]) -> Path:
+    """``out`` as a Path when an export may be written there (see the module docstring); else a
+    ConfigError naming the folder and what is in the way (an ArtifactError for an unreadable marker)."""
+    out = Path(out)
+    if out.is_symlink():
+        raise ConfigError(f"export folder {out} is a symbolic link; pass the folder it points to")
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise ConfigError(f"export folder {out} is a file, not a folder")
+    present = _entries(out)
+    if not present:
+        return out
+    if MARKER not in present:
+        raise ConfigError(
+            f"export folder {out} is not empty and is not a saekit browser export (it has no {MARKER}); "
+            f"refusing to replace what is in it ({_some(present)}): export into a new or empty folder"
+        )
+    foreign = present - _export_paths(_read_marker(out / MARKER))
+    if foreign:
+        raise ConfigError(
+            f"export folder {out} holds a saekit browser export and also files that export did not write "
+            f"({_some(foreign)}); refusing to delete them: move them out or export into another folder"
+        )
+    return out
+
+
+def export_site(browser: Browser, out: str | os.PathLike[str], *, progress: bool = False) -> Path:
+    """Write every page as a plain HTML file under ``out`` (the URL layout of the server), replacing
+    ``out`` as a whole; returns ``out``. Refused as :func:`check_export_target` says."""
+    out = check_export_target(out)
+    bad = [name for name in browser.saes if not is_plain_name(name)]
+    if bad:
+        raise ConfigError(f"SAE name(s) {', '.join(map(repr, bad))} cannot name a folder of the export")
+    counts = {name: int(data.stats.top_values.shape[0]) for name, data in browser.saes.items()}
+
+    def fill(tmp: Path) -> None:
+        (tmp / "index.html").write_text(overview_page(browser.title, browser.saes), encoding="utf-8")
+        for name, data in browser.saes.items():
+            (tmp / name / "latent").mkdir(parents=True)
+            (tmp / name / "index.html").write_text(latent_list_page(browser.title, data), encoding="utf-8")
+            for latent in tqdm(range(counts[name]), desc=f"pages of {name}", disable=not progress, leave=False):
+                page = latent_page(browser.title, data, latent)
+                (tmp / name / "latent" / f"{latent}.html").write_text(page, encoding="utf-8")
+        marker = {"format": _MARKER_FORMAT, "saes": counts}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+
+    replace_folder(out, fill)
+    return out
+
+
+def _entries(folder: Path) -> set[str]:
+    """Every file, folder and link under ``folder``, as paths relative to it (links not followed)."""
+    found = set()
+
+    def refuse(exc: OSError) -> None:
+        raise ConfigError(f"cannot list the export folder {folder}: {exc}") from exc
+
+    for here, dirs, files in os.walk(folder, onerror=refuse):
+        rel = Path(here).relative_to(folder)
+        found.update((rel / name).as_posix() for name in dirs + files)
+    return found
+
+
+def _read_marker(path: Path) -> dict[str, int]:
+    """SAE name -> number of latents, from an export's marker."""
+    raw = read_json_limited(path, MAX_JSON_BYTES)
+    saes = raw.get("saes") if isinstance(raw, dict) and raw.get("format") == _MARKER_FORMAT else None
+    if not isinstance(saes, dict) or not all(
+        is_plain_name(k) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in saes.items()
+    ):
+        raise ArtifactError(f"{path} is not a saekit export marker (format {_MARKER_FORMAT}, SAE names and latent counts)")
+    return saes
+
+
+def _export_paths(saes: dict[str, int]) -> set[str]:
+    """Every path an export of SAEs with these latent counts writes."""
+    paths = {MARKER, "index.html"}
+    for name, n in saes.items():
+        paths.update((name, f"{name}/index.html", f"{name}/latent"))
+        paths.update(f"{name}/latent/{i}.html" for i in range(n))
+    return paths
+
+
+def _some(paths: set[str], shown: int = 3) -> str:
+    first = sorted(paths)[:shown]
+    return ", ".join(first) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")

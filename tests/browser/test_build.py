@@ -1,0 +1,61 @@
+"""The suite index and the SAEs' cfg.json, as the browser reads them: every name is one folder
+inside the suite, every file is bounded and a malformed one is an ArtifactError naming it."""
+
+import json
+import re
+
+import pytest
+
+import saekit
+from saekit.browser import build
+from saekit.browser.build import _model_of, sae_folders
+from saekit.errors import ArtifactError
+
+
+@pytest.fixture
+def suite(tmp_path):
+    sae = saekit.build_sae("relu", d_in=4, d_sae=8, seed=0)
+    sae.metadata["site"] = "layers.0.resid_post"
+    return saekit.save_suite({"a": sae, "b": sae}, tmp_path / "suite")
+
+
+def write_index(suite, names):
+    (suite / "index.json").write_text(json.dumps({"saes": [{"name": n} for n in names]}))
+
+
+def test_the_names_of_the_index(suite):
+    assert list(sae_folders(suite)) == ["a", "b"]
+
+
+@pytest.mark.parametrize("name", ["a/../b", "../suite/a", "a/", ".", "", "a\\b", 5, None])
+def test_a_name_that_is_not_one_folder_inside_is_refused(suite, name):
+    write_index(suite, [name])  # "a/../b" and "a/" resolve to SAE folders of the suite, but are not their names
+    with pytest.raises(ArtifactError, match=re.escape(f"names {name!r}, which is not an SAE folder inside")):
+        sae_folders(suite)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [("[]", "is not a suite index"), ('{"saes": {"a": 1}}', "is not a suite index"), ('{"saes": ["a"]}', "is not a suite index"), ("{", "not valid JSON")],
+)  # fmt: skip
+def test_a_malformed_index_is_refused_by_name(suite, text, words):
+    (suite / "index.json").write_text(text)
+    with pytest.raises(ArtifactError, match=words) as caught:
+        sae_folders(suite)
+    assert str(suite / "index.json") in str(caught.value)
+
+
+def test_a_huge_index_is_refused_before_it_is_parsed(suite, monkeypatch):
+    monkeypatch.setattr(build, "MAX_JSON_BYTES", 10)
+    with pytest.raises(ArtifactError, match="larger than 10 bytes"):
+        sae_folders(suite)
+
+
+def test_the_model_named_by_cfg_json_whatever_its_shape(suite):
+    folders = sae_folders(suite)
+    for cfg in ([], {"metadata": []}, {"metadata": {"model_name": ["x"]}}, {"metadata": {"model_name": 3}}):
+        for folder in folders.values():
+            (folder / "cfg.json").write_text(json.dumps(cfg))
+        assert _model_of(folders) == "smollm2-135m"
+    (folders["a"] / "cfg.json").write_text(json.dumps({"metadata": {"model_name": "m1"}}))
+    assert _model_of(folders) == "m1"
