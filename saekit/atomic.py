@@ -11,7 +11,8 @@ Files get the permissions a plain ``open`` would give them (``0o666`` less the u
 of a plain ``mkdir``-and-``chmod 755``, not ``mkstemp``'s owner-only ones: caches, models and exported
 sites are often shared with other users or served by another one.
 
-* :func:`write_file` / :func:`write_bytes` / :func:`write_text`: one file, replacing any previous one.
+* :func:`write_file` / :func:`write_bytes` / :func:`write_text` / :func:`write_safetensors`: one file,
+  replacing any previous one.
 * :func:`replace_folder`: a whole folder, replacing any previous one.
 * :func:`create_folder`: a whole folder only if none is there yet; when several processes race to
   create the same folder, the first rename wins and the others keep (and return) its folder.
@@ -30,8 +31,9 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from saekit.errors import ArtifactError
 
@@ -61,6 +63,15 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
+    """``tensors`` (name -> CPU tensor) as a safetensors file. Serialised in memory first and written
+    as bytes, so that a disk that refuses the write raises the same named error as any other file
+    (safetensors' own writer reports it as a SafetensorError, not an OSError)."""
+    from safetensors.torch import save
+
+    return write_bytes(path, save(dict(tensors), None if metadata is None else dict(metadata)))
 
 
 def append_text(path: str | os.PathLike[str], text: str) -> Path:

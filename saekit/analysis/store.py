@@ -2,7 +2,7 @@
 
 A result is a dataclass whose fields are tensors, plain JSON values, or nested dataclasses of those
 (NamedTuples and dataclasses are stored as dicts and rebuilt on load from the field's annotation).
-Each file is written atomically (:func:`saekit.atomic.write_file`), so a crash never leaves half a file.
+Each file is written atomically (:mod:`saekit.atomic`), so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
-from saekit.atomic import write_file
+from saekit.atomic import write_safetensors, write_text
 from saekit.errors import ArtifactError
 
 JSON_NAME = "result.json"
@@ -44,12 +44,11 @@ def save_result(result: Any, folder: str | os.PathLike[str]) -> Path:
     if not dataclasses.is_dataclass(result):
         raise TypeError(f"save_result needs a dataclass, got {type(result).__name__}")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Tensor] = {}
     plain = _split(result, "", arrays)
     payload = {"kind": type(result).__name__, "fields": plain}
-    write_file(folder / ARRAYS_NAME, lambda p: save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, str(p)))
-    write_file(folder / JSON_NAME, lambda p: p.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n", encoding="utf-8"))
+    write_safetensors(folder / ARRAYS_NAME, {k: v.detach().cpu().contiguous() for k, v in arrays.items()})
+    write_text(folder / JSON_NAME, json.dumps(payload, indent=2, allow_nan=True) + "\n")
     return folder
 
 

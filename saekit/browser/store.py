@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
-from saekit.atomic import replace_folder
+from saekit.atomic import replace_folder, write_safetensors
 from saekit.browser.effects import LogitEffects, Neighbours
 from saekit.browser.meta import FORMAT, CacheMeta, SaeInfo, meta_text, read_meta
 from saekit.browser.stats import _TENSORS, LatentStats, Layout
@@ -100,7 +100,7 @@ def save_data(folder: Path, data: SaeData, key: str) -> Path:
     meta = CacheMeta(key, data.name, data.info, data.stats.n_rows, tuple(data.layout), data.window_before, data.vocab)
 
     def fill(tmp: Path) -> None:
-        save_file(tensors, str(tmp / "data.safetensors"))
+        write_safetensors(tmp / "data.safetensors", tensors)
         (tmp / "meta.json").write_text(meta_text(meta), encoding="utf-8")
 
     return replace_folder(target, fill)

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from saekit.atomic import write_file, write_text
+from saekit.atomic import write_safetensors, write_text
 from saekit.cli.args import non_negative_int, positive_int, refuse_unused
 from saekit.errors import ConfigError
 
@@ -283,10 +283,7 @@ def _steer(args: argparse.Namespace) -> int:
         print("  gained: " + ", ".join(f"{s.token!r} {s.clean:.3f}→{s.steered:.3f}" for s in e.gained))
         print("  lost:   " + ", ".join(f"{s.token!r} {s.clean:.3f}→{s.steered:.3f}" for s in e.lost))
         print(f"  clean:   {e.clean_text!r}\n  steered: {e.steered_text!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
-    write_file(out / "vector.safetensors", lambda tmp: save_file({"vector": vector.detach().float().cpu().contiguous()}, str(tmp)))
+    write_safetensors(out / "vector.safetensors", {"vector": vector.detach().float().cpu().contiguous()})
     dicts = [dataclasses.asdict(e) for e in effects]
     write_text(out / "steering.json", json.dumps(dicts, indent=2) + "\n")
     if result is not None:

@@ -28,7 +28,6 @@ def write_report(
     listed at the end of the report and printed, paths inside ``out`` written relative to it.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows, columns)
     drawn = [p for p in plots if p is not None]
     write_text(out / "results.json", json.dumps(list(rows), indent=2) + "\n")

@@ -67,7 +67,6 @@ def write_suite_report(
 ) -> list[Path]:
     """The report of :func:`evaluate_suite`'s rows in ``out``; returns the plots drawn."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     downstream = all("delta_ce" in r for r in rows)
     plots = [
         plot_frontier(rows, out / "frontier.png") if downstream else None,

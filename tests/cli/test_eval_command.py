@@ -91,3 +91,14 @@ def test_options_the_chosen_mode_ignores_are_refused(suite, tmp_path, capsys):
     assert main(["eval", str(folder / "a"), "--max-tokens", "5"]) == 2
     assert "--max-tokens has no effect without --data" in capsys.readouterr().err
     assert not (folder / "a" / "eval").exists()
+
+
+def test_a_report_folder_that_cannot_be_written_is_named(suite, tmp_path, capsys):
+    import numpy as np
+
+    folder, _, _ = suite
+    np.save(tmp_path / "acts.npy", np.random.default_rng(0).standard_normal((64, 16)).astype("float32"))
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(["eval", str(folder / "a"), "--data", str(tmp_path / "acts.npy"), "--out", str(tmp_path / "a-file" / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'a-file' / 'r'}" in err and "(ENOTDIR)" in err

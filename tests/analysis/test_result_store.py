@@ -46,3 +46,9 @@ def test_an_edited_result_is_refused_with_the_field_named(tmp_path, edit, messag
     (folder / "result.json").write_text(json.dumps(payload))
     with pytest.raises(ArtifactError, match=rf"result.json does not hold a Result: {message}"):
         load_result(Result, folder)
+
+
+def test_a_folder_that_cannot_be_written_is_named(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ArtifactError, match=r"cannot write .*a-file/r/arrays.safetensors: Not a directory \(ENOTDIR\)"):
+        save_result(Result([Pair(torch.ones(3), 0.5)], "x"), tmp_path / "a-file" / "r")
