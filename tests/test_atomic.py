@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from write_faults import file_size_limit, fill_up, hidden_leftovers, skip_unless_permissions_bind, tmpfs
 
 from saekit import atomic
@@ -138,6 +139,7 @@ def _writes(target: Path, size: int) -> dict:
         "write_text": lambda: atomic.write_text(target, "x" * size),
         "replace_folder": lambda: atomic.replace_folder(target, fill),
         "append_text": lambda: atomic.append_text(target, "x" * size),
+        "write_safetensors": lambda: atomic.write_safetensors(target, {"x": torch.zeros(size // 4)}),
     }
 
 
@@ -152,7 +154,7 @@ def _unchanged(target: Path, kind: str) -> bool:
     return (target / "data.bin" if kind == "replace_folder" else target).read_bytes() == b"kept"
 
 
-WRITES = ["write_bytes", "write_text", "replace_folder", "append_text"]
+WRITES = ["write_bytes", "write_text", "write_safetensors", "replace_folder", "append_text"]
 
 
 @pytest.mark.parametrize("kind", WRITES)
