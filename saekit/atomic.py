@@ -17,6 +17,7 @@ sites are often shared with other users or served by another one.
 * :func:`create_folder`: a whole folder only if none is there yet; when several processes race to
   create the same folder, the first rename wins and the others keep (and return) its folder.
 * :func:`append_text`: text added at the end of a log, all of it or none of it.
+* :func:`remove_temporaries`: what killed writes left, when the writer of a folder starts again.
 
 A write that the system refuses (disk full, read-only or foreign folder, a folder where the file
 should be) raises :class:`~saekit.errors.ArtifactError` naming the destination and the cause (its
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -63,6 +65,20 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def remove_temporaries(folder: str | os.PathLike[str], names: str) -> None:
+    """Delete what killed writes left in ``folder``: the temporary files this module names after the
+    files whose names match the regular expression ``names`` (e.g. ``r"shard-\\d+\\.safetensors"``),
+    and nothing else."""
+    pattern = re.compile(rf"\.(?:{names})\.[0-9a-f]{{{2 * _TEMP_HEX_BYTES}}}\.tmp")
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    with _named_errors(folder):
+        for path in folder.iterdir():
+            if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
 
 
 def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
@@ -205,11 +221,15 @@ def _write_error(path: Path, exc: OSError) -> ArtifactError:
     return error
 
 
+_TEMP_HEX_BYTES = 4
+"""Random bytes (hex digits / 2) in a temporary file's name: ``.<name>.<8 hex digits>.tmp``."""
+
+
 def _new_temp_file(path: Path) -> Path:
     """A new, empty, hidden sibling ``.<name>.<random>.tmp`` of ``path``, created with the mode a plain
     ``open`` gives (``mkstemp`` would make it owner-only, and the rename would keep that)."""
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(_TEMP_HEX_BYTES)}.tmp")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:

@@ -239,3 +239,15 @@ def test_an_append_is_all_or_nothing(tmp_path):
     with file_size_limit(log.stat().st_size + 5), pytest.raises(ArtifactError, match="File too large"):
         atomic.append_text(log, "three-is-long\n")
     assert log.read_text() == "one\ntwo\n"
+
+
+def test_remove_temporaries_deletes_what_killed_writes_left_and_nothing_else(tmp_path):
+    kept = ["ckpt.safetensors", ".ckpt.safetensors.tmp", ".ckpt.safetensors.0123abcd.tmp.bak", ".other.0123abcd.tmp", "x.0123abcd.tmp"]
+    for name in kept:
+        (tmp_path / name).write_text("mine")
+    (tmp_path / ".ckpt.safetensors.0123abcd.tmp").write_text("left by a kill")
+    (tmp_path / ".log.jsonl.ffffffff.tmp").write_text("left by a kill")
+    (tmp_path / ".ckpt.safetensors.99999999.tmp").mkdir()  # a folder: not a file this module wrote
+    atomic.remove_temporaries(tmp_path, r"ckpt\.safetensors|log\.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, ".ckpt.safetensors.99999999.tmp"])
+    atomic.remove_temporaries(tmp_path / "missing", "x")  # nothing to do

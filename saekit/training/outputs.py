@@ -8,15 +8,17 @@ refused run leaves the folder byte for byte as it found it.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from saekit.atomic import write_text
+from saekit.atomic import remove_temporaries, write_text
 from saekit.errors import ArtifactError, ConfigError
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
+from saekit.training.logs import METRICS_NAME
 
 _START_FILES: ContextVar[Mapping[str, str]] = ContextVar("saekit_start_files", default=MappingProxyType({}))
 
@@ -35,7 +37,11 @@ def files_at_start(files: Mapping[str, str]) -> Iterator[None]:
 
 
 def write_start_files(out_dir: Path) -> None:
-    for name, text in _START_FILES.get().items():
+    """Once every check has passed: clear what killed writes of an earlier process left (temporaries of
+    the checkpoint, the log and the start files), then write the start files."""
+    files = _START_FILES.get()
+    remove_temporaries(out_dir, "|".join(re.escape(name) for name in (CHECKPOINT_NAME, METRICS_NAME, *files)))
+    for name, text in files.items():
         write_text(out_dir / name, text)
 
 

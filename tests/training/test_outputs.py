@@ -107,3 +107,14 @@ def test_a_fresh_run_is_not_stopped_by_the_log_of_a_run_that_died_before_its_fir
     (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1, "sae": 0}\n{"step": 2, "sa')
     train(_sae(), SOURCE, out_dir=tmp_path, steps=3, **FAST)
     assert [line[:10] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == ['{"step": 1', '{"step": 2', '{"step": 3']
+
+
+def test_a_resumed_run_clears_the_temporaries_of_killed_writes_and_nothing_else(tmp_path):
+    _interrupted_run(tmp_path)
+    left = [".checkpoint.safetensors.0a1b2c3d.tmp", ".metrics.jsonl.deadbeef.tmp"]
+    mine = [".checkpoint.safetensors.notes", "checkpoint.safetensors.0a1b2c3d.tmp"]
+    for name in left + mine:
+        (tmp_path / name).write_text("x")
+    train(_sae(), SOURCE, out_dir=tmp_path, resume=True, steps=6, **FAST)
+    assert not any((tmp_path / name).exists() for name in left)
+    assert all((tmp_path / name).exists() for name in mine)

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -17,7 +16,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.atomic import write_bytes
+from saekit.atomic import remove_temporaries, write_bytes
 from saekit.errors import ArtifactError, ConfigError, DataError
 from saekit.sources.cache.manifest import (
     DEFAULT_SHARD_TOKENS,
@@ -33,8 +32,8 @@ from saekit.sources.cache.manifest import (
 from saekit.sources.cache.shards import file_problem, is_unrecorded_shard
 from saekit.sources.tensor import _check_positive
 
-# The temporary names saekit.atomic gives the files it writes here (".<name>.<8 hex digits>.tmp").
-_TEMPORARY = re.compile(r"\.(?:shard-\d+\.safetensors|manifest\.json)\.[0-9a-f]{8}\.tmp")
+_OURS = r"shard-\d+\.safetensors|manifest\.json"
+"""The files a cache writer puts in its folder (what its killed writes may have left temporaries of)."""
 
 Chunk: TypeAlias = Mapping[str, Tensor]
 ChunkStream: TypeAlias = Iterable[Chunk] | Callable[[int], Iterable[Chunk]]
@@ -103,7 +102,7 @@ def _start(folder: Path, wanted: CacheManifest, resume: bool) -> CacheManifest:
         else:
             _delete_cache(folder, existing, remnant)
             manifest = wanted
-        _remove_temporaries(folder)
+        remove_temporaries(folder, _OURS)
     _write(folder / MANIFEST, manifest_bytes(manifest))
     return manifest
 
@@ -172,14 +171,6 @@ def _delete_cache(folder: Path, manifest: CacheManifest, remnant: Path | None) -
             path.unlink(missing_ok=True)
         except OSError as exc:
             raise ArtifactError(f"cannot delete {path} ({exc.strerror or exc})") from None
-
-
-def _remove_temporaries(folder: Path) -> None:
-    """Delete what a killed writer left of its atomic writes: the names :mod:`saekit.atomic` gives the
-    temporary files of shards and of the manifest, and nothing else."""
-    for path in folder.iterdir():
-        if _TEMPORARY.fullmatch(path.name):
-            path.unlink(missing_ok=True)
 
 
 def _names(names: list[str], shown: int = 5) -> str:
