@@ -77,11 +77,8 @@ class Browser:
 
 
 def weights_hash(sae_folder: Path) -> str:
-    digest = hashlib.sha256()
     with open(sae_folder / "sae_weights.safetensors", "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def fingerprint(weights_sha: str, settings: dict[str, Any]) -> str:

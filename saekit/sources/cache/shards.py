@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import stat
 import struct
@@ -24,7 +25,6 @@ import numpy as np
 from saekit.errors import ArtifactError
 from saekit.sources.cache.manifest import DTYPES, MANIFEST, CacheManifest, ShardRecord, read_manifest, strict_json
 
-_HASH_BLOCK = 1 << 22
 # O_NOFOLLOW: a link swapped in after the manifest was read is still not followed. O_NONBLOCK: opening a
 # named pipe returns at once (and the file-type check then refuses it) instead of waiting for a writer.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
@@ -70,11 +70,9 @@ def file_problem(path: Path, shard: ShardRecord) -> CacheProblem | None:
 
 
 def checksum_problem(path: Path, shard: ShardRecord) -> CacheProblem | None:
-    digest = hashlib.sha256()
     try:
         with _open(path, shard.bytes) as handle:
-            while block := handle.read(_HASH_BLOCK):
-                digest.update(block)
+            digest = hashlib.file_digest(handle, "sha256")
     except _Problem as exc:
         return CacheProblem(shard.file, str(exc))
     except OSError as exc:
@@ -135,7 +133,7 @@ def is_unrecorded_shard(path: Path, manifest: CacheManifest) -> bool:
 
 
 @contextmanager
-def _open(path: Path, size: int | None) -> Iterator[BinaryIO]:
+def _open(path: Path, size: int | None) -> Iterator[io.BufferedReader]:
     """``path`` open for reading, once it is known to be a regular file of ``size`` bytes (any size for
     None); _Problem otherwise."""
     try:
