@@ -9,32 +9,46 @@ import torch
 
 from saekit.errors import ConfigError
 
+RUNS_ON = ("cpu", "cuda", "mps", "meta")
+"""Device types saekit computes on ("meta": shapes only, no data)."""
+COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+"""The floating dtypes an SAE can be computed (and so loaded) in."""
+
 
 def resolve_device(name: str | torch.device) -> torch.device:
-    """``"auto"``: CUDA when available, else the CPU; any other name as torch reads it, refused when it
-    names CUDA on a machine without it."""
+    """``"auto"``: CUDA when available, else the CPU; any other name as torch reads it, refused by name
+    when this machine has no such device (CUDA or MPS missing, a CUDA index past the last GPU) or it is
+    a kind saekit does not run on."""
     if isinstance(name, torch.device):
         return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"device {name!r} is not a device name torch knows ({exc})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in RUNS_ON:
+        raise ConfigError(f"device {name!r} is not one saekit runs on: \"auto\", {', '.join(RUNS_ON)} (\"cuda:1\" for a given GPU)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} requested but MPS is not available")
     return device
 
 
 def as_dtype(name: str | torch.dtype) -> torch.dtype:
-    """A floating torch dtype from its name (``"bfloat16"``) or itself."""
-    if isinstance(name, torch.dtype):
-        value = name
-    else:
-        value = getattr(torch, str(name), None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ConfigError(f"dtype must be a floating torch dtype such as 'float32' or 'bfloat16', got {name!r}")
-    return value
+    """One of :data:`COMPUTE_DTYPES` from its name (``"bfloat16"``, ``"torch.bfloat16"``) or itself. Other
+    floating dtypes (float8) only store numbers: torch cannot compute an SAE's matmuls in them."""
+    value = name if isinstance(name, torch.dtype) else getattr(torch, str(name).removeprefix("torch."), None)
+    if value in COMPUTE_DTYPES:
+        return value
+    names = ", ".join(repr(str(d).removeprefix("torch.")) for d in COMPUTE_DTYPES)
+    if isinstance(value, torch.dtype) and value.is_floating_point:
+        raise ConfigError(f"dtype {name!r} is a storage format torch cannot compute SAEs in; use one of {names}")
+    raise ConfigError(f"dtype must be one of {names}, got {name!r}")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

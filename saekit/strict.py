@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -89,31 +90,44 @@ def _as_bool(value: Any, where: str) -> bool:
 
 
 def _as_int(value: Any, where: str) -> int:
-    """An int, an integral float, or a string of one ("1e6", "4_096"); never a bool."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    """An int, an integral float, or a string of one ("1e6", "4_096"); never a bool, and within the
+    64-bit range every integer setting ends up in (seeds, counts, sizes)."""
+    number: Any = value
     if isinstance(value, str):
+        text = value.replace("_", "")
         try:
-            as_float = float(value.replace("_", ""))
+            number = int(text)  # exact, where float() would round a long integer
         except ValueError:
-            pass
-        else:
-            if as_float.is_integer():
-                return int(as_float)
-    raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            try:
+                number = float(text)
+            except ValueError:
+                pass
+    if isinstance(number, float) and number.is_integer():
+        number = int(number)
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not -(2**63) <= number < 2**63:
+        raise ConfigError(f"{where}: {value!r} is outside the 64-bit integer range")
+    return number
 
 
 def _as_float(value: Any, where: str) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    """A finite number (or a string of one): NaN and infinities are never a meaningful setting."""
+    number: Any = value
     if isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             pass
-    raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if not isinstance(number, (int, float)) or isinstance(number, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    try:
+        number = float(number)
+    except OverflowError:
+        raise ConfigError(f"{where}: {value!r} is too large for a floating-point number") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return number
 
 
 def _as_str(value: Any, where: str) -> str:
@@ -131,11 +145,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str | None = None
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a table of settings, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cast(Any, cls)) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(map(repr, set(data) - set(fields)))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-            f"valid keys are {', '.join(fields)}"
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; valid keys are {', '.join(fields)}"
         )
     hints = typing.get_type_hints(cls)
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
@@ -148,9 +161,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str | None = None
         raise ConfigError(f"{where}: missing required key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
+    except ConfigError as exc:  # the config's own check: name the config, keep the error's class
+        raise exc if str(exc).startswith(f"{where}") else type(exc)(f"{where}: {exc}") from None
+    except (TypeError, ValueError, ArithmeticError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
 

@@ -105,6 +105,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def int64(text: str) -> int:
+    """argparse type of a seed: an integer in the 64-bit range torch and numpy take."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{value} is outside the 64-bit integer range")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts (tokens, steps, sizes): a bad one is a usage error naming the option."""
+    value = int64(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from saekit import __version__
     from saekit.cli import analyse as analyse_cmd
@@ -128,13 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--model", default=None, help="model name or folder (default: smollm2-135m)")
     cache.add_argument("--sites", nargs="+", default=None, help='sites or globs (default: "layers.*.resid_post")')
     cache.add_argument("--corpus", default=None, help='"sotu" (default) or a path to .txt / .jsonl / .parquet / datasets folder')
-    cache.add_argument("--tokens", type=int, default=None, help="tokens of text to run through the model (default: the whole split)")
-    cache.add_argument("--context-size", type=int, default=None, help="tokens per context, BOS included (default: 128)")
-    cache.add_argument("--seed", type=int, default=None, help="seed of the document order")
+    cache.add_argument("--tokens", type=positive_int, default=None, help="tokens of text to run through the model (default: the whole split)")
+    cache.add_argument("--context-size", type=positive_int, default=None, help="tokens per context, BOS included (default: 128)")
+    cache.add_argument("--seed", type=int64, default=None, help="seed of the document order")
     cache.add_argument("--split", default=None, choices=["train", "test", "all"])
     cache.add_argument("--device", default=None)
     cache.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"], help="storage dtype")
-    cache.add_argument("--shard-tokens", type=int, default=65536)
+    cache.add_argument("--shard-tokens", type=positive_int, default=65536)
     cache.add_argument("--overwrite", action="store_true", help="delete a previous cache in --out instead of resuming it")
     cache.set_defaults(func=_cmd_cache)
 
@@ -148,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a small SAE suite on SmolLM2 (or on synthetic data) and report")
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    demo.add_argument("--tokens", type=int, default=None, help="corpus tokens of the SmolLM2 demo (default 131072)")
+    demo.add_argument("--tokens", type=positive_int, default=None, help="corpus tokens of the SmolLM2 demo (default 131072)")
     demo.add_argument("--synthetic", action="store_true", help="all architectures on synthetic data with planted features instead")
-    demo.add_argument("--steps", type=int, default=None, help="training steps of the synthetic demo")
+    demo.add_argument("--steps", type=positive_int, default=None, help="training steps of the synthetic demo")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import tomllib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import yaml
+import torch
 
-from saekit.errors import ConfigError
+from saekit.bounded import decode_utf8, file_problem, parse_json, parse_toml, parse_yaml, read_bytes
+from saekit.devices import resolve_device
+from saekit.errors import ConfigError, SaekitError
+from saekit.io.artifact import check_suite_name
 from saekit.sae.base import SAE
 from saekit.sae.registry import build
 from saekit.sources.tensor import site_to_read
@@ -65,46 +67,50 @@ class RunConfig:
     """The merged configuration as read (after overrides), saved beside the results."""
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest run config read: a config is a few hundred bytes, and a larger one is refused by its size."""
+_PARSERS = {".toml": parse_toml, ".yaml": parse_yaml, ".yml": parse_yaml, ".json": parse_json}
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a .toml, .yaml or .json run config, as plain data (saekit.bounded's rules)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError(f"config file {path}: use a .toml, .yaml or .json file")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid: {exc}") from exc
+    parse = _PARSERS.get(path.suffix)
+    if parse is None:
+        problem = file_problem(path)
+        raise ConfigError(f"config file {path} {problem}" if problem else f"config file {path}: use a .toml, .yaml or .json file")
+    where = f"config file {path}"
+    data = parse(decode_utf8(read_bytes(path, MAX_CONFIG_BYTES, ConfigError, "config file"), where, ConfigError), where, ConfigError)
+    if data is None and parse is parse_yaml:  # an empty YAML file
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table of settings at the top level")
     return data
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` strings; ``sae.0.k=16`` indexes the list of SAEs, values are YAML scalars."""
+    """Apply ``key.path=value`` strings; ``sae.0.k=16`` indexes the list of SAEs, values are YAML scalars
+    (or flow lists and mappings). A path through a value that is not a table or list is refused."""
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw_value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=1000")
-        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
-        parts = key.split(".")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.steps=1000")
+        value = parse_yaml(raw_value, f"--set {item!r}: the value", ConfigError) if raw_value.strip() else ""
         node: Any = data
-        for depth, part in enumerate(parts[:-1]):
+        for depth, part in enumerate(parts):
+            where = ".".join(parts[: depth + 1])
             if isinstance(node, list):
-                node = _list_item(node, part, ".".join(parts[: depth + 1]))
+                if depth == len(parts) - 1:
+                    raise ConfigError(f"--set {item!r}: {'.'.join(parts[:depth])} is a list; name a field of one entry, e.g. sae.0.k=16")
+                node = _list_item(node, part, where)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:depth])} is {node!r}, not a table; {where} cannot be set")
+            elif depth == len(parts) - 1:
+                node[part] = value
             else:
                 node = node.setdefault(part, {})
-        last = parts[-1]
-        if isinstance(node, list):
-            raise ConfigError(f"--set {item!r}: name a field of an SAE, e.g. sae.0.k=16")
-        node[last] = value
     return data
 
 
@@ -115,22 +121,27 @@ def _list_item(items: list, index: str, where: str) -> Any:
 
 
 def parse_run_config(data: dict[str, Any]) -> RunConfig:
-    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
+    """A run config from plain data; every [[sae]] table's own keys (SAESpec) and the training device
+    are checked here, before any data source is opened. Architecture hyper-parameters are checked
+    when the SAEs are built, as they need the data's width."""
+    unknown = sorted(map(repr, set(data) - set(TOP_LEVEL_KEYS)))
     if unknown:
-        raise ConfigError(f"unknown top-level key {', '.join(map(repr, unknown))}; valid keys are {', '.join(TOP_LEVEL_KEYS)}")
+        raise ConfigError(f"unknown top-level key {', '.join(unknown)}; valid keys are {', '.join(TOP_LEVEL_KEYS)}")
     for key in ("data", "train", "sae"):
         if key not in data:
             raise ConfigError(f"the config has no {key!r} section")
+    if not isinstance(data["data"], dict):
+        raise ConfigError(f"'data' must be a table of data settings ([data] in TOML), got {data['data']!r}")
+    out = data.get("out", "runs/latest")
+    if not isinstance(out, str) or not out:
+        raise ConfigError(f"'out' must be the path of the output folder, got {out!r}")
     saes = data["sae"]
     if isinstance(saes, dict):
         saes = [saes]
     if not isinstance(saes, list) or not saes or not all(isinstance(s, dict) for s in saes):
         raise ConfigError("'sae' must be one or more tables ([[sae]] in TOML, a list in YAML)")
-    for i, spec in enumerate(saes):
-        if "architecture" not in spec:
-            raise ConfigError(f"sae.{i}: missing 'architecture'")
-        if "d_sae" not in spec and "init_from" not in spec:
-            raise ConfigError(f"sae.{i}: missing 'd_sae'")
+    for i, table in enumerate(saes):
+        sae_spec(i, table)
     objectives = data.get("objective", [])
     objectives = [objectives] if isinstance(objectives, dict) else objectives
     if not isinstance(objectives, list) or not all(isinstance(o, dict) for o in objectives):
@@ -138,15 +149,53 @@ def parse_run_config(data: dict[str, Any]) -> RunConfig:
     e2e = data.get("e2e")
     if e2e is not None and not isinstance(e2e, dict):
         raise ConfigError("'e2e' must be a table of end-to-end settings ([e2e] in TOML)")
+    train = from_dict(TrainConfig, data["train"], where="train")
+    try:
+        resolve_device(train.device)
+    except ConfigError as exc:
+        raise ConfigError(f"train.device: {exc}") from None
     return RunConfig(
-        out=Path(data.get("out", "runs/latest")),
+        out=Path(out),
         data=dict(data["data"]),
-        train=from_dict(TrainConfig, data["train"], where="train"),
+        train=train,
         saes=[dict(s) for s in saes],
         raw=data,
         objectives=[dict(o) for o in objectives],
         e2e=None if e2e is None else dict(e2e),
     )
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """The keys of an [[sae]] table that are not the architecture's hyper-parameters."""
+
+    architecture: str
+    """Registry name (`saekit ls`)."""
+    name: str | None = None
+    """Folder name of the SAE in the run's suite; default "{index:02d}-{architecture}"."""
+    site: str | None = None
+    """The data site it reads; default the data's only site."""
+    seed: int | None = None
+    """Seed of its initialisation; default its index in the list."""
+    d_in: int | None = None
+    """Input width; default the width of its site in the data."""
+    init_from: str | None = None
+    """A saved SAE folder to start from (fine-tuning); its hyper-parameters come from the folder."""
+
+
+def sae_spec(i: int, table: dict[str, Any]) -> SAESpec:
+    """The SAESpec of the ``i``-th [[sae]] table, strictly checked (ConfigError naming ``sae.{i}.key``)."""
+    if "architecture" not in table:
+        raise ConfigError(f"sae.{i}: missing 'architecture'")
+    if "d_sae" not in table and "init_from" not in table:
+        raise ConfigError(f"sae.{i}: missing 'd_sae'")
+    spec = from_dict(SAESpec, {k: v for k, v in table.items() if k in SAE_SPEC_KEYS}, where=f"sae.{i}")
+    if spec.name is not None:
+        try:
+            check_suite_name(spec.name)
+        except ValueError as exc:
+            raise ConfigError(f"sae.{i}.name: {exc}") from None
+    return spec
 
 
 class BuiltSAEs(NamedTuple):
@@ -157,29 +206,48 @@ class BuiltSAEs(NamedTuple):
 def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSAEs:
     """SAEs from [[sae]] tables; ``d_in`` defaults to the width of the SAE's site in ``source``."""
     saes, names = [], []
-    for i, spec in enumerate(specs):
-        spec = dict(spec)
-        architecture = spec.pop("architecture")
-        name = spec.pop("name", None)
-        site = spec.pop("site", None)
-        seed = spec.pop("seed", i)
+    for i, table in enumerate(specs):
+        spec = sae_spec(i, table)
+        hparams = {k: v for k, v in table.items() if k not in SAE_SPEC_KEYS}
         sites = list(source.sites)
-        read = site_to_read(site, sites)  # the engine's rule (engine.assign_sites), named here by table
+        read = site_to_read(spec.site, sites)  # the engine's rule (engine.assign_sites), named here by table
         if read is None:
-            raise ConfigError(f"sae.{i}: site {site!r} is not one of the data's sites {sites}")
-        site = read if site is None else site
-        d_in = spec.pop("d_in", source.d_in(read))
-        init_from = spec.pop("init_from", None)
+            raise ConfigError(f"sae.{i}: site {spec.site!r} is not one of the data's sites {sites}")
+        d_in = source.d_in(read) if spec.d_in is None else spec.d_in
+        seed = i if spec.seed is None else spec.seed
         try:
-            sae = build(architecture, d_in=d_in, seed=seed, **spec) if init_from is None else _load_start(init_from, architecture, spec)
-        except ConfigError as exc:
-            raise ConfigError(f"sae.{i}: {exc}") from exc
-        sae.metadata["site"] = site
+            if spec.init_from is None:
+                _check_fits_in_memory(spec.architecture, d_in, hparams)
+                sae = build(spec.architecture, d_in=d_in, seed=seed, **hparams)
+            else:
+                sae = _load_start(spec.init_from, spec.architecture, hparams)
+        except SaekitError as exc:  # a ConfigError, or an ArtifactError from init_from's folder
+            raise type(exc)(f"sae.{i}: {exc}") from exc
+        sae.metadata["site"] = read if spec.site is None else spec.site
         saes.append(sae)
-        names.append(name or f"{i:02d}-{architecture}")
+        names.append(spec.name or f"{i:02d}-{spec.architecture}")
     if len(set(names)) != len(names):
         raise ConfigError(f"SAE names must be unique, got {names}")
     return BuiltSAEs(saes, names)
+
+
+def _check_fits_in_memory(architecture: str, d_in: int, hparams: dict[str, Any]) -> None:
+    """Refuse an SAE whose tensors alone exceed this machine's memory (d_sae = 10^12 is 32 TB of
+    float32), from a build on the meta device, instead of failing inside torch's allocator."""
+    with torch.device("meta"):
+        shaped = build(architecture, d_in=d_in, **hparams)
+    need = sum(t.numel() * t.element_size() for t in shaped.state_dict().values())
+    have = _physical_memory()
+    if have is not None and need > have:
+        raise ConfigError(f"a {architecture} SAE of d_in={d_in}, d_sae={shaped.d_sae} needs {need / 2**30:,.1f} GiB, more than this machine's {have / 2**30:,.1f} GiB")
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM, where the platform says (POSIX); None elsewhere."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _load_start(folder: str, architecture: str, hparams: dict[str, Any]) -> SAE:

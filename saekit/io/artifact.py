@@ -94,20 +94,7 @@ def _cfg_of(sae: SAE) -> dict[str, Any]:
     if "normalization_factor" in sae.metadata:
         # Already folded into the weights by training; kept so users can map back to raw activations.
         block["normalization_factor"] = sae.metadata["normalization_factor"]
-    return {
-        "architecture": sae.saelens_architecture,
-        "d_in": sae.d_in,
-        "d_sae": sae.d_sae,
-        "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
-        "device": "cpu",
-        "apply_b_dec_to_input": sae.apply_b_dec_to_input,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "sae_lens_version": SAELENS_FORMAT,
-        **sae.extra_saelens_cfg(),
-        "metadata": metadata,
-        "saekit": block,
-    }
+    return {**native.saelens_cfg(sae), "sae_lens_version": SAELENS_FORMAT, "metadata": metadata, "saekit": block}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +120,7 @@ def save_suite(
     if len(names) != len(saes):
         raise ValueError(f"got {len(names)} names for {len(saes)} SAEs")
     for name in names:
-        _check_name(name)
+        check_suite_name(name)
     if len(set(names)) != len(names):
         raise ValueError(f"suite names must be unique, got {names}")
 
@@ -160,7 +147,7 @@ def load_suite(folder: str | os.PathLike[str], *, device: str | torch.device = "
     suite = {}
     for entry in entries:
         try:
-            _check_name(entry["name"])
+            check_suite_name(entry["name"])
         except ValueError as exc:
             raise ArtifactError(f"{index_path}: {exc}") from None
         suite[entry["name"]] = load_sae(folder / entry["name"], device=device)
@@ -171,8 +158,9 @@ def _default_name(i: int, sae: SAE) -> str:
     return f"{i:02d}-{sae.architecture}-{re.sub(r'[^A-Za-z0-9._-]', '_', sae.site or 'default')}"
 
 
-def _check_name(name: str) -> None:
-    # A name is a folder inside the suite: it must not reach outside it or hide as a dot-file.
+def check_suite_name(name: str) -> None:
+    """Raise ValueError unless ``name`` can name an SAE folder inside a suite: a plain folder name that
+    cannot reach outside the suite nor hide as a dot-file."""
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name):
         raise ValueError(f"suite name {name!r} must be letters, digits, '.', '_' or '-', not starting with '.'")
 

@@ -4,8 +4,9 @@ Input forms (all become ``[tokens, d]`` rows; 3-D ``[batch, pos, d]`` arrays are
 
 * a ``torch.Tensor`` or ``numpy.ndarray``: one site, named ``site`` or ``"default"``;
 * a mapping ``{site: tensor or array}``: one site per key (``site`` then selects a single key);
-* a ``.npy`` path: opened with ``mmap_mode="r"`` and ``allow_pickle=False``, so files larger than memory
-  work and nothing is ever unpickled;
+* a ``.npy`` path: its header checked first (:mod:`saekit.tensorfile`: no pickle, exactly the data it
+  declares), then opened with ``mmap_mode="r"``, so files larger than memory work; a big-endian file is
+  converted batch by batch;
 * a ``.safetensors`` path: one tensor is one site named ``site`` or ``"default"``; several tensors are
   one site per key (``site`` then selects a single key).
 
@@ -38,8 +39,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saekit.bounded import file_problem
+from saekit.devices import COMPUTE_DTYPES
 from saekit.errors import DataError
 from saekit.sources.order import EpochOrder
+from saekit.tensorfile import load_safetensors, map_npy, native_order, npy_header
 from saekit.types import ActBatch, ActivationSource
 
 Array: TypeAlias = Tensor | np.ndarray
@@ -47,6 +51,7 @@ SourceInput: TypeAlias = Tensor | np.ndarray | str | os.PathLike | Mapping[str, 
 
 DEFAULT_SITE = "default"
 SUPPORTED_SUFFIXES = (".npy", ".safetensors")
+_NUMPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _CHECK_ROWS = 1 << 16  # rows per chunk of the finiteness scan, so the scan never doubles memory use
 
 
@@ -132,7 +137,7 @@ class TensorSource:
         # Memory-mapped: read in file order (far fewer page faults on disk), then restore batch order.
         idx = indices.numpy()
         order = np.argsort(idx, kind="stable")
-        block = np.empty((len(idx), rows.shape[1]), dtype=rows.dtype)
+        block = np.empty((len(idx), rows.shape[1]), dtype=native_order(rows.dtype))  # a big-endian file converts here
         block[order] = rows[idx[order]]
         x = torch.from_numpy(block).float()
         bad = ~torch.isfinite(x)
@@ -184,22 +189,17 @@ def _from_memory(data: object, site: str | None) -> dict[str, Array]:
         if not data:
             raise DataError("activations: empty mapping, expected {site: tensor}")
         return _select(dict(data), site, "activations")
-    raise TypeError(f"TensorSource cannot read a {type(data).__name__}")
+    raise DataError(f"activations: cannot read a {type(data).__name__}; pass a tensor, an array, a mapping of them, or a file path")
 
 
 def _load_path(path: Path, site: str | None) -> dict[str, Array]:
-    if not path.is_file():
-        raise DataError(f"activation file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    if problem := file_problem(path):
+        raise DataError(f"activation file {path} {problem}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return {site or DEFAULT_SITE: _load_npy(path)}
     if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            tensors = load_file(path)
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers and data
-            raise DataError(f"{path} is not a readable safetensors file: {exc}") from exc
+        tensors = load_safetensors(path, DataError)
         if not tensors:
             raise DataError(f"{path} holds no tensors")
         if len(tensors) == 1:
@@ -211,25 +211,12 @@ def _load_path(path: Path, site: str | None) -> dict[str, Array]:
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    # Read the header first: without it a pickled file and a corrupt one raise the same ValueError.
-    try:
-        with path.open("rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = reader(fh)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path} is not a valid .npy file: {exc}") from None
-    if dtype.hasobject:
-        raise DataError(
-            f"{path} holds pickled Python objects (dtype {dtype}); saekit loads .npy files with "
-            "allow_pickle=False, so save a numeric array, e.g. np.save(path, acts.astype(np.float32))"
-        )
-    _check_shape(shape, str(path))
-    _check_dtype(dtype, str(path))
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path} cannot be read: {exc}") from exc
+    """The file memory-mapped, once its header (tensorfile.npy_header: no pickle, data size as declared)
+    has the shape and dtype of activations."""
+    header = npy_header(path, DataError)
+    _check_shape(header.shape, str(path))
+    _check_dtype(header.dtype, str(path))
+    return map_npy(path, DataError)
 
 
 def _select(arrays: Mapping[str, Array], site: str | None, where: str) -> dict[str, Array]:
@@ -252,9 +239,8 @@ def _check_shape(shape: tuple[int, ...], where: str) -> None:
 
 
 def _check_dtype(dtype: np.dtype | torch.dtype, where: str) -> None:
-    floating = dtype.is_floating_point if isinstance(dtype, torch.dtype) else np.issubdtype(dtype, np.floating)
-    if not floating:
-        raise DataError(f"{where}: activations must be floating point, got dtype {dtype}")
+    if (dtype not in COMPUTE_DTYPES) if isinstance(dtype, torch.dtype) else (native_order(dtype) not in _NUMPY_FLOATS):
+        raise DataError(f"{where}: activations must be floating point, got dtype {dtype} (saekit reads float16, bfloat16, float32, float64)")
 
 
 def _as_rows(arr: Array, where: str) -> Array:
@@ -266,8 +252,10 @@ def _as_rows(arr: Array, where: str) -> Array:
     if isinstance(arr, np.memmap):
         return arr.reshape(-1, arr.shape[-1])
     if isinstance(arr, np.ndarray):
-        # torch cannot share a read-only numpy buffer, so copy those (they are in memory already).
-        arr = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+        # torch takes neither a read-only numpy buffer nor a non-native byte order: copy those (they are
+        # in memory already; the byte order is converted exactly).
+        native = arr.astype(native_order(arr.dtype), copy=False)
+        arr = torch.from_numpy(native if native.flags.writeable else native.copy())
     return arr.detach().reshape(-1, arr.shape[-1])
 
 

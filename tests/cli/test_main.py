@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saekit.cli.main import main
+from saekit.cli.main import build_parser, main
 from saekit.io import load_sae
 from saekit.sae import list_architectures
 
@@ -181,3 +181,26 @@ def test_eval_reports_metrics_of_a_suite_on_an_activation_file(tmp_path, capsys)
     assert "small-topk" in capsys.readouterr().out
     # One SAE folder works too.
     assert main(["eval", str(tmp_path / "out" / "saes" / "small-topk"), "--data", str(tmp_path / "acts.npy")]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["cache", "--out", "c", "--tokens", "-5"], "argument --tokens: -5 is not positive"),
+        (["cache", "--out", "c", "--shard-tokens", "0"], "argument --shard-tokens: 0 is not positive"),
+        (["cache", "--out", "c", "--seed", str(2**70)], "argument --seed: 1180591620717411303424 is outside the 64-bit integer range"),
+        (["demo", "--synthetic", "--steps", "abc"], "argument --steps: 'abc' is not an integer"),
+    ],
+)
+def test_bad_counts_and_seeds_are_usage_errors_naming_the_option(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(argv)  # parsing only: nothing runs, whatever the outcome
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_override_is_an_error_naming_the_key(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG.format(out=tmp_path / "run", steps=2, extra=""))
+    assert main(["train", str(config), "--set", "train.steps.x=1"]) == 2
+    assert "saekit train: error: --set 'train.steps.x=1': train.steps is 2, not a table" in capsys.readouterr().err

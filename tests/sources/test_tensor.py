@@ -170,7 +170,7 @@ def test_corrupt_files_are_data_errors(tmp_path: Path):
     st.write_bytes(b"\x00\x01garbage")
     with pytest.raises(DataError, match="not a valid .npy file"):
         TensorSource(npy)
-    with pytest.raises(DataError, match="not a readable safetensors file"):
+    with pytest.raises(DataError, match="junk.safetensors is truncated or corrupted"):
         TensorSource(st)
 
 
@@ -238,3 +238,43 @@ def test_invalid_batch_arguments():
         source.batches(0, seed=0)
     with pytest.raises(ValueError, match="start"):
         source.batches(2, seed=0, start=-1)
+
+
+def test_an_npy_header_claiming_terabytes_is_refused_from_the_header(tmp_path: Path):
+    path = tmp_path / "claims.npy"
+    with path.open("wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (2**20, 2**20)})
+    with pytest.raises(DataError, match=r"claims.npy: the header declares shape \(1048576, 1048576\) of float32 \(4,398,046,511,104 bytes"):
+        TensorSource(path)
+
+
+def test_big_endian_activations_are_converted_exactly(tmp_path: Path):
+    rows = np.arange(24, dtype=np.float32).reshape(6, 4)
+    path = tmp_path / "be.npy"
+    np.save(path, rows.astype(">f4"))
+    for data in (path, rows.astype(">f4"), {"a": rows.astype(">f8")}):
+        source = TensorSource(data)
+        batch = next(source.batches(6, seed=0))[source.sites[0]].x
+        assert torch.equal(batch[batch[:, 0].argsort()], torch.from_numpy(rows))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (np.ones((3, 2), dtype=np.longdouble), r"got dtype float128 \(saekit reads float16, bfloat16, float32, float64\)"),
+        (torch.ones(3, 2).to(torch.float8_e4m3fn), "got dtype torch.float8_e4m3fn"),
+        (5, "activations: cannot read a int"),
+    ],
+)
+def test_storage_saekit_cannot_compute_from_is_refused(data, message):
+    with pytest.raises(DataError, match=message):
+        TensorSource(data)
+
+
+def test_a_path_that_is_no_file_is_named(tmp_path: Path):
+    (tmp_path / "dir.npy").mkdir()
+    (tmp_path / "loop.npy").symlink_to(tmp_path / "loop.npy")
+    with pytest.raises(DataError, match="activation file .*dir.npy is a folder, not a file"):
+        TensorSource(tmp_path / "dir.npy")
+    with pytest.raises(DataError, match="activation file .*loop.npy cannot be opened: Too many levels of symbolic links"):
+        TensorSource(tmp_path / "loop.npy")

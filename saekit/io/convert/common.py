@@ -4,7 +4,6 @@ already mapped to saekit's names, with a record of where they came from."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -12,6 +11,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from saekit.bounded import decode_utf8, parse_json, read_bytes
+from saekit.devices import COMPUTE_DTYPES
 from saekit.errors import ArtifactError, ConfigError
 from saekit.sae import registry
 from saekit.sae.base import SAE
@@ -67,14 +68,16 @@ def check_shapes(
 
 
 def weight_problems(state: Mapping[str, Tensor]) -> list[str]:
-    """What is wrong with the values of an SAE's tensors, one phrase per tensor: not floating point
-    (an int or bool tensor would be cast silently), or holding NaN or infinities. The one infinity
-    allowed is +inf in ``threshold``: a learned threshold not yet set (BatchTopK, Feature Choice)."""
+    """What is wrong with the values of an SAE's tensors, one phrase per tensor: not in a dtype an SAE
+    computes in (an int or bool tensor would be cast silently, float8 cannot be computed in), or
+    holding NaN or infinities. The one infinity allowed is +inf in ``threshold``: a learned threshold
+    not yet set (BatchTopK, Feature Choice)."""
     problems = []
     for name in sorted(state):
         t = state[name]
-        if not t.is_floating_point():
-            problems.append(f"{name} is stored as {t.dtype}, not floating point")
+        if t.dtype not in COMPUTE_DTYPES:
+            kind = "a floating-point format SAEs are not computed in" if t.is_floating_point() else "not floating point"
+            problems.append(f"{name} is stored as {t.dtype}, {kind}")
             continue
         bad = t.isnan() | (t.isinf() & ~((t > 0) if name == "threshold" else torch.zeros_like(t, dtype=torch.bool)))
         if bool(bad.any()):
@@ -82,16 +85,15 @@ def weight_problems(state: Mapping[str, Tensor]) -> list[str]:
     return problems
 
 
+MAX_JSON_BYTES = 16 << 20
+"""Largest cfg.json / config.json / provenance.json read (they hold settings and a few metrics)."""
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; anything else is an ArtifactError naming the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {path}: {exc}") from exc
+    """A JSON object from ``path``, read with :mod:`saekit.bounded`'s limits; anything else is an
+    ArtifactError naming the file."""
+    text = decode_utf8(read_bytes(path, MAX_JSON_BYTES, ArtifactError), str(path), ArtifactError)
+    data = parse_json(text, str(path), ArtifactError)
     if not isinstance(data, dict):
         raise ArtifactError(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data
@@ -100,10 +102,9 @@ def read_json_object(path: Path) -> dict[str, Any]:
 def peek_json_keys(path: Path) -> set[str]:
     """Top-level keys of a JSON object file, or nothing when it is absent or unreadable (detection only)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return set(read_json_object(path))
+    except ArtifactError:
         return set()
-    return set(data) if isinstance(data, dict) else set()
 
 
 def assemble(

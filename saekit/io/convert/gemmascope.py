@@ -13,7 +13,8 @@ which is saekit's JumpReLU (``pre ⊙ 1[pre > θ]``) wherever θ ≥ 0. A negati
 what θ_i = 0 does (the ReLU removes the rest), so negative thresholds are stored as 0 and the codes
 stay identical.
 
-The arrays are read with ``numpy.load(allow_pickle=False)``. Where the path shows the hub layout
+The arrays are read with :func:`saekit.tensorfile.read_npz`: names, shapes and dtypes from their
+headers before anything is decompressed, and never a pickle. Where the path shows the hub layout
 (``gemma-scope-2b-pt-res/…/layer_20/…``), the site and model are filled in: ``res`` is
 ``layers.{L}.resid_post``, ``mlp`` is ``layers.{L}.mlp_out`` (after Gemma 2's post-MLP norm, as
 saekit's site); ``att`` reads the concatenated heads before W_O, which is no saekit site.
@@ -22,7 +23,6 @@ saekit's site); ``att`` reads the concatenated heads before W_O, which is no sae
 from __future__ import annotations
 
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from saekit.errors import ArtifactError
-from saekit.io.convert.common import assemble, check_shapes, dims_from
+from saekit.io.convert.common import Dims, assemble, check_shapes, dims_from
 from saekit.sae.base import SAE
+from saekit.tensorfile import ArrayHeader, read_npz
 
 LAYOUT = "gemma_scope"
 PARAMS_FILE = "params.npz"
@@ -50,17 +51,12 @@ def claims(path: Path) -> bool:
 def read(path: Path) -> SAE:
     """The JumpReLU SAE of a params.npz file, or of the folder that holds one."""
     params = path if path.is_file() else path / PARAMS_FILE
-    arrays = _load_arrays(params)
+    arrays = read_npz(params, ArtifactError, lambda headers: _check_headers(headers, params))
+    arrays = {_RENAMES.get(k, k): a for k, a in arrays.items()}
     scaling = arrays.pop("scaling_factor", None)
     if scaling is not None and not np.all(scaling == 1):
         raise ArtifactError(f"{params}: a scaling_factor other than 1 (fine-tuned scaling) is not supported")
-    if "W_enc" not in arrays:
-        raise ArtifactError(f"{params} is not a valid Gemma Scope params.npz: no W_enc (found: {', '.join(arrays) or 'nothing'})")
-    dims = dims_from(arrays["W_enc"].shape, SPEC["W_enc"], "W_enc", params)
-    check_shapes({k: a.shape for k, a in arrays.items()}, SPEC, dims, params, "Gemma Scope params.npz")
-    for key, array in arrays.items():
-        if not np.issubdtype(array.dtype, np.floating):
-            raise ArtifactError(f"{params}: {key} has dtype {array.dtype}, expected floating point")
+    dims = Dims(arrays["W_enc"].shape[0], arrays["W_enc"].shape[1])
     weights = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in SPEC}
     negative = int((weights["threshold"] < 0).sum())
     weights["threshold"] = weights["threshold"].clamp(min=0)
@@ -79,16 +75,19 @@ def read(path: Path) -> SAE:
     )
 
 
-def _load_arrays(params: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(params, allow_pickle=False) as data:
-            return {_RENAMES.get(str(k), str(k)): data[k] for k in data.files}
-    except ValueError as exc:  # what numpy raises for object arrays when allow_pickle=False
-        raise ArtifactError(f"{params} holds pickled objects, which saekit never loads: {exc}") from exc
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise ArtifactError(f"{params} is truncated or not an .npz file: {exc}") from exc
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {params}: {exc}") from exc
+def _check_headers(headers: dict[str, ArrayHeader], params: Path) -> None:
+    """Names, shapes and dtypes of the arrays, checked from their headers before any is decompressed."""
+    shapes = {_RENAMES.get(k, k): h.shape for k, h in headers.items()}
+    if "W_enc" not in shapes:
+        raise ArtifactError(f"{params} is not a valid Gemma Scope params.npz: no W_enc (found: {', '.join(shapes) or 'nothing'})")
+    dims = dims_from(shapes["W_enc"], SPEC["W_enc"], "W_enc", params)
+    scaling = shapes.pop("scaling_factor", None)
+    if scaling not in (None, (), (dims.d_sae,)):
+        raise ArtifactError(f"{params}: scaling_factor has shape {list(scaling)}, expected [] or [{dims.d_sae}]")
+    check_shapes(shapes, SPEC, dims, params, "Gemma Scope params.npz")
+    for key, header in headers.items():
+        if not np.issubdtype(header.dtype, np.floating):
+            raise ArtifactError(f"{params}: {key} has dtype {header.dtype}, expected floating point")
 
 
 def _hub_facts(params: Path) -> dict[str, Any]:

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
+from saekit.bounded import file_problem
 from saekit.devices import as_dtype, resolve_device
 from saekit.errors import ArtifactError, ConfigError, UnknownArchitectureError
 from saekit.io.convert.common import peek_json_keys, read_json_object, weight_problems
 from saekit.sae import registry
 from saekit.sae.base import SAE
+from saekit.tensorfile import load_safetensors, safetensors_header
 
 LAYOUT = "saekit"
 CFG_FILE = "cfg.json"
@@ -61,43 +61,93 @@ def old_path(folder: Path) -> Path:
 
 
 def read(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> SAE:
-    """The SAE saved in ``folder`` by saekit or by SAELens, with its weights, metadata and provenance."""
+    """The SAE saved in ``folder`` by saekit or by SAELens, with its weights, metadata and provenance.
+
+    Nothing is allocated before the weights file's header matches the SAE its cfg.json describes (the
+    SAE is first built on the meta device), so a cfg.json or header declaring huge shapes costs nothing.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         old = old_path(folder)
         hint = f"; an interrupted save left the previous version in {old}" if is_sae_folder(old) else ""
         raise ArtifactError(f"no SAE folder at {folder}: it {'is a file' if folder.exists() else 'does not exist'}{hint}")
     cfg_path = folder / CFG_FILE
-    if not cfg_path.is_file():
+    if file_problem(cfg_path) == "does not exist":
         raise ArtifactError(f"{folder} is not an SAE folder: it has no {CFG_FILE}")
     cfg = read_json_object(cfg_path)
-    # The SAE starts with its initial weights; they are replaced below.
-    sae = _sae_from_saekit(cfg, cfg_path) if "saekit" in cfg else _sae_from_saelens(cfg, cfg_path)
+    name, config = _saekit_block(cfg, cfg_path) if "saekit" in cfg else _saelens_config(cfg, cfg_path)
+    with torch.device("meta"):
+        shaped = _build(name, config, cfg_path)
+    if "saekit" in cfg:
+        _check_saelens_keys(cfg, shaped, cfg_path)
+    else:
+        _check_saelens_extras(cfg, shaped, cfg_path)
+    dtype = _dtype_of(cfg, cfg_path)
 
     weights_path = folder / WEIGHTS_FILE
-    state = _read_weights(weights_path)
-    fresh = sae.state_dict()
-    state = {key: value for key, value in fresh.items() if key in sae.training_state and key not in state} | state
-    _check_state(sae, state, weights_path)
-    sae.load_state_dict(state)
+    if file_problem(weights_path) == "does not exist":
+        raise ArtifactError(f"{weights_path} is missing: the SAE folder has a cfg.json but no weights")
+    header = safetensors_header(weights_path, ArtifactError)
+    _check_shapes(shaped, {key: h.shape for key, h in header.items()}, weights_path)
+    state = load_safetensors(weights_path, ArtifactError)
+    if problems := weight_problems(state):
+        raise ArtifactError(f"{weights_path} holds unusable weights: {'; '.join(problems)}")
+    stored = str(state["W_enc"].dtype).removeprefix("torch.")
+    if "saekit" in cfg and "dtype" in cfg and stored != str(dtype).removeprefix("torch."):
+        raise ArtifactError(f"{cfg_path}: dtype is {cfg['dtype']!r} but {WEIGHTS_FILE} stores W_enc as {stored}; saekit writes them alike")
+
+    sae = _build(name, config, cfg_path)  # the SAE starts with its initial weights; they are replaced below
+    sae.load_state_dict({key: value for key, value in sae.state_dict().items() if key not in state} | state)
     sae.metadata = _metadata_from_cfg(cfg, cfg_path)
     provenance_path = folder / PROVENANCE_FILE
-    sae.provenance = read_json_object(provenance_path) if provenance_path.is_file() else {}
-    return sae.to(device=resolve_device(device), dtype=_dtype_of(cfg, cfg_path))
+    present = provenance_path.exists() or provenance_path.is_symlink()
+    sae.provenance = read_json_object(provenance_path) if present else {}
+    return sae.to(device=resolve_device(device), dtype=dtype)
 
 
-def _sae_from_saekit(cfg: dict[str, Any], cfg_path: Path) -> SAE:
+def saelens_cfg(sae: SAE) -> dict[str, Any]:
+    """The cfg.json keys SAELens builds ``sae``'s inference class from: the writer writes them, and the
+    reader checks a saekit folder's against its saekit block."""
+    return {
+        "architecture": sae.saelens_architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
+        "device": "cpu",
+        "apply_b_dec_to_input": sae.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        **sae.extra_saelens_cfg(),
+    }
+
+
+def _saekit_block(cfg: dict[str, Any], cfg_path: Path) -> tuple[str, dict[str, Any]]:
     block = cfg["saekit"]
-    if not isinstance(block, dict) or not isinstance(block.get("config"), dict):
+    if not isinstance(block, dict) or not isinstance(block.get("architecture"), str) or not isinstance(block.get("config"), dict):
         raise ArtifactError(f"{cfg_path}: the saekit block must hold an architecture name and a config table")
-    return _build(str(block.get("architecture")), block["config"], cfg_path)
+    return block["architecture"], block["config"]
 
 
-def _sae_from_saelens(cfg: dict[str, Any], cfg_path: Path) -> SAE:
-    """Rebuild a folder written by SAELens, refusing any setting our architecture would not honour."""
+def _check_saelens_keys(cfg: dict[str, Any], sae: SAE, cfg_path: Path) -> None:
+    """The SAELens keys beside a saekit block must describe the SAE the block does, or SAELens would
+    load another SAE from the same folder. (dtype is checked against the weights file; device is
+    where SAELens puts it, not what it computes.)"""
+    for key, ours in saelens_cfg(sae).items():
+        if key in ("dtype", "device") or key not in cfg:
+            continue
+        if cfg[key] != ours or type(cfg[key]) is not type(ours):
+            raise ArtifactError(
+                f"{cfg_path}: {key} is {cfg[key]!r} for SAELens but the saekit block's {sae.architecture} SAE has "
+                f"{key}={ours!r}; the folder would load as two different SAEs"
+            )
+
+
+def _saelens_config(cfg: dict[str, Any], cfg_path: Path) -> tuple[str, dict[str, Any]]:
+    """The saekit architecture and config of a folder written by SAELens, refusing any setting our
+    architecture would not honour."""
     # SAELens before 6.0 wrote no architecture key for its standard SAE.
     saelens_name = cfg.get("architecture", "standard")
-    name = _SAEKIT_NAME_OF_SAELENS.get(saelens_name)
+    name = _SAEKIT_NAME_OF_SAELENS.get(saelens_name) if isinstance(saelens_name, str) else None
     if name is None:
         raise ArtifactError(
             f"{cfg_path}: SAELens architecture {saelens_name!r} has no saekit equivalent "
@@ -108,18 +158,20 @@ def _sae_from_saelens(cfg: dict[str, Any], cfg_path: Path) -> SAE:
             raise ArtifactError(f"{cfg_path}: {key}={cfg[key]!r} is not supported; saekit loads only 'none'")
     cls = registry.get(name)
     flag = cfg.get("apply_b_dec_to_input", True)
-    if flag != cls.apply_b_dec_to_input:
+    if flag is not cls.apply_b_dec_to_input:
         raise ArtifactError(
-            f"{cfg_path}: a SAELens {saelens_name!r} SAE with apply_b_dec_to_input={flag} is not saekit's "
+            f"{cfg_path}: a SAELens {saelens_name!r} SAE with apply_b_dec_to_input={flag!r} is not saekit's "
             f"{name!r}, which uses apply_b_dec_to_input={cls.apply_b_dec_to_input}"
         )
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    sae = _build(name, {k: v for k, v in cfg.items() if k in fields}, cfg_path)
+    return name, {k: v for k, v in cfg.items() if k in fields}
+
+
+def _check_saelens_extras(cfg: dict[str, Any], sae: SAE, cfg_path: Path) -> None:
     # Keys such as topk's rescale_acts_by_decoder_norm change SAELens's encode: ours must agree.
     for key, ours in sae.extra_saelens_cfg().items():
         if key in cfg and cfg[key] != ours:
-            raise ArtifactError(f"{cfg_path}: {key}={cfg[key]!r} is not supported by saekit's {name!r} (needs {ours!r})")
-    return sae
+            raise ArtifactError(f"{cfg_path}: {key}={cfg[key]!r} is not supported by saekit's {sae.architecture!r} (needs {ours!r})")
 
 
 def _build(name: str, config: dict[str, Any], cfg_path: Path) -> SAE:
@@ -131,39 +183,27 @@ def _build(name: str, config: dict[str, Any], cfg_path: Path) -> SAE:
         raise ArtifactError(f"{cfg_path}: invalid config: {exc}") from exc
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing: the SAE folder has a cfg.json but no weights")
-    try:
-        return load_file(path)
-    except SafetensorError as exc:
-        raise ArtifactError(f"{path} is truncated or corrupted: {exc}") from exc
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {path}: {exc}") from exc
-
-
-def _check_state(sae: SAE, state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Name every missing, unexpected and mis-shaped tensor at once, instead of torch's first error."""
-    expected = sae.state_dict()
+def _check_shapes(sae: SAE, shapes: Mapping[str, tuple[int, ...]], path: Path) -> None:
+    """Name every missing, unexpected and mis-shaped tensor at once, instead of torch's first error.
+    Training-state buffers may be absent (a loaded SAE starts them afresh)."""
+    expected = {key: tuple(t.shape) for key, t in sae.state_dict().items()}
     problems = []
-    if missing := sorted(expected.keys() - state.keys()):
+    if missing := sorted(expected.keys() - shapes.keys() - set(sae.training_state)):
         problems.append(f"missing tensors {', '.join(missing)}")
-    if unexpected := sorted(state.keys() - expected.keys()):
+    if unexpected := sorted(shapes.keys() - expected.keys()):
         problems.append(f"unexpected tensors {', '.join(unexpected)}")
-    for key in sorted(expected.keys() & state.keys()):
-        if state[key].shape != expected[key].shape:
-            problems.append(f"{key} has shape {list(state[key].shape)} but the config needs {list(expected[key].shape)}")
+    for key in sorted(expected.keys() & shapes.keys()):
+        if shapes[key] != expected[key]:
+            problems.append(f"{key} has shape {list(shapes[key])} but the config needs {list(expected[key])}")
     if problems:
         raise ArtifactError(f"{path} does not match the {sae.architecture} SAE of its cfg.json: {'; '.join(problems)}")
-    if problems := weight_problems(state):
-        raise ArtifactError(f"{path} holds unusable weights: {'; '.join(problems)}")
 
 
 def _dtype_of(cfg: dict[str, Any], cfg_path: Path) -> torch.dtype:
     try:
-        return as_dtype(str(cfg.get("dtype", "float32")).removeprefix("torch."))
-    except ConfigError:
-        raise ArtifactError(f"{cfg_path}: dtype {cfg.get('dtype')!r} is not a floating-point torch dtype") from None
+        return as_dtype(cfg.get("dtype", "float32"))
+    except ConfigError as exc:
+        raise ArtifactError(f"{cfg_path}: {exc}") from None
 
 
 def _metadata_from_cfg(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
@@ -174,4 +214,7 @@ def _metadata_from_cfg(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
     # SAELens before 6.0 kept hook_name and model_name at the top level.
     site = meta.pop("hook_name", None) or cfg.get("hook_name")
     model = meta.pop("model_name", None) or cfg.get("model_name")
+    for key, value in (("hook_name", site), ("model_name", model)):
+        if value is not None and not isinstance(value, str):
+            raise ArtifactError(f"{cfg_path}: {key} must be a string, found {value!r}")
     return meta | ({"site": site} if site is not None else {}) | ({"model": model} if model is not None else {})

@@ -20,12 +20,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
+from saekit.bounded import file_problem
 from saekit.errors import ArtifactError
 from saekit.io.convert.common import assemble, check_shapes, dims_from, peek_json_keys, read_json_object
 from saekit.sae.base import SAE
+from saekit.tensorfile import load_safetensors, safetensors_header
 
 LAYOUT = "sparsify"
 CFG_FILE = "cfg.json"
@@ -45,26 +44,22 @@ def read(path: Path) -> SAE:
     """The TopK SAE of one sparsify hookpoint folder."""
     cfg_path, weights_path = path / CFG_FILE, path / WEIGHTS_FILE
     for needed in (cfg_path, weights_path):
-        if not needed.is_file():
+        if file_problem(needed) == "does not exist":
             raise ArtifactError(f"{path} looks like a sparsify folder but has no {needed.name} (sparsify writes {CFG_FILE} and {WEIGHTS_FILE})")
     cfg = read_json_object(cfg_path)
     _refuse_unsupported(cfg, cfg_path)
-    try:
-        tensors = load_file(weights_path)
-    except SafetensorError as exc:
-        raise ArtifactError(f"{weights_path} is truncated or corrupted: {exc}") from exc
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {weights_path}: {exc}") from exc
-    if "W_skip" in tensors:
+    header = safetensors_header(weights_path, ArtifactError)
+    if "W_skip" in header:
         raise ArtifactError(f"{weights_path} holds W_skip: a skip connection, which saekit's topk does not have")
-    if "encoder.weight" not in tensors:
-        raise ArtifactError(f"{weights_path} is not a sparsify SAE: no encoder.weight (found: {', '.join(tensors) or 'nothing'})")
-    dims = dims_from(tensors["encoder.weight"].shape, SPEC["encoder.weight"], "encoder.weight", weights_path)
-    check_shapes({k: t.shape for k, t in tensors.items()}, SPEC, dims, weights_path, "sparsify sae.safetensors")
+    if "encoder.weight" not in header:
+        raise ArtifactError(f"{weights_path} is not a sparsify SAE: no encoder.weight (found: {', '.join(header) or 'nothing'})")
+    dims = dims_from(header["encoder.weight"].shape, SPEC["encoder.weight"], "encoder.weight", weights_path)
+    check_shapes({k: h.shape for k, h in header.items()}, SPEC, dims, weights_path, "sparsify sae.safetensors")
     if "d_in" in cfg and cfg["d_in"] != dims.d_in:
         raise ArtifactError(f"{cfg_path}: d_in={cfg['d_in']!r} but encoder.weight is [{dims.d_sae}, {dims.d_in}]")
     if cfg.get("num_latents") and cfg["num_latents"] != dims.d_sae:
         raise ArtifactError(f"{cfg_path}: num_latents={cfg['num_latents']!r} but encoder.weight has {dims.d_sae} rows")
+    tensors = load_safetensors(weights_path, ArtifactError)
     k = cfg.get("k", 32)  # SparseCoderConfig's default, for a cfg.json written without it
     weights = {
         "W_enc": tensors["encoder.weight"].T,

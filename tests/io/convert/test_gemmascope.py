@@ -3,6 +3,9 @@ inference formula computed here from the raw arrays."""
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -107,7 +110,7 @@ def test_wrong_shape_is_named(tmp_path):
 
 def test_object_arrays_are_refused(tmp_path):
     write_gemma_scope(tmp_path / "sae", threshold=np.array([{"x": 1}] * D_SAE, dtype=object))
-    with pytest.raises(ArtifactError, match="holds pickled objects, which saekit never loads"):
+    with pytest.raises(ArtifactError, match="threshold.npy holds pickled Python objects .*which saekit never loads"):
         saekit.load_sae(tmp_path / "sae")
 
 
@@ -125,3 +128,45 @@ def test_scaling_factor_other_than_one_is_refused(tmp_path):
     write_gemma_scope(tmp_path / "scaled", scaling_factor=np.full(D_SAE, 2.0, np.float32))
     with pytest.raises(ArtifactError, match="scaling_factor other than 1"):
         saekit.load_sae(tmp_path / "scaled")
+
+
+def test_an_extra_member_is_refused_from_its_header_before_decompression(tmp_path):
+    """An extra member of 2^24 floats (64 MiB) stored in a few dozen KB: refused by name from its .npy
+    header. Its compressed data is corrupted here, so decompressing it would fail instead."""
+    write_gemma_scope(tmp_path / "sae")
+    path = tmp_path / "sae" / "params.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (2**24,)})
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("junk.npy", header.getvalue() + bytes(2**26))
+    data = bytearray(path.read_bytes())
+    data[data.index(b"PK\x01\x02") - 10] ^= 0xFF  # the end of junk.npy's compressed data
+    path.write_bytes(bytes(data))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(ArtifactError, match=r"params.npz is not a valid Gemma Scope params.npz: unexpected junk \(found: .*junk \[16777216\]\)"):
+        saekit.load_sae(tmp_path / "sae")
+
+
+def test_a_consistent_zip_bomb_is_refused_by_its_compression_ratio(tmp_path):
+    d_sae = 2**17  # every array the right shape, but all zeros: 12 MiB declared, a few KB stored
+    (tmp_path / "sae").mkdir()
+    with zipfile.ZipFile(tmp_path / "sae" / "params.npz", "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, shape in {"W_enc": (D_IN, d_sae), "W_dec": (d_sae, D_IN), "b_enc": (d_sae,), "b_dec": (D_IN,), "threshold": (d_sae,)}.items():
+            buffer = io.BytesIO()
+            np.save(buffer, np.zeros(shape, np.float32))
+            zf.writestr(f"{key}.npy", buffer.getvalue())
+    with pytest.raises(ArtifactError, match="member W_enc.npy declares 3,145,856 bytes from .* compressed, a ratio no float weights reach"):
+        saekit.load_sae(tmp_path / "sae")
+
+
+def test_big_endian_arrays_are_read_exactly(tmp_path):
+    raw = write_gemma_scope(tmp_path / "sae")
+    np.savez(tmp_path / "sae" / "params.npz", **{k: v.numpy().astype(">f4") for k, v in raw.items()})
+    sae = saekit.load_sae(tmp_path / "sae")
+    assert torch.equal(sae.W_enc, raw["W_enc"]) and torch.equal(sae.b_dec, raw["b_dec"])
+
+
+def test_scaling_factor_of_another_shape_is_refused_from_its_header(tmp_path):
+    write_gemma_scope(tmp_path / "sae", scaling_factor=np.ones((D_SAE, 3), np.float32))
+    with pytest.raises(ArtifactError, match=rf"scaling_factor has shape \[{D_SAE}, 3\], expected \[\] or \[{D_SAE}\]"):
+        saekit.load_sae(tmp_path / "sae")

@@ -146,3 +146,13 @@ def test_corrupted_weights(tmp_path):
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(ArtifactError, match="sae.safetensors is truncated or corrupted"):
         saekit.load_sae(tmp_path / "sae")
+
+
+def test_weights_are_checked_from_their_header_before_loading(tmp_path):
+    """A header declaring 10^11 latents in a file of a few bytes is refused from the header itself."""
+    write_sparsify(tmp_path / "sae")
+    path = tmp_path / "sae" / "sae.safetensors"
+    header = json.dumps({"encoder.weight": {"dtype": "F32", "shape": [10**11, D_IN], "data_offsets": [0, 4 * D_IN * 10**11]}}).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(ArtifactError, match="sae.safetensors is truncated or corrupted: its header declares 2,400,000,000,000 bytes"):
+        saekit.load_sae(tmp_path / "sae")
