@@ -15,7 +15,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from saekit.eval.table import markdown_table
     from saekit.io import save_suite
     from saekit.sources.spec import source_from_spec
-    from saekit.training.outputs import files_at_start, refuse_a_second_run
+    from saekit.training.outputs import refuse_a_second_run
 
     raw = apply_overrides(read_config_file(args.config), args.set or [])
     rc = parse_run_config(raw)
@@ -25,8 +25,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     source = source_from_spec(rc.data)
     built = build_saes(rc.saes, source)
     # config.json is written by the run once its checks have passed: a refused resume keeps the old one.
-    with files_at_start({"config.json": json.dumps(raw, indent=2, default=str) + "\n"}):
-        result = train_from_config(rc, built.saes, source, out_dir=out, resume=args.resume)
+    record = {"config.json": json.dumps(raw, indent=2, default=str) + "\n"}
+    result = train_from_config(rc, built.saes, source, out_dir=out, resume=args.resume, start_files=record)
     suite = save_suite(result.saes, out / "saes", names=built.names)
     rows = [{"name": name, **metrics} for name, metrics in zip(built.names, result.final_metrics)]
     print(markdown_table(rows, ["name", "site", "mse", "l0", "dead_fraction"]))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -281,15 +282,18 @@ def build_objectives(tables: list[dict[str, Any]], n_saes: int) -> list[Any]:
     return objectives
 
 
-def train_from_config(rc: RunConfig, saes: list[SAE], source: ActivationSource, *, out_dir: Path, resume: bool) -> Any:
+def train_from_config(
+    rc: RunConfig, saes: list[SAE], source: ActivationSource, *, out_dir: Path, resume: bool, start_files: Mapping[str, str] | None = None
+) -> Any:
     """Train as the config says: the multi-SAE loop (with its group objectives), or end to end through
-    the data's model when there is an [e2e] table. Returns a TrainResult."""
+    the data's model when there is an [e2e] table. Returns a TrainResult; ``start_files`` as in
+    :func:`saekit.training.engine.run`."""
     if rc.e2e is None:
         from saekit.training.engine import run
         from saekit.training.objective import LocalObjective
 
         objective = LocalObjective(build_objectives(rc.objectives, len(saes)))
-        return run(saes, source, rc.train, objective=objective, out_dir=out_dir, resume=resume)
+        return run(saes, source, rc.train, objective=objective, out_dir=out_dir, resume=resume, start_files=start_files)
     from saekit.objectives.e2e import E2EConfig, train_e2e
 
     if rc.objectives:
@@ -299,4 +303,4 @@ def train_from_config(rc: RunConfig, saes: list[SAE], source: ActivationSource, 
     if not isinstance(source, ModelSource):
         raise ConfigError("[e2e] trains through a language model: the data must be kind = \"model\"")
     e2e = from_dict(E2EConfig, {"skip_positions": source.skip_positions, **rc.e2e}, where="e2e")
-    return train_e2e(source.model, source.tokens, saes, rc.train, e2e, out_dir=out_dir, resume=resume)
+    return train_e2e(source.model, source.tokens, saes, rc.train, e2e, out_dir=out_dir, resume=resume, start_files=start_files)

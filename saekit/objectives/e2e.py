@@ -246,6 +246,7 @@ def train_e2e(
     site: str | None = None,
     out_dir: str | Path | None = None,
     resume: bool = False,
+    start_files: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Train ``saes`` end to end through ``model`` on the contexts ``tokens`` [n, T].
 
@@ -268,7 +269,9 @@ def train_e2e(
     downstream = {s: _downstream_of(model, s, e2e) for s in sites}
     model.eval()
     source = ContextSource(model, tokens, sites, [d for ds in downstream.values() for d in ds], skip, train.dtype)
-    return run(saes, source, train, objective=E2EObjective(model, e2e, downstream), out_dir=out_dir, resume=resume)
+    return run(
+        saes, source, train, objective=E2EObjective(model, e2e, downstream), out_dir=out_dir, resume=resume, start_files=start_files
+    )
 
 
 def _check_mse(sae: SAE, out: LossOut, mse: Tensor) -> None:

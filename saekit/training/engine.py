@@ -89,6 +89,8 @@ class Run:
     counters: list[torch.Tensor]
     fingerprint: dict[str, Any]
     out_dir: Path | None
+    start_files: dict[str, str]
+    """Files (name -> text) written into ``out_dir`` once every check has passed."""
     started: float
     scales: dict[str, float] = field(default_factory=dict)
     start: int = 0
@@ -124,10 +126,12 @@ def run(
     objective: Objective | None = None,
     out_dir: str | Path | None = None,
     resume: bool = False,
+    start_files: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Train ``saes`` side by side on ``source`` under ``objective`` (default: each SAE's own loss);
-    see :func:`saekit.train`."""
-    state = prepare(saes, source, cfg, objective or LocalObjective(), out_dir, resume)
+    see :func:`saekit.train`. ``start_files`` (name -> text) are written into ``out_dir`` once every
+    check has passed, e.g. ``saekit train``'s ``config.json``, which a refused resume must not replace."""
+    state = prepare(saes, source, cfg, objective or LocalObjective(), out_dir, resume, start_files=start_files)
     with _session(state):
         restore_or_initialise(state, resume)
         with _stream(state) as batches:
@@ -140,7 +144,14 @@ def run(
 
 
 def prepare(
-    saes: Sequence[SAE], source: ActivationSource, cfg: TrainConfig, objective: Objective, out_dir: str | Path | None, resume: bool
+    saes: Sequence[SAE],
+    source: ActivationSource,
+    cfg: TrainConfig,
+    objective: Objective,
+    out_dir: str | Path | None,
+    resume: bool,
+    *,
+    start_files: Mapping[str, str] | None = None,
 ) -> Run:
     """Check the SAEs against the source and build their optimisers and counters."""
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -167,6 +178,7 @@ def prepare(
         counters=[dead.new_counter(sae.d_sae, device) for sae in saes],
         fingerprint=_fingerprint(saes, sites, cfg, source, objective),
         out_dir=out_dir,
+        start_files=dict(start_files or {}),
         started=time.perf_counter(),
     )
 
@@ -199,7 +211,7 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
         run_config=state.fingerprint,
     )  # fmt: skip
     if state.out_dir is not None:
-        write_start_files(state.out_dir)
+        write_start_files(state.out_dir, state.start_files)
     state.bar = tqdm(
         total=cfg.total_steps, initial=state.start, disable=not cfg.progress, unit="step", desc=f"training {len(state.saes)} SAE(s)"
     )

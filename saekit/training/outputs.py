@@ -7,12 +7,9 @@ refused run leaves the folder byte for byte as it found it.
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from saekit.atomic import remove_temporaries, write_text
@@ -20,26 +17,10 @@ from saekit.errors import ArtifactError, ConfigError
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
 from saekit.training.logs import METRICS_NAME
 
-_START_FILES: ContextVar[Mapping[str, str]] = ContextVar("saekit_start_files", default=MappingProxyType({}))
 
-
-@contextlib.contextmanager
-def files_at_start(files: Mapping[str, str]) -> Iterator[None]:
-    """Runs started in this block write ``files`` (name -> text) into their output folder once all
-    their checks have passed, before their first step. For records made by a caller that does not
-    drive the run itself: ``saekit train``'s ``config.json``, which must not replace the record of a
-    run whose resume is then refused."""
-    token = _START_FILES.set(MappingProxyType(dict(files)))
-    try:
-        yield
-    finally:
-        _START_FILES.reset(token)
-
-
-def write_start_files(out_dir: Path) -> None:
+def write_start_files(out_dir: Path, files: Mapping[str, str]) -> None:
     """Once every check has passed: clear what killed writes of an earlier process left (temporaries of
-    the checkpoint, the log and the start files), then write the start files."""
-    files = _START_FILES.get()
+    the checkpoint, the log and the start files), then write the start files (name -> text)."""
     remove_temporaries(out_dir, "|".join(re.escape(name) for name in (CHECKPOINT_NAME, METRICS_NAME, *files)))
     for name, text in files.items():
         write_text(out_dir / name, text)

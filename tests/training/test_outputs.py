@@ -12,7 +12,8 @@ from saekit.sae import build
 from saekit.sources.synthetic import SyntheticSource
 from saekit.training import train
 from saekit.training.checkpoint import load_checkpoint, save_checkpoint
-from saekit.training.outputs import files_at_start
+from saekit.training.config import TrainConfig
+from saekit.training.engine import run
 
 SOURCE = SyntheticSource(d=16, n_features=48, mean_active=3, seed=1)
 FAST = dict(batch_size=64, norm_estimation_tokens=64, progress=False, log_every=1)
@@ -64,18 +65,18 @@ def test_a_refused_resume_leaves_the_folder_byte_for_byte_as_it_was(tmp_path, re
     damage(tmp_path)
     before = snapshot(tmp_path)
     source = settings.pop("source", SOURCE)
-    with files_at_start({"config.json": "the refused run's config"}), pytest.raises(error, match=message):
-        train(_sae(**sae_settings), source, out_dir=tmp_path, resume=True, steps=6, **FAST, **settings)
+    cfg = TrainConfig(steps=6, **FAST, **settings)
+    with pytest.raises(error, match=message):
+        run([_sae(**sae_settings)], source, cfg, out_dir=tmp_path, resume=True, start_files={"config.json": "the refused run's config"})
     assert snapshot(tmp_path) == before
 
 
 def test_the_start_files_are_written_once_the_checks_pass(tmp_path):
     _interrupted_run(tmp_path)
-    with files_at_start({"config.json": "the resumed run's config"}):
-        train(_sae(), SOURCE, out_dir=tmp_path, resume=True, steps=6, **FAST)
+    run([_sae()], SOURCE, TrainConfig(steps=6, **FAST), out_dir=tmp_path, resume=True, start_files={"config.json": "the resumed run's config"})
     assert (tmp_path / "config.json").read_text() == "the resumed run's config"
     train(_sae(), SOURCE, out_dir=tmp_path / "plain", steps=1, **FAST)
-    assert not (tmp_path / "plain" / "config.json").exists()  # only runs inside the block write them
+    assert not (tmp_path / "plain" / "config.json").exists()  # only the files asked for are written
 
 
 def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path):
