@@ -11,14 +11,13 @@ from saekit.errors import SaekitError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from saekit.cli.run_config import apply_overrides, build_saes, parse_run_config, read_config_file, train_from_config
+    from saekit.cli.run_config import build_saes, load_run_config, train_from_config
     from saekit.eval.table import markdown_table
     from saekit.io import save_suite
     from saekit.sources.spec import source_from_spec
     from saekit.training.outputs import refuse_a_second_run
 
-    raw = apply_overrides(read_config_file(args.config), args.set or [])
-    rc = parse_run_config(raw)
+    raw, rc = load_run_config(args.config, args.set)
     out = Path(args.out) if args.out else rc.out
     if not args.resume:
         refuse_a_second_run(out)  # before the data is loaded; the run checks again

@@ -89,6 +89,22 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class LoadedRunConfig(NamedTuple):
+    raw: dict[str, Any]
+    """The settings as read, overrides applied (what ``config.json`` records)."""
+    config: RunConfig
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> LoadedRunConfig:
+    """Read, override and check a run config file; every error names the file (and the key)."""
+    raw = apply_overrides(read_config_file(path), overrides or [])
+    try:
+        return LoadedRunConfig(raw, parse_run_config(raw))
+    except ConfigError as exc:
+        with_overrides = " with its --set overrides" if overrides else ""
+        raise ConfigError(f"config file {path}{with_overrides}: {exc}") from exc
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.path=value`` strings; ``sae.0.k=16`` indexes the list of SAEs, values are YAML scalars
     (or flow lists and mappings). A path through a value that is not a table or list is refused."""

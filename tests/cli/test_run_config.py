@@ -154,3 +154,16 @@ def test_every_architecture_builds_from_a_table(architecture):
     hparams = {"k": 2} if "k" in {f.name for f in dataclasses.fields(get(architecture).config_class)} else {}
     built = build_saes([{"architecture": architecture, "d_sae": 16, **hparams}], NAMED)
     assert built.saes[0].W_enc.device.type == "cpu" and built.saes[0].d_sae == 16
+
+
+def test_load_run_config_names_the_file_in_every_error(tmp_path):
+    from saekit.cli.run_config import load_run_config
+
+    path = tmp_path / "run.toml"
+    path.write_text('[data]\nkind = "synthetic"\nd = 8\n[train]\n')
+    with pytest.raises(ConfigError, match=rf"config file {path}: the config has no 'sae' section"):
+        load_run_config(path)
+    path.write_text('[data]\nkind = "synthetic"\nd = 8\n[train]\nsteps = 1\n[[sae]]\narchitecture = "relu"\nd_sae = 16\n')
+    assert load_run_config(path).config.saes == [{"architecture": "relu", "d_sae": 16}]
+    with pytest.raises(ConfigError, match=rf"config file {path} with its --set overrides: unknown top-level key 'extra'"):
+        load_run_config(path, ["extra=1"])
