@@ -77,10 +77,18 @@ def decode_utf8(data: bytes, where: str, error: type[SaekitError]) -> str:
         raise error(f"{where} is not UTF-8 text: byte {exc.start} is {data[exc.start : exc.start + 1]!r}") from None
 
 
-def parse_json(text: str, where: str, error: type[SaekitError]) -> Any:
-    """Plain data from JSON text; duplicate keys, deep nesting and non-plain values are refused."""
+def read_json(path: Path, limit: int, error: type[SaekitError], *, allow_nan: bool = True) -> Any:
+    """Plain data from the JSON file ``path`` (:func:`read_bytes`, :func:`decode_utf8`, :func:`parse_json`)."""
+    return parse_json(decode_utf8(read_bytes(path, limit, error), str(path), error), str(path), error, allow_nan=allow_nan)
+
+
+def parse_json(text: str, where: str, error: type[SaekitError], *, allow_nan: bool = True) -> Any:
+    """Plain data from JSON text; duplicate keys, deep nesting and non-plain values are refused, and
+    without ``allow_nan`` so are ``NaN`` and ``Infinity`` (which Python writes but JSON does not have)."""
     try:
-        data = json.loads(text, object_pairs_hook=_unique_keys)
+        data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=None if allow_nan else _no_constant)
+    except _NotANumber as exc:
+        raise error(f"{where} is not valid JSON: {exc.name} is not a JSON number") from None
     except _DuplicateKey as exc:
         raise error(f"{where}: key {exc.key!r} is given twice in one object") from None
     except json.JSONDecodeError as exc:
@@ -146,6 +154,16 @@ def _walk(data: Any) -> Iterator[tuple[tuple[str, ...], int, Any]]:
 
 def _dotted(path: tuple[str, ...]) -> str:
     return ".".join(path) or "the top level"
+
+
+class _NotANumber(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotANumber(name)
 
 
 class _DuplicateKey(Exception):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from saekit import bounded
 from saekit.bounded import MAX_DEPTH, file_problem, parse_json, parse_toml, parse_yaml, read_bytes
 from saekit.errors import ArtifactError, ConfigError
 
@@ -92,3 +93,11 @@ def test_files_that_are_not_regular_files_are_named(tmp_path: Path):
     assert "symbolic links" in (file_problem(loop) or "")
     with pytest.raises(ConfigError, match=r"fifo is not a regular file \(a pipe, socket or device\)"):
         read_bytes(fifo, 100, ConfigError)
+
+
+def test_nan_and_infinity_are_refused_where_the_reader_asks(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('{"a": NaN, "b": [Infinity]}')
+    assert bounded.read_json(path, 1000, ArtifactError)["b"] == [float("inf")]  # Python writes them
+    with pytest.raises(ArtifactError, match=r"x.json is not valid JSON: NaN is not a JSON number"):
+        bounded.read_json(path, 1000, ArtifactError, allow_nan=False)

@@ -20,10 +20,13 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from saekit.atomic import write_safetensors, write_text
+from saekit.bounded import read_json
 from saekit.errors import ArtifactError
 
 JSON_NAME = "result.json"
 ARRAYS_NAME = "arrays.safetensors"
+MAX_JSON_BYTES = 64 << 20
+"""Largest result.json read (tensors are in arrays.safetensors; the JSON holds tables and settings)."""
 
 T = TypeVar("T")
 
@@ -59,10 +62,7 @@ def load_result(cls: type[T], folder: str | os.PathLike[str]) -> T:
     for path in (json_path, arrays_path):
         if not path.is_file():
             raise ArtifactError(f"{path} is missing: {folder} is not a saved analysis result")
-    try:
-        payload = json.loads(json_path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # bad JSON, not UTF-8, nested too deeply
-        raise ArtifactError(f"{json_path} is not valid JSON: {exc}") from exc
+    payload = read_json(json_path, MAX_JSON_BYTES, ArtifactError)  # NaN allowed: results hold undefined statistics
     if not isinstance(payload, dict) or "fields" not in payload:
         raise ArtifactError(f"{json_path} is not a saved analysis result (no 'kind' and 'fields')")
     if payload.get("kind") != cls.__name__:

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from saekit.bounded import read_json
 from saekit.browser.effects import final_norm_scale, logit_effects, nearest_latents, unembedding
 from saekit.browser.export import check_export_target, export_site, is_plain_name
-from saekit.browser.meta import MAX_JSON_BYTES, SaeInfo, Sample, read_json_limited
+from saekit.browser.meta import MAX_JSON_BYTES, SaeInfo, Sample
 from saekit.browser.stats import Layout, StatsSettings, compute_latent_stats
 from saekit.browser.store import Browser, SaeData, cached_key, fingerprint, load_data, save_data, weights_hash
 from saekit.errors import ArtifactError, ConfigError
@@ -83,7 +84,7 @@ def sae_folders(target: str | os.PathLike[str]) -> dict[str, Path]:
     index = target / "index.json"
     if not index.is_file():
         raise ArtifactError(f"{target} is neither an SAE folder (cfg.json + weights) nor a suite folder (index.json)")
-    raw = read_json_limited(index, MAX_JSON_BYTES)
+    raw = read_json(index, MAX_JSON_BYTES, ArtifactError)
     entries = raw.get("saes") if isinstance(raw, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
         raise ArtifactError(f"{index} is not a suite index: 'saes' must be a list of entries with a name")
@@ -130,7 +131,7 @@ def _model_of(folders: dict[str, Path]) -> str:
     names = set()
     for folder in folders.values():
         try:
-            cfg = read_json_limited(folder / "cfg.json", MAX_JSON_BYTES)
+            cfg = read_json(folder / "cfg.json", MAX_JSON_BYTES, ArtifactError)
         except ArtifactError:
             continue  # load_sae reports a broken cfg.json by name
         meta = cfg.get("metadata") if isinstance(cfg, dict) else None
@@ -240,7 +241,7 @@ def _eval_rows(target: Path) -> dict[str, dict]:
     """Rows of a ``results.json`` written beside the suite (by ``saekit demo``), by SAE name."""
     for path in (target / "results.json", target.parent / "results.json"):
         try:
-            rows = read_json_limited(path, MAX_JSON_BYTES)
+            rows = read_json(path, MAX_JSON_BYTES, ArtifactError)
         except ArtifactError:
             continue  # optional: the overview then shows no eval metrics
         if isinstance(rows, list):

@@ -18,7 +18,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from saekit.atomic import replace_folder
-from saekit.browser.meta import MAX_JSON_BYTES, read_json_limited
+from saekit.bounded import read_json
+from saekit.browser.meta import MAX_JSON_BYTES
 from saekit.browser.pages import latent_list_page, latent_page, overview_page
 from saekit.browser.store import Browser
 from saekit.errors import ArtifactError, ConfigError
@@ -99,7 +100,7 @@ def _entries(folder: Path) -> set[str]:
 
 def _read_marker(path: Path) -> dict[str, int]:
     """SAE name -> number of latents, from an export's marker."""
-    raw = read_json_limited(path, MAX_JSON_BYTES)
+    raw = read_json(path, MAX_JSON_BYTES, ArtifactError)
     saes = raw.get("saes") if isinstance(raw, dict) and raw.get("format") == _MARKER_FORMAT else None
     if not isinstance(saes, dict) or not all(
         is_plain_name(k) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in saes.items()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saekit.bounded import read_json
 from saekit.errors import ArtifactError, ConfigError
 from saekit.strict import from_dict
 
@@ -100,28 +101,11 @@ def meta_text(meta: CacheMeta) -> str:
 
 def read_meta(path: Path) -> CacheMeta:
     """The checked contents of the ``meta.json`` at ``path``."""
-    raw = read_json_limited(path, MAX_JSON_BYTES)
+    raw = read_json(path, MAX_JSON_BYTES, ArtifactError)
     try:
         return _parse(raw)
     except ConfigError as exc:
         raise ArtifactError(f"{path} is not a browser cache's meta.json: {exc}; delete {path.parent} to rebuild it") from exc
-
-
-def read_json_limited(path: Path, limit: int) -> Any:
-    """The JSON value in ``path``, refused unread beyond ``limit`` bytes; any failure names the file."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} is missing") from None
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {path}: {exc}") from exc
-    if len(data) > limit:
-        raise ArtifactError(f"{path} is larger than {limit:,} bytes, the most saekit reads from such a file")
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
 
 
 def _parse(raw: Any) -> CacheMeta:

@@ -119,8 +119,8 @@ def test_a_meta_json_missing_or_breaking_a_key_is_refused(cache, change, words):
     [
         (b"", "not valid JSON"),
         (b"{", "not valid JSON"),
-        (b"\xff\xfe{}", "not valid JSON"),
-        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+        (b"\xff\xfe{}", "is not UTF-8 text"),
+        (b"[" * 100_000 + b"]" * 100_000, "nests lists or objects deeper than"),
         (b"[]", "expected a JSON object, found list"),
         (b"null", "expected a JSON object, found NoneType"),
     ],
@@ -137,7 +137,7 @@ def test_a_broken_meta_json_is_refused_by_name(cache, content, words):
 def test_a_missing_meta_json_is_refused_by_name(cache):
     folder, path = cache
     path.unlink()
-    with pytest.raises(ArtifactError, match=f"{path} is missing"):
+    with pytest.raises(ArtifactError, match=f"{path} does not exist"):
         load_data(folder)
 
 

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from saekit.bounded import decode_utf8, parse_json, read_bytes
+from saekit.bounded import read_json
 from saekit.devices import COMPUTE_DTYPES
 from saekit.errors import ArtifactError, ConfigError
 from saekit.sae import registry
@@ -92,8 +92,7 @@ MAX_JSON_BYTES = 16 << 20
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``, read with :mod:`saekit.bounded`'s limits; anything else is an
     ArtifactError naming the file."""
-    text = decode_utf8(read_bytes(path, MAX_JSON_BYTES, ArtifactError), str(path), ArtifactError)
-    data = parse_json(text, str(path), ArtifactError)
+    data = read_json(path, MAX_JSON_BYTES, ArtifactError)
     if not isinstance(data, dict):
         raise ArtifactError(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data

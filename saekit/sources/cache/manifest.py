@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from saekit.bounded import read_json
 from saekit.errors import ArtifactError
+
+MAX_MANIFEST_BYTES = 64 << 20
+"""Largest manifest read: about 150 bytes a shard, so room for some 400,000 shards."""
 
 FORMAT = "saekit-activation-cache"
 FORMAT_VERSION = 1
@@ -215,44 +218,13 @@ def _show(value: Any) -> str:
     return text if len(text) <= 200 else f"{text[:200]}..."
 
 
-def strict_json(data: bytes) -> Any:
-    """UTF-8 JSON as saekit writes it. Duplicate keys, the non-standard ``NaN`` and ``Infinity`` and
-    nesting deeper than Python's parser can follow are ValueErrors, like any other malformed input."""
-    try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def read_manifest(folder: str | os.PathLike[str]) -> CacheManifest:
     """The manifest of the cache in ``folder``, checked by :meth:`CacheManifest.from_json`, with no
     listed shard a symbolic link; ArtifactError naming the manifest (and the entry) otherwise."""
     path = Path(folder) / MANIFEST
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise ArtifactError(f"{path} is not a regular file")
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} does not exist: {folder} is not an activation cache (or its writer never started)") from None
-    except OSError as exc:
-        raise ArtifactError(f"{path} cannot be read ({exc.strerror or exc})") from None
-    try:
-        data = strict_json(text)
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+    if not path.exists() and not path.is_symlink():
+        raise ArtifactError(f"{path} does not exist: {folder} is not an activation cache (or its writer never started)")
+    data = read_json(path, MAX_MANIFEST_BYTES, ArtifactError, allow_nan=False)
     manifest = CacheManifest.from_json(data, str(path))
     for k, shard in enumerate(manifest.shards):
         if (Path(folder) / shard.file).is_symlink():

@@ -22,8 +22,9 @@ from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
+from saekit.bounded import decode_utf8, parse_json
 from saekit.errors import ArtifactError
-from saekit.sources.cache.manifest import DTYPES, MANIFEST, CacheManifest, ShardRecord, read_manifest, strict_json
+from saekit.sources.cache.manifest import DTYPES, MANIFEST, CacheManifest, ShardRecord, read_manifest
 
 # O_NOFOLLOW: a link swapped in after the manifest was read is still not followed. O_NONBLOCK: opening a
 # named pipe returns at once (and the file-type check then refuses it) instead of waiting for a writer.
@@ -176,9 +177,9 @@ def _layout(handle: BinaryIO, shard: ShardRecord, manifest: CacheManifest) -> tu
             f"header length {header_len} bytes, but the manifest's size and {shard.rows} rows leave {expected} for it"
         )
     try:
-        header = strict_json(handle.read(header_len))
-    except ValueError as exc:
-        raise _Problem(f"header is not valid JSON ({exc})") from None
+        header = parse_json(decode_utf8(handle.read(header_len), "header", ArtifactError), "header", ArtifactError, allow_nan=False)
+    except ArtifactError as exc:
+        raise _Problem(str(exc)) from None
     if not isinstance(header, dict):
         raise _Problem(f"header must be a JSON object of tensors, found {type(header).__name__}")
     if set(header) != set(manifest.sites):
