@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import math
 import os
 import random
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from saekit.bounded import parse_json
 from saekit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -244,12 +244,7 @@ def _read_jsonl(path: Path, text_field: str) -> list[str]:
 
 
 def _jsonl_text(line: str, text_field: str, where: str) -> str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: not valid JSON ({exc.msg})") from exc
-    except RecursionError as exc:
-        raise DataError(f"{where}: not valid JSON (nested too deeply)") from exc
+    record = parse_json(line, where, DataError)
     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
         raise DataError(f"{where}: no string field {text_field!r}")
     return record[text_field]

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from saekit.bounded import parse_json
 from saekit.errors import ArtifactError
 from saekit.version import __version__
 
@@ -48,8 +49,8 @@ def check_format_version(raw: str, path: Path) -> None:
     """Refuse a checkpoint that says it is in another format, naming the saekit that wrote it. Metadata
     that does not parse passes: the checksum and :func:`parse_meta` judge it."""
     try:
-        meta = json.loads(raw)
-    except ValueError:
+        meta = parse_json(raw, "metadata", ArtifactError)
+    except ArtifactError:
         return
     if not isinstance(meta, dict) or "format_version" not in meta or meta["format_version"] == FORMAT_VERSION:
         return
@@ -65,9 +66,9 @@ def check_format_version(raw: str, path: Path) -> None:
 def parse_meta(raw: str, path: Path) -> CheckpointMeta:
     """The checked metadata; anything missing, extra or of the wrong type raises ArtifactError."""
     try:
-        meta = json.loads(raw)
-    except ValueError as exc:
-        raise _corrupt(path, f"it is not JSON ({exc})") from exc
+        meta = parse_json(raw, "it", ArtifactError)
+    except ArtifactError as exc:
+        raise _corrupt(path, str(exc)) from exc
     if not isinstance(meta, dict):
         raise _corrupt(path, f"expected a JSON object, got {type(meta).__name__}")
     missing, unknown = [k for k in _KEYS if k not in meta], sorted(set(meta) - set(_KEYS))

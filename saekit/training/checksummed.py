@@ -12,7 +12,6 @@ and compares.
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from enum import Enum
 from pathlib import Path
@@ -23,6 +22,7 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 from saekit.atomic import write_file
+from saekit.bounded import decode_utf8, parse_json
 from saekit.errors import ArtifactError
 
 CHECKSUM_KEY = "saekit_sha256"
@@ -109,9 +109,9 @@ def _metadata(data: bytes, path: Path, kind: str) -> dict[str, str]:
     if length > len(data) - 8:
         raise ArtifactError(f"{broken}: its header claims {length} bytes")
     try:
-        header = json.loads(data[8 : 8 + length])
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ArtifactError(f"{broken}: its header is not JSON ({exc})") from exc
+        header = parse_json(decode_utf8(data[8 : 8 + length], "its header", ArtifactError), "its header", ArtifactError)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{broken}: {exc}") from exc
     if not isinstance(header, dict):
         raise ArtifactError(f"{broken}: its header is not a safetensors header")
     metadata = header.pop("__metadata__", {})

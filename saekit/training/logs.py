@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor
 
 from saekit.atomic import append_text, sync_file, write_text
+from saekit.bounded import decode_utf8, parse_json
 from saekit.errors import ArtifactError, ConfigError
 from saekit.sae.base import SAE
 from saekit.training import dead
@@ -98,8 +99,8 @@ def lines_up_to(path: Path, step: int) -> str:
 
 def _step_of(line: bytes) -> int | None:
     try:
-        record = json.loads(line)
-    except ValueError:  # also UnicodeDecodeError
+        record = parse_json(decode_utf8(line, "line", ArtifactError), "line", ArtifactError)
+    except ArtifactError:
         return None
     step = record.get("step") if isinstance(record, dict) else None
     return step if isinstance(step, int) and not isinstance(step, bool) else None

@@ -149,7 +149,7 @@ def test_a_checkpoint_of_a_newer_saekit_is_named(tmp_path):
 @pytest.mark.parametrize(
     ("meta", "message"),
     [
-        ("{not json", "it is not JSON"),
+        ("{not json", "it is not valid JSON"),
         ("[1, 2]", "expected a JSON object, got list"),
         (lambda m: {k: v for k, v in m.items() if k != "step"}, r"missing keys \['step'\], unknown keys \[\]"),
         (lambda m: {**m, "info": {}}, r"missing keys \[\], unknown keys \['info'\]"),
@@ -206,7 +206,7 @@ def test_an_empty_checkpoint_is_named(tmp_path):
     [
         (b"\x01\x02", "too short for a safetensors header"),
         (b"\xff" * 8 + b"{}", "its header claims"),
-        (b"\x04\x00\x00\x00\x00\x00\x00\x00{no}", "its header is not JSON"),
+        (b"\x04\x00\x00\x00\x00\x00\x00\x00{no}", "its header is not valid JSON"),
         (b"\x02\x00\x00\x00\x00\x00\x00\x00[]", "its header is not a safetensors header"),
     ],
 )
