@@ -123,7 +123,8 @@ class JumpReLUSAE(SAE):
 
     def encode(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        return F.jumprelu(self.pre_acts(x), self.threshold, self.cfg.bandwidth)
+        # Thresholded in float32; the codes leave in the weights' dtype, as every SAE's do.
+        return F.jumprelu(self.pre_acts(x), self.threshold, self.cfg.bandwidth).to(self.W_dec.dtype)
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         x = batch.x

@@ -59,6 +59,20 @@ def test_shapes_and_non_negative_codes(sae, shape):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_an_sae_stored_in_half_precision_runs_in_it(sae, dtype):
+    """Saved folders may hold float16/bfloat16 weights: such an SAE encodes and decodes in its dtype,
+    and agrees with its float32 self within that dtype's precision."""
+    x = random_rows(BATCH, seed=7)
+    reference = sae(x)
+    half = sae.to(dtype)
+    codes = half.encode(x.to(dtype))
+    assert codes.dtype == dtype and half.decode(codes).dtype == dtype
+    error = (half(x.to(dtype)).float() - reference).norm() / reference.norm()
+    assert error < 0.1, error
+
+
+@torch.no_grad()
 def test_encode_is_per_token(sae):
     x = random_rows(BATCH, seed=100)
     batch = sae.encode(x)
