@@ -9,22 +9,32 @@ from collections.abc import Sequence
 from saekit.errors import ConfigError
 
 
+def int64(text: str) -> int:
+    """An argparse type: an integer in the 64-bit range torch and numpy take (seeds)."""
+    return _int_in(text, -(2**63), 2**63 - 1, "a 64-bit integer")
+
+
 def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    return _int_at_least(text, 1, "a positive integer")
+    """An argparse type: an integer of at least 1 (counts: tokens, steps, sizes)."""
+    return _int_in(text, 1, 2**63 - 1, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
     """An argparse type: an integer of at least 0."""
-    return _int_at_least(text, 0, "an integer of 0 or more")
+    return _int_in(text, 0, 2**63 - 1, "an integer of 0 or more")
 
 
-def _int_at_least(text: str, low: int, what: str) -> int:
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 0 meaning any free one."""
+    return _int_in(text, 0, 65535, "a port number in 0..65535")
+
+
+def _int_in(text: str, low: int, high: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if value < low:
+    if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from saekit.cli.args import int64, positive_int
 from saekit.errors import SaekitError
 
 
@@ -102,25 +103,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings() if args.tokens is None else dataclasses.replace(DemoSettings(), train_tokens=args.tokens)
     run_demo(Path(args.out), settings)
     return 0
-
-
-def int64(text: str) -> int:
-    """argparse type of a seed: an integer in the 64-bit range torch and numpy take."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not -(2**63) <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"{value} is outside the 64-bit integer range")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type of counts (tokens, steps, sizes): a bad one is a usage error naming the option."""
-    value = int64(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

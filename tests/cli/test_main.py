@@ -186,10 +186,14 @@ def test_eval_reports_metrics_of_a_suite_on_an_activation_file(tmp_path, capsys)
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["cache", "--out", "c", "--tokens", "-5"], "argument --tokens: -5 is not positive"),
-        (["cache", "--out", "c", "--shard-tokens", "0"], "argument --shard-tokens: 0 is not positive"),
-        (["cache", "--out", "c", "--seed", str(2**70)], "argument --seed: 1180591620717411303424 is outside the 64-bit integer range"),
-        (["demo", "--synthetic", "--steps", "abc"], "argument --steps: 'abc' is not an integer"),
+        (["cache", "--out", "c", "--tokens", "-5"], "argument --tokens: expected a positive integer, got -5"),
+        (["cache", "--out", "c", "--shard-tokens", "0"], "argument --shard-tokens: expected a positive integer, got 0"),
+        (["cache", "--out", "c", "--seed", str(2**70)], "argument --seed: expected a 64-bit integer, got 1180591620717411303424"),
+        (["demo", "--synthetic", "--steps", "abc"], "argument --steps: expected a positive integer, got 'abc'"),
+        (["browse", "s", "--port", "70000"], "argument --port: expected a port number in 0..65535, got 70000"),
+        (["browse", "s", "--tokens", "0"], "argument --tokens: expected a positive integer, got 0"),
+        (["browse", "s", "--skip-positions", "-1"], "argument --skip-positions: expected an integer of 0 or more, got -1"),
+        (["analyse", "sae-match", "a", "--ce-contexts", "-2", "--out", "o"], "argument --ce-contexts: expected an integer of 0 or more, got -2"),
     ],
 )
 def test_bad_counts_and_seeds_are_usage_errors_naming_the_option(capsys, argv, message):
