@@ -31,7 +31,7 @@ Saved SAEs
     ``save_sae`` / ``load_sae`` one SAE folder (SAELens's layout); ``save_suite`` / ``load_suite`` many.
 Errors
     ``SaekitError`` the base of ``ConfigError`` (settings), ``DataError`` (inputs) and ``ArtifactError``
-    (files on disk).
+    (files on disk), and of ``saekit.errors.DivergedError`` (a training run that diverged).
 """
 
 from saekit.errors import ArtifactError, ConfigError, DataError, SaekitError

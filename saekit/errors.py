@@ -18,4 +18,10 @@ class DataError(SaekitError, ValueError):
 
 
 class ArtifactError(SaekitError, OSError):
-    """A saved SAE or checkpoint is missing, incomplete or corrupted."""
+    """A saved SAE or checkpoint is missing, incomplete or corrupted, or a file cannot be written
+    (disk full, read-only folder): the message names the file."""
+
+
+class DivergedError(SaekitError, FloatingPointError):
+    """Training diverged (a loss that is not finite, or a reconstruction error far beyond the data's
+    energy): the message names the SAE and the step. A FloatingPointError too, as numpy's are."""

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from saekit.errors import DataError
+from saekit.errors import DataError, DivergedError
 from saekit.sae.base import SAE
 from saekit.training.normalise import OUTLIER_NORM
 from saekit.types import ActBatch, LossOut
@@ -42,7 +42,7 @@ def check_step(
     if not bool(finite):
         _raise_non_finite(saes, outs, step)
     i = int((mses / energy.clamp_min(1e-30)).argmax())
-    raise FloatingPointError(
+    raise DivergedError(
         f"SAE {i} ({saes[i].architecture}) diverged at step {step}: its reconstruction error is "
         f"{float(mses[i]):.3g}, {float(mses[i] / energy[i].clamp_min(1e-30)):.3g} times the energy of the activations "
         "it reconstructs; lower its learning rate (lr) or enable grad_clip"
@@ -82,8 +82,8 @@ def _raise_bad_rows(sites: Sequence[str], batch: Mapping[str, ActBatch], step: i
 def _raise_non_finite(saes: Sequence[SAE], outs: Mapping[int, LossOut], step: int) -> None:
     for i, sae in enumerate(saes):
         if not bool(torch.isfinite(outs[i].loss.detach())):
-            raise FloatingPointError(
+            raise DivergedError(
                 f"SAE {i} ({sae.architecture}) diverged at step {step}: loss is {float(outs[i].loss.detach())}; "
                 "lower its learning rate (lr) or enable grad_clip"
             )
-    raise FloatingPointError(f"a group objective's term is not finite at step {step}; lower its coefficient or the learning rates")
+    raise DivergedError(f"a group objective's term is not finite at step {step}; lower its coefficient or the learning rates")

@@ -208,3 +208,8 @@ def test_a_bad_override_is_an_error_naming_the_key(tmp_path, capsys):
     config.write_text(CONFIG.format(out=tmp_path / "run", steps=2, extra=""))
     assert main(["train", str(config), "--set", "train.steps.x=1"]) == 2
     assert "saekit train: error: --set 'train.steps.x=1': train.steps is 2, not a table" in capsys.readouterr().err
+
+
+def test_a_run_that_diverges_ends_with_a_named_error_not_a_traceback(tmp_path, capsys):
+    assert main(["train", str(_write(tmp_path, steps=50)), "--set", "sae.0.lr=1e6", "--set", "sae.1.lr=1e6"]) == 2
+    assert "diverged at step" in capsys.readouterr().err

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from saekit.errors import ConfigError, DataError
+from saekit.errors import ConfigError, DataError, DivergedError
 from saekit.sae import build, list_architectures
 from saekit.sources.synthetic import SyntheticSource
 from saekit.training import train
@@ -274,8 +274,9 @@ def test_an_sae_is_never_trained_on_a_site_it_does_not_name():
 def test_a_run_that_diverges_to_finite_garbage_stops_with_the_sae_named(arch):
     """lr = 1e6 used to train on to an FVU of 1e29 without a word: every loss stayed finite."""
     sae = build(arch, d_in=16, d_sae=32, seed=0, lr=1e6)
-    with pytest.raises(FloatingPointError, match=rf"SAE 0 \({arch}\) diverged at step \d+: its reconstruction error is .* times the energy"):
+    with pytest.raises(DivergedError, match=rf"SAE 0 \({arch}\) diverged at step \d+: its reconstruction error is .* times the energy") as caught:
         train(sae, SOURCE, steps=50, **FAST)
+    assert isinstance(caught.value, FloatingPointError)
 
 
 def _poke(path, tensor: str, value: float) -> None:
