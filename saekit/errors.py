@@ -25,3 +25,8 @@ class ArtifactError(SaekitError, OSError):
 class DivergedError(SaekitError, FloatingPointError):
     """Training diverged (a loss that is not finite, or a reconstruction error far beyond the data's
     energy): the message names the SAE and the step. A FloatingPointError too, as numpy's are."""
+
+
+class DistributedError(SaekitError, RuntimeError):
+    """A distributed run lost a rank: another process died, or did not reach a collective within the
+    run's ``collective_timeout_s``. The run resumes from its last checkpoint."""

@@ -13,6 +13,8 @@ from typing import NamedTuple, Protocol, final, runtime_checkable
 import torch
 from torch import Tensor
 
+from saekit.comm import LOCAL, Comm
+
 
 class ActBatch(NamedTuple):
     """Activations of one site for a batch of tokens.
@@ -35,12 +37,15 @@ class StepCtx:
     sparsity_scale: multiplier in [0, 1] on the sparsity coefficient (linear warm-up).
     dead_mask:      [d_sae] bool, latents that have not fired for the dead-latent window; ``None``
                     when not tracked (evaluation, a single call from user code).
+    comm:           the ranks sharing the batch (:mod:`saekit.comm`); a loss that couples the rows of
+                    a batch makes that computation global through it. One process: ``LOCAL``.
     """
 
     step: int = 0
     total_steps: int = 1
     sparsity_scale: float = 1.0
     dead_mask: Tensor | None = None
+    comm: Comm = LOCAL
 
     @property
     def progress(self) -> float:

@@ -12,6 +12,8 @@ from saekit.errors import SaekitError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc > 1:
+        return _launch(args)
     from saekit.cli.run_config import build_saes, load_run_config, train_from_config
     from saekit.eval.table import markdown_table
     from saekit.io import save_suite
@@ -27,11 +29,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # config.json is written by the run once its checks have passed: a refused resume keeps the old one.
     record = {"config.json": json.dumps(raw, indent=2, default=str) + "\n"}
     result = train_from_config(rc, built.saes, source, out_dir=out, resume=args.resume, start_files=record)
+    if result.rank != 0:  # a distributed run's replicas are equal: rank 0 saves and reports
+        return 0
     suite = save_suite(result.saes, out / "saes", names=built.names)
     rows = [{"name": name, **metrics} for name, metrics in zip(built.names, result.final_metrics)]
     print(markdown_table(rows, ["name", "site", "mse", "l0", "dead_fraction"]))
     print(f"\n{len(result.saes)} SAE(s) saved in {suite}; metrics log {out / 'metrics.jsonl'}")
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``saekit train CONFIG --nproc N``: the same command under ``torchrun --standalone`` on N processes."""
+    import subprocess
+    import sys
+
+    argv = [args.config, *(f"--set={s}" for s in args.set or []), *(["--out", args.out] if args.out else []), *(["--resume"] if args.resume else [])]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", "saekit", "train", *argv]
+    return subprocess.run(cmd, check=False).returncode
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
@@ -121,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.steps=500 or sae.0.k=16")
     train.add_argument("--out", help="output folder (default: the config's `out`)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
+    train.add_argument(
+        "--nproc", type=positive_int, default=1,
+        help="train data-parallel on this many processes of this machine (torchrun --standalone); for several "
+        "machines run `torchrun ... -m saekit train CONFIG` on each",
+    )  # fmt: skip
     train.set_defaults(func=_cmd_train)
 
     cache = sub.add_parser("cache", help="write activations of many sites of a model to disk (resumable)")

@@ -184,6 +184,7 @@ class E2EObjective:
     """KL(p_clean ‖ p_spliced) (+ the downstream MSEs) plus each SAE's own non-reconstruction terms."""
 
     prefetch = False  # the objective runs the source's model: its hooks cannot be shared with a thread
+    distributable = False  # its contexts are not yet split over ranks
 
     def __init__(self, model: nn.Module, e2e: E2EConfig, downstream: Mapping[str, list[str]]) -> None:
         self.model, self.e2e, self.downstream = model, e2e, dict(downstream)

@@ -48,6 +48,7 @@ from typing import final
 import torch
 from torch import Tensor
 
+from saekit.comm import Comm
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
 from saekit.sae import topk_family as family
@@ -84,9 +85,19 @@ def batch_topk(k: int) -> family.Selection:
     rather than ReLU(pre) keeps the same positive entries (ReLU is monotone); where fewer than n·k are
     positive, the extra picks get a zero code either way."""
 
-    def select(pre: Tensor, batch: ActBatch) -> S.Pattern:
-        n_keep = min(pre.numel(), pre.shape[0] * k)
-        return S.pattern_from_flat(S.batch_topk_flat(pre, n_keep, per_row=2 * k), *pre.shape)
+    def select(pre: Tensor, batch: ActBatch, comm: Comm) -> S.Pattern:
+        n_keep = min(pre.numel(), pre.shape[0] * k) * comm.world_size
+        if not comm.distributed:
+            return S.pattern_from_flat(S.batch_topk_flat(pre, n_keep, per_row=2 * k), *pre.shape)
+        # The whole batch's n·k largest: each rank's own largest are its candidates; their values,
+        # gathered, give the global cut. Ties at the cut go to the earliest entries, rank by rank.
+        flat = S.batch_topk_flat(pre, min(pre.numel(), n_keep), per_row=2 * k).sort().values
+        values = pre.flatten()[flat]
+        cut = comm.gather(values).topk(n_keep, sorted=False).values.min()
+        greater, tied = values > cut, values == cut
+        counts = comm.gather(torch.stack([greater.sum(), tied.sum()])[None])  # [ranks, 2]
+        free = n_keep - counts[:, 0].sum() - counts[: comm.rank, 1].sum()
+        return S.pattern_from_flat(flat[greater | (tied & (tied.cumsum(0) <= free))], *pre.shape)
 
     return select
 
@@ -130,7 +141,7 @@ class BatchTopKSAE(SAE):
         family.after_step(self, self.cfg, out)
         if F.threshold_tracking(ctx.step, self.cfg.threshold_start_step, ctx.total_steps):
             weight = F.threshold_ema_weight(self.cfg.threshold_ema, ctx.total_steps)
-            F.ema_threshold_(self.threshold, out.codes.smallest_positive(), weight)
+            F.ema_threshold_(self.threshold, F.smallest_over_ranks(out.codes.smallest_positive(), ctx.comm), weight)
 
 
 alias("mutual_choice", "batch_topk")

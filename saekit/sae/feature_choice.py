@@ -50,6 +50,7 @@ from typing import final
 import torch
 from torch import Tensor
 
+from saekit.comm import Comm
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
 from saekit.sae import topk_family as family
@@ -82,9 +83,9 @@ class FeatureChoiceConfig(family.TopKFamilyConfig):
 def feature_choice(k: int, d_sae: int, exponent: float) -> family.Selection:
     """Feature Choice's selection: the m_j largest activations of every latent j in the batch."""
 
-    def select(pre: Tensor, batch: ActBatch) -> S.Pattern:
-        capacities = F.feature_capacities(pre.shape[0], k, d_sae, exponent)
-        return S.pattern_from_mask(F.feature_choice_mask(pre.relu(), capacities))
+    def select(pre: Tensor, batch: ActBatch, comm: Comm) -> S.Pattern:
+        capacities = F.feature_capacities(pre.shape[0] * comm.world_size, k, d_sae, exponent)
+        return S.pattern_from_mask(F.feature_choice_mask(pre.relu(), capacities, comm))
 
     return select
 
@@ -133,4 +134,4 @@ class FeatureChoiceSAE(SAE):
         family.after_step(self, self.cfg, out)
         if F.threshold_tracking(ctx.step, self.cfg.threshold_start_step, ctx.total_steps):
             weight = F.threshold_ema_weight(self.cfg.threshold_ema, ctx.total_steps)
-            F.ema_threshold_(self.threshold, out.codes.smallest_positive(per_latent=True), weight)
+            F.ema_threshold_(self.threshold, F.smallest_over_ranks(out.codes.smallest_positive(per_latent=True), ctx.comm), weight)

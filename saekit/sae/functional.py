@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from saekit._fast import row_topk
+from saekit.comm import LOCAL, Comm
 from saekit.types import Codes
 
 # ---------------------------------------------------------------------------------------------
@@ -235,14 +236,28 @@ def feature_capacities(n_tokens: int, k: int, d_sae: int, exponent: float = 0.0)
     return capacities.clamp(1, n_tokens)
 
 
-def feature_choice_mask(acts: Tensor, capacities: Tensor) -> Tensor:
+def smallest_over_ranks(smallest: Tensor, comm: Comm) -> Tensor:
+    """The smallest of every rank's ``smallest`` (NaN where no rank has one), elementwise."""
+    if not comm.distributed:
+        return smallest
+    merged = comm.min_(smallest.nan_to_num(nan=float("inf")))
+    return merged.masked_fill(merged.isinf(), float("nan"))
+
+
+def feature_choice_mask(acts: Tensor, capacities: Tensor, comm: Comm = LOCAL) -> Tensor:
     """Mask of the ``capacities[j]`` largest entries of every column j (latent) of a [batch, d_sae]
-    matrix."""
-    capacities = capacities.to(acts.device).clamp(max=acts.shape[0])
-    ranked = acts.topk(int(capacities.max()), dim=0, sorted=True).indices  # [m_max, d_sae]
-    rank = torch.arange(ranked.shape[0], device=acts.device)[:, None]
-    mask = torch.zeros_like(acts, dtype=torch.bool)
-    return mask.scatter_(0, ranked, (rank < capacities).expand_as(ranked))
+    matrix, over the whole batch when its rows are split over ``comm``'s ranks. Ties at a latent's
+    cut go to the earliest rows (rank by rank), so the mask is one function of the batch however it
+    is split."""
+    capacities = capacities.to(acts.device).clamp(max=acts.shape[0] * comm.world_size)
+    most = int(capacities.max())
+    top = acts.topk(min(most, acts.shape[0]), dim=0, sorted=True).values
+    ranked = comm.gather(top).topk(most, dim=0, sorted=True).values if comm.distributed else top
+    cut = ranked.gather(0, (capacities - 1)[None])  # [1, d_sae]: each latent's m_j-th largest
+    greater, tied = acts > cut, acts == cut
+    counts = comm.gather(torch.stack([greater.sum(0), tied.sum(0)])[None])  # [ranks, 2, d_sae]
+    free = capacities - counts[:, 0].sum(0) - counts[: comm.rank, 1].sum(0)  # tied places left for this rank
+    return greater | (tied & (tied.cumsum(0) <= free))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.nn import functional as tF
 
 from saekit._fast import row_topk, scratch
+from saekit.comm import LOCAL, Comm
 
 
 class ByColumn(NamedTuple):
@@ -287,7 +288,7 @@ def sparse_decode(values: Tensor, pattern: Pattern, W_dec: Tensor) -> Tensor:
 # The auxiliary loss of the TopK family (AuxK and aux_zipf_loss)
 
 
-def aux_loss(pre: Tensor, gather, x_hat: Tensor, x: Tensor, weights: Tensor | None, k_aux: int, W_dec: Tensor) -> Tensor:
+def aux_loss(pre: Tensor, gather, x_hat: Tensor, x: Tensor, weights: Tensor | None, k_aux: int, W_dec: Tensor, comm: Comm = LOCAL) -> Tensor:
     """The auxiliary loss of the TopK family: latents with a positive weight reconstruct the residual
     x − x̂ (detached) from each token's ``min(k_aux, #latents)`` largest pre-activations among them,
     through a ReLU and times their latent's weight, decoded without b_dec; the summed squared error
@@ -319,5 +320,10 @@ def aux_loss(pre: Tensor, gather, x_hat: Tensor, x: Tensor, weights: Tensor | No
     pattern = pattern_from_topk(indices, pre.shape[-1])
     values = gather(pattern).relu() * weights.to(pre.dtype)[pattern.cols]
     residual_hat = sparse_decode(values, pattern, W_dec)
-    variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
-    return (residual_hat - residual).pow(2).sum() / variance
+    if not comm.distributed:
+        variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
+        return (residual_hat - residual).pow(2).sum() / variance
+    # The whole batch's variance; the rank's error times W, so that the mean over ranks is the ratio.
+    mean = comm.sum_(residual.sum(0)) / (residual.shape[0] * comm.world_size)
+    variance = comm.sum_((residual - mean).pow(2).sum()).clamp_min(1e-12)
+    return comm.world_size * (residual_hat - residual).pow(2).sum() / variance

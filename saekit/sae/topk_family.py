@@ -25,13 +25,14 @@ from torch import Tensor, nn
 from torch.nn import functional as tF
 
 from saekit._fast import row_topk
+from saekit.comm import Comm
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
 from saekit.sae.base import SAE, SAEConfig
 from saekit.strict import refuse_unused
 from saekit.types import ActBatch, Codes, LossOut, StepCtx
 
-Selection = Callable[[Tensor, ActBatch], S.Pattern]
+Selection = Callable[[Tensor, ActBatch, Comm], S.Pattern]
 """``select(pre, batch)``: the (token, latent) pairs that carry a code, from the pre-activations
 (computed without autograd) and the batch (its ``grad`` for gradient-aware rules)."""
 
@@ -101,7 +102,7 @@ def family_loss(sae: SAE, cfg: TopKFamilyConfig, batch: ActBatch, ctx: StepCtx, 
     x_in = x - sae.b_dec.detach()  # b_dec's gradient through the encoder arrives as the shift's
     with torch.no_grad():
         pre = S.pre_acts(x_in, sae.W_enc, sae.b_enc)
-        pattern = select(pre, ActBatch(x, grad))
+        pattern = select(pre, ActBatch(x, grad), ctx.comm)
 
     def gather(p: S.Pattern) -> Tensor:
         return S.gather_pre(pre, x_in, sae.b_dec, sae.W_enc, sae.b_enc, p)
@@ -114,7 +115,7 @@ def family_loss(sae: SAE, cfg: TopKFamilyConfig, batch: ActBatch, ctx: StepCtx, 
     loss, terms = mse, {"mse": mse.detach(), "l0": S.l0_per_row(values, pattern)}
     if cfg.aux_coef > 0:
         dead = ctx.dead_mask.to(pre.dtype) if ctx.dead_mask is not None else None
-        aux = S.aux_loss(pre, gather, x_hat, x, dead, k_aux, sae.W_dec)
+        aux = S.aux_loss(pre, gather, x_hat, x, dead, k_aux, sae.W_dec, ctx.comm)
         loss, terms["aux_k"] = loss + cfg.aux_coef * aux, aux.detach()
     if cfg.aux_zipf_coef > 0:
         density = F.zipf_running(sae, codes, cfg.aux_zipf_ema).estimate
@@ -132,7 +133,7 @@ def after_step(sae: SAE, cfg: TopKFamilyConfig, out: LossOut) -> None:
 def per_row_topk(k: int) -> Selection:
     """TopK's selection: the k largest pre-activations of each row."""
 
-    def select(pre: Tensor, batch: ActBatch) -> S.Pattern:
+    def select(pre: Tensor, batch: ActBatch, comm: Comm) -> S.Pattern:
         return S.pattern_from_topk(row_topk(pre, k), pre.shape[-1], ascending=True)
 
     return select

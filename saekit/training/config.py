@@ -46,6 +46,9 @@ class TrainConfig:
     """Compute dtype of the forward pass (autocast); parameters and Adam state stay float32. "auto":
     bfloat16 on a CUDA device that supports it (the matmuls run at tensor-core rate), float32 on the
     CPU (where bfloat16 matmuls are slower without AMX units)."""
+    collective_timeout_s: float = 300.0
+    """In a distributed run (``torchrun``): seconds a rank waits at a collective before it stops with
+    an error, so that a rank that died ends the run instead of hanging it."""
     progress: bool = True
     """Show a progress bar."""
     wandb_project: str | None = None
@@ -68,6 +71,8 @@ class TrainConfig:
             raise ConfigError(f"lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        if not self.collective_timeout_s > 0:
+            raise ConfigError(f"collective_timeout_s must be positive, got {self.collective_timeout_s}")
 
     @property
     def total_steps(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saekit.comm import LOCAL, Comm
 from saekit.types import Codes
 
 
@@ -13,10 +14,11 @@ def new_counter(d_sae: int, device: torch.device | str = "cpu") -> Tensor:
 
 
 @torch.no_grad()
-def update_counter_(counter: Tensor, codes: Codes) -> None:
-    """Add the batch's rows to every latent's count and reset the latents that fired."""
-    counter.add_(codes.shape[0])
-    counter.masked_fill_(codes.fired(), 0)
+def update_counter_(counter: Tensor, codes: Codes, comm: Comm = LOCAL) -> None:
+    """Add the batch's rows to every latent's count and reset the latents that fired (on any rank)."""
+    fired = comm.max_(codes.fired().to(torch.int32)).bool() if comm.distributed else codes.fired()
+    counter.add_(codes.shape[0] * comm.world_size)
+    counter.masked_fill_(fired, 0)
 
 
 def dead_mask(counter: Tensor, window_tokens: int) -> Tensor:

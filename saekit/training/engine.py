@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from saekit import devices
 from saekit._fast import training_fast_paths
+from saekit.comm import Comm
 from saekit.errors import ConfigError, DataError
 from saekit.sae.base import SAE
 from saekit.sources.cache import CacheSource
@@ -43,6 +44,7 @@ from saekit.strict import to_dict
 from saekit.training import dead, health
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
+from saekit.training.distributed import check_distributable, comm_for_run, mean_terms, shard_batch
 from saekit.training.logs import MetricsLog, step_records
 from saekit.training.normalise import enter_normalised_units_, estimate_scales, leave_normalised_units_
 from saekit.training.objective import LocalObjective, Objective, Unit
@@ -65,6 +67,8 @@ class TrainResult:
     resumed_from: int
     """Step the run resumed from (0 for a fresh run)."""
     seconds: float
+    rank: int = 0
+    """This process's rank in a distributed run (0 in one process): rank 0 writes the run's files."""
 
     @property
     def sae(self) -> SAE:
@@ -89,6 +93,8 @@ class Run:
     counters: list[torch.Tensor]
     fingerprint: dict[str, Any]
     out_dir: Path | None
+    comm: Comm
+    """The ranks of a distributed run (:mod:`saekit.training.distributed`); LOCAL in one process."""
     start_files: dict[str, str]
     """Files (name -> text) written into ``out_dir`` once every check has passed."""
     started: float
@@ -166,6 +172,12 @@ def prepare(
     device = devices.resolve_device(cfg.device)
     for sae in saes:
         sae.to(device)
+    comm = comm_for_run(device, cfg.collective_timeout_s)
+    if comm.distributed:
+        check_distributable(saes, objective, cfg, comm)
+        for sae in saes:  # replicas start equal, however each rank built its SAEs
+            for tensor in sae.state_dict().values():
+                comm.broadcast_(tensor)
     return Run(
         saes=saes,
         sites=sites,
@@ -178,6 +190,7 @@ def prepare(
         counters=[dead.new_counter(sae.d_sae, device) for sae in saes],
         fingerprint=_fingerprint(saes, sites, cfg, source, objective),
         out_dir=out_dir,
+        comm=comm,
         start_files=dict(start_files or {}),
         started=time.perf_counter(),
     )
@@ -206,22 +219,26 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
         first = next(iter(state.source.batches(cfg.batch_size, seed=cfg.seed, start=0)))
         for i, sae in enumerate(state.saes):
             enter_normalised_units_(sae, state.inputs(i, first).x, state.scales[state.sites[i]])
+    writes = state.out_dir if state.comm.rank == 0 else None  # one rank writes the run's files
     state.log = MetricsLog(
-        state.out_dir, resume_step=state.start, tensorboard=cfg.tensorboard, wandb_project=cfg.wandb_project,
-        run_config=state.fingerprint,
+        writes, resume_step=state.start, tensorboard=cfg.tensorboard and writes is not None,
+        wandb_project=cfg.wandb_project if writes is not None else None, run_config=state.fingerprint,
     )  # fmt: skip
-    if state.out_dir is not None:
-        write_start_files(state.out_dir, state.start_files)
+    if writes is not None:
+        write_start_files(writes, state.start_files)
     state.bar = tqdm(
-        total=cfg.total_steps, initial=state.start, disable=not cfg.progress, unit="step", desc=f"training {len(state.saes)} SAE(s)"
+        total=cfg.total_steps, initial=state.start, disable=not cfg.progress or state.comm.rank != 0, unit="step",
+        desc=f"training {len(state.saes)} SAE(s)" + (f" on {state.comm.world_size} ranks" if state.comm.distributed else ""),
     )
 
 
 def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
     """One optimiser step of every unit on ``batch``, then the dead-latent counters and the log."""
-    cfg, total = state.cfg, state.cfg.total_steps
+    cfg, total, comm = state.cfg, state.cfg.total_steps, state.comm
     state.rows = batch[state.sites[0]].x.shape[0]
-    base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup))
+    if comm.distributed:
+        batch = shard_batch(batch, comm)
+    base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup), comm=comm)
     lr_mult = lr_factor(step, total, cfg.lr_warmup_steps, cfg.lr_decay_fraction)
     window = cfg.resolved_dead_tokens
     outs: dict[int, LossOut] = {}
@@ -238,14 +255,17 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
         losses.append(unit_loss.loss.detach())
         for i in unit.members:
             out = outs[i] = unit_loss.outs[i]
+            comm.average_grads_(state.saes[i].parameters())
             apply_update(state.saes[i], state.optimizers[i], lr_mult, cfg.grad_clip)
             with torch.no_grad():
                 state.saes[i].after_step(out, ctxs[i])
-            dead.update_counter_(state.counters[i], out.codes)
+            dead.update_counter_(state.counters[i], out.codes, comm)
     if state.energy is None:
-        state.energy = health.energies(state.sites, state.scales, batch)
-    health.check_step(state.saes, state.sites, batch, losses, outs, step, state.energy)
+        state.energy = comm.sum_(health.energies(state.sites, state.scales, batch)) / comm.world_size
+    health.check_step(state.saes, state.sites, batch, losses, outs, step, state.energy, comm)
     if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+        if comm.distributed:
+            outs = {i: mean_terms(out, comm) for i, out in outs.items()}
         state.records = step_records(state.saes, state.sites, [outs[i] for i in range(len(state.saes))],
                                      state.counters, window, state.optimizers, step + 1, state.rows)  # fmt: skip
         assert state.log is not None
@@ -257,7 +277,7 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
 def checkpoint(state: Run, step: int) -> None:
     """Save everything needed to resume after ``step`` steps (with an output folder)."""
     path = state.checkpoint_path
-    if path is None:
+    if path is None or state.comm.rank != 0:  # replicas are equal: one rank writes
         return
     assert state.log is not None
     state.log.sync()  # the log lines up to ``step`` are on disk before a checkpoint says the run got there
@@ -290,8 +310,9 @@ def finalise(state: Run) -> TrainResult:
             "train_config": to_dict(state.cfg),
             "final_metrics": metrics,
             **state.objective.describe(),
+            **({"distributed": {"mode": "data", "world_size": state.comm.world_size}} if state.comm.distributed else {}),
         })  # fmt: skip
-    return TrainResult(state.saes, final, total, state.start, time.perf_counter() - state.started)
+    return TrainResult(state.saes, final, total, state.start, time.perf_counter() - state.started, state.comm.rank)
 
 
 def assign_sites(saes: Sequence[SAE], source: ActivationSource) -> list[str]:
@@ -338,7 +359,10 @@ def _stream(state: Run) -> Iterator[Iterator[Mapping[str, ActBatch]]]:
 def _fingerprint(saes: Sequence[SAE], sites: list[str], cfg: TrainConfig, source: ActivationSource, objective: Objective) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed by this run (as JSON gives it back). Settings
     that do not change the result (logging, progress, checkpoint cadence, device) may differ."""
-    keep = replace(cfg, progress=True, log_every=1, checkpoint_every=None, wandb_project=None, tensorboard=False, device="auto")
+    keep = replace(
+        cfg, progress=True, log_every=1, checkpoint_every=None, wandb_project=None, tensorboard=False, device="auto",
+        collective_timeout_s=TrainConfig.collective_timeout_s,
+    )  # fmt: skip
     fingerprint = {
         "saes": [{"architecture": s.architecture, "config": to_dict(s.cfg), "site": site} for s, site in zip(saes, sites)],
         "train": to_dict(keep),

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from saekit.comm import LOCAL, Comm
 from saekit.errors import DataError, DivergedError
 from saekit.sae.base import SAE
 from saekit.training.normalise import OUTLIER_NORM
@@ -28,6 +29,7 @@ def check_step(
     outs: Mapping[int, LossOut],
     step: int,
     energy: Tensor,
+    comm: Comm = LOCAL,
 ) -> None:
     """Raise if a unit's loss is not finite, or an SAE's reconstruction error (``terms["mse"]``, in
     normalised units) exceeds :data:`DIVERGED_MSE` times ``energy`` ([n_saes], :func:`energies` of a
@@ -35,12 +37,15 @@ def check_step(
     free)."""
     mses = torch.stack([outs[i].terms["mse"].float() for i in range(len(saes))])
     energy = energy.to(mses.device, non_blocking=True)
-    finite = torch.stack(list(losses)).isfinite().all()
+    totals = torch.stack([loss.float() for loss in losses])
+    if comm.distributed:  # every rank decides on the same (global) numbers, so all stop together
+        mses, totals = comm.sum_(mses) / comm.world_size, comm.sum_(totals)
+    finite = totals.isfinite().all()
     if bool(finite & (mses <= DIVERGED_MSE * energy).all()):
         return
     _raise_bad_rows(sites, batch, step)
     if not bool(finite):
-        _raise_non_finite(saes, outs, step)
+        _raise_non_finite(saes, outs, step, comm)
     i = int((mses / energy.clamp_min(1e-30)).argmax())
     raise DivergedError(
         f"SAE {i} ({saes[i].architecture}) diverged at step {step}: its reconstruction error is "
@@ -79,11 +84,13 @@ def _raise_bad_rows(sites: Sequence[str], batch: Mapping[str, ActBatch], step: i
             )
 
 
-def _raise_non_finite(saes: Sequence[SAE], outs: Mapping[int, LossOut], step: int) -> None:
+def _raise_non_finite(saes: Sequence[SAE], outs: Mapping[int, LossOut], step: int, comm: Comm) -> None:
     for i, sae in enumerate(saes):
         if not bool(torch.isfinite(outs[i].loss.detach())):
             raise DivergedError(
                 f"SAE {i} ({sae.architecture}) diverged at step {step}: loss is {float(outs[i].loss.detach())}; "
                 "lower its learning rate (lr) or enable grad_clip"
             )
+    if comm.distributed:
+        raise DivergedError(f"a loss on another rank is not finite at step {step}; its own error names the SAE")
     raise DivergedError(f"a group objective's term is not finite at step {step}; lower its coefficient or the learning rates")

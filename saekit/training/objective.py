@@ -53,6 +53,12 @@ class Objective(Protocol):
     """Whether the batch stream may be read ahead on another thread (False when the objective runs the
     source's own model, whose hooks cannot be shared between threads)."""
 
+    @property
+    def distributable(self) -> bool:
+        """Whether a data-parallel run (:mod:`saekit.training.distributed`) computes this objective's
+        loss as one process does."""
+        ...
+
     def units(self, n_saes: int) -> list[Unit]:
         """The run's SAEs ``0..n_saes-1`` split into units, ordered by their first member."""
         ...
@@ -78,6 +84,10 @@ class LocalObjective:
 
     def __init__(self, groups: Sequence[GroupObjective] = ()) -> None:
         self.groups = tuple(groups)
+
+    @property
+    def distributable(self) -> bool:
+        return not self.groups  # group terms (MFR) do not reduce over ranks yet
 
     def units(self, n_saes: int) -> list[Unit]:
         return training_units(n_saes, self.groups)

@@ -213,3 +213,18 @@ def test_a_bad_override_is_an_error_naming_the_key(tmp_path, capsys):
 def test_a_run_that_diverges_ends_with_a_named_error_not_a_traceback(tmp_path, capsys):
     assert main(["train", str(_write(tmp_path, steps=50)), "--set", "sae.0.lr=1e6", "--set", "sae.1.lr=1e6"]) == 2
     assert "diverged at step" in capsys.readouterr().err
+
+
+def test_train_on_two_processes_saves_what_one_process_saves(tmp_path, monkeypatch):
+    """`saekit train CONFIG --nproc 2` (torchrun --standalone, gloo on the CPU), against one process."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = _write(tmp_path, steps=6)
+    assert main(["train", str(config), "--out", str(tmp_path / "one")]) == 0
+    assert main(["train", str(config), "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
+    for name in ("small-topk", "01-jumprelu"):
+        a = load_file(tmp_path / "one" / "saes" / name / "sae_weights.safetensors")
+        b = load_file(tmp_path / "two" / "saes" / name / "sae_weights.safetensors")
+        for key in a:
+            assert float((a[key] - b[key]).norm() / a[key].norm().clamp_min(1e-6)) <= 1e-5, (name, key)
+    provenance = json.loads((tmp_path / "two" / "saes" / "small-topk" / "provenance.json").read_text())
+    assert provenance["distributed"] == {"mode": "data", "world_size": 2}

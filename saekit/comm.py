@@ -1,0 +1,105 @@
+"""The collective operations over the ranks of a distributed run that the engine and the
+architectures need, and :data:`LOCAL`, the one-process run's, whose operations do nothing. Whatever
+couples the rows of a batch (BatchTopK's and Feature Choice's selections, AuxK's variance, the
+dead-latent counters) goes through the step's :class:`Comm` (``StepCtx.comm``), so that W ranks each
+holding a slice of the batch compute what one process computes on all of it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saekit.errors import ConfigError, DistributedError
+
+
+@dataclass(frozen=True)
+class Comm:
+    """The collectives over the ranks of a run; with one rank every operation returns its input."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def sum_(self, t: Tensor) -> Tensor:
+        """``t`` summed over ranks, in place."""
+        if self.distributed:
+            with _collective(self, "all_reduce"):
+                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        return t
+
+    def max_(self, t: Tensor) -> Tensor:
+        if self.distributed:
+            with _collective(self, "all_reduce"):
+                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return t
+
+    def min_(self, t: Tensor) -> Tensor:
+        if self.distributed:
+            with _collective(self, "all_reduce"):
+                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return t
+
+    def gather(self, t: Tensor) -> Tensor:
+        """Every rank's ``t`` (equal shapes), concatenated along dim 0 in rank order."""
+        if not self.distributed:
+            return t
+        parts = [torch.empty_like(t) for _ in range(self.world_size)]
+        with _collective(self, "all_gather"):
+            torch.distributed.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    def average_grads_(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Replace every gradient by its mean over ranks (one collective for all of them)."""
+        if not self.distributed:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.sum_(flat).div_(self.world_size)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def broadcast_(self, t: Tensor) -> Tensor:
+        """Rank 0's ``t`` on every rank, in place."""
+        if self.distributed:
+            with _collective(self, "broadcast"):
+                torch.distributed.broadcast(t, src=0)
+        return t
+
+    def barrier(self) -> None:
+        if self.distributed:
+            with _collective(self, "barrier"):
+                torch.distributed.barrier()
+
+    def rows(self, n: int) -> slice:
+        """This rank's slice of a global batch of ``n`` rows (``n`` must divide evenly)."""
+        if n % self.world_size:
+            raise ConfigError(f"a batch of {n} rows does not split evenly over {self.world_size} ranks; make batch_size a multiple of it")
+        share = n // self.world_size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+
+@contextlib.contextmanager
+def _collective(comm: Comm, name: str) -> Iterator[None]:
+    """A failed collective (a rank died, or did not answer within the timeout) as a DistributedError."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.distributed's errors (DistBackendError, timeouts) are RuntimeErrors
+        raise DistributedError(
+            f"rank {comm.rank} of {comm.world_size}: {name} failed, so another rank died or did not answer in time "
+            f"({exc}); resume the run from its last checkpoint"
+        ) from exc
+
+
+LOCAL = Comm()
+"""One process: every collective is the identity."""

@@ -1,0 +1,86 @@
+"""Several processes training one run (``torch.distributed``): who this process is, and the few
+collective operations the engine and the architectures need.
+
+Data parallel (the one mode so far): every rank reads the same global batch from the source (sources
+are seeded, so they agree), keeps its own equal slice of the rows, and trains a replica of every
+SAE. Whatever couples the rows of a batch is made global through the :class:`Comm` in the step's
+context, so that a run on W ranks computes the same numbers as one process on the whole batch:
+
+* gradients are averaged over ranks (each rank's loss is a mean over its rows, or is written so that
+  the mean over ranks is the one-process loss);
+* BatchTopK's and Feature Choice's selections and inference thresholds, AuxK's variance and the
+  dead-latent counters see the whole batch.
+
+One process is the same code with :data:`saekit.comm.LOCAL`, whose operations do nothing.
+
+A run is distributed when ``torch.distributed`` is initialised, or when the ``WORLD_SIZE`` that
+``torchrun`` sets is above 1 (then :func:`comm_for_run` initialises it: NCCL on CUDA, gloo on CPU).
+A rank that dies makes the others fail at their next collective after ``timeout``, never hang.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from saekit.comm import LOCAL, Comm
+from saekit.errors import ConfigError
+from saekit.sae.base import SAE
+from saekit.sae.topk_family import TopKFamilyConfig
+from saekit.training.config import TrainConfig
+from saekit.training.objective import Objective
+from saekit.types import ActBatch, LossOut
+
+
+def comm_for_run(device: torch.device, timeout_s: float) -> Comm:
+    """The run's ranks: the initialised process group's, or one initialised from ``torchrun``'s
+    environment (``WORLD_SIZE`` > 1), or :data:`LOCAL`."""
+    dist = torch.distributed
+    if not dist.is_available():
+        return LOCAL
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return LOCAL
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return Comm(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def shard_batch(batch: Mapping[str, ActBatch], comm: Comm) -> dict[str, ActBatch]:
+    """This rank's equal slice of the rows of a global batch (every site, gradients alongside)."""
+    rows = comm.rows(next(iter(batch.values())).x.shape[0])
+    return {site: ActBatch(b.x[rows], None if b.grad is None else b.grad[rows]) for site, b in batch.items()}
+
+
+def mean_terms(out: LossOut, comm: Comm) -> LossOut:
+    """``out`` with its logged terms averaged over ranks: each is a mean over the rank's rows (or is
+    written so that its mean over ranks is the one-process value), so the log matches one process."""
+    names = sorted(out.terms)
+    if not names:
+        return out
+    flat = comm.sum_(torch.stack([out.terms[n].detach().float().reshape(()) for n in names])) / comm.world_size
+    return out._replace(terms=dict(zip(names, flat.unbind(), strict=True)))
+
+
+DISTRIBUTABLE = frozenset(("relu", "topk", "batch_topk", "feature_choice", "gradient_topk", "jumprelu", "gated"))
+"""Architectures whose batch-coupled computations go through ``StepCtx.comm`` (checked exact by
+tests/training/test_distributed.py); the others are refused in a distributed run until theirs do."""
+
+
+def check_distributable(saes: Sequence[SAE], objective: Objective, cfg: TrainConfig, comm: Comm) -> None:
+    """Refuse what a data-parallel run would not compute as one process does."""
+    if cfg.batch_size % comm.world_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} does not split evenly over {comm.world_size} ranks; make it a multiple")
+    for i, sae in enumerate(saes):
+        if sae.architecture not in DISTRIBUTABLE:
+            raise ConfigError(
+                f"SAE {i} ({sae.architecture}) cannot train in a distributed run yet; distributed runs train "
+                f"{', '.join(sorted(DISTRIBUTABLE))}"
+            )
+        if isinstance(sae.cfg, TopKFamilyConfig) and sae.cfg.aux_zipf_coef > 0:
+            raise ConfigError(f"SAE {i} ({sae.architecture}): aux_zipf_loss cannot train in a distributed run yet (its density is per batch)")
+    if not objective.distributable:
+        raise ConfigError(f"the objective {objective.describe()} cannot train in a distributed run yet")

@@ -1,0 +1,154 @@
+"""Data-parallel training on 2 gloo processes (one thread each) ends with the weights of the same run
+in one process, for every distributable architecture side by side, AuxK and the batch-coupled
+selections and thresholds included; checkpoints resume across world sizes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from saekit.errors import ConfigError, DistributedError
+from saekit.sae import build
+from saekit.training import train
+from saekit.training.distributed import DISTRIBUTABLE
+
+WORLD = 2
+SETTINGS = dict(batch_size=64, norm_estimation_tokens=128, progress=False, log_every=1, dead_tokens=64)
+ARCHS = sorted(DISTRIBUTABLE - {"gradient_topk"})  # g-SAE without gradients is TopK, already covered
+
+
+def _data() -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(48, 16, generator=g)
+    active = (torch.rand(1024, 48, generator=g) < 0.06).float() * torch.rand(1024, 48, generator=g) * 3
+    return active @ features
+
+
+def _saes():
+    extra = {"topk": {"k": 4}, "batch_topk": {"k": 4, "threshold_start_step": 1}, "feature_choice": {"k": 4, "threshold_start_step": 1}}
+    return [build(arch, d_in=16, d_sae=32, seed=i, **extra.get(arch, {})) for i, arch in enumerate(ARCHS)]
+
+
+def _states(saes) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v.detach().clone().contiguous() for i, sae in enumerate(saes) for k, v in sae.state_dict().items()}
+
+
+class Interrupted(Exception):
+    pass
+
+
+class _Dies:
+    """The tensor's source, but its stream dies at batch ``at`` (as a killed process)."""
+
+    def __init__(self, at: int):
+        from saekit.sources.tensor import TensorSource
+
+        self.inner, self.at = TensorSource(_data()), at
+        self.sites, self.d_in, self.describe = self.inner.sites, self.inner.d_in, self.inner.describe
+
+    def batches(self, batch_size, *, seed, start=0):
+        for i, batch in enumerate(self.inner.batches(batch_size, seed=seed, start=start), start):
+            if i >= self.at:
+                raise Interrupted
+            yield batch
+
+
+def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        data = _data() if dies_at is None else _Dies(dies_at)
+        result = train(_saes(), data, steps=steps, checkpoint_every=4, out_dir=Path(out) / "run", **SETTINGS)
+        if rank == 0:
+            save_file(_states(result.saes), str(Path(out) / "weights.safetensors"))
+    except Interrupted:
+        pass
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _spawn(tmp_path: Path, steps: int, dies_at: int | None = None) -> dict[str, torch.Tensor] | None:
+    store = tmp_path / f"store-{steps}-{dies_at}"
+    mp.start_processes(_worker, args=(str(store), str(tmp_path), steps, dies_at), nprocs=WORLD, join=True, start_method="spawn")
+    return None if dies_at is not None else load_file(tmp_path / "weights.safetensors")
+
+
+def _assert_close(a: dict[str, torch.Tensor] | None, b: dict[str, torch.Tensor]) -> None:
+    assert a is not None and a.keys() == b.keys()
+    for key in a:
+        scale = b[key].float().norm().clamp_min(1e-6)
+        assert float((a[key].float() - b[key].float()).norm() / scale) <= 1e-5, key
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_children(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_two_ranks_train_what_one_process_trains(tmp_path):
+    one = _states(train(_saes(), _data(), steps=8, **SETTINGS).saes)
+    two = _spawn(tmp_path, steps=8)
+    _assert_close(two, one)
+    log = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(log) == 8 * len(ARCHS)  # one rank writes the log
+
+
+def test_a_run_saved_on_two_ranks_resumes_on_one(tmp_path):
+    one = _states(train(_saes(), _data(), steps=8, **SETTINGS).saes)
+    _spawn(tmp_path, steps=8, dies_at=6)  # both ranks die at step 6; the checkpoint holds step 4
+    resumed = train(_saes(), _data(), steps=8, checkpoint_every=4, out_dir=tmp_path / "run", resume=True, **SETTINGS)
+    assert resumed.resumed_from == 4
+    _assert_close(_states(resumed.saes), one)
+
+
+class _RankOneDies(_Dies):
+    """Rank 1's process ends at batch ``at`` without a word (killed); rank 0 goes on."""
+
+    def batches(self, batch_size, *, seed, start=0):
+        for i, batch in enumerate(self.inner.batches(batch_size, seed=seed, start=start), start):
+            if i >= self.at and torch.distributed.get_rank() == 1:
+                os._exit(1)
+            yield batch
+
+
+def _survivor(rank: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        train(_saes(), _RankOneDies(3), steps=8, checkpoint_every=2, out_dir=Path(out) / "run", collective_timeout_s=20, **SETTINGS)
+    except DistributedError as exc:
+        (Path(out) / f"error-{rank}.txt").write_text(str(exc))
+
+
+def test_a_rank_that_dies_stops_the_others_with_a_named_error_and_the_run_resumes(tmp_path):
+    context = mp.start_processes(_survivor, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn")
+    for process in context.processes:
+        process.join(timeout=120)
+        assert not process.is_alive(), "a rank hung after the other died"
+    message = (tmp_path / "error-0.txt").read_text()
+    assert message.startswith("rank 0 of 2: ") and "another rank died or did not answer in time" in message
+    one = _states(train(_saes(), _data(), steps=8, **SETTINGS).saes)
+    resumed = train(_saes(), _data(), steps=8, checkpoint_every=2, out_dir=tmp_path / "run", resume=True, **SETTINGS)
+    assert resumed.resumed_from == 2
+    _assert_close(_states(resumed.saes), one)
+
+
+def test_what_cannot_run_distributed_is_refused(tmp_path):
+    from saekit.comm import Comm
+    from saekit.training.config import TrainConfig
+    from saekit.training.distributed import check_distributable
+    from saekit.training.objective import LocalObjective
+
+    comm, cfg = Comm(rank=0, world_size=2), TrainConfig(steps=1, batch_size=64)
+    with pytest.raises(ConfigError, match=r"SAE 0 \(p_anneal\) cannot train in a distributed run yet"):
+        check_distributable([build("p_anneal", d_in=8, d_sae=16)], LocalObjective(), cfg, comm)
+    with pytest.raises(ConfigError, match="aux_zipf_loss cannot train in a distributed run yet"):
+        check_distributable([build("topk", d_in=8, d_sae=16, k=2, aux_zipf_coef=0.1)], LocalObjective(), cfg, comm)
+    with pytest.raises(ConfigError, match="batch_size 63 does not split evenly over 2 ranks"):
+        check_distributable([build("relu", d_in=8, d_sae=16)], LocalObjective(), TrainConfig(steps=1, batch_size=63), comm)
+    assert "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] == "1"
