@@ -6,6 +6,7 @@ from saekit.sae import (
     gated,  # noqa: F401
     gradient_topk,  # noqa: F401
     jumprelu,  # noqa: F401
+    matryoshka,  # noqa: F401
     p_anneal,  # noqa: F401
     relu,  # noqa: F401
     topk,  # noqa: F401

@@ -121,8 +121,7 @@ class FeatureChoiceSAE(SAE):
 
     def encode(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        acts = family.pre_acts(self, x).relu()
-        return acts * (acts > self.threshold.to(acts.dtype))
+        return family.threshold_codes(self, x, self.threshold)
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         self._check_input(batch.x)
@@ -132,6 +131,5 @@ class FeatureChoiceSAE(SAE):
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
         family.after_step(self, self.cfg, out)
-        if F.threshold_tracking(ctx.step, self.cfg.threshold_start_step, ctx.total_steps):
-            weight = F.threshold_ema_weight(self.cfg.threshold_ema, ctx.total_steps)
-            F.ema_threshold_(self.threshold, F.smallest_over_ranks(out.codes.smallest_positive(per_latent=True), ctx.comm), weight)
+        smallest = out.codes.smallest_positive(per_latent=True)
+        F.track_threshold_(self.threshold, smallest, self.cfg.threshold_ema, self.cfg.threshold_start_step, ctx)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from saekit._fast import row_topk
 from saekit.comm import LOCAL, Comm
-from saekit.types import Codes
+from saekit.types import Codes, StepCtx
 
 # ---------------------------------------------------------------------------------------------
 # Reconstruction and sparsity measures used inside losses
@@ -221,6 +221,15 @@ def ema_threshold_(threshold: Tensor, observed: Tensor, beta: float) -> None:
     observed = observed.to(threshold.dtype).expand_as(threshold)
     updated = torch.where(threshold.isfinite(), threshold.lerp(observed, beta), observed)
     threshold.copy_(torch.where(observed.isnan(), threshold, updated))
+
+
+@torch.no_grad()
+def track_threshold_(threshold: Tensor, observed: Tensor, beta: float, start_step: int, ctx: StepCtx) -> None:
+    """A learned inference threshold's step after ``ctx.step``: the EMA of :func:`ema_threshold_`
+    towards ``observed`` (the smallest over the ranks of a distributed run) from ``start_step`` on
+    (:func:`threshold_tracking`), at the weight :func:`threshold_ema_weight` gives ``beta``."""
+    if threshold_tracking(ctx.step, start_step, ctx.total_steps):
+        ema_threshold_(threshold, smallest_over_ranks(observed, ctx.comm), threshold_ema_weight(beta, ctx.total_steps))
 
 
 # ---------------------------------------------------------------------------------------------

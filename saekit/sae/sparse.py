@@ -102,8 +102,30 @@ def pattern_from_mask(mask: Tensor) -> Pattern:
 
 def _pattern_from_sorted(flat: Tensor, n_rows: int, n_cols: int) -> Pattern:
     rows = torch.div(flat, n_cols, rounding_mode="floor")
-    crow = torch.cat([rows.new_zeros(1), torch.bincount(rows, minlength=n_rows).cumsum(0)])
-    return Pattern(rows, flat - rows * n_cols, crow, n_rows, n_cols)
+    return Pattern(rows, flat - rows * n_cols, _row_pointers(rows, n_rows), n_rows, n_cols)
+
+
+def _row_pointers(rows: Tensor, n_rows: int) -> Tensor:
+    """CSR row pointers [n_rows + 1] of non-decreasing row indices."""
+    return torch.cat([rows.new_zeros(1), torch.bincount(rows, minlength=n_rows).cumsum(0)])
+
+
+class Block(NamedTuple):
+    """The pairs of a pattern that fall in a range of columns: ``index`` [nnz_block] their positions in
+    the pattern's pair list (to take their values), ``pattern`` the block as a pattern of its own."""
+
+    index: Tensor
+    pattern: Pattern
+
+
+def column_block(pattern: Pattern, start: int, stop: int) -> Block:
+    """The pairs of ``pattern`` in columns ``start ≤ c < stop``, as a [n_rows, stop − start] pattern
+    (columns counted from ``start``): decoded against ``W_dec[start:stop]`` it gives the part of the
+    reconstruction those latents make."""
+    index = ((pattern.cols >= start) & (pattern.cols < stop)).nonzero().squeeze(-1)
+    rows = pattern.rows[index]  # still non-decreasing: index is ascending
+    block = Pattern(rows, pattern.cols[index] - start, _row_pointers(rows, pattern.n_rows), pattern.n_rows, stop - start)
+    return Block(index, block)
 
 
 def batch_topk_flat(scores: Tensor, n_keep: int, per_row: int) -> Tensor:

@@ -5,9 +5,11 @@ Every member encodes ``pre = (x − b_dec) W_enc + b_enc``, keeps ReLU(pre) on a
 
     loss = ||x − x̂||² + aux_coef · AuxK(dead latents) + aux_zipf_coef · aux_zipf(underused latents)
 
-What differs is only the selection (a :data:`Selection`): the k largest per token (``topk``), the
-batch's n·k largest (``batch_topk``, registered as ``mutual_choice`` too), each latent's m_j largest
-(``feature_choice``), or the k best by a gradient-aware score (``gradient_topk``). The loss runs on
+What differs is the selection (a :data:`Selection`): the k largest per token (``topk``), the
+batch's n·k largest (``batch_topk``, registered as ``mutual_choice`` too, and
+``matryoshka_batch_topk``), each latent's m_j largest (``feature_choice``), or the k best by a
+gradient-aware score (``gradient_topk``); and, for Matryoshka alone, the reconstruction term (a
+:data:`Reconstruct`: the sum of the nested prefixes' errors instead of ||x − x̂||²). The loss runs on
 the sparse path of :mod:`saekit.sae.sparse` (one dense product: the pre-activations), for any
 selection; its codes are always a sparse CSR tensor.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -33,8 +36,25 @@ from saekit.strict import refuse_unused
 from saekit.types import ActBatch, Codes, LossOut, StepCtx
 
 Selection = Callable[[Tensor, ActBatch, Comm], S.Pattern]
-"""``select(pre, batch)``: the (token, latent) pairs that carry a code, from the pre-activations
-(computed without autograd) and the batch (its ``grad`` for gradient-aware rules)."""
+"""``select(pre, batch, comm)``: the (token, latent) pairs that carry a code, from the pre-activations
+(computed without autograd) and the batch (its ``grad`` for gradient-aware rules); a selection that
+couples the rows of a batch makes it global through ``comm`` (the rows may be split over ranks)."""
+
+
+class Reconstruction(NamedTuple):
+    """A member's reconstruction term. x_hat: [rows, d_in], the reconstruction from every selected
+    latent (``LossOut.x_hat``; AuxK reconstructs its residual). loss: the term added to the loss.
+    terms: what the log shows of it, with ``"mse"`` = ||x − x_hat||² averaged over rows (the error of
+    the full SAE: the engine's health check and end-to-end training read it)."""
+
+    x_hat: Tensor
+    loss: Tensor
+    terms: dict[str, Tensor]
+
+
+Reconstruct = Callable[[SAE, Tensor, S.Pattern, Tensor], Reconstruction]
+"""``reconstruct(sae, values, pattern, x)``: the reconstruction term from the selected codes (``values``
+at ``pattern``, differentiable) of the rows ``x`` [rows, d_in]."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +63,8 @@ class TopKFamilyConfig(SAEConfig):
 
     k: int = 32
     """Active latents per token: exactly k (topk, gradient_topk), or k on average over a training batch
-    (batch_topk and mutual_choice keep the batch's n·k largest; feature_choice shares n·k as capacities)."""
+    (batch_topk, mutual_choice and matryoshka_batch_topk keep the batch's n·k largest; feature_choice shares
+    n·k as capacities)."""
     aux_k: int | None = None
     """Dead latents used by the AuxK loss per token; None means d_in // 2."""
     aux_coef: float = 1 / 32
@@ -93,7 +114,23 @@ def pre_acts(sae: SAE, x: Tensor) -> Tensor:
     return (x - sae.b_dec) @ sae.W_enc + sae.b_enc
 
 
-def family_loss(sae: SAE, cfg: TopKFamilyConfig, batch: ActBatch, ctx: StepCtx, select: Selection) -> LossOut:
+def threshold_codes(sae: SAE, x: Tensor, threshold: Tensor) -> Tensor:
+    """``encode`` of the members that learn inference thresholds: Z ⊙ 1[Z > θ] with Z = ReLU(pre), a
+    JumpReLU (what SAELens's ``jumprelu`` computes from the saved folder)."""
+    acts = pre_acts(sae, x).relu()
+    return acts * (acts > threshold.to(acts.dtype))
+
+
+def squared_error(sae: SAE, values: Tensor, pattern: S.Pattern, x: Tensor) -> Reconstruction:
+    """The family's reconstruction term: ||x − x̂||² averaged over rows, x̂ = f W_dec + b_dec."""
+    x_hat = S.sparse_decode(values, pattern, sae.W_dec) + sae.b_dec
+    mse = tF.mse_loss(x_hat, x, reduction="sum") / x.shape[0]  # Σ over the batch of ||x̂ − x||², over rows
+    return Reconstruction(x_hat, mse, {"mse": mse.detach()})
+
+
+def family_loss(
+    sae: SAE, cfg: TopKFamilyConfig, batch: ActBatch, ctx: StepCtx, select: Selection, reconstruct: Reconstruct = squared_error
+) -> LossOut:
     """The training loss of ``sae`` (its config ``cfg``) on the sparse path (see the module docstring). ``batch.x`` may have
     leading dimensions; they are flattened into rows, and ``x_hat`` has ``x``'s shape again."""
     shape = batch.x.shape
@@ -108,11 +145,10 @@ def family_loss(sae: SAE, cfg: TopKFamilyConfig, batch: ActBatch, ctx: StepCtx, 
         return S.gather_pre(pre, x_in, sae.b_dec, sae.W_enc, sae.b_enc, p)
 
     values = gather(pattern).relu()
-    x_hat = S.sparse_decode(values, pattern, sae.W_dec) + sae.b_dec
-    mse = tF.mse_loss(x_hat, x, reduction="sum") / x.shape[0]  # Σ over the batch of ||x̂ − x||², over rows
+    x_hat, loss, terms = reconstruct(sae, values, pattern, x)
     codes = Codes(S.sparse_codes(values, pattern), fired=S.fired_latents(values, pattern))
     k_aux = cfg.aux_k or sae.d_in // 2
-    loss, terms = mse, {"mse": mse.detach(), "l0": S.l0_per_row(values, pattern)}
+    terms = {**terms, "l0": S.l0_per_row(values, pattern)}
     if cfg.aux_coef > 0:
         dead = ctx.dead_mask.to(pre.dtype) if ctx.dead_mask is not None else None
         aux = S.aux_loss(pre, gather, x_hat, x, dead, k_aux, sae.W_dec, ctx.comm)

@@ -65,7 +65,7 @@ def mean_terms(out: LossOut, comm: Comm) -> LossOut:
     return out._replace(terms=dict(zip(names, flat.unbind(), strict=True)))
 
 
-DISTRIBUTABLE = frozenset(("relu", "topk", "batch_topk", "feature_choice", "gradient_topk", "jumprelu", "gated"))
+DISTRIBUTABLE = frozenset(("relu", "topk", "batch_topk", "matryoshka_batch_topk", "feature_choice", "gradient_topk", "jumprelu", "gated"))
 """Architectures whose batch-coupled computations go through ``StepCtx.comm`` (checked exact by
 tests/training/test_distributed.py); the others are refused in a distributed run until theirs do."""
 

@@ -22,6 +22,7 @@ SPARSITY = {
     "relu": {},
     "gated": {},
     "p_anneal": {},
+    "matryoshka_batch_topk": {"k": 5},
 }
 
 

@@ -28,6 +28,7 @@ SAELENS_NAMES = {
     "relu": ("standard", True),
     "topk": ("topk", True),
     "batch_topk": ("jumprelu", True),
+    "matryoshka_batch_topk": ("jumprelu", True),
     "jumprelu": ("jumprelu", False),
     "gated": ("gated", True),
 }
@@ -179,7 +180,8 @@ def as_saelens_folder(folder: Path) -> dict:
     return cfg
 
 
-# batch_topk is absent: without a saekit block a SAELens "jumprelu" means saekit's jumprelu.
+# batch_topk and matryoshka_batch_topk are absent: without a saekit block a SAELens "jumprelu" means
+# saekit's jumprelu.
 @pytest.mark.parametrize("name", [n for n in ("relu", "topk", "jumprelu", "gated") if n in ARCHITECTURES])
 def test_saelens_folder_loads_as_the_matching_class(tmp_path, name):
     sae = perturbed(name)

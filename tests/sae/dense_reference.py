@@ -2,9 +2,10 @@
 (tests/sae/test_sparse.py) and timed against (benchmarks/step_cost.py).
 
 Every step is the textbook formula on a dense [batch, d_sae] matrix: pre-activations, a boolean mask
-of the selection, codes = ReLU(pre) on the mask, x̂ = codes W_dec + b_dec, and the auxiliary losses
-as their papers write them (AuxK on the dead latents; aux_zipf_loss weighting each underused latent
-by its Zipf deficit). Nothing here is shared with saekit.sae.sparse or saekit.sae.topk_family beyond
+of the selection, codes = ReLU(pre) on the mask, x̂ = codes W_dec + b_dec (Matryoshka: the sum of
+the errors of x̂_m = codes[:, :m] W_dec[:m] + b_dec over its prefix widths m), and the auxiliary
+losses as their papers write them (AuxK on the dead latents; aux_zipf_loss weighting each underused
+latent by its Zipf deficit). Nothing here is shared with saekit.sae.sparse or saekit.sae.topk_family beyond
 the pure selection rules of saekit.sae.functional.
 """
 
@@ -63,7 +64,7 @@ def selection_mask(sae, pre: Tensor, x: Tensor, grad: Tensor | None) -> Tensor:
     k = sae.cfg.k
     if sae.architecture == "topk":
         return row_topk_mask(pre, k)
-    if sae.architecture == "batch_topk":
+    if sae.architecture in ("batch_topk", "matryoshka_batch_topk"):
         return batch_topk_mask(pre.relu(), k)
     if sae.architecture == "feature_choice":
         return F.feature_choice_mask(pre.relu(), sae.capacities(pre.shape[0]))
@@ -73,6 +74,11 @@ def selection_mask(sae, pre: Tensor, x: Tensor, grad: Tensor | None) -> Tensor:
         scores = gradient_scores(pre.relu(), x, grad, sae.W_dec, sae.cfg.beta, sae.cfg.normalize_grad)
         return row_topk_mask(scores.detach(), k)
     raise ValueError(f"no dense reference for {sae.architecture!r}")
+
+
+def prefix_errors(codes: Tensor, W_dec: Tensor, b_dec: Tensor, x: Tensor, widths: tuple[int, ...]) -> dict[int, Tensor]:
+    """Matryoshka: for each prefix width m, ||x − (codes[:, :m] W_dec[:m] + b_dec)||² averaged over rows."""
+    return {m: (codes[:, :m] @ W_dec[:m] + b_dec - x).pow(2).sum(-1).mean() for m in widths}
 
 
 def dense_loss(sae, x: Tensor, ctx: StepCtx, grad: Tensor | None = None) -> LossOut:
@@ -85,6 +91,10 @@ def dense_loss(sae, x: Tensor, ctx: StepCtx, grad: Tensor | None = None) -> Loss
     residual = (x - x_hat).detach()
     k_aux = sae.cfg.aux_k or sae.d_in // 2
     loss, terms = mse, {"mse": mse.detach(), "l0": (codes != 0).sum(-1).float().mean()}
+    if sae.architecture == "matryoshka_batch_topk":
+        errors = prefix_errors(codes, sae.W_dec, sae.b_dec, x, sae.cfg.prefix_widths)
+        loss = sum(errors.values())
+        terms |= {f"mse_{m}": error.detach() for m, error in errors.items() if m < sae.d_sae}
     if sae.cfg.aux_coef > 0:
         aux = aux_k_loss(pre, residual, ctx.dead_mask, k_aux, sae.W_dec)
         loss, terms["aux_k"] = loss + sae.cfg.aux_coef * aux, aux.detach()

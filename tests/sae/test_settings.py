@@ -32,12 +32,13 @@ THRESHOLD = {
     "threshold_ema": ({"threshold_start_step": 0}, {"threshold_start_step": 0, "threshold_ema": 0.5}),
     "threshold_start_step": ({}, {"threshold_start_step": 0}),
 }
-TOTALS = {"batch_topk": 40, "feature_choice": 40}
+TOTALS = {"batch_topk": 40, "feature_choice": 40, "matryoshka_batch_topk": 40}
 # field -> (base overrides, changed overrides); "lr" is common to all.
 CHANGES: dict[str, dict[str, tuple[dict, dict]]] = {
     "topk": TOPK,
     "batch_topk": TOPK | THRESHOLD,
     "feature_choice": TOPK | THRESHOLD | {"capacity_zipf_exponent": ({}, {"capacity_zipf_exponent": 0.0})},
+    "matryoshka_batch_topk": TOPK | THRESHOLD | {"widths": ({}, {"widths": (32, D_SAE)})},
     "gradient_topk": TOPK | {"beta": ({}, {"beta": 3.0}), "normalize_grad": ({}, {"normalize_grad": False})},
     "jumprelu": {
         "l0_coef": ({}, {"l0_coef": 0.1}),

@@ -277,6 +277,35 @@ def test_gradient_topk_sparse_loss_equals_dense(with_grad, dead):
         assert not torch.equal(plain_topk, chosen)
 
 
+@pytest.mark.parametrize("widths", [None, (2, 3, 30, D_SAE)])
+@pytest.mark.parametrize("dead", [None, "few", "some"])
+def test_matryoshka_sparse_loss_equals_dense(dead, widths):
+    """Every prefix's error, their sum and its gradients, against the textbook slices codes[:, :m] and
+    W_dec[:m]; in (2, 3, 30, 96) the group of latent 2 selects nothing in this batch."""
+    sae = perturbed("matryoshka_batch_topk", k=5, aux_k=7, widths=widths)
+    out = assert_same(sae, copy.deepcopy(sae), rows(BATCH, 13), StepCtx(dead_mask=DEAD_MASKS[dead]))
+    if widths is not None:
+        assert out.codes.to_dense()[:, 2].count_nonzero() == 0 < out.codes.to_dense()[:, :2].count_nonzero()
+    inner = sae.cfg.prefix_widths[:-1]
+    assert {f"mse_{m}" for m in inner} <= out.terms.keys() and len(inner) >= 3
+    errors = [float(out.terms[f"mse_{m}"]) for m in inner] + [float(out.terms["mse"])]
+    assert len(set(errors)) >= len(errors) - (widths is not None), "vacuous: prefixes with equal errors would hide a mix-up"
+    torch.testing.assert_close(out.loss - sae.cfg.aux_coef * out.terms["aux_k"], sum(out.terms[f"mse_{m}"] for m in inner) + out.terms["mse"])
+
+
+def test_column_block_is_the_slice_of_the_dense_matrix():
+    pattern = random_pattern(4, n_rows=9, n_cols=13, density=0.4)
+    values = torch.randn(pattern.nnz, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    dense = S.densify(values, pattern)
+    for start, stop in [(0, 4), (4, 5), (5, 13), (0, 13), (12, 13)]:
+        block = S.column_block(pattern, start, stop)
+        assert block.pattern.n_cols == stop - start
+        assert torch.equal(S.densify(values[block.index], block.pattern), dense[:, start:stop])
+        assert block.pattern.crow[-1] == block.index.numel()
+        table = torch.randn(stop - start, 3, dtype=torch.float64)
+        torch.testing.assert_close(S.rows_times(block.pattern, values[block.index], table), dense[:, start:stop] @ table)
+
+
 @pytest.mark.parametrize("dead", [None, "few"])
 def test_feature_choice_sparse_loss_equals_dense(dead):
     sae = perturbed("feature_choice", k=5, aux_k=7, capacity_zipf_exponent=1.0)
@@ -285,7 +314,7 @@ def test_feature_choice_sparse_loss_equals_dense(dead):
     assert per_latent.max() > per_latent.min(), "vacuous: every latent took the same number of tokens"
 
 
-@pytest.mark.parametrize("name", ["topk", "batch_topk", "gradient_topk", "feature_choice"])
+@pytest.mark.parametrize("name", ["topk", "batch_topk", "gradient_topk", "feature_choice", "matryoshka_batch_topk"])
 def test_aux_zipf_sparse_loss_equals_dense(name):
     """aux_zipf_loss runs on the sparse path for every TopK-family selection, with a running density
     that has already seen a batch (so the weights are the running estimate's, not one batch's)."""
@@ -330,7 +359,7 @@ def test_jumprelu_dense_regime_takes_the_dense_path():
     assert torch.equal(out.loss, ref.loss)
 
 
-@pytest.mark.parametrize("name", ["topk", "batch_topk", "gradient_topk", "feature_choice"])
+@pytest.mark.parametrize("name", ["topk", "batch_topk", "gradient_topk", "feature_choice", "matryoshka_batch_topk"])
 def test_a_training_step_makes_no_dense_batch_by_latents_tensor_in_backward(name):
     """The issue's memory rule: the backward pass of a TopK-family step never materialises a dense
     [batch, d_sae] gradient (the forward pass has one [batch, d_sae] tensor, the pre-activations)."""
@@ -363,7 +392,7 @@ def test_a_training_step_makes_no_dense_batch_by_latents_tensor_in_backward(name
     assert (BATCH, D_SAE) in dense_backward.shapes  # the check would catch the dense path
 
 
-@pytest.mark.parametrize("name", ["topk", "batch_topk", "gradient_topk", "feature_choice", "jumprelu"])
+@pytest.mark.parametrize("name", ["topk", "batch_topk", "gradient_topk", "feature_choice", "matryoshka_batch_topk", "jumprelu"])
 def test_sparse_losses_in_reused_buffers_equal_dense_step_after_step(name):
     # The training loop computes the pre-activations into one reused buffer (saekit._fast.scratch);
     # the second batch overwrites the first one's buffer, and both steps must still be exact.

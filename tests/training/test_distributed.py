@@ -30,7 +30,8 @@ def _data() -> torch.Tensor:
 
 
 def _saes():
-    extra = {"topk": {"k": 4}, "batch_topk": {"k": 4, "threshold_start_step": 1}, "feature_choice": {"k": 4, "threshold_start_step": 1}}
+    batch = {"k": 4, "threshold_start_step": 1}
+    extra = {"topk": {"k": 4}, "batch_topk": batch, "matryoshka_batch_topk": batch, "feature_choice": batch}
     return [build(arch, d_in=16, d_sae=32, seed=i, **extra.get(arch, {})) for i, arch in enumerate(ARCHS)]
 
 

@@ -10,7 +10,8 @@ non-unit decoder by default, which changes the codes but not the reconstruction,
     AutoEncoder             relu        ReLU((x − bias) encoder.weightᵀ + encoder.bias); decoder.weightᵀ, bias
     AutoEncoderTopK         topk        per-token TopK of the same; its ``threshold`` buffer is unused by encode
     BatchTopKSAE            batch_topk  ReLU(...) ⊙ 1[ReLU(...) > threshold], one threshold for all latents
-    MatryoshkaBatchTopKSAE  batch_topk  the same with W_enc / W_dec parameters (all groups active)
+    MatryoshkaBatchTopKSAE  matryoshka_batch_topk  the same with W_enc / W_dec parameters (all groups
+                            active); its group_sizes become the prefix widths (their running sums)
     JumpReluAutoEncoder     jumprelu    ReLU(pre ⊙ 1[pre > θ]) with pre = x W_enc + b_enc; θ < 0 stored as 0
     GatedAutoEncoder        gated       decoder_bias, gate_bias, mag_bias, r_mag: saekit's gated term for term
 
@@ -67,7 +68,7 @@ CLASSES: dict[str, DictClass] = {
     "AutoEncoderTopK": DictClass("topk", _TOPK_KEYS, "encoder.weight"),
     "BatchTopKSAE": DictClass("batch_topk", _TOPK_KEYS, "encoder.weight"),
     "MatryoshkaBatchTopKSAE": DictClass(
-        "batch_topk", {**_PARAM_KEYS, "k": (), "threshold": (), "group_sizes": ("n_groups",)}, "W_enc"
+        "matryoshka_batch_topk", {**_PARAM_KEYS, "k": (), "threshold": (), "group_sizes": ("n_groups",)}, "W_enc"
     ),
     "JumpReluAutoEncoder": DictClass("jumprelu", {**_PARAM_KEYS, "threshold": ("d_sae",)}, "W_enc"),
     "GatedAutoEncoder": DictClass(
@@ -199,6 +200,8 @@ def _map(
             "threshold_start_step); dictionary_learning would encode with a dense ReLU, which is no BatchTopK SAE"
         )
     weights["threshold"] = state["threshold"].reshape(1).expand(dims.d_sae)
+    if kind.architecture == "matryoshka_batch_topk":  # the config refuses sizes that do not sum to d_sae
+        return {"k": k, "widths": state["group_sizes"].cumsum(0).tolist()}, weights, notes
     return {"k": k}, weights, notes
 
 

@@ -81,7 +81,7 @@ CASES = {
     "AutoEncoder": ("relu", encode_autoencoder, decode_autoencoder),
     "AutoEncoderTopK": ("topk", encode_topk, decode_linear_b_dec),
     "BatchTopKSAE": ("batch_topk", encode_batch_topk, decode_linear_b_dec),
-    "MatryoshkaBatchTopKSAE": ("batch_topk", encode_matryoshka, decode_params),
+    "MatryoshkaBatchTopKSAE": ("matryoshka_batch_topk", encode_matryoshka, decode_params),
     "JumpReluAutoEncoder": ("jumprelu", encode_jumprelu, decode_params),
     "GatedAutoEncoder": ("gated", encode_gated, decode_gated),
 }
@@ -101,7 +101,7 @@ def test_encode_and_decode_match_the_dictionary(tmp_path, dict_class):
         torch.testing.assert_close(codes, expected)
         torch.testing.assert_close(sae.decode(codes), decode(expected, state))
     assert (sae.architecture, sae.d_in, sae.d_sae) == (architecture, D_IN, D_SAE)
-    if architecture in ("topk", "batch_topk"):
+    if architecture in ("topk", "batch_topk", "matryoshka_batch_topk"):
         assert sae.cfg.k == K
     assert sae.metadata == {
         "model": "EleutherAI/pythia-70m-deduped",
@@ -122,6 +122,22 @@ def test_batch_topk_threshold_actually_selects(tmp_path):
 def test_unset_batch_topk_threshold_is_refused(tmp_path):
     write_dictionary_learning(tmp_path / "t", "BatchTopKSAE", state=dictionary_learning_state("BatchTopKSAE", threshold=-1.0))
     with pytest.raises(ArtifactError, match=r"threshold is -1.0, i.e. never learned"):
+        saekit.load_sae(tmp_path / "t")
+
+
+def test_matryoshka_group_sizes_become_the_prefix_widths(tmp_path):
+    write_dictionary_learning(tmp_path / "t", "MatryoshkaBatchTopKSAE")  # group sizes 5 and 15
+    assert saekit.load_sae(tmp_path / "t").cfg.widths == (5, D_SAE)
+
+
+@pytest.mark.parametrize(
+    ("group_sizes", "message"),
+    [([5, 10], r"last of widths must be d_sae=20 .* got \[5, 15\]"), ([0, 20], "widths must be positive, got 0")],
+)
+def test_matryoshka_group_sizes_that_are_no_nesting_of_the_dictionary_are_refused(tmp_path, group_sizes, message):
+    state = dictionary_learning_state("MatryoshkaBatchTopKSAE") | {"group_sizes": torch.tensor(group_sizes)}
+    write_dictionary_learning(tmp_path / "t", "MatryoshkaBatchTopKSAE", state=state)
+    with pytest.raises(ArtifactError, match=rf"dictionary_learning settings give no valid matryoshka_batch_topk SAE: .*{message}"):
         saekit.load_sae(tmp_path / "t")
 
 
