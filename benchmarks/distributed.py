@@ -1,0 +1,153 @@
+"""Data-parallel training against one process: step time, bytes each rank sends per step and peak
+memory per rank, on this machine's CPU (gloo) or its GPUs (NCCL).
+
+    .venv/bin/python benchmarks/distributed.py [--world 2] [--arch topk batch_topk] [--steps 12]
+                                               [--d-in 576] [--d-sae 4608] [--batch 4096]
+
+Each configuration runs in fresh processes: one process with ``--world`` threads, then ``--world``
+ranks with one thread each (the same cores), interleaved and repeated (``--repeats``). Step time is
+the median of the steady-state steps (the first 2 left out). Bytes are counted at the collectives
+(every tensor a rank passes to all_reduce, all_gather or broadcast, as the payload it contributes);
+a ring all-reduce sends about 2·(W−1)/W times that. Peak memory is the process's maximum resident
+set. Prints a table; ``--markdown PATH`` also writes it with the machine and the command
+(benchmarks/RESULTS-distributed.md), ``--json PATH`` the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from saekit.sae import build  # noqa: E402
+from saekit.training.config import TrainConfig  # noqa: E402
+from saekit.training.engine import prepare, restore_or_initialise, train_step  # noqa: E402
+from saekit.training.objective import LocalObjective  # noqa: E402
+
+
+def _data(rows: int, d_in: int) -> torch.Tensor:
+    return torch.randn(rows, d_in, generator=torch.Generator().manual_seed(0))
+
+
+class _Counter:
+    """Counts the bytes this process contributes to collectives, by wrapping torch.distributed's calls."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        for name in ("all_reduce", "all_gather", "broadcast"):
+            original = getattr(torch.distributed, name)
+            setattr(torch.distributed, name, self._wrap(original, name))
+
+    def _wrap(self, original, name):
+        def call(*args, **kwargs):
+            tensor = args[1] if name == "all_gather" else args[0]
+            self.bytes += tensor.numel() * tensor.element_size()
+            return original(*args, **kwargs)
+
+        return call
+
+
+def _run(rank: int, world: int, store: str, args: argparse.Namespace, out: str) -> None:
+    torch.set_num_threads(args.world if world == 1 else 1)
+    counter = None
+    if world > 1:
+        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+        counter = _Counter()
+    extra = {"k": 32} if args.arch != "relu" else {}
+    sae = build(args.arch, d_in=args.d_in, d_sae=args.d_sae, seed=0, **extra)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch, norm_estimation_tokens=args.batch, progress=False, log_every=10**6)
+    state = prepare([sae], _source(args), cfg, LocalObjective(), None, False)
+    restore_or_initialise(state, False)
+    batches = state.source.batches(cfg.batch_size, seed=0)
+    times, sent = [], []
+    for step in range(args.steps):
+        batch = next(batches)
+        before = counter.bytes if counter else 0
+        started = time.perf_counter()
+        train_step(state, step, batch)
+        times.append(time.perf_counter() - started)
+        sent.append((counter.bytes if counter else 0) - before)
+    if rank == 0:
+        row = {
+            "arch": args.arch, "world": world, "step_s": statistics.median(times[2:]),
+            "bytes_per_step": statistics.median(sent[2:]), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }  # fmt: skip
+        Path(out).write_text(json.dumps(row))
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def _source(args: argparse.Namespace):
+    from saekit.sources.tensor import TensorSource
+
+    return TensorSource(_data(args.batch * 4, args.d_in))
+
+
+def _measure(world: int, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "row.json")
+        mp.start_processes(_run, args=(world, os.path.join(tmp, "store"), args, out), nprocs=world, join=True, start_method="spawn")
+        return json.loads(Path(out).read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", type=int, default=2)
+    parser.add_argument("--arch", nargs="+", default=["topk", "batch_topk"])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--d-in", type=int, default=576)
+    parser.add_argument("--d-sae", type=int, default=4608)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--markdown", default=None)
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    rows = []
+    for arch in args.arch:
+        args.arch = arch
+        runs: dict[int, list[dict]] = {1: [], args.world: []}
+        for _ in range(args.repeats):
+            for world in (1, args.world):
+                runs[world].append(_measure(world, args))
+        for measured in runs.values():
+            numbers = {k: statistics.median(r[k] for r in measured) for k in ("step_s", "bytes_per_step", "peak_rss_mb")}
+            rows.append({"arch": arch, "world": measured[0]["world"], **numbers})
+    table = "| arch | ranks | step (ms) | sent per rank per step (MB) | peak RSS per rank (MB) |\n|---|---|---|---|---|\n" + "".join(
+        f"| {r['arch']} | {r['world']} | {1000 * r['step_s']:.1f} | {r['bytes_per_step'] / 1e6:.2f} | {r['peak_rss_mb']:.0f} |\n" for r in rows
+    )
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(_markdown(table, args))
+
+
+def _markdown(table: str, args: argparse.Namespace) -> str:
+    import platform
+
+    return (
+        "# Data-parallel training: measured results\n\n"
+        f"Written by `python benchmarks/distributed.py {' '.join(sys.argv[1:])}`; do not edit, run it again. "
+        "How it measures: the script's docstring; the formulas and when to use which mode: [docs/scaling.md](../docs/scaling.md).\n\n"
+        f"- Machine: {platform.machine()}, {os.cpu_count()} cores ({platform.processor() or 'cpu'}); torch {torch.__version__}; backend gloo; "
+        f"{time.strftime('%Y-%m-%d')}.\n"
+        f"- One process uses {args.world} threads; each of the {args.world} ranks one thread (the same cores).\n"
+        f"- d_in {args.d_in}, d_sae {args.d_sae}, batch {args.batch} rows, k 32, {args.steps} steps (median of the steady ones), "
+        f"median of {args.repeats} interleaved repeats.\n\n" + table
+    )
+
+
+if __name__ == "__main__":
+    main()
