@@ -1,0 +1,43 @@
+"""Board games (Othello, chess) and the board-game paper's supervised SAE metrics.
+
+Othello: ``OthelloBoard`` the rules one game at a time; ``random_games`` games of uniformly random legal
+moves, generated in bulk; ``replay`` the positions of given games; ``encode_moves`` / ``decode_tokens``
+the 61-token vocabulary; ``othello_properties`` the board-state properties. Chess (needs the ``chess``
+package): ``random_chess_games`` game strings from seeded players; ``encode_pgn`` / ``decode_pgn`` the
+32-character vocabulary; ``chess_properties``. Metrics: ``coverage`` and ``board_reconstruction`` on
+SAE codes and a ``PropertyTable``'s values. See docs/boardgames.md.
+"""
+
+from saekit.boardgames.board_metrics import Coverage, Reconstruction, board_reconstruction, coverage
+from saekit.boardgames.chess_properties import chess_properties
+from saekit.boardgames.othello import OthelloBoard, play_game, square_index, square_name
+from saekit.boardgames.othello_games import OthelloGames, Replay, random_games, replay
+from saekit.boardgames.othello_properties import othello_properties
+from saekit.boardgames.othello_tokens import decode_tokens, encode_moves
+from saekit.boardgames.pgn import decode_pgn, encode_pgn, random_chess_games
+from saekit.boardgames.properties import PropertyTable, join, square_groups
+
+__all__ = [
+    "Coverage",
+    "OthelloBoard",
+    "OthelloGames",
+    "PropertyTable",
+    "Reconstruction",
+    "Replay",
+    "board_reconstruction",
+    "chess_properties",
+    "coverage",
+    "decode_pgn",
+    "decode_tokens",
+    "encode_moves",
+    "encode_pgn",
+    "join",
+    "othello_properties",
+    "play_game",
+    "random_chess_games",
+    "random_games",
+    "replay",
+    "square_groups",
+    "square_index",
+    "square_name",
+]
