@@ -39,6 +39,13 @@ class GroupObjective(Protocol):
         """Indices, in the run's list of SAEs, of the SAEs this term couples."""
         ...
 
+    @property
+    def reads_the_batch(self) -> bool:
+        """Whether the term depends on the batch's rows (through ``outs``): such a term must make its
+        batch statistics global (``ctx.comm``) before a distributed run may use it. A term of the
+        weights alone is the same on every rank, and needs nothing."""
+        ...
+
     def __call__(self, saes: Sequence[SAE], outs: Sequence[LossOut], ctx: StepCtx) -> GroupTerm:
         """The term for the members ``saes`` (in ``members`` order) and their losses ``outs``."""
         ...

@@ -88,6 +88,8 @@ def matched_cosine(a: Tensor, b: Tensor, matching: str = "hungarian") -> Tensor:
 class MFR:
     """The MFR penalty as a group term of :class:`saekit.training.objective.LocalObjective`."""
 
+    reads_the_batch = False  # a function of the decoders alone: the same on every rank of a distributed run
+
     def __init__(self, config: MFRConfig | None = None, **fields) -> None:
         if config is None:
             fields["members"] = tuple(fields.get("members", ()))

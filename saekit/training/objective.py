@@ -87,7 +87,7 @@ class LocalObjective:
 
     @property
     def distributable(self) -> bool:
-        return not self.groups  # group terms (MFR) do not reduce over ranks yet
+        return not any(group.reads_the_batch for group in self.groups)
 
     def units(self, n_saes: int) -> list[Unit]:
         return training_units(n_saes, self.groups)

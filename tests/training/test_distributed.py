@@ -107,6 +107,36 @@ def test_a_run_saved_on_two_ranks_resumes_on_one(tmp_path):
     _assert_close(_states(resumed.saes), one)
 
 
+def _mfr_run(data, out_dir=None):
+    from saekit.objectives.mfr import MFR
+    from saekit.sources.tensor import as_source
+    from saekit.training.config import TrainConfig
+    from saekit.training.engine import run
+    from saekit.training.objective import LocalObjective
+
+    saes = [build("topk", d_in=16, d_sae=32, k=4, seed=s) for s in (0, 1)]
+    objective = LocalObjective([MFR(members=(0, 1), coef=1.0, warmup_steps=2)])
+    return run(saes, as_source(data), TrainConfig(steps=8, **SETTINGS), objective=objective, out_dir=out_dir)
+
+
+def _mfr_worker(rank: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        result = _mfr_run(_data())
+        if rank == 0:
+            save_file(_states(result.saes), str(Path(out) / "mfr.safetensors"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_mutual_feature_regularisation_group_trains_as_in_one_process(tmp_path):
+    """MFR's penalty is a function of the decoders alone: every rank adds the same term."""
+    one = _states(_mfr_run(_data()).saes)
+    mp.start_processes(_mfr_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True, start_method="spawn")
+    _assert_close(load_file(tmp_path / "mfr.safetensors"), one)
+
+
 class _RankOneDies(_Dies):
     """Rank 1's process ends at batch ``at`` without a word (killed); rank 0 goes on."""
 
