@@ -15,16 +15,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return _launch(args)
     from saekit.cli.run_config import build_saes, load_run_config, train_from_config
+    from saekit.devices import resolve_device
     from saekit.eval.table import markdown_table
     from saekit.io import save_suite
     from saekit.sources.spec import source_from_spec
+    from saekit.training.distributed import comm_for_run
     from saekit.training.outputs import refuse_a_second_run
 
     raw, rc = load_run_config(args.config, args.set)
     out = Path(args.out) if args.out else rc.out
     if not args.resume:
         refuse_a_second_run(out)  # before the data is loaded; the run checks again
-    source = source_from_spec(rc.data)
+    # A distributed launch (torchrun) joins its process group now, so that a model source splits its
+    # forward passes over the ranks.
+    comm = comm_for_run(resolve_device(rc.train.device), rc.train.collective_timeout_s)
+    source = source_from_spec(rc.data, comm)
     built = build_saes(rc.saes, source)
     # config.json is written by the run once its checks have passed: a refused resume keeps the old one.
     record = {"config.json": json.dumps(raw, indent=2, default=str) + "\n"}

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as tF
 from torch import Tensor, nn
 
+from saekit.comm import LOCAL, Comm
 from saekit.errors import ConfigError, DataError
 from saekit.models.load import LoadedModel, as_module
 from saekit.sources.hf import check_token_ids, collect_activations, collect_activations_and_grads
@@ -64,6 +66,7 @@ class ModelSource:
         skip_positions: int = 1,
         with_grads: bool = False,
         description: dict | None = None,
+        comm: Comm = LOCAL,
     ) -> None:
         if tokens.ndim != 2 or tokens.dtype not in (torch.int32, torch.int64):
             raise DataError(f"tokens must be an integer tensor [n_seqs, context], got {tuple(tokens.shape)} {tokens.dtype}")
@@ -79,6 +82,9 @@ class ModelSource:
         self.forward_batch = forward_batch
         self.skip_positions = skip_positions
         self.with_grads = with_grads
+        self.comm = comm
+        """The ranks of a distributed run: each runs the model on its share of every chunk's contexts,
+        and the rows are gathered, so every rank holds the chunk one process would compute."""
         self._description = description or {}
         self._last: tuple[tuple[int, int], Chunk] | None = None
         self._width = {site: acts.shape[-1] for site, acts in self._forward(self.tokens[:1, :2]).acts.items()}
@@ -133,6 +139,22 @@ class ModelSource:
         return self._rows_of(ids, with_grads=False)[0]
 
     def _rows_of(self, ids: Tensor, *, with_grads: bool) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+        if not self.comm.distributed:
+            return self._own_rows_of(ids, with_grads=with_grads)
+        share = -(-len(ids) // self.comm.world_size)
+        mine = ids[self.comm.rank * share : (self.comm.rank + 1) * share]
+        acts, grads = self._own_rows_of(mine, with_grads=with_grads)
+        rows, per_seq = len(ids) * (self.tokens.shape[1] - self.skip_positions), self.tokens.shape[1] - self.skip_positions
+
+        def gathered(part: dict[str, Tensor]) -> dict[str, Tensor]:
+            # Equal shares for the gather: the last rank's may be short (or empty), so it is padded.
+            padded = {site: part[site] if site in part else torch.zeros(0, self._width[site]) for site in self._sites}
+            padded = {site: tF.pad(t, (0, 0, 0, share * per_seq - len(t))) for site, t in padded.items()}
+            return {site: self.comm.gather(t)[:rows] for site, t in padded.items()}
+
+        return gathered(acts), gathered(grads) if grads is not None else None
+
+    def _own_rows_of(self, ids: Tensor, *, with_grads: bool) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
         # Each forward batch is copied straight into its slice of the chunk: no list of parts and no
         # concatenation, which would hold the chunk twice.
         per_seq = self.tokens.shape[1] - self.skip_positions

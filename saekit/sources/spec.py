@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from saekit.comm import LOCAL, Comm
 from saekit.errors import ConfigError
 from saekit.strict import from_dict
 from saekit.types import ActivationSource
@@ -90,7 +91,7 @@ def split_model_settings(settings: dict[str, Any]) -> ModelData:
     return ModelData(model_cfg, text_cfg)
 
 
-def model_source(settings: dict[str, Any]) -> ModelSource:
+def model_source(settings: dict[str, Any], comm: Comm = LOCAL) -> ModelSource:
     """Load the model and corpus of a kind = "model" table and wrap them as a ModelSource."""
     from saekit.models import load_model
     from saekit.sources.model import ModelSource
@@ -110,18 +111,21 @@ def model_source(settings: dict[str, Any]) -> ModelSource:
         skip_positions=model_cfg.skip_positions,
         with_grads=model_cfg.with_grads,
         description={"model": loaded.name, "text": to_dict(text_cfg)},
+        comm=comm,
     )
 
 
 SOURCE_KINDS = {"file": _file, "synthetic": _synthetic, "model": model_source, "cache": _cache}
 
 
-def source_from_spec(spec: dict[str, Any]) -> ActivationSource:
+def source_from_spec(spec: dict[str, Any], comm: Comm = LOCAL) -> ActivationSource:
+    """The source a run config's [data] table describes; in a distributed run (``comm``) a model source
+    splits its forward passes over the ranks."""
     settings = dict(spec)
     kind = settings.pop("kind", None)
     if kind not in SOURCE_KINDS:
         raise ConfigError(f"data: 'kind' must be one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
-    return SOURCE_KINDS[kind](settings)
+    return model_source(settings, comm) if kind == "model" else SOURCE_KINDS[kind](settings)
 
 
 def _only(settings: dict[str, Any], allowed: set[str], kind: str) -> None:

@@ -137,6 +137,45 @@ def test_a_mutual_feature_regularisation_group_trains_as_in_one_process(tmp_path
     _assert_close(load_file(tmp_path / "mfr.safetensors"), one)
 
 
+def _model_run(comm):
+    from saekit.sources.model import ModelSource
+    from tests.tiny_lm import tiny_llama
+
+    model = tiny_llama()
+    contexts = []
+    model.model.embed_tokens.register_forward_hook(lambda module, args, out: contexts.append(args[0].shape[0]))
+    tokens = torch.randint(3, 15, (24, 9), generator=torch.Generator().manual_seed(5))
+    source = ModelSource(model, tokens, ["layers.0.resid_post", "layers.1.resid_post"], chunk_seqs=12, forward_batch=4, comm=comm)
+    saes = [build(arch, d_in=16, d_sae=32, k=4, seed=i) for i, arch in enumerate(("topk", "batch_topk"))]
+    for sae, site in zip(saes, source.sites, strict=True):
+        sae.metadata["site"] = site
+    result = train(saes, source, steps=6, **{**SETTINGS, "batch_size": 32})
+    return result, sum(contexts)
+
+
+def _model_worker(rank: int, store: str, out: str) -> None:
+    from saekit.comm import Comm
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        result, contexts = _model_run(Comm(rank, WORLD))
+        save_file({**_states(result.saes), "contexts": torch.tensor(contexts)}, str(Path(out) / f"model-{rank}.safetensors"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_model_source_splits_its_forward_passes_over_the_ranks(tmp_path):
+    from saekit.comm import LOCAL
+
+    result, contexts = _model_run(LOCAL)
+    mp.start_processes(_model_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True, start_method="spawn")
+    ranks = [load_file(tmp_path / f"model-{r}.safetensors") for r in range(WORLD)]
+    _assert_close({k: v for k, v in ranks[0].items() if k != "contexts"}, _states(result.saes))
+    # Each rank ran half the contexts (and, as one process does, one probe of the widths when built).
+    assert [int(r["contexts"]) - 1 for r in ranks] == [(contexts - 1) // WORLD] * WORLD
+
+
 class _RankOneDies(_Dies):
     """Rank 1's process ends at batch ``at`` without a word (killed); rank 0 goes on."""
 
