@@ -137,7 +137,7 @@ class BatchTopKSAE(SAE):
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
-        family.after_step(self, self.cfg, out)
+        family.after_step(self, self.cfg, out, ctx)
         F.track_threshold_(self.threshold, out.codes.smallest_positive(), self.cfg.threshold_ema, self.cfg.threshold_start_step, ctx)
 
 

@@ -130,6 +130,6 @@ class FeatureChoiceSAE(SAE):
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
-        family.after_step(self, self.cfg, out)
+        family.after_step(self, self.cfg, out, ctx)
         smallest = out.codes.smallest_positive(per_latent=True)
         F.track_threshold_(self.threshold, smallest, self.cfg.threshold_ema, self.cfg.threshold_start_step, ctx)

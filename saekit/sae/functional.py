@@ -322,11 +322,13 @@ def register_zipf_state(sae: torch.nn.Module, d_sae: int) -> None:
     sae.register_buffer(ZIPF_STATE[1], torch.zeros(()))
 
 
-def zipf_running(sae: torch.nn.Module, codes: Codes, weight: float) -> RunningDensity:
+def zipf_running(sae: torch.nn.Module, codes: Codes, weight: float, comm: Comm) -> RunningDensity:
     """The running density of ``sae`` (registered by :func:`register_zipf_state`) updated with the
-    batch's ``codes``; ``commit_zipf_state_`` stores it after the step."""
+    batch's ``codes`` (the whole batch's density when its rows are split over ranks: equal slices, so
+    the mean of the ranks' densities); ``commit_zipf_state_`` stores it after the step."""
     state = sae.state_dict()
-    return update_density(RunningDensity(state[ZIPF_STATE[0]], state[ZIPF_STATE[1]]), codes.density(), weight)
+    density = comm.sum_(codes.density().clone()) / comm.world_size if comm.distributed else codes.density()
+    return update_density(RunningDensity(state[ZIPF_STATE[0]], state[ZIPF_STATE[1]]), density, weight)
 
 
 @torch.no_grad()

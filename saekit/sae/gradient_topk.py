@@ -136,7 +136,7 @@ class GradientTopKSAE(SAE):
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
-        family.after_step(self, self.cfg, out)
+        family.after_step(self, self.cfg, out, ctx)
 
     def extra_saelens_cfg(self) -> dict:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}

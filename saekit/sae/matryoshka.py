@@ -161,5 +161,5 @@ class MatryoshkaBatchTopKSAE(SAE):
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
-        family.after_step(self, self.cfg, out)
+        family.after_step(self, self.cfg, out, ctx)
         F.track_threshold_(self.threshold, out.codes.smallest_positive(), self.cfg.threshold_ema, self.cfg.threshold_start_step, ctx)

@@ -158,6 +158,8 @@ class PAnnealSAE(SAE):
         if now.next_p is not None and now.next_step is not None and ctx.step >= now.next_step - self.cfg.rescale_batches:
             codes = out.codes.to_dense()
             row = torch.stack([F.lp_pow(codes, now.p), F.lp_pow(codes, now.next_p)]).to(self.lp_history)
+            if ctx.comm.distributed:  # means over the rank's rows: their mean is the whole batch's
+                row = ctx.comm.sum_(row) / ctx.comm.world_size
             self.lp_history.copy_(torch.cat([row[None], self.lp_history[:-1]]))
         after = self.schedule(StepCtx(step=ctx.step + 1, total_steps=ctx.total_steps))
         if after.index == now.index:

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.nn import functional as tF
 
 from saekit._fast import row_topk, scratch
-from saekit.comm import LOCAL, Comm
+from saekit.comm import Comm
 
 
 class ByColumn(NamedTuple):
@@ -310,7 +310,7 @@ def sparse_decode(values: Tensor, pattern: Pattern, W_dec: Tensor) -> Tensor:
 # The auxiliary loss of the TopK family (AuxK and aux_zipf_loss)
 
 
-def aux_loss(pre: Tensor, gather, x_hat: Tensor, x: Tensor, weights: Tensor | None, k_aux: int, W_dec: Tensor, comm: Comm = LOCAL) -> Tensor:
+def aux_loss(pre: Tensor, gather, x_hat: Tensor, x: Tensor, weights: Tensor | None, k_aux: int, W_dec: Tensor, comm: Comm) -> Tensor:
     """The auxiliary loss of the TopK family: latents with a positive weight reconstruct the residual
     x − x̂ (detached) from each token's ``min(k_aux, #latents)`` largest pre-activations among them,
     through a ReLU and times their latent's weight, decoded without b_dec; the summed squared error
@@ -324,6 +324,9 @@ def aux_loss(pre: Tensor, gather, x_hat: Tensor, x: Tensor, weights: Tensor | No
     term by min(#dead / k_aux, 1), divides by the total variance of x rather than of the residual,
     and decodes with b_dec. The Zipf deficits of :func:`saekit.sae.functional.zipf_deficit` as weights
     make it aux_zipf_loss (provisional reading, papers.md §3).
+
+    ``comm``: the ranks the batch's rows are split over (``LOCAL`` in one process): the variance is the
+    whole batch's, and each rank's error is scaled so that the mean over ranks is the one-process term.
 
     ``pre`` [batch, d_sae] holds the pre-activations without autograd; ``gather(pattern)`` returns
     them at a pattern with gradients (a closure over :func:`gather_pre`). The dense form of the same

@@ -154,16 +154,16 @@ def family_loss(
         aux = S.aux_loss(pre, gather, x_hat, x, dead, k_aux, sae.W_dec, ctx.comm)
         loss, terms["aux_k"] = loss + cfg.aux_coef * aux, aux.detach()
     if cfg.aux_zipf_coef > 0:
-        density = F.zipf_running(sae, codes, cfg.aux_zipf_ema).estimate
-        zipf = S.aux_loss(pre, gather, x_hat, x, F.zipf_deficit(density, cfg.aux_zipf_exponent), k_aux, sae.W_dec)
+        density = F.zipf_running(sae, codes, cfg.aux_zipf_ema, ctx.comm).estimate
+        zipf = S.aux_loss(pre, gather, x_hat, x, F.zipf_deficit(density, cfg.aux_zipf_exponent), k_aux, sae.W_dec, ctx.comm)
         loss, terms["aux_zipf"] = loss + cfg.aux_zipf_coef * zipf, zipf.detach()
     return LossOut(loss, x_hat.reshape(shape), codes, terms)
 
 
-def after_step(sae: SAE, cfg: TopKFamilyConfig, out: LossOut) -> None:
+def after_step(sae: SAE, cfg: TopKFamilyConfig, out: LossOut, ctx: StepCtx) -> None:
     """The family's part of ``after_step``: the running density of aux_zipf_loss moves on."""
     if cfg.aux_zipf_coef > 0:
-        F.commit_zipf_state_(sae, F.zipf_running(sae, out.codes, cfg.aux_zipf_ema))
+        F.commit_zipf_state_(sae, F.zipf_running(sae, out.codes, cfg.aux_zipf_ema, ctx.comm))
 
 
 def per_row_topk(k: int) -> Selection:

@@ -29,7 +29,6 @@ import torch
 from saekit.comm import LOCAL, Comm
 from saekit.errors import ConfigError
 from saekit.sae.base import SAE
-from saekit.sae.topk_family import TopKFamilyConfig
 from saekit.training.config import TrainConfig
 from saekit.training.objective import Objective
 from saekit.types import ActBatch, LossOut
@@ -65,9 +64,12 @@ def mean_terms(out: LossOut, comm: Comm) -> LossOut:
     return out._replace(terms=dict(zip(names, flat.unbind(), strict=True)))
 
 
-DISTRIBUTABLE = frozenset(("relu", "topk", "batch_topk", "matryoshka_batch_topk", "feature_choice", "gradient_topk", "jumprelu", "gated"))
+DISTRIBUTABLE = frozenset(
+    ("relu", "topk", "batch_topk", "matryoshka_batch_topk", "feature_choice", "gradient_topk", "jumprelu", "gated", "p_anneal")
+)
 """Architectures whose batch-coupled computations go through ``StepCtx.comm`` (checked exact by
-tests/training/test_distributed.py); the others are refused in a distributed run until theirs do."""
+tests/training/test_distributed.py); an architecture added later is refused in a distributed run
+until its computations are."""
 
 
 def check_distributable(saes: Sequence[SAE], objective: Objective, cfg: TrainConfig, comm: Comm) -> None:
@@ -80,7 +82,5 @@ def check_distributable(saes: Sequence[SAE], objective: Objective, cfg: TrainCon
                 f"SAE {i} ({sae.architecture}) cannot train in a distributed run yet; distributed runs train "
                 f"{', '.join(sorted(DISTRIBUTABLE))}"
             )
-        if isinstance(sae.cfg, TopKFamilyConfig) and sae.cfg.aux_zipf_coef > 0:
-            raise ConfigError(f"SAE {i} ({sae.architecture}): aux_zipf_loss cannot train in a distributed run yet (its density is per batch)")
     if not objective.distributable:
         raise ConfigError(f"the objective {objective.describe()} cannot train in a distributed run yet")

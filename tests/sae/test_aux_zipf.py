@@ -7,6 +7,7 @@ import pytest
 import torch
 from dense_reference import aux_zipf_loss
 
+from saekit.comm import LOCAL
 from saekit.sae import build
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
@@ -35,7 +36,7 @@ def test_aux_zipf_loss_hand_computed() -> None:
     r_hat = torch.tensor([[2 * w1, 1 * w2], [0.0, 3 * w2]])
     expected = ((r_hat - residual) ** 2).sum() / 1.0
     weights = F.zipf_deficit(torch.tensor([0.6, 0.1, 0.05]), exponent=1.0)
-    got = S.aux_loss(pre, lambda p: pre.reshape(-1)[p.flat], torch.zeros_like(residual), residual, weights, 2, W_dec)
+    got = S.aux_loss(pre, lambda p: pre.reshape(-1)[p.flat], torch.zeros_like(residual), residual, weights, 2, W_dec, LOCAL)
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 

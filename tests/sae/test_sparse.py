@@ -9,6 +9,7 @@ import torch
 from dense_reference import dense_loss
 
 from saekit._fast import scratch
+from saekit.comm import LOCAL
 from saekit.sae import build, jumprelu
 from saekit.sae import sparse as S
 from saekit.types import ActBatch, Codes, StepCtx
@@ -198,7 +199,7 @@ def aux(pre: torch.Tensor, weights, k_aux: int) -> torch.Tensor:
     def gather(p: S.Pattern) -> torch.Tensor:
         return pre.reshape(-1)[p.flat]
 
-    return S.aux_loss(pre.detach(), gather, torch.zeros_like(_RESIDUAL), _RESIDUAL, weights, k_aux, _W_DEC)
+    return S.aux_loss(pre.detach(), gather, torch.zeros_like(_RESIDUAL), _RESIDUAL, weights, k_aux, _W_DEC, LOCAL)
 
 
 def test_aux_loss_hand_computed():

@@ -31,8 +31,12 @@ def _data() -> torch.Tensor:
 
 def _saes():
     batch = {"k": 4, "threshold_start_step": 1}
-    extra = {"topk": {"k": 4}, "batch_topk": batch, "matryoshka_batch_topk": batch, "feature_choice": batch}
-    return [build(arch, d_in=16, d_sae=32, seed=i, **extra.get(arch, {})) for i, arch in enumerate(ARCHS)]
+    extra = {
+        "topk": {"k": 4}, "batch_topk": batch, "matryoshka_batch_topk": batch, "feature_choice": batch,
+        "p_anneal": {"anneal_start": 2, "n_p_values": 4, "rescale_batches": 2},  # p changes (and λ is rescaled) within the run
+    }  # fmt: skip
+    saes = [build(arch, d_in=16, d_sae=32, seed=i, **extra.get(arch, {})) for i, arch in enumerate(ARCHS)]
+    return [*saes, build("topk", d_in=16, d_sae=32, k=4, seed=99, aux_zipf_coef=0.1)]  # aux_zipf's running density
 
 
 def _states(saes) -> dict[str, torch.Tensor]:
@@ -96,7 +100,7 @@ def test_two_ranks_train_what_one_process_trains(tmp_path):
     two = _spawn(tmp_path, steps=8)
     _assert_close(two, one)
     log = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert len(log) == 8 * len(ARCHS)  # one rank writes the log
+    assert len(log) == 8 * (len(ARCHS) + 1)  # one rank writes the log
 
 
 def test_a_run_saved_on_two_ranks_resumes_on_one(tmp_path):
@@ -215,10 +219,14 @@ def test_what_cannot_run_distributed_is_refused(tmp_path):
     from saekit.training.objective import LocalObjective
 
     comm, cfg = Comm(rank=0, world_size=2), TrainConfig(steps=1, batch_size=64)
-    with pytest.raises(ConfigError, match=r"SAE 0 \(p_anneal\) cannot train in a distributed run yet"):
-        check_distributable([build("p_anneal", d_in=8, d_sae=16)], LocalObjective(), cfg, comm)
-    with pytest.raises(ConfigError, match="aux_zipf_loss cannot train in a distributed run yet"):
-        check_distributable([build("topk", d_in=8, d_sae=16, k=2, aux_zipf_coef=0.1)], LocalObjective(), cfg, comm)
+    class ReadsTheBatch:
+        members, reads_the_batch = (0, 1), True
+
+        def describe(self):
+            return {"kind": "a term over the batch"}
+
+    with pytest.raises(ConfigError, match=r"the objective .*a term over the batch.* cannot train in a distributed run yet"):
+        check_distributable([build("relu", d_in=8, d_sae=16)] * 2, LocalObjective([ReadsTheBatch()]), cfg, comm)
     with pytest.raises(ConfigError, match="batch_size 63 does not split evenly over 2 ranks"):
         check_distributable([build("relu", d_in=8, d_sae=16)], LocalObjective(), TrainConfig(steps=1, batch_size=63), comm)
     assert "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] == "1"
