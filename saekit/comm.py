@@ -29,21 +29,20 @@ class Comm:
 
     def sum_(self, t: Tensor) -> Tensor:
         """``t`` summed over ranks, in place."""
-        if self.distributed:
-            with _collective(self, "all_reduce"):
-                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-        return t
+        return self._reduce_(t, torch.distributed.ReduceOp.SUM)
 
     def max_(self, t: Tensor) -> Tensor:
-        if self.distributed:
-            with _collective(self, "all_reduce"):
-                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return t
+        """``t``'s elementwise maximum over ranks, in place."""
+        return self._reduce_(t, torch.distributed.ReduceOp.MAX)
 
     def min_(self, t: Tensor) -> Tensor:
+        """``t``'s elementwise minimum over ranks, in place."""
+        return self._reduce_(t, torch.distributed.ReduceOp.MIN)
+
+    def _reduce_(self, t: Tensor, op: torch.distributed.ReduceOp.RedOpType) -> Tensor:
         if self.distributed:
             with _collective(self, "all_reduce"):
-                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+                torch.distributed.all_reduce(t, op=op)
         return t
 
     def gather(self, t: Tensor) -> Tensor:
