@@ -206,10 +206,10 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
         ckpt = resumed.checkpoint
         restore(ckpt, resumed.path, state.saes, state.optimizers, state.counters)
         state.scales, state.start = ckpt.scales, ckpt.step
-        _say(cfg, f"resuming from step {state.start} of {cfg.total_steps} ({resumed.path})")
+        _say(state, f"resuming from step {state.start} of {cfg.total_steps} ({resumed.path})")
     else:
         if resume:
-            _say(cfg, f"no checkpoint in {state.out_dir}; starting from scratch")
+            _say(state, f"no checkpoint in {state.out_dir}; starting from scratch")
         used = set(state.sites)
         state.scales = (
             estimate_scales(state.source, used, cfg.batch_size, cfg.seed, cfg.norm_estimation_tokens)
@@ -372,8 +372,8 @@ def _fingerprint(saes: Sequence[SAE], sites: list[str], cfg: TrainConfig, source
     return json.loads(json.dumps(fingerprint, default=str))
 
 
-def _say(cfg: TrainConfig, message: str) -> None:
-    if cfg.progress:
+def _say(state: Run, message: str) -> None:
+    if state.cfg.progress and state.comm.rank == 0:
         tqdm.write(message)
 
 
