@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit import devices
+from saekit.comm import Comm
 from saekit.errors import ConfigError, DataError
 from saekit.models.load import LoadedModel, as_module
 from saekit.sae import functional as F
@@ -59,7 +60,7 @@ from saekit.sources.sites import layer_of, n_layers, resolve_sites
 from saekit.strict import refuse_unused, to_dict
 from saekit.training.config import TrainConfig
 from saekit.training.engine import Run, TrainResult, run
-from saekit.training.objective import Unit, UnitLoss
+from saekit.training.objective import Unit, UnitLoss, shard_rows
 from saekit.types import ActBatch, LossOut, StepCtx
 
 _EPOCH = 21  # tag of this module's random stream of context orders
@@ -184,7 +185,7 @@ class E2EObjective:
     """KL(p_clean ‖ p_spliced) (+ the downstream MSEs) plus each SAE's own non-reconstruction terms."""
 
     prefetch = False  # the objective runs the source's model: its hooks cannot be shared with a thread
-    distributable = False  # its contexts are not yet split over ranks
+    distributable = True  # each rank scores its share of the contexts (shard); means over them average
 
     def __init__(self, model: nn.Module, e2e: E2EConfig, downstream: Mapping[str, list[str]]) -> None:
         self.model, self.e2e, self.downstream = model, e2e, dict(downstream)
@@ -206,6 +207,20 @@ class E2EObjective:
         finally:
             for p, flag in flags:
                 p.requires_grad_(flag)
+
+    def shard(self, batch: Mapping[str, ActBatch], comm: Comm) -> ContextBatch:
+        """This rank's equal share of the step's contexts, and their rows (rows are contexts in order)."""
+        assert isinstance(batch, ContextBatch)
+        if batch.tokens.shape[0] % comm.world_size:
+            raise ConfigError(
+                f"{batch.tokens.shape[0]} contexts a step do not split evenly over {comm.world_size} ranks; make "
+                "batch_size a multiple of (context positions used) × ranks"
+            )
+        contexts = comm.rows(batch.tokens.shape[0])
+        part = ContextBatch(shard_rows(batch, comm))
+        part.tokens, part.clean_logp = batch.tokens[contexts], batch.clean_logp[contexts]
+        part.clean = {name: h[contexts] for name, h in batch.clean.items()}
+        return part
 
     def unit_loss(self, run: Run, unit: Unit, batch: Mapping[str, ActBatch], ctxs: Mapping[int, StepCtx]) -> UnitLoss:
         assert isinstance(batch, ContextBatch)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -31,7 +31,7 @@ from saekit.errors import ConfigError
 from saekit.sae.base import SAE
 from saekit.training.config import TrainConfig
 from saekit.training.objective import Objective
-from saekit.types import ActBatch, LossOut
+from saekit.types import LossOut
 
 
 def comm_for_run(device: torch.device, timeout_s: float) -> Comm:
@@ -46,12 +46,6 @@ def comm_for_run(device: torch.device, timeout_s: float) -> Comm:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return Comm(rank=dist.get_rank(), world_size=dist.get_world_size())
-
-
-def shard_batch(batch: Mapping[str, ActBatch], comm: Comm) -> dict[str, ActBatch]:
-    """This rank's equal slice of the rows of a global batch (every site, gradients alongside)."""
-    rows = comm.rows(next(iter(batch.values())).x.shape[0])
-    return {site: ActBatch(b.x[rows], None if b.grad is None else b.grad[rows]) for site, b in batch.items()}
 
 
 def mean_terms(out: LossOut, comm: Comm) -> LossOut:

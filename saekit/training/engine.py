@@ -44,7 +44,7 @@ from saekit.strict import to_dict
 from saekit.training import dead, health
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, restore, save_checkpoint
 from saekit.training.config import TrainConfig
-from saekit.training.distributed import check_distributable, comm_for_run, mean_terms, shard_batch
+from saekit.training.distributed import check_distributable, comm_for_run, mean_terms
 from saekit.training.logs import MetricsLog, step_records
 from saekit.training.normalise import enter_normalised_units_, estimate_scales, leave_normalised_units_
 from saekit.training.objective import LocalObjective, Objective, Unit
@@ -237,7 +237,7 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
     cfg, total, comm = state.cfg, state.cfg.total_steps, state.comm
     state.rows = batch[state.sites[0]].x.shape[0]
     if comm.distributed:
-        batch = shard_batch(batch, comm)
+        batch = state.objective.shard(batch, comm)
     base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup), comm=comm)
     lr_mult = lr_factor(step, total, cfg.lr_warmup_steps, cfg.lr_decay_fraction)
     window = cfg.resolved_dead_tokens

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from torch import Tensor
 
+from saekit.comm import Comm
 from saekit.errors import ConfigError
 from saekit.objectives import GroupObjective
 from saekit.types import ActBatch, LossOut, StepCtx
@@ -72,6 +73,10 @@ class Objective(Protocol):
         each SAE's provenance."""
         ...
 
+    def shard(self, batch: Mapping[str, ActBatch], comm: Comm) -> Mapping[str, ActBatch]:
+        """This rank's equal part of a global batch in a distributed run (rows, or whole contexts)."""
+        ...
+
     def session(self) -> contextlib.AbstractContextManager[None]:
         """Entered around the training steps (e.g. the host model's parameters frozen)."""
         ...
@@ -88,6 +93,9 @@ class LocalObjective:
     @property
     def distributable(self) -> bool:
         return not any(group.reads_the_batch for group in self.groups)
+
+    def shard(self, batch: Mapping[str, ActBatch], comm: Comm) -> Mapping[str, ActBatch]:
+        return shard_rows(batch, comm)
 
     def units(self, n_saes: int) -> list[Unit]:
         return training_units(n_saes, self.groups)
@@ -141,3 +149,9 @@ def training_units(n_saes: int, groups: Sequence[GroupObjective]) -> list[Unit]:
         Unit(tuple(members), tuple(g for g in groups if root(g.members[0]) == root(members[0])))
         for members in sorted(linked.values())
     ]
+
+
+def shard_rows(batch: Mapping[str, ActBatch], comm: Comm) -> dict[str, ActBatch]:
+    """This rank's equal slice of the rows of a global batch (every site, gradients alongside)."""
+    rows = comm.rows(next(iter(batch.values())).x.shape[0])
+    return {site: ActBatch(b.x[rows], None if b.grad is None else b.grad[rows]) for site, b in batch.items()}

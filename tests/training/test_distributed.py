@@ -180,6 +180,41 @@ def test_a_model_source_splits_its_forward_passes_over_the_ranks(tmp_path):
     assert [int(r["contexts"]) - 1 for r in ranks] == [(contexts - 1) // WORLD] * WORLD
 
 
+def _e2e_run():
+    from saekit.objectives.e2e import E2EConfig, train_e2e
+    from saekit.training.config import TrainConfig
+    from tests.tiny_lm import tiny_llama
+
+    tokens = torch.randint(3, 15, (64, 9), generator=torch.Generator().manual_seed(6))
+    saes = [build("topk", d_in=16, d_sae=32, k=4, seed=2, lr=1e-2), build("jumprelu", d_in=16, d_sae=32, seed=3)]
+    cfg = TrainConfig(steps=4, **{**SETTINGS, "norm_estimation_tokens": 64})
+    # e2e+ds: the KL and the downstream MSE at the later layer's output, each a mean over contexts
+    e2e = E2EConfig(downstream_sites=("layers.1.resid_post",))
+    model, contexts = tiny_llama(), []
+    model.model.embed_tokens.register_forward_hook(lambda module, args, out: contexts.append(args[0].shape[0]))
+    return train_e2e(model, tokens, saes, cfg, e2e, site="layers.0.resid_post"), sum(contexts)
+
+
+def _e2e_worker(rank: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        result, contexts = _e2e_run()
+        if rank == 0:
+            save_file({**_states(result.saes), "contexts": torch.tensor(contexts)}, str(Path(out) / "e2e.safetensors"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_end_to_end_training_splits_the_contexts_as_one_process_would(tmp_path):
+    result, contexts = _e2e_run()
+    mp.start_processes(_e2e_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True, start_method="spawn")
+    two = load_file(tmp_path / "e2e.safetensors")
+    _assert_close({k: v for k, v in two.items() if k != "contexts"}, _states(result.saes))
+    # The spliced passes (4 steps x 2 SAEs x 8 contexts in one process) run half the contexts on each rank.
+    assert contexts - int(two["contexts"]) == 4 * 2 * 8 // WORLD
+
+
 class _RankOneDies(_Dies):
     """Rank 1's process ends at batch ``at`` without a word (killed); rank 0 goes on."""
 
