@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hand import set_weights_
 
 from saekit.sae import build, get
 from saekit.sae import functional as F
@@ -17,13 +18,7 @@ ACTS = torch.tensor([[1.0, 1.25, 1.5], [0.0, 0.0, 0.0]])  # ReLU([[1, 1.25, 1.5]
 
 
 def hand_sae(k: int = 1, **hparams) -> BatchTopKSAE:
-    sae = BatchTopKSAE(BatchTopKConfig(d_in=2, d_sae=3, k=k, **hparams))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
-        sae.b_enc.copy_(torch.tensor([0.0, 0.25, -0.5]))
-        sae.b_dec.copy_(torch.tensor([0.5, 0.0]))
-        sae.W_dec.copy_(W_DEC)
-    return sae
+    return set_weights_(BatchTopKSAE(BatchTopKConfig(d_in=2, d_sae=3, k=k, **hparams)), W_DEC)
 
 
 def out_with(codes: list[list[float]]) -> LossOut:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hand import set_weights_
 
 from saekit.errors import ConfigError
 from saekit.sae import build, get
@@ -21,13 +22,7 @@ X = torch.tensor([[1.5, 1.0], [0.5, -1.0]])
 
 
 def hand_sae(**hparams) -> MatryoshkaBatchTopKSAE:
-    sae = MatryoshkaBatchTopKSAE(MatryoshkaConfig(d_in=2, d_sae=3, k=1, **hparams))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
-        sae.b_enc.copy_(torch.tensor([0.0, 0.25, -0.5]))
-        sae.b_dec.copy_(torch.tensor([0.5, 0.0]))
-        sae.W_dec.copy_(W_DEC)
-    return sae
+    return set_weights_(MatryoshkaBatchTopKSAE(MatryoshkaConfig(d_in=2, d_sae=3, k=1, **hparams)), W_DEC)
 
 
 def test_loss_is_the_sum_of_the_prefix_errors_by_hand() -> None:

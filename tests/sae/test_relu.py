@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hand import set_weights_
 
 from saekit.sae import build, get
 from saekit.sae.relu import ReLUConfig, ReLUSAE
@@ -15,13 +16,7 @@ CODES = torch.tensor([[1.0, 1.25, 1.5], [0.0, 0.0, 0.0]])  # ReLU of [[1, 1.25, 
 
 
 def hand_sae(l1_coef: float = 2.0) -> ReLUSAE:
-    sae = ReLUSAE(ReLUConfig(d_in=2, d_sae=3, l1_coef=l1_coef))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
-        sae.b_enc.copy_(torch.tensor([0.0, 0.25, -0.5]))
-        sae.b_dec.copy_(torch.tensor([0.5, 0.0]))
-        sae.W_dec.copy_(W_DEC)
-    return sae
+    return set_weights_(ReLUSAE(ReLUConfig(d_in=2, d_sae=3, l1_coef=l1_coef)), W_DEC)
 
 
 def test_encode_hand_computed() -> None:

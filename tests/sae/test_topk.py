@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hand import set_weights_
 
 from saekit.errors import ConfigError
 from saekit.sae import build, get
@@ -12,13 +13,7 @@ from saekit.types import ActBatch, StepCtx
 
 
 def hand_sae(k: int) -> TopKSAE:
-    sae = TopKSAE(TopKConfig(d_in=2, d_sae=3, k=k, aux_k=1))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
-        sae.b_enc.copy_(torch.tensor([0.0, 0.25, -0.5]))
-        sae.b_dec.copy_(torch.tensor([0.5, 0.0]))
-        sae.W_dec.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]))
-    return sae
+    return set_weights_(TopKSAE(TopKConfig(d_in=2, d_sae=3, k=k, aux_k=1)))
 
 
 X = torch.tensor([[1.5, 1.0], [0.5, -1.0]])  # x − b_dec = [[1, 1], [0, −1]]; pre = [[1, 1.25, 1.5], [0, −0.75, −1.5]]
