@@ -1,0 +1,33 @@
+"""One process's Comm does nothing; the row slices of a distributed batch are equal and cover it."""
+
+import pytest
+import torch
+
+from saekit.comm import LOCAL, Comm
+from saekit.errors import ConfigError
+
+
+def test_the_local_collectives_return_their_input():
+    t = torch.tensor([1.0, -2.0])
+    assert LOCAL.sum_(t) is t and LOCAL.max_(t) is t and LOCAL.min_(t) is t and LOCAL.gather(t) is t and LOCAL.broadcast_(t) is t
+    assert torch.equal(t, torch.tensor([1.0, -2.0])) and not LOCAL.distributed
+    param = torch.nn.Parameter(torch.ones(2))
+    param.grad = torch.full((2,), 3.0)
+    LOCAL.average_grads_([param])
+    assert torch.equal(param.grad, torch.full((2,), 3.0))
+
+
+def test_each_rank_gets_an_equal_slice_and_together_they_cover_the_batch():
+    rows = [Comm(rank=r, world_size=4).rows(12) for r in range(4)]
+    assert [(s.start, s.stop) for s in rows] == [(0, 3), (3, 6), (6, 9), (9, 12)]
+    with pytest.raises(ConfigError, match="a batch of 10 rows does not split evenly over 4 ranks"):
+        Comm(rank=0, world_size=4).rows(10)
+
+
+def test_a_run_outside_torchrun_is_one_process(monkeypatch):
+    from saekit.training.distributed import comm_for_run
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert comm_for_run(torch.device("cpu"), 10.0) is LOCAL
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert comm_for_run(torch.device("cpu"), 10.0) is LOCAL
