@@ -26,6 +26,10 @@ from saekit.errors import ArtifactError, ConfigError
 HF_SCHEME = "hf://"
 SAELENS_SCHEME = "saelens://"
 
+SAELENS_CONVERTERS_READ = (None, "gemma_2", "dictionary_learning_1")
+"""The ``conversion_func`` values of SAELens's registry whose files are in a layout saekit.io.convert
+reads: none (SAELens's own), Gemma Scope's params.npz, dictionary_learning's ae.pt."""
+
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 
@@ -131,11 +135,20 @@ def saelens_ref(text: str) -> HubRef:
     if sae_id not in lookup.saes_map:
         ids = ", ".join(list(lookup.saes_map)[:8]) + (", ..." if len(lookup.saes_map) > 8 else "")
         raise ConfigError(f"{text!r}: release {release!r} has no SAE {sae_id!r} (it has {ids})")
-    # Settings SAELens applies on top of the files, which a folder read alone would silently drop.
-    if lookup.config_overrides or sae_id in (lookup.norm_scaling_factor or {}):
+    if lookup.conversion_func not in SAELENS_CONVERTERS_READ:
         raise ArtifactError(
-            f"{text!r}: SAELens changes this SAE's files at load time (config_overrides or norm_scaling_factor "
-            "in its registry), which saekit does not reproduce; load it with SAELens itself"
+            f"{text!r}: SAELens reads this release with its {lookup.conversion_func!r} converter, a layout saekit has "
+            f"no reader for (it reads releases in SAELens's own layout, Gemma Scope's and dictionary_learning's)"
+        )
+    # Settings SAELens applies on top of the files, which a folder read alone would silently drop
+    # (dataset_path only says what it was trained on).
+    overrides = sorted(set(lookup.config_overrides or {}) - {"dataset_path"})
+    if sae_id in (lookup.norm_scaling_factor or {}):
+        overrides.append("norm_scaling_factor")
+    if overrides:
+        raise ArtifactError(
+            f"{text!r}: SAELens's registry changes this SAE at load time ({', '.join(overrides)}), which saekit "
+            "does not reproduce from the files; load it with SAELens itself"
         )
     return HubRef(lookup.repo_id, _checked_subfolder(lookup.saes_map[sae_id].strip("/"), text), None)
 

@@ -82,11 +82,13 @@ def files_to_publish(folder: Path) -> tuple[str, ...]:
         members = list(load_suite(folder))
         names = [INDEX_FILE, *(f"{m}/{f}" for m in members for f in _sae_files(folder / m))]
     elif is_sae_folder(folder):
-        if load_sae(folder).metadata.get("converted_from"):
-            raise ArtifactError(f"{folder} is not in saekit's layout: write it as one first with `saekit convert`")
+        load_sae(folder)
         names = list(_sae_files(folder))
     else:
-        raise ArtifactError(f"{folder} is neither an SAE folder ({CFG_FILE} + {WEIGHTS_FILE}) nor a suite ({INDEX_FILE}): nothing to publish")
+        raise ArtifactError(
+            f"{folder} is neither an SAE folder ({CFG_FILE} + {WEIGHTS_FILE}) nor a suite ({INDEX_FILE}): nothing to "
+            "publish (an SAE of another library's layout is written as one by `saekit convert`)"
+        )
     for name in names:
         path = folder / name
         if path.is_symlink() or (problem := file_problem(path)):

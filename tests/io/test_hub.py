@@ -4,12 +4,14 @@ what SAELens's registry references need."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import huggingface_hub
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import constants as hf_constants
@@ -113,7 +115,7 @@ def test_a_file_is_not_a_folder(offline_cache: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("sae_lens") is not None, reason="sae_lens is installed")
 def test_a_saelens_reference_without_saelens_names_the_package() -> None:
     with pytest.raises(ConfigError, match=r"sae-lens package.*pip install sae-lens"):
-        saekit.load_sae("saelens://gpt2-small-res-jb/blocks.8.hook_resid_pre")
+        saekit.load_sae("saelens://gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71")
 
 
 def test_a_saelens_reference_needs_a_release_and_an_id() -> None:
@@ -123,11 +125,44 @@ def test_a_saelens_reference_needs_a_release_and_an_id() -> None:
 
 def test_saelens_registry_reference_resolves_to_its_hub_folder() -> None:
     pytest.importorskip("sae_lens")
-    assert parse_ref("saelens://gpt2-small-res-jb/blocks.8.hook_resid_pre") == HubRef(
-        "jbloom/GPT2-Small-SAEs-Reformatted", "blocks.8.hook_resid_pre", None
+    assert parse_ref("saelens://gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71") == HubRef(
+        "google/gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71", None
     )
     with pytest.raises(ConfigError, match=r"no SAE 'nope'"):
         parse_ref("saelens://gpt2-small-res-jb/nope")
+    # Trained on TransformerLens's centred GPT-2: its codes differ on the model saekit runs.
+    with pytest.raises(ArtifactError, match=r"changes this SAE at load time \(model_from_pretrained_kwargs\)"):
+        parse_ref("saelens://gpt2-small-res-jb/blocks.8.hook_resid_pre")
+    with pytest.raises(ConfigError, match=r"no release 'gpt2-small-res-jbx'"):
+        parse_ref("saelens://gpt2-small-res-jbx/blocks.8.hook_resid_pre")
+    with pytest.raises(ArtifactError, match=r"'goodfire' converter, a layout saekit has no reader for"):
+        parse_ref("saelens://goodfire-llama-3.1-8b-instruct/layer_19")
+    assert parse_ref("saelens://gpt2-small-attn-out-v5-32k/blocks.0.hook_attn_out").repo_id  # dataset_path: no change
+
+
+def cache_gemma_scope(offline_cache: Path) -> np.ndarray:
+    """A tiny Gemma Scope params.npz where the Hub keeps layer 20's 16k SAE; returns its W_enc."""
+    g = np.random.default_rng(0)
+    arrays = {k: g.normal(size=s).astype(np.float32) for k, s in {"W_enc": (8, 16), "W_dec": (16, 8), "b_enc": 16, "b_dec": 8}.items()}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, threshold=np.full(16, 0.1, np.float32))
+    cache_repo(offline_cache, "google/gemma-scope-2b-pt-res", {"layer_20/width_16k/average_l0_71/params.npz": buffer.getvalue()})
+    return arrays["W_enc"]
+
+
+def test_a_gemma_scope_folder_keeps_its_site_read_from_the_hub_path(offline_cache: Path) -> None:
+    """The cache's files are links into blobs/: the site comes from the path as named, not the blob's."""
+    w_enc = cache_gemma_scope(offline_cache)
+    sae = saekit.load_sae("hf://google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71")
+    assert sae.architecture == "jumprelu" and sae.site == "layers.20.resid_post" and sae.metadata["model"] == "google/gemma-2-2b"
+    assert torch.equal(sae.W_enc.detach(), torch.from_numpy(w_enc))
+
+
+def test_a_saelens_release_loads_from_the_cache(offline_cache: Path) -> None:
+    pytest.importorskip("sae_lens")
+    w_enc = cache_gemma_scope(offline_cache)
+    sae = saekit.load_sae("saelens://gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71")
+    assert sae.site == "layers.20.resid_post" and torch.equal(sae.W_enc.detach(), torch.from_numpy(w_enc))
 
 
 def test_hub_pull_writes_a_saekit_folder(tmp_path: Path, offline_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
