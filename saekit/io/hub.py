@@ -72,13 +72,13 @@ def parse_ref(text: str) -> HubRef:
 def _checked_subfolder(subfolder: str, where: str) -> str:
     path = PurePosixPath(subfolder)
     if subfolder and (path.is_absolute() or any(p in ("", ".", "..") for p in subfolder.split("/")) or "\\" in subfolder):
-        raise ConfigError(f"{where}: the folder {subfolder!r} must be a plain path inside the repository (no '.', '..' or '//')")
+        raise ConfigError(f"{where}: the folder {subfolder!r} must be a plain path inside the repository (no '.', '..', '//' or backslash)")
     return subfolder
 
 
-def local_path(path: str | os.PathLike[str], *, token: str | None = None) -> Path:
+def local_path(path: str | os.PathLike[str]) -> Path:
     """``path`` itself when it is local; the downloaded folder when it is a Hub or SAELens reference."""
-    return download(parse_ref(path), token=token) if isinstance(path, str) and is_remote(path) else Path(path)
+    return download(parse_ref(path)) if isinstance(path, str) and is_remote(path) else Path(path)
 
 
 def download(ref: HubRef, *, cache_dir: str | os.PathLike[str] | None = None, token: str | None = None, local_files_only: bool = False) -> Path:
@@ -100,10 +100,12 @@ def download(ref: HubRef, *, cache_dir: str | os.PathLike[str] | None = None, to
             local_files_only=local_files_only, library_name="saekit",
         )  # fmt: skip
     except not_cached:
+        include = f" --include '{ref.subfolder}/*'" if ref.subfolder else ""
+        at = f" --revision {ref.revision}" if ref.revision else ""
         raise ArtifactError(
             f"{ref} is not in the Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) and downloads are off "
             f"(HF_HUB_OFFLINE=1 or offline): fetch it once online with `saekit hub pull {ref} FOLDER`, or "
-            f"`hf download {ref.repo_id}{f' --include {chr(39)}{ref.subfolder}/*{chr(39)}' if ref.subfolder else ''}`"
+            f"`hf download {ref.repo_id}{include}{at}`"
         ) from None
     except errors.GatedRepoError:
         raise ArtifactError(f"{ref}: {ref.repo_id} is gated: accept its terms on the Hub and log in with `hf auth login`") from None

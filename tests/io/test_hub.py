@@ -96,8 +96,15 @@ def test_a_missing_folder_or_revision_is_named(tmp_path: Path, offline_cache: Pa
     cache_repo(offline_cache, REPO, folder_files(saekit.save_sae(tiny(), tmp_path / "one")))
     with pytest.raises(ArtifactError, match=r"has no folder 'layer_9'"):
         saekit.load_sae(f"hf://{REPO}/layer_9")
-    with pytest.raises(ArtifactError, match=r"not in the Hugging Face cache"):
+    with pytest.raises(ArtifactError, match=r"not in the Hugging Face cache.*hf download someone/tiny-saes --revision v2"):
         saekit.load_sae(f"hf://{REPO}@v2")
+
+
+def test_a_lost_blob_is_named(tmp_path: Path, offline_cache: Path) -> None:
+    snapshot = cache_repo(offline_cache, REPO, folder_files(saekit.save_sae(tiny(), tmp_path / "one")))
+    (snapshot / "sae_weights.safetensors").resolve().unlink()
+    with pytest.raises(ArtifactError, match=r"sae_weights.safetensors is a broken link"):
+        saekit.load_sae(f"hf://{REPO}")
 
 
 def test_a_folder_of_no_known_layout_is_named(offline_cache: Path) -> None:
