@@ -22,11 +22,17 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    write_converted(Path(args.src), Path(args.out))
+    return 0
+
+
+def write_converted(src: Path, out: Path) -> None:
+    """Write the SAE(s) at or below ``src`` as one saekit folder, or as a suite when there are several,
+    and print what was written."""
     from saekit.eval.table import markdown_table
     from saekit.io import save_sae, save_suite
     from saekit.io.convert import find_saes, read_any
 
-    src, out = Path(args.src), Path(args.out)
     found = find_saes(src)
     saes = read_any(src)
     if found[0].name == "":
@@ -42,7 +48,6 @@ def run(args: argparse.Namespace) -> int:
         for name, f, sae in zip(names, found, saes.values())
     ]
     print(markdown_table(rows, ["name", "from", "architecture", "d_in", "d_sae", "site"]))
-    return 0
 
 
 def suite_names(paths: list[str]) -> list[str]:

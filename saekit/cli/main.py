@@ -1,4 +1,4 @@
-"""`saekit <command>`: train, ls, eval, demo."""
+"""`saekit <command>`: train, cache, ls, eval, convert, hub, browse, analyse, demo."""
 
 from __future__ import annotations
 
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     from saekit.cli import browse as browse_cmd
     from saekit.cli import convert as convert_cmd
     from saekit.cli import evaluate as evaluate_cmd
+    from saekit.cli import hub as hub_cmd
 
     parser = argparse.ArgumentParser(prog="saekit", description="Sparse autoencoders on model activations.")
     parser.add_argument("--version", action="version", version=f"saekit {__version__}")
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate_cmd.add_parser(sub)
     convert_cmd.add_parser(sub)
+    hub_cmd.add_parser(sub)
     browse_cmd.add_parser(sub)
     analyse_cmd.add_parser(sub)
 

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from saekit.atomic import replace_folder
 from saekit.errors import ArtifactError
-from saekit.io import convert
+from saekit.io import convert, hub
 from saekit.io.convert import native
 from saekit.io.convert.common import read_json_object
 from saekit.io.convert.native import CFG_FILE, PROVENANCE_FILE, WEIGHTS_FILE, is_sae_folder
@@ -63,8 +63,9 @@ def save_sae(sae: SAE, folder: str | os.PathLike[str], *, provenance: Mapping[st
 
 def load_sae(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> SAE:
     """The SAE saved in ``folder`` (by saekit or by SAELens), with its weights, metadata and provenance.
-    Gemma Scope, sparsify and dictionary_learning folders are recognised and read too (saekit.io.convert)."""
-    folder = Path(folder)
+    Gemma Scope, sparsify and dictionary_learning folders are recognised and read too (saekit.io.convert),
+    and ``folder`` may be a Hub reference, ``hf://owner/repo[/folder][@revision]`` (saekit.io.hub)."""
+    folder = hub.local_path(folder)
     if folder.exists() and not is_sae_folder(folder) and convert.layout_of(folder) != convert.SAEKIT:
         return convert.read_one(folder, device=device)
     return native.read(folder, device=device)
@@ -136,8 +137,8 @@ def save_suite(
 
 
 def load_suite(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> dict[str, SAE]:
-    """The SAEs of a suite folder, by name, in the order of its index.json."""
-    folder = Path(folder)
+    """The SAEs of a suite folder (or of an ``hf://`` reference to one), by name, in the order of its index.json."""
+    folder = hub.local_path(folder)
     index_path = folder / INDEX_FILE
     if not index_path.is_file():
         raise ArtifactError(f"{folder} is not a suite folder: it has no {INDEX_FILE}")

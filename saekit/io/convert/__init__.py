@@ -28,6 +28,7 @@ import torch
 
 from saekit.devices import resolve_device
 from saekit.errors import ArtifactError
+from saekit.io import hub
 from saekit.io.convert import dictionary_learning, gemmascope, native, sparsify
 from saekit.sae.base import SAE
 
@@ -101,9 +102,10 @@ def detect_layout(path: str | os.PathLike[str]) -> str:
 
 
 def read_any(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> dict[str, SAE]:
-    """Every SAE at or below ``path``, by name ("" when ``path`` is itself one SAE)."""
+    """Every SAE at or below ``path``, by name ("" when ``path`` is itself one SAE); ``path`` may be a
+    Hub reference (``hf://owner/repo[/folder][@revision]``, saekit.io.hub)."""
     device = resolve_device(device)
-    return {found.name: _read(found).to(device) for found in find_saes(path)}
+    return {found.name: _read(found).to(device) for found in find_saes(hub.local_path(path))}
 
 
 def read_one(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> SAE:

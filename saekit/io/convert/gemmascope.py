@@ -22,6 +22,7 @@ saekit's site); ``att`` reads the concatenated heads before W_O, which is no sae
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,8 @@ def _check_headers(headers: dict[str, ArrayHeader], params: Path) -> None:
 
 def _hub_facts(params: Path) -> dict[str, Any]:
     """Layer, width, L0 target and (for res / mlp releases) site and model, from the hub's path layout."""
-    parts = params.resolve().parts
+    # The path as given, links not followed: in the Hugging Face cache the file is a link into blobs/.
+    parts = Path(os.path.abspath(params)).parts
     facts: dict[str, Any] = {}
     for part in parts:
         if m := re.fullmatch(r"layer_(\d+)", part):
