@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -71,3 +72,12 @@ def autocast(name: str, devices: Iterable[torch.device]) -> Iterator[None]:
             if dtype != torch.float32:
                 stack.enter_context(torch.autocast(device.type, dtype=dtype))
         yield
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """The device of this rank: under ``torchrun`` (``LOCAL_RANK`` set), an unnumbered "cuda" becomes
+    this process's own GPU, ``cuda:<LOCAL_RANK>``, so that the ranks of a machine do not share GPU 0."""
+    local = os.environ.get("LOCAL_RANK")
+    if device.type == "cuda" and device.index is None and local is not None:
+        return torch.device("cuda", int(local))
+    return device

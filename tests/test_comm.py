@@ -31,3 +31,14 @@ def test_a_run_outside_torchrun_is_one_process(monkeypatch):
     assert comm_for_run(torch.device("cpu"), 10.0) is LOCAL
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert comm_for_run(torch.device("cpu"), 10.0) is LOCAL
+
+
+def test_each_rank_of_a_machine_gets_its_own_gpu(monkeypatch):
+    from saekit.devices import rank_device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert rank_device(torch.device("cuda")) == torch.device("cuda", 3)
+    assert rank_device(torch.device("cuda", 1)) == torch.device("cuda", 1)  # a device the user named stays
+    assert rank_device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert rank_device(torch.device("cuda")) == torch.device("cuda")

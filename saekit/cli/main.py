@@ -15,7 +15,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return _launch(args)
     from saekit.cli.run_config import build_saes, load_run_config, train_from_config
-    from saekit.devices import resolve_device
+    from saekit.devices import rank_device, resolve_device
     from saekit.eval.table import markdown_table
     from saekit.io import save_suite
     from saekit.sources.spec import source_from_spec
@@ -28,7 +28,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         refuse_a_second_run(out)  # before the data is loaded; the run checks again
     # A distributed launch (torchrun) joins its process group now, so that a model source splits its
     # forward passes over the ranks.
-    comm = comm_for_run(resolve_device(rc.train.device), rc.train.collective_timeout_s)
+    comm = comm_for_run(rank_device(resolve_device(rc.train.device)), rc.train.collective_timeout_s)
     source = source_from_spec(rc.data, comm)
     built = build_saes(rc.saes, source)
     # config.json is written by the run once its checks have passed: a refused resume keeps the old one.

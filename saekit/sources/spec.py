@@ -93,14 +93,16 @@ def split_model_settings(settings: dict[str, Any]) -> ModelData:
 
 def model_source(settings: dict[str, Any], comm: Comm = LOCAL) -> ModelSource:
     """Load the model and corpus of a kind = "model" table and wrap them as a ModelSource."""
+    from saekit.devices import rank_device, resolve_device
     from saekit.models import load_model
     from saekit.sources.model import ModelSource
     from saekit.sources.text import tokens_from_config
     from saekit.strict import to_dict
 
     model_cfg, text_cfg = split_model_settings(settings)
-    # load_model resolves the device ("auto" included) and dtype names: saekit.devices
-    loaded = load_model(model_cfg.model, device=model_cfg.device, dtype=model_cfg.dtype)
+    # Each rank of a distributed run puts its model on its own GPU (rank_device); names: saekit.devices
+    device = rank_device(resolve_device(model_cfg.device)) if comm.distributed else model_cfg.device
+    loaded = load_model(model_cfg.model, device=device, dtype=model_cfg.dtype)
     tokens = tokens_from_config(text_cfg, loaded.tokenizer)
     return ModelSource(
         loaded.model,

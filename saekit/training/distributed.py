@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
+from saekit import devices
 from saekit.comm import LOCAL, Comm
 from saekit.errors import ConfigError
 from saekit.sae.base import SAE
@@ -36,15 +37,18 @@ from saekit.types import LossOut
 
 def comm_for_run(device: torch.device, timeout_s: float) -> Comm:
     """The run's ranks: the initialised process group's, or one initialised from ``torchrun``'s
-    environment (``WORLD_SIZE`` > 1), or :data:`LOCAL`."""
+    environment (``WORLD_SIZE`` > 1; NCCL bound to ``device`` on CUDA, gloo elsewhere), or :data:`LOCAL`."""
     dist = torch.distributed
     if not dist.is_available():
         return LOCAL
     if not dist.is_initialized():
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return LOCAL
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if device.type == "cuda":
+            dist.init_process_group("nccl", timeout=timeout, device_id=devices.rank_device(device))
+        else:
+            dist.init_process_group("gloo", timeout=timeout)
     return Comm(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 

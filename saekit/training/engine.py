@@ -169,7 +169,7 @@ def prepare(
     if not saes:
         raise ConfigError("nothing to train: the list of SAEs is empty")
     sites = assign_sites(saes, source)
-    device = devices.resolve_device(cfg.device)
+    device = devices.rank_device(devices.resolve_device(cfg.device))
     for sae in saes:
         sae.to(device)
     comm = comm_for_run(device, cfg.collective_timeout_s)
