@@ -34,12 +34,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # config.json is written by the run once its checks have passed: a refused resume keeps the old one.
     record = {"config.json": json.dumps(raw, indent=2, default=str) + "\n"}
     result = train_from_config(rc, built.saes, source, out_dir=out, resume=args.resume, start_files=record)
-    if result.rank != 0:  # a distributed run's replicas are equal: rank 0 saves and reports
-        return 0
-    suite = save_suite(result.saes, out / "saes", names=built.names)
-    rows = [{"name": name, **metrics} for name, metrics in zip(built.names, result.final_metrics)]
-    print(markdown_table(rows, ["name", "site", "mse", "l0", "dead_fraction"]))
-    print(f"\n{len(result.saes)} SAE(s) saved in {suite}; metrics log {out / 'metrics.jsonl'}")
+    if result.rank == 0:  # a distributed run's replicas are equal: rank 0 saves and reports
+        suite = save_suite(result.saes, out / "saes", names=built.names)
+        rows = [{"name": name, **metrics} for name, metrics in zip(built.names, result.final_metrics)]
+        print(markdown_table(rows, ["name", "site", "mse", "l0", "dead_fraction"]))
+        print(f"\n{len(result.saes)} SAE(s) saved in {suite}; metrics log {out / 'metrics.jsonl'}")
+    if comm.distributed:  # every rank done before the group is torn down (a rank leaving early can abort gloo)
+        import torch.distributed
+
+        comm.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 

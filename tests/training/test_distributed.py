@@ -43,6 +43,13 @@ def _states(saes) -> dict[str, torch.Tensor]:
     return {f"{i}.{k}": v.detach().clone().contiguous() for i, sae in enumerate(saes) for k, v in sae.state_dict().items()}
 
 
+def _leave() -> None:
+    """Both ranks done before either tears the group down: a rank that exits while the other still
+    holds its connection can abort gloo's teardown."""
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
 class Interrupted(Exception):
     pass
 
@@ -74,7 +81,7 @@ def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None) ->
     except Interrupted:
         pass
     finally:
-        torch.distributed.destroy_process_group()
+        _leave()
 
 
 def _spawn(tmp_path: Path, steps: int, dies_at: int | None = None) -> dict[str, torch.Tensor] | None:
@@ -131,7 +138,7 @@ def _mfr_worker(rank: int, store: str, out: str) -> None:
         if rank == 0:
             save_file(_states(result.saes), str(Path(out) / "mfr.safetensors"))
     finally:
-        torch.distributed.destroy_process_group()
+        _leave()
 
 
 def test_a_mutual_feature_regularisation_group_trains_as_in_one_process(tmp_path):
@@ -166,7 +173,7 @@ def _model_worker(rank: int, store: str, out: str) -> None:
         result, contexts = _model_run(Comm(rank, WORLD))
         save_file({**_states(result.saes), "contexts": torch.tensor(contexts)}, str(Path(out) / f"model-{rank}.safetensors"))
     finally:
-        torch.distributed.destroy_process_group()
+        _leave()
 
 
 def test_a_model_source_splits_its_forward_passes_over_the_ranks(tmp_path):
@@ -203,7 +210,7 @@ def _e2e_worker(rank: int, store: str, out: str) -> None:
         if rank == 0:
             save_file({**_states(result.saes), "contexts": torch.tensor(contexts)}, str(Path(out) / "e2e.safetensors"))
     finally:
-        torch.distributed.destroy_process_group()
+        _leave()
 
 
 def test_end_to_end_training_splits_the_contexts_as_one_process_would(tmp_path):
