@@ -1,4 +1,4 @@
-"""`saekit <command>`: train, ls, eval, demo."""
+"""`saekit <command>`: train, ls, eval, demo, games."""
 
 from __future__ import annotations
 
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     from saekit.cli import browse as browse_cmd
     from saekit.cli import convert as convert_cmd
     from saekit.cli import evaluate as evaluate_cmd
+    from saekit.cli import games as games_cmd
 
     parser = argparse.ArgumentParser(prog="saekit", description="Sparse autoencoders on model activations.")
     parser.add_argument("--version", action="version", version=f"saekit {__version__}")
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cmd.add_parser(sub)
     browse_cmd.add_parser(sub)
     analyse_cmd.add_parser(sub)
+    games_cmd.add_parser(sub)
 
     demo = sub.add_parser("demo", help="train a small SAE suite on SmolLM2 (or on synthetic data) and report")
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
