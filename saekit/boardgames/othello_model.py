@@ -37,13 +37,13 @@ class OthelloModelConfig:
     """Width of the residual stream."""
     heads: int = 4
     """Attention heads per block; must divide d_model."""
-    steps: int = 2000
+    steps: int = 3800
     """Optimiser steps; each reads ``batch_games`` games never seen before."""
     batch_games: int = 64
     """Games per step (59 next-move predictions each, fewer for the 1% of games that end early)."""
-    lr: float = 1e-3
+    lr: float = 2e-3
     """Peak learning rate of AdamW, reached after ``warmup_steps`` and decayed by a cosine to ``lr / 10``."""
-    warmup_steps: int = 100
+    warmup_steps: int = 200
     """Steps of linear warm-up from 0 to ``lr``."""
     weight_decay: float = 0.01
     """AdamW's decoupled weight decay (on matrices only, not biases, norms or embeddings' positions)."""
