@@ -4,23 +4,30 @@ Othello: ``OthelloBoard`` the rules one game at a time; ``random_games`` games o
 moves, generated in bulk; ``replay`` the positions of given games; ``encode_moves`` / ``decode_tokens``
 the 61-token vocabulary; ``othello_properties`` the board-state properties. Chess (needs the ``chess``
 package): ``random_chess_games`` game strings from seeded players; ``encode_pgn`` / ``decode_pgn`` the
-32-character vocabulary; ``chess_properties``. Metrics: ``coverage`` and ``board_reconstruction`` on
-SAE codes and a ``PropertyTable``'s values. See docs/boardgames.md.
+32-character vocabulary; ``chess_properties``. Models: ``train_othello_model`` trains an Othello-GPT
+(``OthelloModelConfig``) into a Hugging Face folder, ``legal_move_accuracy`` scores it. Metrics:
+``coverage`` and ``board_reconstruction`` on SAE codes and a ``PropertyTable``'s values. See
+docs/boardgames.md.
 """
 
 from saekit.boardgames.board_metrics import Coverage, Reconstruction, board_reconstruction, coverage
 from saekit.boardgames.chess_properties import chess_properties
 from saekit.boardgames.othello import OthelloBoard, play_game, square_index, square_name
+from saekit.boardgames.othello_eval import LegalMoveAccuracy, legal_move_accuracy
 from saekit.boardgames.othello_games import OthelloGames, Replay, random_games, replay
+from saekit.boardgames.othello_model import OthelloModelConfig
 from saekit.boardgames.othello_properties import othello_properties
 from saekit.boardgames.othello_tokens import decode_tokens, encode_moves
+from saekit.boardgames.othello_train import train_othello_model
 from saekit.boardgames.pgn import decode_pgn, encode_pgn, random_chess_games
 from saekit.boardgames.properties import PropertyTable, join, square_groups
 
 __all__ = [
     "Coverage",
+    "LegalMoveAccuracy",
     "OthelloBoard",
     "OthelloGames",
+    "OthelloModelConfig",
     "PropertyTable",
     "Reconstruction",
     "Replay",
@@ -32,6 +39,7 @@ __all__ = [
     "encode_moves",
     "encode_pgn",
     "join",
+    "legal_move_accuracy",
     "othello_properties",
     "play_game",
     "random_chess_games",
@@ -40,4 +48,5 @@ __all__ = [
     "square_groups",
     "square_index",
     "square_name",
+    "train_othello_model",
 ]

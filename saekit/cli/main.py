@@ -1,4 +1,4 @@
-"""`saekit <command>`: train, cache, ls, eval, convert, hub, browse, analyse, demo."""
+"""`saekit <command>`: train, cache, ls, eval, convert, hub, browse, analyse, games, demo."""
 
 from __future__ import annotations
 
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     from saekit.cli import browse as browse_cmd
     from saekit.cli import convert as convert_cmd
     from saekit.cli import evaluate as evaluate_cmd
+    from saekit.cli import games as games_cmd
     from saekit.cli import hub as hub_cmd
 
     parser = argparse.ArgumentParser(prog="saekit", description="Sparse autoencoders on model activations.")
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     hub_cmd.add_parser(sub)
     browse_cmd.add_parser(sub)
     analyse_cmd.add_parser(sub)
+    games_cmd.add_parser(sub)
 
     demo = sub.add_parser("demo", help="train a small SAE suite on SmolLM2 (or on synthetic data) and report")
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
