@@ -14,8 +14,10 @@ from safetensors.torch import load_file, save_file
 
 from saekit.errors import ConfigError, DistributedError
 from saekit.sae import build
+from saekit.sources.tensor import as_source
 from saekit.training import train
 from saekit.training.distributed import DISTRIBUTABLE
+from tests.training.test_engine import Interrupted, InterruptingSource
 
 WORLD = 2
 SETTINGS = dict(batch_size=64, norm_estimation_tokens=128, progress=False, log_every=1, dead_tokens=64)
@@ -50,31 +52,16 @@ def _leave() -> None:
     torch.distributed.destroy_process_group()
 
 
-class Interrupted(Exception):
-    pass
-
-
-class _Dies:
+def _dies(at: int) -> InterruptingSource:
     """The tensor's source, but its stream dies at batch ``at`` (as a killed process)."""
-
-    def __init__(self, at: int):
-        from saekit.sources.tensor import TensorSource
-
-        self.inner, self.at = TensorSource(_data()), at
-        self.sites, self.d_in, self.describe = self.inner.sites, self.inner.d_in, self.inner.describe
-
-    def batches(self, batch_size, *, seed, start=0):
-        for i, batch in enumerate(self.inner.batches(batch_size, seed=seed, start=start), start):
-            if i >= self.at:
-                raise Interrupted
-            yield batch
+    return InterruptingSource(as_source(_data()), at)
 
 
 def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        data = _data() if dies_at is None else _Dies(dies_at)
+        data = _data() if dies_at is None else _dies(dies_at)
         result = train(_saes(), data, steps=steps, checkpoint_every=4, out_dir=Path(out) / "run", **SETTINGS)
         if rank == 0:
             save_file(_states(result.saes), str(Path(out) / "weights.safetensors"))
@@ -222,7 +209,7 @@ def test_end_to_end_training_splits_the_contexts_as_one_process_would(tmp_path):
     assert contexts - int(two["contexts"]) == 4 * 2 * 8 // WORLD
 
 
-class _RankOneDies(_Dies):
+class _RankOneDies(InterruptingSource):
     """Rank 1's process ends at batch ``at`` without a word (killed); rank 0 goes on."""
 
     def batches(self, batch_size, *, seed, start=0):
@@ -236,7 +223,7 @@ def _survivor(rank: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        train(_saes(), _RankOneDies(3), steps=8, checkpoint_every=2, out_dir=Path(out) / "run", collective_timeout_s=20, **SETTINGS)
+        train(_saes(), _RankOneDies(as_source(_data()), 3), steps=8, checkpoint_every=2, out_dir=Path(out) / "run", collective_timeout_s=20, **SETTINGS)
     except DistributedError as exc:
         (Path(out) / f"error-{rank}.txt").write_text(str(exc))
 
