@@ -29,6 +29,12 @@ def port(text: str) -> int:
     return _int_in(text, 0, 65535, "a port number in 0..65535")
 
 
+def doc_help(text: str) -> str:
+    """A field's documentation as argparse help: argparse formats help with ``%``, so a literal one
+    ("1% of games") is doubled."""
+    return text.replace("%", "%%")
+
+
 def _int_in(text: str, low: int, high: int, what: str) -> int:
     try:
         value = int(text)

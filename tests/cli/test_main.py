@@ -228,3 +228,21 @@ def test_train_on_two_processes_saves_what_one_process_saves(tmp_path, monkeypat
             assert float((a[key] - b[key]).norm() / a[key].norm().clamp_min(1e-6)) <= 1e-5, (name, key)
     provenance = json.loads((tmp_path / "two" / "saes" / "small-topk" / "provenance.json").read_text())
     assert provenance["distributed"] == {"mode": "data", "world_size": 2}
+
+
+def _parsers(parser):
+    """``parser`` and every subcommand parser below it."""
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _parsers(child)
+
+
+def test_every_command_renders_its_help():
+    # argparse formats help with %: a literal "1%" in a field's documentation crashed `--help`.
+    rendered = [p.format_help() for p in _parsers(build_parser())]
+    assert len(rendered) > 10
+    assert any("1% of games" in text for text in rendered)
