@@ -16,7 +16,8 @@ Layout of the output folder:
     track.json                      the settings as read and the checkpoints
     series/<NN>-<label>/            one `saekit train` folder per checkpoint (config.json, metrics.jsonl,
                                     checkpoint, saes/ - the suite of that checkpoint's SAEs)
-    independent/<NN>-<label>/       with track.independent: the same SAEs trained from scratch there
+    independent/<NN>-<label>/       with track.independent: the same SAEs trained from scratch there,
+                                    each from an initialisation of its own
 
 A stage is done when its ``saes/`` suite exists; ``resume`` skips done stages and resumes the next from
 its engine checkpoint (``[train].checkpoint_every`` sets how much a kill loses).
@@ -42,6 +43,7 @@ from saekit.training.normalise import estimate_scales, rescale_
 from saekit.types import ActivationSource
 
 SERIES, INDEPENDENT, TRACK_FILE = "series", "independent", "track.json"
+INDEPENDENT_SEED = 1_000_003
 
 
 class Stage(NamedTuple):
@@ -91,7 +93,7 @@ def run_series(tr: TrackRun, out: Path, *, resume: bool = False) -> SeriesResult
     independent = []
     if tr.track.independent:
         for ckpt in training_order(tr)[1:]:
-            stage, _ = _stage(tr, ckpt, out / INDEPENDENT / ckpt.folder_name, None, resume, {})
+            stage, _ = _stage(tr, ckpt, out / INDEPENDENT / ckpt.folder_name, None, resume, {}, independent=True)
             independent.append(stage)
             print(f"[track] independent {ckpt.label}: from scratch, {stage.steps} steps, {stage.seconds:.0f} s")
     by_index = sorted(stages, key=lambda s: s.checkpoint.index)
@@ -112,7 +114,8 @@ def _claim(tr: TrackRun, out: Path, resume: bool) -> None:
 
 
 def _stage(
-    tr: TrackRun, ckpt: Checkpoint, folder: Path, previous: Path | None, resume: bool, lrs: dict[str, float]
+    tr: TrackRun, ckpt: Checkpoint, folder: Path, previous: Path | None, resume: bool, lrs: dict[str, float],
+    independent: bool = False,
 ) -> tuple[Stage, list[str]]:
     warm = previous is not None
     cfg = finetune_config(tr) if warm else tr.run.train
@@ -120,7 +123,7 @@ def _stage(
         return Stage(ckpt, folder, warm, cfg.total_steps, 0.0), list(load_suite(folder / "saes", device="meta"))
     source = checkpoint_source(tr, ckpt)
     if previous is None:
-        built = build_saes(tr.run.saes, source)
+        built = build_saes([_reseeded(i, t, ckpt) if independent else t for i, t in enumerate(tr.run.saes)], source)
         saes, names = built.saes, built.names
     else:
         suite = load_suite(previous)
@@ -131,6 +134,12 @@ def _stage(
     result = train_from_config(dataclasses.replace(tr.run, train=cfg), saes, source, out_dir=folder, resume=resume, start_files=record)
     save_suite(result.saes, folder / "saes", names=names)
     return Stage(ckpt, folder, warm, result.steps, result.seconds), names
+
+
+def _reseeded(i: int, table: dict, ckpt: Checkpoint) -> dict:
+    """An [[sae]] table whose seed is its own plus one per checkpoint: the baseline's SAEs share no
+    initialisation (a shared one would keep latent identity by itself)."""
+    return {**table, "seed": table.get("seed", i) + INDEPENDENT_SEED * (ckpt.index + 1)}
 
 
 def checkpoint_source(tr: TrackRun, ckpt: Checkpoint) -> ActivationSource:

@@ -61,7 +61,7 @@ class TrainResult:
 
     saes: list[SAE]
     final_metrics: list[dict[str, float]]
-    """Per SAE, the metrics of the last logged step."""
+    """Per SAE, the metrics of the last step logged by this call (empty for a run resumed at its end)."""
     steps: int
     """Steps the run ended at."""
     resumed_from: int
@@ -302,6 +302,9 @@ def finalise(state: Run) -> TrainResult:
     state.log.close()
     total = state.cfg.total_steps
     final = [{k: v for k, v in r.items() if k not in ("step", "sae", "name")} for r in state.records]
+    # A run resumed from its last checkpoint takes no step and logs nothing: its SAEs still leave
+    # normalised units (zipping with the empty records once returned them unconverted).
+    final = final or [{} for _ in state.saes]
     for sae, site, metrics in zip(state.saes, state.sites, final):
         leave_normalised_units_(sae, site, state.scales)
         sae.provenance.update({
