@@ -149,7 +149,7 @@ def _plot_formation(plt: Any, r: SAEDynamics, x: list[int], log_x: bool, path: P
     loss = ax.twinx()
     loss.plot(x, r.model_loss, color="black", ls=":", label="model loss")
     loss.set_ylabel("model next-token loss")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"{r.name}: feature formation")
     formed = r.formation[r.alive]
     counts = torch.bincount(formed[formed >= 0], minlength=len(r.checkpoints))

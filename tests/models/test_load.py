@@ -198,3 +198,25 @@ def check_smollm2(tmp_path: Path) -> None:
         reference = gguf.eval()(x).logits
         assert torch.equal(cached.model(x).logits, reference)
         assert torch.equal(first.model(x).logits, reference)
+
+
+def test_a_hub_revision_loads_from_the_cache_offline(tmp_path, monkeypatch):
+    # Pythia-style training checkpoints are revisions of one repository (``@step1000``); SAE-Track reads
+    # them from huggingface_hub's cache, laid out here as huggingface_hub lays it.
+    from huggingface_hub import constants as hf_constants
+
+    from tests.io.hub_server import cache_repo, folder_files
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    write_tiny_model(tmp_path / "tiny")
+    files = folder_files(tmp_path / "tiny")
+    cache_repo(cache, "someone/tiny-lm", files, revision="step1000", commit="a" * 40)
+    loaded = load_model("hf://someone/tiny-lm@step1000")
+    assert loaded.name == "hf://someone/tiny-lm@step1000" and isinstance(loaded.model, transformers.LlamaForCausalLM)
+    with pytest.raises(ArtifactError, match="step2000"):
+        load_model("hf://someone/tiny-lm@step2000")
+    cache_repo(cache, "someone/not-a-model", {"README.md": b"hi"}, revision="main", commit="b" * 40)
+    with pytest.raises(ArtifactError, match="not a model folder"):
+        load_model("hf://someone/not-a-model@main")

@@ -113,3 +113,60 @@ def test_saekit_track_writes_the_dynamics_the_plots_and_the_findings(checkpoints
     assert len(result.independent_by_index_to_final) == 3
     # by index the independent SAEs share nothing; matched, they share more
     assert result.independent_matched_to_final[0] > abs(result.independent_by_index_to_final[0])
+
+
+def test_a_text_series_over_listed_checkpoints_with_two_sites_and_architectures(tmp_path):
+    from tiny_lm import TINY_CORPUS, tiny_llama, tiny_tokenizer
+
+    from saekit.track.measure import measure_series
+
+    folders = []
+    for step in (0, 50):
+        model = tiny_llama()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + step / 25)
+        model.save_pretrained(tmp_path / f"run/step{step}")
+        tiny_tokenizer().save_pretrained(tmp_path / f"run/step{step}")
+        folders.append(str(tmp_path / f"run/step{step}"))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(TINY_CORPUS * 4):
+        (corpus / f"{i}.txt").write_text(text)
+    path = tmp_path / "t.toml"
+    path.write_text(f"""
+[track]
+checkpoints = {folders!r}
+steps = 4
+analysis_contexts = 6
+top_k = 3
+random_tokens = 10
+[data]
+kind = "model"
+sites = ["layers.0.resid_post", "layers.1.mlp_out"]
+corpus = "{corpus}"
+context_size = 6
+split = "all"
+[train]
+steps = 8
+batch_size = 16
+norm_estimation_tokens = 32
+progress = false
+device = "cpu"
+[[sae]]
+architecture = "topk"
+site = "layers.0.resid_post"
+d_sae = 24
+k = 3
+[[sae]]
+architecture = "relu"
+site = "layers.1.mlp_out"
+d_sae = 24
+""")
+    tr = load_track_config(path)
+    assert [(c.label, c.step) for c in tr.checkpoints] == [("step0", 0), ("step50", 50)]
+    series = run_series(tr, tmp_path / "out")
+    results = measure_series(tr, series)
+    assert [(r.name, r.site) for r in results] == [("00-topk", "layers.0.resid_post"), ("01-relu", "layers.1.mlp_out")]
+    for r in results:
+        assert r.progress_cosine.shape == (2, 24) and len(r.model_loss) == 2 and all(v >= 0 for v in r.fvu)
