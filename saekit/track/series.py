@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -81,13 +80,14 @@ def finetune_config(tr: TrackRun) -> TrainConfig:
 
 def run_series(tr: TrackRun, out: Path, *, resume: bool = False) -> SeriesResult:
     """Train the series (and the independent baseline when asked) into ``out``; see the module docstring."""
-    _claim(tr, out, resume)
+    record = _check_record(tr, out, resume)
     stages, names, previous, lrs = [], [], None, {}
     for n, ckpt in enumerate(training_order(tr)):
         stage, names = _stage(tr, ckpt, out / SERIES / ckpt.folder_name, previous, resume, lrs)
         stages.append(stage)
         previous = stage.folder / "saes"
         if n == 0:  # fine-tunings run at lr_factor times the learning rates of the from-scratch SAEs
+            write_text(out / TRACK_FILE, record)  # once the first stage's checks have passed and it ran
             lrs = {name: tr.track.lr_factor * learning_rate(sae) for name, sae in load_suite(previous, device="meta").items()}
         print(f"[track] {n + 1}/{len(tr.checkpoints)} {ckpt.label}: {'fine-tuned' if stage.warm else 'from scratch'}, {stage.steps} steps, {stage.seconds:.0f} s")
     independent = []
@@ -100,8 +100,10 @@ def run_series(tr: TrackRun, out: Path, *, resume: bool = False) -> SeriesResult
     return SeriesResult(by_index, sorted(independent, key=lambda s: s.checkpoint.index), names)
 
 
-def _claim(tr: TrackRun, out: Path, resume: bool) -> None:
-    """Refuse to start a second series in ``out``; record the settings (a resume must bring the same)."""
+def _check_record(tr: TrackRun, out: Path, resume: bool) -> str:
+    """The record of the settings (``track.json``); a second series in ``out``, or a resume with other
+    settings, is refused. It is written once the first stage has run, so a config refused on its way
+    in leaves ``out`` as it was (the first stage's own checkpoint guards a resume until then)."""
     record = json.dumps({"config": tr.raw, "checkpoints": [c._asdict() for c in tr.checkpoints]}, indent=2, default=str) + "\n"
     path = out / TRACK_FILE
     if path.exists():
@@ -109,8 +111,7 @@ def _claim(tr: TrackRun, out: Path, resume: bool) -> None:
             raise ConfigError(f"{out} already holds a series ({TRACK_FILE}); resume it (--resume) or choose another folder")
         if path.read_text(encoding="utf-8") != record:
             raise ConfigError(f"{path} records other settings or checkpoints than this config's: a resume must use the same")
-        return
-    write_text(path, record)
+    return record
 
 
 def _stage(
@@ -162,8 +163,3 @@ def warm_start_(sae: SAE, source: ActivationSource, cfg: TrainConfig, lr: float)
         old = float(sae.metadata["normalization_factor"])
         new = estimate_scales(source, {site}, cfg.batch_size, cfg.seed, cfg.norm_estimation_tokens)[site]
         rescale_(sae, old / new)
-
-
-def stage_folders(out: Path, which: str = SERIES) -> Iterator[Path]:
-    """The stage folders of a series folder ``out``, in checkpoint order."""
-    yield from sorted(p for p in (out / which).iterdir() if p.is_dir())

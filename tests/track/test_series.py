@@ -170,3 +170,12 @@ d_sae = 24
     assert [(r.name, r.site) for r in results] == [("00-topk", "layers.0.resid_post"), ("01-relu", "layers.1.mlp_out")]
     for r in results:
         assert r.progress_cosine.shape == (2, 24) and len(r.model_loss) == 2 and all(v >= 0 for v in r.fvu)
+
+
+def test_a_config_refused_on_its_way_in_leaves_no_trace(checkpoints, tmp_path):
+    tr = load_track_config(_config(checkpoints, tmp_path, sae='architecture = "topk"\nd_sae = 32\nk = 4\nbogus = 1'))
+    with pytest.raises(ConfigError, match="bogus"):
+        run_series(tr, tmp_path / "out")
+    assert not (tmp_path / "out" / "track.json").exists()
+    fixed = load_track_config(_config(checkpoints, tmp_path))
+    assert len(run_series(fixed, tmp_path / "out").series) == 3  # no --resume needed after the refusal
