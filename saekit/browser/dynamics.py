@@ -60,7 +60,8 @@ def load_dynamics(folder: str | os.PathLike[str]) -> Dynamics:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise ArtifactError(f"dynamics folder {folder} does not exist (saekit track writes OUT/dynamics/<SAE name>)")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise ArtifactError(f"dynamics folder {folder} {what} (saekit track writes OUT/dynamics/<SAE name>)")
     raw = SAEDynamics.load(folder)
     where = f"dynamics folder {folder}"
     if not isinstance(raw.name, str) or not isinstance(raw.site, str):

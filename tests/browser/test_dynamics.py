@@ -67,10 +67,10 @@ def test_the_cli_exports_the_pages_with_the_dynamics(built, tmp_path):
 
 
 def test_dynamics_of_another_latent_count_are_refused_before_computing(built, tmp_path, capsys):
-    suite, _, _ = built
+    suite, cfg, _ = built
     folder = tiny_dynamics("L1-relu", "layers.1.resid_post", d_sae=20).save(tmp_path / "d")
     with pytest.raises(ConfigError, match=f"dynamics folder {re.escape(str(folder))} has 20 latents, but SAE L1-relu has d_sae=24"):
-        build_browser(suite, dynamics=folder, progress=False)
+        build_browser(suite, cfg, dynamics=folder, progress=False)
     # No such model: computing would fail on it; the dynamics are refused first.
     argv = ["browse", str(suite / "L1-relu"), "--model", str(tmp_path / "no-model"), "--rebuild", "--dynamics", str(folder)]
     assert main(argv) == 2
@@ -143,6 +143,9 @@ def test_a_malformed_dynamics_folder_is_refused_by_name(tmp_path, change, words)
 def test_a_missing_or_foreign_folder_is_refused_by_name(tmp_path):
     with pytest.raises(ArtifactError, match=f"dynamics folder {re.escape(str(tmp_path / 'no'))} does not exist"):
         load_dynamics(tmp_path / "no")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ArtifactError, match=f"dynamics folder {re.escape(str(tmp_path / 'file'))} is not a folder"):
+        load_dynamics(tmp_path / "file")
     with pytest.raises(ArtifactError, match="result.json is missing"):
         load_dynamics(tmp_path)
     spoil(token_purity=[0.5] * 24)(tiny_dynamics()).save(tmp_path / "list")
