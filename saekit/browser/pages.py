@@ -284,7 +284,7 @@ def _dynamics(d: SaeData, latent: int) -> Html:
         [Line("cosine", t.progress_cosine[:, latent].tolist(), "#e8740c"),
          Line("weighted Jaccard", t.progress_wjaccard[:, latent].tolist(), "#2a9d4b")],
         labels, aria="progress measure over checkpoints", marker=formed if formed >= 0 else None,
-        marker_title=f"formed at {labels[formed]}",
+        marker_title=f"formed at {labels[formed]}" if formed >= 0 else "",
     )  # fmt: skip
     dead = "" if bool(t.alive[latent]) else " Fired on fewer than two analysis tokens at the last checkpoint: not measured."
     return html(
