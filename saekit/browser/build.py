@@ -3,6 +3,7 @@ every SAE's site, then each stale SAE gets its statistics, logit effects and nei
 
     browser = build_browser("demo-output/saes")                     # computes once, then instant
     browser = build_browser("demo-output/saes", export="site/")     # also writes static HTML pages
+    browser = build_browser("out/series/04-final/saes/L1", dynamics="out/dynamics/L1")  # + drift, formation
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 
 from saekit.bounded import read_json
+from saekit.browser.dynamics import Dynamics, as_folders, assign, check_fits, load_dynamics
 from saekit.browser.effects import final_norm_scale, logit_effects, nearest_latents, unembedding
 from saekit.browser.export import check_export_target, export_site, is_plain_name
 from saekit.browser.meta import MAX_JSON_BYTES, SaeInfo, Sample
@@ -106,35 +109,65 @@ def build_browser(
     loaded: LoadedModel | None = None,
     rebuild: bool = False,
     export: str | os.PathLike[str] | None = None,
+    dynamics: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
     progress: bool = True,
 ) -> Browser:
     """Compute (or reuse from each SAE's ``browser-cache``) the browser data of ``target``, an SAE or
     suite folder; with ``export``, also write the static pages there. ``loaded`` reuses a model
-    already in memory (it must be the one the SAEs were trained on)."""
+    already in memory (it must be the one the SAEs were trained on). ``dynamics``: one or more of
+    ``saekit track``'s ``OUT/dynamics/<name>`` folders, each shown on the latent pages of the SAE of
+    its name (of the one SAE, for an SAE folder); dynamics of another latent count or site are refused."""
     if export is not None:
         check_export_target(export)  # before minutes of computing, not after
     folders = sae_folders(target)
+    tracked = assign((load_dynamics(f) for f in as_folders(dynamics)), list(folders))
+    for name, dyn in tracked.items():
+        _check_declared(dyn, name, folders[name])
     model_name = loaded.name if loaded is not None else cfg.model or _model_of(folders)
     settings = cfg.content_settings(model_name)
     keys = {name: fingerprint(weights_hash(folder), settings) for name, folder in folders.items()}
     stale = {name: folder for name, folder in folders.items() if rebuild or cached_key(folder) != keys[name]}
     if stale:
         _compute(stale, keys, cfg, model_name, loaded, Path(target), progress)
-    browser = Browser(Path(target), _title(Path(target)), {name: load_data(folder) for name, folder in folders.items()})
+    saes = {name: _with_dynamics(name, load_data(folder), tracked.get(name)) for name, folder in folders.items()}
+    browser = Browser(Path(target), _title(Path(target)), saes)
     if export is not None:
         export_site(browser, export, progress=progress)
     return browser
+
+
+def _with_dynamics(name: str, data: SaeData, dynamics: Dynamics | None) -> SaeData:
+    if dynamics is None:
+        return data
+    check_fits(dynamics, name, data.info.d_sae, data.info.site)  # what the pages index: never out of range
+    return dataclasses.replace(data, dynamics=dynamics)
+
+
+def _check_declared(dynamics: Dynamics, name: str, folder: Path) -> None:
+    """Refuse ``dynamics`` for the latent count and site the SAE's cfg.json declares: before minutes of
+    computing (the data computed or cached is checked again before any page is made from it)."""
+    cfg = _cfg_json(folder)
+    meta = cfg.get("metadata")
+    site = meta.get("hook_name") if isinstance(meta, dict) else None
+    d_sae = cfg.get("d_sae")
+    d_sae = d_sae if isinstance(d_sae, int) and not isinstance(d_sae, bool) else None
+    check_fits(dynamics, name, d_sae, site if isinstance(site, str) else None)
+
+
+def _cfg_json(folder: Path) -> dict[str, Any]:
+    """An SAE's cfg.json as read, {} when unreadable or not an object (load_sae reports a broken one by name)."""
+    try:
+        cfg = read_json(folder / "cfg.json", MAX_JSON_BYTES, ArtifactError)
+    except ArtifactError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def _model_of(folders: dict[str, Path]) -> str:
     """The one model named (``metadata.model_name``) by the SAEs' cfg.json files, else the default."""
     names = set()
     for folder in folders.values():
-        try:
-            cfg = read_json(folder / "cfg.json", MAX_JSON_BYTES, ArtifactError)
-        except ArtifactError:
-            continue  # load_sae reports a broken cfg.json by name
-        meta = cfg.get("metadata") if isinstance(cfg, dict) else None
+        meta = _cfg_json(folder).get("metadata")
         name = meta.get("model_name") if isinstance(meta, dict) else None
         if isinstance(name, str) and name:
             names.add(name)

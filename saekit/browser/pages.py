@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from collections import Counter
 
 import torch
@@ -22,7 +23,7 @@ import torch
 from saekit.browser.fmt import Html, html, join, num, percent, token_text, url_part
 from saekit.browser.stats import window_positions
 from saekit.browser.store import SaeData
-from saekit.browser.svg import histogram_svg
+from saekit.browser.svg import Line, histogram_svg, line_chart_svg
 
 SCRIPT = Html("""(function () {
   var table = document.getElementById('latents');
@@ -221,12 +222,13 @@ def latent_page(title: str, d: SaeData, latent: int) -> str:
     body = html(
         '<nav>{nav}</nav><h1>{name} · latent {latent}</h1><p class="facts">density {density}{one_in}, fired on '
         "{fired:,} of {rows:,} tokens · max activation {max_act} · mean when firing {mean}</p>"
-        '<div class="panels">{panels}</div><h2>Top activations</h2>{top}'
+        '<div class="panels">{panels}</div>{dynamics}<h2>Top activations</h2>{top}'
         "<h2>Examples across the activation distribution</h2>"
         "<p class=\"facts\">From a uniform random sample of this latent's firings, split into bands of equal mass.</p>"
         "{bands}",
         nav=join(nav, " "), name=d.name, latent=latent, density=percent(density), one_in=one_in, fired=fired,
         rows=s.n_rows, max_act=num(max_act), mean=num(mean), panels=join(_panels(d, latent, max_act)),
+        dynamics=_dynamics(d, latent),
         top=top or Html("<p>never fired on the sample</p>"), bands=join(_quantile_bands(d, latent, max_act)),
     )  # fmt: skip
     return _page(f"{d.name} · latent {latent}", body)
@@ -262,6 +264,40 @@ def _panels(d: SaeData, latent: int, max_act: float) -> list[Html]:
     )
     panels.append(html("<div><h2>Nearest latents (decoder cosine)</h2><table><tbody>{}</tbody></table></div>", join(neighbours)))
     return panels
+
+
+def _dynamics(d: SaeData, latent: int) -> Html:
+    """The latent's drift and formation curves over the model's checkpoints, with its formation
+    checkpoint and token purity; nothing when the browser was given no dynamics."""
+    t = d.dynamics
+    if t is None:
+        return Html()
+    labels = t.checkpoints
+    formed = int(t.formation[latent])
+    purity = float(t.token_purity[latent])
+    formed_text = f"checkpoint {labels[formed]} ({formed + 1} of {len(labels)})" if formed >= 0 else "never"
+    drift = line_chart_svg(
+        [Line("cos to final", t.drift_to_final[:, latent].tolist(), "#1f6fb4")], labels, include=(0.0, 1.0),
+        aria="decoder cosine to the final direction over checkpoints",
+    )  # fmt: skip
+    progress = line_chart_svg(
+        [Line("cosine", t.progress_cosine[:, latent].tolist(), "#e8740c"),
+         Line("weighted Jaccard", t.progress_wjaccard[:, latent].tolist(), "#2a9d4b")],
+        labels, aria="progress measure over checkpoints", marker=formed if formed >= 0 else None,
+        marker_title=f"formed at {labels[formed]}" if formed >= 0 else "",
+    )  # fmt: skip
+    dead = "" if bool(t.alive[latent]) else " Fired on fewer than two analysis tokens at the last checkpoint: not measured."
+    return html(
+        '<h2>Training dynamics</h2><p class="facts">Over {n} checkpoints of the model ({first} to {last}): '
+        "formed at <b>{formed}</b> (where its progress first reached {fraction} of its final value) · "
+        'token purity <b>{purity}</b> (share of its top tokens that are one token).{dead}</p><div class="panels">'
+        "<div><h3>Drift: decoder cosine to its final direction</h3>{drift}</div>"
+        "<div><h3>Formation: progress measure</h3>{progress}</div></div>"
+        '<p class="facts">Measured by saekit track on the series of SAE {name} at {site}.</p>',
+        n=len(labels), first=labels[0], last=labels[-1], formed=formed_text, fraction=percent(t.formed_fraction),
+        purity=percent(purity) if math.isfinite(purity) else "–", dead=dead, drift=drift, progress=progress,
+        name=t.name, site=t.site,
+    )  # fmt: skip
 
 
 def _quantile_bands(d: SaeData, latent: int, max_act: float) -> list[Html]:

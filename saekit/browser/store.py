@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from saekit.atomic import replace_folder, write_safetensors
+from saekit.browser.dynamics import Dynamics
 from saekit.browser.effects import LogitEffects, Neighbours
 from saekit.browser.meta import FORMAT, CacheMeta, SaeInfo, meta_text, read_meta
 from saekit.browser.stats import _TENSORS, LatentStats, Layout
@@ -65,6 +66,8 @@ class SaeData:
     vocab: dict[int, str]
     """Display string of every token id that appears in ``tokens`` or ``effects``."""
     window_before: int
+    dynamics: Dynamics | None = None
+    """The SAE's training dynamics (``saekit track``), when the browser was given them; never cached."""
 
 
 @dataclass(frozen=True)

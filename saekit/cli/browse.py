@@ -24,6 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--export", metavar="DIR", default=None, help="write the pages as static HTML files into DIR instead of serving"
     )
+    p.add_argument(
+        "--dynamics", metavar="DIR", action="append", default=None,
+        help="a folder OUT/dynamics/<name> written by saekit track: each latent's page shows its drift and formation "
+        "curves, formation checkpoint and token purity (repeat for several SAEs of a suite; each goes to the SAE of its name)",
+    )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port, default=8000, help="port to serve on (0: any free port)")
     p.set_defaults(func=run)
@@ -37,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, corpus=args.corpus, n_tokens=args.tokens, context_size=args.context_size,
         split=args.split, skip_positions=args.skip_positions, device=args.device,
     )  # fmt: skip
-    browser = build_browser(args.target, cfg, rebuild=args.rebuild, export=args.export)
+    browser = build_browser(args.target, cfg, rebuild=args.rebuild, export=args.export, dynamics=args.dynamics)
     if args.export is not None:
         print(f"browse: pages written to {args.export}/index.html")
         return 0

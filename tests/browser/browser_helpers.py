@@ -1,6 +1,7 @@
 """A tiny suite for the browser tests: a random Llama whose vocabulary holds an HTML-injection token,
 a corpus that uses it, and two random SAEs at two of its sites; and, without any model, the browser
-data of a small random SAE (:func:`tiny_data`) for the tests of pages, cache, export and server."""
+data of a small random SAE (:func:`tiny_data`) for the tests of pages, cache, export and server; and
+the dynamics of a series as ``saekit track`` saves them (:func:`tiny_dynamics`), made directly."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from saekit.browser import Browser, BrowserConfig, SaeData
 from saekit.browser.effects import logit_effects, nearest_latents
 from saekit.browser.meta import SaeInfo, Sample
 from saekit.browser.stats import Layout, StatsSettings, compute_latent_stats
+from saekit.track.measure import SAEDynamics
 
 EVIL = "<script>alert(1)</script>"
 """A token whose text must show as text on every page."""
@@ -109,3 +111,26 @@ def tiny_data(name: str = "tiny", d_sae: int = 6, vocab_size: int = 12) -> SaeDa
 
 def tiny_browser(root: Path, title: str = "suite") -> Browser:
     return Browser(root, title, {"tiny": tiny_data()})
+
+
+CHECKPOINTS = ["step-0", "step-200", "step-1000"]
+
+
+def tiny_dynamics(name: str = "L0-topk", site: str = "layers.0.resid_post", d_sae: int = 24) -> SAEDynamics:
+    """Dynamics over CHECKPOINTS: latent i formed at checkpoint i % 4 - 1 (-1: never), has token purity
+    (i % 4) / 4 and drift i / d_sae at the first checkpoint; latent 5 is dead (NaN curves and purity)."""
+    n = len(CHECKPOINTS)
+    latents = torch.arange(d_sae, dtype=torch.float32)
+    drift = torch.stack([latents / d_sae, (latents / d_sae + 1) / 2, torch.ones(d_sae)])
+    progress = torch.stack([torch.zeros(d_sae), latents / (2 * d_sae), latents / d_sae])
+    progress[:, 5] = drift[:, 5] = float("nan")
+    purity = (latents % 4) / 4
+    purity[5] = float("nan")
+    return SAEDynamics(
+        name=name, site=site, checkpoints=list(CHECKPOINTS), steps=[0, 200, 1000], model_loss=[5.0, 3.0, 2.0],
+        fvu=[0.5, 0.3, 0.2], l0=[8.0, 6.0, 5.0], drift_to_final=drift, drift_to_previous=drift.clone(),
+        progress_cosine=progress, progress_wjaccard=progress / 2, progress_activations=progress / 3,
+        alive=latents != 5, formation=torch.arange(d_sae) % (n + 1) - 1, token_purity=purity,
+        trajectory_latents=[], trajectories=torch.zeros(0, n, 2), independent_matched_to_final=[],
+        independent_by_index_to_final=[], series_matched_to_independent=[], independent_fvu=[],
+    )  # fmt: skip

@@ -1,11 +1,11 @@
 """Headless Chromium (Debian's system browser, driven by Playwright) over the served pages: the
-overview, a search in the latent list, a latent page, and a screenshot. No browser is downloaded:
+overview, a search in the latent list, a latent page with its training dynamics, and a screenshot. No browser is downloaded:
 the test skips when /usr/bin/chromium or the playwright package is missing."""
 
 from pathlib import Path
 
 import pytest
-from browser_helpers import EVIL, tiny_setup
+from browser_helpers import EVIL, tiny_dynamics, tiny_setup
 
 from saekit.browser import build_browser, serve_in_thread
 
@@ -23,7 +23,8 @@ def page(tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[browser-test]')")
     root = tmp_path_factory.mktemp("e2e")
     suite, cfg = tiny_setup(root)
-    browser = build_browser(suite, cfg, progress=False)
+    dynamics = tiny_dynamics().save(root / "dynamics" / "L0-topk")
+    browser = build_browser(suite, cfg, dynamics=dynamics, progress=False)
     server, _ = serve_in_thread(browser, "127.0.0.1", 0)
     with sync_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -84,4 +85,22 @@ def test_a_script_token_shows_as_text(page):
     shot = page.root / "latent.png"
     page.screenshot(path=str(shot), full_page=False)
     assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+
+def test_the_dynamics_curves_render(page):
+    page.goto(page.base + "/L0-topk/latent/2.html")
+    assert page.locator("text=Training dynamics").is_visible()
+    charts = page.locator("svg.curve")
+    assert charts.count() == 2
+    for i in range(2):
+        box = charts.nth(i).bounding_box()
+        assert box is not None and box["width"] > 300 and box["height"] > 100
+    assert page.locator("svg.curve polyline").count() == 3 and page.locator("svg.curve line.marker").count() == 1
+    assert page.locator("svg.curve circle title").first.text_content() == "step-0: cos to final 0.08333"
+    assert "formed at checkpoint step-200 (2 of 3)" in page.inner_text("body")
+    assert page.dialogs == []
+    page.locator("svg.curve").first.scroll_into_view_if_needed()
+    shot = page.root / "dynamics.png"
+    page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")

@@ -7,9 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from browser_helpers import HOSTILE, RAW_MARKUP, tiny_data
 
 import saekit.browser as browser_package
+from saekit.browser.dynamics import Dynamics
 from saekit.browser.pages import SCRIPT, latent_list_page, latent_page, overview_page
 from saekit.browser.store import SaeData
 
@@ -29,7 +31,20 @@ def hostile_everywhere(data: SaeData) -> SaeData:
         data.info, architecture=HOSTILE, site=HOSTILE, sample=sample, hparams={HOSTILE: HOSTILE},
         logit_effects=HOSTILE, model=HOSTILE, metrics={HOSTILE: 1.0},
     )  # fmt: skip
-    return dataclasses.replace(data, name=HOSTILE, info=info, vocab=dict.fromkeys(data.vocab, HOSTILE))
+    return dataclasses.replace(
+        data, name=HOSTILE, info=info, vocab=dict.fromkeys(data.vocab, HOSTILE), dynamics=hostile_dynamics(data.info.d_sae)
+    )
+
+
+def hostile_dynamics(d_sae: int) -> Dynamics:
+    """Dynamics whose checkpoint labels, name and site are HOSTILE (every latent formed at the second)."""
+    curve = torch.rand(3, d_sae, generator=torch.Generator().manual_seed(0))
+    return Dynamics(
+        folder=Path(HOSTILE), name=HOSTILE, site=HOSTILE, checkpoints=[HOSTILE, HOSTILE + "2", HOSTILE + "3"],
+        steps=[None, 1, 2], drift_to_final=curve, progress_cosine=curve, progress_wjaccard=curve,
+        formation=torch.ones(d_sae, dtype=torch.long), formed_fraction=0.5, token_purity=curve[0],
+        alive=torch.ones(d_sae, dtype=torch.bool),
+    )  # fmt: skip
 
 
 def test_no_value_reaches_a_page_unescaped():
@@ -40,6 +55,8 @@ def test_no_value_reaches_a_page_unescaped():
     escaped = "&lt;meta http-equiv=&quot;refresh&quot; content=&quot;0;url=http://evil&quot;&gt;"
     assert all(escaped in page for page in pages)
     assert pages[0].count(escaped) >= 9  # title, SAE, architecture, site, hyper-parameters, metric, corpus...
+    # a latent page: its dynamics' name, site and checkpoint labels (facts, axes, titles, formation marker)
+    assert pages[2].count(escaped) >= 10 and 'class="curve"' in pages[2]
 
 
 def test_each_page_runs_only_its_own_script():
