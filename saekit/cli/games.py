@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from saekit.boardgames.othello_model import OthelloModelConfig
     from saekit.strict import field_docs
 
-    games = sub.add_parser("games", help="board-game models: train an Othello-GPT")
+    games = sub.add_parser("games", help="board-game models: train an Othello-GPT, run the board-game study")
     kinds = games.add_subparsers(dest="game_command", required=True)
     othello = kinds.add_parser("othello-model", help="train an Othello-GPT on random games (seeded, resumable)")
     othello.add_argument("--out", required=True, help="output folder: model/, checkpoints/step-<n>/, state/, accuracy.json")
@@ -28,6 +28,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             help=doc_help(f"{docs.get(field.name, '')} (default {field.default})"),
         )  # fmt: skip
     othello.set_defaults(func=_cmd_othello_model)
+    study = kinds.add_parser(
+        "study", help="the board-game paper's study: SAEs on the Othello-GPT and its random init, coverage and board reconstruction"
+    )
+    study.add_argument("config", help="study config: a run config with a [study] table (configs/othello-study.toml)")
+    study.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.steps=500")
+    study.add_argument("--out", help="output folder (default: the config's `out`)")
+    study.add_argument("--resume", action="store_true", help="continue the study in the output folder")
+    study.set_defaults(func=_cmd_study)
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from saekit.boardgames.study import load_study_config, run_study
+
+    study = load_study_config(args.config, args.set)
+    out = Path(args.out) if args.out else study.run.out
+    run_study(study, out, resume=args.resume)
+    print((out / "study.md").read_text(encoding="utf-8"))
+    print(f"table {out / 'study.md'}, plot {out / 'study.png'}, numbers {out / 'study.json'}")
+    return 0
 
 
 def _cmd_othello_model(args: argparse.Namespace) -> int:
