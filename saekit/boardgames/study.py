@@ -38,13 +38,19 @@ from saekit.boardgames.othello_tokens import decode_tokens
 from saekit.boardgames.probe import probe_board
 from saekit.boardgames.properties import square_groups
 from saekit.boardgames.study_report import write_study_report
-from saekit.cli.run_config import RunConfig, apply_overrides, build_saes, parse_run_config, read_config_file, train_from_config
+from saekit.cli.run_config import (
+    RunConfig,
+    apply_overrides,
+    build_saes,
+    parse_with_models_table,
+    read_config_file,
+    train_from_config,
+)
 from saekit.errors import ConfigError
 from saekit.io.artifact import INDEX_FILE, load_suite, save_suite
 from saekit.sae.base import SAE
 from saekit.sources.model import ModelSource
 from saekit.sources.spec import source_from_spec
-from saekit.strict import from_dict
 
 MODELS = ("trained", "random")
 
@@ -86,14 +92,7 @@ def load_study_config(path: str | Path, overrides: list[str] | None = None) -> S
     """Read and check a study config (errors name the file and the key)."""
     raw = apply_overrides(read_config_file(path), overrides or [])
     try:
-        rest = dict(raw)
-        table = rest.pop("study", None)
-        if not isinstance(table, dict):
-            raise ConfigError("a study config needs a [study] table (model = the trained Othello-GPT's folder)")
-        study = from_dict(StudyConfig, table, where="study")
-        run = parse_run_config(rest)
-        if run.data.get("kind") != "games" or "model" in run.data:
-            raise ConfigError("data: a study's [data] is kind = \"games\" without a model (the [study] table names the models)")
+        study, run = parse_with_models_table(raw, "study", StudyConfig, "model = the trained Othello-GPT's folder", ("games",))
         study.models()
         return Study(run, study, raw)
     except ConfigError as exc:

@@ -29,6 +29,15 @@ def port(text: str) -> int:
     return _int_in(text, 0, 65535, "a port number in 0..65535")
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, *, config: str, example: str, resume: str) -> None:
+    """The arguments of every command that runs a config file: the file, ``--set`` overrides, ``--out``
+    and ``--resume`` (``saekit train``, ``saekit track``, ``saekit games study``)."""
+    parser.add_argument("config", help=config)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override a config value, e.g. {example}")
+    parser.add_argument("--out", help="output folder (default: the config's `out`)")
+    parser.add_argument("--resume", action="store_true", help=resume)
+
+
 def doc_help(text: str) -> str:
     """A field's documentation as argparse help: argparse formats help with ``%``, so a literal one
     ("1% of games") is doubled."""

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from saekit.cli.args import doc_help, non_negative_int, positive_int
+from saekit.cli.args import add_run_arguments, doc_help, non_negative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,10 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     study = kinds.add_parser(
         "study", help="the board-game paper's study: SAEs on the Othello-GPT and its random init, coverage and board reconstruction"
     )
-    study.add_argument("config", help="study config: a run config with a [study] table (configs/othello-study.toml)")
-    study.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.steps=500")
-    study.add_argument("--out", help="output folder (default: the config's `out`)")
-    study.add_argument("--resume", action="store_true", help="continue the study in the output folder")
+    add_run_arguments(
+        study, config="study config: a run config with a [study] table (configs/othello-study.toml)", example="train.steps=500",
+        resume="continue the study in the output folder",
+    )  # fmt: skip
     study.set_defaults(func=_cmd_study)
 
 

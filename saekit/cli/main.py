@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from saekit.cli.args import int64, positive_int
+from saekit.cli.args import add_run_arguments, int64, positive_int
 from saekit.errors import SaekitError
 
 
@@ -143,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train the SAEs of a run config side by side")
-    train.add_argument("config", help="run config (.toml, .yaml or .json)")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.steps=500 or sae.0.k=16")
-    train.add_argument("--out", help="output folder (default: the config's `out`)")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
+    add_run_arguments(
+        train, config="run config (.toml, .yaml or .json)", example="train.steps=500 or sae.0.k=16",
+        resume="continue from the checkpoint in the output folder",
+    )  # fmt: skip
     train.add_argument(
         "--nproc", type=positive_int, default=1,
         help="train data-parallel on this many processes of this machine (torchrun --standalone); for several "

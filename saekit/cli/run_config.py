@@ -32,7 +32,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
@@ -46,6 +46,8 @@ from saekit.sources.tensor import site_to_read
 from saekit.strict import from_dict
 from saekit.training.config import TrainConfig
 from saekit.types import ActivationSource
+
+T = TypeVar("T")
 
 TOP_LEVEL_KEYS = ("out", "data", "train", "sae", "objective", "e2e")
 SAE_SPEC_KEYS = ("architecture", "name", "site", "seed", "d_in", "init_from")
@@ -103,6 +105,24 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Loa
     except ConfigError as exc:
         with_overrides = " with its --set overrides" if overrides else ""
         raise ConfigError(f"config file {path}{with_overrides}: {exc}") from exc
+
+
+def parse_with_models_table(raw: dict[str, Any], key: str, cls: type[T], hint: str, kinds: tuple[str, ...]) -> tuple[T, RunConfig]:
+    """A run config with one more table, ``[key]`` (a ``cls``), for a driver that supplies the models
+    itself (``saekit track``: the checkpoints; ``saekit games study``: the trained and random models).
+    So [data] must be one of ``kinds`` and name no model. ``hint`` says what the table holds."""
+    rest = dict(raw)
+    table = rest.pop(key, None)
+    if not isinstance(table, dict):
+        raise ConfigError(f"this config needs a [{key}] table ({hint})")
+    settings = from_dict(cls, table, where=key)
+    run = parse_run_config(rest)
+    kind = run.data.get("kind")
+    if kind not in kinds:
+        raise ConfigError(f"data: the [{key}] table supplies the models, so 'kind' must be one of {', '.join(kinds)}, got {kind!r}")
+    if "model" in run.data:
+        raise ConfigError(f"data.model: the [{key}] table names the models; remove 'model' from [data]")
+    return settings, run
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -6,15 +6,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from saekit.cli.args import add_run_arguments
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "track", help="SAE-Track: SAEs over a model's training checkpoints, each warm-started from the previous; drift and formation"
     )
-    p.add_argument("config", help="run config with a [track] table (.toml, .yaml or .json)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. track.steps=100")
-    p.add_argument("--out", help="output folder (default: the config's `out`)")
-    p.add_argument("--resume", action="store_true", help="continue the series in the output folder")
+    add_run_arguments(
+        p, config="run config with a [track] table (.toml, .yaml or .json)", example="track.steps=100",
+        resume="continue the series in the output folder",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from saekit.cli.run_config import RunConfig, apply_overrides, parse_run_config, read_config_file
+from saekit.cli.run_config import RunConfig, apply_overrides, parse_with_models_table, read_config_file
 from saekit.errors import ConfigError
-from saekit.strict import from_dict
 
 CHECKPOINT_DATA_KINDS = ("model", "games")
 _STEP = re.compile(r"(?:step)[-_]?(\d+)$")
@@ -104,17 +103,7 @@ def load_track_config(path: str | Path, overrides: list[str] | None = None) -> T
 
 
 def parse_track_config(raw: dict[str, Any]) -> TrackRun:
-    rest = dict(raw)
-    table = rest.pop("track", None)
-    if not isinstance(table, dict):
-        raise ConfigError("a track config needs a [track] table (checkpoints = [...] or checkpoint_folder = ...)")
-    track = from_dict(TrackConfig, table, where="track")
-    run = parse_run_config(rest)
-    kind = run.data.get("kind")
-    if kind not in CHECKPOINT_DATA_KINDS:
-        raise ConfigError(f"data: a series runs each checkpoint as the model, so 'kind' must be one of {', '.join(CHECKPOINT_DATA_KINDS)}, got {kind!r}")
-    if "model" in run.data:
-        raise ConfigError("data.model: the checkpoints of [track] are the models; remove 'model' from [data]")
+    track, run = parse_with_models_table(raw, "track", TrackConfig, "checkpoints = [...] or checkpoint_folder = ...", CHECKPOINT_DATA_KINDS)
     return TrackRun(run, track, resolve_checkpoints(track), raw)
 
 

@@ -104,5 +104,5 @@ def test_bad_study_configs_are_named(model_run, tmp_path):
     path = _config(model_run, tmp_path)
     with pytest.raises(ConfigError, match="study.toml.*eval_games"):
         load_study_config(path, ["study.eval_games=2"])
-    with pytest.raises(ConfigError, match="without a model"):
+    with pytest.raises(ConfigError, match="data.model"):
         load_study_config(path, ["data.model=x"])
