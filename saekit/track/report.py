@@ -42,12 +42,19 @@ def write_report(out: Path, series: SeriesResult, results: list[SAEDynamics]) ->
         result.save(folder)
         plot_dynamics(result, folder)
         summary[result.name] = {**findings(result), "cost": cost(series, result.name)}
-    write_text(out / DYNAMICS / "summary.json", json.dumps(summary, indent=2, default=_json_number) + "\n")
+    summary = _finite(summary)
+    write_text(out / DYNAMICS / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
 
-def _json_number(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite number (a correlation over too few checkpoints) as None:
+    summary.json is plain JSON, which has no NaN."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def findings(r: SAEDynamics) -> dict[str, Any]:

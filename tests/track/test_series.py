@@ -99,7 +99,7 @@ def test_saekit_track_writes_the_dynamics_the_plots_and_the_findings(checkpoints
     printed = capsys.readouterr().out
     assert "| 00-topk |" in printed and "progress_vs_loss" in printed
     dynamics = tmp_path / "out" / "dynamics"
-    summary = json.loads((dynamics / "summary.json").read_text())["00-topk"]
+    summary = json.loads((dynamics / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))["00-topk"]
     assert summary["alive_latents"] > 0 and len(summary["fvu"]) == 3
     assert summary["cost"]["series_finetune_steps"] == 12 and summary["cost"]["independent_steps"] == 24
     assert len(summary["cost"]["independent_steps_to_reach_series_loss"]) == 2
