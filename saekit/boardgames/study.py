@@ -8,9 +8,9 @@ run (``OUT/<trained|random>/``, resumable), then every SAE is measured on held-o
 
 * ``coverage``: of the 128 blank-masked board properties (mine / theirs per square), and of the 64
   legal-move properties (:func:`saekit.boardgames.coverage`);
-* ``reconstruction``: board reconstruction of the 192 board properties (mine / empty / theirs per
-  square), latents labelled on the first half of the games and boards predicted on the second, with the
-  paper's per-square rule (:func:`saekit.boardgames.board_reconstruction`);
+* ``reconstruction``: board reconstruction of the blank-masked board (mine / theirs per square, as the
+  paper reports it), latents labelled on the first half of the games and boards predicted on the
+  second, with the paper's per-square rule (:func:`saekit.boardgames.board_reconstruction`);
 * L0 and FVU on the same positions.
 
 Beside them, the baseline the paper's numbers sit next to: a linear probe per square (mine / empty /
@@ -152,6 +152,7 @@ class Board(NamedTuple):
     split: int
     """Positions before ``split`` (the first half of the games) fit; the rest test."""
     groups: np.ndarray
+    """The square of each blank-masked property (the per-square rule of reconstruction)."""
 
 
 def _board(source: ModelSource) -> Board:
@@ -162,7 +163,7 @@ def _board(source: ModelSource) -> Board:
         raise ConfigError(f"the held-out games give {len(table.values)} positions for {tokens.numel()} tokens")
     split = (tokens.shape[0] // 2) * tokens.shape[1]
     board = table.select(BOARD).values
-    return Board(acts, board, table.select(BOARD_BLANK_MASKED).values, table.select(LEGAL).values, split, square_groups(BOARD))
+    return Board(acts, board, table.select(BOARD_BLANK_MASKED).values, table.select(LEGAL).values, split, square_groups(BOARD_BLANK_MASKED))
 
 
 @torch.no_grad()
@@ -171,7 +172,8 @@ def _measure(sae: SAE, board: Board) -> dict[str, Any]:
     codes = sae.encode(x).float()
     fvu = float((x - sae.decode(codes)).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
     dense = codes.numpy()
-    rec = board_reconstruction(dense[: board.split], board.state[: board.split], dense[board.split :], board.state[board.split :], groups=board.groups)
+    masked = board.blank_masked
+    rec = board_reconstruction(dense[: board.split], masked[: board.split], dense[board.split :], masked[board.split :], groups=board.groups)
     return {
         "architecture": sae.architecture,
         "l0": float((codes != 0).sum(1).float().mean()),

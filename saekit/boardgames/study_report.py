@@ -11,7 +11,7 @@ from saekit.eval.plots import pyplot, save_figure
 from saekit.eval.table import markdown_table
 
 COLUMNS = ["model", "name", "architecture", "l0", "fvu", "coverage_board", "coverage_legal", "reconstruction"]
-PANELS = (("coverage_board", "coverage, board (mine/theirs)"), ("coverage_legal", "coverage, legal moves"), ("reconstruction", "board reconstruction F1"))
+PANELS = (("coverage_board", "coverage, board (mine/theirs)"), ("coverage_legal", "coverage, legal moves"), ("reconstruction", "board reconstruction F1 (mine/theirs)"))
 
 
 def write_study_report(out: Path, rows: list[dict[str, Any]], probes: dict[str, dict[str, float]]) -> Path:
@@ -43,9 +43,10 @@ def plot_study(rows: list[dict[str, Any]], probes: dict[str, dict[str, float]], 
         if key == "reconstruction":
             for label, style in (("trained", "-"), ("random", ":")):
                 if label in probes:
-                    ax.axhline(probes[label]["f1_board"], color="grey", ls=style, lw=1, label=f"linear probe, {label} model")
+                    ax.axhline(probes[label]["f1_blank_masked"], color="grey", ls=style, lw=1, label=f"linear probe, {label} model")
             ax.legend(fontsize=7, loc="lower right")
         ax.set_xscale("log")
+        ax.tick_params(axis="x", which="minor", labelbottom=False)  # within a decade they overlap
         ax.set_xlabel("L0")
         ax.set_title(title)
         ax.grid(alpha=0.3)
