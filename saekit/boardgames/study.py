@@ -11,6 +11,7 @@ run (``OUT/<trained|random>/``, resumable), then every SAE is measured on held-o
 * ``reconstruction``: board reconstruction of the blank-masked board (mine / theirs per square, as the
   paper reports it), latents labelled on the first half of the games and boards predicted on the
   second, with the paper's per-square rule (:func:`saekit.boardgames.board_reconstruction`);
+* ``reconstruction_with_empty``: the same over all 192 board properties (mine / empty / theirs);
 * L0 and FVU on the same positions.
 
 Beside them, the baseline the paper's numbers sit next to: a linear probe per square (mine / empty /
@@ -172,13 +173,15 @@ def _measure(sae: SAE, board: Board) -> dict[str, Any]:
     codes = sae.encode(x).float()
     fvu = float((x - sae.decode(codes)).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
     dense = codes.numpy()
-    masked = board.blank_masked
-    rec = board_reconstruction(dense[: board.split], masked[: board.split], dense[board.split :], masked[board.split :], groups=board.groups)
+    def reconstruction(props: np.ndarray, groups: np.ndarray) -> float:
+        return board_reconstruction(dense[: board.split], props[: board.split], dense[board.split :], props[board.split :], groups=groups).best
+
     return {
         "architecture": sae.architecture,
         "l0": float((codes != 0).sum(1).float().mean()),
         "fvu": fvu,
         "coverage_board": coverage(dense, board.blank_masked).best,
         "coverage_legal": coverage(dense, board.legal).best,
-        "reconstruction": rec.best,
+        "reconstruction": reconstruction(board.blank_masked, board.groups),
+        "reconstruction_with_empty": reconstruction(board.state, square_groups(BOARD)),
     }

@@ -10,7 +10,7 @@ from saekit.atomic import write_text
 from saekit.eval.plots import pyplot, save_figure
 from saekit.eval.table import markdown_table
 
-COLUMNS = ["model", "name", "architecture", "l0", "fvu", "coverage_board", "coverage_legal", "reconstruction"]
+COLUMNS = ["model", "name", "architecture", "l0", "fvu", "coverage_board", "coverage_legal", "reconstruction", "reconstruction_with_empty"]
 PANELS = (("coverage_board", "coverage, board (mine/theirs)"), ("coverage_legal", "coverage, legal moves"), ("reconstruction", "board reconstruction F1 (mine/theirs)"))
 
 

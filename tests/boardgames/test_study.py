@@ -88,7 +88,7 @@ def test_the_study_trains_and_scores_both_models(model_run, tmp_path, capsys):
         ("trained", "topk-4"), ("trained", "standard"), ("random", "topk-4"), ("random", "standard")
     ]  # fmt: skip
     for row in result["rows"]:
-        for key in ("coverage_board", "coverage_legal", "reconstruction"):
+        for key in ("coverage_board", "coverage_legal", "reconstruction", "reconstruction_with_empty"):
             assert 0 <= row[key] <= 1
     assert result["rows"][0]["l0"] == pytest.approx(4)
     assert set(result["probes"]) == {"trained", "random"} and 0 < result["probes"]["trained"]["accuracy"] <= 1
