@@ -23,6 +23,12 @@ SPARSITY = {
     "gated": {},
     "p_anneal": {},
     "matryoshka_batch_topk": {"k": 5},
+    # One site: the transcoders reconstruct what they read (tests/sae/test_transcoder.py plants a map
+    # between two sites).
+    "topk_transcoder": {"k": 5},
+    "batch_topk_transcoder": {"k": 5},
+    "relu_transcoder": {},
+    "jumprelu_transcoder": {"l0_coef": 0.01},
 }
 
 
