@@ -268,6 +268,20 @@ def test_saelens_settings_we_cannot_honour_are_refused(tmp_path, change, message
         load_sae(folder)
 
 
+def test_a_saelens_transcoder_folder_we_cannot_honour_is_refused(tmp_path):
+    folder = save_sae(perturbed("relu_transcoder", skip=True), tmp_path / "sae")
+    cfg = as_saelens_folder(folder)
+    write_cfg(folder, cfg | {"metadata": cfg["metadata"] | {"hook_name_out": 3}})
+    with pytest.raises(ArtifactError, match="hook_name_out must be a string, found 3"):
+        load_sae(folder)
+    write_cfg(folder, cfg | {"apply_b_dec_to_input": True})
+    with pytest.raises(ArtifactError, match="a SAELens 'skip_transcoder' SAE with apply_b_dec_to_input=True"):
+        load_sae(folder)
+    write_cfg(folder, cfg | {"architecture": "transcoder"})  # W_skip in the weights, but no skip class
+    with pytest.raises(ArtifactError, match="unexpected tensors W_skip"):
+        load_sae(folder)
+
+
 # ---------------------------------------------------------------------------------------------
 # Atomic writes
 
