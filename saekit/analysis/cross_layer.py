@@ -31,11 +31,10 @@ from torch import Tensor, nn
 
 from saekit.analysis.matching import assign, paired_cosine, squared_distance_matrix
 from saekit.analysis.store import Stored, cpu_float
-from saekit.atomic import write_file
 from saekit.errors import DataError
 from saekit.eval.downstream import downstream_metrics_many
 from saekit.eval.metrics import fvu
-from saekit.eval.plots import pyplot
+from saekit.eval.plots import pyplot, save_figure
 from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
 from saekit.sources.hf import record
@@ -187,10 +186,7 @@ class CrossLayerResult(Stored):
         right.set_xlabel("layer t+1")
         right.set_ylabel("FVU of layer t+1")
         right.legend()
-        fig.tight_layout()
-        write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=120))
-        plt.close(fig)
-        return Path(path)
+        return save_figure(plt, fig, path)
 
 
 @torch.no_grad()

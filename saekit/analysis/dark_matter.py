@@ -43,9 +43,8 @@ from saekit.analysis.acts import encode_rows
 from saekit.analysis.pursuit import gradient_pursuit
 from saekit.analysis.regression import AffineMap, Split, design, fit_affine, r2_per_dim, r2_pooled, split_tokens
 from saekit.analysis.store import Stored, cpu_float
-from saekit.atomic import write_file
 from saekit.errors import DataError
-from saekit.eval.plots import pyplot
+from saekit.eval.plots import pyplot, save_figure
 from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
 
@@ -174,10 +173,7 @@ class DarkMatterResult(Stored):
         right.axvline(self.r2_vector, color="k", linestyle="--", label=f"mean R² = {self.r2_vector:.2f}")
         right.set_xlabel("R² of the error, per dimension")
         right.legend()
-        fig.tight_layout()
-        write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=120))
-        plt.close(fig)
-        return Path(path)
+        return save_figure(plt, fig, path)
 
 
 def error_split(x: Tensor, err: Tensor, split: Split, intercept: bool = True) -> ErrorSplit:

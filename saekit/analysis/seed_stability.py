@@ -25,9 +25,8 @@ from torch import Tensor
 
 from saekit.analysis.matching import match_cosine, paired_cosine, similarity_stats
 from saekit.analysis.store import Stored, cpu_float
-from saekit.atomic import write_file
 from saekit.errors import DataError
-from saekit.eval.plots import pyplot
+from saekit.eval.plots import pyplot, save_figure
 from saekit.sae.base import SAE
 from saekit.sae.registry import build
 
@@ -104,10 +103,7 @@ class SeedStabilityResult(Stored):
         ax.set_xlabel("cosine of Hungarian-matched decoder directions across seeds")
         ax.set_ylabel("fraction of latents")
         ax.legend()
-        fig.tight_layout()
-        write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=120))
-        plt.close(fig)
-        return Path(path)
+        return save_figure(plt, fig, path)
 
 
 def seed_suite(architecture: str, *, d_in: int, d_sae: int, seeds: Sequence[int], **hparams: Any) -> list[SAE]:

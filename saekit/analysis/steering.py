@@ -28,9 +28,8 @@ from torch import Tensor, nn
 from saekit.analysis.matching import unit_rows
 from saekit.analysis.pursuit import signed_pursuit
 from saekit.analysis.store import Stored, cpu_float
-from saekit.atomic import write_file
 from saekit.errors import DataError
-from saekit.eval.plots import pyplot
+from saekit.eval.plots import pyplot, save_figure
 from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
 from saekit.sources.hf import add_vector, collect_activations
@@ -137,10 +136,7 @@ class Decomposition(Stored):
         right.set_xticks(list(xs), [str(i) for i in self.top_latents], rotation=60, fontsize=7)
         right.set_title("top latents of f(v) and their value in f(0)")
         right.legend()
-        fig.tight_layout()
-        write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=120))
-        plt.close(fig)
-        return Path(path)
+        return save_figure(plt, fig, path)
 
 
 @torch.no_grad()

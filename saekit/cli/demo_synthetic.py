@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saekit.atomic import write_file
 from saekit.eval.evaluate import evaluate
-from saekit.eval.plots import pyplot
+from saekit.eval.plots import pyplot, save_figure
 from saekit.eval.recovery import feature_recovery
 from saekit.eval.report import write_report
 from saekit.io import save_suite
@@ -81,7 +80,4 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
     ax_fvu.set(xlabel="L0 (active latents per token)", ylabel="FVU (held-out)", title="Sparsity vs reconstruction")
     ax_rec.bar([r["name"] for r in rows], [r["recovered"] for r in rows])
     ax_rec.set(ylabel="fraction of true features recovered (cos >= 0.9)", ylim=(0, 1), title="Feature recovery")
-    fig.tight_layout()
-    write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=120))
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)

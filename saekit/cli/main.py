@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     from saekit.cli import evaluate as evaluate_cmd
     from saekit.cli import games as games_cmd
     from saekit.cli import hub as hub_cmd
+    from saekit.cli import track as track_cmd
 
     parser = argparse.ArgumentParser(prog="saekit", description="Sparse autoencoders on model activations.")
     parser.add_argument("--version", action="version", version=f"saekit {__version__}")
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     browse_cmd.add_parser(sub)
     analyse_cmd.add_parser(sub)
     games_cmd.add_parser(sub)
+    track_cmd.add_parser(sub)
 
     demo = sub.add_parser("demo", help="train a small SAE suite on SmolLM2 (or on synthetic data) and report")
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")

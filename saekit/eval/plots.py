@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 
 def pyplot() -> ModuleType | None:
@@ -16,3 +19,16 @@ def pyplot() -> ModuleType | None:
         print("(matplotlib is not installed: no plot; pip install 'saekit[plot]')")
         return None
     return plt
+
+
+def save_figure(plt: ModuleType | Any, fig: Any, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
+    """Lay out ``fig`` (unless it has a layout engine of its own), write it to ``path`` atomically (the
+    format from the suffix) and close it: the one way a plot is saved."""
+    from saekit.atomic import write_file
+
+    path = Path(path)
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    write_file(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:] or None, dpi=dpi))
+    plt.close(fig)
+    return path

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from saekit.atomic import write_file
-from saekit.eval.plots import pyplot
+from saekit.eval.plots import pyplot, save_figure
 
 Row = dict[str, Any]
 _LAYER = re.compile(r"layers\.(\d+)\.(\w+)")
@@ -33,13 +32,6 @@ def _grid(plt: Any, n: int, width: float = 3.6, height: float = 3.0) -> tuple[An
     return fig, flat[:n]
 
 
-def _save(plt: Any, fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=110))
-    plt.close(fig)
-    return path
-
-
 def plot_frontier(rows: Sequence[Row], path: Path) -> Path | None:
     """Delta LM loss against L0, one panel per site, one colour per architecture (log L0 axis)."""
     rows = [r for r in rows if "delta_ce" in r]
@@ -58,7 +50,7 @@ def plot_frontier(rows: Sequence[Row], path: Path) -> Path | None:
             ax.set_xscale("log")
         ax.legend(fontsize=7)
     fig.suptitle("Sparsity against downstream loss (lower left is better)")
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path, dpi=110)
 
 
 def plot_by_depth(rows: Sequence[Row], path: Path) -> Path | None:
@@ -78,7 +70,7 @@ def plot_by_depth(rows: Sequence[Row], path: Path) -> Path | None:
             ax.plot(*zip(*sorted(points)), marker="o", label=f"{arch} {kind}")
         ax.set(xlabel="layer", ylabel=labels[metric], title=f"{labels[metric]} by depth")
         ax.legend(fontsize=7)
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path, dpi=110)
 
 
 def plot_density(rows: Sequence[Row], path: Path) -> Path | None:
@@ -97,4 +89,4 @@ def plot_density(rows: Sequence[Row], path: Path) -> Path | None:
             ax.stairs(hist["counts"], hist["log10_edges"], label=f"{r['name']} ({hist['dead']} dead)")
         ax.set(title=arch, xlabel="log10 firing frequency", ylabel="latents")
         ax.legend(fontsize=6)
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path, dpi=110)

@@ -79,7 +79,9 @@ def load_model(
     """Load a causal LM and its tokenizer.
 
     ``name_or_path`` is an embedded name (``"smollm2-135m"``, converted into the cache on first use),
-    else an existing local folder, else passed to ``from_pretrained`` as a hub id (which works only
+    else a Hub reference ``hf://owner/repo[/folder][@revision]`` (a training checkpoint such as Pythia's
+    ``@step1000``; read from huggingface_hub's cache, offline too: :mod:`saekit.io.hub`), else an existing
+    local folder, else passed to ``from_pretrained`` as a hub id (which works only
     with network access). An embedded name wins over a same-named folder in the working directory;
     write ``./smollm2-135m`` to mean the folder. ``device`` may be "auto" (CUDA when available), or None
     to leave the model where ``from_pretrained`` puts it (the CPU); ``dtype`` may be a name such as
@@ -88,18 +90,26 @@ def load_model(
     device = None if device is None else resolve_device(device)
     dtype = as_dtype(dtype)
     name = os.fspath(name_or_path)
+    from saekit.io.hub import is_remote, local_path  # imports only saekit.errors; huggingface_hub when used
+
+    if is_remote(name):  # a revision of a Hub repository, through huggingface_hub's cache
+        return _from_pretrained(_model_folder(local_path(name), name), name, device, dtype)
     if name.lower() in EMBEDDED_MODELS:
         key = name.lower()
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         return _from_pretrained(_cached(key, folder / key), key, device, dtype)
     path = Path(name).expanduser()
     if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise ArtifactError(f"{path} is not a model folder (it has no config.json)")
-        return _from_pretrained(path, name, device, dtype)
+        return _from_pretrained(_model_folder(path, name), name, device, dtype)
     if _looks_like_path(name):
         raise ConfigError(f"model folder {name} does not exist")
     return _from_pretrained(name, name, device, dtype)
+
+
+def _model_folder(path: Path, name: str) -> Path:
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ArtifactError(f"{name} is not a model folder (it has no config.json)")
+    return path
 
 
 def _looks_like_path(name: str) -> bool:

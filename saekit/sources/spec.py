@@ -4,12 +4,14 @@ keys are its settings (strictly checked).
     kind = "file"       path = "acts.npy" | "acts.safetensors", site = "..."
     kind = "synthetic"  SyntheticConfig fields (d, n_features, mean_active, ...)
     kind = "model"      ModelDataConfig fields + TextConfig fields (model, sites, corpus, n_tokens, ...)
+    kind = "games"      ModelDataConfig fields + GamesConfig fields (model, sites, game, n_games, ...)
     kind = "cache"      path = "cache-folder", sites = [...] (default: all)
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -19,6 +21,8 @@ from saekit.strict import from_dict
 from saekit.types import ActivationSource
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from saekit.sources.model import ModelSource
 
 
@@ -47,7 +51,7 @@ class ModelDataConfig:
     forward and backward pass per chunk."""
 
 
-def _file(settings: dict[str, Any]) -> ActivationSource:
+def _file(settings: dict[str, Any], comm: Comm = LOCAL) -> ActivationSource:
     from saekit.sources.tensor import TensorSource
 
     _only(settings, {"path", "site"}, "file")
@@ -56,13 +60,13 @@ def _file(settings: dict[str, Any]) -> ActivationSource:
     return TensorSource(settings["path"], site=settings.get("site"))
 
 
-def _synthetic(settings: dict[str, Any]) -> ActivationSource:
+def _synthetic(settings: dict[str, Any], comm: Comm = LOCAL) -> ActivationSource:
     from saekit.sources.synthetic import SyntheticConfig, SyntheticSource
 
     return SyntheticSource(from_dict(SyntheticConfig, settings, where="data"))
 
 
-def _cache(settings: dict[str, Any]) -> ActivationSource:
+def _cache(settings: dict[str, Any], comm: Comm = LOCAL) -> ActivationSource:
     from saekit.sources.cache import CacheSource
 
     _only(settings, {"path", "sites"}, "cache")
@@ -93,31 +97,57 @@ def split_model_settings(settings: dict[str, Any]) -> ModelData:
 
 def model_source(settings: dict[str, Any], comm: Comm = LOCAL) -> ModelSource:
     """Load the model and corpus of a kind = "model" table and wrap them as a ModelSource."""
-    from saekit.devices import rank_device, resolve_device
-    from saekit.models import load_model
-    from saekit.sources.model import ModelSource
     from saekit.sources.text import tokens_from_config
     from saekit.strict import to_dict
 
     model_cfg, text_cfg = split_model_settings(settings)
+    return model_source_of(model_cfg, lambda tokenizer: tokens_from_config(text_cfg, tokenizer), {"text": to_dict(text_cfg)}, comm)
+
+
+def model_source_of(
+    model_cfg: ModelDataConfig, tokens_for: Callable[[Any], Tensor], description: dict[str, Any], comm: Comm = LOCAL
+) -> ModelSource:
+    """The ModelSource of ``model_cfg``'s model over the contexts ``tokens_for(tokenizer)``: the one place a
+    data table's model is loaded (text and games sources alike)."""
+    from saekit.devices import rank_device, resolve_device
+    from saekit.models import load_model
+    from saekit.sources.model import ModelSource
+
     # Each rank of a distributed run puts its model on its own GPU (rank_device); names: saekit.devices
     device = rank_device(resolve_device(model_cfg.device)) if comm.distributed else model_cfg.device
     loaded = load_model(model_cfg.model, device=device, dtype=model_cfg.dtype)
-    tokens = tokens_from_config(text_cfg, loaded.tokenizer)
     return ModelSource(
         loaded.model,
-        tokens,
+        tokens_for(loaded.tokenizer),
         list(model_cfg.sites),
         chunk_seqs=model_cfg.chunk_seqs,
         forward_batch=model_cfg.forward_batch,
         skip_positions=model_cfg.skip_positions,
         with_grads=model_cfg.with_grads,
-        description={"model": loaded.name, "text": to_dict(text_cfg)},
+        description={"model": loaded.name, **description},
         comm=comm,
     )
 
 
-SOURCE_KINDS = {"file": _file, "synthetic": _synthetic, "model": model_source, "cache": _cache}
+def games_source(settings: dict[str, Any], comm: Comm = LOCAL) -> ModelSource:
+    """A ModelSource over the games of a kind = "games" table (its model and games settings)."""
+    from saekit.sources.games import GamesConfig, game_tokens
+
+    model_keys = {f.name for f in dataclasses.fields(ModelDataConfig)}
+    game_keys = {f.name for f in dataclasses.fields(GamesConfig)}
+    _only(settings, model_keys | game_keys, "games")
+    if "model" not in settings:
+        raise ConfigError("data: kind 'games' needs a 'model' (a folder written by `saekit games othello-model`)")
+    if isinstance(settings.get("sites"), str):
+        settings = {**settings, "sites": [settings["sites"]]}
+    games = from_dict(GamesConfig, {k: v for k, v in settings.items() if k in game_keys}, where="data")
+    # A game has no BOS token: no leading position is skipped unless asked.
+    model_settings = {"skip_positions": 0, **{k: v for k, v in settings.items() if k in model_keys}}
+    model_cfg = from_dict(ModelDataConfig, model_settings, where="data")
+    return model_source_of(model_cfg, lambda tokenizer: game_tokens(games), {"games": dataclasses.asdict(games)}, comm)
+
+
+SOURCE_KINDS = {"file": _file, "synthetic": _synthetic, "model": model_source, "games": games_source, "cache": _cache}
 
 
 def source_from_spec(spec: dict[str, Any], comm: Comm = LOCAL) -> ActivationSource:
@@ -127,7 +157,7 @@ def source_from_spec(spec: dict[str, Any], comm: Comm = LOCAL) -> ActivationSour
     kind = settings.pop("kind", None)
     if kind not in SOURCE_KINDS:
         raise ConfigError(f"data: 'kind' must be one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
-    return model_source(settings, comm) if kind == "model" else SOURCE_KINDS[kind](settings)
+    return SOURCE_KINDS[kind](settings, comm)
 
 
 def _only(settings: dict[str, Any], allowed: set[str], kind: str) -> None:

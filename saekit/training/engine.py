@@ -50,7 +50,7 @@ from saekit.training.objective import LocalObjective, Objective, Unit
 from saekit.training.optim import apply_update, make_optimizer
 from saekit.training.outputs import checkpoint_to_resume, write_start_files
 from saekit.training.schedules import lr_factor, sparsity_factor
-from saekit.training.sites import assign_sites, assign_targets
+from saekit.training.sites import assign_sites, assign_targets, described
 from saekit.types import ActBatch, ActivationSource, LossOut, StepCtx
 
 
@@ -61,7 +61,7 @@ class TrainResult:
 
     saes: list[SAE]
     final_metrics: list[dict[str, float]]
-    """Per SAE, the metrics of the last logged step."""
+    """Per SAE, the metrics of the last step logged by this call (empty for a run resumed at its end)."""
     steps: int
     """Steps the run ended at."""
     resumed_from: int
@@ -84,7 +84,6 @@ class Run:
 
     saes: list[SAE]
     sites: list[str]
-    """The site each SAE reads."""
     targets: list[str | None]
     """The site each transcoder reconstructs (its ``site_out``); None for an SAE, which reconstructs its own."""
     source: ActivationSource
@@ -320,6 +319,9 @@ def finalise(state: Run) -> TrainResult:
     state.log.close()
     total = state.cfg.total_steps
     final = [{k: v for k, v in r.items() if k not in ("step", "sae", "name")} for r in state.records]
+    # A run resumed from its last checkpoint takes no step and logs nothing: its SAEs still leave
+    # normalised units (zipping with the empty records once returned them unconverted).
+    final = final or [{} for _ in state.saes]
     for sae, site, out, metrics in zip(state.saes, state.sites, state.targets, final):
         leave_normalised_units_(sae, site, out, state.scales)
         sae.provenance.update({
@@ -364,10 +366,7 @@ def _fingerprint(
         collective_timeout_s=TrainConfig.collective_timeout_s,
     )  # fmt: skip
     fingerprint = {
-        "saes": [
-            {"architecture": s.architecture, "config": to_dict(s.cfg), "site": site, **({"site_out": out} if out else {})}
-            for s, site, out in zip(saes, sites, targets)
-        ],
+        "saes": described(saes, sites, targets),
         "train": to_dict(keep),
         "data": source.describe(),
         "objective": objective.describe(),

@@ -64,12 +64,13 @@ def _refuse_outliers(site: str, sq: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def rescale_(sae: SAE, out_factor: float, in_factor: float) -> None:
+def rescale_(sae: SAE, out_factor: float, in_factor: float | None = None) -> None:
     """Multiply the tensors in activation units (``scaled_params``: the units of what the SAE
     reconstructs) by ``out_factor`` and a transcoder's weights from input to output units
     (``ratio_params``) by ``out_factor / in_factor``: the factors (s_out, s_in) enter normalised units,
-    (1/s_out, 1/s_in) return to raw ones. An SAE reads what it reconstructs, so both factors are its
-    one site's; the other weights are unit-free and stay as they are."""
+    (1/s_out, 1/s_in) return to raw ones. ``in_factor`` None is ``out_factor``: an SAE reads what it
+    reconstructs, so both are its one site's. The other weights are unit-free and stay as they are."""
+    in_factor = out_factor if in_factor is None else in_factor
     tensors = dict(sae.named_parameters()) | dict(sae.named_buffers())
     for name in sae.scaled_params:
         tensors[name].mul_(out_factor)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from saekit.errors import ConfigError, DataError
 from saekit.sae.base import SAE
 from saekit.sources.tensor import site_to_read
+from saekit.strict import to_dict
 from saekit.types import ActivationSource
 
 
@@ -53,3 +55,12 @@ def assign_targets(saes: Sequence[SAE], source: ActivationSource) -> list[str | 
             )
         targets.append(site)
     return targets
+
+
+def described(saes: Sequence[SAE], sites: Sequence[str], targets: Sequence[str | None]) -> list[dict[str, Any]]:
+    """What a run's fingerprint records of each SAE: its architecture, config and site (and a transcoder's
+    output site), all of which must match for a checkpoint to be resumed."""
+    return [
+        {"architecture": sae.architecture, "config": to_dict(sae.cfg), "site": site, **({"site_out": out} if out else {})}
+        for sae, site, out in zip(saes, sites, targets)
+    ]

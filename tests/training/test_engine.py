@@ -67,6 +67,18 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert (tmp_path / "run/metrics.jsonl").read_text() == (tmp_path / "ref/metrics.jsonl").read_text()
 
 
+def test_a_run_resumed_at_its_last_step_returns_the_saes_it_saved(tmp_path):
+    # Killed after the final checkpoint, before the SAEs were saved: the resume takes no step, and its
+    # SAEs must still leave normalised units (they once came back unconverted, without their factor).
+    settings = dict(steps=6, log_every=1, **FAST)
+    done = train(_all_architectures(), SOURCE, out_dir=tmp_path, **settings)
+    again = train(_all_architectures(seed=100), SOURCE, out_dir=tmp_path, resume=True, **settings)
+    _assert_same(_state(done.saes), _state(again.saes))
+    for a, b in zip(done.saes, again.saes):
+        assert b.metadata["normalization_factor"] == a.metadata["normalization_factor"]
+    assert again.resumed_from == 6 and again.final_metrics == [{} for _ in again.saes]
+
+
 def test_resume_refuses_a_different_run(tmp_path):
     train(build("topk", d_in=16, d_sae=32, k=4), SOURCE, out_dir=tmp_path, steps=3, **FAST)
     with pytest.raises(ConfigError, match="different SAEs, sites, data or training settings"):
