@@ -69,7 +69,7 @@ class TranscoderFields(SAEConfig):
     model's width). A run config fills it from the data's site_out."""
     skip: bool = False
     """Learn a skip connection x W_skipᵀ (W_skip [d_out, d_in], starting at zero): a skip transcoder,
-    saved for SAELens as its skip_transcoder / jumprelu_skip_transcoder."""
+    saved for SAELens in the skip form of its class (skip_transcoder, jumprelu_skip_transcoder)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
