@@ -19,13 +19,17 @@ from saekit.comm import LOCAL, Comm
 class ActBatch(NamedTuple):
     """Activations of one site for a batch of tokens.
 
-    x:    [batch, d_in] activations, one row per token.
-    grad: [batch, d_in] gradient of the language-model loss with respect to ``x``, when the source
-          computes it (gradient-aware SAEs use it for latent selection); ``None`` otherwise.
+    x:      [batch, d_in] activations, one row per token.
+    grad:   [batch, d_in] gradient of the language-model loss with respect to ``x``, when the source
+            computes it (gradient-aware SAEs use it for latent selection); ``None`` otherwise.
+    target: [batch, d_out] the same tokens' activations at the site a transcoder reconstructs (its
+            ``site_out``), which the engine hands to a transcoder's loss; ``None`` for an SAE, which
+            reconstructs ``x`` (sources yield one ActBatch per site and leave it ``None``).
     """
 
     x: Tensor
     grad: Tensor | None = None
+    target: Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -239,8 +239,8 @@ def browser_data(
         batch_size=cfg.batch_size, device=sae.W_enc.device, progress=progress, label=name,
     )  # fmt: skip
     effects = None
-    if W_U is not None and W_U.shape[1] == sae.d_in:
-        use_scale = scale if scale is not None and scale.shape[0] == sae.d_in else None
+    if W_U is not None and W_U.shape[1] == sae.d_out:  # the decoder rows' width (a transcoder's output)
+        use_scale = scale if scale is not None and scale.shape[0] == sae.d_out else None
         effects = logit_effects(sae.W_dec.detach(), W_U, use_scale, cfg.logit_k)
     neighbours = nearest_latents(sae.W_dec.detach(), cfg.neighbours)
     ids = set(torch.unique(tokens).tolist())

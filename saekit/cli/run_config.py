@@ -41,7 +41,7 @@ from saekit.devices import resolve_device
 from saekit.errors import ConfigError, SaekitError
 from saekit.io.artifact import check_suite_name
 from saekit.sae.base import SAE
-from saekit.sae.registry import build
+from saekit.sae.registry import build, get
 from saekit.sources.tensor import site_to_read
 from saekit.strict import from_dict
 from saekit.training.config import TrainConfig
@@ -50,7 +50,7 @@ from saekit.types import ActivationSource
 T = TypeVar("T")
 
 TOP_LEVEL_KEYS = ("out", "data", "train", "sae", "objective", "e2e")
-SAE_SPEC_KEYS = ("architecture", "name", "site", "seed", "d_in", "init_from")
+SAE_SPEC_KEYS = ("architecture", "name", "site", "site_out", "seed", "d_in", "init_from")
 """Keys of an [[sae]] table that are not architecture hyper-parameters."""
 
 
@@ -212,6 +212,10 @@ class SAESpec:
     """Folder name of the SAE in the run's suite; default "{index:02d}-{architecture}"."""
     site: str | None = None
     """The data site it reads; default the data's only site."""
+    site_out: str | None = None
+    """For a transcoder (`saekit ls`: the *_transcoder architectures), the data site it reconstructs, e.g.
+    "layers.3.mlp_out" beside site = "layers.3.mlp_in" (the data must read both); default the data's only
+    site. Its d_out defaults to that site's width."""
     seed: int | None = None
     """Seed of its initialisation; default its index in the list."""
     d_in: int | None = None
@@ -252,7 +256,11 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
             raise ConfigError(f"sae.{i}: site {spec.site!r} is not one of the data's sites {sites}")
         d_in = source.d_in(read) if spec.d_in is None else spec.d_in
         seed = i if spec.seed is None else spec.seed
+        written: str | None = None
         try:
+            written = _site_out(spec, sites)
+            if written is not None and spec.init_from is None:
+                hparams.setdefault("d_out", source.d_in(written))
             if spec.init_from is None:
                 _check_fits_in_memory(spec.architecture, d_in, hparams)
                 sae = build(spec.architecture, d_in=d_in, seed=seed, **hparams)
@@ -261,11 +269,26 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
         except SaekitError as exc:  # a ConfigError, or an ArtifactError from init_from's folder
             raise type(exc)(f"sae.{i}: {exc}") from exc
         sae.metadata["site"] = read if spec.site is None else spec.site
+        if written is not None:
+            sae.metadata["site_out"] = written if spec.site_out is None else spec.site_out
         saes.append(sae)
         names.append(spec.name or f"{i:02d}-{spec.architecture}")
     if len(set(names)) != len(names):
         raise ConfigError(f"SAE names must be unique, got {names}")
     return BuiltSAEs(saes, names)
+
+
+def _site_out(spec: SAESpec, sites: list[str]) -> str | None:
+    """The data site an [[sae]] table's SAE reconstructs when it is a transcoder (the engine's rule,
+    training.sites.assign_targets, named here by table); None for an SAE, which may name no site_out."""
+    if not get(spec.architecture).transcoder:
+        if spec.site_out is not None:
+            raise ConfigError(f"site_out: a {spec.architecture} SAE reconstructs the site it reads; only transcoders take a site_out")
+        return None
+    written = site_to_read(spec.site_out, sites)
+    if written is None:
+        raise ConfigError(f"site_out {spec.site_out!r} is not one of the data's sites {sites}; add it to the data's sites")
+    return written
 
 
 def _check_fits_in_memory(architecture: str, d_in: int, hparams: dict[str, Any]) -> None:

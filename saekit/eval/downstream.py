@@ -5,6 +5,10 @@ Every context is run once clean, once zero-ablated, once per reconstruction and 
 known) once mean-ablated, batch by batch, so memory stays at a few batches of logits whatever the
 number of tokens. Several reconstructions of the same site share the clean and ablated passes.
 
+A transcoder's reconstruction of its output site (an MLP's output, say) is computed from its input
+site in the same forward pass (:func:`saekit.sources.hf.splice_from`): the spliced loss is the model's
+with that sublayer replaced by the transcoder, and the ablations are those of the output site.
+
 Conventions (papers.md §0, the Gemma Scope paper's):
 
 * Only positions ``>= skip_positions`` are replaced, and only the predictions made at those positions
@@ -22,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +36,24 @@ from tqdm.auto import tqdm
 from saekit.errors import DataError
 from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
-from saekit.sources.hf import collect_activations_and_grads, record, splice
+from saekit.sources.hf import collect_activations_and_grads, record, splice, splice_from
 
 Reconstruction = SAE | Callable[[Tensor], Tensor]
-"""An SAE, or a function mapping the kept activations ``[batch, positions, d]`` to their replacement."""
+"""An SAE, or a function mapping the kept activations ``[batch, positions, d]`` to their replacement (a
+transcoder maps its input site's activations to its output site's)."""
+
+
+class CleanActivations(NamedTuple):
+    """What a clean pass over one batch of contexts recorded, positions ``>= skip_positions`` only.
+
+    site:   [batch, T − skip, d] the activations of the site replaced.
+    grad:   their gradients (:func:`site_grads`), where an SAE among the reconstructions selects with them.
+    inputs: the input site's activations of each transcoder among the reconstructions, by site.
+    """
+
+    site: Tensor
+    grad: Tensor | None
+    inputs: dict[str, Tensor]
 
 
 @dataclass(frozen=True)
@@ -90,7 +108,7 @@ def as_function(reconstruct: Reconstruction, grad: Tensor | None = None) -> Call
             codes = sae.encode_with_grad(rows, grad.reshape(rows.shape).to(rows))
         else:
             codes = sae.encode(rows)
-        return sae.decode(codes).reshape(h.shape).to(h.device)
+        return sae.reconstruct(rows, codes).reshape(*h.shape[:-1], sae.d_out).to(h.device)
 
     return through_sae
 
@@ -127,20 +145,21 @@ def downstream_metrics_many(
     *,
     skip_positions: int = 1,
     batch_size: int = 8,
-    on_clean_activations: Callable[[Tensor, Tensor | None], None] | None = None,
+    on_clean_activations: Callable[[CleanActivations], None] | None = None,
     progress: bool = False,
 ) -> dict[str, DownstreamMetrics]:
     """Downstream metrics of several reconstructions of the same ``site``, sharing the clean and ablated
-    passes. ``on_clean_activations`` receives the clean activations ``[batch, T - skip, d]`` of each batch
-    (positions ``>= skip_positions``) and their gradients (:func:`site_grads`; None unless an SAE among the
-    reconstructions selects with the gradient), so activation metrics can be computed in the same pass.
-    An SAE whose ``uses_grad`` is True is spliced with its gradient-aware codes (one more forward and
-    backward pass per batch gives the gradients)."""
+    passes. ``on_clean_activations`` receives each batch's :class:`CleanActivations` (the site's, their
+    gradients where an SAE among the reconstructions selects with them, and the transcoders' input
+    sites'), so activation metrics can be computed in the same pass. An SAE whose ``uses_grad`` is True
+    is spliced with its gradient-aware codes (one more forward and backward pass per batch gives the
+    gradients); a transcoder, whose ``site_out`` must be ``site``, from its input site in the same pass."""
     model = as_module(model)
     tokens = _check_tokens(tokens, skip_positions)
     model.eval()
     device = next(model.parameters()).device
     needs_grad = any(isinstance(rec, SAE) and rec.uses_grad for rec in reconstructions.values())
+    reads = {name: _input_site(rec, site) for name, rec in reconstructions.items()}
     skip = skip_positions
 
     clean: list[_Sums] = []
@@ -154,11 +173,11 @@ def downstream_metrics_many(
 
     for part in batches:
         part = part.to(device)
-        clean_logp, kept = _clean_pass(model, part, site, skip)
+        clean_logp, kept, inputs = _clean_pass(model, part, site, {r for r in reads.values() if r is not None}, skip)
         bar.update()
         kept_grad = site_grads(model, part, site, skip) if needs_grad else None
         if on_clean_activations is not None:
-            on_clean_activations(kept, kept_grad)
+            on_clean_activations(CleanActivations(kept, kept_grad, inputs))
         batch_sum = kept.double().sum(dim=(0, 1))
         site_sum = batch_sum if site_sum is None else site_sum + batch_sum
         site_rows += kept.shape[0] * kept.shape[1]
@@ -167,7 +186,7 @@ def downstream_metrics_many(
         zero.append(_scored(model, part, site, skip, lambda h: torch.zeros_like(h), clean_logp))
         bar.update()
         for name, rec in reconstructions.items():
-            spliced[name].append(_scored(model, part, site, skip, as_function(rec, kept_grad), clean_logp))
+            spliced[name].append(_scored(model, part, site, skip, as_function(rec, kept_grad), clean_logp, reads[name]))
             bar.update()
         del clean_logp
 
@@ -178,13 +197,22 @@ def downstream_metrics_many(
     return {name: _metrics(clean, zero, mean, sums, scored) for name, sums in spliced.items()}
 
 
-def _clean_pass(model: nn.Module, part: Tensor, site: str, skip: int) -> tuple[Tensor, Tensor]:
-    """The clean log-probabilities of ``part`` and the site's activations at positions ``>= skip``,
-    recorded in the same forward pass."""
+def _input_site(rec: Reconstruction, site: str) -> str | None:
+    """The site a transcoder reads, checked to write ``site``; None for any other reconstruction."""
+    if not isinstance(rec, SAE) or not rec.transcoder:
+        return None
+    if rec.require_site_out() != site:
+        raise DataError(f"a {rec.architecture} transcoder writes {rec.site_out!r}, not {site!r}: evaluate it at its own output site")
+    return rec.require_site()
+
+
+def _clean_pass(model: nn.Module, part: Tensor, site: str, inputs: set[str], skip: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The clean log-probabilities of ``part``, the site's activations and those of the ``inputs`` sites
+    at positions ``>= skip``, recorded in the same forward pass."""
     recorded: dict[str, Tensor] = {}
-    with record(model, [site], recorded):
+    with record(model, [site, *sorted(inputs - {site})], recorded):
         clean_logp = _log_probs(model, part, skip)
-    return clean_logp, recorded[site][:, skip:].detach()
+    return clean_logp, recorded[site][:, skip:].detach(), {name: recorded[name][:, skip:].detach() for name in inputs}
 
 
 def _mean_ablated(
@@ -221,10 +249,11 @@ def _metrics(clean: list[_Sums], zero: list[_Sums], mean: list[_Sums], spliced: 
 
 
 def _scored(
-    model: nn.Module, part: Tensor, site: str, skip: int, fn: Callable[[Tensor], Tensor], clean_logp: Tensor | None
+    model: nn.Module, part: Tensor, site: str, skip: int, fn: Callable[[Tensor], Tensor], clean_logp: Tensor | None, reads: str | None = None
 ) -> _Sums:
-    """Run ``part`` with positions ``>= skip`` of ``site`` replaced by ``fn`` of them; sum NLL and KL."""
-    with splice(model, site, fn, start=skip):
+    """Run ``part`` with positions ``>= skip`` of ``site`` replaced by ``fn`` of them (of the ``reads``
+    site's, computed in the same pass, when given); sum NLL and KL."""
+    with splice(model, site, fn, start=skip) if reads is None else splice_from(model, reads, site, fn, start=skip):
         logp = _log_probs(model, part, skip)
     kl = 0.0
     if clean_logp is not None:

@@ -1,6 +1,9 @@
 """Evaluate an SAE on a stream of activations, reading the data once, in order, batch by batch.
 
-Only running sums are kept (float64, on the evaluation device), so memory does not grow with the
+A transcoder is scored on the site it reconstructs: every metric compares its output with the
+activations of its ``site_out``, read in the same order as those of the site it reads (its FVU is the
+output site's), and with a model its output replaces that site, computed from its input site in the
+same forward pass. Only running sums are kept (float64, on the evaluation device), so memory does not grow with the
 number of tokens. The total variance that FVU divides by is merged across batches with Chan et al.'s
 parallel update of per-dimension means and squared deviations, which stays accurate when activations
 have a large common offset (where Σ||x||² − n||x̄||² would cancel catastrophically).
@@ -17,10 +20,10 @@ from torch import Tensor, nn
 from saekit.devices import resolve_device
 from saekit.errors import DataError
 from saekit.eval import metrics
-from saekit.eval.downstream import as_function, downstream_metrics_many
+from saekit.eval.downstream import CleanActivations, as_function, downstream_metrics_many
 from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
-from saekit.sources.tensor import SourceInput, as_source
+from saekit.sources.tensor import SourceInput, as_source, site_to_read
 from saekit.types import ActivationSource
 
 
@@ -36,7 +39,7 @@ class RowSource(Protocol):
 class _Totals:
     """Running sums from which every metric of :func:`evaluate` is computed at the end."""
 
-    def __init__(self, d_in: int, d_sae: int, device: torch.device) -> None:
+    def __init__(self, width: int, d_sae: int, device: torch.device) -> None:
         dtype = torch.float32 if device.type == "mps" else torch.float64
 
         def zero(*shape: int) -> Tensor:
@@ -47,7 +50,7 @@ class _Totals:
         self.cos, self.l2_ratio, self.l2_ratio_tokens = zero(), zero(), zero()
         self.active = torch.zeros((), dtype=torch.int64, device=device)
         self.fired = torch.zeros(d_sae, dtype=torch.int64, device=device)
-        self.mean, self.m2 = zero(d_in), zero(d_in)
+        self.mean, self.m2 = zero(width), zero(width)
         self.dtype = dtype
 
     def update(self, x: Tensor, x_hat: Tensor, codes: Tensor) -> None:
@@ -164,16 +167,17 @@ def _evaluate_activations(
     site = _pick_site(source, sae)
     if source.d_in(site) != sae.d_in:
         raise DataError(f"site {site!r} has width {source.d_in(site)} but the SAE expects d_in={sae.d_in}")
+    site_out = _output_site(source, sae)
     first_param = next(sae.parameters())
     home, dtype = first_param.device, first_param.dtype
     where = resolve_device(device) if device is not None else home
     sae.to(where)
     try:
-        totals = _Totals(sae.d_in, sae.d_sae, where)
-        for x in _read_once(source, site, batch_size, max_tokens):
+        totals = _Totals(sae.d_out, sae.d_sae, where)
+        for x, y in _read_once(source, site, site_out, batch_size, max_tokens):
             x = x.to(where, dtype, non_blocking=True)
             codes = sae.encode(x)
-            totals.update(x, sae.decode(codes), codes)
+            totals.update(y.to(where, dtype, non_blocking=True), sae.reconstruct(x, codes), codes)
     finally:
         sae.to(home)
     if totals.tokens == 0:
@@ -221,9 +225,10 @@ def evaluate_on_model(
             on_clean_activations=activation_metrics,
             progress=progress,
         )
-        for name in group:
+        for name, readout in group.items():
             result = activation_metrics.result(name, dense_threshold, contexts=tokens.shape[0])
-            results[name] = {"site": site, **result, **downstream[name].as_dict()}
+            sites_of = {"site": readout.sae.site, "site_out": site} if readout.sae.transcoder else {"site": site}
+            results[name] = {**sites_of, **result, **downstream[name].as_dict()}
     for name, sae in saes.items():
         if sae.uses_grad:
             results[name] |= {"readout": "gradient", "plain_readout": results.pop(_PLAIN + name)}
@@ -243,7 +248,11 @@ def _readouts_by_site(saes: Mapping[str, SAE], sites: Mapping[str, str] | None) 
     """The readouts to compute on each site: every SAE as trained, and a gradient-aware one also plain."""
     by_site: dict[str, dict[str, _Readout]] = {}
     for name, sae in saes.items():
-        site = (sites or {}).get(name) or sae.site
+        if sae.transcoder:  # scored where it writes, reading its own input site
+            if name in (sites or {}):
+                raise DataError(f"SAE {name!r} is a transcoder: its sites are its metadata's site and site_out, not sites=")
+            sae.require_site()
+        site = sae.require_site_out() if sae.transcoder else (sites or {}).get(name) or sae.site
         if not site:
             raise DataError(f"SAE {name!r} has no site; pass site= or set sae.metadata['site']")
         by_site.setdefault(site, {})[name] = _Readout(sae, with_grad=sae.uses_grad)
@@ -261,27 +270,28 @@ class _SiteTotals:
         self.totals: dict[str, _Totals] = {}
         self.position_err: dict[str, Tensor] = {}
 
-    def __call__(self, kept: Tensor, kept_grad: Tensor | None) -> None:
+    def __call__(self, clean: CleanActivations) -> None:
         for name, (sae, with_grad) in self.group.items():
             param = sae.W_dec
-            x = kept.to(param.device, param.dtype)
+            y = clean.site.to(param.device, param.dtype)  # what is reconstructed
+            x = clean.inputs[sae.require_site()].to(y) if sae.transcoder else y  # what is read
             rows = x.reshape(-1, x.shape[-1])
             if with_grad:
-                assert kept_grad is not None  # downstream_metrics_many computes it for uses_grad SAEs
-                codes = sae.encode_with_grad(rows, kept_grad.reshape(rows.shape).to(rows))
+                assert clean.grad is not None  # downstream_metrics_many computes it for uses_grad SAEs
+                codes = sae.encode_with_grad(rows, clean.grad.reshape(rows.shape).to(rows))
             else:
                 codes = sae.encode(rows)
-            x_hat = sae.decode(codes)
+            y_hat = sae.reconstruct(rows, codes)
             if name not in self.totals:
-                self.totals[name] = _Totals(sae.d_in, sae.d_sae, param.device)
-                self.position_err[name] = torch.zeros(x.shape[1], dtype=torch.float64)
-            self.totals[name].update(rows, x_hat, codes)
-            self.position_err[name] += (x - x_hat.reshape(x.shape)).double().pow(2).sum(-1).sum(0).cpu()
+                self.totals[name] = _Totals(sae.d_out, sae.d_sae, param.device)
+                self.position_err[name] = torch.zeros(y.shape[1], dtype=torch.float64)
+            self.totals[name].update(y.reshape(-1, y.shape[-1]), y_hat, codes)
+            self.position_err[name] += (y - y_hat.reshape(y.shape)).double().pow(2).sum(-1).sum(0).cpu()
 
     def result(self, name: str, dense_threshold: float, contexts: int) -> dict[str, Any]:
         """The metrics of readout ``name``, with ``mse_by_position`` over the ``contexts`` read."""
         result = self.totals[name].result(dense_threshold)
-        result["mse_by_position"] = (self.position_err[name] / (contexts * self.group[name].sae.d_in)).tolist()
+        result["mse_by_position"] = (self.position_err[name] / (contexts * self.group[name].sae.d_out)).tolist()
         return result
 
 
@@ -297,16 +307,34 @@ def _pick_site(source: ActivationSource, sae: SAE) -> str:
     )
 
 
-def _read_once(source: ActivationSource, site: str, batch_size: int, max_tokens: int | None) -> Iterator[Tensor]:
+def _output_site(source: ActivationSource, sae: SAE) -> str | None:
+    """The site of ``source`` a transcoder reconstructs (None for an SAE): its ``site_out``, or the
+    source's only site, as in training (:func:`saekit.training.sites.assign_targets`)."""
+    if not sae.transcoder:
+        return None
+    site = site_to_read(sae.site_out, source.sites)
+    if site is None:
+        raise DataError(f"the activations have sites {list(source.sites)} but the transcoder writes {sae.site_out!r}; give a source with both of its sites")
+    if source.d_in(site) != sae.d_out:
+        raise DataError(f"site {site!r} has width {source.d_in(site)} but the transcoder writes d_out={sae.d_out}")
+    return site
+
+
+def _read_once(source: ActivationSource, site: str, site_out: str | None, batch_size: int, max_tokens: int | None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Pairs (rows read, rows reconstructed: the same unless ``site_out`` names another site), in order."""
     if isinstance(source, RowSource):
-        yield from source.iter_rows(batch_size, site=site, max_rows=max_tokens)
+        ins = source.iter_rows(batch_size, site=site, max_rows=max_tokens)
+        if site_out is None or site_out == site:
+            yield from ((x, x) for x in ins)
+        else:  # two in-order readers of the same rows, batch for batch
+            yield from zip(ins, source.iter_rows(batch_size, site=site_out, max_rows=max_tokens), strict=True)
         return
     if max_tokens is None:
         raise DataError(f"{type(source).__name__} cannot be read once in order; give max_tokens")
     remaining = max_tokens
     for batch in source.batches(batch_size, seed=0):
         x = batch[site].x[:remaining]
-        yield x
+        yield x, batch[site_out or site].x[:remaining]
         remaining -= x.shape[0]
         if remaining <= 0:
             return

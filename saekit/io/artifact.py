@@ -2,7 +2,8 @@
 
     folder/
       cfg.json                  SAELens's keys (its architecture name, d_in, d_sae, dtype, flags,
-                                metadata.hook_name / model_name) plus a "saekit" block with our
+                                metadata.hook_name / model_name; a transcoder's d_out and
+                                metadata.hook_name_out) plus a "saekit" block with our
                                 registry name and full config, which SAELens ignores
       sae_weights.safetensors   the SAE's state_dict, nothing else (never pickle)
       provenance.json           how the SAE was made, and by which saekit version
@@ -91,6 +92,8 @@ def _write_sae(sae: SAE, folder: Path, provenance: Mapping[str, Any] | None) -> 
 def _cfg_of(sae: SAE) -> dict[str, Any]:
     meta = dict(sae.metadata)
     metadata = {"model_name": meta.pop("model", None), "hook_name": meta.pop("site", None), **meta}
+    if "site_out" in meta:  # a transcoder's output site, under SAELens's name for it
+        metadata["hook_name_out"] = metadata.pop("site_out")
     block: dict[str, Any] = {"architecture": sae.architecture, "config": to_dict(sae.cfg), "version": __version__}
     if "normalization_factor" in sae.metadata:
         # Already folded into the weights by training; kept so users can map back to raw activations.
@@ -171,6 +174,7 @@ def _index_entry(name: str, sae: SAE) -> dict[str, Any]:
         "name": name,
         "architecture": sae.architecture,
         "site": sae.site,
+        **({"site_out": sae.site_out, "d_out": sae.d_out} if sae.transcoder else {}),
         "model": sae.metadata.get("model"),
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,

@@ -274,6 +274,8 @@ def train_e2e(
     saes = [saes] if isinstance(saes, SAE) else list(saes)
     if not saes:
         raise ConfigError("nothing to train: the list of SAEs is empty")
+    if transcoders := [f"SAE {i} ({sae.architecture})" for i, sae in enumerate(saes) if sae.transcoder]:
+        raise ConfigError(f"e2e: {', '.join(transcoders)} is a transcoder; end-to-end training splices SAEs at the site they read, so train transcoders on activations")
     if tokens.ndim != 2 or tokens.dtype not in (torch.int32, torch.int64):
         raise DataError(f"tokens must be an integer tensor [n_contexts, context], got {tuple(tokens.shape)} {tokens.dtype}")
     skip = e2e.skip_positions

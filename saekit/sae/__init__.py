@@ -10,6 +10,7 @@ from saekit.sae import (
     p_anneal,  # noqa: F401
     relu,  # noqa: F401
     topk,  # noqa: F401
+    transcoder,  # noqa: F401
 )
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import build, get, list_architectures, register

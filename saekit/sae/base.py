@@ -1,13 +1,17 @@
 """The SAE contract every architecture fulfils.
 
 Weights follow SAELens and Gemma Scope names and shapes, so saving and loading is a plain copy:
-``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]`` (rows are feature directions), ``b_enc [d_sae]``,
-``b_dec [d_in]``, and ``threshold [d_sae]`` where the architecture has one.
+``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_out]`` (rows are feature directions), ``b_enc [d_sae]``,
+``b_dec [d_out]``, ``threshold [d_sae]`` where the architecture has one, and ``W_skip [d_out, d_in]``
+for a skip transcoder. An SAE reconstructs what it reads (``d_out = d_in``); a *transcoder*
+(``transcoder = True``) reads one site and reconstructs another, ``site_out``, from the same tokens.
 
 * ``encode(x)`` is per token: the code of a row never depends on the other rows of the batch.
   Architectures that couple tokens while training keep a learned threshold for inference.
-* ``decode(codes)`` is the shared affine map ``codes @ W_dec + b_dec``; ``forward = decode ∘ encode``.
-* ``loss(batch, ctx) -> LossOut`` is the training objective; it may couple tokens.
+* ``decode(codes)`` is the shared affine map ``codes @ W_dec + b_dec``; ``forward(x) = decode(encode(x))``
+  plus ``skip(x)`` where the SAE has a skip term (a skip transcoder's ``x W_skipᵀ``).
+* ``loss(batch, ctx) -> LossOut`` is the training objective; it may couple tokens. It reconstructs
+  ``target_of(batch)``: the input rows for an SAE, the output site's rows for a transcoder.
 
 Class attributes tell the training loop and the artefact writer what an architecture needs; shared
 maths lives in :mod:`saekit.sae.functional`, not here.
@@ -71,7 +75,15 @@ class SAE(nn.Module, abc.ABC):
     b_dec_init: ClassVar[str] = "geometric_median"
     """How the loop initialises ``b_dec`` from the first batch: "geometric_median", "mean" or "zeros"."""
     scaled_params: ClassVar[tuple[str, ...]] = ("b_enc", "b_dec")
-    """Parameters and buffers in activation units: divided by the activation scale when folding it."""
+    """Parameters and buffers in activation units, those of the activations the SAE reconstructs (a
+    transcoder's codes are in its output's units too): divided by the output's scale when folding it."""
+    ratio_params: ClassVar[tuple[str, ...]] = ()
+    """Weights that map input units to output units (a transcoder's ``W_enc`` and ``W_skip``): multiplied
+    by s_in / s_out when folding the input's scale s_in and the output's s_out (:mod:`saekit.training.normalise`).
+    An SAE has none: its input and output are the same activations."""
+    transcoder: ClassVar[bool] = False
+    """Whether the SAE reads one site and reconstructs another (``site_out``, ``d_out`` wide): the engine
+    hands its loss that site's rows as ``ActBatch.target``, evaluation scores them and splices them."""
     uses_grad: ClassVar[bool] = False
     """Whether the selection reads the gradient of the model's loss at the site: in training from
     ``ActBatch.grad``, at inference through :meth:`encode_with_grad` (evaluation with a model computes
@@ -110,9 +122,29 @@ class SAE(nn.Module, abc.ABC):
         return self.cfg.d_sae
 
     @property
+    def d_out(self) -> int:
+        """Width of what the SAE reconstructs: ``d_in`` for an SAE; a transcoder's output width."""
+        return self.d_in
+
+    @property
     def site(self) -> str | None:
         """The site (hook point) this SAE reads, when known."""
         return self.metadata.get("site")
+
+    @property
+    def site_out(self) -> str | None:
+        """The site a transcoder reconstructs (``metadata["site_out"]``), when known; None for an SAE."""
+        return self.metadata.get("site_out") if self.transcoder else None
+
+    def require_site_out(self) -> str:
+        """:attr:`site_out`, for code that needs it: a transcoder naming none is a DataError naming the fix."""
+        site = self.site_out
+        if not site:
+            raise DataError(
+                f"this {self.architecture} transcoder names no output site; set sae.metadata['site_out'] to the site "
+                "it reconstructs (site_out in a run config's [[sae]] table)"
+            )
+        return site
 
     def require_site(self) -> str:
         """:attr:`site`, for code that needs one: a missing site is a DataError naming the fix."""
@@ -131,11 +163,38 @@ class SAE(nn.Module, abc.ABC):
         raise TypeError(f"{self.architecture} SAEs do not select latents with a gradient (uses_grad is False)")
 
     def decode(self, codes: Tensor) -> Tensor:
-        """[..., d_sae] codes -> [..., d_in] reconstruction."""
+        """[..., d_sae] codes -> [..., d_out] reconstruction."""
         return codes @ self.W_dec + self.b_dec
 
+    def skip(self, x: Tensor) -> Tensor | None:
+        """The part of the output computed from the input without the latents (a skip transcoder's
+        ``x W_skipᵀ``, [..., d_out]); None where the SAE has none."""
+        return None
+
+    def reconstruct(self, x: Tensor, codes: Tensor) -> Tensor:
+        """The output from the input rows ``x`` and their ``codes``: ``decode(codes)``, plus ``skip(x)``
+        where the SAE has a skip term."""
+        out = self.decode(codes)
+        skip = self.skip(x)
+        return out if skip is None else out + skip
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x))
+        return self.reconstruct(x, self.encode(x))
+
+    def target_of(self, batch: ActBatch) -> Tensor:
+        """The rows ``loss`` reconstructs: ``batch.x`` for an SAE; ``batch.target`` for a transcoder, one row
+        per row of ``x``, ``d_out`` wide (a batch without target rows is one whose output site is its input
+        site, as a one-site source gives: ``x`` itself, where ``d_out = d_in``). A DataError otherwise."""
+        if not self.transcoder:
+            return batch.x
+        target = batch.x if batch.target is None else batch.target
+        if target.shape[:-1] != batch.x.shape[:-1] or target.shape[-1] != self.d_out:
+            given = "the batch's" if batch.target is not None else "no target rows (ActBatch.target), and its input"
+            raise DataError(
+                f"{self.architecture} transcoder expects target rows of shape {(*batch.x.shape[:-1], self.d_out)} "
+                f"(one per input row, d_out={self.d_out} wide), but {given} rows have shape {tuple(target.shape)}"
+            )
+        return target
 
     @abc.abstractmethod
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
@@ -154,6 +213,11 @@ class SAE(nn.Module, abc.ABC):
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
         """Hook run by the loop after each optimiser step (threshold EMAs, clamping). Default: nothing."""
 
+    def saelens_name(self) -> str:
+        """The SAELens architecture written into cfg.json: ``saelens_architecture``, or its skip form for
+        a skip transcoder (SAELens has a class for each)."""
+        return self.saelens_architecture
+
     def extra_saelens_cfg(self) -> dict[str, Any]:
         """Keys SAELens's inference class needs in cfg.json beyond the common ones (e.g. ``k``)."""
         return {}
@@ -163,7 +227,8 @@ class SAE(nn.Module, abc.ABC):
         return {f.name: getattr(self.cfg, f.name) for f in dataclasses.fields(self.cfg) if f.name not in ("d_in", "d_sae")}
 
     def extra_repr(self) -> str:
-        return f"architecture={self.architecture!r}, d_in={self.d_in}, d_sae={self.d_sae}"
+        out = f", d_out={self.d_out}" if self.transcoder else ""
+        return f"architecture={self.architecture!r}, d_in={self.d_in}, d_sae={self.d_sae}{out}"
 
     def _check_input(self, x: Tensor) -> None:
         if x.shape[-1] != self.d_in:

@@ -172,6 +172,14 @@ def tied_init(d_in: int, d_sae: int, generator: torch.Generator | None = None) -
     return W_dec.t().contiguous(), W_dec
 
 
+def untied_init(d_in: int, d_out: int, d_sae: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """A transcoder's initial weights: encoder columns and decoder rows drawn apart, each as in
+    :func:`tied_init` (Kaiming-uniform, unit norm): the encoder reads one space and the decoder writes
+    another, so tying them would mean nothing. Returns ``(W_enc [d_in, d_sae], W_dec [d_sae, d_out])``."""
+    W_enc = tied_init(d_in, d_sae, generator)[0]
+    return W_enc, tied_init(d_out, d_sae, generator)[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # Geometric median (Weiszfeld), the b_dec initialisation of the TopK family
 

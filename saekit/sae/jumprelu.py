@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.sae import functional as F
+from saekit.sae import relu
 from saekit.sae import sparse as S
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import register
@@ -100,69 +101,92 @@ class JumpReLUSAE(SAE):
     scaled_params = ("b_enc", "b_dec", "threshold")
     has_threshold = True
     cfg: JumpReLUConfig
+    threshold: nn.Parameter
 
     def __init__(self, cfg: JumpReLUConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg)
-        W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
-        self.W_enc = nn.Parameter(W_enc * cfg.init_decoder_norm)
-        self.W_dec = nn.Parameter(W_dec * cfg.init_decoder_norm)
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.threshold_init))
+        init_parameters(self, cfg, F.tied_init(cfg.d_in, cfg.d_sae, generator))
 
     @classmethod
     def optim_defaults(cls, cfg: JumpReLUConfig) -> OptimDefaults:
-        return OptimDefaults(lr=cfg.lr or F.default_lr(cfg.d_sae), betas=(0.0, 0.999))
+        return jumprelu_optim_defaults(cfg)
 
     def lr_multipliers(self) -> dict[str, float]:
         return {"threshold": self.cfg.threshold_lr_scale}
 
-    def pre_acts(self, x: Tensor) -> Tensor:
-        """z = x W_enc + b_enc, in float32 even under autocast (see the module docstring)."""
-        return F.affine_float32(x, self.W_enc, self.b_enc)
-
     def encode(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        # Thresholded in float32; the codes leave in the weights' dtype, as every SAE's do.
-        return F.jumprelu(self.pre_acts(x), self.threshold, self.cfg.bandwidth).to(self.W_dec.dtype)
+        return jumprelu_codes(self, self.threshold, self.cfg.bandwidth, x)
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
-        x = batch.x
-        self._check_input(x)
-        if x.dim() != 2:
-            return self._dense_loss(x, ctx)
-        x = x.to(torch.promote_types(x.dtype, torch.float32))  # θ's window needs float32 z (docstring)
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            z = S.pre_acts(x, self.W_enc, self.b_enc)
-            # Every (token, latent) with a gradient: the active codes (z > θ), and those within ε/2 of θ,
-            # where the pseudo-derivative of θ is non-zero. One comparison against θ − ε takes them all
-            # with a margin against rounding; the extra pairs get a zero code and zero gradients.
-            touched = z > self.threshold - self.cfg.bandwidth
-            n_touched = int(torch.count_nonzero(touched))  # .sum() would first copy the mask to int64
-        if n_touched > SPARSE_MAX_DENSITY * touched.numel():
-            return self._dense_loss(x, ctx)
-        pattern = S.pattern_from_mask(touched)
-        z_at = S.gather_pre(z, x, None, self.W_enc, self.b_enc, pattern)
-        theta_at = self.threshold[pattern.cols]
-        values = F.jumprelu(z_at, theta_at, self.cfg.bandwidth)
-        x_hat = S.sparse_decode(values, pattern, self.W_dec) + self.b_dec
-        mse = F.mse_per_token(x, x_hat).mean()
-        l0 = F.heaviside_step(z_at, theta_at, self.cfg.bandwidth).sum() / x.shape[0]
-        loss = mse + ctx.sparsity_scale * self.cfg.l0_coef * l0
-        codes = S.sparse_codes(values, pattern)
-        return LossOut(loss, x_hat, Codes(codes, fired=S.fired_latents(values, pattern)), {"mse": mse.detach(), "l0": l0.detach()})
-
-    def _dense_loss(self, x: Tensor, ctx: StepCtx) -> LossOut:
-        """The plain dense computation of ``loss``; the sparse path is tested against it."""
-        z = self.pre_acts(x)
-        codes = F.jumprelu(z, self.threshold, self.cfg.bandwidth)
-        x_hat = self.decode(codes)
-        mse = F.mse_per_token(x, x_hat).mean()
-        # With θ >= 0 this equals the count of non-zero codes, but carries the θ pseudo-derivative.
-        l0 = F.heaviside_step(z, self.threshold, self.cfg.bandwidth).sum(-1).mean()
-        loss = mse + ctx.sparsity_scale * self.cfg.l0_coef * l0
-        return LossOut(loss, x_hat, Codes(codes), {"mse": mse.detach(), "l0": l0.detach()})
+        self._check_input(batch.x)
+        return jumprelu_loss(self, self.cfg, self.threshold, batch, ctx)
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
         self.threshold.clamp_(min=0.0)
+
+
+def init_parameters(sae: SAE, cfg: JumpReLUConfig, weights: tuple[Tensor, Tensor]) -> None:
+    """JumpReLU's initialisation from unit-norm ``(W_enc, W_dec)``: ReLU's (both scaled to
+    ``init_decoder_norm``, zero biases), and every threshold at ``threshold_init``."""
+    relu.init_parameters(sae, cfg.init_decoder_norm, weights)
+    sae.register_parameter("threshold", nn.Parameter(torch.full((cfg.d_sae,), cfg.threshold_init)))
+
+
+def jumprelu_optim_defaults(cfg: JumpReLUConfig) -> OptimDefaults:
+    """The default learning rate and Adam β = (0, 0.999), as the paper."""
+    return OptimDefaults(lr=cfg.lr or F.default_lr(cfg.d_sae), betas=(0.0, 0.999))
+
+
+def pre_acts(sae: SAE, x: Tensor) -> Tensor:
+    """z = x W_enc + b_enc, in float32 even under autocast (see the module docstring)."""
+    return F.affine_float32(x, sae.W_enc, sae.b_enc)
+
+
+def jumprelu_codes(sae: SAE, threshold: Tensor, bandwidth: float, x: Tensor) -> Tensor:
+    """``encode``: JumpReLU_θ(z), thresholded in float32; the codes leave in the weights' dtype, as every SAE's do."""
+    return F.jumprelu(pre_acts(sae, x), threshold, bandwidth).to(sae.W_dec.dtype)
+
+
+def jumprelu_loss(sae: SAE, cfg: JumpReLUConfig, threshold: Tensor, batch: ActBatch, ctx: StepCtx) -> LossOut:
+    """The loss of the module docstring for ``sae`` (an SAE or a transcoder, :mod:`saekit.sae.transcoder`),
+    reconstructing ``sae.target_of(batch)``: on the sparse path when few (token, latent) pairs are active
+    or near θ, else densely (:func:`dense_loss`, which the sparse path is tested against)."""
+    x, y = batch.x, sae.target_of(batch)
+    if x.dim() != 2:
+        return dense_loss(sae, cfg, threshold, batch, ctx)
+    x = x.to(torch.promote_types(x.dtype, torch.float32))  # θ's window needs float32 z (docstring)
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        z = S.pre_acts(x, sae.W_enc, sae.b_enc)
+        # Every (token, latent) with a gradient: the active codes (z > θ), and those within ε/2 of θ,
+        # where the pseudo-derivative of θ is non-zero. One comparison against θ − ε takes them all
+        # with a margin against rounding; the extra pairs get a zero code and zero gradients.
+        touched = z > threshold - cfg.bandwidth
+        n_touched = int(torch.count_nonzero(touched))  # .sum() would first copy the mask to int64
+    if n_touched > SPARSE_MAX_DENSITY * touched.numel():
+        return dense_loss(sae, cfg, threshold, batch, ctx)
+    pattern = S.pattern_from_mask(touched)
+    z_at = S.gather_pre(z, x, None, sae.W_enc, sae.b_enc, pattern)
+    theta_at = threshold[pattern.cols]
+    values = F.jumprelu(z_at, theta_at, cfg.bandwidth)
+    skip = sae.skip(x)
+    y_hat = S.sparse_decode(values, pattern, sae.W_dec) + (sae.b_dec if skip is None else sae.b_dec + skip)
+    mse = F.mse_per_token(y, y_hat).mean()
+    l0 = F.heaviside_step(z_at, theta_at, cfg.bandwidth).sum() / x.shape[0]
+    loss = mse + ctx.sparsity_scale * cfg.l0_coef * l0
+    codes = S.sparse_codes(values, pattern)
+    return LossOut(loss, y_hat, Codes(codes, fired=S.fired_latents(values, pattern)), {"mse": mse.detach(), "l0": l0.detach()})
+
+
+def dense_loss(sae: SAE, cfg: JumpReLUConfig, threshold: Tensor, batch: ActBatch, ctx: StepCtx) -> LossOut:
+    """The plain dense computation of :func:`jumprelu_loss`; the sparse path is tested against it."""
+    x, y = batch.x, sae.target_of(batch)
+    z = pre_acts(sae, x)
+    codes = F.jumprelu(z, threshold, cfg.bandwidth)
+    y_hat = sae.reconstruct(x, codes)
+    mse = F.mse_per_token(y, y_hat).mean()
+    # With θ >= 0 this equals the count of non-zero codes, but carries the θ pseudo-derivative.
+    l0 = F.heaviside_step(z, threshold, cfg.bandwidth).sum(-1).mean()
+    loss = mse + ctx.sparsity_scale * cfg.l0_coef * l0
+    return LossOut(loss, y_hat, Codes(codes), {"mse": mse.detach(), "l0": l0.detach()})

@@ -113,8 +113,8 @@ def nested_squared_error(widths: tuple[int, ...]) -> family.Reconstruct:
     x̂_m decoded from the selected latents below m alone (the module docstring)."""
     sizes = [wider - narrower for narrower, wider in zip((0, *widths), widths)]
 
-    def reconstruct(sae: SAE, values: Tensor, pattern: S.Pattern, x: Tensor) -> family.Reconstruction:
-        x_hat: Tensor = sae.b_dec
+    def reconstruct(sae: SAE, values: Tensor, pattern: S.Pattern, x: Tensor, base: Tensor) -> family.Reconstruction:
+        x_hat = base
         loss = x.new_zeros((), dtype=sae.W_dec.dtype)
         terms: dict[str, Tensor] = {}
         start = 0

@@ -56,11 +56,7 @@ class ReLUSAE(SAE):
 
     def __init__(self, cfg: ReLUConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg)
-        W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
-        self.W_enc = nn.Parameter(W_enc * cfg.init_decoder_norm)
-        self.W_dec = nn.Parameter(W_dec * cfg.init_decoder_norm)
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        init_parameters(self, cfg.init_decoder_norm, F.tied_init(cfg.d_in, cfg.d_sae, generator))
 
     @classmethod
     def optim_defaults(cls, cfg: ReLUConfig) -> OptimDefaults:
@@ -71,10 +67,26 @@ class ReLUSAE(SAE):
         return ((x - self.b_dec) @ self.W_enc + self.b_enc).relu()
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
-        x = batch.x
-        codes = self.encode(x)
-        x_hat = self.decode(codes)
-        mse = F.mse_per_token(x, x_hat).mean()
-        l1 = (codes * self.W_dec.norm(dim=-1)).sum(-1).mean()
-        loss = mse + ctx.sparsity_scale * self.cfg.l1_coef * l1
-        return LossOut(loss, x_hat, Codes(codes), {"mse": mse.detach(), "l1": l1.detach(), "l0": F.l0_of(codes)})
+        return l1_loss(self, self.cfg.l1_coef, batch, ctx)
+
+
+def init_parameters(sae: SAE, decoder_norm: float, weights: tuple[Tensor, Tensor]) -> None:
+    """The April update's initialisation from unit-norm ``(W_enc, W_dec)``: both scaled to ``decoder_norm``,
+    zero biases."""
+    W_enc, W_dec = weights
+    sae.W_enc = nn.Parameter(W_enc * decoder_norm)
+    sae.W_dec = nn.Parameter(W_dec * decoder_norm)
+    sae.b_enc = nn.Parameter(torch.zeros(sae.d_sae))
+    sae.b_dec = nn.Parameter(torch.zeros(sae.d_out))
+
+
+def l1_loss(sae: SAE, l1_coef: float, batch: ActBatch, ctx: StepCtx) -> LossOut:
+    """The loss of the module docstring for ``sae`` (an SAE or a transcoder, :mod:`saekit.sae.transcoder`)
+    with codes ``encode(x)``, reconstructing ``sae.target_of(batch)``."""
+    x, y = batch.x, sae.target_of(batch)
+    codes = sae.encode(x)
+    y_hat = sae.reconstruct(x, codes)
+    mse = F.mse_per_token(y, y_hat).mean()
+    l1 = (codes * sae.W_dec.norm(dim=-1)).sum(-1).mean()
+    loss = mse + ctx.sparsity_scale * l1_coef * l1
+    return LossOut(loss, y_hat, Codes(codes), {"mse": mse.detach(), "l1": l1.detach(), "l0": F.l0_of(codes)})

@@ -3,7 +3,11 @@
 Every member encodes ``pre = (x − b_dec) W_enc + b_enc``, keeps ReLU(pre) on a *selection* of
 (token, latent) pairs and reconstructs from them:
 
-    loss = ||x − x̂||² + aux_coef · AuxK(dead latents) + aux_zipf_coef · aux_zipf(underused latents)
+    loss = ||y − ŷ||² + aux_coef · AuxK(dead latents) + aux_zipf_coef · aux_zipf(underused latents)
+
+where y is what the member reconstructs: x for an SAE, the output site's rows for a transcoder
+(:mod:`saekit.sae.transcoder`), whose encoder reads x without subtracting b_dec (b_dec lives in the
+output's space) and whose ŷ adds the skip term ``x W_skipᵀ`` when it has one.
 
 What differs is the selection (a :data:`Selection`): the k largest per token (``topk``), the
 batch's n·k largest (``batch_topk``, registered as ``mutual_choice`` too, and
@@ -52,9 +56,10 @@ class Reconstruction(NamedTuple):
     terms: dict[str, Tensor]
 
 
-Reconstruct = Callable[[SAE, Tensor, S.Pattern, Tensor], Reconstruction]
-"""``reconstruct(sae, values, pattern, x)``: the reconstruction term from the selected codes (``values``
-at ``pattern``, differentiable) of the rows ``x`` [rows, d_in]."""
+Reconstruct = Callable[[SAE, Tensor, S.Pattern, Tensor, Tensor], Reconstruction]
+"""``reconstruct(sae, values, pattern, y, base)``: the reconstruction term from the selected codes (``values``
+at ``pattern``, differentiable) of the rows ``y`` [rows, d_out] (x itself for an SAE); ``base`` is the
+reconstruction before any latent: ``b_dec``, plus the skip term [rows, d_out] of a skip transcoder."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class TopKFamilyConfig(SAEConfig):
     (batch_topk, mutual_choice and matryoshka_batch_topk keep the batch's n·k largest; feature_choice shares
     n·k as capacities)."""
     aux_k: int | None = None
-    """Dead latents used by the AuxK loss per token; None means d_in // 2."""
+    """Dead latents used by the AuxK loss per token; None means half the width reconstructed (d_in // 2 for an SAE)."""
     aux_coef: float = 1 / 32
     """Weight of the AuxK loss; 0 disables it."""
     aux_zipf_coef: float = 0.0
@@ -97,21 +102,26 @@ class TopKFamilyConfig(SAEConfig):
             refuse_unused(self, ("aux_zipf_exponent", "aux_zipf_ema"), "aux_zipf_coef is 0")
 
 
-def init_parameters(sae: nn.Module, cfg: TopKFamilyConfig, generator: torch.Generator | None) -> None:
-    """The family's initialisation: W_enc = W_decᵀ with unit-norm decoder rows, zero biases, and the
-    running density of aux_zipf_loss when it is on."""
-    W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
+def init_parameters(sae: SAE, cfg: TopKFamilyConfig, generator: torch.Generator | None) -> None:
+    """The family's initialisation: W_enc = W_decᵀ with unit-norm decoder rows (a transcoder's drawn
+    apart, :func:`saekit.sae.functional.untied_init`), zero biases, and the running density of
+    aux_zipf_loss when it is on."""
+    if sae.transcoder:
+        W_enc, W_dec = F.untied_init(sae.d_in, sae.d_out, cfg.d_sae, generator)
+    else:
+        W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
     sae.W_enc = nn.Parameter(W_enc)
     sae.W_dec = nn.Parameter(W_dec)
     sae.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-    sae.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+    sae.b_dec = nn.Parameter(torch.zeros(sae.d_out))
     if cfg.aux_zipf_coef > 0:
         F.register_zipf_state(sae, cfg.d_sae)
 
 
 def pre_acts(sae: SAE, x: Tensor) -> Tensor:
-    """``(x − b_dec) W_enc + b_enc``, with autograd (``encode``'s form)."""
-    return (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    """``(x − b_dec) W_enc + b_enc`` (``x W_enc + b_enc`` where ``apply_b_dec_to_input`` is False, as for
+    transcoders), with autograd (``encode``'s form)."""
+    return (x - sae.b_dec if sae.apply_b_dec_to_input else x) @ sae.W_enc + sae.b_enc
 
 
 def threshold_codes(sae: SAE, x: Tensor, threshold: Tensor) -> Tensor:
@@ -121,43 +131,47 @@ def threshold_codes(sae: SAE, x: Tensor, threshold: Tensor) -> Tensor:
     return acts * (acts > threshold.to(acts.dtype))
 
 
-def squared_error(sae: SAE, values: Tensor, pattern: S.Pattern, x: Tensor) -> Reconstruction:
-    """The family's reconstruction term: ||x − x̂||² averaged over rows, x̂ = f W_dec + b_dec."""
-    x_hat = S.sparse_decode(values, pattern, sae.W_dec) + sae.b_dec
-    mse = tF.mse_loss(x_hat, x, reduction="sum") / x.shape[0]  # Σ over the batch of ||x̂ − x||², over rows
-    return Reconstruction(x_hat, mse, {"mse": mse.detach()})
+def squared_error(sae: SAE, values: Tensor, pattern: S.Pattern, y: Tensor, base: Tensor) -> Reconstruction:
+    """The family's reconstruction term: ||y − ŷ||² averaged over rows, ŷ = f W_dec + base."""
+    y_hat = S.sparse_decode(values, pattern, sae.W_dec) + base
+    mse = tF.mse_loss(y_hat, y, reduction="sum") / y.shape[0]  # Σ over the batch of ||ŷ − y||², over rows
+    return Reconstruction(y_hat, mse, {"mse": mse.detach()})
 
 
 def family_loss(
     sae: SAE, cfg: TopKFamilyConfig, batch: ActBatch, ctx: StepCtx, select: Selection, reconstruct: Reconstruct = squared_error
 ) -> LossOut:
     """The training loss of ``sae`` (its config ``cfg``) on the sparse path (see the module docstring). ``batch.x`` may have
-    leading dimensions; they are flattened into rows, and ``x_hat`` has ``x``'s shape again."""
+    leading dimensions; they are flattened into rows, and ``x_hat`` has them again, ``d_out`` wide."""
     shape = batch.x.shape
     x = batch.x.reshape(-1, shape[-1])
+    y = sae.target_of(batch).reshape(-1, sae.d_out)
     grad = batch.grad.reshape(-1, shape[-1]) if batch.grad is not None else None
-    x_in = x - sae.b_dec.detach()  # b_dec's gradient through the encoder arrives as the shift's
+    # b_dec's gradient through the encoder arrives as the shift's
+    shift = sae.b_dec if sae.apply_b_dec_to_input else None
+    x_in = x - shift.detach() if shift is not None else x
     with torch.no_grad():
         pre = S.pre_acts(x_in, sae.W_enc, sae.b_enc)
         pattern = select(pre, ActBatch(x, grad), ctx.comm)
 
     def gather(p: S.Pattern) -> Tensor:
-        return S.gather_pre(pre, x_in, sae.b_dec, sae.W_enc, sae.b_enc, p)
+        return S.gather_pre(pre, x_in, shift, sae.W_enc, sae.b_enc, p)
 
     values = gather(pattern).relu()
-    x_hat, loss, terms = reconstruct(sae, values, pattern, x)
+    skip = sae.skip(x)
+    y_hat, loss, terms = reconstruct(sae, values, pattern, y, sae.b_dec if skip is None else sae.b_dec + skip)
     codes = Codes(S.sparse_codes(values, pattern), fired=S.fired_latents(values, pattern))
-    k_aux = cfg.aux_k or sae.d_in // 2
+    k_aux = cfg.aux_k or sae.d_out // 2
     terms = {**terms, "l0": S.l0_per_row(values, pattern)}
     if cfg.aux_coef > 0:
         dead = ctx.dead_mask.to(pre.dtype) if ctx.dead_mask is not None else None
-        aux = S.aux_loss(pre, gather, x_hat, x, dead, k_aux, sae.W_dec, ctx.comm)
+        aux = S.aux_loss(pre, gather, y_hat, y, dead, k_aux, sae.W_dec, ctx.comm)
         loss, terms["aux_k"] = loss + cfg.aux_coef * aux, aux.detach()
     if cfg.aux_zipf_coef > 0:
         density = F.zipf_running(sae, codes, cfg.aux_zipf_ema, ctx.comm).estimate
-        zipf = S.aux_loss(pre, gather, x_hat, x, F.zipf_deficit(density, cfg.aux_zipf_exponent), k_aux, sae.W_dec, ctx.comm)
+        zipf = S.aux_loss(pre, gather, y_hat, y, F.zipf_deficit(density, cfg.aux_zipf_exponent), k_aux, sae.W_dec, ctx.comm)
         loss, terms["aux_zipf"] = loss + cfg.aux_zipf_coef * zipf, zipf.detach()
-    return LossOut(loss, x_hat.reshape(shape), codes, terms)
+    return LossOut(loss, y_hat.reshape(*shape[:-1], sae.d_out), codes, terms)
 
 
 def after_step(sae: SAE, cfg: TopKFamilyConfig, out: LossOut, ctx: StepCtx) -> None:

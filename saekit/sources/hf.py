@@ -7,8 +7,9 @@ before returning (also when the pass fails).
 * :func:`collect_activations` runs one forward pass for any number of sites and stops it right after
   the last site it needs has been computed, so a pass that needs only early layers costs only them.
 * :func:`collect_activations_and_grads` also returns d(next-token loss)/d(activation) at every site.
-* :func:`splice`, :func:`splice_sae` and :func:`add_vector` are context managers that replace a site's
-  tensor while the ``with`` block runs; they nest and combine freely.
+* :func:`splice`, :func:`splice_from`, :func:`splice_sae`, :func:`splice_transcoder` and
+  :func:`add_vector` are context managers that replace a site's tensor while the ``with`` block runs;
+  they nest and combine freely.
 
 Activations come back detached, in the model's dtype and on its device, as ``[batch, positions, d]``
 tensors. They share memory with the model's own intermediate tensors, which transformers never
@@ -183,6 +184,31 @@ def splice(model: nn.Module | LoadedModel, site: str, fn: Callable[[Tensor], Ten
 
 
 @contextmanager
+def splice_from(
+    model: nn.Module | LoadedModel, source_site: str, site: str, fn: Callable[[Tensor], Tensor], *, start: int = 0
+) -> Iterator[None]:
+    """Replace the tensor at ``site`` by ``fn(h_source)``, where ``h_source`` is the tensor at
+    ``source_site`` computed earlier in the same forward pass: what a transcoder does (read
+    ``layers.i.mlp_in``, write ``layers.i.mlp_out``). With ``start``, ``fn`` gets and replaces positions
+    ``>= start`` only, as in :func:`splice`; ``fn`` returns ``site``'s shape. A ``source_site`` that the
+    pass has not computed when it reaches ``site`` is a ConfigError naming both."""
+    model = as_module(model)
+    seen: dict[str, Tensor] = {}
+
+    def from_source(h: Tensor) -> Tensor:
+        if source_site not in seen:
+            raise ConfigError(
+                f"splice at {site!r} reads {source_site!r}, which the forward pass has not computed by then; "
+                "the site read must come before the site written"
+            )
+        x = seen.pop(source_site)  # popped: a later pass must compute its own
+        return fn(x[:, start:] if start else x)
+
+    with record(model, [source_site], seen), splice(model, site, from_source, start=start):
+        yield
+
+
+@contextmanager
 def record(model: nn.Module | LoadedModel, sites: Iterable[str], into: dict[str, Tensor]) -> Iterator[None]:
     """While the block runs, store in ``into`` the tensor of each of ``sites`` (all positions) at every
     forward pass, as the model computes it (with its graph, under any splice): what an objective that
@@ -200,17 +226,32 @@ def record(model: nn.Module | LoadedModel, sites: Iterable[str], into: dict[str,
 
 
 def splice_sae(model: nn.Module | LoadedModel, site: str, sae: SAE) -> AbstractContextManager[None]:
-    """Replace the activation at ``site`` by the SAE's reconstruction ``sae(h)`` (see :func:`splice`)."""
-    model = as_module(model)
+    """Replace the activation at ``site`` by the SAE's reconstruction ``sae(h)`` (see :func:`splice`);
+    a transcoder goes through :func:`splice_transcoder`."""
+    if sae.transcoder:
+        raise DataError(f"a {sae.architecture} transcoder writes another site than it reads: splice it with splice_transcoder")
+    return splice(model, site, _rows_through(sae, f"splice {site!r}"))
+
+
+def splice_transcoder(model: nn.Module | LoadedModel, sae: SAE, *, start: int = 0) -> AbstractContextManager[None]:
+    """Replace the activation at the transcoder's output site (``sae.site_out``, e.g. an MLP's output) by
+    its output ``sae(x)`` from the activation ``x`` at its input site (``sae.site``) in the same forward
+    pass (:func:`splice_from`): the model runs with that sublayer replaced by the transcoder."""
+    read = sae.require_site()
+    return splice_from(model, read, sae.require_site_out(), _rows_through(sae, f"read {read!r}"), start=start)
+
+
+def _rows_through(sae: SAE, what: str) -> Callable[[Tensor], Tensor]:
+    """``h [..., d_in]`` -> ``sae(h)`` [..., d_out], computed on rows in the SAE's dtype; ``what`` names the
+    use in the error of an activation of the wrong width."""
 
     def reconstruct(h: Tensor) -> Tensor:
         if h.shape[-1] != sae.d_in:
-            raise DataError(f"SAE with d_in={sae.d_in} cannot splice {site!r}, whose width is {h.shape[-1]}")
-        # SAEs take [tokens, d_in] rows; run them in their own dtype.
+            raise DataError(f"SAE with d_in={sae.d_in} cannot {what}, whose width is {h.shape[-1]}")
         rows = h.reshape(-1, h.shape[-1]).to(sae.W_dec.dtype)
-        return sae(rows).reshape(h.shape)
+        return sae(rows).reshape(*h.shape[:-1], sae.d_out)
 
-    return splice(model, site, reconstruct)
+    return reconstruct
 
 
 def add_vector(model: nn.Module | LoadedModel, site: str, vector: Tensor, scale: float = 1.0) -> AbstractContextManager[None]:

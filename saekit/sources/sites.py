@@ -6,6 +6,8 @@ not depend on the model family:
 * ``layers.{i}.resid_pre``:  the residual stream entering block ``i`` (the block's input);
 * ``layers.{i}.resid_post``: the residual stream leaving block ``i`` (the block's output);
 * ``layers.{i}.attn_out``:   what the attention sublayer of block ``i`` adds to the residual stream;
+* ``layers.{i}.mlp_in``:     what the MLP of block ``i`` reads: the normalised residual stream, the
+  input of its MLP module (a transcoder's input, with ``mlp_out`` its output);
 * ``layers.{i}.mlp_out``:    what the MLP sublayer of block ``i`` adds to the residual stream.
 
 So ``resid_post(i) == resid_pre(i) + attn_out(i) + mlp_out(i)`` for every family, sequential or
@@ -31,7 +33,7 @@ from torch.utils.hooks import RemovableHandle
 from saekit.errors import ConfigError
 from saekit.models.load import LoadedModel, as_module
 
-KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+KINDS = ("resid_pre", "attn_out", "mlp_in", "mlp_out", "resid_post")
 """Canonical site kinds, in the order they are computed inside a block."""
 
 
@@ -43,29 +45,33 @@ class Family:
     model_types: ``config.model_type`` values of the family.
     attn_out:    path, inside a block, of the module whose output is the attention contribution.
     mlp_out:     path, inside a block, of the module whose output is the MLP contribution.
+    mlp_in:      path, inside a block, of the MLP module, whose first input is the MLP's input.
     """
 
     name: str
     model_types: frozenset[str]
     attn_out: str
     mlp_out: str
+    mlp_in: str
 
 
 FAMILIES: tuple[Family, ...] = (
     # Llama and its pre-norm relatives: residual + self_attn(norm(x)), then residual + mlp(norm(x)).
-    # Their ``post_attention_layernorm`` is the *pre-MLP* norm despite its name, so it is no site.
-    Family("llama", frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma"}), "self_attn", "mlp"),
+    # Their ``post_attention_layernorm`` is the *pre-MLP* norm despite its name, so it is no site; its
+    # output is the MLP's input, mlp_in.
+    Family("llama", frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma"}), "self_attn", "mlp", "mlp"),
     # Gemma 2 and 3 norm each sublayer's output before adding it, so the contribution is the norm's output.
     Family(
         "gemma2",
         frozenset({"gemma2", "gemma3", "gemma3_text"}),
         "post_attention_layernorm",
         "post_feedforward_layernorm",
+        "mlp",  # its input is pre_feedforward_layernorm's output
     ),
-    Family("gpt2", frozenset({"gpt2"}), "attn", "mlp"),
+    Family("gpt2", frozenset({"gpt2"}), "attn", "mlp", "mlp"),
     # GPT-NeoX adds the dropouts' outputs (identity in eval mode) in both its parallel and sequential
     # residual modes; its ``post_attention_layernorm`` is again the pre-MLP norm.
-    Family("gpt_neox", frozenset({"gpt_neox"}), "post_attention_dropout", "post_mlp_dropout"),
+    Family("gpt_neox", frozenset({"gpt_neox"}), "post_attention_dropout", "post_mlp_dropout", "mlp"),
 )
 
 BLOCK_LISTS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "layers", "h")
@@ -192,8 +198,8 @@ def site_module(model: nn.Module | LoadedModel, site: str) -> SiteHook:
             f"(known: {', '.join(known)}); resid_pre and resid_post work, or name a module path "
             f"such as '{block_path}.mlp'"
         )
-    sub = family.attn_out if kind == "attn_out" else family.mlp_out
-    return SiteHook(site, f"{block_path}.{sub}", blocks[layer].get_submodule(sub))
+    sub = {"attn_out": family.attn_out, "mlp_in": family.mlp_in, "mlp_out": family.mlp_out}[kind]
+    return SiteHook(site, f"{block_path}.{sub}", blocks[layer].get_submodule(sub), reads_input=kind == "mlp_in")
 
 
 def resolve_sites(model: nn.Module | LoadedModel, patterns: str | Iterable[str]) -> list[str]:

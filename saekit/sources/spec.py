@@ -34,7 +34,7 @@ class ModelDataConfig:
     model: str = "smollm2-135m"
     """The embedded default, a local Hugging Face folder, or a hub id (needs network)."""
     sites: tuple[str, ...] = ("layers.*.resid_post",)
-    """Canonical sites (layers.{i}.resid_pre / resid_post / attn_out / mlp_out), globs
+    """Canonical sites (layers.{i}.resid_pre / resid_post / attn_out / mlp_in / mlp_out), globs
     ("layers.*.resid_post", "layers.{3..5}.mlp_out") or raw module paths."""
     device: str = "auto"
     """Where the model runs: "cpu", "cuda", ...; "auto" takes CUDA when available."""

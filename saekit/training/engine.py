@@ -35,11 +35,10 @@ from tqdm.auto import tqdm
 from saekit import devices
 from saekit._fast import training_fast_paths
 from saekit.comm import Comm
-from saekit.errors import ConfigError, DataError
+from saekit.errors import ConfigError
 from saekit.sae.base import SAE
 from saekit.sources.cache import CacheSource
 from saekit.sources.prefetch import Prefetcher
-from saekit.sources.tensor import site_to_read
 from saekit.strict import to_dict
 from saekit.training import dead, health
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, restore, save_checkpoint
@@ -51,6 +50,7 @@ from saekit.training.objective import LocalObjective, Objective, Unit
 from saekit.training.optim import apply_update, make_optimizer
 from saekit.training.outputs import checkpoint_to_resume, write_start_files
 from saekit.training.schedules import lr_factor, sparsity_factor
+from saekit.training.sites import assign_sites, assign_targets, described
 from saekit.types import ActBatch, ActivationSource, LossOut, StepCtx
 
 
@@ -84,6 +84,8 @@ class Run:
 
     saes: list[SAE]
     sites: list[str]
+    targets: list[str | None]
+    """The site each transcoder reconstructs (its ``site_out``); None for an SAE, which reconstructs its own."""
     source: ActivationSource
     cfg: TrainConfig
     objective: Objective
@@ -109,12 +111,25 @@ class Run:
     bar: Any = None
 
     def inputs(self, i: int, batch: Mapping[str, ActBatch]) -> ActBatch:
-        """SAE ``i``'s rows of ``batch`` on the run's device, in normalised units."""
+        """SAE ``i``'s rows of ``batch`` on the run's device, in normalised units (a transcoder's target
+        rows, its output site's, in theirs)."""
         acts, scale = batch[self.sites[i]], self.scales[self.sites[i]]
         x = acts.x.to(self.device, non_blocking=True).float() * scale
         # x is scaled by s, so d loss / d(s·x) = (d loss / d x) / s
         grad = acts.grad.to(self.device).float() / scale if acts.grad is not None else None
-        return ActBatch(x, grad)
+        out = self.targets[i]
+        target = batch[out].x.to(self.device, non_blocking=True).float() * self.scales[out] if out is not None else None
+        return ActBatch(x, grad, target)
+
+    @property
+    def used_sites(self) -> list[str]:
+        """Every site the run reads: the SAEs' input sites and the transcoders' output sites, sorted."""
+        return sorted(set(self.sites) | {t for t in self.targets if t is not None})
+
+    @property
+    def reconstructed(self) -> list[str]:
+        """The site each SAE reconstructs: a transcoder's output site, an SAE's own."""
+        return [out or site for site, out in zip(self.sites, self.targets)]
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return devices.autocast(self.cfg.dtype, [self.device])
@@ -169,6 +184,7 @@ def prepare(
     if not saes:
         raise ConfigError("nothing to train: the list of SAEs is empty")
     sites = assign_sites(saes, source)
+    targets = assign_targets(saes, source)
     device = devices.rank_device(devices.resolve_device(cfg.device))
     for sae in saes:
         sae.to(device)
@@ -181,6 +197,7 @@ def prepare(
     return Run(
         saes=saes,
         sites=sites,
+        targets=targets,
         source=source,
         cfg=cfg,
         objective=objective,
@@ -188,7 +205,7 @@ def prepare(
         units=objective.units(len(saes)),
         optimizers=[make_optimizer(sae) for sae in saes],
         counters=[dead.new_counter(sae.d_sae, device) for sae in saes],
-        fingerprint=_fingerprint(saes, sites, cfg, source, objective),
+        fingerprint=_fingerprint(saes, sites, targets, cfg, source, objective),
         out_dir=out_dir,
         comm=comm,
         start_files=dict(start_files or {}),
@@ -201,7 +218,7 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
     then open the outputs. Every check comes before the first write into the output folder
     (:mod:`saekit.training.outputs`)."""
     cfg = state.cfg
-    resumed = checkpoint_to_resume(state.out_dir, resume, state.fingerprint, state.sites, cfg.total_steps)
+    resumed = checkpoint_to_resume(state.out_dir, resume, state.fingerprint, state.used_sites, cfg.total_steps)
     if resumed is not None:
         ckpt = resumed.checkpoint
         restore(ckpt, resumed.path, state.saes, state.optimizers, state.counters)
@@ -210,7 +227,7 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
     else:
         if resume:
             _say(state, f"no checkpoint in {state.out_dir}; starting from scratch")
-        used = set(state.sites)
+        used = set(state.used_sites)
         state.scales = (
             estimate_scales(state.source, used, cfg.batch_size, cfg.seed, cfg.norm_estimation_tokens)
             if cfg.normalize_activations
@@ -218,7 +235,7 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
         )
         first = next(iter(state.source.batches(cfg.batch_size, seed=cfg.seed, start=0)))
         for i, sae in enumerate(state.saes):
-            enter_normalised_units_(sae, state.inputs(i, first).x, state.scales[state.sites[i]])
+            enter_normalised_units_(sae, state.inputs(i, first), state.scales[state.sites[i]], state.scales[state.reconstructed[i]])
     writes = state.out_dir if state.comm.rank == 0 else None  # one rank writes the run's files
     state.log = MetricsLog(
         writes, resume_step=state.start, tensorboard=cfg.tensorboard and writes is not None,
@@ -261,8 +278,8 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
                 state.saes[i].after_step(out, ctxs[i])
             dead.update_counter_(state.counters[i], out.codes, comm)
     if state.energy is None:
-        state.energy = comm.sum_(health.energies(state.sites, state.scales, batch)) / comm.world_size
-    health.check_step(state.saes, state.sites, batch, losses, outs, step, state.energy, comm)
+        state.energy = comm.sum_(health.energies(state.reconstructed, state.scales, batch)) / comm.world_size
+    health.check_step(state.saes, state.used_sites, batch, losses, outs, step, state.energy, comm)
     if (step + 1) % cfg.log_every == 0 or step + 1 == total:
         if comm.distributed:
             outs = {i: mean_terms(out, comm) for i, out in outs.items()}
@@ -305,8 +322,8 @@ def finalise(state: Run) -> TrainResult:
     # A run resumed from its last checkpoint takes no step and logs nothing: its SAEs still leave
     # normalised units (zipping with the empty records once returned them unconverted).
     final = final or [{} for _ in state.saes]
-    for sae, site, metrics in zip(state.saes, state.sites, final):
-        leave_normalised_units_(sae, site, state.scales)
+    for sae, site, out, metrics in zip(state.saes, state.sites, state.targets, final):
+        leave_normalised_units_(sae, site, out, state.scales)
         sae.provenance.update({
             "data": state.source.describe(),
             "tokens": total * state.rows,
@@ -316,26 +333,6 @@ def finalise(state: Run) -> TrainResult:
             **({"distributed": {"mode": "data", "world_size": state.comm.world_size}} if state.comm.distributed else {}),
         })  # fmt: skip
     return TrainResult(state.saes, final, total, state.start, time.perf_counter() - state.started, state.comm.rank)
-
-
-def assign_sites(saes: Sequence[SAE], source: ActivationSource) -> list[str]:
-    """The source site each SAE reads (:func:`saekit.sources.tensor.site_to_read`). An SAE whose site
-    the source does not provide is refused: it would be trained on one site and saved as another."""
-    sites = tuple(source.sites)
-    assigned = []
-    for i, sae in enumerate(saes):
-        site = site_to_read(sae.site, sites)
-        if site is None:
-            raise ConfigError(
-                f"SAE {i} ({sae.architecture}) has site {sae.site!r}, but the activation source provides {list(sites)}"
-            )
-        if source.d_in(site) != sae.d_in:
-            raise DataError(
-                f"SAE {i} ({sae.architecture}) has d_in={sae.d_in} but activations at site {site!r} "
-                f"have width {source.d_in(site)}"
-            )
-        assigned.append(site)
-    return assigned
 
 
 @contextlib.contextmanager
@@ -359,7 +356,9 @@ def _stream(state: Run) -> Iterator[Iterator[Mapping[str, ActBatch]]]:
             batches.close()
 
 
-def _fingerprint(saes: Sequence[SAE], sites: list[str], cfg: TrainConfig, source: ActivationSource, objective: Objective) -> dict[str, Any]:
+def _fingerprint(
+    saes: Sequence[SAE], sites: list[str], targets: list[str | None], cfg: TrainConfig, source: ActivationSource, objective: Objective
+) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed by this run (as JSON gives it back). Settings
     that do not change the result (logging, progress, checkpoint cadence, device) may differ."""
     keep = replace(
@@ -367,7 +366,7 @@ def _fingerprint(saes: Sequence[SAE], sites: list[str], cfg: TrainConfig, source
         collective_timeout_s=TrainConfig.collective_timeout_s,
     )  # fmt: skip
     fingerprint = {
-        "saes": [{"architecture": s.architecture, "config": to_dict(s.cfg), "site": site} for s, site in zip(saes, sites)],
+        "saes": described(saes, sites, targets),
         "train": to_dict(keep),
         "data": source.describe(),
         "objective": objective.describe(),

@@ -16,7 +16,7 @@ import torch
 from saekit.errors import DataError
 from saekit.sae import functional as F
 from saekit.sae.base import SAE
-from saekit.types import ActivationSource
+from saekit.types import ActBatch, ActivationSource
 
 OUTLIER_NORM = 1000.0
 """A row whose norm is this many times the median norm is an outlier: real models' largest activations
@@ -64,12 +64,19 @@ def _refuse_outliers(site: str, sq: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def rescale_(sae: SAE, factor: float) -> None:
-    """Multiply the tensors in activation units by ``factor`` (factor = s enters normalised units,
-    1/s returns to raw units); weights are unit-free and stay as they are."""
+def rescale_(sae: SAE, out_factor: float, in_factor: float | None = None) -> None:
+    """Multiply the tensors in activation units (``scaled_params``: the units of what the SAE
+    reconstructs) by ``out_factor`` and a transcoder's weights from input to output units
+    (``ratio_params``) by ``out_factor / in_factor``: the factors (s_out, s_in) enter normalised units,
+    (1/s_out, 1/s_in) return to raw ones. ``in_factor`` None is ``out_factor``: an SAE reads what it
+    reconstructs, so both are its one site's. The other weights are unit-free and stay as they are."""
+    in_factor = out_factor if in_factor is None else in_factor
     tensors = dict(sae.named_parameters()) | dict(sae.named_buffers())
     for name in sae.scaled_params:
-        tensors[name].mul_(factor)
+        tensors[name].mul_(out_factor)
+    for name in sae.ratio_params:
+        if name in tensors:  # W_skip exists only in a skip transcoder
+            tensors[name].mul_(out_factor / in_factor)
 
 
 def was_trained(sae: SAE) -> bool:
@@ -79,21 +86,28 @@ def was_trained(sae: SAE) -> bool:
 
 
 @torch.no_grad()
-def enter_normalised_units_(sae: SAE, x: torch.Tensor, scale: float) -> None:
-    """Prepare ``sae`` for training on activations already multiplied by ``scale`` (``x`` is the first
-    such batch). A trained SAE lives in raw units and is rescaled into normalised ones. A fresh SAE's
-    hyper-parameters (threshold_init, bandwidth, coefficients) are defined in normalised units, so it
-    is left as it is, whatever the raw scale of the data, and only its ``b_dec`` is initialised."""
+def enter_normalised_units_(sae: SAE, batch: ActBatch, scale: float, scale_out: float) -> None:
+    """Prepare ``sae`` for training on activations already multiplied by ``scale`` (``batch`` is the first
+    such batch, with a transcoder's target rows multiplied by ``scale_out``, its output site's factor;
+    an SAE's ``scale_out`` is ``scale``). A trained SAE lives in raw units and is rescaled into
+    normalised ones. A fresh SAE's hyper-parameters (threshold_init, bandwidth, coefficients) are
+    defined in normalised units, so it is left as it is, whatever the raw scale of the data, and only
+    its ``b_dec`` is initialised, from the rows it reconstructs."""
     if was_trained(sae):
-        rescale_(sae, scale)
+        rescale_(sae, scale_out, scale)
     elif sae.b_dec_init == "geometric_median":
-        sae.b_dec.copy_(F.geometric_median(x))
+        sae.b_dec.copy_(F.geometric_median(sae.target_of(batch)))
     elif sae.b_dec_init == "mean":
-        sae.b_dec.copy_(x.mean(0))
+        sae.b_dec.copy_(sae.target_of(batch).mean(0))
 
 
-def leave_normalised_units_(sae: SAE, site: str, scales: Mapping[str, float]) -> None:
-    """Fold the factor back into the weights and record it (``normalization_factor``)."""
-    rescale_(sae, 1.0 / scales[site])
+def leave_normalised_units_(sae: SAE, site: str, site_out: str | None, scales: Mapping[str, float]) -> None:
+    """Fold the factors back into the weights and record them: ``normalization_factor`` of the site read,
+    and for a transcoder (``site_out`` its output site) ``normalization_factor_out``."""
+    scale_out = scales[site_out or site]
+    rescale_(sae, 1.0 / scale_out, 1.0 / scales[site])
     sae.metadata.setdefault("site", site)
     sae.metadata["normalization_factor"] = scales[site]
+    if site_out is not None:
+        sae.metadata.setdefault("site_out", site_out)
+        sae.metadata["normalization_factor_out"] = scale_out

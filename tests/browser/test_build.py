@@ -5,9 +5,11 @@ import json
 import re
 
 import pytest
+import torch
+from browser_helpers import tiny_config, write_corpus, write_model
 
 import saekit
-from saekit.browser import build
+from saekit.browser import build, build_browser
 from saekit.browser.build import _model_of, sae_folders
 from saekit.errors import ArtifactError
 
@@ -59,3 +61,19 @@ def test_the_model_named_by_cfg_json_whatever_its_shape(suite):
         assert _model_of(folders) == "smollm2-135m"
     (folders["a"] / "cfg.json").write_text(json.dumps({"metadata": {"model_name": "m1"}}))
     assert _model_of(folders) == "m1"
+
+
+def test_a_transcoder_is_browsed_by_the_site_it_reads_and_the_rows_it_writes(tmp_path):
+    """A transcoder's latents fire on its input site and its decoder rows (d_out wide) write the
+    residual stream: the browser computes its statistics there and its rows' logit effects, here for
+    one that reads the MLP's 32-wide hidden activations and writes its 16-wide output."""
+    model_dir = write_model(tmp_path / "model")
+    sae = saekit.build_sae("topk_transcoder", d_in=32, d_out=16, d_sae=24, k=4, skip=True, seed=3)
+    with torch.no_grad():
+        sae.b_enc.fill_(0.05)
+    sae.metadata.update(site="model.layers.0.mlp.act_fn", site_out="layers.0.mlp_out", model=str(model_dir))
+    suite = saekit.save_suite({"T": sae}, tmp_path / "suite")
+    data = build_browser(suite, tiny_config(model_dir, write_corpus(tmp_path / "corpus")), progress=False).saes["T"]
+    assert data.info.site == "model.layers.0.mlp.act_fn" and data.info.logit_effects is not None
+    assert data.effects is not None and data.effects.promoted_ids.shape[0] == 24
+    assert int(data.stats.fire_count.sum()) > 0

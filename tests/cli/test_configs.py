@@ -38,7 +38,7 @@ def test_example_config_is_valid(path):
         assert kind == "synthetic"
         d_in = data.get("d", 64)
     for spec in rc.saes:
-        spec = {k: v for k, v in spec.items() if k not in ("name", "site", "seed")}
+        spec = {k: v for k, v in spec.items() if k not in ("name", "site", "site_out", "seed")}
         build(spec.pop("architecture"), d_in=d_in, **spec)
 
 

@@ -28,6 +28,32 @@ def test_the_data_site_or_none_is_taken_and_an_anonymous_tensor_keeps_the_sae_cl
     assert claimed.saes[0].site == "layers.3.resid_post"
 
 
+TWO_SITES = as_source({"layers.3.mlp_in": torch.randn(64, 8), "layers.3.mlp_out": torch.randn(64, 6)})
+
+
+def test_a_transcoder_table_names_the_site_it_writes_and_takes_its_width():
+    table = {"architecture": "topk_transcoder", "d_sae": 16, "k": 2, "site": "layers.3.mlp_in", "site_out": "layers.3.mlp_out"}
+    sae = build_saes([table], TWO_SITES).saes[0]
+    assert (sae.site, sae.site_out, sae.d_in, sae.d_out) == ("layers.3.mlp_in", "layers.3.mlp_out", 8, 6)
+    assert build_saes([{**table, "skip": True}], TWO_SITES).saes[0].W_skip.shape == (6, 8)
+    one_site = build_saes([{"architecture": "relu_transcoder", "d_sae": 16}], NAMED).saes[0]
+    assert (one_site.site, one_site.site_out, one_site.d_out) == ("synthetic", "synthetic", 8)
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ({"architecture": "topk", "k": 2, "site": "layers.3.mlp_in", "site_out": "layers.3.mlp_out"}, r"sae.0: site_out: a topk SAE reconstructs the site it reads"),
+        ({"architecture": "topk_transcoder", "k": 2, "site": "layers.3.mlp_in"}, r"sae.0: site_out None is not one of the data's sites"),
+        ({"architecture": "topk_transcoder", "k": 2, "site": "layers.3.mlp_in", "site_out": "layers.4.mlp_out"}, r"sae.0: site_out 'layers.4.mlp_out' is not one"),
+        ({"architecture": "nope", "site": "layers.3.mlp_in", "site_out": "layers.3.mlp_out"}, r"sae.0: unknown architecture 'nope'"),
+    ],
+)
+def test_a_bad_site_out_is_refused_naming_the_table(table, error):
+    with pytest.raises(ConfigError, match=error):
+        build_saes([{"d_sae": 16, **table}], TWO_SITES)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Hostile config files and overrides: each a ConfigError naming the file or the key
 

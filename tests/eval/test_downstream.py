@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from saekit.errors import DataError
+from saekit.eval import metrics
 from saekit.eval.downstream import downstream_metrics, downstream_metrics_many, recovered
 from saekit.eval.evaluate import evaluate, evaluate_on_model
 from saekit.sae import build
@@ -188,3 +189,69 @@ def test_model_and_activations_are_exclusive(model, tokens):
         evaluate(sae, model=model)
     with pytest.raises(DataError, match="nothing to evaluate"):
         evaluate(sae)
+
+
+def mlp_transcoder(skip: bool = True):
+    """A float64 skip transcoder of the tiny Llama's first MLP, its skip weights random so that they count."""
+    sae = build("relu_transcoder", d_in=16, d_sae=48, skip=skip, l1_coef=0.0, seed=3).double()
+    with torch.no_grad():
+        if skip:
+            sae.W_skip.normal_(generator=torch.Generator().manual_seed(4))
+        sae.b_enc.fill_(0.05)
+    sae.metadata.update(site="layers.0.mlp_in", site_out="layers.0.mlp_out")
+    return sae
+
+
+def run_with_mlp(model, tokens, fn):
+    """Logits with positions >= SKIP of layer 0's MLP output replaced by fn(the MLP's input there), via a
+    plain forward hook on the MLP module (the input it receives is the one of this very pass)."""
+
+    def hook(module, args, output):
+        new = output.clone()
+        new[:, SKIP:] = fn(args[0][:, SKIP:])
+        return new
+
+    handle = model.model.layers[0].mlp.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return model(tokens).logits
+    finally:
+        handle.remove()
+
+
+def test_a_transcoder_is_scored_with_the_mlp_replaced_by_it(model, tokens):
+    """delta LM loss with the MLP replaced by the transcoder (computed from the MLP's input in the same
+    pass), the ablations of the MLP's output, and the FVU of the output site, each against a plain
+    computation."""
+    sae = mlp_transcoder()
+    got = evaluate(sae, model=model, tokens=tokens, skip_positions=SKIP, context_batch_size=2)
+    clean = run_with_mlp(model, tokens, lambda x: model.model.layers[0].mlp.forward(x))
+    with torch.no_grad():
+        spliced = run_with_mlp(model, tokens, sae)
+    zero = run_with_mlp(model, tokens, lambda x: torch.zeros_like(x))
+    assert got["clean_ce"] == pytest.approx(plain_ce(clean, tokens), rel=1e-9)
+    assert got["spliced_ce"] == pytest.approx(plain_ce(spliced, tokens), rel=1e-9)
+    assert got["delta_ce"] == pytest.approx(plain_ce(spliced, tokens) - plain_ce(clean, tokens), abs=1e-9)
+    assert got["zero_ablation_ce"] == pytest.approx(plain_ce(zero, tokens), rel=1e-9)
+    assert got["kl"] == pytest.approx(plain_kl(clean, spliced), rel=1e-6)
+    assert got["delta_ce"] > 1e-3, "vacuous: the transcoder changed nothing"
+    acts = collect_activations(model, tokens, ["layers.0.mlp_in", "layers.0.mlp_out"])
+    x, y = (acts[s][:, SKIP:].reshape(-1, 16) for s in ("layers.0.mlp_in", "layers.0.mlp_out"))
+    with torch.no_grad():
+        assert got["fvu"] == pytest.approx(metrics.fvu(y, sae(x)), rel=1e-9)
+        assert got["l0"] == pytest.approx(metrics.l0(sae.encode(x)), rel=1e-6)
+    assert (got["site"], got["site_out"]) == ("layers.0.mlp_in", "layers.0.mlp_out")
+    assert got["fvu"] == pytest.approx(evaluate(sae, {"layers.0.mlp_in": x, "layers.0.mlp_out": y})["fvu"], rel=1e-6)
+
+
+def test_a_transcoder_beside_saes_shares_its_output_site_passes(model, tokens):
+    sae = mlp_transcoder(skip=False)
+    other = build("topk", d_in=16, d_sae=32, k=2, seed=0).double()
+    other.metadata["site"] = "layers.0.mlp_out"
+    got = evaluate_on_model({"t": sae, "s": other}, model=model, tokens=tokens)
+    assert got["t"]["spliced_ce"] == pytest.approx(evaluate(sae, model=model, tokens=tokens)["spliced_ce"], rel=1e-9)
+    assert got["t"]["zero_ablation_ce"] == got["s"]["zero_ablation_ce"]  # one site, one ablation
+    with pytest.raises(DataError, match="its sites are its metadata's site and site_out"):
+        evaluate(sae, model=model, tokens=tokens, site="layers.1.mlp_out")
+    with pytest.raises(DataError, match="writes 'layers.0.mlp_out', not 'layers.1.mlp_out'"):
+        downstream_metrics(model, tokens, "layers.1.mlp_out", sae)

@@ -154,3 +154,24 @@ def test_one_token_or_constant_activations_are_refused_instead_of_a_nan_fvu():
         evaluate(sae, torch.randn(1, 8))
     with pytest.raises(DataError, match=r"4 token\(s\) read, all equal"):
         evaluate(sae, torch.ones(4, 8))
+
+
+@pytest.mark.parametrize("batch_size", [7, 1000])
+def test_a_transcoder_is_scored_on_the_site_it_writes(batch_size):
+    """The input and output sites are read in step, batch by batch, and every metric is the output's."""
+    sae = build("topk_transcoder", d_in=D_IN, d_out=5, d_sae=D_SAE, k=3, skip=True, seed=0)
+    with torch.no_grad():
+        sae.W_skip.normal_(generator=torch.Generator().manual_seed(1))
+    sae.metadata.update(site="in", site_out="out")
+    x = activations(103)
+    y = torch.randn(103, 5, generator=torch.Generator().manual_seed(2))
+    got = evaluate(sae, {"in": x, "out": y}, batch_size=batch_size)
+    with torch.no_grad():
+        codes = sae.encode(x)
+        assert got["fvu"] == pytest.approx(metrics.fvu(y, sae(x)), rel=1e-5)
+        assert got["mse"] == pytest.approx(metrics.mse(y, sae(x)), rel=1e-5)
+        assert got["l0"] == pytest.approx(metrics.l0(codes), rel=1e-6)
+    with pytest.raises(DataError, match=r"the transcoder writes 'out'; give a source with both of its sites"):
+        evaluate(sae, {"in": x, "other": y})
+    with pytest.raises(DataError, match=r"site 'out' has width 8 but the transcoder writes d_out=5"):
+        evaluate(sae, {"in": x, "out": x})

@@ -4,7 +4,7 @@ feature directions, recovers them (cosine >= 0.9 between a true direction and so
 import pytest
 
 from saekit.eval.recovery import feature_recovery
-from saekit.sae import build, list_architectures
+from saekit.sae import build, get, list_architectures
 from saekit.sources.synthetic import SyntheticSource
 from saekit.training import train
 
@@ -24,6 +24,9 @@ SPARSITY = {
     "p_anneal": {},
     "matryoshka_batch_topk": {"k": 5},
 }
+# The transcoders are left out: on one site they reconstruct what they read, without an SAE's b_dec
+# shift (1.00, 0.76, 0.99 and 0.98 recovered here for topk_, batch_topk_, relu_ and jumprelu_transcoder);
+# tests/sae/test_transcoder.py plants a sparse map between two sites for them.
 
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:SAE .* selects latents")]
@@ -31,7 +34,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings(
 
 @pytest.mark.slow
 def test_every_architecture_with_its_defaults_recovers_the_planted_features_in_2000_steps():
-    assert set(SPARSITY) == set(list_architectures()), "add the new architecture to SPARSITY"
+    assert set(SPARSITY) == {n for n in list_architectures() if not get(n).transcoder}, "add the new architecture to SPARSITY"
     saes = [build(name, d_in=64, d_sae=512, seed=i, **hp) for i, (name, hp) in enumerate(SPARSITY.items())]
     saes = train(saes, DATA, steps=2000, batch_size=1024, seed=0, progress=False).saes
     results = {sae.architecture: feature_recovery(sae, DATA.true_features).recovered for sae in saes}

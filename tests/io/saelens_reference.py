@@ -8,6 +8,12 @@ SAELens: what any SAELens reader computes from ``cfg.json`` and ``sae_weights.sa
     jumprelu : ReLU(z) ⊙ 1[z > θ]
     gated    : 1[sae_in W_enc + b_gate > 0] ⊙ ReLU(sae_in (W_enc ⊙ exp(r_mag)) + b_mag)
     decode   : f W_dec + b_dec
+
+and the transcoders of ``saes/transcoder.py``, which never subtract b_dec (it is d_out wide):
+
+    transcoder, skip_transcoder                    : ReLU(x W_enc + b_enc)
+    jumprelu_transcoder, jumprelu_skip_transcoder  : ReLU(z) ⊙ 1[z > θ]
+    forward (skip forms)                           : decode(f) + x W_skipᵀ
 """
 
 from __future__ import annotations
@@ -23,15 +29,15 @@ def reference_encode(folder: Path, x: torch.Tensor) -> torch.Tensor:
     cfg = json.loads((folder / "cfg.json").read_text())
     w = load_file(folder / "sae_weights.safetensors")
     assert cfg.get("normalize_activations", "none") == "none"
-    sae_in = x - w["b_dec"] * float(cfg["apply_b_dec_to_input"])
+    sae_in = x - w["b_dec"] if cfg["apply_b_dec_to_input"] else x
     arch = cfg["architecture"]
     if arch == "gated":
         gate = (sae_in @ w["W_enc"] + w["b_gate"]) > 0
         return gate * (sae_in @ (w["W_enc"] * w["r_mag"].exp()) + w["b_mag"]).relu()
     z = sae_in @ w["W_enc"] + w["b_enc"]
-    if arch == "standard":
+    if arch in ("standard", "transcoder", "skip_transcoder"):
         return z.relu()
-    if arch == "jumprelu":
+    if arch in ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder"):
         return z.relu() * (z > w["threshold"])
     if arch == "topk":
         assert not cfg.get("rescale_acts_by_decoder_norm", False)
@@ -43,3 +49,12 @@ def reference_encode(folder: Path, x: torch.Tensor) -> torch.Tensor:
 def reference_decode(folder: Path, codes: torch.Tensor) -> torch.Tensor:
     w = load_file(folder / "sae_weights.safetensors")
     return codes @ w["W_dec"] + w["b_dec"]
+
+
+def reference_forward(folder: Path, x: torch.Tensor) -> torch.Tensor:
+    """decode(encode(x)), plus x W_skipᵀ for the skip transcoders."""
+    cfg = json.loads((folder / "cfg.json").read_text())
+    out = reference_decode(folder, reference_encode(folder, x))
+    if cfg["architecture"] in ("skip_transcoder", "jumprelu_skip_transcoder"):
+        out = out + x @ load_file(folder / "sae_weights.safetensors")["W_skip"].t()
+    return out

@@ -17,11 +17,19 @@ from saekit.errors import ArtifactError, UnknownArchitectureError
 from saekit.io import artifact, is_sae_folder, load_sae, load_suite, save_sae, save_suite
 from saekit.sae import SAE, build, get, list_architectures
 from saekit.types import ActBatch, StepCtx
-from tests.io.saelens_reference import reference_decode, reference_encode
+from tests.io.saelens_reference import reference_encode, reference_forward
 from tests.tolerance import assert_close_normwise
 
 D_IN, D_SAE = 12, 48
+D_OUT = 10
+"""A transcoder's output width here, unlike its input's."""
 ARCHITECTURES = list_architectures()
+SAELENS_LOADS = [name for name in ARCHITECTURES if name != "topk_transcoder"]
+"""The architectures SAELens 6.54 has an inference class for (it has no TopK transcoder)."""
+SAELENS_CASES = [pytest.param(name, {}, id=name) for name in SAELENS_LOADS] + [
+    pytest.param(name, {"skip": True}, id=f"{name}-skip") for name in SAELENS_LOADS if get(name).transcoder
+]
+"""Those architectures, and each transcoder among them with its skip connection too."""
 
 # Pinned independently of the classes' attributes: (SAELens class, apply_b_dec_to_input).
 SAELENS_NAMES = {
@@ -31,12 +39,27 @@ SAELENS_NAMES = {
     "matryoshka_batch_topk": ("jumprelu", True),
     "jumprelu": ("jumprelu", False),
     "gated": ("gated", True),
+    "relu_transcoder": ("transcoder", False),
+    "jumprelu_transcoder": ("jumprelu_transcoder", False),
+    "batch_topk_transcoder": ("jumprelu_transcoder", False),
 }
+SKIP_NAMES = {"relu_transcoder": "skip_transcoder", "jumprelu_transcoder": "jumprelu_skip_transcoder", "batch_topk_transcoder": "jumprelu_skip_transcoder"}
+
+
+def build_any(name: str, seed: int = 0, **hparams) -> SAE:
+    """``build`` with this file's widths; a transcoder writes D_OUT unless told otherwise."""
+    extra = {"d_out": D_OUT} if get(name).transcoder else {}
+    return build(name, d_in=D_IN, d_sae=D_SAE, seed=seed, **(extra | hparams))
+
+
+def sites_of(sae: SAE) -> dict:
+    """The metadata of the sites ``sae`` reads and, for a transcoder, writes."""
+    return {"site": "layers.3.resid_post"} | ({"site_out": "layers.3.mlp_out"} if sae.transcoder else {})
 
 
 def perturbed(name: str, seed: int = 0, **hparams) -> SAE:
     """An SAE whose every tensor is random, so that no default value can hide a lost tensor."""
-    sae = build(name, d_in=D_IN, d_sae=D_SAE, seed=seed, **hparams)
+    sae = build_any(name, seed, **hparams)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for t in sae.state_dict().values():
@@ -46,7 +69,7 @@ def perturbed(name: str, seed: int = 0, **hparams) -> SAE:
                 t.copy_(torch.rand(t.shape, generator=g) > 0.5)
             else:
                 t.copy_(torch.randint(0, 100, t.shape, generator=g))
-    sae.metadata = {"site": "layers.3.resid_post", "model": "smollm2-135m", "normalization_factor": 1.75}
+    sae.metadata = sites_of(sae) | {"model": "smollm2-135m", "normalization_factor": 1.75}
     return sae
 
 
@@ -63,6 +86,7 @@ def assert_same_sae(a: SAE, b: SAE) -> None:
             assert torch.equal(sa[key], sb[key]), key
     x = torch.randn(32, a.d_in, generator=torch.Generator().manual_seed(7)).to(a.W_enc.dtype)
     assert torch.equal(a.encode(x), b.encode(x))
+    assert torch.equal(a(x), b(x))
 
 
 def read_cfg(folder: Path) -> dict:
@@ -135,7 +159,11 @@ def test_cfg_json_has_the_saelens_keys(tmp_path, name):
     assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"], cfg["device"]) == (D_IN, D_SAE, "float32", "cpu")
     assert cfg["normalize_activations"] == cfg["reshape_activations"] == "none"
     assert cfg["sae_lens_version"] == artifact.SAELENS_FORMAT  # else SAELens drops our metadata
-    assert cfg["metadata"] == {"model_name": "smollm2-135m", "hook_name": "layers.3.resid_post", "normalization_factor": 1.75}
+    out = {"hook_name_out": "layers.3.mlp_out", "d_out": D_OUT} if sae.transcoder else {}
+    assert cfg["metadata"] == {"model_name": "smollm2-135m", "hook_name": "layers.3.resid_post", "normalization_factor": 1.75} | {
+        k: v for k, v in out.items() if k == "hook_name_out"
+    }
+    assert cfg.get("d_out") == out.get("d_out")
     for key, value in sae.extra_saelens_cfg().items():
         assert cfg[key] == value
     assert cfg["saekit"] == {
@@ -150,6 +178,13 @@ def test_cfg_json_has_the_saelens_keys(tmp_path, name):
 def test_saelens_architecture_names_are_pinned(tmp_path, name):
     cfg = read_cfg(save_sae(perturbed(name), tmp_path / "sae"))
     assert (cfg["architecture"], cfg["apply_b_dec_to_input"]) == SAELENS_NAMES[name]
+
+
+@pytest.mark.parametrize("name", sorted(SKIP_NAMES))
+def test_a_skip_transcoder_is_saved_as_saelens_skip_class(tmp_path, name):
+    cfg = read_cfg(save_sae(perturbed(name, skip=True), tmp_path / "sae"))
+    assert (cfg["architecture"], cfg["d_out"]) == (SKIP_NAMES[name], D_OUT)
+    assert load_file(tmp_path / "sae" / "sae_weights.safetensors")["W_skip"].shape == (D_OUT, D_IN)
 
 
 def test_topk_writes_k_for_saelens(tmp_path):
@@ -180,16 +215,24 @@ def as_saelens_folder(folder: Path) -> dict:
     return cfg
 
 
-# batch_topk and matryoshka_batch_topk are absent: without a saekit block a SAELens "jumprelu" means
-# saekit's jumprelu.
-@pytest.mark.parametrize("name", [n for n in ("relu", "topk", "jumprelu", "gated") if n in ARCHITECTURES])
-def test_saelens_folder_loads_as_the_matching_class(tmp_path, name):
-    sae = perturbed(name)
+# batch_topk, matryoshka_batch_topk and batch_topk_transcoder are absent: without a saekit block a
+# SAELens "jumprelu" ("jumprelu_transcoder") means saekit's jumprelu (jumprelu_transcoder).
+@pytest.mark.parametrize(
+    ("name", "hparams"),
+    [(n, {}) for n in ("relu", "topk", "jumprelu", "gated", "relu_transcoder", "jumprelu_transcoder")]
+    + [("relu_transcoder", {"skip": True}), ("jumprelu_transcoder", {"skip": True})],
+)
+def test_saelens_folder_loads_as_the_matching_class(tmp_path, name, hparams):
+    sae = perturbed(name, **hparams)
     folder = save_sae(sae, tmp_path / "sae")
-    as_saelens_folder(folder)
+    cfg = as_saelens_folder(folder)
+    if sae.transcoder:
+        write_cfg(folder, cfg | {"metadata": cfg["metadata"] | {"hook_name_out": "blocks.3.hook_mlp_out"}})
     loaded = load_sae(folder)
     assert_same_sae(sae, loaded)
-    assert loaded.metadata == {"site": "blocks.3.hook_resid_post", "model": "gpt2", "sae_lens_version": "6.54.12"}
+    out = {"site_out": "blocks.3.hook_mlp_out"} if sae.transcoder else {}
+    assert loaded.metadata == {"site": "blocks.3.hook_resid_post", "model": "gpt2", **out, "sae_lens_version": "6.54.12"}
+    assert loaded.site_out == out.get("site_out")
     assert loaded.provenance == {}
 
 
@@ -222,6 +265,20 @@ def test_saelens_settings_we_cannot_honour_are_refused(tmp_path, change, message
     folder = saved(tmp_path)
     write_cfg(folder, as_saelens_folder(folder) | change)
     with pytest.raises(ArtifactError, match=message):
+        load_sae(folder)
+
+
+def test_a_saelens_transcoder_folder_we_cannot_honour_is_refused(tmp_path):
+    folder = save_sae(perturbed("relu_transcoder", skip=True), tmp_path / "sae")
+    cfg = as_saelens_folder(folder)
+    write_cfg(folder, cfg | {"metadata": cfg["metadata"] | {"hook_name_out": 3}})
+    with pytest.raises(ArtifactError, match="hook_name_out must be a string, found 3"):
+        load_sae(folder)
+    write_cfg(folder, cfg | {"apply_b_dec_to_input": True})
+    with pytest.raises(ArtifactError, match="a SAELens 'skip_transcoder' SAE with apply_b_dec_to_input=True"):
+        load_sae(folder)
+    write_cfg(folder, cfg | {"architecture": "transcoder"})  # W_skip in the weights, but no skip class
+    with pytest.raises(ArtifactError, match="unexpected tensors W_skip"):
         load_sae(folder)
 
 
@@ -450,9 +507,9 @@ def test_load_suite_refuses_names_leaving_the_folder(tmp_path):
         load_suite(folder)
 
 
-def untrained(name: str) -> SAE:
-    sae = build(name, d_in=D_IN, d_sae=D_SAE, seed=0)
-    sae.metadata = {"site": "layers.3.resid_post"}
+def untrained(name: str, **hparams) -> SAE:
+    sae = build_any(name, **hparams)
+    sae.metadata = sites_of(sae)
     return sae
 
 
@@ -461,11 +518,11 @@ def probe_rows() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("state", ["untrained", "perturbed"])
-@pytest.mark.parametrize("name", ARCHITECTURES)
-def test_saved_folder_encodes_as_saelens_formulas_say(tmp_path, name, state):
+@pytest.mark.parametrize(("name", "hparams"), SAELENS_CASES)
+def test_saved_folder_encodes_as_saelens_formulas_say(tmp_path, name, hparams, state):
     """For any values saekit saves (fresh ones: unset thresholds; random ones: negative thresholds),
     its encode equals what a SAELens reader computes from the folder's files."""
-    sae = untrained(name) if state == "untrained" else perturbed(name)
+    sae = untrained(name, **hparams) if state == "untrained" else perturbed(name, **hparams)
     folder = save_sae(sae, tmp_path / "sae")
     x = probe_rows()
     expected = reference_encode(folder, x)
@@ -474,32 +531,36 @@ def test_saved_folder_encodes_as_saelens_formulas_say(tmp_path, name, state):
     with torch.no_grad():
         assert_close_normwise(sae.encode(x), expected)
         assert_close_normwise(load_sae(folder).encode(x), expected)
-        assert_close_normwise(sae(x), reference_decode(folder, expected))
+        assert_close_normwise(sae(x), reference_forward(folder, x))
     if state == "perturbed":
         assert expected.count_nonzero() > 0, "vacuous: nothing fires"
 
 
 @pytest.mark.parametrize("state", ["untrained", "perturbed", "trained"])
-@pytest.mark.parametrize("name", ARCHITECTURES)
-def test_saelens_itself_loads_the_folder(tmp_path, name, state):
+@pytest.mark.parametrize(("name", "hparams"), SAELENS_CASES)
+def test_saelens_itself_loads_the_folder(tmp_path, name, hparams, state):
+    """SAELens builds its own class from the folder and computes what saekit does; a transcoder's
+    output (skip term included) and output site too."""
     sae_lens = pytest.importorskip("sae_lens")
-    sae = {"untrained": untrained, "perturbed": perturbed, "trained": briefly_trained}[state](name)
+    sae = {"untrained": untrained, "perturbed": perturbed, "trained": briefly_trained}[state](name, **hparams)
     lens = sae_lens.SAE.load_from_disk(str(save_sae(sae, tmp_path / "sae")))
     x = probe_rows()
     with torch.no_grad():
         assert_close_normwise(lens.encode(x), sae.encode(x))
-        assert_close_normwise(lens.decode(lens.encode(x)), sae(x))
+        assert_close_normwise(lens(x), sae(x))
     assert lens.cfg.metadata.hook_name == "layers.3.resid_post"
+    assert lens.cfg.metadata.hook_name_out == sae.site_out
 
 
-def briefly_trained(name: str) -> SAE:
+def briefly_trained(name: str, **hparams) -> SAE:
     """A briefly trained SAE: thresholds learned."""
-    sae = untrained(name)
+    sae = untrained(name, **hparams)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(5)
     for step in range(10):
         ctx = StepCtx(step=step, total_steps=10)
-        out = sae.loss(ActBatch(torch.randn(64, D_IN, generator=g)), ctx)
+        target = torch.randn(64, sae.d_out, generator=g) if sae.transcoder else None
+        out = sae.loss(ActBatch(torch.randn(64, D_IN, generator=g), target=target), ctx)
         opt.zero_grad()
         out.loss.backward()
         opt.step()

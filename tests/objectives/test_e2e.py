@@ -126,6 +126,13 @@ def test_later_with_no_block_after_the_site_is_named(model, tokens):
         train_e2e(model, tokens, sae(), settings(1), E2EConfig(downstream_sites=("later",)), site="layers.2.resid_pre")
 
 
+def test_a_transcoder_is_refused_by_name(model, tokens):
+    transcoder = build("topk_transcoder", d_in=sae().d_in, d_sae=16, k=2)
+    transcoder.metadata.update(site="layers.1.mlp_in", site_out="layers.1.mlp_out")
+    with pytest.raises(ConfigError, match=r"e2e: SAE 1 \(topk_transcoder\) is a transcoder"):
+        train_e2e(model, tokens, [sae(), transcoder], settings(1))
+
+
 def test_kl_weight_defaults_to_the_papers():
     assert E2EConfig().resolved_kl_coef == 1.0
     assert E2EConfig(downstream_sites=("later",)).resolved_kl_coef == 0.5

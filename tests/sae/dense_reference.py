@@ -62,9 +62,9 @@ def aux_zipf_loss(pre: Tensor, residual: Tensor, density: Tensor, k_aux: int, W_
 def selection_mask(sae, pre: Tensor, x: Tensor, grad: Tensor | None) -> Tensor:
     """The dense mask of the (token, latent) pairs ``sae``'s training selection keeps."""
     k = sae.cfg.k
-    if sae.architecture == "topk":
+    if sae.architecture in ("topk", "topk_transcoder"):
         return row_topk_mask(pre, k)
-    if sae.architecture in ("batch_topk", "matryoshka_batch_topk"):
+    if sae.architecture in ("batch_topk", "matryoshka_batch_topk", "batch_topk_transcoder"):
         return batch_topk_mask(pre.relu(), k)
     if sae.architecture == "feature_choice":
         return F.feature_choice_mask(pre.relu(), sae.capacities(pre.shape[0]))
@@ -81,15 +81,20 @@ def prefix_errors(codes: Tensor, W_dec: Tensor, b_dec: Tensor, x: Tensor, widths
     return {m: (codes[:, :m] @ W_dec[:m] + b_dec - x).pow(2).sum(-1).mean() for m in widths}
 
 
-def dense_loss(sae, x: Tensor, ctx: StepCtx, grad: Tensor | None = None) -> LossOut:
-    """``sae.loss(ActBatch(x, grad), ctx)`` of a TopK-family SAE, computed densely (x: [batch, d_in]).
-    Uses (and, for aux_zipf, reads without updating) the SAE's running density as ``loss`` does."""
-    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+def dense_loss(sae, x: Tensor, ctx: StepCtx, grad: Tensor | None = None, target: Tensor | None = None) -> LossOut:
+    """``sae.loss(ActBatch(x, grad, target), ctx)`` of a TopK-family SAE or transcoder, computed densely
+    (x: [batch, d_in]; a transcoder's ``target`` [batch, d_out], the encoder reading x without the b_dec
+    shift and the output adding x W_skipᵀ where it has a skip connection). Uses (and, for aux_zipf, reads
+    without updating) the SAE's running density as ``loss`` does."""
+    pre = (x - sae.b_dec if sae.apply_b_dec_to_input else x) @ sae.W_enc + sae.b_enc
     codes = pre.relu() * selection_mask(sae, pre.detach(), x, grad)
     x_hat = codes @ sae.W_dec + sae.b_dec
+    if sae.transcoder:
+        x_hat = x_hat if sae.W_skip is None else x_hat + x @ sae.W_skip.t()
+        x = x if target is None else target
     mse = (x_hat - x).pow(2).sum(-1).mean()
     residual = (x - x_hat).detach()
-    k_aux = sae.cfg.aux_k or sae.d_in // 2
+    k_aux = sae.cfg.aux_k or sae.d_out // 2
     loss, terms = mse, {"mse": mse.detach(), "l0": (codes != 0).sum(-1).float().mean()}
     if sae.architecture == "matryoshka_batch_topk":
         errors = prefix_errors(codes, sae.W_dec, sae.b_dec, x, sae.cfg.prefix_widths)

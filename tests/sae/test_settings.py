@@ -32,7 +32,16 @@ THRESHOLD = {
     "threshold_ema": ({"threshold_start_step": 0}, {"threshold_start_step": 0, "threshold_ema": 0.5}),
     "threshold_start_step": ({}, {"threshold_start_step": 0}),
 }
-TOTALS = {"batch_topk": 40, "feature_choice": 40, "matryoshka_batch_topk": 40}
+TOTALS = {"batch_topk": 40, "feature_choice": 40, "matryoshka_batch_topk": 40, "batch_topk_transcoder": 40}
+TRANSCODER = {"d_out": ({}, {"d_out": 6}), "skip": ({}, {"skip": True})}
+JUMPRELU = {
+    "l0_coef": ({}, {"l0_coef": 0.1}),
+    "threshold_init": ({}, {"threshold_init": 0.05}),
+    "bandwidth": ({}, {"bandwidth": 0.01}),
+    "threshold_lr_scale": ({}, {"threshold_lr_scale": 1.0}),
+    "init_decoder_norm": ({}, {"init_decoder_norm": 1.0}),
+}
+RELU = {"l1_coef": ({}, {"l1_coef": 1.0}), "init_decoder_norm": ({}, {"init_decoder_norm": 0.5})}
 # field -> (base overrides, changed overrides); "lr" is common to all.
 CHANGES: dict[str, dict[str, tuple[dict, dict]]] = {
     "topk": TOPK,
@@ -40,15 +49,13 @@ CHANGES: dict[str, dict[str, tuple[dict, dict]]] = {
     "feature_choice": TOPK | THRESHOLD | {"capacity_zipf_exponent": ({}, {"capacity_zipf_exponent": 0.0})},
     "matryoshka_batch_topk": TOPK | THRESHOLD | {"widths": ({}, {"widths": (32, D_SAE)})},
     "gradient_topk": TOPK | {"beta": ({}, {"beta": 3.0}), "normalize_grad": ({}, {"normalize_grad": False})},
-    "jumprelu": {
-        "l0_coef": ({}, {"l0_coef": 0.1}),
-        "threshold_init": ({}, {"threshold_init": 0.05}),
-        "bandwidth": ({}, {"bandwidth": 0.01}),
-        "threshold_lr_scale": ({}, {"threshold_lr_scale": 1.0}),
-        "init_decoder_norm": ({}, {"init_decoder_norm": 1.0}),
-    },
+    "jumprelu": JUMPRELU,
     "gated": {"l1_coef": ({}, {"l1_coef": 1.0})},
-    "relu": {"l1_coef": ({}, {"l1_coef": 1.0}), "init_decoder_norm": ({}, {"init_decoder_norm": 0.5})},
+    "relu": RELU,
+    "topk_transcoder": TOPK | TRANSCODER,
+    "batch_topk_transcoder": TOPK | THRESHOLD | TRANSCODER,
+    "relu_transcoder": RELU | TRANSCODER,
+    "jumprelu_transcoder": JUMPRELU | TRANSCODER,
     # p takes 3 values, changing at steps 2 and 5 of the 8, within the steps run
     "p_anneal": {
         "sparsity_coef": (P_ANNEAL, {**P_ANNEAL, "sparsity_coef": 0.5}),
@@ -61,9 +68,9 @@ CHANGES: dict[str, dict[str, tuple[dict, dict]]] = {
 }
 
 
-def rows(seed: int) -> torch.Tensor:
+def rows(seed: int, width: int = D_IN) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(48, D_IN, generator=g) * torch.rand(48, 1, generator=g).add(0.5)
+    return torch.randn(48, width, generator=g) * torch.rand(48, 1, generator=g).add(0.5)
 
 
 def trajectory(name: str, hparams: dict) -> torch.Tensor:
@@ -75,7 +82,8 @@ def trajectory(name: str, hparams: dict) -> torch.Tensor:
     trace = []
     for step in range(STEPS):
         ctx = StepCtx(step=step, total_steps=TOTALS.get(name, TOTAL), dead_mask=torch.arange(D_SAE) % 3 == 0)
-        out = sae.loss(ActBatch(rows(step), rows(100 + step)), ctx)
+        target = rows(200 + step, sae.d_out) if sae.transcoder else None  # a transcoder's output site
+        out = sae.loss(ActBatch(rows(step), rows(100 + step), target), ctx)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         apply_update(sae, opt, 1.0, None)

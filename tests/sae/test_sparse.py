@@ -29,8 +29,9 @@ def perturbed(name: str, **kw):
     sae = build(name, d_in=D_IN, d_sae=D_SAE, seed=0, **kw).double()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for p_name in ("b_enc", "b_dec"):
-            getattr(sae, p_name).add_(torch.randn(getattr(sae, p_name).shape, generator=g, dtype=torch.float64) * 0.1)
+        for p_name, p in sae.named_parameters():
+            if p_name in ("b_enc", "b_dec", "W_skip"):
+                p.add_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.1)
     return sae
 
 
@@ -40,9 +41,12 @@ def grads_of(sae, out) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
 
 
-def assert_same(sparse_sae, dense_sae, x, ctx, grad=None):
-    fast = sparse_sae.loss(ActBatch(x, grad), ctx)
-    plain = dense_sae._dense_loss(x, ctx) if dense_sae.architecture == "jumprelu" else dense_loss(dense_sae, x, ctx, grad)
+def assert_same(sparse_sae, dense_sae, x, ctx, grad=None, target=None):
+    fast = sparse_sae.loss(ActBatch(x, grad, target), ctx)
+    if dense_sae.architecture in ("jumprelu", "jumprelu_transcoder"):
+        plain = jumprelu.dense_loss(dense_sae, dense_sae.cfg, dense_sae.threshold, ActBatch(x, grad, target), ctx)
+    else:
+        plain = dense_loss(dense_sae, x, ctx, grad, target)
     torch.testing.assert_close(fast.loss, plain.loss)
     torch.testing.assert_close(fast.x_hat, plain.x_hat)
     torch.testing.assert_close(fast.codes.to_dense(), plain.codes.to_dense())
@@ -349,11 +353,40 @@ def test_jumprelu_sparse_loss_equals_dense_including_threshold_gradients():
     assert not out.codes.to_dense().requires_grad  # the sparse path returns detached codes
 
 
+D_OUT = 7
+
+
+def sparse_jumprelu(name: str, x: torch.Tensor, **kw):
+    """A JumpReLU SAE or transcoder whose thresholds keep about 1% of ``x``'s codes: the sparse regime."""
+    sae = perturbed(name, bandwidth=0.05, init_decoder_norm=1.0, **kw)
+    with torch.no_grad():
+        sae.threshold.copy_((x @ sae.W_enc + sae.b_enc).quantile(0.99, dim=0))
+    return sae
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("name", ["topk_transcoder", "batch_topk_transcoder", "jumprelu_transcoder"])
+def test_transcoder_sparse_loss_equals_dense(name, skip):
+    """A transcoder (d_out = 7 against d_in = 12, a target of its own, the skip term) on the sparse path
+    gives the dense oracle's loss, output and gradients, W_skip's included."""
+    x, target = rows(4 * BATCH, 20), torch.randn(4 * BATCH, D_OUT, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    if name == "jumprelu_transcoder":
+        sae = sparse_jumprelu(name, x, d_out=D_OUT, skip=skip)
+        ctx = StepCtx(sparsity_scale=0.7)
+    else:
+        sae = perturbed(name, k=5, aux_k=4, d_out=D_OUT, skip=skip)
+        ctx = StepCtx(dead_mask=DEAD_MASKS["few"])
+    out = assert_same(sae, copy.deepcopy(sae), x, ctx, target=target)
+    assert out.x_hat.shape == (4 * BATCH, D_OUT)
+    assert ("W_skip" in dict(sae.named_parameters())) == skip
+    assert not out.codes.to_dense().requires_grad, "vacuous: the dense path ran"
+
+
 def test_jumprelu_dense_regime_takes_the_dense_path():
     sae = perturbed("jumprelu")  # θ₀ = 0.001: about half the latents active
     x = rows(BATCH, 3)
     out = sae.loss(ActBatch(x), StepCtx())
-    ref = sae._dense_loss(x, StepCtx())
+    ref = jumprelu.dense_loss(sae, sae.cfg, sae.threshold, ActBatch(x), StepCtx())
     codes = out.codes.to_dense()
     assert codes.count_nonzero() > 0.3 * codes.numel()
     assert codes.requires_grad  # the dense path's codes carry autograd

@@ -10,6 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from saekit.errors import ConfigError, DataError  # noqa: E402
+from saekit.sae import build as build_sae  # noqa: E402
 from saekit.sae.relu import ReLUConfig, ReLUSAE  # noqa: E402
 from saekit.sources.hf import (  # noqa: E402
     add_vector,
@@ -18,7 +19,9 @@ from saekit.sources.hf import (  # noqa: E402
     next_token_loss,
     record,
     splice,
+    splice_from,
     splice_sae,
+    splice_transcoder,
 )
 from saekit.sources.sites import site_module  # noqa: E402
 from tests.tolerance import assert_close_normwise  # noqa: E402
@@ -358,3 +361,48 @@ def test_splice_errors_and_cleanup(llama, tokens) -> None:
         with splice(llama, "layers.0.mlp", lambda h: h):
             pass
     assert hook_count(llama) == before
+
+
+# --- transcoders: one site computed from another in the same pass ------------------------------------
+
+
+def test_mlp_out_recomputed_from_mlp_in_in_the_same_pass_keeps_the_logits(family, tokens) -> None:
+    """Every family: replacing mlp_out by the block's own MLP (and the norm or dropout after it) applied
+    to mlp_in of the same pass changes nothing, so splice_from reads the input the MLP really read."""
+    name, model = family
+    mlp, after = site_module(model, "layers.1.mlp_in").module, site_module(model, "layers.1.mlp_out").module
+
+    def own_mlp(x: torch.Tensor) -> torch.Tensor:  # .forward: the hooks on these modules must not run again
+        out = mlp.forward(x)
+        return out if after is mlp else after.forward(out)
+
+    clean = logits_of(model, tokens)
+    with splice_from(model, "layers.1.mlp_in", "layers.1.mlp_out", own_mlp):
+        torch.testing.assert_close(logits_of(model, tokens), clean, rtol=1e-5, atol=1e-5)
+    with splice_from(model, "layers.1.mlp_in", "layers.1.mlp_out", lambda x: own_mlp(x) + x):  # not a constant: norms remove those
+        assert not torch.allclose(logits_of(model, tokens), clean, atol=1e-3)
+
+
+def test_splice_transcoder_writes_its_output_site_from_its_input_site(llama, tokens) -> None:
+    """A skip transcoder spliced in equals splicing, at mlp_out, its output on the clean mlp_in (which
+    mlp_out does not change), from a given position on."""
+    sae = build_sae("relu_transcoder", d_in=D, d_sae=48, skip=True, seed=0)
+    with torch.no_grad():
+        sae.W_skip.normal_(generator=torch.Generator().manual_seed(2))
+    sae.metadata.update(site="layers.1.mlp_in", site_out="layers.1.mlp_out")
+    x = collect_activations(llama, tokens, ["layers.1.mlp_in"])["layers.1.mlp_in"]
+    with torch.no_grad(), splice(llama, "layers.1.mlp_out", lambda h: sae(x[:, 2:]), start=2):
+        expected = logits_of(llama, tokens)
+    before = hook_count(llama)
+    with splice_transcoder(llama, sae, start=2):
+        torch.testing.assert_close(logits_of(llama, tokens), expected)
+    assert not torch.allclose(expected, logits_of(llama, tokens), atol=1e-3)
+    assert hook_count(llama) == before
+    with pytest.raises(DataError, match="splice it with splice_transcoder"):
+        splice_sae(llama, "layers.1.mlp_out", sae)
+
+
+def test_splice_from_a_later_site_is_refused(llama, tokens) -> None:
+    with pytest.raises(ConfigError, match=r"reads 'layers.1.mlp_in', which the forward pass has not computed by then"):
+        with splice_from(llama, "layers.1.mlp_in", "layers.0.mlp_out", lambda x: x):
+            logits_of(llama, tokens)

@@ -70,6 +70,38 @@ def test_sites_map_to_the_family_modules(family: str) -> None:
     assert n_layers(model) == 2
 
 
+# family -> the pre-MLP norm of layer 1, whose output is what the MLP reads
+PRE_MLP_NORMS = {
+    "llama": "model.layers.1.post_attention_layernorm",
+    "gemma2": "model.layers.1.pre_feedforward_layernorm",
+    "gpt2": "transformer.h.1.ln_2",
+    "gpt_neox": "gpt_neox.layers.1.post_attention_layernorm",
+}
+
+
+@pytest.mark.parametrize("family", sorted(LAYOUTS))
+def test_mlp_in_is_what_the_mlp_reads_and_mlp_out_is_computed_from_it(family: str) -> None:
+    """mlp_in is the input of the family's MLP module: the pre-MLP norm's output; the MLP (and, where the
+    family has one, the norm or dropout after it) maps it to mlp_out, so a transcoder from mlp_in to
+    mlp_out stands in for exactly that computation."""
+    from saekit.sources.hf import collect_activations
+
+    (config_class,), kwargs, _, mlp_path = LAYOUTS[family]
+    model = _build(config_class, **kwargs, **{"n_layer" if family == "gpt2" else "num_hidden_layers": 2})
+    hook = site_module(model, "layers.1.mlp_in")
+    block = mlp_path.rsplit(".", 1)[0]
+    assert (hook.path, hook.reads_input) == (f"{block}.mlp", True)
+    tokens = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+    acts = collect_activations(model, tokens, ["layers.1.mlp_in", "layers.1.mlp_out", PRE_MLP_NORMS[family]])
+    assert torch.equal(acts["layers.1.mlp_in"], acts[PRE_MLP_NORMS[family]])
+    with torch.no_grad():
+        out = model.get_submodule(f"{block}.mlp")(acts["layers.1.mlp_in"])
+        if mlp_path != f"{block}.mlp":
+            out = model.get_submodule(mlp_path)(out)
+    torch.testing.assert_close(out, acts["layers.1.mlp_out"])
+    assert resolve_sites(model, "layers.*.mlp_in") == ["layers.0.mlp_in", "layers.1.mlp_in"]
+
+
 def test_family_table_has_no_model_type_twice() -> None:
     types = [t for family in FAMILIES for t in family.model_types]
     assert len(types) == len(set(types))
@@ -103,7 +135,8 @@ def test_layer_of_and_available_sites(llama: torch.nn.Module) -> None:
     assert layer_of("layers.11.attn_out") == 11
     assert layer_of("layers.*.attn_out") is None
     sites = available_sites(llama)
-    assert len(sites) == 12 * 4 and sites[:4] == ["layers.0.resid_pre", "layers.0.attn_out", "layers.0.mlp_out", "layers.0.resid_post"]
+    assert len(sites) == 12 * 5
+    assert sites[:5] == ["layers.0.resid_pre", "layers.0.attn_out", "layers.0.mlp_in", "layers.0.mlp_out", "layers.0.resid_post"]
 
 
 @pytest.mark.parametrize(
@@ -113,7 +146,7 @@ def test_layer_of_and_available_sites(llama: torch.nn.Module) -> None:
         ("layers.{3..12}.mlp_out", r"layer 12 is out of range"),
         ("layers.{4..3}.mlp_out", r"empty layer range"),
         ("layers.x.mlp_out", r"the layer must be a number"),
-        ("layers.0.mlp_in", r"unknown site 'layers.0.mlp_in': unknown site kind 'mlp_in'.*resid_pre,attn_out,mlp_out,resid_post.*0..11"),
+        ("layers.0.mlp_mid", r"unknown site 'layers.0.mlp_mid': unknown site kind 'mlp_mid'.*resid_pre,attn_out,mlp_in,mlp_out,resid_post.*0..11"),
         ("model.layers.3.mlpp", r"unknown site 'model.layers.3.mlpp'.*module path such as model.layers.0.mlp"),
         ("", r"unknown site ''"),
     ],

@@ -113,6 +113,30 @@ def test_the_raw_scale_of_the_data_does_not_matter(arch):
             assert torch.equal(sae.encode(probe * c), c * base.encode(probe))
 
 
+@pytest.mark.parametrize("arch", ["topk_transcoder", "batch_topk_transcoder", "relu_transcoder", "jumprelu_transcoder"])
+def test_a_transcoder_folds_its_input_and_output_scales_apart(arch):
+    """Trained on (a·x, b·y) for powers of two a and b, a skip transcoder learns bit for bit what it learns
+    on (x, y): each site is normalised by its own factor, and folding them back leaves an SAE whose codes
+    and output are b times the base ones on a·x (codes live in the output's units)."""
+    x = SOURCE.sample(2048)
+    y = torch.tanh(x @ torch.randn(16, 12, generator=torch.Generator().manual_seed(5)))
+    trained = {}
+    for a, b in ((1.0, 1.0), (2.0**7, 2.0**-3), (2.0**-5, 2.0**4)):
+        sae = build(arch, d_in=16, d_out=12, d_sae=32, seed=3, skip=True)
+        sae.metadata.update(site="in", site_out="out")
+        trained[a, b] = train(sae, {"in": x * a, "out": y * b}, steps=20, **FAST).sae
+    base, probe = trained[1.0, 1.0], x[:200]
+    assert base.W_skip.abs().sum() > 0, "vacuous: the skip connection did not learn"
+    for (a, b), sae in trained.items():
+        assert base.metadata["normalization_factor"] == a * sae.metadata["normalization_factor"]
+        assert base.metadata["normalization_factor_out"] == b * sae.metadata["normalization_factor_out"]
+        assert sae.metadata["site_out"] == "out"
+        with torch.no_grad():
+            assert torch.equal(sae.encode(probe * a), b * base.encode(probe))
+            assert torch.equal(sae(probe * a), b * base(probe))
+            assert torch.equal(sae.W_dec, base.W_dec)
+
+
 def test_trained_sae_takes_raw_activations():
     x = SOURCE.sample(4096) * 7.0
     sae = train(build("topk", d_in=16, d_sae=64, k=4, seed=0, lr=3e-3), x, steps=150, **FAST).sae

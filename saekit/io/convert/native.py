@@ -38,7 +38,18 @@ PROVENANCE_FILE = "provenance.json"
 # Folders written by SAELens itself carry only its class name. Several of our architectures share a
 # SAELens class (BatchTopK is saved as "jumprelu"), so this maps each name to the one architecture
 # that SAELens class means when it has no saekit block; read then checks apply_b_dec_to_input.
-_SAEKIT_NAME_OF_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+_SAEKIT_NAME_OF_SAELENS = {
+    "standard": "relu",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "gated": "gated",
+    "transcoder": "relu_transcoder",
+    "skip_transcoder": "relu_transcoder",
+    "jumprelu_transcoder": "jumprelu_transcoder",
+    "jumprelu_skip_transcoder": "jumprelu_transcoder",
+}
+_SAELENS_SKIP = frozenset({"skip_transcoder", "jumprelu_skip_transcoder"})
+"""SAELens classes with a skip connection: saekit's transcoder of the same rule with ``skip = true``."""
 
 
 def is_sae_folder(path: str | os.PathLike[str]) -> bool:
@@ -109,7 +120,7 @@ def saelens_cfg(sae: SAE) -> dict[str, Any]:
     """The cfg.json keys SAELens builds ``sae``'s inference class from: the writer writes them, and the
     reader checks a saekit folder's against its saekit block."""
     return {
-        "architecture": sae.saelens_architecture,
+        "architecture": sae.saelens_name(),
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
@@ -164,7 +175,8 @@ def _saelens_config(cfg: dict[str, Any], cfg_path: Path) -> tuple[str, dict[str,
             f"{name!r}, which uses apply_b_dec_to_input={cls.apply_b_dec_to_input}"
         )
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    return name, {k: v for k, v in cfg.items() if k in fields}
+    config = {k: v for k, v in cfg.items() if k in fields}
+    return name, config | ({"skip": True} if saelens_name in _SAELENS_SKIP else {})
 
 
 def _check_saelens_extras(cfg: dict[str, Any], sae: SAE, cfg_path: Path) -> None:
@@ -214,7 +226,9 @@ def _metadata_from_cfg(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
     # SAELens before 6.0 kept hook_name and model_name at the top level.
     site = meta.pop("hook_name", None) or cfg.get("hook_name")
     model = meta.pop("model_name", None) or cfg.get("model_name")
-    for key, value in (("hook_name", site), ("model_name", model)):
+    site_out = meta.pop("hook_name_out", None) or cfg.get("hook_name_out")  # a transcoder's output site
+    for key, value in (("hook_name", site), ("model_name", model), ("hook_name_out", site_out)):
         if value is not None and not isinstance(value, str):
             raise ArtifactError(f"{cfg_path}: {key} must be a string, found {value!r}")
-    return meta | ({"site": site} if site is not None else {}) | ({"model": model} if model is not None else {})
+    named = {"site": site, "model": model, "site_out": site_out}
+    return meta | {key: value for key, value in named.items() if value is not None}
