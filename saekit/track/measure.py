@@ -147,8 +147,10 @@ def _checkpoint_stats(sae: SAE, acts: dict[str, Tensor], top: D.TopTokens, rando
 
 @torch.no_grad()
 def _fvu(sae: SAE, acts: dict[str, Tensor]) -> float:
+    """FVU of what the SAE reconstructs: its input, or a transcoder's output site."""
     x = acts[sae.metadata["site"]].float()
-    return float((x - sae(x)).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    y = acts[sae.require_site_out()].float() if sae.transcoder else x
+    return float((y - sae(x)).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
 
 
 def _independent_saes(series: SeriesResult) -> dict[str, dict[int, SAE]]:

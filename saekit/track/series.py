@@ -160,6 +160,8 @@ def warm_start_(sae: SAE, source: ActivationSource, cfg: TrainConfig, lr: float)
     sae.cfg = dataclasses.replace(sae.cfg, lr=lr)
     if cfg.normalize_activations:
         site = sae.metadata["site"]
-        old = float(sae.metadata["normalization_factor"])
-        new = estimate_scales(source, {site}, cfg.batch_size, cfg.seed, cfg.norm_estimation_tokens)[site]
-        rescale_(sae, old / new)
+        site_out = sae.require_site_out() if sae.transcoder else site  # a transcoder has two sites, two factors
+        old_in = float(sae.metadata["normalization_factor"])
+        old_out = float(sae.metadata["normalization_factor_out"]) if sae.transcoder else old_in
+        new = estimate_scales(source, {site, site_out}, cfg.batch_size, cfg.seed, cfg.norm_estimation_tokens)
+        rescale_(sae, old_out / new[site_out], old_in / new[site])

@@ -179,3 +179,35 @@ def test_a_config_refused_on_its_way_in_leaves_no_trace(checkpoints, tmp_path):
     assert not (tmp_path / "out" / "track.json").exists()
     fixed = load_track_config(_config(checkpoints, tmp_path))
     assert len(run_series(fixed, tmp_path / "out").series) == 3  # no --resume needed after the refusal
+
+
+def test_a_transcoder_series_warm_starts_with_both_sites_factors(checkpoints, tmp_path):
+    from saekit.track.measure import measure_series
+
+    path = tmp_path / "t.toml"
+    text = track_toml(checkpoints, tmp_path / "out", sae='architecture = "topk_transcoder"\nsite = "layers.0.mlp_in"\nsite_out = "layers.0.mlp_out"\nd_sae = 32\nk = 4')
+    path.write_text(text.replace(f'sites = ["{SITE}"]', 'sites = ["layers.0.mlp_in", "layers.0.mlp_out"]'))
+    tr = load_track_config(path)
+    series = run_series(tr, tmp_path / "out")
+    first = saekit.load_suite(series.series[0].folder / "saes")["00-topk_transcoder"]
+    assert first.metadata["normalization_factor"] != first.metadata["normalization_factor_out"]
+    (result,) = measure_series(tr, series)
+    assert result.site == "layers.0.mlp_in" and all(0 <= v < 1.5 for v in result.fvu)
+    assert float(result.drift_to_final[0][result.alive].mean()) > 0.5
+
+
+def test_a_transcoder_warm_start_rescales_by_its_input_and_output_factors():
+    sae = saekit.build_sae("topk_transcoder", d_in=4, d_out=3, d_sae=8, k=2, seed=0)
+    sae.metadata.update(site="a", site_out="b", normalization_factor=2.0, normalization_factor_out=5.0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g) * 7, torch.randn(64, 3, generator=g) * 0.5
+    new_in, new_out = (math.sqrt(64 / float(t.double().pow(2).sum())) for t in (x, y))
+    before = {n: t.detach().clone() for n, t in sae.state_dict().items()}
+    warm_start_(sae, TensorSource({"a": x, "b": y}), TrainConfig(steps=1, batch_size=64, norm_estimation_tokens=64), lr=1e-4)
+    out_ratio = 5.0 / new_out
+    for name in sae.scaled_params:
+        assert torch.allclose(sae.state_dict()[name], before[name] * out_ratio, rtol=1e-5), name
+    ratio = [name for name in sae.ratio_params if name in before]  # W_skip only with skip = true
+    for name in ratio:
+        assert torch.allclose(sae.state_dict()[name], before[name] * out_ratio / (2.0 / new_in), rtol=1e-5), name
+    assert ratio and sae.scaled_params
