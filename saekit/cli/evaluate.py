@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from saekit.atomic import write_file
+from saekit.cli import bench
 from saekit.cli.args import non_negative_int, positive_int, refuse_unused
 from saekit.errors import SaekitError
 
@@ -33,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--max-tokens", type=positive_int, default=None, help="with --data: read at most this many activations")
     ev.add_argument("--out", help="report folder (default: SAE_OR_SUITE/eval)")
     ev.add_argument("--json", help="also write the rows to this JSON file")
+    bench.add_arguments(ev)
     ev.set_defaults(func=run, parser=ev)
 
 
@@ -49,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
     target = Path(args.sae)
     saes = load_suite(target) if (target / INDEX_FILE).is_file() else {target.name: load_sae(target)}
+    if args.bench:
+        refuse_unused(args, args.parser, bench.NOT_BENCH, "with --bench")
+        return bench.run(args, saes, target, args.model or _recorded_model(saes) or DEFAULT_MODEL)
+    refuse_unused(args, args.parser, bench.BENCH_ONLY, "without --bench")
     out = Path(args.out) if args.out else target / "eval"
     if args.data:
         refuse_unused(args, args.parser, MODEL_ONLY, "with --data (activation metrics only)")

@@ -33,7 +33,8 @@ def _grid(plt: Any, n: int, width: float = 3.6, height: float = 3.0) -> tuple[An
     return fig, flat[:n]
 
 
-def _save(plt: Any, fig: Any, path: Path) -> Path:
+def save_figure(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (the format from its suffix) atomically and close it."""
     fig.tight_layout()
     write_file(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or None, dpi=110))
     plt.close(fig)
@@ -58,7 +59,7 @@ def plot_frontier(rows: Sequence[Row], path: Path) -> Path | None:
             ax.set_xscale("log")
         ax.legend(fontsize=7)
     fig.suptitle("Sparsity against downstream loss (lower left is better)")
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def plot_by_depth(rows: Sequence[Row], path: Path) -> Path | None:
@@ -78,7 +79,7 @@ def plot_by_depth(rows: Sequence[Row], path: Path) -> Path | None:
             ax.plot(*zip(*sorted(points)), marker="o", label=f"{arch} {kind}")
         ax.set(xlabel="layer", ylabel=labels[metric], title=f"{labels[metric]} by depth")
         ax.legend(fontsize=7)
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def plot_density(rows: Sequence[Row], path: Path) -> Path | None:
@@ -97,4 +98,4 @@ def plot_density(rows: Sequence[Row], path: Path) -> Path | None:
             ax.stairs(hist["counts"], hist["log10_edges"], label=f"{r['name']} ({hist['dead']} dead)")
         ax.set(title=arch, xlabel="log10 firing frequency", ylabel="latents")
         ax.legend(fontsize=6)
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)

@@ -1,0 +1,101 @@
+"""The benchmark's report folder: one SAEBench JSON per SAE and eval type, a table (mean ± standard
+deviation over seeds) per SAE and per task, and a plot of accuracy against k."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from saekit.eval.bench.output import write_output
+from saekit.eval.plots import pyplot
+from saekit.eval.report import write_report
+from saekit.eval.suite_plots import save_figure
+from saekit.eval.table import markdown_table
+
+NOTES = (
+    "`raw` is a logistic-regression probe on all of the site's activations (mean over each text's tokens); "
+    "`top_k` a probe on the k SAE latents whose class means differ most on the training texts (SAEBench's "
+    "sparse probing). Test accuracy, mean ± standard deviation over the seeds' train/test partitions."
+)
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def summary_rows(outputs: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per SAE: its site and width, the raw probe's accuracy and each k's, averaged over tasks."""
+    rows = []
+    for name, doc in outputs.items():
+        metrics = {**doc["eval_result_metrics"]["llm"], **doc["eval_result_metrics"]["sae"]}
+        std = doc["eval_result_unstructured"]["metrics_std"]
+        row: dict[str, Any] = {"name": name, "site": doc["sae_cfg_dict"]["hook_name"], "d_sae": doc["sae_cfg_dict"]["d_sae"]}
+        row["raw"] = _pm(metrics["llm_test_accuracy"], std["llm_test_accuracy"])
+        for k in doc["eval_config"]["k_values"]:
+            row[f"top_{k}"] = _pm(metrics[f"sae_top_{k}_test_accuracy"], std[f"sae_top_{k}_test_accuracy"])
+        rows.append(row)
+    return rows
+
+
+def task_table(outputs: Mapping[str, dict[str, Any]]) -> str:
+    """A Markdown table with one row per (task, SAE)."""
+    rows, columns = [], ["task", "name", "raw"]
+    for name, doc in outputs.items():
+        ks = doc["eval_config"]["k_values"]
+        columns += [f"top_{k}" for k in ks if f"top_{k}" not in columns]
+        for task, info in doc["eval_result_unstructured"]["tasks"].items():
+            seeds, std = info["per_seed"], info["std"]
+            row = {"task": task, "name": name, "raw": _pm(_avg(seeds["llm_test_accuracy"]), std["llm_test_accuracy"])}
+            for k in ks:
+                key = f"sae_top_{k}_test_accuracy"
+                row[f"top_{k}"] = _pm(_avg(seeds[key]), std[key])
+            rows.append(row)
+    return markdown_table(sorted(rows, key=lambda r: (r["task"], r["name"])), columns)
+
+
+def _avg(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None) / len(values)
+
+
+def plot_sparse_probing(outputs: Mapping[str, dict[str, Any]], path: Path) -> Path | None:
+    """Mean test accuracy over tasks against k (error bars: standard deviation over seeds), one line per
+    SAE, the raw probe of each site dashed; None without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    raw_drawn: set[str] = set()
+    for name, doc in outputs.items():
+        ks = doc["eval_config"]["k_values"]
+        sae, std = doc["eval_result_metrics"]["sae"], doc["eval_result_unstructured"]["metrics_std"]
+        ys = [sae[f"sae_top_{k}_test_accuracy"] for k in ks]
+        errs = [std[f"sae_top_{k}_test_accuracy"] or 0.0 for k in ks]
+        ax.errorbar(ks, ys, yerr=errs, marker="o", capsize=3, label=name)
+        site = doc["sae_cfg_dict"]["hook_name"]
+        if site not in raw_drawn:
+            raw_drawn.add(site)
+            ax.axhline(doc["eval_result_metrics"]["llm"]["llm_test_accuracy"], linestyle="--", color="grey", linewidth=1)
+            ax.annotate(f"raw probe {site}", (ks[0], doc["eval_result_metrics"]["llm"]["llm_test_accuracy"]), fontsize=7, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("k (SAE latents in the probe)")
+    ax.set_ylabel("test accuracy (mean over tasks)")
+    ax.set_title("k-sparse probing")
+    ax.legend(fontsize=7)
+    return save_figure(plt, fig, path)
+
+
+def write_bench_report(
+    out: Path, outputs: Mapping[str, dict[str, Any]], *, title: str, intro: str, links: Mapping[str, Path | str] | None = None
+) -> list[Path]:
+    """Write every SAE's SAEBench JSON and the report into ``out``; returns the JSON files."""
+    out = Path(out)
+    files = [write_output(out, doc) for doc in outputs.values()]
+    rows = summary_rows(outputs)
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    plot = plot_sparse_probing(outputs, out / "sparse_probing.png")
+    body = f"{intro}\n\n{NOTES}\n\nPer task:\n\n{task_table(outputs)}\n\nSAEBench JSON: {len(files)} file(s) in `sparse_probing/`.\n\nMean over tasks:"
+    write_report(out, title=title, intro=body, rows=rows, columns=columns, plots=[plot], links=links)
+    return files
