@@ -28,6 +28,7 @@ from saekit.sae.base import SAE
 from saekit.version import __version__
 
 if TYPE_CHECKING:
+    from saekit.eval.bench.absorption import AbsorptionConfig
     from saekit.eval.bench.sparse_probing import SparseProbingConfig, TaskRun
 
 TOP_LEVEL_KEYS = (
@@ -129,3 +130,63 @@ def write_output(folder: Path, doc: dict[str, Any]) -> Path:
     path = Path(folder) / doc["eval_type_id"] / f"{doc['sae_lens_id']}_eval_results.json"
     write_text(path, json.dumps(doc, indent=2) + "\n")
     return path
+
+
+ABSORPTION_METRICS = {
+    "mean_absorption_fraction_score": "mean_absorption_fraction",
+    "mean_full_absorption_score": "full_absorption_rate",
+    "mean_num_split_features": "num_split_features",
+}
+
+
+def _letter_summary(letters: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """SAEBench's six metrics over the letters that count: means and standard deviations over letters."""
+    counted = [row for row in letters.values() if row["counted"]]
+    out: dict[str, float | None] = {}
+    for metric, key in ABSORPTION_METRICS.items():
+        values = [float(row[key]) for row in counted]
+        out[metric] = statistics.fmean(values) if values else None
+        out[metric.replace("mean_", "std_dev_", 1)] = statistics.stdev(values) if len(values) > 1 else None
+    return out
+
+
+def absorption_output(
+    name: str, sae: SAE, per_seed: Sequence[dict[str, dict[str, Any]]], cfg: AbsorptionConfig, model: LoadedModel,
+    release: str | None, tokens_after_word: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One SAE's ``absorption_first_letter`` output: metrics averaged over seeds, details of the first seed."""
+    summaries = [_letter_summary(letters) for letters in per_seed]
+    keys = list(summaries[0])
+    by_seed = {key: [s[key] for s in summaries] for key in keys}
+    config = {
+        **asdict(cfg),
+        "model_name": model.name,
+        "max_k_value": cfg.max_k,
+        "prompt_token_pos": -(tokens_after_word + 1),
+        "llm_batch_size": cfg.batch_size,
+        "llm_dtype": str(model.model.dtype).removeprefix("torch."),
+        "min_GT_probe_f1": cfg.min_probe_f1,
+        "seed_list": [cfg.random_seed + s for s in range(cfg.seeds)],
+    }
+    out = base_output("absorption_first_letter", config, name, sae, release)
+    out["eval_result_metrics"] = {"mean": {k: _mean_present(v) for k, v in by_seed.items()}}
+    out["eval_result_details"] = [
+        {"first_letter": letter, **{k: row[k] for k in DETAIL_KEYS}} for letter, row in per_seed[0].items() if row["counted"]
+    ]
+    out["eval_result_unstructured"] = {
+        "seeds": config["seed_list"],
+        "metrics_per_seed": by_seed,
+        "metrics_std": {k: _std([v for v in vals if v is not None]) for k, vals in by_seed.items()},
+        "letters_per_seed": list(per_seed),
+        "notes": "metrics: means over seeds of SAEBench's per-seed values (over the letters whose probe F1 reaches "
+        "min_probe_f1); details: the first seed",
+    }
+    return out
+
+
+DETAIL_KEYS = ("mean_absorption_fraction", "full_absorption_rate", "num_full_absorption", "num_probe_true_positives", "num_split_features")
+
+
+def _mean_present(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None

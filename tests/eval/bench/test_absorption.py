@@ -1,0 +1,125 @@
+"""Feature absorption on the first-letter task: the per-word scores computed by hand, the choice of a
+letter's main latents, the vocabulary's words, and the whole path through a tiny LLaMA whose word
+embeddings carry their first letter."""
+
+import pytest
+import tokenizers
+import torch
+import transformers
+
+from saekit.errors import ConfigError, DataError
+from saekit.eval.bench.absorption import (
+    LETTERS,
+    AbsorptionConfig,
+    absorption,
+    absorption_of,
+    main_latents,
+    vocabulary_words,
+)
+from saekit.eval.bench.output import TOP_LEVEL_KEYS
+from saekit.eval.bench.sparse_probing import Split
+from saekit.models.load import LoadedModel
+from saekit.sae import build
+from tests.tiny_lm import tiny_llama, tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+COS = torch.tensor([0.9, 0.5, 0.05, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("shares", "main", "fraction", "full"),
+    [
+        ([1.0, 0.0, 0.0, 0.0], [0], 0.0, False),  # the main latent carries the whole projection
+        ([0.0, 0.8, 0.0, 0.0], [0], 1.0, True),  # main silent, latent 1 (cos 0.5) supplies 80%
+        ([0.5, 0.5, 0.0, 0.0], [0], 0.5, False),  # half each: absorbed 0.5 / (0.5 + 0.5)
+        ([0.0, 0.3, 0.0, 0.0], [0], 0.0, False),  # 30% < 40%: not absorption
+        ([0.0, 0.0, 0.9, 0.0], [0], 0.0, True),  # cos 0.05: too low to absorb partly, enough for full (≥ 0.025)
+    ],
+)
+def test_absorption_of_one_word_matches_the_hand_computation(shares, main, fraction, full):
+    score = absorption_of(1.0, torch.tensor(shares), COS, main)
+    assert score.fraction == pytest.approx(fraction) and score.full is full
+
+
+def test_main_latents_grow_while_f1_jumps():
+    # Letter words (y = 1) fire latent 2 (first half) or latent 5 (second half); the rest fire latent 0.
+    y = torch.tensor([1] * 20 + [0] * 20)
+    codes = torch.zeros(40, 8)
+    codes[:10, 2] = 1.0
+    codes[10:20, 5] = 1.0
+    codes[20:, 0] = 1.0
+    split = Split(torch.arange(0, 40, 2), torch.arange(1, 40, 2))
+    assert sorted(main_latents(codes, y, split, max_k=6, jump=0.03, C=10.0)) == [2, 5]
+    assert len(main_latents(codes, y, split, max_k=1, jump=0.03, C=10.0)) == 1
+
+
+def _letter_model():
+    """A byte-level word tokenizer of 4 words per letter and a tiny LLaMA whose word embeddings are
+    their first letter's direction plus noise."""
+    words = [f"{c}{s}" for c in LETTERS for s in ("ab", "ol", "um", "er", "ix", "oz")]
+    scaffold = ["<bos>", "<eos>", "<unk>", "Ċ", "Ġhas", "Ġthe", "Ġfirst", "Ġletter", ":"] + [f"Ġ{c.upper()}" for c in LETTERS]
+    vocab = {t: i for i, t in enumerate(scaffold + [f"Ġ{w}" for w in words])}
+    inner = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    inner.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    inner.decoder = tokenizers.decoders.ByteLevel()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, bos_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config).eval()
+    letter_dirs = torch.randn(26, 32)
+    with torch.no_grad():
+        for w in words:
+            model.model.embed_tokens.weight[vocab[f"Ġ{w}"]] = 3 * letter_dirs[LETTERS.index(w[0])] + 0.3 * torch.randn(32)
+    return LoadedModel(model, tok, "letters"), letter_dirs
+
+
+def test_vocabulary_words_are_space_then_letters():
+    lm, _ = _letter_model()
+    words = vocabulary_words(lm)
+    assert " aab" in words.texts and " has" in words.texts and " A" in words.texts and ":" not in words.texts
+    assert words.letters[words.texts.index(" zoz")] == 25
+
+
+def test_the_whole_path_writes_saebench_absorption_outputs():
+    lm, letter_dirs = _letter_model()
+    # An SAE with one latent per letter (its direction) and one spare latent per letter nearly aligned.
+    sae = build("relu", d_in=32, d_sae=52, seed=0)
+    with torch.no_grad():
+        dirs = torch.cat([letter_dirs, letter_dirs + 0.1 * torch.randn(26, 32)])
+        sae.W_dec.copy_(dirs / dirs.norm(dim=1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_enc.fill_(-2.0)
+        sae.b_dec.zero_()
+    sae.metadata.update(site="layers.0.resid_post")
+    cfg = AbsorptionConfig(icl_examples=2, seeds=2, min_probe_f1=0.5, max_k=3, C=10.0)
+    doc = absorption({"s": sae}, lm, cfg, release="suite")["s"]
+    assert set(TOP_LEVEL_KEYS) <= set(doc) and doc["eval_type_id"] == "absorption_first_letter"
+    assert doc["eval_config"]["prompt_token_pos"] == -6 and doc["eval_config"]["max_k_value"] == 3
+    mean = doc["eval_result_metrics"]["mean"]
+    assert set(mean) == {
+        "mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features",
+        "std_dev_absorption_fraction_score", "std_dev_full_absorption_score", "std_dev_num_split_features",
+    }  # fmt: skip
+    assert 0.0 <= mean["mean_absorption_fraction_score"] <= 1.0 and 0.0 <= mean["mean_full_absorption_score"] <= 1.0
+    assert 1.0 <= mean["mean_num_split_features"] <= 3.0
+    details = doc["eval_result_details"]
+    assert len(details) >= 13 and all(len(d["first_letter"]) == 1 and d["num_probe_true_positives"] > 0 for d in details)
+    assert len(doc["eval_result_unstructured"]["letters_per_seed"]) == 2
+
+
+def test_bad_settings_and_a_small_vocabulary_are_named():
+    with pytest.raises(ConfigError, match="prompt_template must start with"):
+        AbsorptionConfig(prompt_template="The word {word}")
+    with pytest.raises(ConfigError, match="test_fraction"):
+        AbsorptionConfig(test_fraction=1.0)
+    sae = build("relu", d_in=16, d_sae=32, seed=0)
+    sae.metadata.update(site="layers.0.resid_post")
+    small = LoadedModel(tiny_llama().eval(), tiny_tokenizer(), "tiny")
+    with pytest.raises(DataError, match="single-token words; the first-letter task needs more"):
+        absorption({"s": sae}, small)
+    with pytest.raises(ConfigError, match="k=40 is larger than SAE 's''s d_sae=32"):
+        absorption({"s": sae}, small, AbsorptionConfig(max_k=40))
