@@ -3,13 +3,10 @@ letter's main latents, the vocabulary's words, and the whole path through a tiny
 embeddings carry their first letter."""
 
 import pytest
-import tokenizers
 import torch
-import transformers
 
 from saekit.errors import ConfigError, DataError
 from saekit.eval.bench.absorption import (
-    LETTERS,
     AbsorptionConfig,
     absorption,
     absorption_of,
@@ -20,7 +17,7 @@ from saekit.eval.bench.output import TOP_LEVEL_KEYS
 from saekit.eval.bench.sparse_probing import Split
 from saekit.models.load import LoadedModel
 from saekit.sae import build
-from tests.tiny_lm import tiny_llama, tiny_tokenizer
+from tests.tiny_lm import letter_llama, tiny_llama, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,38 +51,17 @@ def test_main_latents_grow_while_f1_jumps():
     assert len(main_latents(codes, y, split, max_k=1, jump=0.03, C=10.0)) == 1
 
 
-def _letter_model():
-    """A byte-level word tokenizer of 4 words per letter and a tiny LLaMA whose word embeddings are
-    their first letter's direction plus noise."""
-    words = [f"{c}{s}" for c in LETTERS for s in ("ab", "ol", "um", "er", "ix", "oz")]
-    scaffold = ["<bos>", "<eos>", "<unk>", "Ċ", "Ġhas", "Ġthe", "Ġfirst", "Ġletter", ":"] + [f"Ġ{c.upper()}" for c in LETTERS]
-    vocab = {t: i for i, t in enumerate(scaffold + [f"Ġ{w}" for w in words])}
-    inner = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    inner.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    inner.decoder = tokenizers.decoders.ByteLevel()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, bos_token_id=0, eos_token_id=1,
-    )  # fmt: skip
-    model = transformers.LlamaForCausalLM(config).eval()
-    letter_dirs = torch.randn(26, 32)
-    with torch.no_grad():
-        for w in words:
-            model.model.embed_tokens.weight[vocab[f"Ġ{w}"]] = 3 * letter_dirs[LETTERS.index(w[0])] + 0.3 * torch.randn(32)
-    return LoadedModel(model, tok, "letters"), letter_dirs
-
-
 def test_vocabulary_words_are_space_then_letters():
-    lm, _ = _letter_model()
+    model, tok, _ = letter_llama()
+    lm = LoadedModel(model, tok, "letters")
     words = vocabulary_words(lm)
     assert " aab" in words.texts and " has" in words.texts and " A" in words.texts and ":" not in words.texts
     assert words.letters[words.texts.index(" zoz")] == 25
 
 
 def test_the_whole_path_writes_saebench_absorption_outputs():
-    lm, letter_dirs = _letter_model()
+    model, tok, letter_dirs = letter_llama()
+    lm = LoadedModel(model, tok, "letters")
     # An SAE with one latent per letter (its direction) and one spare latent per letter nearly aligned.
     sae = build("relu", d_in=32, d_sae=52, seed=0)
     with torch.no_grad():

@@ -111,8 +111,11 @@ def test_the_whole_path_writes_saebench_outputs(lm, tmp_path):
     # Both SAEs of the run share its id; the raw probe of a site is the same for every SAE there.
     assert outputs["early"]["eval_id"] == doc["eval_id"]
 
-    files = write_bench_report(tmp_path / "bench", outputs, title="t", intro="i")
-    assert [f.name for f in files] == ["early_eval_results.json", "late_eval_results.json"]
+    files = write_bench_report(tmp_path / "bench", {"sparse_probing": outputs}, title="t", intro="i")
+    assert [f.relative_to(tmp_path / "bench").as_posix() for f in files] == [
+        "sparse_probing/early_eval_results.json",
+        "sparse_probing/late_eval_results.json",
+    ]
     assert json.loads(files[1].read_text()) == json.loads(json.dumps(doc))
     report = (tmp_path / "bench" / "report.md").read_text()
     assert "| dog_or_mat | early |" in report and "±" in report
