@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from saekit.errors import ConfigError, DataError
 from saekit.eval.bench.logreg import fit_logistic
+from saekit.eval.bench.pooling import check_finite
 from saekit.eval.bench.sparse_probing import Split, check_saes
 from saekit.models.load import LoadedModel
 from saekit.sae.base import SAE
@@ -80,6 +81,10 @@ class AbsorptionConfig:
     def __post_init__(self) -> None:
         if self.prompt_template.count("{word}") != 1 or not self.prompt_template.startswith("{word}"):
             raise ConfigError(f"prompt_template must start with {{word}} and hold it once, got {self.prompt_template!r}")
+        try:
+            self.prompt_template.format(word="w")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"prompt_template {self.prompt_template!r} cannot be filled with a word alone ({exc!r})") from None
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
         for key in ("max_words", "max_k", "seeds", "batch_size"):
@@ -144,7 +149,9 @@ def word_activations(loaded: LoadedModel, word_ids: Sequence[int], before: list[
         for name, sae in saes.items():
             rows = acts[sae.require_site()][:, pos]
             codes[name].append(sae.encode(rows.to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu())
-    return WordActs({s: torch.cat(v) for s, v in llm.items()}, {n: torch.cat(v) for n, v in codes.items()})
+    out = WordActs({s: torch.cat(v) for s, v in llm.items()}, {n: torch.cat(v) for n, v in codes.items()})
+    check_finite(out.llm, out.sae, "absorption")
+    return out
 
 
 def f1_score(pred: Tensor, truth: Tensor) -> float:

@@ -86,7 +86,18 @@ def pooled_means(
             flat = acts[sae.require_site()][keep.to(sae.W_dec.device)]
             c = sae.encode(flat.to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu()
             codes[name][index] = _sum_by(c, owner, len(rows)) / counts
+    check_finite(llm, codes, what)
     return Pooled(llm, codes)
+
+
+def check_finite(llm: Mapping[str, Tensor], codes: Mapping[str, Tensor], what: str) -> None:
+    """Refuse activations or codes holding NaN or inf, naming the site or SAE, before any probe sees them."""
+    for site, x in llm.items():
+        if not torch.isfinite(x).all():
+            raise DataError(f"{what}: the activations at {site} hold NaN or infinite values")
+    for name, c in codes.items():
+        if not torch.isfinite(c).all():
+            raise DataError(f"{what}: the codes of SAE {name!r} hold NaN or infinite values")
 
 
 def _sum_by(values: Tensor, owner: Tensor, n: int) -> Tensor:

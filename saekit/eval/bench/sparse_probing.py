@@ -54,6 +54,7 @@ class SparseProbingConfig:
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ConfigError("sparse probing needs at least one task")
+        check_unique(self.tasks)
         if not self.k_values or min(self.k_values) < 1 or len(set(self.k_values)) != len(self.k_values):
             raise ConfigError(f"k_values must be distinct positive integers, got {list(self.k_values)}")
         for key in ("train_size", "test_size"):
@@ -85,6 +86,15 @@ class TaskRun(NamedTuple):
     n_test: int
     n_too_short: int
     """Texts left out: no token left after skipping the leading positions."""
+
+
+def check_unique(names: Sequence[str]) -> None:
+    """Refuse a task named twice: its results would be merged under one name."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"task {name!r} is named twice; each task is scored once")
+        seen.add(name)
 
 
 def top_k_by_mean_diff(x: Tensor, y: Tensor, k: int) -> Tensor:
@@ -161,7 +171,7 @@ def run_task(task: ProbeTask, loaded: LoadedModel, saes: Mapping[str, SAE], cfg:
         )
     y = labels[pool]
     pooled = pooled_means(
-        loaded, [ids[i] for i in pool.tolist()], saes, skip_positions=cfg.skip_positions, batch_size=cfg.batch_size, what=task.name
+        loaded, [ids[i] for i in pool.tolist()], saes, skip_positions=cfg.skip_positions, batch_size=cfg.batch_size, what=f"task {task.name!r}"
     )
     fraction = cfg.train_size / (cfg.train_size + cfg.test_size)
     splits = [stratified_split(y, fraction, cfg.random_seed + s) for s in range(cfg.seeds)]
@@ -194,5 +204,6 @@ def sparse_probing(
         raise ConfigError("sparse probing needs the model with its tokenizer, as saekit.load_model returns it")
     check_saes(saes, cfg.k_values)
     chosen = list(tasks) if tasks is not None else [load_task(name) for name in cfg.tasks]
+    check_unique([task.name for task in chosen])
     runs = [run_task(task, model, saes, cfg) for task in chosen]
     return {name: sparse_probing_output(name, sae, runs, cfg, model, release) for name, sae in saes.items()}

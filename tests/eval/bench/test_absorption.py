@@ -90,6 +90,8 @@ def test_the_whole_path_writes_saebench_absorption_outputs():
 def test_bad_settings_and_a_small_vocabulary_are_named():
     with pytest.raises(ConfigError, match="prompt_template must start with"):
         AbsorptionConfig(prompt_template="The word {word}")
+    with pytest.raises(ConfigError, match=r"prompt_template '\{word\} is \{other\}' cannot be filled"):
+        AbsorptionConfig(prompt_template="{word} is {other}")
     with pytest.raises(ConfigError, match="test_fraction"):
         AbsorptionConfig(test_fraction=1.0)
     sae = build("relu", d_in=16, d_sae=32, seed=0)
@@ -99,3 +101,13 @@ def test_bad_settings_and_a_small_vocabulary_are_named():
         absorption({"s": sae}, small)
     with pytest.raises(ConfigError, match="k=40 is larger than SAE 's''s d_sae=32"):
         absorption({"s": sae}, small, AbsorptionConfig(max_k=40))
+
+
+def test_an_sae_whose_codes_are_not_finite_is_named():
+    model, tok, _ = letter_llama()
+    sae = build("relu", d_in=32, d_sae=40, seed=0)
+    sae.metadata.update(site="layers.0.resid_post")
+    with torch.no_grad():
+        sae.b_enc[2] = float("inf")
+    with pytest.raises(DataError, match=r"absorption: the codes of SAE 'bad' hold NaN or infinite values"):
+        absorption({"bad": sae}, LoadedModel(model, tok, "letters"), AbsorptionConfig(icl_examples=2, seeds=1))

@@ -176,3 +176,18 @@ def test_a_task_with_too_few_texts_of_a_class_is_named(lm):
     task = make_task("tiny", ["the cat", "a dog", "the mat", "a cat"], ["x", "y", "x", "x"])
     with pytest.raises(DataError, match=r"task 'tiny': needs at least 2 texts of each class"):
         sparse_probing({"s": _sae("layers.1.resid_post")}, lm, CFG, tasks=[task])
+
+
+def test_a_task_named_twice_is_refused(lm):
+    with pytest.raises(ConfigError, match="task 'dog_or_mat' is named twice"):
+        sparse_probing({"s": _sae("layers.1.resid_post")}, lm, CFG, tasks=[_task(), _task(seed=1)])
+    with pytest.raises(ConfigError, match="task '5_hist_fig_ismale' is named twice"):
+        SparseProbingConfig(tasks=("5_hist_fig_ismale", "5_hist_fig_ismale"))
+
+
+def test_an_sae_whose_codes_are_not_finite_is_named(lm):
+    broken = _sae("layers.1.resid_post")
+    with torch.no_grad():
+        broken.W_enc[0, 3] = float("nan")
+    with pytest.raises(DataError, match=r"task 'dog_or_mat': the codes of SAE 'broken' hold NaN or infinite values"):
+        sparse_probing({"ok": _sae("layers.1.resid_post"), "broken": broken}, lm, CFG, tasks=[_task()])
