@@ -40,7 +40,8 @@ RUN_ID = str(uuid.uuid4())
 """SAEBench gives every SAE evaluated by one run the same eval_id."""
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def mean_or_none(values: Sequence[float | None]) -> float | None:
+    """The mean, or None when any value is None (a metric not computed for some seed or task)."""
     return None if any(v is None for v in values) else statistics.fmean(v for v in values if v is not None)
 
 
@@ -79,8 +80,8 @@ def sparse_probing_output(
     keys = list(next(iter(per_task.values())))
     seeds = [cfg.random_seed + s for s in range(cfg.seeds)]
     # For each seed, the mean over tasks; the spread of the benchmark's number is the spread of these.
-    by_seed = {key: [_mean([values[key][s] for values in per_task.values()]) for s in range(cfg.seeds)] for key in keys}
-    metrics = {key: _mean(vals) for key, vals in by_seed.items()}
+    by_seed = {key: [mean_or_none([values[key][s] for values in per_task.values()]) for s in range(cfg.seeds)] for key in keys}
+    metrics = {key: mean_or_none(vals) for key, vals in by_seed.items()}
     config = {
         **{k: v for k, v in asdict(cfg).items() if k not in ("tasks", "k_values")},
         "random_seed": cfg.random_seed,
@@ -103,7 +104,7 @@ def sparse_probing_output(
         "sae": {"sae_test_accuracy": None, **{k: v for k, v in metrics.items() if k.startswith("sae_")}},
     }
     out["eval_result_details"] = [
-        {"dataset_name": task, **{k: _mean(v) for k, v in values.items()}, "sae_test_accuracy": None} for task, values in per_task.items()
+        {"dataset_name": task, **{k: mean_or_none(v) for k, v in values.items()}, "sae_test_accuracy": None} for task, values in per_task.items()
     ]
     out["eval_result_unstructured"] = {
         "seeds": seeds,
@@ -137,6 +138,9 @@ ABSORPTION_METRICS = {
     "mean_full_absorption_score": "full_absorption_rate",
     "mean_num_split_features": "num_split_features",
 }
+"""SAEBench's absorption metrics and the per-letter value each averages."""
+DETAIL_KEYS = ("mean_absorption_fraction", "full_absorption_rate", "num_full_absorption", "num_probe_true_positives", "num_split_features")
+"""The keys of SAEBench's per-letter result details."""
 
 
 def _letter_summary(letters: dict[str, dict[str, Any]]) -> dict[str, float | None]:
@@ -182,9 +186,6 @@ def absorption_output(
         "min_probe_f1); details: the first seed",
     }
     return out
-
-
-DETAIL_KEYS = ("mean_absorption_fraction", "full_absorption_rate", "num_full_absorption", "num_probe_true_positives", "num_split_features")
 
 
 def _mean_present(values: Sequence[float | None]) -> float | None:

@@ -83,8 +83,8 @@ def pooled_means(
             flat = a[keep.to(a.device)].float().cpu()
             llm.setdefault(site, torch.empty(len(ids), a.shape[-1]))[index] = _sum_by(flat, owner, len(rows)) / counts
         for name, sae in saes.items():
-            flat = acts[sae.require_site()][keep.to(sae.W_dec.device)]
-            c = sae.encode(flat.to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu()
+            a = acts[sae.require_site()]
+            c = sae.encode(a[keep.to(a.device)].to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu()
             codes[name][index] = _sum_by(c, owner, len(rows)) / counts
     check_finite(llm, codes, what)
     return Pooled(llm, codes)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from saekit.eval.bench.output import write_output
+from saekit.eval.bench.output import mean_or_none, write_output
 from saekit.eval.plots import pyplot
 from saekit.eval.report import write_report
 from saekit.eval.suite_plots import save_figure
@@ -91,16 +91,12 @@ def task_table(outputs: Mapping[str, dict[str, Any]]) -> str:
         columns += [f"top_{k}" for k in ks if f"top_{k}" not in columns]
         for task, info in doc["eval_result_unstructured"]["tasks"].items():
             seeds, std = info["per_seed"], info["std"]
-            row = {"task": task, "name": name, "raw": _pm(_avg(seeds["llm_test_accuracy"]), std["llm_test_accuracy"])}
+            row = {"task": task, "name": name, "raw": _pm(mean_or_none(seeds["llm_test_accuracy"]), std["llm_test_accuracy"])}
             for k in ks:
                 key = f"sae_top_{k}_test_accuracy"
-                row[f"top_{k}"] = _pm(_avg(seeds[key]), std[key])
+                row[f"top_{k}"] = _pm(mean_or_none(seeds[key]), std[key])
             rows.append(row)
     return markdown_table(sorted(rows, key=lambda r: (r["task"], r["name"])), columns)
-
-
-def _avg(values: list[float | None]) -> float | None:
-    return None if any(v is None for v in values) else sum(v for v in values if v is not None) / len(values)
 
 
 def plot_sparse_probing(outputs: Mapping[str, dict[str, Any]], path: Path) -> Path | None:

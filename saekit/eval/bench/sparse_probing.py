@@ -150,12 +150,12 @@ def probe_accuracies(x: Tensor, y: Tensor, split: Split, k_values: Sequence[int]
 def check_saes(saes: Mapping[str, SAE], k_values: Sequence[int]) -> None:
     """Refuse, before any forward pass, SAEs without a site and k values larger than an SAE's width."""
     if not saes:
-        raise ConfigError("sparse probing needs at least one SAE")
+        raise ConfigError("a benchmark needs at least one SAE")
     for name, sae in saes.items():
         if sae.site is None:
-            raise ConfigError(f"SAE {name!r} records no site: sparse probing needs to know where to read the model")
+            raise ConfigError(f"SAE {name!r} records no site: the benchmark needs to know where to read the model")
         if max(k_values) > sae.d_sae:
-            raise ConfigError(f"k={max(k_values)} is larger than SAE {name!r}'s d_sae={sae.d_sae}; lower k_values")
+            raise ConfigError(f"k={max(k_values)} is larger than SAE {name!r}'s d_sae={sae.d_sae}; choose a smaller k")
 
 
 def run_task(task: ProbeTask, loaded: LoadedModel, saes: Mapping[str, SAE], cfg: SparseProbingConfig) -> TaskRun:

@@ -168,6 +168,8 @@ def test_unknown_task_is_named_before_any_forward_pass(lm):
 def test_a_model_without_its_tokenizer_and_a_siteless_sae_are_named(lm):
     with pytest.raises(ConfigError, match="with its tokenizer"):
         sparse_probing({"s": _sae("layers.1.resid_post")}, lm.model, CFG, tasks=[_task()])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="needs at least one SAE"):
+        sparse_probing({}, lm, CFG, tasks=[_task()])
     with pytest.raises(ConfigError, match="'bare' records no site"):
         sparse_probing({"bare": build("relu", d_in=16, d_sae=32)}, lm, CFG, tasks=[_task()])
 
