@@ -179,13 +179,17 @@ def main_latents(codes: Tensor, y: Tensor, split: Split, max_k: int, jump: float
 
 
 class WordScore(NamedTuple):
+    """One word's absorption fraction (0..1) and whether its letter was fully absorbed."""
+
     fraction: float
     full: bool
 
 
-def absorption_of(act_proj: float, shares: Tensor, cos: Tensor, main: list[int]) -> WordScore:
+def absorption_of(act_proj: float, codes: Tensor, along: Tensor, cos: Tensor, main: list[int]) -> WordScore:
     """One true positive's absorption fraction and full absorption (see the module's docstring):
-    ``act_proj`` its activation's projection on the probe, ``shares`` every latent's share of it."""
+    ``act_proj`` its activation's projection on the probe direction p, ``codes`` its SAE codes,
+    ``along`` each decoder row's projection on p and ``cos`` its cosine with p."""
+    shares = codes * along
     main_share = shares[main].sum().item()
     others = torch.ones_like(shares, dtype=torch.bool)
     others[main] = False
@@ -199,14 +203,14 @@ def absorption_of(act_proj: float, shares: Tensor, cos: Tensor, main: list[int])
         taken = min(top, act_proj - main_share)
         fraction = min(max(taken / (taken + main_share), 0.0), 1.0)
     leader = int(shares.argmax())
-    full = bool((shares[main] == 0).all() and act_proj > 0 and cos[leader] >= FULL_COS and shares[leader].item() / act_proj >= SHARE)
+    full = bool((codes[main] == 0).all() and act_proj > 0 and cos[leader] >= FULL_COS and shares[leader].item() / act_proj >= SHARE)
     return WordScore(fraction, full)
 
 
 def check_words(words: Words, cfg: AbsorptionConfig) -> None:
+    """Refuse a vocabulary too small to give every letter words besides the in-context examples."""
     if len(words.ids) < cfg.icl_examples + 2 * len(LETTERS):
         raise DataError(f"the tokenizer has {len(words.ids)} single-token words; the first-letter task needs more than {cfg.icl_examples + 52}")
-
 
 
 class LetterProbe(NamedTuple):
@@ -246,7 +250,7 @@ def letter_scores(
             main = main_latents(codes, (letters == letter).long(), split, cfg.max_k, cfg.f1_jump_threshold, cfg.C)
             along = w_dec @ probe.direction
             cos = along / w_dec.norm(dim=1).clamp_min(1e-12)
-            scores = [absorption_of((acts[i] @ probe.direction).item(), codes[i] * along, cos, main) for i in probe.true_positives.tolist()]
+            scores = [absorption_of((acts[i] @ probe.direction).item(), codes[i], along, cos, main) for i in probe.true_positives.tolist()]
             n_full = sum(s.full for s in scores)
             row |= {
                 "mean_absorption_fraction": sum(s.fraction for s in scores) / len(scores),
@@ -260,6 +264,7 @@ def letter_scores(
 
 
 def random_split(n: int, test_fraction: float, seed: int) -> Split:
+    """A seeded partition of ``n`` words, ``test_fraction`` of them (at least one, not all) for testing."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     return Split(perm[n_test:], perm[:n_test])

@@ -35,8 +35,14 @@ COS = torch.tensor([0.9, 0.5, 0.05, 0.0])
     ],
 )
 def test_absorption_of_one_word_matches_the_hand_computation(shares, main, fraction, full):
-    score = absorption_of(1.0, torch.tensor(shares), COS, main)
+    score = absorption_of(1.0, torch.tensor(shares), torch.ones(4), COS, main)
     assert score.fraction == pytest.approx(fraction) and score.full is full
+
+
+def test_a_firing_main_latent_orthogonal_to_the_probe_is_no_full_absorption():
+    # Shares are code × projection: latent 0 fires (code 2) but adds nothing along p, latent 1 supplies 90%.
+    codes, along = torch.tensor([2.0, 0.9, 0.0, 0.0]), torch.tensor([0.0, 1.0, 1.0, 1.0])
+    assert absorption_of(1.0, codes, along, COS, [0]) == (1.0, False)
 
 
 def test_main_latents_grow_while_f1_jumps():
