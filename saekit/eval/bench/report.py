@@ -11,7 +11,7 @@ from typing import Any
 from saekit.eval.bench.output import mean_or_none, write_output
 from saekit.eval.plots import pyplot
 from saekit.eval.report import write_report
-from saekit.eval.suite_plots import save_figure
+from saekit.eval.suite_plots import save_figure, site_depth
 from saekit.eval.table import markdown_table
 
 ABSORPTION_NOTES = (
@@ -100,29 +100,33 @@ def task_table(outputs: Mapping[str, dict[str, Any]]) -> str:
 
 
 def plot_sparse_probing(outputs: Mapping[str, dict[str, Any]], path: Path) -> Path | None:
-    """Mean test accuracy over tasks against k (error bars: standard deviation over seeds), one line per
-    SAE, the raw probe of each site dashed; None without matplotlib."""
+    """One panel per site: mean test accuracy over tasks against k for each SAE there (error bars:
+    standard deviation over seeds), the raw-activation probe dashed; None without matplotlib."""
     plt = pyplot()
     if plt is None:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    raw_drawn: set[str] = set()
+    by_site: dict[str, list[str]] = {}
     for name, doc in outputs.items():
-        ks = doc["eval_config"]["k_values"]
-        sae, std = doc["eval_result_metrics"]["sae"], doc["eval_result_unstructured"]["metrics_std"]
-        ys = [sae[f"sae_top_{k}_test_accuracy"] for k in ks]
-        errs = [std[f"sae_top_{k}_test_accuracy"] or 0.0 for k in ks]
-        ax.errorbar(ks, ys, yerr=errs, marker="o", capsize=3, label=name)
-        site = doc["sae_cfg_dict"]["hook_name"]
-        if site not in raw_drawn:
-            raw_drawn.add(site)
-            ax.axhline(doc["eval_result_metrics"]["llm"]["llm_test_accuracy"], linestyle="--", color="grey", linewidth=1)
-            ax.annotate(f"raw probe {site}", (ks[0], doc["eval_result_metrics"]["llm"]["llm_test_accuracy"]), fontsize=7, color="grey")
-    ax.set_xscale("log")
-    ax.set_xlabel("k (SAE latents in the probe)")
-    ax.set_ylabel("test accuracy (mean over tasks)")
-    ax.set_title("k-sparse probing")
-    ax.legend(fontsize=7)
+        by_site.setdefault(doc["sae_cfg_dict"]["hook_name"], []).append(name)
+    sites = sorted(by_site, key=lambda site: site_depth(site) or (10**9, site))
+    fig, axes = plt.subplots(1, len(sites), figsize=(3.6 * len(sites) + 0.4, 3.4), sharey=True, squeeze=False)
+    for ax, site in zip(axes[0], sites):
+        names = by_site[site]
+        for name in names:
+            doc = outputs[name]
+            ks = doc["eval_config"]["k_values"]
+            sae, std = doc["eval_result_metrics"]["sae"], doc["eval_result_unstructured"]["metrics_std"]
+            ys = [sae[f"sae_top_{k}_test_accuracy"] for k in ks]
+            errs = [std[f"sae_top_{k}_test_accuracy"] or 0.0 for k in ks]
+            ax.errorbar(ks, ys, yerr=errs, marker="o", markersize=3, capsize=2, label=name)
+        raw = outputs[names[0]]["eval_result_metrics"]["llm"]["llm_test_accuracy"]
+        ax.axhline(raw, linestyle="--", color="grey", linewidth=1, label="raw probe")
+        ax.set_xscale("log")
+        ax.set_xlabel("k (SAE latents)")
+        ax.set_title(site, fontsize=9)
+        ax.legend(fontsize=6, loc="lower right")
+    axes[0][0].set_ylabel("test accuracy (mean over tasks)")
+    fig.suptitle("k-sparse probing", fontsize=10)
     return save_figure(plt, fig, path)
 
 
