@@ -288,12 +288,15 @@ def absorption(
     acts = word_activations(model, [words.ids[i] for i in scored], before, after, saes, cfg.batch_size)
     letters = words.letters[scored]
     splits = [random_split(len(scored), cfg.test_fraction, cfg.random_seed + s) for s in range(cfg.seeds)]
-    probes = {site: [letter_probes(x, letters, split, cfg.C) for split in splits] for site, x in acts.llm.items()}
+    probes = {
+        site: [letter_probes(x, letters, split, cfg.C) for split in splits]
+        for site, x in tqdm(acts.llm.items(), desc="letter probes", unit="site", leave=False)
+    }
     per_seed = {
         name: [
             letter_scores(acts.llm[sae.require_site()], acts.sae[name], sae, letters, split, site_probes, cfg)
             for split, site_probes in zip(splits, probes[sae.require_site()])
         ]
-        for name, sae in saes.items()
+        for name, sae in tqdm(saes.items(), desc="absorption", unit="SAE", leave=False)
     }
     return {name: absorption_output(name, sae, per_seed[name], cfg, model, release, len(after)) for name, sae in saes.items()}

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from saekit.errors import ConfigError, DataError
 from saekit.eval.bench.logreg import fit_logistic
@@ -177,7 +178,7 @@ def run_task(task: ProbeTask, loaded: LoadedModel, saes: Mapping[str, SAE], cfg:
     splits = [stratified_split(y, fraction, cfg.random_seed + s) for s in range(cfg.seeds)]
     by_site = {site: [probe_accuracies(x, y, split, cfg.k_values, cfg.C, "llm") for split in splits] for site, x in pooled.llm.items()}
     per_seed: dict[str, dict[str, list[float | None]]] = {}
-    for name, sae in saes.items():
+    for name, sae in tqdm(saes.items(), desc=f"{task.name} probes", unit="SAE", leave=False):
         sae_rows = [probe_accuracies(pooled.sae[name], y, split, cfg.k_values, cfg.C, "sae") for split in splits]
         rows = [{**llm, **own} for llm, own in zip(by_site[sae.require_site()], sae_rows)]
         per_seed[name] = {key: [r[key] for r in rows] for key in rows[0]}
