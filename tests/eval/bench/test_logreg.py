@@ -58,3 +58,15 @@ def test_constant_labels_and_duplicate_columns_still_fit():
 def test_bad_inputs_are_named(x, y, kwargs, error, words):
     with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
         fit_logistic(x, y, **kwargs)
+
+
+def test_a_wide_badly_scaled_problem_reaches_the_optimum():
+    # More columns than rows (separable) with column scales from 0.1 to 100: the conjugate-gradient
+    # steps must still reach the stationary point of the penalised objective.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(120, 300, generator=g, dtype=torch.float64) * torch.logspace(-1, 2, 300, dtype=torch.float64)
+    y = (torch.rand(120, generator=g) < 0.2).long()
+    probe = fit_logistic(x, y)
+    p = torch.sigmoid(probe.logits(x))
+    assert probe.converged and probe.accuracy(x, y) == 1.0
+    assert (x.T @ (p - y.double()) + probe.weight).abs().max().item() < 1e-5
