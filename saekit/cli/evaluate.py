@@ -1,5 +1,6 @@
 """`saekit eval SUITE_OR_SAE`: every SAE of a suite (or one SAE) measured on held-out tokens of a model,
-downstream metrics included, or on an activation file; writes a report folder with plots."""
+downstream metrics included, or on an activation file; writes a report folder with plots. With
+``--bench`` it runs SAEBench's evaluations instead (saekit/cli/bench.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=positive_int, default=8, help="contexts per forward pass")
     ev.add_argument("--device", default=None)
     ev.add_argument("--max-tokens", type=positive_int, default=None, help="with --data: read at most this many activations")
-    ev.add_argument("--out", help="report folder (default: SAE_OR_SUITE/eval)")
+    ev.add_argument("--out", help="report folder (default: SAE_OR_SUITE/eval; with --bench, SAE_OR_SUITE/bench)")
     ev.add_argument("--json", help="also write the rows to this JSON file")
     bench.add_arguments(ev)
     ev.set_defaults(func=run, parser=ev)
