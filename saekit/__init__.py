@@ -26,7 +26,8 @@ Models and sites
 Evaluation
     ``evaluate`` reconstruction and sparsity on activations; ``evaluate_on_model`` with the spliced LM
     loss too; ``downstream_metrics`` the spliced loss alone; ``evaluate_suite`` a folder of SAEs;
-    ``feature_recovery`` planted or reference directions found.
+    ``feature_recovery`` planted or reference directions found. SAEBench's k-sparse probing and
+    feature absorption, in its JSON schema, live in `saekit.eval.bench`.
 Saved SAEs
     ``save_sae`` / ``load_sae`` one SAE folder (SAELens's layout); ``save_suite`` / ``load_suite`` many.
 Errors

@@ -1,4 +1,4 @@
-"""A tiny random Llama with a word-level tokenizer: the real transformers classes, built from a
+"""A tiny random Llama with a word-level tokenizer (and one for the first-letter task): the real transformers classes, built from a
 config in milliseconds, for tests that need a model folder (no download, no mock)."""
 
 from pathlib import Path
@@ -48,3 +48,30 @@ def write_tiny_corpus(folder: Path, repeats: int = 6) -> Path:
         for j, text in enumerate(TINY_CORPUS):
             (folder / f"doc{i:02d}-{j}.txt").write_text(" ".join([text] * (1 + (i + j) % 3)))
     return folder
+
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def letter_llama() -> tuple["transformers.LlamaForCausalLM", "transformers.PreTrainedTokenizerFast", torch.Tensor]:
+    """For the first-letter task: a byte-level word tokenizer with 6 words per letter (a space, then
+    letters: " aab", " zoz") and the words of "has the first letter:", and a one-layer LLaMA whose word
+    embeddings are their first letter's direction (returned, [26, 32]) times 3 plus noise."""
+    words = [f"{c}{s}" for c in LETTERS for s in ("ab", "ol", "um", "er", "ix", "oz")]
+    scaffold = ["<bos>", "<eos>", "<unk>", "Ċ", "Ġhas", "Ġthe", "Ġfirst", "Ġletter", ":"] + [f"Ġ{c.upper()}" for c in LETTERS]
+    vocab = {t: i for i, t in enumerate(scaffold + [f"Ġ{w}" for w in words])}
+    inner = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    inner.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    inner.decoder = tokenizers.decoders.ByteLevel()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, bos_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config).eval()
+    letter_dirs = torch.randn(26, 32)
+    with torch.no_grad():
+        for w in words:
+            model.model.embed_tokens.weight[vocab[f"Ġ{w}"]] = 3 * letter_dirs[LETTERS.index(w[0])] + 0.3 * torch.randn(32)
+    return model, tok, letter_dirs

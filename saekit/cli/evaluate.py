@@ -1,5 +1,6 @@
 """`saekit eval SUITE_OR_SAE`: every SAE of a suite (or one SAE) measured on held-out tokens of a model,
-downstream metrics included, or on an activation file; writes a report folder with plots."""
+downstream metrics included, or on an activation file; writes a report folder with plots. With
+``--bench`` it runs SAEBench's evaluations instead (saekit/cli/bench.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from saekit.atomic import write_file
+from saekit.cli import bench
 from saekit.cli.args import non_negative_int, positive_int, refuse_unused
 from saekit.errors import SaekitError
 
@@ -31,8 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=positive_int, default=8, help="contexts per forward pass")
     ev.add_argument("--device", default=None)
     ev.add_argument("--max-tokens", type=positive_int, default=None, help="with --data: read at most this many activations")
-    ev.add_argument("--out", help="report folder (default: SAE_OR_SUITE/eval)")
+    ev.add_argument("--out", help="report folder (default: SAE_OR_SUITE/eval; with --bench, SAE_OR_SUITE/bench)")
     ev.add_argument("--json", help="also write the rows to this JSON file")
+    bench.add_arguments(ev)
     ev.set_defaults(func=run, parser=ev)
 
 
@@ -49,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
     target = Path(args.sae)
     saes = load_suite(target) if (target / INDEX_FILE).is_file() else {target.name: load_sae(target)}
+    if args.bench:
+        refuse_unused(args, args.parser, bench.NOT_BENCH, "with --bench")
+        return bench.run(args, saes, target, args.model or _recorded_model(saes) or DEFAULT_MODEL)
+    refuse_unused(args, args.parser, bench.BENCH_ONLY, "without --bench")
     out = Path(args.out) if args.out else target / "eval"
     if args.data:
         refuse_unused(args, args.parser, MODEL_ONLY, "with --data (activation metrics only)")
