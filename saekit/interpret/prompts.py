@@ -89,7 +89,7 @@ def _classify_messages(system: str, explanation: str, texts: Sequence[str]) -> l
 
 def read_explanation(answer: str) -> str:
     """The phrase on the answer's last ``Explanation:`` line."""
-    found = re.findall(r"^\s*\**explanation\**\s*:\s*(.*?)\s*$", answer, re.IGNORECASE | re.MULTILINE)
+    found = re.findall(r"^\s*\**explanation\**\s*:\**\s*(.*?)\s*$", answer, re.IGNORECASE | re.MULTILINE)
     phrase = found[-1].strip().strip("*\"'").strip() if found else ""
     if not phrase:
         raise AnswerError(f"the answer has no 'Explanation: ...' line: {_excerpt(answer)}")
