@@ -57,13 +57,12 @@ def interpret(
     settings: InterpretSettings = InterpretSettings(),
     browser: BrowserConfig | None = None,
     progress: bool = True,
-    client: ChatClient | None = None,
 ) -> dict[str, Explanations]:
     """Explain and score ``latents`` (default: all) of every SAE of ``target`` (an SAE or suite
     folder); returns each SAE's results, as saved. An :class:`~saekit.errors.EndpointError` stops
     the run after saving what was done. ``browser``: the settings of a browser cache computed for an
     SAE that has none (default :class:`BrowserConfig`'s); an existing cache is used whatever made it."""
-    client = client if client is not None else ChatClient(endpoint)
+    client = ChatClient(endpoint)
     wanted = None if latents is None else sorted(set(latents))
     results = {}
     for name, folder in sae_folders(target).items():

@@ -14,7 +14,7 @@ import saekit
 from saekit.browser import build_browser
 from saekit.browser.explanations import FILE, read_explanations
 from saekit.browser.pages import latent_list_page, latent_page
-from saekit.browser.store import load_data
+from saekit.browser.store import CACHE_DIR, load_data
 from saekit.errors import ConfigError, EndpointError
 from saekit.interpret import EndpointConfig, InterpretSettings, interpret
 from saekit.interpret.scoring import classification_scores
@@ -165,3 +165,10 @@ def test_explanations_show_escaped_in_the_pages_and_the_export(suite, built, tmp
     assert "detection: balanced accuracy" in latent_page("t", data, explained)
     assert "none: never fired" in latent_page("t", data, next(iter(data.explanations.failed)))
     assert json.loads((suite / "L0-topk" / FILE).read_text())["latents"]
+
+
+def test_an_sae_without_a_browser_cache_gets_one_first(suite, built):
+    shutil.rmtree(suite / "L1-sparse" / CACHE_DIR)
+    with StubChat(lambda body: chat_reply("Explanation: x\n[0, 0, 0, 0, 0]")) as stub:
+        saved = interpret(suite / "L1-sparse", endpoint(stub), latents=[0, 1], browser=built[1], **QUIET)["L1-sparse"]
+    assert (suite / "L1-sparse" / CACHE_DIR / "data.safetensors").exists() and set(saved.latents) | set(saved.failed) == {0, 1}
