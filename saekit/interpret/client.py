@@ -18,6 +18,7 @@ saved file, and it is never put in a message.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http.client
 import json
@@ -111,7 +112,9 @@ class ChatClient:
         return min(max(wait, 0.0), self.cfg.max_backoff_s)
 
     def _post(self, payload: bytes) -> tuple[int, dict[str, str], bytes, str | None]:
-        """(status, headers in lower case, body, None), or (0, {}, b"", why) when no answer came."""
+        """(status, headers in lower case, body, None), or (0, {}, b"", why) when no answer came. A
+        watchdog shuts the socket at the deadline, so that a server sending its headers or body a
+        byte at a time cannot outlast it (a socket timeout bounds each read, not their sum)."""
         deadline = time.monotonic() + self.cfg.timeout_s
         cls = http.client.HTTPSConnection if self._url.scheme == "https" else http.client.HTTPConnection
         conn = cls(self._url.hostname or "", self._url.port, timeout=self.cfg.timeout_s)
@@ -119,15 +122,24 @@ class ChatClient:
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         path = self._url.path + (f"?{self._url.query}" if self._url.query else "")
+        expired = threading.Event()
         try:
-            conn.request("POST", path, body=payload, headers=headers)
-            sock = conn.sock  # the response reads this socket, even once the connection lets go of it
-            response = conn.getresponse()
-            data = _read_until(response, sock, deadline)
+            conn.connect()
+            watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), _cut, (conn.sock, expired))
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                conn.request("POST", path, body=payload, headers=headers)
+                response = conn.getresponse()
+                data = _read_body(response)
+            finally:
+                watchdog.cancel()
+            if expired.is_set():
+                raise TimeoutError
             return response.status, {k.lower(): v for k, v in response.getheaders()}, data, None
-        except TimeoutError:
-            return 0, {}, b"", f"no complete answer within {self.cfg.timeout_s:g} s"
         except (OSError, http.client.HTTPException) as exc:
+            if expired.is_set() or isinstance(exc, TimeoutError):
+                return 0, {}, b"", f"no complete answer within {self.cfg.timeout_s:g} s"
             return 0, {}, b"", f"connection failed ({type(exc).__name__}: {exc})"
         except AnswerError as exc:
             return 0, {}, b"", str(exc)
@@ -135,22 +147,23 @@ class ChatClient:
             conn.close()
 
 
-def _read_until(response: http.client.HTTPResponse, sock: socket.socket | None, deadline: float) -> bytes:
-    """The body, read in pieces so that a server dripping bytes cannot outlast the deadline."""
+def _cut(sock: socket.socket | None, expired: threading.Event) -> None:
+    """The watchdog: mark the request expired and shut its socket, which ends any read in progress."""
+    expired.set()
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _read_body(response: http.client.HTTPResponse) -> bytes:
+    """The body, up to :data:`MAX_ANSWER_BYTES`."""
     chunks, size = [], 0
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        if sock is not None:
-            sock.settimeout(left)
-        chunk = response.read1(65536)
-        if not chunk:
-            return b"".join(chunks)
+    while chunk := response.read1(65536):
         size += len(chunk)
         if size > MAX_ANSWER_BYTES:
             raise AnswerError(f"answer larger than {MAX_ANSWER_BYTES} bytes")
         chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _answer_text(data: bytes) -> str:

@@ -17,8 +17,10 @@ class Reply(NamedTuple):
     body: bytes = b""
     headers: dict[str, str] = {}
     delay_s: float = 0.0
-    """Seconds before the answer is sent; with ``drip``, between each of its bytes."""
-    drip: bool = False
+    """Seconds before the answer is sent; with ``drip``, between each byte of what it names."""
+    drip: str = ""
+    """"body": the headers at once, then the body a byte at a time; "head": the status line and
+    headers a byte at a time too."""
 
 
 def chat_reply(text: str) -> Reply:
@@ -49,21 +51,23 @@ class StubChat:
                 with stub.lock:
                     stub.requests.append((self.path, dict(self.headers), body))
                 reply = respond(body) if self.path == "/v1/chat/completions" else Reply(404, b'{"error": "not found"}')
+                head = f"HTTP/1.1 {reply.status} Stub\r\n" + "".join(
+                    f"{k}: {v}\r\n" for k, v in {**reply.headers, "Content-Length": str(len(reply.body))}.items()
+                )
+                raw = (head + "\r\n").encode() + reply.body
+                slow_from = {"": len(raw), "body": len(raw) - len(reply.body), "head": 0}[reply.drip]
                 if not reply.drip:
                     time.sleep(reply.delay_s)
-                self.send_response(reply.status)
-                for key, value in reply.headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
                 try:
-                    for i in range(len(reply.body)) if reply.drip else [None]:
-                        self.wfile.write(reply.body if i is None else reply.body[i : i + 1])
+                    self.wfile.write(raw[:slow_from])
+                    for i in range(slow_from, len(raw)):
                         self.wfile.flush()
-                        if reply.drip:
-                            time.sleep(reply.delay_s)
+                        time.sleep(reply.delay_s)
+                        self.wfile.write(raw[i : i + 1])
+                    self.wfile.flush()
                 except OSError:
                     pass  # the client gave up first
+                self.close_connection = True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
