@@ -64,8 +64,11 @@ def interpret(
     SAE that has none (default :class:`BrowserConfig`'s); an existing cache is used whatever made it."""
     client = ChatClient(endpoint)
     wanted = None if latents is None else sorted(set(latents))
+    folders = sae_folders(target)
+    for folder in folders.values():
+        _start(folder, None, endpoint)  # every SAE's file checked before the first request, not midway
     results = {}
-    for name, folder in sae_folders(target).items():
+    for name, folder in folders.items():
         data = _browser_data(folder, browser or BrowserConfig(), progress)
         d_sae = data.info.d_sae
         chosen = list(range(d_sae)) if wanted is None else wanted
@@ -83,7 +86,7 @@ def _browser_data(folder: Path, cfg: BrowserConfig, progress: bool) -> SaeData:
     return load_data(folder)
 
 
-def _start(folder: Path, d_sae: int, endpoint: EndpointConfig) -> Explanations:
+def _start(folder: Path, d_sae: int | None, endpoint: EndpointConfig) -> Explanations:
     """The results so far in ``folder``, or an empty record; refused when made with other prompts or model."""
     done = read_explanations(folder, d_sae)
     if done is None:

@@ -144,6 +144,10 @@ def test_results_of_another_model_are_never_overwritten(suite):
         other = dataclasses.replace(endpoint(stub), model="other-model")
         with pytest.raises(ConfigError, match="holds explanations by 'stub-model'.*move it away"):
             interpret(suite / "L1-sparse", other, **QUIET)
+        asked = len(stub.requests)
+        with pytest.raises(ConfigError, match="L1-sparse.*holds explanations by 'stub-model'"):
+            interpret(suite, other, **QUIET)  # the suite: refused before any SAE is asked about
+        assert len(stub.requests) == asked and not (suite / "L0-topk" / FILE).exists()
     assert (suite / "L1-sparse" / FILE).read_bytes() == before
 
 
