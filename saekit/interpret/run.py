@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from saekit.atomic import write_text
 from saekit.browser.build import BrowserConfig, build_browser, sae_folders
 from saekit.browser.explanations import FILE, Explanations, LatentExplanation, explanations_text, read_explanations
-from saekit.browser.store import SaeData, cached_key, load_data
+from saekit.browser.meta import read_meta
+from saekit.browser.store import CACHE_DIR, SaeData, cached_key, load_data
 from saekit.errors import ConfigError
 from saekit.interpret.client import AnswerError, ChatClient, EndpointConfig
 from saekit.interpret.contexts import ContextSettings, latent_contexts
@@ -63,27 +64,27 @@ def interpret(
     the run after saving what was done. ``browser``: the settings of a browser cache computed for an
     SAE that has none (default :class:`BrowserConfig`'s); an existing cache is used whatever made it."""
     client = ChatClient(endpoint)
-    wanted = None if latents is None else sorted(set(latents))
     folders = sae_folders(target)
-    for folder in folders.values():
-        _start(folder, None, endpoint)  # every SAE's file checked before the first request, not midway
-    results = {}
-    for name, folder in folders.items():
-        data = _browser_data(folder, browser or BrowserConfig(), progress)
-        d_sae = data.info.d_sae
-        chosen = list(range(d_sae)) if wanted is None else wanted
-        outside = [i for i in chosen if not 0 <= i < d_sae]
-        if outside:
-            raise ConfigError(f"latent(s) {', '.join(map(str, outside[:5]))} outside SAE {name}'s 0..{d_sae - 1}")
-        results[name] = _interpret_sae(name, folder, data, chosen, client, settings, progress)
-    return results
+    wanted = None if latents is None else sorted(set(latents))  # an iterator is read once, for every SAE
+    chosen = {name: _prepare(name, folder, wanted, endpoint, browser or BrowserConfig(), progress) for name, folder in folders.items()}
+    return {name: _interpret_sae(name, folder, chosen[name], client, settings, progress) for name, folder in folders.items()}
 
 
-def _browser_data(folder: Path, cfg: BrowserConfig, progress: bool) -> SaeData:
-    """The browser's data of the SAE in ``folder``: its cache whatever settings made it, else computed."""
+def _prepare(
+    name: str, folder: Path, latents: list[int] | None, endpoint: EndpointConfig, cfg: BrowserConfig, progress: bool
+) -> list[int]:
+    """The latents of the SAE in ``folder`` to interpret, once its browser cache is there (computed
+    where there is none; an existing one is used whatever settings made it) and its results file
+    fits ``endpoint``: every SAE of a suite is checked before the first request."""
     if cached_key(folder) is None:
         build_browser(folder, cfg, progress=progress)
-    return load_data(folder)
+    d_sae = read_meta(folder / CACHE_DIR / "meta.json").info.d_sae
+    _start(folder, d_sae, endpoint)
+    chosen = list(range(d_sae)) if latents is None else latents
+    outside = [i for i in chosen if not 0 <= i < d_sae]
+    if outside:
+        raise ConfigError(f"latent(s) {', '.join(map(str, outside[:5]))} outside SAE {name}'s 0..{d_sae - 1}")
+    return chosen
 
 
 def _start(folder: Path, d_sae: int | None, endpoint: EndpointConfig) -> Explanations:
@@ -100,8 +101,9 @@ def _start(folder: Path, d_sae: int | None, endpoint: EndpointConfig) -> Explana
 
 
 def _interpret_sae(
-    name: str, folder: Path, data: SaeData, chosen: list[int], client: ChatClient, settings: InterpretSettings, progress: bool
+    name: str, folder: Path, chosen: list[int], client: ChatClient, settings: InterpretSettings, progress: bool
 ) -> Explanations:
+    data = load_data(folder)
     record = _start(folder, data.info.d_sae, client.cfg)
     done, failed = dict(record.latents), dict(record.failed)
     todo = [i for i in chosen if i not in done]

@@ -3,7 +3,6 @@ endpoint on 127.0.0.1: scores that are right for an oracle and for a coin, failu
 the results in the browser's pages."""
 
 import dataclasses
-import json
 import shutil
 
 import pytest
@@ -155,12 +154,14 @@ def test_latents_outside_the_sae_are_refused_before_any_request(suite):
     with StubChat(lambda body: chat_reply("x")) as stub:
         with pytest.raises(ConfigError, match="latent.s. 24, 99 outside SAE L1-sparse's 0..23"):
             interpret(suite / "L1-sparse", endpoint(stub), latents=[3, 24, 99], **QUIET)
+        with pytest.raises(ConfigError, match="latent.s. 24 outside SAE L0-topk's 0..23"):
+            interpret(suite, endpoint(stub), latents=[3, 24], **QUIET)  # before the suite's first SAE is asked about
     assert stub.requests == []
 
 
 def test_explanations_show_escaped_in_the_pages_and_the_export(suite, built, tmp_path):
     with StubChat(lambda body: chat_reply(f"Explanation: {HOSTILE}")) as stub:
-        interpret(suite, endpoint(stub), latents=range(4), **QUIET)  # the whole suite
+        interpret(suite, endpoint(stub), latents=iter(range(4)), **QUIET)  # the whole suite; an iterator read once
     browser = build_browser(suite, built[1], export=tmp_path / "site", progress=False)
     data = browser.saes["L1-sparse"]
     explained = next(k for k in data.explanations.latents)
@@ -168,7 +169,9 @@ def test_explanations_show_escaped_in_the_pages_and_the_export(suite, built, tmp
         assert "&lt;meta http-equiv" in page and not any(raw in page for raw in RAW_MARKUP)
     assert "detection: balanced accuracy" in latent_page("t", data, explained)
     assert "none: never fired" in latent_page("t", data, next(iter(data.explanations.failed)))
-    assert json.loads((suite / "L0-topk" / FILE).read_text())["latents"]
+    for name in ("L0-topk", "L1-relu", "L1-sparse"):
+        saved = read_explanations(suite / name, 24)
+        assert set(saved.latents) | set(saved.failed) == {0, 1, 2, 3}
 
 
 def test_an_sae_without_a_browser_cache_gets_one_first(suite, built):
