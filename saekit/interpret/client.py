@@ -80,18 +80,26 @@ class ChatClient:
     """Sends conversations to one endpoint; safe to share between threads (at most ``concurrency``
     requests are in flight)."""
 
-    def __init__(self, cfg: EndpointConfig, *, sleep: Any = time.sleep) -> None:
+    def __init__(self, cfg: EndpointConfig, *, sleep: Any = None) -> None:
         self.cfg = cfg
         self._key = _api_key(cfg.api_key_env)
         self._url = urlsplit(cfg.base_url.rstrip("/") + "/chat/completions")
         self._slots = threading.BoundedSemaphore(cfg.concurrency)
-        self._sleep = sleep
+        self._stopped = threading.Event()
+        self._sleep = sleep if sleep is not None else self._stopped.wait  # a wait that stop() ends
+
+    def stop(self) -> None:
+        """End every wait between tries and refuse every further request (EndpointError): a run
+        that stops (an error, Ctrl-C) does not wait for other threads' retries."""
+        self._stopped.set()
 
     def complete(self, messages: list[dict[str, str]]) -> str:
         """The text of the endpoint's answer to ``messages``."""
         body = {"model": self.cfg.model, "messages": messages, "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
         payload = json.dumps(body).encode()
         for attempt in range(self.cfg.retries + 1):
+            if self._stopped.is_set():
+                raise EndpointError(f"{self.cfg.base_url}: not asked, the run is stopping")
             with self._slots:
                 status, headers, data, problem = self._post(payload)
             if problem is None and status == 200:

@@ -136,6 +136,9 @@ def _interpret_sae(
             if since_save >= settings.save_every:
                 save()
                 since_save = 0
+    except BaseException:
+        client.stop()  # the other threads' retries end now instead of running their course
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()

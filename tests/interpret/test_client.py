@@ -3,6 +3,7 @@
 
 import json
 import re
+import threading
 import time
 
 import pytest
@@ -125,3 +126,13 @@ def test_a_missing_api_key_variable_is_named(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY", raising=False)
     with pytest.raises(ConfigError, match="environment variable NO_SUCH_KEY"):
         ChatClient(EndpointConfig("http://127.0.0.1:1/v1", "m", api_key_env="NO_SUCH_KEY"))
+
+
+def test_a_stopped_client_ends_its_waits_and_asks_no_more():
+    with StubChat(lambda body: Reply(503, b"busy")) as stub:
+        slow = ChatClient(EndpointConfig(stub.url, "m", retries=3, backoff_s=30.0))
+        threading.Timer(0.3, slow.stop).start()
+        started = time.monotonic()
+        with pytest.raises(EndpointError, match="not asked, the run is stopping"):
+            slow.complete(MESSAGES)
+    assert time.monotonic() - started < 5 and len(stub.requests) == 1  # not 30 s of backoff, no second try
