@@ -27,8 +27,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 from saekit.errors import ConfigError, EndpointError, SaekitError
@@ -68,6 +68,8 @@ class EndpointConfig:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"endpoint {self.base_url!r} is not an http(s) URL")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError("the endpoint URL holds a user or password: pass the key in an environment variable (api_key_env)")
         if not self.model:
             raise ConfigError("the endpoint's model name is empty")
         if self.timeout_s <= 0 or self.backoff_s < 0 or self.max_backoff_s < 0 or self.retries < 0:
@@ -80,7 +82,8 @@ class ChatClient:
     """Sends conversations to one endpoint; safe to share between threads (at most ``concurrency``
     requests are in flight)."""
 
-    def __init__(self, cfg: EndpointConfig, *, sleep: Any = None) -> None:
+    def __init__(self, cfg: EndpointConfig, *, sleep: Callable[[float], object] | None = None) -> None:
+        """``sleep``: the wait between tries (default: one that :meth:`stop` ends; tests record it)."""
         self.cfg = cfg
         self._key = _api_key(cfg.api_key_env)
         self._url = urlsplit(cfg.base_url.rstrip("/") + "/chat/completions")

@@ -112,6 +112,7 @@ def test_an_oversized_answer_is_refused(monkeypatch):
     [
         ({"base_url": "ftp://host/v1"}, "is not an http(s) URL"),
         ({"base_url": "localhost:8080"}, "is not an http(s) URL"),
+        ({"base_url": "https://user:sk-secret@api.example.com/v1"}, "holds a user or password"),
         ({"model": ""}, "model name is empty"),
         ({"timeout_s": 0}, "timeout_s must be positive"),
         ({"concurrency": 0}, "concurrency and max_tokens must be at least 1"),
