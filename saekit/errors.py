@@ -30,3 +30,9 @@ class DivergedError(SaekitError, FloatingPointError):
 class DistributedError(SaekitError, RuntimeError):
     """A distributed run lost a rank: another process died, or did not reach a collective within the
     run's ``collective_timeout_s``. The run resumes from its last checkpoint."""
+
+
+class EndpointError(SaekitError, ConnectionError):
+    """A chat-completions endpoint (automated interpretability) cannot be used: unreachable, refusing
+    the request (authentication, unknown model), or still failing after its retries. The message
+    names the URL and the cause, never the API key."""

@@ -22,6 +22,7 @@ from torch import Tensor
 from saekit.bounded import read_json
 from saekit.browser.dynamics import Dynamics, as_folders, assign, check_fits, load_dynamics
 from saekit.browser.effects import final_norm_scale, logit_effects, nearest_latents, unembedding
+from saekit.browser.explanations import read_explanations
 from saekit.browser.export import check_export_target, export_site, is_plain_name
 from saekit.browser.meta import MAX_JSON_BYTES, SaeInfo, Sample
 from saekit.browser.stats import Layout, StatsSettings, compute_latent_stats
@@ -129,7 +130,7 @@ def build_browser(
     stale = {name: folder for name, folder in folders.items() if rebuild or cached_key(folder) != keys[name]}
     if stale:
         _compute(stale, keys, cfg, model_name, loaded, Path(target), progress)
-    saes = {name: _with_dynamics(name, load_data(folder), tracked.get(name)) for name, folder in folders.items()}
+    saes = {name: _with_dynamics(name, _with_explanations(load_data(folder), folder), tracked.get(name)) for name, folder in folders.items()}
     browser = Browser(Path(target), _title(Path(target)), saes)
     if export is not None:
         export_site(browser, export, progress=progress)
@@ -141,6 +142,12 @@ def _with_dynamics(name: str, data: SaeData, dynamics: Dynamics | None) -> SaeDa
         return data
     check_fits(dynamics, name, data.info.d_sae, data.info.site)  # what the pages index: never out of range
     return dataclasses.replace(data, dynamics=dynamics)
+
+
+def _with_explanations(data: SaeData, folder: Path) -> SaeData:
+    """``data`` with the explanations of ``saekit interpret`` beside the SAE, when there are any."""
+    found = read_explanations(folder, data.info.d_sae)
+    return data if found is None else dataclasses.replace(data, explanations=found)
 
 
 def _check_declared(dynamics: Dynamics, name: str, folder: Path) -> None:

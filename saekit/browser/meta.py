@@ -19,7 +19,7 @@ from saekit.bounded import read_json
 from saekit.errors import ArtifactError, ConfigError
 from saekit.strict import from_dict
 
-FORMAT = 1
+FORMAT = 2
 """Bumped whenever what the cache holds changes meaning, so older caches are rebuilt."""
 
 MAX_JSON_BYTES = 64 << 20

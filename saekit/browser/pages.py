@@ -9,6 +9,9 @@ URL layout (the same for the server and the static export, so every link is rela
     index.html                      suite overview
     <sae>/index.html                sortable, searchable latent list
     <sae>/latent/<id>.html          one latent
+
+The explanations of ``saekit interpret``, when an SAE has them, show on its latent pages and as a
+column of its latent list (:mod:`saekit.browser.explained`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections import Counter
 
 import torch
 
+from saekit.browser.explained import explanation_cell, explanation_section
 from saekit.browser.fmt import Html, html, join, num, percent, token_text, url_part
 from saekit.browser.stats import window_positions
 from saekit.browser.store import SaeData
@@ -180,10 +184,14 @@ def latent_list_page(title: str, d: SaeData) -> str:
         if promoted is not None:
             words = [d.vocab.get(t, "?") for t in promoted[i]]
             cells.append(html('<td data-v="{}">{}</td>', " ".join(words), _tokens(words)))
+        if d.explanations is not None:
+            cells.append(explanation_cell(d.explanations, i))
         rows.append(html("<tr>{}</tr>", join(cells)))
     heads = [("latent", "num"), ("density", "num"), ("max act", "num"), ("mean act (firing)", "num"), ("top tokens", "text")]
     if promoted is not None:
         heads.append(("promotes", "text"))
+    if d.explanations is not None:
+        heads.append(("explanation", "text"))
     info, sample = d.info, d.info.sample
     body = html(
         '<nav><a href="../index.html">{title}</a> › {name}</nav><h1>{name}</h1><p class="facts">{arch} SAE at {site}, '
@@ -222,13 +230,13 @@ def latent_page(title: str, d: SaeData, latent: int) -> str:
     body = html(
         '<nav>{nav}</nav><h1>{name} · latent {latent}</h1><p class="facts">density {density}{one_in}, fired on '
         "{fired:,} of {rows:,} tokens · max activation {max_act} · mean when firing {mean}</p>"
-        '<div class="panels">{panels}</div>{dynamics}<h2>Top activations</h2>{top}'
+        '{explanation}<div class="panels">{panels}</div>{dynamics}<h2>Top activations</h2>{top}'
         "<h2>Examples across the activation distribution</h2>"
         "<p class=\"facts\">From a uniform random sample of this latent's firings, split into bands of equal mass.</p>"
         "{bands}",
         nav=join(nav, " "), name=d.name, latent=latent, density=percent(density), one_in=one_in, fired=fired,
         rows=s.n_rows, max_act=num(max_act), mean=num(mean), panels=join(_panels(d, latent, max_act)),
-        dynamics=_dynamics(d, latent),
+        dynamics=_dynamics(d, latent), explanation=explanation_section(d.explanations, latent),
         top=top or Html("<p>never fired on the sample</p>"), bands=join(_quantile_bands(d, latent, max_act)),
     )  # fmt: skip
     return _page(f"{d.name} · latent {latent}", body)

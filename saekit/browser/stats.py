@@ -49,6 +49,10 @@ class StatsSettings:
     """Examples shown per quantile band."""
     reservoir: int = 40
     """Random firings sampled per latent; the quantile bands and their examples come from this sample."""
+    random_windows: int = 20
+    """Windows at uniformly random rows per latent, whatever the latent does there; automated
+    interpretability (:mod:`saekit.interpret`) takes its non-activating contexts from those where the
+    latent is zero throughout."""
     window_before: int = 10
     """Tokens shown before an example's token."""
     window_after: int = 3
@@ -59,7 +63,7 @@ class StatsSettings:
     """Seed of the hash that samples each latent's firings."""
 
     def __post_init__(self) -> None:
-        for name in ("top_n", "quantile_bands", "per_band", "reservoir", "histogram_bins"):
+        for name in ("top_n", "quantile_bands", "per_band", "reservoir", "random_windows", "histogram_bins"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.window_before < 0 or self.window_after < 0:
@@ -89,6 +93,10 @@ class LatentStats:
     """[L, top_n, window] the latent's activation on each token of each top example's window."""
     quantile_windows: Tensor
     """[L, bands, per_band, window] the same for the quantile examples."""
+    random_rows: Tensor
+    """[L, random_windows] uniformly random rows, drawn per latent from the seed."""
+    random_windows: Tensor
+    """[L, random_windows, window] the latent's activation on each token of each random row's window."""
     histogram: Tensor
     """[L, bins] counts of non-zero activations in equal bins of [0, max]."""
     fire_count: Tensor
@@ -111,7 +119,7 @@ class LatentStats:
 
 _TENSORS = (
     "top_values", "top_rows", "quantile_values", "quantile_rows", "top_windows", "quantile_windows",
-    "histogram", "fire_count", "act_sum",
+    "random_rows", "random_windows", "histogram", "fire_count", "act_sum",
 )  # fmt: skip
 
 
@@ -237,7 +245,10 @@ def compute_latent_stats(
             yield start, codes
 
     first = _first_pass(batches("pass 1/2"), d_sae, s, torch.device(device))
-    windows, histogram = _second_pass(batches("pass 2/2"), first, layout, s)
+    generator = torch.Generator().manual_seed(s.seed)
+    random_rows = torch.randint(0, n_rows, (d_sae, s.random_windows), generator=generator).to(first.top_rows.device)
+    windows, histogram = _second_pass(batches("pass 2/2"), first, random_rows, layout, s)
+    n_quantile = s.quantile_bands * s.per_band
     return LatentStats(
         n_rows=n_rows,
         top_values=first.top_values.cpu(),
@@ -245,7 +256,9 @@ def compute_latent_stats(
         quantile_values=first.quantile_values.cpu(),
         quantile_rows=first.quantile_rows.cpu(),
         top_windows=windows[:, : s.top_n].cpu(),
-        quantile_windows=windows[:, s.top_n :].reshape(d_sae, s.quantile_bands, s.per_band, s.window).cpu(),
+        quantile_windows=windows[:, s.top_n : s.top_n + n_quantile].reshape(d_sae, s.quantile_bands, s.per_band, s.window).cpu(),
+        random_rows=random_rows.cpu(),
+        random_windows=windows[:, s.top_n + n_quantile :].cpu(),
         histogram=histogram.view(d_sae, s.histogram_bins).cpu(),
         fire_count=first.fire_count.cpu(),
         act_sum=first.act_sum.cpu(),
@@ -286,13 +299,14 @@ def _first_pass(batches: Iterable[tuple[int, Tensor]], d_sae: int, s: StatsSetti
 
 
 def _second_pass(
-    batches: Iterable[tuple[int, Tensor]], first: _FirstPass, layout: Layout, s: StatsSettings
+    batches: Iterable[tuple[int, Tensor]], first: _FirstPass, random_rows: Tensor, layout: Layout, s: StatsSettings
 ) -> tuple[Tensor, Tensor]:
-    """The activation of every example window's tokens [L, E, W], and the histogram counts [L · bins]."""
+    """The activation of every example window's tokens [L, E, W] (E: the top, quantile and random
+    examples, in this order), and the histogram counts [L · bins]."""
     # Requests for (row, latent) activations of every window, sorted by row so that each batch
     # answers a contiguous slice of them.
     d_sae, device = first.top_values.shape[0], first.top_values.device
-    examples = torch.cat([first.top_rows, first.quantile_rows.flatten(1)], dim=1)  # [L, E]
+    examples = torch.cat([first.top_rows, first.quantile_rows.flatten(1), random_rows], dim=1)  # [L, E]
     wrows = window_rows(examples, layout, s.window_before, s.window_after)  # [L, E, W]
     wanted = wrows >= 0
     req_rows = wrows[wanted]

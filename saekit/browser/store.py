@@ -33,6 +33,7 @@ from torch import Tensor
 from saekit.atomic import replace_folder, write_safetensors
 from saekit.browser.dynamics import Dynamics
 from saekit.browser.effects import LogitEffects, Neighbours
+from saekit.browser.explanations import Explanations
 from saekit.browser.meta import FORMAT, CacheMeta, SaeInfo, meta_text, read_meta
 from saekit.browser.stats import _TENSORS, LatentStats, Layout
 from saekit.errors import ArtifactError
@@ -41,12 +42,14 @@ CACHE_DIR = "browser-cache"
 
 _RANKS = {
     "stats.top_values": 2, "stats.top_rows": 2, "stats.quantile_values": 3, "stats.quantile_rows": 3,
-    "stats.top_windows": 3, "stats.quantile_windows": 4, "stats.histogram": 2, "stats.fire_count": 1,
+    "stats.top_windows": 3, "stats.quantile_windows": 4, "stats.random_rows": 2, "stats.random_windows": 3,
+    "stats.histogram": 2, "stats.fire_count": 1,
     "stats.act_sum": 1, "neighbours.ids": 2, "neighbours.cosine": 2,
     **{f"effects.{k}": 2 for k in LogitEffects._fields},
 }  # fmt: skip
 """Rank of each cached tensor; each has one row per latent."""
-_INTEGERS = ("stats.top_rows", "stats.quantile_rows", "stats.histogram", "stats.fire_count", "neighbours.ids",
+_INTEGERS = ("stats.top_rows", "stats.quantile_rows", "stats.random_rows", "stats.histogram", "stats.fire_count",
+            "neighbours.ids",
             "effects.promoted_ids", "effects.suppressed_ids")  # fmt: skip
 """Tensors of integers; the others hold floats."""
 
@@ -68,6 +71,8 @@ class SaeData:
     window_before: int
     dynamics: Dynamics | None = None
     """The SAE's training dynamics (``saekit track``), when the browser was given them; never cached."""
+    explanations: Explanations | None = None
+    """The latents' explanations and scores (``saekit interpret``), read from beside the SAE; never cached."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,7 @@ def _shape_problem(t: dict[str, Tensor], meta: CacheMeta, rows: int) -> str | No
     same = [("stats.top_rows", top), ("stats.quantile_rows", quantile), ("neighbours.cosine", t["neighbours.ids"].shape)]
     same += [("stats.top_windows", (*top, t["stats.top_windows"].shape[2]))]
     same += [("stats.quantile_windows", (*quantile, t["stats.top_windows"].shape[2]))]
+    same += [("stats.random_windows", (*t["stats.random_rows"].shape, t["stats.top_windows"].shape[2]))]
     same += [(k, t["effects.promoted"].shape) for k in t if k.startswith("effects.")]
     for k, shape in same:
         if t[k].shape != shape:
@@ -178,7 +184,8 @@ def _shape_problem(t: dict[str, Tensor], meta: CacheMeta, rows: int) -> str | No
         return "no top example slot, or window_before outside the stored windows"
     if meta.n_rows > rows:
         return f"n_rows={meta.n_rows} is more than the {rows} rows of the stored tokens"
-    for k, high in (("stats.top_rows", meta.n_rows), ("stats.quantile_rows", meta.n_rows), ("neighbours.ids", meta.info.d_sae)):
+    bounded = ("stats.top_rows", "stats.quantile_rows", "stats.random_rows")
+    for k, high in [*((k, meta.n_rows) for k in bounded), ("neighbours.ids", meta.info.d_sae)]:
         low = 0 if k == "neighbours.ids" else -1
         if t[k].numel() and (int(t[k].min()) < low or int(t[k].max()) >= high):
             return f"{k} holds values outside {low}..{high - 1}"

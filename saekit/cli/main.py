@@ -1,4 +1,4 @@
-"""`saekit <command>`: train, cache, ls, eval, convert, hub, browse, analyse, games, demo."""
+"""`saekit <command>`: train, cache, ls, eval, convert, hub, browse, interpret, analyse, games, demo."""
 
 from __future__ import annotations
 
@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     from saekit.cli import evaluate as evaluate_cmd
     from saekit.cli import games as games_cmd
     from saekit.cli import hub as hub_cmd
+    from saekit.cli import interpret as interpret_cmd
     from saekit.cli import track as track_cmd
 
     parser = argparse.ArgumentParser(prog="saekit", description="Sparse autoencoders on model activations.")
@@ -169,13 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--overwrite", action="store_true", help="delete a previous cache in --out instead of resuming it")
     cache.set_defaults(func=_cmd_cache)
 
-    ls = sub.add_parser("ls", help="list architectures and their hyper-parameters")
-    ls.set_defaults(func=_cmd_ls)
+    sub.add_parser("ls", help="list architectures and their hyper-parameters").set_defaults(func=_cmd_ls)
 
     evaluate_cmd.add_parser(sub)
     convert_cmd.add_parser(sub)
     hub_cmd.add_parser(sub)
     browse_cmd.add_parser(sub)
+    interpret_cmd.add_parser(sub)
     analyse_cmd.add_parser(sub)
     games_cmd.add_parser(sub)
     track_cmd.add_parser(sub)

@@ -145,3 +145,20 @@ def test_final_norm_scale_of_a_llama():
     with torch.no_grad():
         model.model.norm.weight.uniform_(0.5, 2.0)
     assert torch.equal(final_norm_scale(model), model.model.norm.weight)
+
+
+def test_random_windows_hold_the_latents_activation_around_seeded_random_rows(case):
+    encode, acts, codes, stats = case
+    per = LAYOUT.per_context
+    assert stats.random_rows.shape == (40, SETTINGS.random_windows)
+    assert int(stats.random_rows.min()) >= 0 and int(stats.random_rows.max()) < acts.shape[0]
+    assert len(set(stats.random_rows[7].tolist())) > 1 and not torch.equal(stats.random_rows[7], stats.random_rows[8])
+    for j in (0, 20, 39):
+        for e, row in enumerate(stats.random_rows[j].tolist()):
+            seq, pos = divmod(row, per)
+            for w, offset in enumerate(range(-4, 3)):
+                q = pos + LAYOUT.skip + offset
+                inside = LAYOUT.skip <= q < LAYOUT.context
+                assert float(stats.random_windows[j, e, w]) == (float(codes[seq * per + q - LAYOUT.skip, j]) if inside else 0.0)
+    again = compute_latent_stats(encode, acts, 40, LAYOUT, SETTINGS, batch_size=50)
+    assert torch.equal(again.random_rows, stats.random_rows) and torch.equal(again.random_windows, stats.random_windows)

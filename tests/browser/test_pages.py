@@ -86,7 +86,7 @@ def markup_outside_templates(source: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("module", ["pages.py", "svg.py"])
+@pytest.mark.parametrize("module", ["pages.py", "svg.py", "explained.py"])
 def test_page_modules_make_markup_only_through_templates(module):
     source = (Path(browser_package.__file__).parent / module).read_text(encoding="utf-8")
     assert markup_outside_templates(source) == []

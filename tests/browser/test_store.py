@@ -26,7 +26,7 @@ def set_neighbour(t):
 
 
 def narrow_windows(t):
-    for k in ("stats.top_windows", "stats.quantile_windows"):
+    for k in ("stats.top_windows", "stats.quantile_windows", "stats.random_windows"):
         t[k] = t[k][..., :2]  # the token of each example is at index window_before = 2
 
 
@@ -44,6 +44,9 @@ def narrow_windows(t):
         (lambda t: t.update({"effects.promoted_ids": t["effects.promoted_ids"][:, :1]}), "effects.promoted_ids has shape"),
         (lambda t: t.update({"tokens": t["tokens"][:, :4]}), "not integer [contexts, 8]"),
         (lambda t: t.update({"tokens": t["tokens"][:1]}), "n_rows=28 is more than the 7 rows"),
+        (lambda t: t.update({"stats.random_windows": t["stats.random_windows"][:, :1]}), "stats.random_windows has shape"),
+        (lambda t: t.update({"stats.random_rows": t["stats.random_rows"].float()}), "stats.random_rows is stored as"),
+        (lambda t: t["stats.random_rows"].__setitem__((0, 0), 28), "stats.random_rows holds values outside -1..27"),
         (narrow_windows, "window_before outside"),
         (set_big, "stats.top_rows holds values outside -1..27"),
         (set_low, "stats.quantile_rows holds values outside -1..27"),
