@@ -44,7 +44,7 @@ def plot_study(rows: list[dict[str, Any]], probes: dict[str, dict[str, float]], 
             for label, style in (("trained", "-"), ("random", ":")):
                 if label in probes:
                     ax.axhline(probes[label]["f1_blank_masked"], color="grey", ls=style, lw=1, label=f"linear probe, {label} model")
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="center right")
         ax.set_xscale("log")
         ax.tick_params(axis="x", which="minor", labelbottom=False)  # within a decade they overlap
         ax.set_xlabel("L0")
