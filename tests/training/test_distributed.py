@@ -5,6 +5,7 @@ selections and thresholds included; checkpoints resume across world sizes."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,17 @@ def _leave() -> None:
     torch.distributed.destroy_process_group()
 
 
+def _exit() -> None:
+    """End a worker that finished: its results are written and its group destroyed. The interpreter's
+    teardown of torch's C++ state after a gloo group has aborted now and then under load ("terminate
+    called without an active exception", SIGABRT) after the work was done, failing a test whose results
+    were right; these tests check results, so a finished worker skips that teardown. (A worker that
+    raised still exits normally, so its error reaches the parent.)"""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _dies(at: int) -> InterruptingSource:
     """The tensor's source, but its stream dies at batch ``at`` (as a killed process)."""
     return InterruptingSource(as_source(_data()), at)
@@ -69,6 +81,7 @@ def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None) ->
         pass
     finally:
         _leave()
+    _exit()
 
 
 def _spawn(tmp_path: Path, steps: int, dies_at: int | None = None) -> dict[str, torch.Tensor] | None:
@@ -126,6 +139,7 @@ def _mfr_worker(rank: int, store: str, out: str) -> None:
             save_file(_states(result.saes), str(Path(out) / "mfr.safetensors"))
     finally:
         _leave()
+    _exit()
 
 
 def test_a_mutual_feature_regularisation_group_trains_as_in_one_process(tmp_path):
@@ -161,6 +175,7 @@ def _model_worker(rank: int, store: str, out: str) -> None:
         save_file({**_states(result.saes), "contexts": torch.tensor(contexts)}, str(Path(out) / f"model-{rank}.safetensors"))
     finally:
         _leave()
+    _exit()
 
 
 def test_a_model_source_splits_its_forward_passes_over_the_ranks(tmp_path):
@@ -198,6 +213,7 @@ def _e2e_worker(rank: int, store: str, out: str) -> None:
             save_file({**_states(result.saes), "contexts": torch.tensor(contexts)}, str(Path(out) / "e2e.safetensors"))
     finally:
         _leave()
+    _exit()
 
 
 def test_end_to_end_training_splits_the_contexts_as_one_process_would(tmp_path):

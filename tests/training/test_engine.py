@@ -425,3 +425,25 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_exactly(tmp_path, when)
     assert resumed.resumed_from == 3
     _assert_same(_state(reference), _state(resumed.saes))
     assert (run / "metrics.jsonl").read_text() == (tmp_path / "ref/metrics.jsonl").read_text()
+
+
+def test_a_distributed_run_reads_its_batches_on_the_main_thread(tmp_path):
+    # A model source's batches run collectives in a distributed run; read ahead on another thread they
+    # would interleave with the step's collectives in a different order on each rank.
+    from types import SimpleNamespace
+
+    from saekit.comm import LOCAL, Comm
+    from saekit.sources.cache import CacheSource, write_cache
+    from saekit.sources.prefetch import Prefetcher
+    from saekit.training.config import TrainConfig
+    from saekit.training.engine import _stream
+    from saekit.training.objective import LocalObjective
+
+    write_cache(tmp_path / "cache", [{"s": torch.randn(64, 4)}], sites=["s"], d_in={"s": 4}, info={})
+    source = CacheSource(tmp_path / "cache")
+    for comm, reads_ahead in ((LOCAL, True), (Comm(0, 2), False)):
+        state = SimpleNamespace(
+            source=source, cfg=TrainConfig(steps=1, batch_size=8), start=0, objective=LocalObjective(), device=torch.device("cpu"), comm=comm
+        )
+        with _stream(state) as batches:
+            assert isinstance(batches, Prefetcher) is reads_ahead
