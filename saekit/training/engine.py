@@ -345,12 +345,10 @@ def _session(state: Run) -> Iterator[None]:
 @contextlib.contextmanager
 def _stream(state: Run) -> Iterator[Iterator[Mapping[str, ActBatch]]]:
     """The batches from the run's start, read ahead on another thread where that pays (CUDA, or a
-    source on disk) and the objective allows it; closed at the end. A distributed run reads on the main
-    thread: a model source's batches run collectives, which every rank must issue in the same order as
-    the step's own (a read-ahead thread would interleave them differently on each rank)."""
+    source on disk) and the objective allows it, but never in a distributed run (a model source's
+    batches run collectives, which every rank must issue in the step's order); closed at the end."""
     batches: Iterator[Mapping[str, ActBatch]] = state.source.batches(state.cfg.batch_size, seed=state.cfg.seed, start=state.start)
-    pays = state.device.type == "cuda" or isinstance(state.source, CacheSource)
-    if state.objective.prefetch and pays and not state.comm.distributed:
+    if state.objective.prefetch and not state.comm.distributed and (state.device.type == "cuda" or isinstance(state.source, CacheSource)):
         batches = Prefetcher(batches, pin_memory=state.device.type == "cuda")
     try:
         yield batches
