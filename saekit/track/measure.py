@@ -58,14 +58,15 @@ class SAEDynamics(Stored):
     trajectories: Tensor
     """[len(trajectory_latents), checkpoints, 2]: decoder trajectories on their top two principal axes."""
     independent_matched_to_final: list[float]
-    """With the independent baseline: mean over alive latents of the Hungarian-matched decoder cosine of
-    each checkpoint's from-scratch SAE with the final one (what following a latent needs without the
+    """With the independent baseline: mean over latents of the Hungarian-matched decoder cosine of each
+    checkpoint's from-scratch SAE with the final one (what following a latent needs without the
     series); [] without it."""
     independent_by_index_to_final: list[float]
     """The same by index, without matching (about 0: independent SAEs do not keep latent identity)."""
     series_matched_to_independent: list[float]
     """Mean Hungarian-matched decoder cosine of the series' SAE with the from-scratch SAE, per checkpoint."""
     independent_fvu: list[float]
+    """FVU of each checkpoint's from-scratch SAE on the analysis tokens (NaN where there is none)."""
 
 
 class _Tokens:
