@@ -1,8 +1,9 @@
 """The analyses of a trained series: every checkpoint's model and SAEs run on the same tokens (the
 data's first ``track.analysis_contexts`` contexts), measured with :mod:`saekit.analysis.dynamics`.
 
-The final checkpoint is read first: its SAEs choose each latent's top tokens, and its decoders are the
-directions drift is measured against. Then each checkpoint in turn gives its codes, its model's
+The final checkpoint is read first (its model loaded and run once, then reused as the last checkpoint
+of the loop): its SAEs choose each latent's top tokens, and its decoders are the directions drift is
+measured against. Then each checkpoint in turn gives its codes, its model's
 activations and next-token loss, and each SAE's FVU and L0 on those tokens; only the per-latent
 statistics are kept, never a checkpoint's codes, so memory does not grow with the number of checkpoints.
 """
@@ -85,6 +86,7 @@ def measure_series(tr: TrackRun, series: SeriesResult, rng_seed: int = 0) -> lis
     tokens = _Tokens(source, tr.track.analysis_contexts)
     final_saes = load_suite(final.folder / "saes")
     acts = source.activations_of(tokens.ids)
+    final_run = (source, acts, final_saes)  # measured again below as the last checkpoint: loaded and run once
     n_rows = len(tokens.token_ids)
     random_rows = torch.randperm(n_rows, generator=torch.Generator().manual_seed(rng_seed))[: tr.track.random_tokens]
     final_codes = {name: _codes(sae, acts) for name, sae in final_saes.items()}
@@ -94,10 +96,12 @@ def measure_series(tr: TrackRun, series: SeriesResult, rng_seed: int = 0) -> lis
     per_ckpt: list[dict[str, dict]] = []
     losses = []
     for stage in stages:
-        source = _source(tr, stage.checkpoint)
-        acts = source.activations_of(tokens.ids)
+        if stage is final:
+            source, acts, saes = final_run
+        else:
+            source = _source(tr, stage.checkpoint)
+            acts, saes = source.activations_of(tokens.ids), load_suite(stage.folder / "saes")
         losses.append(_model_loss(source, tokens.ids))
-        saes = load_suite(stage.folder / "saes")
         stats = {name: _checkpoint_stats(sae, acts, tops[name], random_rows) for name, sae in saes.items()}
         for name, by_index in independent.items():
             if stage.checkpoint.index in by_index:
@@ -124,9 +128,9 @@ def _codes(sae: SAE, acts: dict[str, Tensor]) -> Tensor:
 @torch.no_grad()
 def _model_loss(source: ModelSource, ids: Tensor) -> float:
     total, count = 0.0, 0
+    device = next(source.model.parameters()).device
     for start in range(0, len(ids), source.forward_batch):
         batch = source.tokens[ids[start : start + source.forward_batch]]
-        device = next(source.model.parameters()).device
         logits = source.model(input_ids=batch.to(device)).logits
         total += float(next_token_loss(logits, batch.to(device), reduction="sum"))
         count += batch.shape[0] * (batch.shape[1] - 1)
