@@ -15,7 +15,8 @@ Layout of the output folder:
 
     track.json                      the settings as read and the checkpoints
     series/<NN>-<label>/            one `saekit train` folder per checkpoint (config.json, metrics.jsonl,
-                                    checkpoint, saes/ - the suite of that checkpoint's SAEs)
+                                    checkpoint, stage.json - its steps and seconds, saes/ - the suite of
+                                    that checkpoint's SAEs)
     independent/<NN>-<label>/       with track.independent: the same SAEs trained from scratch there,
                                     each from an initialisation of its own
 
@@ -31,8 +32,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from saekit.atomic import write_text
+from saekit.bounded import read_json
 from saekit.cli.run_config import build_saes, train_from_config
-from saekit.errors import ConfigError
+from saekit.errors import ArtifactError, ConfigError
 from saekit.io.artifact import INDEX_FILE, load_suite, save_suite
 from saekit.sae.base import SAE
 from saekit.sources.spec import source_from_spec
@@ -41,7 +43,7 @@ from saekit.training.config import TrainConfig
 from saekit.training.normalise import estimate_scales, rescale_
 from saekit.types import ActivationSource
 
-SERIES, INDEPENDENT, TRACK_FILE = "series", "independent", "track.json"
+SERIES, INDEPENDENT, TRACK_FILE, STAGE_FILE = "series", "independent", "track.json", "stage.json"
 INDEPENDENT_SEED = 1_000_003
 
 
@@ -55,7 +57,8 @@ class Stage(NamedTuple):
     """Fine-tuned from the neighbouring checkpoint's SAEs (False: trained from scratch)."""
     steps: int
     seconds: float
-    """Wall time of the run (0 for a stage done by an earlier call)."""
+    """Wall time of the call that finished the stage (an earlier call's, read from ``stage.json``, for a
+    stage done before a resume)."""
 
 
 class SeriesResult(NamedTuple):
@@ -121,7 +124,8 @@ def _stage(
     warm = previous is not None
     cfg = finetune_config(tr) if warm else tr.run.train
     if resume and (folder / "saes" / INDEX_FILE).is_file():
-        return Stage(ckpt, folder, warm, cfg.total_steps, 0.0), list(load_suite(folder / "saes", device="meta"))
+        seconds = float(read_json(folder / STAGE_FILE, 1 << 16, ArtifactError)["seconds"])
+        return Stage(ckpt, folder, warm, cfg.total_steps, seconds), list(load_suite(folder / "saes", device="meta"))
     source = checkpoint_source(tr, ckpt)
     if previous is None:
         built = build_saes([_reseeded(i, t, ckpt) if independent else t for i, t in enumerate(tr.run.saes)], source)
@@ -133,6 +137,8 @@ def _stage(
             warm_start_(sae, source, cfg, lrs[name])
     record = {"config.json": json.dumps({"track_stage": ckpt._asdict(), "warm_start": str(previous) if warm else None}, indent=2) + "\n"}
     result = train_from_config(dataclasses.replace(tr.run, train=cfg), saes, source, out_dir=folder, resume=resume, start_files=record)
+    # The stage's time, for the cost report of a later resume; written before the suite that marks it done.
+    write_text(folder / STAGE_FILE, json.dumps({"steps": result.steps, "seconds": result.seconds}) + "\n")
     save_suite(result.saes, folder / "saes", names=names)
     return Stage(ckpt, folder, warm, result.steps, result.seconds), names
 
