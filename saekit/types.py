@@ -157,6 +157,15 @@ class ActivationSource(Protocol):
     def describe(self) -> dict: ...
 
 
+@runtime_checkable
+class RowSource(Protocol):
+    """A source that can read one site once, in order (TensorSource, SyntheticSource)."""
+
+    def iter_rows(
+        self, batch_size: int, *, site: str | None = None, max_rows: int | None = None
+    ) -> Iterator[Tensor]: ...
+
+
 @dataclass(frozen=True)
 class Recovery:
     """How well a learned dictionary recovers known feature directions.

@@ -4,6 +4,7 @@
     saekit analyse seeds SAE SAE ... | --train --site S --arch topk relu  (§5)
     saekit analyse sae-match SAE_LAYER_t SAE_LAYER_t+1 ...                (§10)
     saekit analyse steer --site S --pos ... --neg ... [--sae SAE] --prompt ...   (§9)
+    saekit analyse crosscoder SAE [--pair A B]                           (crosscoders: shared and exclusive latents)
 
 Each writes its result (result.json + arrays.safetensors) and plot.png into --out and prints a table.
 """
@@ -22,7 +23,7 @@ from saekit.errors import ConfigError
 
 
 def add_parser(sub: Any) -> None:
-    analyse = sub.add_parser("analyse", help="studies from the SAE papers: dark-matter, seeds, sae-match, steer")
+    analyse = sub.add_parser("analyse", help="studies from the SAE papers: dark-matter, seeds, sae-match, steer, crosscoder")
     studies = analyse.add_subparsers(dest="study", required=True)
 
     dm = studies.add_parser("dark-matter", help="how much of an SAE's error is linearly predictable from its input")
@@ -73,6 +74,30 @@ def add_parser(sub: Any) -> None:
     steer.add_argument("--reference-tokens", type=non_negative_int, default=4096, help="corpus tokens whose activation norms ||v|| is compared with")
     _model_args(steer, tokens=None)
     steer.set_defaults(func=_steer)
+    _add_crosscoder(studies)
+
+
+def _add_crosscoder(studies: Any) -> None:
+    cc = studies.add_parser("crosscoder", help="a crosscoder's latents by site: shared and exclusive (relative decoder norm)")
+    cc.add_argument("sae", help="a crosscoder's folder (an SAE saved with several sites)")
+    cc.add_argument("--pair", nargs=2, metavar=("A", "B"), help="the two sites compared (default: its first and last)")
+    cc.add_argument("--exclusive-below", type=float, default=0.1, help="relative norm under which a latent is exclusive (default 0.1)")
+    cc.add_argument("--shared-between", type=float, nargs=2, default=[0.3, 0.7], help="relative norms of a shared latent (default 0.3 0.7)")
+    cc.add_argument("--out", required=True, help="output folder for the result and its plot")
+    cc.set_defaults(func=_crosscoder)
+
+
+def _crosscoder(args: argparse.Namespace) -> int:
+    from saekit.analysis import crosscoder
+    from saekit.io import load_sae
+
+    result = crosscoder.analyse(
+        load_sae(args.sae), pair=tuple(args.pair) if args.pair else None,
+        exclusive_below=args.exclusive_below, shared_between=tuple(args.shared_between),
+    )  # fmt: skip
+    row = result.summary()
+    _finish(result, Path(args.out), [row], list(row))
+    return 0
 
 
 def _model_args(p: argparse.ArgumentParser, tokens: int | None, split: str = "test") -> None:

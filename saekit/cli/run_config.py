@@ -50,7 +50,7 @@ from saekit.types import ActivationSource
 T = TypeVar("T")
 
 TOP_LEVEL_KEYS = ("out", "data", "train", "sae", "objective", "e2e")
-SAE_SPEC_KEYS = ("architecture", "name", "site", "site_out", "seed", "d_in", "init_from")
+SAE_SPEC_KEYS = ("architecture", "name", "site", "site_out", "sites", "seed", "d_in", "init_from")
 """Keys of an [[sae]] table that are not architecture hyper-parameters."""
 
 
@@ -216,10 +216,15 @@ class SAESpec:
     """For a transcoder (`saekit ls`: the *_transcoder architectures), the data site it reconstructs, e.g.
     "layers.3.mlp_out" beside site = "layers.3.mlp_in" (the data must read both); default the data's only
     site. Its d_out defaults to that site's width."""
+    sites: tuple[str, ...] | None = None
+    """A crosscoder's data sites (two or more, of one width), read side by side and all reconstructed,
+    e.g. ["layers.2.resid_post", "layers.4.resid_post"], or one site of two models ("base/layers.3.resid_post",
+    "chat/layers.3.resid_post" with [data] kind = "models"); any architecture that is not a transcoder.
+    Instead of site; d_in defaults to their total width."""
     seed: int | None = None
     """Seed of its initialisation; default its index in the list."""
     d_in: int | None = None
-    """Input width; default the width of its site in the data."""
+    """Input width; default the width of its site in the data (a crosscoder's: its sites' total)."""
     init_from: str | None = None
     """A saved SAE folder to start from (fine-tuning); its hyper-parameters come from the folder."""
 
@@ -251,13 +256,11 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
         spec = sae_spec(i, table)
         hparams = {k: v for k, v in table.items() if k not in SAE_SPEC_KEYS}
         sites = list(source.sites)
-        read = site_to_read(spec.site, sites)  # the engine's rule (engine.assign_sites), named here by table
-        if read is None:
-            raise ConfigError(f"sae.{i}: site {spec.site!r} is not one of the data's sites {sites}")
-        d_in = source.d_in(read) if spec.d_in is None else spec.d_in
         seed = i if spec.seed is None else spec.seed
         written: str | None = None
         try:
+            read = _sites_read(spec, sites)
+            d_in = sum(source.d_in(site) for site in read) if spec.d_in is None else spec.d_in
             written = _site_out(spec, sites)
             if written is not None and spec.init_from is None:
                 hparams.setdefault("d_out", source.d_in(written))
@@ -268,7 +271,10 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
                 sae = _load_start(spec.init_from, spec.architecture, hparams)
         except SaekitError as exc:  # a ConfigError, or an ArtifactError from init_from's folder
             raise type(exc)(f"sae.{i}: {exc}") from exc
-        sae.metadata["site"] = read if spec.site is None else spec.site
+        if len(read) == 1:
+            sae.metadata["site"] = read[0] if spec.site is None else spec.site
+        else:
+            sae.metadata["sites"] = list(read)
         if written is not None:
             sae.metadata["site_out"] = written if spec.site_out is None else spec.site_out
         saes.append(sae)
@@ -276,6 +282,25 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
     if len(set(names)) != len(names):
         raise ConfigError(f"SAE names must be unique, got {names}")
     return BuiltSAEs(saes, names)
+
+
+def _sites_read(spec: SAESpec, sites: list[str]) -> tuple[str, ...]:
+    """The data sites an [[sae]] table's SAE reads (the engine's rule, training.sites.assign_sites, named
+    here by table): its site, or a crosscoder's sites."""
+    if spec.sites is None:
+        read = site_to_read(spec.site, sites)
+        if read is None:
+            raise ConfigError(f"site {spec.site!r} is not one of the data's sites {sites}")
+        return (read,)
+    if spec.site is not None:
+        raise ConfigError("give either site (one site) or sites (a crosscoder's), not both")
+    if len(spec.sites) < 2 or len(set(spec.sites)) != len(spec.sites):
+        raise ConfigError(f"sites must name two or more distinct sites (a crosscoder), got {list(spec.sites)}")
+    if get(spec.architecture).transcoder:
+        raise ConfigError(f"sites: a {spec.architecture} transcoder reads one site; a crosscoder is any other architecture")
+    if missing := [site for site in spec.sites if site not in sites]:
+        raise ConfigError(f"sites {missing} are not among the data's sites {sites}")
+    return spec.sites
 
 
 def _site_out(spec: SAESpec, sites: list[str]) -> str | None:

@@ -23,6 +23,7 @@ Conventions (papers.md §0, the Gemma Scope paper's):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -195,6 +196,81 @@ def downstream_metrics_many(
     bar.close()
     scored = tokens.shape[0] * (tokens.shape[1] - 1 - skip)
     return {name: _metrics(clean, zero, mean, sums, scored) for name, sums in spliced.items()}
+
+
+JointReconstruction = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+"""A reconstruction of several sites at once from all of them (a crosscoder): site -> ``[batch, T − skip, d]``
+clean activations in, site -> their replacements out."""
+
+
+@torch.no_grad()
+def joint_downstream_metrics(
+    model: nn.Module | LoadedModel,
+    tokens: Tensor,
+    sites: list[str],
+    reconstruct: JointReconstruction,
+    *,
+    skip_positions: int = 1,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> DownstreamMetrics:
+    """Downstream metrics of replacing every site of ``sites`` at once: each batch of contexts is run
+    clean, recording every site; ``reconstruct`` maps the recorded activations to their replacements,
+    and the batch is run again with all of them spliced in (a crosscoder reads later sites than some
+    it writes, so its replacements come from the clean pass). The ablations zero, or set to their mean,
+    every site at once."""
+    model = as_module(model)
+    tokens = _check_tokens(tokens, skip_positions)
+    model.eval()
+    device = next(model.parameters()).device
+    skip = skip_positions
+    clean: list[_Sums] = []
+    zero: list[_Sums] = []
+    spliced: list[_Sums] = []
+    sums: dict[str, Tensor] = {}
+    batches = list(_batches(tokens, batch_size))
+    bar = tqdm(total=len(batches) * 4, desc=f"downstream {'+'.join(sites)}", unit="pass", disable=not progress, leave=False)
+    for part in batches:
+        part = part.to(device)
+        recorded: dict[str, Tensor] = {}
+        with record(model, sites, recorded):
+            clean_logp = _log_probs(model, part, skip)
+        kept = {site: recorded[site][:, skip:].detach() for site in sites}
+        replaced = reconstruct(kept)
+        for site, h in kept.items():
+            sums[site] = sums.get(site, 0) + h.double().sum(dim=(0, 1))
+        clean.append(_Sums(nll=_nll_sum(clean_logp, part, skip), kl=0.0))
+        zero.append(_scored_sites(model, part, skip, {site: lambda h: torch.zeros_like(h) for site in sites}, clean_logp))
+        spliced.append(_scored_sites(model, part, skip, {site: _fixed(replaced[site]) for site in sites}, clean_logp))
+        bar.update(3)
+    rows = tokens.shape[0] * (tokens.shape[1] - skip)
+    means = {site: _fixed_mean(total / rows) for site, total in sums.items()}
+    mean = []
+    for part in batches:
+        mean.append(_scored_sites(model, part.to(device), skip, means, None))
+        bar.update()
+    bar.close()
+    return _metrics(clean, zero, mean, spliced, tokens.shape[0] * (tokens.shape[1] - 1 - skip))
+
+
+def _fixed(replacement: Tensor) -> Callable[[Tensor], Tensor]:
+    return lambda h: replacement.to(h.device, h.dtype)
+
+
+def _fixed_mean(mean: Tensor) -> Callable[[Tensor], Tensor]:
+    return lambda h: mean.to(h.device, h.dtype).expand_as(h)
+
+
+def _scored_sites(
+    model: nn.Module, part: Tensor, skip: int, fns: Mapping[str, Callable[[Tensor], Tensor]], clean_logp: Tensor | None
+) -> _Sums:
+    """:func:`_scored` with several sites replaced in the same pass."""
+    with contextlib.ExitStack() as stack:
+        for site, fn in fns.items():
+            stack.enter_context(splice(model, site, fn, start=skip))
+        logp = _log_probs(model, part, skip)
+    kl = float(F.kl_div(logp, clean_logp, log_target=True, reduction="sum")) if clean_logp is not None else 0.0
+    return _Sums(nll=_nll_sum(logp, part, skip), kl=kl)
 
 
 def _input_site(rec: Reconstruction, site: str) -> str | None:

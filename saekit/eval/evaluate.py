@@ -3,103 +3,28 @@
 A transcoder is scored on the site it reconstructs: every metric compares its output with the
 activations of its ``site_out``, read in the same order as those of the site it reads (its FVU is the
 output site's), and with a model its output replaces that site, computed from its input site in the
-same forward pass. Only running sums are kept (float64, on the evaluation device), so memory does not grow with the
-number of tokens. The total variance that FVU divides by is merged across batches with Chan et al.'s
-parallel update of per-dimension means and squared deviations, which stays accurate when activations
-have a large common offset (where Σ||x||² − n||x̄||² would cancel catastrophically).
+same forward pass. A crosscoder is scored on its sites side by side and at each site
+(:mod:`saekit.eval.crosscoder`). Only running sums are kept (:class:`saekit.eval.totals.Totals`), so
+memory does not grow with the number of tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from saekit.devices import resolve_device
 from saekit.errors import DataError
-from saekit.eval import metrics
+from saekit.eval import crosscoder
 from saekit.eval.downstream import CleanActivations, as_function, downstream_metrics_many
+from saekit.eval.totals import Totals
 from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
 from saekit.sources.tensor import SourceInput, as_source, site_to_read
-from saekit.types import ActivationSource
-
-
-@runtime_checkable
-class RowSource(Protocol):
-    """A source that can read one site once, in order (TensorSource, SyntheticSource)."""
-
-    def iter_rows(
-        self, batch_size: int, *, site: str | None = None, max_rows: int | None = None
-    ) -> Iterator[Tensor]: ...
-
-
-class _Totals:
-    """Running sums from which every metric of :func:`evaluate` is computed at the end."""
-
-    def __init__(self, width: int, d_sae: int, device: torch.device) -> None:
-        dtype = torch.float32 if device.type == "mps" else torch.float64
-
-        def zero(*shape: int) -> Tensor:
-            return torch.zeros(shape, dtype=dtype, device=device)
-
-        self.tokens = 0
-        self.sq_err, self.sq_x, self.sq_x_hat, self.dot = zero(), zero(), zero(), zero()
-        self.cos, self.l2_ratio, self.l2_ratio_tokens = zero(), zero(), zero()
-        self.active = torch.zeros((), dtype=torch.int64, device=device)
-        self.fired = torch.zeros(d_sae, dtype=torch.int64, device=device)
-        self.mean, self.m2 = zero(width), zero(width)
-        self.dtype = dtype
-
-    def update(self, x: Tensor, x_hat: Tensor, codes: Tensor) -> None:
-        n = x.shape[0]
-        x, x_hat = x.to(self.dtype), x_hat.to(self.dtype)
-        self.sq_err += (x - x_hat).pow(2).sum()
-        self.sq_x += x.pow(2).sum()
-        self.sq_x_hat += x_hat.pow(2).sum()
-        self.dot += (x * x_hat).sum()
-        self.cos += metrics.per_token_cosine(x, x_hat).sum()
-        ratios = metrics.per_token_l2_ratio(x, x_hat)
-        self.l2_ratio += ratios.sum()
-        self.l2_ratio_tokens += ratios.numel()
-        nonzero = codes != 0
-        self.active += nonzero.sum()
-        self.fired += nonzero.sum(0)
-        batch_mean = x.mean(0)
-        delta = batch_mean - self.mean
-        total = self.tokens + n
-        self.m2 += (x - batch_mean).pow(2).sum(0) + delta.pow(2) * (self.tokens * n / total)
-        self.mean += delta * (n / total)
-        self.tokens = total
-
-    def result(self, dense_threshold: float) -> dict[str, Any]:
-        n, d_in = self.tokens, self.mean.numel()
-        if n < 2 or float(self.m2.sum()) == 0:
-            # FVU divides by the activations' total variance: with one token, or all tokens equal, it
-            # is 0 and every FVU would be NaN or infinite.
-            raise DataError(
-                f"FVU needs activations that vary: {n} token(s) read"
-                + (", all equal" if n >= 2 else "")
-                + "; evaluate on more tokens"
-            )
-        frequency = self.fired.double() / n
-        fvu = metrics.safe_ratio(self.sq_err, self.m2.sum())
-        return {
-            "l0": float(self.active) / n,
-            "fvu": fvu,
-            "explained_variance": 1.0 - fvu,
-            "mse": float(self.sq_err) / (n * d_in),
-            "nmse": metrics.safe_ratio(self.sq_err, self.sq_x),
-            "cos": float(self.cos) / n,
-            "l2_ratio": metrics.safe_ratio(self.l2_ratio, self.l2_ratio_tokens),
-            "relative_reconstruction_bias": metrics.safe_ratio(self.sq_x_hat, self.dot),
-            "dead_fraction": float((self.fired == 0).double().mean()),
-            "dense_fraction": float((frequency > dense_threshold).double().mean()),
-            "density_histogram": metrics.density_histogram(frequency),
-            "tokens": n,
-        }
+from saekit.types import ActivationSource, RowSource
 
 
 @torch.no_grad()
@@ -164,6 +89,8 @@ def _evaluate_activations(
     sae: SAE, source: ActivationSource, batch_size: int, max_tokens: int | None, device: str | torch.device | None, dense_threshold: float
 ) -> dict[str, Any]:
     """:func:`evaluate` without a model: the SAE's site of ``source`` read once, on ``device``."""
+    if sae.crosscoder:
+        return crosscoder.evaluate_activations(sae, source, batch_size, max_tokens, device, dense_threshold)
     site = _pick_site(source, sae)
     if source.d_in(site) != sae.d_in:
         raise DataError(f"site {site!r} has width {source.d_in(site)} but the SAE expects d_in={sae.d_in}")
@@ -173,7 +100,7 @@ def _evaluate_activations(
     where = resolve_device(device) if device is not None else home
     sae.to(where)
     try:
-        totals = _Totals(sae.d_out, sae.d_sae, where)
+        totals = Totals(sae.d_out, sae.d_sae, where)
         for x, y in _read_once(source, site, site_out, batch_size, max_tokens):
             x = x.to(where, dtype, non_blocking=True)
             codes = sae.encode(x)
@@ -199,7 +126,7 @@ def evaluate_on_model(
     progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """:func:`evaluate` with a model for every SAE of ``saes`` (by name), each at its own ``sae.site``
-    unless ``sites`` names another.
+    unless ``sites`` names another (a crosscoder at all its sites: :mod:`saekit.eval.crosscoder`).
 
     The SAEs of one site share its clean and ablated forward passes, so a suite costs
     ``3 + (SAEs on the site)`` forward passes per site over ``tokens``.
@@ -213,7 +140,16 @@ def evaluate_on_model(
     if tokens is None:
         raise DataError("evaluating on a model needs tokens= (an integer tensor [contexts, positions])")
     results: dict[str, dict[str, Any]] = {}
-    for site, group in _readouts_by_site(saes, sites).items():
+    for name, sae in saes.items():
+        if sae.crosscoder:
+            if name in (sites or {}):
+                raise DataError(f"SAE {name!r} is a crosscoder: its sites are its metadata's sites, not sites=")
+            results[name] = crosscoder.evaluate_on_model(
+                sae, module, tokens, skip_positions=skip_positions, context_batch_size=context_batch_size,
+                dense_threshold=dense_threshold, progress=progress,
+            )  # fmt: skip
+    one_site = {name: sae for name, sae in saes.items() if not sae.crosscoder}
+    for site, group in _readouts_by_site(one_site, sites).items():
         activation_metrics = _SiteTotals(group)
         downstream = downstream_metrics_many(
             module,
@@ -267,7 +203,7 @@ class _SiteTotals:
 
     def __init__(self, group: Mapping[str, _Readout]) -> None:
         self.group = group
-        self.totals: dict[str, _Totals] = {}
+        self.totals: dict[str, Totals] = {}
         self.position_err: dict[str, Tensor] = {}
 
     def __call__(self, clean: CleanActivations) -> None:
@@ -283,7 +219,7 @@ class _SiteTotals:
                 codes = sae.encode(rows)
             y_hat = sae.reconstruct(rows, codes)
             if name not in self.totals:
-                self.totals[name] = _Totals(sae.d_out, sae.d_sae, param.device)
+                self.totals[name] = Totals(sae.d_out, sae.d_sae, param.device)
                 self.position_err[name] = torch.zeros(y.shape[1], dtype=torch.float64)
             self.totals[name].update(y.reshape(-1, y.shape[-1]), y_hat, codes)
             self.position_err[name] += (y - y_hat.reshape(y.shape)).double().pow(2).sum(-1).sum(0).cpu()

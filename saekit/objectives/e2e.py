@@ -225,7 +225,7 @@ class E2EObjective:
     def unit_loss(self, run: Run, unit: Unit, batch: Mapping[str, ActBatch], ctxs: Mapping[int, StepCtx]) -> UnitLoss:
         assert isinstance(batch, ContextBatch)
         (i,) = unit.members
-        site, sae = run.sites[i], run.saes[i]
+        (site,), sae = run.sites[i], run.saes[i]
         inputs = run.inputs(i, batch)
         with devices.autocast(run.cfg.dtype, [run.device, batch.tokens.device]):
             out = sae.loss(inputs, ctxs[i])
@@ -274,8 +274,11 @@ def train_e2e(
     saes = [saes] if isinstance(saes, SAE) else list(saes)
     if not saes:
         raise ConfigError("nothing to train: the list of SAEs is empty")
-    if transcoders := [f"SAE {i} ({sae.architecture})" for i, sae in enumerate(saes) if sae.transcoder]:
-        raise ConfigError(f"e2e: {', '.join(transcoders)} is a transcoder; end-to-end training splices SAEs at the site they read, so train transcoders on activations")
+    if transcoders := [f"SAE {i} ({sae.architecture})" for i, sae in enumerate(saes) if sae.transcoder or sae.crosscoder]:
+        raise ConfigError(
+            f"e2e: {', '.join(transcoders)} is a transcoder or crosscoder; end-to-end training splices an SAE at the one "
+            "site it reads, so train transcoders and crosscoders on activations"
+        )
     if tokens.ndim != 2 or tokens.dtype not in (torch.int32, torch.int64):
         raise DataError(f"tokens must be an integer tensor [n_contexts, context], got {tuple(tokens.shape)} {tokens.dtype}")
     skip = e2e.skip_positions

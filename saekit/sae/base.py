@@ -146,8 +146,28 @@ class SAE(nn.Module, abc.ABC):
             )
         return site
 
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """The sites the SAE reads, in the order of its input's blocks: a *crosscoder*'s several
+        (``metadata["sites"]``: its input is their rows side by side, ``d_in / len(sites)`` wide each,
+        and it reconstructs them all), or an SAE's one :attr:`site`; () when none is known."""
+        if "sites" in self.metadata:
+            return tuple(self.metadata["sites"])
+        return (self.site,) if self.site else ()
+
+    @property
+    def crosscoder(self) -> bool:
+        """Whether the SAE reads several sites side by side (``metadata["sites"]``)."""
+        return len(self.sites) > 1
+
     def require_site(self) -> str:
-        """:attr:`site`, for code that needs one: a missing site is a DataError naming the fix."""
+        """:attr:`site`, for code that needs one: a missing site is a DataError naming the fix, and so
+        is a crosscoder, whose several sites such code cannot take."""
+        if self.crosscoder:
+            raise DataError(
+                f"this {self.architecture} SAE is a crosscoder reading sites {list(self.sites)}; this takes an SAE "
+                "of one site (evaluate, the browser and saekit analyse crosscoder take crosscoders)"
+            )
         site = self.site
         if not site:
             raise DataError(f"this {self.architecture} SAE names no site; set sae.metadata['site'] (or save it with one)")

@@ -23,6 +23,12 @@ def mse_per_token(x: Tensor, x_hat: Tensor) -> Tensor:
     return (x_hat - x).pow(2).sum(-1)
 
 
+def site_norms(W_dec: Tensor, n_sites: int) -> Tensor:
+    """[d_sae, n_sites] the norm of each latent's decoder vector at each site of a crosscoder, whose
+    decoder rows are its sites' vectors side by side (``W_dec [d_sae, n_sites · d]``)."""
+    return W_dec.reshape(W_dec.shape[0], n_sites, -1).norm(dim=-1)
+
+
 def l0_of(codes: Tensor) -> Tensor:
     """Mean number of non-zero latents per token, detached."""
     return (codes != 0).sum(-1).float().mean().detach()

@@ -80,13 +80,14 @@ def init_parameters(sae: SAE, decoder_norm: float, weights: tuple[Tensor, Tensor
     sae.b_dec = nn.Parameter(torch.zeros(sae.d_out))
 
 
-def l1_loss(sae: SAE, l1_coef: float, batch: ActBatch, ctx: StepCtx) -> LossOut:
+def l1_loss(sae: SAE, l1_coef: float, batch: ActBatch, ctx: StepCtx, weights: Tensor | None = None) -> LossOut:
     """The loss of the module docstring for ``sae`` (an SAE or a transcoder, :mod:`saekit.sae.transcoder`)
-    with codes ``encode(x)``, reconstructing ``sae.target_of(batch)``."""
+    with codes ``encode(x)``, reconstructing ``sae.target_of(batch)``; ``weights`` [d_sae] replace the
+    decoder norms that weight each code (a crosscoder's sum of per-site norms, :mod:`saekit.sae.crosscoder`)."""
     x, y = batch.x, sae.target_of(batch)
     codes = sae.encode(x)
     y_hat = sae.reconstruct(x, codes)
     mse = F.mse_per_token(y, y_hat).mean()
-    l1 = (codes * sae.W_dec.norm(dim=-1)).sum(-1).mean()
+    l1 = (codes * (sae.W_dec.norm(dim=-1) if weights is None else weights)).sum(-1).mean()
     loss = mse + ctx.sparsity_scale * l1_coef * l1
     return LossOut(loss, y_hat, Codes(codes), {"mse": mse.detach(), "l1": l1.detach(), "l0": F.l0_of(codes)})

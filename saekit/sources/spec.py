@@ -6,6 +6,8 @@ keys are its settings (strictly checked).
     kind = "model"      ModelDataConfig fields + TextConfig fields (model, sites, corpus, n_tokens, ...)
     kind = "games"      ModelDataConfig fields + GamesConfig fields (model, sites, game, n_games, ...)
     kind = "cache"      path = "cache-folder", sites = [...] (default: all)
+    kind = "models"     models = {name = model, ...}, contexts = "text" | "games", and the other keys of
+                        that kind: several models on the same contexts, sites "name/site" (saekit.sources.zipped)
 """
 
 from __future__ import annotations
@@ -95,13 +97,41 @@ def split_model_settings(settings: dict[str, Any]) -> ModelData:
     return ModelData(model_cfg, text_cfg)
 
 
-def model_source(settings: dict[str, Any], comm: Comm = LOCAL) -> ModelSource:
-    """Load the model and corpus of a kind = "model" table and wrap them as a ModelSource."""
+class _Plan(NamedTuple):
+    """What a model table gives :func:`model_source_of`: the model's settings, its contexts as a function
+    of its tokenizer, and the description of those contexts."""
+
+    model: ModelDataConfig
+    tokens_for: Callable[[Any], Tensor]
+    description: dict[str, Any]
+
+
+def _text_plan(settings: dict[str, Any]) -> _Plan:
     from saekit.sources.text import tokens_from_config
     from saekit.strict import to_dict
 
     model_cfg, text_cfg = split_model_settings(settings)
-    return model_source_of(model_cfg, lambda tokenizer: tokens_from_config(text_cfg, tokenizer), {"text": to_dict(text_cfg)}, comm)
+    return _Plan(model_cfg, lambda tokenizer: tokens_from_config(text_cfg, tokenizer), {"text": to_dict(text_cfg)})
+
+
+def _games_plan(settings: dict[str, Any]) -> _Plan:
+    from saekit.sources.games import GamesConfig, game_tokens
+
+    model_keys = {f.name for f in dataclasses.fields(ModelDataConfig)}
+    game_keys = {f.name for f in dataclasses.fields(GamesConfig)}
+    _only(settings, model_keys | game_keys, "games")
+    if isinstance(settings.get("sites"), str):
+        settings = {**settings, "sites": [settings["sites"]]}
+    games = from_dict(GamesConfig, {k: v for k, v in settings.items() if k in game_keys}, where="data")
+    # A game has no BOS token: no leading position is skipped unless asked.
+    model_settings = {"skip_positions": 0, **{k: v for k, v in settings.items() if k in model_keys}}
+    model_cfg = from_dict(ModelDataConfig, model_settings, where="data")
+    return _Plan(model_cfg, lambda tokenizer: game_tokens(games), {"games": dataclasses.asdict(games)})
+
+
+def model_source(settings: dict[str, Any], comm: Comm = LOCAL) -> ModelSource:
+    """Load the model and corpus of a kind = "model" table and wrap them as a ModelSource."""
+    return model_source_of(*_text_plan(settings), comm)
 
 
 def model_source_of(
@@ -131,23 +161,44 @@ def model_source_of(
 
 def games_source(settings: dict[str, Any], comm: Comm = LOCAL) -> ModelSource:
     """A ModelSource over the games of a kind = "games" table (its model and games settings)."""
-    from saekit.sources.games import GamesConfig, game_tokens
-
-    model_keys = {f.name for f in dataclasses.fields(ModelDataConfig)}
-    game_keys = {f.name for f in dataclasses.fields(GamesConfig)}
-    _only(settings, model_keys | game_keys, "games")
     if "model" not in settings:
         raise ConfigError("data: kind 'games' needs a 'model' (a folder written by `saekit games othello-model`)")
-    if isinstance(settings.get("sites"), str):
-        settings = {**settings, "sites": [settings["sites"]]}
-    games = from_dict(GamesConfig, {k: v for k, v in settings.items() if k in game_keys}, where="data")
-    # A game has no BOS token: no leading position is skipped unless asked.
-    model_settings = {"skip_positions": 0, **{k: v for k, v in settings.items() if k in model_keys}}
-    model_cfg = from_dict(ModelDataConfig, model_settings, where="data")
-    return model_source_of(model_cfg, lambda tokenizer: game_tokens(games), {"games": dataclasses.asdict(games)}, comm)
+    return model_source_of(*_games_plan(settings), comm)
 
 
-SOURCE_KINDS = {"file": _file, "synthetic": _synthetic, "model": model_source, "games": games_source, "cache": _cache}
+def models_source(settings: dict[str, Any], comm: Comm = LOCAL) -> ActivationSource:
+    """Several models side by side on the same contexts (kind = "models"): a ZippedSource of one
+    ModelSource per entry of ``models`` (name -> model). ``contexts = "text"`` (the default) cuts the text
+    with the first model's tokenizer, which every model must share; ``"games"`` draws seeded games
+    (checkpoints of one board-game model). The other keys are those of kind "model" or "games"."""
+    from saekit.sources.zipped import ZippedSource
+
+    settings = dict(settings)
+    models = settings.pop("models", None)
+    contexts = settings.pop("contexts", "text")
+    if not isinstance(models, dict) or len(models) < 2 or not all(isinstance(m, str) for m in models.values()):
+        raise ConfigError(f"data: kind 'models' needs 'models', a table of two or more name = model entries, got {models!r}")
+    if "model" in settings:
+        raise ConfigError("data: kind 'models' names its models in 'models', not 'model'")
+    if contexts not in ("text", "games"):
+        raise ConfigError(f"data: 'contexts' must be \"text\" or \"games\", got {contexts!r}")
+    shared: dict[str, Any] = {}
+    parts = {}
+    for name, model in models.items():
+        plan = (_text_plan if contexts == "text" else _games_plan)({**settings, "model": model})
+
+        def tokens_for(tokenizer: Any, plan: _Plan = plan, name: str = name) -> Tensor:
+            vocab = tokenizer.get_vocab() if contexts == "text" else None
+            if shared and vocab != shared["vocab"]:
+                raise ConfigError(f"data: model {name!r} has another tokenizer than the first model; models side by side must share one")
+            shared.setdefault("vocab", vocab)
+            return shared.setdefault("tokens", plan.tokens_for(tokenizer))
+
+        parts[name] = model_source_of(plan.model, tokens_for, plan.description, comm)
+    return ZippedSource(parts)
+
+
+SOURCE_KINDS = {"file": _file, "synthetic": _synthetic, "model": model_source, "games": games_source, "cache": _cache, "models": models_source}
 
 
 def source_from_spec(spec: dict[str, Any], comm: Comm = LOCAL) -> ActivationSource:

@@ -50,7 +50,7 @@ from saekit.training.objective import LocalObjective, Objective, Unit
 from saekit.training.optim import apply_update, make_optimizer
 from saekit.training.outputs import checkpoint_to_resume, write_start_files
 from saekit.training.schedules import lr_factor, sparsity_factor
-from saekit.training.sites import assign_sites, assign_targets, described
+from saekit.training.sites import assign_sites, assign_targets, described, label
 from saekit.types import ActBatch, ActivationSource, LossOut, StepCtx
 
 
@@ -83,7 +83,8 @@ class Run:
     """The state of one run, shared by the stages."""
 
     saes: list[SAE]
-    sites: list[str]
+    sites: list[tuple[str, ...]]
+    """The sites each SAE reads: one, or a crosscoder's several (its input is their rows side by side)."""
     targets: list[str | None]
     """The site each transcoder reconstructs (its ``site_out``); None for an SAE, which reconstructs its own."""
     source: ActivationSource
@@ -111,25 +112,24 @@ class Run:
     bar: Any = None
 
     def inputs(self, i: int, batch: Mapping[str, ActBatch]) -> ActBatch:
-        """SAE ``i``'s rows of ``batch`` on the run's device, in normalised units (a transcoder's target
-        rows, its output site's, in theirs)."""
-        acts, scale = batch[self.sites[i]], self.scales[self.sites[i]]
-        x = acts.x.to(self.device, non_blocking=True).float() * scale
-        # x is scaled by s, so d loss / d(s·x) = (d loss / d x) / s
+        """SAE ``i``'s rows of ``batch`` on the device, normalised (a transcoder's target rows by theirs)."""
+        read, out = self.sites[i], self.targets[i]
+        xs = [batch[site].x.to(self.device, non_blocking=True).float() * self.scales[site] for site in read]
+        x = torch.cat(xs, -1) if len(xs) > 1 else xs[0]  # a crosscoder's sites side by side
+        acts, scale = batch[read[0]], self.scales[read[0]]  # x is scaled by s: d loss/d(s·x) = (d loss/d x) / s
         grad = acts.grad.to(self.device).float() / scale if acts.grad is not None else None
-        out = self.targets[i]
         target = batch[out].x.to(self.device, non_blocking=True).float() * self.scales[out] if out is not None else None
         return ActBatch(x, grad, target)
 
     @property
     def used_sites(self) -> list[str]:
         """Every site the run reads: the SAEs' input sites and the transcoders' output sites, sorted."""
-        return sorted(set(self.sites) | {t for t in self.targets if t is not None})
+        return sorted({site for read in self.sites for site in read} | {t for t in self.targets if t is not None})
 
     @property
-    def reconstructed(self) -> list[str]:
-        """The site each SAE reconstructs: a transcoder's output site, an SAE's own."""
-        return [out or site for site, out in zip(self.sites, self.targets)]
+    def reconstructed(self) -> list[tuple[str, ...]]:
+        """The sites each SAE reconstructs: a transcoder's output site, an SAE's own (a crosscoder's all)."""
+        return [(out,) if out else read for read, out in zip(self.sites, self.targets)]
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return devices.autocast(self.cfg.dtype, [self.device])
@@ -235,7 +235,7 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
         )
         first = next(iter(state.source.batches(cfg.batch_size, seed=cfg.seed, start=0)))
         for i, sae in enumerate(state.saes):
-            enter_normalised_units_(sae, state.inputs(i, first), state.scales[state.sites[i]], state.scales[state.reconstructed[i]])
+            enter_normalised_units_(sae, state.inputs(i, first), state.sites[i], state.reconstructed[i], state.scales)
     writes = state.out_dir if state.comm.rank == 0 else None  # one rank writes the run's files
     state.log = MetricsLog(
         writes, resume_step=state.start, tensorboard=cfg.tensorboard and writes is not None,
@@ -252,7 +252,7 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
 def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
     """One optimiser step of every unit on ``batch``, then the dead-latent counters and the log."""
     cfg, total, comm = state.cfg, state.cfg.total_steps, state.comm
-    state.rows = batch[state.sites[0]].x.shape[0]
+    state.rows = batch[state.sites[0][0]].x.shape[0]
     if comm.distributed:
         batch = state.objective.shard(batch, comm)
     base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup), comm=comm)
@@ -263,7 +263,7 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
     for unit in state.units:
         ctxs = {i: replace(base, dead_mask=dead.dead_mask(state.counters[i], window)) for i in unit.members}
         for i in unit.members:
-            if step == state.start and batch[state.sites[i]].grad is None and state.saes[i].uses_grad:
+            if step == state.start and batch[state.sites[i][0]].grad is None and state.saes[i].uses_grad:
                 _warn_no_grad(i, state.saes[i])
         unit_loss = state.objective.unit_loss(state, unit, batch, ctxs)
         for i in unit.members:
@@ -283,7 +283,7 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
     if (step + 1) % cfg.log_every == 0 or step + 1 == total:
         if comm.distributed:
             outs = {i: mean_terms(out, comm) for i, out in outs.items()}
-        state.records = step_records(state.saes, state.sites, [outs[i] for i in range(len(state.saes))],
+        state.records = step_records(state.saes, [label(read) for read in state.sites], [outs[i] for i in range(len(state.saes))],
                                      state.counters, window, state.optimizers, step + 1, state.rows)  # fmt: skip
         assert state.log is not None
         state.log.write(state.records)
@@ -322,8 +322,8 @@ def finalise(state: Run) -> TrainResult:
     # A run resumed from its last checkpoint takes no step and logs nothing: its SAEs still leave
     # normalised units (zipping with the empty records once returned them unconverted).
     final = final or [{} for _ in state.saes]
-    for sae, site, out, metrics in zip(state.saes, state.sites, state.targets, final):
-        leave_normalised_units_(sae, site, out, state.scales)
+    for sae, read, out, metrics in zip(state.saes, state.sites, state.targets, final):
+        leave_normalised_units_(sae, read, out, state.scales)
         sae.provenance.update({
             "data": state.source.describe(),
             "tokens": total * state.rows,
@@ -358,7 +358,7 @@ def _stream(state: Run) -> Iterator[Iterator[Mapping[str, ActBatch]]]:
 
 
 def _fingerprint(
-    saes: Sequence[SAE], sites: list[str], targets: list[str | None], cfg: TrainConfig, source: ActivationSource, objective: Objective
+    saes: Sequence[SAE], sites: list[tuple[str, ...]], targets: list[str | None], cfg: TrainConfig, source: ActivationSource, objective: Objective
 ) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed by this run (as JSON gives it back). Settings
     that do not change the result (logging, progress, checkpoint cadence, device) may differ."""

@@ -54,10 +54,12 @@ def check_step(
     )
 
 
-def energies(sites: Sequence[str], scales: Mapping[str, float], batch: Mapping[str, ActBatch]) -> Tensor:
-    """[n_saes] the mean squared norm of each SAE's input rows in the batch, in normalised units."""
-    per_site = {site: batch[site].x.float().pow(2).sum(-1).mean() * scales[site] ** 2 for site in set(sites)}
-    return torch.stack([per_site[site] for site in sites])
+def energies(reconstructed: Sequence[Sequence[str]], scales: Mapping[str, float], batch: Mapping[str, ActBatch]) -> Tensor:
+    """[n_saes] the mean squared norm of the rows each SAE reconstructs in the batch, in normalised units
+    (a crosscoder's rows are its sites' side by side: the sum of theirs)."""
+    used = {site for sites in reconstructed for site in sites}
+    per_site = {site: batch[site].x.float().pow(2).sum(-1).mean() * scales[site] ** 2 for site in used}
+    return torch.stack([torch.stack([per_site[site] for site in sites]).sum() for sites in reconstructed])
 
 
 def _raise_bad_rows(sites: Sequence[str], batch: Mapping[str, ActBatch], step: int) -> None:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 
 import torch
+from torch import Tensor
 
 from saekit.errors import DataError
 from saekit.sae import functional as F
@@ -82,28 +83,55 @@ def rescale_(sae: SAE, out_factor: float, in_factor: float | None = None) -> Non
 def was_trained(sae: SAE) -> bool:
     """Whether ``sae`` comes out of training (saekit's, or another library's through io.convert): its
     ``b_dec`` is then kept when training continues, instead of being re-initialised from the data."""
-    return "normalization_factor" in sae.metadata or "converted_from" in sae.metadata
+    return any(key in sae.metadata for key in ("normalization_factor", "normalization_factors", "converted_from"))
 
 
 @torch.no_grad()
-def enter_normalised_units_(sae: SAE, batch: ActBatch, scale: float, scale_out: float) -> None:
-    """Prepare ``sae`` for training on activations already multiplied by ``scale`` (``batch`` is the first
-    such batch, with a transcoder's target rows multiplied by ``scale_out``, its output site's factor;
-    an SAE's ``scale_out`` is ``scale``). A trained SAE lives in raw units and is rescaled into
-    normalised ones. A fresh SAE's hyper-parameters (threshold_init, bandwidth, coefficients) are
-    defined in normalised units, so it is left as it is, whatever the raw scale of the data, and only
-    its ``b_dec`` is initialised, from the rows it reconstructs."""
+def rescale_sites_(sae: SAE, factors: Tensor) -> None:
+    """A crosscoder's rescaling: its input's positions are scaled by ``factors`` [d_in] (each position by
+    its site's factor), the decoder and ``b_dec`` with them, the encoder's rows by their inverse, so the
+    codes stay as they are (in the units of normalised training: a crosscoder's sites have several scales,
+    so no one raw unit exists for its codes). ``factors`` enter normalised units, their inverses leave them."""
+    factors = factors.to(sae.W_dec)
+    sae.W_enc.div_(factors[:, None])
+    sae.W_dec.mul_(factors)
+    sae.b_dec.mul_(factors)
+
+
+def site_factors(sites: tuple[str, ...], scales: Mapping[str, float], width: int) -> Tensor:
+    """[len(sites) · width] each input position's factor: its site's."""
+    return torch.tensor([scales[site] for site in sites], dtype=torch.float64).repeat_interleave(width)
+
+
+@torch.no_grad()
+def enter_normalised_units_(sae: SAE, batch: ActBatch, read: tuple[str, ...], written: tuple[str, ...], scales: Mapping[str, float]) -> None:
+    """Prepare ``sae`` for training on activations already multiplied by their sites' ``scales``
+    (``batch`` is the first such batch; ``read`` the sites it reads, ``written`` those it reconstructs:
+    the same but for a transcoder). A trained SAE lives in raw units and is rescaled into normalised
+    ones. A fresh SAE's hyper-parameters (threshold_init, bandwidth, coefficients) are defined in
+    normalised units, so it is left as it is, whatever the raw scale of the data, and only its
+    ``b_dec`` is initialised, from the rows it reconstructs."""
     if was_trained(sae):
-        rescale_(sae, scale_out, scale)
+        if len(read) == 1 and len(written) == 1:
+            rescale_(sae, scales[written[0]], scales[read[0]])
+        else:
+            rescale_sites_(sae, site_factors(read, scales, sae.d_in // len(read)))
     elif sae.b_dec_init == "geometric_median":
         sae.b_dec.copy_(F.geometric_median(sae.target_of(batch)))
     elif sae.b_dec_init == "mean":
         sae.b_dec.copy_(sae.target_of(batch).mean(0))
 
 
-def leave_normalised_units_(sae: SAE, site: str, site_out: str | None, scales: Mapping[str, float]) -> None:
+def leave_normalised_units_(sae: SAE, read: tuple[str, ...], site_out: str | None, scales: Mapping[str, float]) -> None:
     """Fold the factors back into the weights and record them: ``normalization_factor`` of the site read,
-    and for a transcoder (``site_out`` its output site) ``normalization_factor_out``."""
+    for a transcoder (``site_out`` its output site) ``normalization_factor_out``, and for a crosscoder
+    (several sites ``read``) ``normalization_factors``, one per site in order."""
+    if len(read) != 1:
+        rescale_sites_(sae, 1.0 / site_factors(read, scales, sae.d_in // len(read)))
+        sae.metadata.setdefault("sites", list(read))
+        sae.metadata["normalization_factors"] = [scales[site] for site in read]
+        return
+    site = next(iter(read))
     scale_out = scales[site_out or site]
     rescale_(sae, 1.0 / scale_out, 1.0 / scales[site])
     sae.metadata.setdefault("site", site)

@@ -12,12 +12,17 @@ from saekit.strict import to_dict
 from saekit.types import ActivationSource
 
 
-def assign_sites(saes: Sequence[SAE], source: ActivationSource) -> list[str]:
-    """The source site each SAE reads (:func:`saekit.sources.tensor.site_to_read`). An SAE whose site
-    the source does not provide is refused: it would be trained on one site and saved as another."""
+def assign_sites(saes: Sequence[SAE], source: ActivationSource) -> list[tuple[str, ...]]:
+    """The source sites each SAE reads: its one site (:func:`saekit.sources.tensor.site_to_read`), or a
+    crosscoder's several, in order, each exactly as it names it. An SAE whose site the source does not
+    provide is refused: it would be trained on one site and saved as another; so is a crosscoder whose
+    sites differ in width, or whose ``d_in`` is not their total width."""
     sites = tuple(source.sites)
     assigned = []
     for i, sae in enumerate(saes):
+        if sae.crosscoder:
+            assigned.append(_crosscoder_sites(i, sae, source))
+            continue
         site = site_to_read(sae.site, sites)
         if site is None:
             raise ConfigError(
@@ -28,8 +33,23 @@ def assign_sites(saes: Sequence[SAE], source: ActivationSource) -> list[str]:
                 f"SAE {i} ({sae.architecture}) has d_in={sae.d_in} but activations at site {site!r} "
                 f"have width {source.d_in(site)}"
             )
-        assigned.append(site)
+        assigned.append((site,))
     return assigned
+
+
+def _crosscoder_sites(i: int, sae: SAE, source: ActivationSource) -> tuple[str, ...]:
+    what = f"SAE {i} ({sae.architecture}) is a crosscoder over sites {list(sae.sites)}"
+    if sae.transcoder or sae.uses_grad:
+        raise ConfigError(f"{what}, but a {'transcoder' if sae.transcoder else 'gradient-aware SAE'} reads one site")
+    if len(set(sae.sites)) != len(sae.sites):
+        raise ConfigError(f"{what}: a site is named twice")
+    missing = [site for site in sae.sites if site not in source.sites]
+    if missing:
+        raise ConfigError(f"{what}, but the activation source provides {list(source.sites)}, not {missing}")
+    widths = {site: source.d_in(site) for site in sae.sites}
+    if len(set(widths.values())) != 1 or sum(widths.values()) != sae.d_in:
+        raise DataError(f"{what} and d_in={sae.d_in}, but the sites' widths are {widths}: they must be equal and sum to d_in")
+    return sae.sites
 
 
 def assign_targets(saes: Sequence[SAE], source: ActivationSource) -> list[str | None]:
@@ -57,10 +77,16 @@ def assign_targets(saes: Sequence[SAE], source: ActivationSource) -> list[str | 
     return targets
 
 
-def described(saes: Sequence[SAE], sites: Sequence[str], targets: Sequence[str | None]) -> list[dict[str, Any]]:
-    """What a run's fingerprint records of each SAE: its architecture, config and site (and a transcoder's
-    output site), all of which must match for a checkpoint to be resumed."""
+def described(saes: Sequence[SAE], sites: Sequence[tuple[str, ...]], targets: Sequence[str | None]) -> list[dict[str, Any]]:
+    """What a run's fingerprint records of each SAE: its architecture, config and site (a crosscoder's
+    sites; a transcoder's output site), all of which must match for a checkpoint to be resumed."""
     return [
-        {"architecture": sae.architecture, "config": to_dict(sae.cfg), "site": site, **({"site_out": out} if out else {})}
-        for sae, site, out in zip(saes, sites, targets)
-    ]
+        {"architecture": sae.architecture, "config": to_dict(sae.cfg),
+         **({"site": read[0]} if len(read) == 1 else {"sites": list(read)}), **({"site_out": out} if out else {})}
+        for sae, read, out in zip(saes, sites, targets)
+    ]  # fmt: skip
+
+
+def label(read: Sequence[str]) -> str:
+    """One string for the sites an SAE reads, in logs: the site, or a crosscoder's joined by "+"."""
+    return "+".join(read)

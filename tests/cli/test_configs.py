@@ -29,6 +29,9 @@ def test_example_config_is_valid(path):
     data = dict(rc.data)
     kind = data.pop("kind")
     assert kind in SOURCE_KINDS
+    if kind == "models":  # several models on the same contexts: the keys of kind "model" or "games"
+        assert isinstance(data.pop("models"), dict)
+        kind = "games" if data.pop("contexts", "text") == "games" else "model"
     if kind == "model":
         split_model_settings(data)
         d_in = 576
@@ -38,8 +41,9 @@ def test_example_config_is_valid(path):
         assert kind == "synthetic"
         d_in = data.get("d", 64)
     for spec in rc.saes:
-        spec = {k: v for k, v in spec.items() if k not in ("name", "site", "site_out", "seed")}
-        build(spec.pop("architecture"), d_in=d_in, **spec)
+        width = d_in * len(spec.get("sites", [None]))  # a crosscoder reads its sites side by side
+        spec = {k: v for k, v in spec.items() if k not in ("name", "site", "site_out", "sites", "seed")}
+        build(spec.pop("architecture"), d_in=width, **spec)
 
 
 def test_there_are_example_configs():

@@ -193,3 +193,26 @@ def test_load_run_config_names_the_file_in_every_error(tmp_path):
     assert load_run_config(path).config.saes == [{"architecture": "relu", "d_sae": 16}]
     with pytest.raises(ConfigError, match=rf"config file {path} with its --set overrides: unknown top-level key 'extra'"):
         load_run_config(path, ["extra=1"])
+
+
+CROSS_SITES = as_source({"a": torch.randn(64, 8), "b": torch.randn(64, 8), "wide": torch.randn(64, 6)})
+
+
+def test_a_crosscoder_table_names_its_sites_and_takes_their_total_width():
+    sae = build_saes([{"architecture": "batch_topk", "d_sae": 16, "k": 2, "sites": ["a", "b"]}], CROSS_SITES).saes[0]
+    assert (sae.sites, sae.site, sae.d_in, sae.crosscoder) == (("a", "b"), None, 16, True)
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ({"architecture": "crosscoder", "sites": ["a", "b"], "site": "a"}, r"sae.0: give either site .* or sites"),
+        ({"architecture": "crosscoder", "sites": ["a"]}, r"sae.0: sites must name two or more distinct sites"),
+        ({"architecture": "crosscoder", "sites": ["a", "a"]}, r"sae.0: sites must name two or more distinct sites"),
+        ({"architecture": "crosscoder", "sites": ["a", "c"]}, r"sae.0: sites \['c'\] are not among the data's sites"),
+        ({"architecture": "topk_transcoder", "k": 2, "sites": ["a", "b"]}, r"sae.0: sites: a topk_transcoder transcoder reads one site"),
+    ],
+)
+def test_bad_crosscoder_sites_are_refused_naming_the_table(table, error):
+    with pytest.raises(ConfigError, match=error):
+        build_saes([{"d_sae": 16, **table}], CROSS_SITES)

@@ -24,8 +24,8 @@ D_IN, D_SAE = 12, 48
 D_OUT = 10
 """A transcoder's output width here, unlike its input's."""
 ARCHITECTURES = list_architectures()
-SAELENS_LOADS = [name for name in ARCHITECTURES if name != "topk_transcoder"]
-"""The architectures SAELens 6.54 has an inference class for (it has no TopK transcoder)."""
+SAELENS_LOADS = [name for name in ARCHITECTURES if name not in ("topk_transcoder", "crosscoder")]
+"""The architectures SAELens 6.54 has an inference class for (it has no TopK transcoder and no crosscoder)."""
 SAELENS_CASES = [pytest.param(name, {}, id=name) for name in SAELENS_LOADS] + [
     pytest.param(name, {"skip": True}, id=f"{name}-skip") for name in SAELENS_LOADS if get(name).transcoder
 ]
@@ -612,3 +612,48 @@ def test_an_unset_threshold_of_plus_infinity_loads(tmp_path):
     sae = build("batch_topk", d_in=4, d_sae=8, k=2, seed=0)
     assert sae.threshold.isinf().all()
     assert load_sae(save_sae(sae, tmp_path / "sae")).threshold.isinf().all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Crosscoders: their sites and factors under metadata.hook_names / normalization_factors
+
+
+def _crosscoder(tmp_path):
+    sae = perturbed("crosscoder")
+    sae.metadata = {"sites": ["layers.1.resid_post", "layers.2.resid_post"], "normalization_factors": [0.5, 0.25]}
+    return save_sae(sae, tmp_path / "cc"), sae
+
+
+def test_a_crosscoder_round_trips_with_its_sites(tmp_path):
+    folder, sae = _crosscoder(tmp_path)
+    meta = read_cfg(folder)["metadata"]
+    assert meta["hook_names"] == ["layers.1.resid_post", "layers.2.resid_post"] and meta["hook_name"] is None
+    loaded = load_sae(folder)
+    assert loaded.sites == ("layers.1.resid_post", "layers.2.resid_post") and loaded.crosscoder
+    assert loaded.metadata["normalization_factors"] == [0.5, 0.25]
+    x = torch.randn(5, D_IN)
+    torch.testing.assert_close(loaded(x), sae(x))
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"hook_names": "layers.1.resid_post"}, "hook_names must list two or more distinct"),
+        ({"hook_names": ["a"]}, "hook_names must list two or more distinct"),
+        ({"hook_names": ["a", 3]}, "hook_names must list two or more distinct"),
+        ({"hook_names": list("abcde"), "normalization_factors": [1.0] * 5}, "equal widths side by side"),
+        ({"normalization_factors": [1.0]}, "must be 2 positive numbers"),
+        ({"normalization_factors": [1.0, -2.0]}, "must be 2 positive numbers"),
+        ({"normalization_factors": [1.0, True]}, "must be 2 positive numbers"),
+        ({"hook_names": None}, "belongs to a crosscoder"),
+    ],
+)
+def test_a_hostile_crosscoder_folder_is_refused_by_name(tmp_path, change, words):
+    folder, _ = _crosscoder(tmp_path)
+    cfg = read_cfg(folder)
+    cfg["metadata"].update(change)
+    if change.get("hook_names", "") is None:
+        del cfg["metadata"]["hook_names"]
+    write_cfg(folder, cfg)
+    with pytest.raises(ArtifactError, match=words):
+        load_sae(folder)

@@ -52,6 +52,7 @@ CHANGES: dict[str, dict[str, tuple[dict, dict]]] = {
     "jumprelu": JUMPRELU,
     "gated": {"l1_coef": ({}, {"l1_coef": 1.0})},
     "relu": RELU,
+    "crosscoder": RELU,
     "topk_transcoder": TOPK | TRANSCODER,
     "batch_topk_transcoder": TOPK | THRESHOLD | TRANSCODER,
     "relu_transcoder": RELU | TRANSCODER,

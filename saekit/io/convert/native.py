@@ -15,6 +15,7 @@ writer is :mod:`saekit.io.artifact`, which also loads every other layout through
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -110,6 +111,11 @@ def read(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") 
     sae = _build(name, config, cfg_path)  # the SAE starts with its initial weights; they are replaced below
     sae.load_state_dict({key: value for key, value in sae.state_dict().items() if key not in state} | state)
     sae.metadata = _metadata_from_cfg(cfg, cfg_path)
+    if sae.crosscoder and (sae.transcoder or sae.d_in % len(sae.sites)):
+        raise ArtifactError(
+            f"{cfg_path}: metadata.hook_names names {len(sae.sites)} sites, but a crosscoder's d_in ({sae.d_in}) is its "
+            "sites' equal widths side by side" + (" and it reads and writes the same sites (not a transcoder)" if sae.transcoder else "")
+        )
     provenance_path = folder / PROVENANCE_FILE
     present = provenance_path.exists() or provenance_path.is_symlink()
     sae.provenance = read_json_object(provenance_path) if present else {}
@@ -230,5 +236,23 @@ def _metadata_from_cfg(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
     for key, value in (("hook_name", site), ("model_name", model), ("hook_name_out", site_out)):
         if value is not None and not isinstance(value, str):
             raise ArtifactError(f"{cfg_path}: {key} must be a string, found {value!r}")
-    named = {"site": site, "model": model, "site_out": site_out}
+    named = {"site": site, "model": model, "site_out": site_out, "sites": _crosscoder_sites(meta, cfg_path)}
     return meta | {key: value for key, value in named.items() if value is not None}
+
+
+def _crosscoder_sites(meta: dict[str, Any], cfg_path: Path) -> list[str] | None:
+    """A crosscoder's ``metadata.hook_names`` (its sites, in order) and ``normalization_factors`` (one
+    per site), checked; None for an SAE of one site."""
+    sites, factors = meta.pop("hook_names", None), meta.get("normalization_factors")
+    if sites is None:
+        if factors is not None:
+            raise ArtifactError(f"{cfg_path}: metadata.normalization_factors belongs to a crosscoder, but there are no hook_names")
+        return None
+    if not isinstance(sites, list) or len(sites) < 2 or not all(isinstance(s, str) and s for s in sites) or len(set(sites)) != len(sites):
+        raise ArtifactError(f"{cfg_path}: metadata.hook_names must list two or more distinct site names, found {sites!r}")
+    if factors is not None and (
+        not isinstance(factors, list) or len(factors) != len(sites)
+        or not all(isinstance(f, int | float) and not isinstance(f, bool) and math.isfinite(f) and f > 0 for f in factors)
+    ):  # fmt: skip
+        raise ArtifactError(f"{cfg_path}: metadata.normalization_factors must be {len(sites)} positive numbers, one per hook_name, found {factors!r}")
+    return sites
