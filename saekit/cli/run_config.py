@@ -37,12 +37,12 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 
 from saekit.bounded import decode_utf8, file_problem, parse_json, parse_toml, parse_yaml, read_bytes
+from saekit.cli.sae_sites import sites_out, sites_read
 from saekit.devices import resolve_device
 from saekit.errors import ConfigError, SaekitError
 from saekit.io.artifact import check_suite_name
 from saekit.sae.base import SAE
-from saekit.sae.registry import build, get
-from saekit.sources.tensor import site_to_read
+from saekit.sae.registry import build
 from saekit.strict import from_dict
 from saekit.training.config import TrainConfig
 from saekit.types import ActivationSource
@@ -50,7 +50,7 @@ from saekit.types import ActivationSource
 T = TypeVar("T")
 
 TOP_LEVEL_KEYS = ("out", "data", "train", "sae", "objective", "e2e")
-SAE_SPEC_KEYS = ("architecture", "name", "site", "site_out", "sites", "seed", "d_in", "init_from")
+SAE_SPEC_KEYS = ("architecture", "name", "site", "site_out", "sites", "sites_out", "seed", "d_in", "init_from")
 """Keys of an [[sae]] table that are not architecture hyper-parameters."""
 
 
@@ -221,6 +221,10 @@ class SAESpec:
     e.g. ["layers.2.resid_post", "layers.4.resid_post"], or one site of two models ("base/layers.3.resid_post",
     "chat/layers.3.resid_post" with [data] kind = "models"); any architecture that is not a transcoder.
     Instead of site; d_in defaults to their total width."""
+    sites_out: tuple[str, ...] | None = None
+    """A cross-layer transcoder's output sites (`saekit ls`: topk_clt), one per site it reads, e.g.
+    ["layers.0.mlp_out", "layers.1.mlp_out"] beside sites = ["layers.0.mlp_in", "layers.1.mlp_in"];
+    instead of site_out. Its d_out defaults to their total width."""
     seed: int | None = None
     """Seed of its initialisation; default its index in the list."""
     d_in: int | None = None
@@ -257,13 +261,13 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
         hparams = {k: v for k, v in table.items() if k not in SAE_SPEC_KEYS}
         sites = list(source.sites)
         seed = i if spec.seed is None else spec.seed
-        written: str | None = None
+        written: tuple[str, ...] | None = None
         try:
-            read = _sites_read(spec, sites)
+            read = sites_read(spec, sites)
             d_in = sum(source.d_in(site) for site in read) if spec.d_in is None else spec.d_in
-            written = _site_out(spec, sites)
+            written = sites_out(spec, sites)
             if written is not None and spec.init_from is None:
-                hparams.setdefault("d_out", source.d_in(written))
+                hparams.setdefault("d_out", sum(source.d_in(site) for site in written))
             if spec.init_from is None:
                 _check_fits_in_memory(spec.architecture, d_in, hparams)
                 sae = build(spec.architecture, d_in=d_in, seed=seed, **hparams)
@@ -275,45 +279,15 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
             sae.metadata["site"] = read[0] if spec.site is None else spec.site
         else:
             sae.metadata["sites"] = list(read)
-        if written is not None:
-            sae.metadata["site_out"] = written if spec.site_out is None else spec.site_out
+        if written is not None and len(written) == 1:
+            sae.metadata["site_out"] = written[0] if spec.site_out is None else spec.site_out
+        elif written is not None:
+            sae.metadata["sites_out"] = list(written)
         saes.append(sae)
         names.append(spec.name or f"{i:02d}-{spec.architecture}")
     if len(set(names)) != len(names):
         raise ConfigError(f"SAE names must be unique, got {names}")
     return BuiltSAEs(saes, names)
-
-
-def _sites_read(spec: SAESpec, sites: list[str]) -> tuple[str, ...]:
-    """The data sites an [[sae]] table's SAE reads (the engine's rule, training.sites.assign_sites, named
-    here by table): its site, or a crosscoder's sites."""
-    if spec.sites is None:
-        read = site_to_read(spec.site, sites)
-        if read is None:
-            raise ConfigError(f"site {spec.site!r} is not one of the data's sites {sites}")
-        return (read,)
-    if spec.site is not None:
-        raise ConfigError("give either site (one site) or sites (a crosscoder's), not both")
-    if len(spec.sites) < 2 or len(set(spec.sites)) != len(spec.sites):
-        raise ConfigError(f"sites must name two or more distinct sites (a crosscoder), got {list(spec.sites)}")
-    if get(spec.architecture).transcoder:
-        raise ConfigError(f"sites: a {spec.architecture} transcoder reads one site; a crosscoder is any other architecture")
-    if missing := [site for site in spec.sites if site not in sites]:
-        raise ConfigError(f"sites {missing} are not among the data's sites {sites}")
-    return spec.sites
-
-
-def _site_out(spec: SAESpec, sites: list[str]) -> str | None:
-    """The data site an [[sae]] table's SAE reconstructs when it is a transcoder (the engine's rule,
-    training.sites.assign_targets, named here by table); None for an SAE, which may name no site_out."""
-    if not get(spec.architecture).transcoder:
-        if spec.site_out is not None:
-            raise ConfigError(f"site_out: a {spec.architecture} SAE reconstructs the site it reads; only transcoders take a site_out")
-        return None
-    written = site_to_read(spec.site_out, sites)
-    if written is None:
-        raise ConfigError(f"site_out {spec.site_out!r} is not one of the data's sites {sites}; add it to the data's sites")
-    return written
 
 
 def _check_fits_in_memory(architecture: str, d_in: int, hparams: dict[str, Any]) -> None:

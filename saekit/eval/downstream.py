@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -210,15 +210,16 @@ def joint_downstream_metrics(
     sites: list[str],
     reconstruct: JointReconstruction,
     *,
+    reads: Sequence[str] = (),
     skip_positions: int = 1,
     batch_size: int = 8,
     progress: bool = False,
 ) -> DownstreamMetrics:
     """Downstream metrics of replacing every site of ``sites`` at once: each batch of contexts is run
-    clean, recording every site; ``reconstruct`` maps the recorded activations to their replacements,
-    and the batch is run again with all of them spliced in (a crosscoder reads later sites than some
-    it writes, so its replacements come from the clean pass). The ablations zero, or set to their mean,
-    every site at once."""
+    clean, recording every site (and the sites of ``reads``); ``reconstruct`` maps the recorded
+    activations to the replacements of ``sites``, and the batch is run again with all of them spliced
+    in (a crosscoder reads later sites than some it writes, so its replacements come from the clean
+    pass). The ablations zero, or set to their mean, every site of ``sites`` at once."""
     model = as_module(model)
     tokens = _check_tokens(tokens, skip_positions)
     model.eval()
@@ -233,12 +234,12 @@ def joint_downstream_metrics(
     for part in batches:
         part = part.to(device)
         recorded: dict[str, Tensor] = {}
-        with record(model, sites, recorded):
+        with record(model, list(dict.fromkeys([*sites, *reads])), recorded):
             clean_logp = _log_probs(model, part, skip)
-        kept = {site: recorded[site][:, skip:].detach() for site in sites}
+        kept = {site: h[:, skip:].detach() for site, h in recorded.items()}
         replaced = reconstruct(kept)
-        for site, h in kept.items():
-            sums[site] = sums.get(site, 0) + h.double().sum(dim=(0, 1))
+        for site in sites:
+            sums[site] = sums.get(site, 0) + kept[site].double().sum(dim=(0, 1))
         clean.append(_Sums(nll=_nll_sum(clean_logp, part, skip), kl=0.0))
         zero.append(_scored_sites(model, part, skip, {site: lambda h: torch.zeros_like(h) for site in sites}, clean_logp))
         spliced.append(_scored_sites(model, part, skip, {site: _fixed(replaced[site]) for site in sites}, clean_logp))

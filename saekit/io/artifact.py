@@ -94,8 +94,10 @@ def _cfg_of(sae: SAE) -> dict[str, Any]:
     metadata = {"model_name": meta.pop("model", None), "hook_name": meta.pop("site", None), **meta}
     if "site_out" in meta:  # a transcoder's output site, under SAELens's name for it
         metadata["hook_name_out"] = metadata.pop("site_out")
-    if "sites" in meta:  # a crosscoder's sites, in the order of its input's blocks
+    if "sites" in meta:  # an SAE's several sites, in the order of its input's blocks (and output's)
         metadata["hook_names"] = metadata.pop("sites")
+    if "sites_out" in meta:
+        metadata["hook_names_out"] = metadata.pop("sites_out")
     block: dict[str, Any] = {"architecture": sae.architecture, "config": to_dict(sae.cfg), "version": __version__}
     if "normalization_factor" in sae.metadata:
         # Already folded into the weights by training; kept so users can map back to raw activations.

@@ -2,6 +2,7 @@
 
 from saekit.sae import (
     batch_topk,  # noqa: F401
+    clt,  # noqa: F401
     crosscoder,  # noqa: F401
     feature_choice,  # noqa: F401
     gated,  # noqa: F401

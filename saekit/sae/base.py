@@ -138,6 +138,11 @@ class SAE(nn.Module, abc.ABC):
 
     def require_site_out(self) -> str:
         """:attr:`site_out`, for code that needs it: a transcoder naming none is a DataError naming the fix."""
+        if len(self.sites_out) > 1:
+            raise DataError(
+                f"this {self.architecture} transcoder writes sites {list(self.sites_out)}; this takes a transcoder of one "
+                "output site (evaluate takes several)"
+            )
         site = self.site_out
         if not site:
             raise DataError(
@@ -159,6 +164,23 @@ class SAE(nn.Module, abc.ABC):
     def crosscoder(self) -> bool:
         """Whether the SAE reads several sites side by side (``metadata["sites"]``)."""
         return len(self.sites) > 1
+
+    @property
+    def sites_out(self) -> tuple[str, ...]:
+        """The sites the SAE reconstructs, in the order of its output's blocks: a cross-layer
+        transcoder's several (``metadata["sites_out"]``), a transcoder's :attr:`site_out`, or an SAE's
+        own :attr:`sites`; () when none is known."""
+        if not self.transcoder:
+            return self.sites
+        if "sites_out" in self.metadata:
+            return tuple(self.metadata["sites_out"])
+        return (self.site_out,) if self.site_out else ()
+
+    def param_masks(self) -> dict[str, Tensor]:
+        """Parameters (by name) with entries that must stay zero, and the 0/1 mask of the others: the
+        engine zeroes the masked entries' gradients before each update, so they stay zero (a cross-layer
+        transcoder's blocks that do not exist). Default: none."""
+        return {}
 
     def require_site(self) -> str:
         """:attr:`site`, for code that needs one: a missing site is a DataError naming the fix, and so

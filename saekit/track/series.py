@@ -40,7 +40,7 @@ from saekit.sae.base import SAE
 from saekit.sources.spec import source_from_spec
 from saekit.track.config import Checkpoint, TrackRun
 from saekit.training.config import TrainConfig
-from saekit.training.normalise import estimate_scales, rescale_
+from saekit.training.normalise import estimate_scales, rescale_, rescale_sites_, site_factors
 from saekit.types import ActivationSource
 
 SERIES, INDEPENDENT, TRACK_FILE, STAGE_FILE = "series", "independent", "track.json", "stage.json"
@@ -164,10 +164,18 @@ def warm_start_(sae: SAE, source: ActivationSource, cfg: TrainConfig, lr: float)
     tensors are rescaled so that it enters the new data's normalised units as it left the old data's
     (the module docstring)."""
     sae.cfg = dataclasses.replace(sae.cfg, lr=lr)
-    if cfg.normalize_activations:
-        site = sae.metadata["site"]
-        site_out = sae.require_site_out() if sae.transcoder else site  # a transcoder has two sites, two factors
+    if not cfg.normalize_activations:
+        return
+    read, written = sae.sites, sae.sites_out
+    new = estimate_scales(source, {*read, *written}, cfg.batch_size, cfg.seed, cfg.norm_estimation_tokens)
+    if len(read) == 1 and len(written) == 1:  # a transcoder has two sites, two factors
         old_in = float(sae.metadata["normalization_factor"])
         old_out = float(sae.metadata["normalization_factor_out"]) if sae.transcoder else old_in
-        new = estimate_scales(source, {site, site_out}, cfg.batch_size, cfg.seed, cfg.norm_estimation_tokens)
-        rescale_(sae, old_out / new[site_out], old_in / new[site])
+        rescale_(sae, old_out / new[written[0]], old_in / new[read[0]])
+        return
+    # An SAE over several sites has a factor per site (sae/crosscoder.py): each block by its own ratio.
+    old_in = dict(zip(read, sae.metadata["normalization_factors"]))
+    old_out = dict(zip(written, sae.metadata["normalization_factors_out"])) if sae.transcoder else old_in
+    ratio_in = site_factors(read, {site: old_in[site] / new[site] for site in read}, sae.d_in // len(read))
+    ratio_out = site_factors(written, {site: old_out[site] / new[site] for site in written}, sae.d_out // len(written))
+    rescale_sites_(sae, ratio_in, ratio_out)

@@ -85,8 +85,8 @@ class Run:
     saes: list[SAE]
     sites: list[tuple[str, ...]]
     """The sites each SAE reads: one, or a crosscoder's several (its input is their rows side by side)."""
-    targets: list[str | None]
-    """The site each transcoder reconstructs (its ``site_out``); None for an SAE, which reconstructs its own."""
+    targets: list[tuple[str, ...] | None]
+    """The sites each transcoder reconstructs (its ``site_out``); None for an SAE, which reconstructs its own."""
     source: ActivationSource
     cfg: TrainConfig
     objective: Objective
@@ -114,22 +114,24 @@ class Run:
     def inputs(self, i: int, batch: Mapping[str, ActBatch]) -> ActBatch:
         """SAE ``i``'s rows of ``batch`` on the device, normalised (a transcoder's target rows by theirs)."""
         read, out = self.sites[i], self.targets[i]
-        xs = [batch[site].x.to(self.device, non_blocking=True).float() * self.scales[site] for site in read]
-        x = torch.cat(xs, -1) if len(xs) > 1 else xs[0]  # a crosscoder's sites side by side
         acts, scale = batch[read[0]], self.scales[read[0]]  # x is scaled by s: d loss/d(s·x) = (d loss/d x) / s
         grad = acts.grad.to(self.device).float() / scale if acts.grad is not None else None
-        target = batch[out].x.to(self.device, non_blocking=True).float() * self.scales[out] if out is not None else None
-        return ActBatch(x, grad, target)
+        return ActBatch(self._side_by_side(batch, read), grad, self._side_by_side(batch, out) if out else None)
+
+    def _side_by_side(self, batch: Mapping[str, ActBatch], sites: tuple[str, ...]) -> torch.Tensor:
+        """The normalised rows of ``sites`` on the device, side by side (one site's alone, uncopied)."""
+        xs = [batch[site].x.to(self.device, non_blocking=True).float() * self.scales[site] for site in sites]
+        return torch.cat(xs, -1) if len(xs) > 1 else xs[0]
 
     @property
     def used_sites(self) -> list[str]:
         """Every site the run reads: the SAEs' input sites and the transcoders' output sites, sorted."""
-        return sorted({site for read in self.sites for site in read} | {t for t in self.targets if t is not None})
+        return sorted({site for read in self.sites for site in read} | {site for out in self.targets for site in out or ()})
 
     @property
     def reconstructed(self) -> list[tuple[str, ...]]:
         """The sites each SAE reconstructs: a transcoder's output site, an SAE's own (a crosscoder's all)."""
-        return [(out,) if out else read for read, out in zip(self.sites, self.targets)]
+        return [out or read for read, out in zip(self.sites, self.targets)]
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return devices.autocast(self.cfg.dtype, [self.device])
@@ -358,7 +360,7 @@ def _stream(state: Run) -> Iterator[Iterator[Mapping[str, ActBatch]]]:
 
 
 def _fingerprint(
-    saes: Sequence[SAE], sites: list[tuple[str, ...]], targets: list[str | None], cfg: TrainConfig, source: ActivationSource, objective: Objective
+    saes: Sequence[SAE], sites: list[tuple[str, ...]], targets: list[tuple[str, ...] | None], cfg: TrainConfig, source: ActivationSource, objective: Objective
 ) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed by this run (as JSON gives it back). Settings
     that do not change the result (logging, progress, checkpoint cadence, device) may differ."""
@@ -366,12 +368,7 @@ def _fingerprint(
         cfg, progress=True, log_every=1, checkpoint_every=None, wandb_project=None, tensorboard=False, device="auto",
         collective_timeout_s=TrainConfig.collective_timeout_s,
     )  # fmt: skip
-    fingerprint = {
-        "saes": described(saes, sites, targets),
-        "train": to_dict(keep),
-        "data": source.describe(),
-        "objective": objective.describe(),
-    }
+    fingerprint = {"saes": described(saes, sites, targets), "train": to_dict(keep), "data": source.describe(), "objective": objective.describe()}
     return json.loads(json.dumps(fingerprint, default=str))
 
 

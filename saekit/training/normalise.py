@@ -87,20 +87,29 @@ def was_trained(sae: SAE) -> bool:
 
 
 @torch.no_grad()
-def rescale_sites_(sae: SAE, factors: Tensor) -> None:
-    """A crosscoder's rescaling: its input's positions are scaled by ``factors`` [d_in] (each position by
-    its site's factor), the decoder and ``b_dec`` with them, the encoder's rows by their inverse, so the
-    codes stay as they are (in the units of normalised training: a crosscoder's sites have several scales,
-    so no one raw unit exists for its codes). ``factors`` enter normalised units, their inverses leave them."""
-    factors = factors.to(sae.W_dec)
-    sae.W_enc.div_(factors[:, None])
-    sae.W_dec.mul_(factors)
-    sae.b_dec.mul_(factors)
+def rescale_sites_(sae: SAE, in_factors: Tensor, out_factors: Tensor) -> None:
+    """The rescaling of an SAE over several sites (a crosscoder, a cross-layer transcoder): the positions
+    of its input are scaled by ``in_factors`` [d_in] and those of its output by ``out_factors`` [d_out]
+    (each position by its site's factor): the decoder's columns, ``b_dec`` and a skip map's rows with
+    the output, the encoder's rows (and a skip map's columns) inversely with the input, so the codes stay
+    as they are (in the units of normalised training: its sites have several scales, so no one raw unit
+    exists for its codes). The factors enter normalised units, their inverses leave them."""
+    tensors = dict(sae.named_parameters())
+    in_factors, out_factors = in_factors.to(sae.W_dec), out_factors.to(sae.W_dec)
+    sae.W_enc.div_(in_factors[:, None])
+    sae.W_dec.mul_(out_factors)
+    sae.b_dec.mul_(out_factors)
+    if "W_skip" in tensors:  # [d_out, d_in]: output units over input units
+        tensors["W_skip"].mul_(out_factors[:, None] / in_factors[None, :])
 
 
 def site_factors(sites: tuple[str, ...], scales: Mapping[str, float], width: int) -> Tensor:
-    """[len(sites) · width] each input position's factor: its site's."""
+    """[len(sites) · width] each position's factor: its site's."""
     return torch.tensor([scales[site] for site in sites], dtype=torch.float64).repeat_interleave(width)
+
+
+def _block_factors(sae: SAE, read: tuple[str, ...], written: tuple[str, ...], scales: Mapping[str, float]) -> tuple[Tensor, Tensor]:
+    return site_factors(read, scales, sae.d_in // len(read)), site_factors(written, scales, sae.d_out // len(written))
 
 
 @torch.no_grad()
@@ -115,27 +124,33 @@ def enter_normalised_units_(sae: SAE, batch: ActBatch, read: tuple[str, ...], wr
         if len(read) == 1 and len(written) == 1:
             rescale_(sae, scales[written[0]], scales[read[0]])
         else:
-            rescale_sites_(sae, site_factors(read, scales, sae.d_in // len(read)))
+            rescale_sites_(sae, *_block_factors(sae, read, written, scales))
     elif sae.b_dec_init == "geometric_median":
         sae.b_dec.copy_(F.geometric_median(sae.target_of(batch)))
     elif sae.b_dec_init == "mean":
         sae.b_dec.copy_(sae.target_of(batch).mean(0))
 
 
-def leave_normalised_units_(sae: SAE, read: tuple[str, ...], site_out: str | None, scales: Mapping[str, float]) -> None:
+def leave_normalised_units_(sae: SAE, read: tuple[str, ...], written: tuple[str, ...] | None, scales: Mapping[str, float]) -> None:
     """Fold the factors back into the weights and record them: ``normalization_factor`` of the site read,
-    for a transcoder (``site_out`` its output site) ``normalization_factor_out``, and for a crosscoder
-    (several sites ``read``) ``normalization_factors``, one per site in order."""
-    if len(read) != 1:
-        rescale_sites_(sae, 1.0 / site_factors(read, scales, sae.d_in // len(read)))
+    for a transcoder (``written`` its output sites; None for an SAE) ``normalization_factor_out``, and
+    for an SAE over several sites ``normalization_factors`` (and ``normalization_factors_out``), one per
+    site in order."""
+    out = written or read
+    if len(read) != 1 or len(out) != 1:
+        in_factors, out_factors = _block_factors(sae, read, out, scales)
+        rescale_sites_(sae, 1.0 / in_factors, 1.0 / out_factors)
         sae.metadata.setdefault("sites", list(read))
         sae.metadata["normalization_factors"] = [scales[site] for site in read]
+        if written is not None:
+            sae.metadata.setdefault("sites_out", list(written))
+            sae.metadata["normalization_factors_out"] = [scales[site] for site in written]
         return
-    site = next(iter(read))
-    scale_out = scales[site_out or site]
+    site, site_out = next(iter(read)), next(iter(out))
+    scale_out = scales[site_out]
     rescale_(sae, 1.0 / scale_out, 1.0 / scales[site])
     sae.metadata.setdefault("site", site)
     sae.metadata["normalization_factor"] = scales[site]
-    if site_out is not None:
+    if written is not None:
         sae.metadata.setdefault("site_out", site_out)
         sae.metadata["normalization_factor_out"] = scale_out

@@ -210,9 +210,37 @@ def test_a_crosscoder_table_names_its_sites_and_takes_their_total_width():
         ({"architecture": "crosscoder", "sites": ["a"]}, r"sae.0: sites must name two or more distinct sites"),
         ({"architecture": "crosscoder", "sites": ["a", "a"]}, r"sae.0: sites must name two or more distinct sites"),
         ({"architecture": "crosscoder", "sites": ["a", "c"]}, r"sae.0: sites \['c'\] are not among the data's sites"),
-        ({"architecture": "topk_transcoder", "k": 2, "sites": ["a", "b"]}, r"sae.0: sites: a topk_transcoder transcoder reads one site"),
+        ({"architecture": "topk_transcoder", "k": 2, "sites": ["a", "b"]}, r"sae.0: sites: a topk_transcoder transcoder of one output site reads one site"),
     ],
 )
 def test_bad_crosscoder_sites_are_refused_naming_the_table(table, error):
     with pytest.raises(ConfigError, match=error):
         build_saes([{"d_sae": 16, **table}], CROSS_SITES)
+
+
+CLT_SITES = as_source({f"layers.{i}.{kind}": torch.randn(64, 8 if kind == "mlp_in" else 6) for i in range(2) for kind in ("mlp_in", "mlp_out")})
+CLT_TABLE = {"architecture": "topk_clt", "d_sae": 16, "k": 4, "n_layers": 2,
+             "sites": ["layers.0.mlp_in", "layers.1.mlp_in"], "sites_out": ["layers.0.mlp_out", "layers.1.mlp_out"]}  # fmt: skip
+
+
+def test_a_cross_layer_transcoder_table_names_its_output_sites_and_takes_their_width():
+    sae = build_saes([CLT_TABLE], CLT_SITES).saes[0]
+    assert (sae.sites, sae.sites_out, sae.d_in, sae.d_out) == (("layers.0.mlp_in", "layers.1.mlp_in"), ("layers.0.mlp_out", "layers.1.mlp_out"), 16, 12)
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"sites_out": None}, r"sae.0: sites: a topk_clt transcoder of one output site reads one site"),
+        ({"site_out": "layers.0.mlp_out"}, r"sae.0: give either site_out .* or sites_out"),
+        ({"sites_out": ["layers.0.mlp_out"]}, r"sae.0: sites_out must name two or more distinct sites"),
+        ({"sites_out": ["layers.0.mlp_out", "layers.9.mlp_out"]}, r"sae.0: sites_out \['layers.9.mlp_out'\] are not among"),
+        ({"architecture": "topk", "k": 2}, r"sae.0: sites_out: a topk SAE reconstructs the site it reads; only transcoders take a sites_out"),
+    ],
+)
+def test_bad_cross_layer_transcoder_tables_are_refused_naming_the_table(change, error):
+    table = {k: v for k, v in (CLT_TABLE | change).items() if v is not None}
+    if change.get("architecture") == "topk":
+        table.pop("n_layers")
+    with pytest.raises(ConfigError, match=error):
+        build_saes([table], CLT_SITES)

@@ -24,8 +24,8 @@ D_IN, D_SAE = 12, 48
 D_OUT = 10
 """A transcoder's output width here, unlike its input's."""
 ARCHITECTURES = list_architectures()
-SAELENS_LOADS = [name for name in ARCHITECTURES if name not in ("topk_transcoder", "crosscoder")]
-"""The architectures SAELens 6.54 has an inference class for (it has no TopK transcoder and no crosscoder)."""
+SAELENS_LOADS = [name for name in ARCHITECTURES if name not in ("topk_transcoder", "crosscoder", "topk_clt")]
+"""The architectures SAELens 6.54 has an inference class for (it has no TopK transcoder, crosscoder or cross-layer transcoder)."""
 SAELENS_CASES = [pytest.param(name, {}, id=name) for name in SAELENS_LOADS] + [
     pytest.param(name, {"skip": True}, id=f"{name}-skip") for name in SAELENS_LOADS if get(name).transcoder
 ]
@@ -645,10 +645,12 @@ def test_a_crosscoder_round_trips_with_its_sites(tmp_path):
         ({"normalization_factors": [1.0]}, "must be 2 positive numbers"),
         ({"normalization_factors": [1.0, -2.0]}, "must be 2 positive numbers"),
         ({"normalization_factors": [1.0, True]}, "must be 2 positive numbers"),
-        ({"hook_names": None}, "belongs to a crosscoder"),
+        ({"hook_names": None}, "belongs to an SAE over several sites"),
     ],
 )
 def test_a_hostile_crosscoder_folder_is_refused_by_name(tmp_path, change, words):
+    """Every failure class of the sites of an SAE over several sites (also a cross-layer transcoder's
+    hook_names_out, read by the same function)."""
     folder, _ = _crosscoder(tmp_path)
     cfg = read_cfg(folder)
     cfg["metadata"].update(change)

@@ -56,6 +56,7 @@ CHANGES: dict[str, dict[str, tuple[dict, dict]]] = {
     "topk_transcoder": TOPK | TRANSCODER,
     "batch_topk_transcoder": TOPK | THRESHOLD | TRANSCODER,
     "relu_transcoder": RELU | TRANSCODER,
+    "topk_clt": TOPK | TRANSCODER | {"k": ({}, {"k": 4}), "n_layers": ({}, {"n_layers": 4})},
     "jumprelu_transcoder": JUMPRELU | TRANSCODER,
     # p takes 3 values, changing at steps 2 and 5 of the 8, within the steps run
     "p_anneal": {

@@ -213,3 +213,20 @@ def test_a_transcoder_warm_start_rescales_by_its_input_and_output_factors():
     for name in ratio:
         assert torch.allclose(sae.state_dict()[name], before[name] * out_ratio / (2.0 / new_in), rtol=1e-5), name
     assert ratio and sae.scaled_params
+
+
+def test_a_crosscoder_warm_start_rescales_each_site_by_its_own_ratio():
+    """Each site's block of the encoder rows, decoder columns and b_dec moves by that site's old / new
+    factor: the crosscoder enters the new data's normalised units as it left the old data's."""
+    sae = saekit.build_sae("crosscoder", d_in=6, d_sae=8, seed=0)
+    sae.metadata.update(sites=["a", "b"], normalization_factors=[2.0, 0.5])
+    g = torch.Generator().manual_seed(0)
+    data = {"a": torch.randn(64, 3, generator=g) * 7, "b": torch.randn(64, 3, generator=g) * 0.1}
+    new = {site: math.sqrt(64 / float(x.double().pow(2).sum())) for site, x in data.items()}
+    before = {n: t.detach().clone() for n, t in sae.state_dict().items()}
+    warm_start_(sae, TensorSource(data), TrainConfig(steps=1, batch_size=64, norm_estimation_tokens=64), lr=1e-4)
+    ratio = torch.tensor([2.0 / new["a"]] * 3 + [0.5 / new["b"]] * 3)
+    assert torch.allclose(sae.W_dec.detach(), before["W_dec"] * ratio, rtol=1e-5)
+    assert torch.allclose(sae.b_dec.detach(), before["b_dec"] * ratio, rtol=1e-5)
+    assert torch.allclose(sae.W_enc.detach(), before["W_enc"] / ratio[:, None], rtol=1e-5)
+    assert torch.equal(sae.b_enc.detach(), before["b_enc"])

@@ -92,10 +92,33 @@ def test_bad_crosscoder_sites_are_refused_by_name(sites, data_sites, error, word
 def test_a_transcoder_over_several_sites_is_refused() -> None:
     sae = build("topk_transcoder", d_in=16, d_sae=8, k=2, d_out=8)
     sae.metadata["sites"] = ["a", "b"]
-    with pytest.raises(ConfigError, match="transcoder reads one site"):
+    with pytest.raises(ConfigError, match="transcoder of one output site reads one site"):
         train(sae, {"a": torch.randn(64, 8), "b": torch.randn(64, 8)}, steps=1, batch_size=32, progress=False)
 
 
 def test_the_log_names_a_crosscoders_sites() -> None:
     result = train(_crosscoder(), _sites(256), steps=2, batch_size=64, progress=False)
     assert result.final_metrics[0]["site"] == "a+b"
+
+
+def test_a_cross_layer_transcoder_trained_on_raw_sites_equals_one_trained_on_normalised_sites() -> None:
+    """Input and output sites each get their own factor; folded back, the CLT takes raw rows and gives
+    each output site's block divided by that site's factor."""
+    g = torch.Generator().manual_seed(5)
+    data = {"in0": torch.randn(1024, 8, generator=g) * 4.0, "in1": torch.randn(1024, 8, generator=g) * 0.2}
+    data |= {"out0": data["in0"] @ torch.randn(8, 6, generator=g) * 0.1, "out1": torch.randn(1024, 6, generator=g) * 30.0}
+
+    def clt():
+        sae = build("topk_clt", d_in=16, d_out=12, d_sae=32, k=4, n_layers=2, skip=True, seed=1)
+        sae.metadata |= {"sites": ["in0", "in1"], "sites_out": ["out0", "out1"]}
+        return sae
+
+    raw = train(clt(), data, steps=25, batch_size=128, progress=False).sae
+    f_in, f_out = raw.metadata["normalization_factors"], raw.metadata["normalization_factors_out"]
+    factors = dict(zip(["in0", "in1", "out0", "out1"], f_in + f_out))
+    normalised = {site: x * factors[site] for site, x in data.items()}
+    ref = train(clt(), normalised, steps=25, batch_size=128, normalize_activations=False, progress=False).sae
+    x = torch.cat([data["in0"][:64], data["in1"][:64]], -1)
+    x_norm = torch.cat([normalised["in0"][:64], normalised["in1"][:64]], -1)
+    out_factor = torch.tensor(f_out).repeat_interleave(6)
+    torch.testing.assert_close(raw(x), ref(x_norm) / out_factor, rtol=1e-4, atol=1e-5)

@@ -111,11 +111,7 @@ def read(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") 
     sae = _build(name, config, cfg_path)  # the SAE starts with its initial weights; they are replaced below
     sae.load_state_dict({key: value for key, value in sae.state_dict().items() if key not in state} | state)
     sae.metadata = _metadata_from_cfg(cfg, cfg_path)
-    if sae.crosscoder and (sae.transcoder or sae.d_in % len(sae.sites)):
-        raise ArtifactError(
-            f"{cfg_path}: metadata.hook_names names {len(sae.sites)} sites, but a crosscoder's d_in ({sae.d_in}) is its "
-            "sites' equal widths side by side" + (" and it reads and writes the same sites (not a transcoder)" if sae.transcoder else "")
-        )
+    _check_several(sae, cfg_path)
     provenance_path = folder / PROVENANCE_FILE
     present = provenance_path.exists() or provenance_path.is_symlink()
     sae.provenance = read_json_object(provenance_path) if present else {}
@@ -236,23 +232,46 @@ def _metadata_from_cfg(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
     for key, value in (("hook_name", site), ("model_name", model), ("hook_name_out", site_out)):
         if value is not None and not isinstance(value, str):
             raise ArtifactError(f"{cfg_path}: {key} must be a string, found {value!r}")
-    named = {"site": site, "model": model, "site_out": site_out, "sites": _crosscoder_sites(meta, cfg_path)}
+    several = {key: _several_sites(meta, cfg_path, *names) for key, names in _SEVERAL.items()}
+    named = {"site": site, "model": model, "site_out": site_out, **several}
     return meta | {key: value for key, value in named.items() if value is not None}
 
 
-def _crosscoder_sites(meta: dict[str, Any], cfg_path: Path) -> list[str] | None:
-    """A crosscoder's ``metadata.hook_names`` (its sites, in order) and ``normalization_factors`` (one
-    per site), checked; None for an SAE of one site."""
-    sites, factors = meta.pop("hook_names", None), meta.get("normalization_factors")
+_SEVERAL = {
+    "sites": ("hook_names", "normalization_factors"),
+    "sites_out": ("hook_names_out", "normalization_factors_out"),
+}
+"""An SAE over several sites: metadata key -> (cfg.json key of its sites, key of their factors)."""
+
+
+def _check_several(sae: SAE, cfg_path: Path) -> None:
+    """An SAE over several sites has a block per site: its widths divide by their counts, and only a
+    transcoder names output sites (several, when it reads several)."""
+    if "sites_out" in sae.metadata and not sae.transcoder:
+        raise ArtifactError(f"{cfg_path}: metadata.hook_names_out names output sites, but a {sae.architecture} SAE reconstructs what it reads")
+    if sae.transcoder and sae.crosscoder and len(sae.sites_out) < 2:
+        raise ArtifactError(f"{cfg_path}: a {sae.architecture} transcoder reading several sites (hook_names) writes several (hook_names_out)")
+    for sites, width, key in ((sae.sites, sae.d_in, "hook_names"), (sae.sites_out, sae.d_out, "hook_names_out")):
+        if len(sites) > 1 and width % len(sites):
+            raise ArtifactError(
+                f"{cfg_path}: metadata.{key} names {len(sites)} sites, but the SAE's width ({width}) is its sites' equal widths side by side"
+            )
+
+
+def _several_sites(meta: dict[str, Any], cfg_path: Path, key: str, factors_key: str) -> list[str] | None:
+    """The sites of an SAE over several (``metadata.hook_names``: a crosscoder's, or a cross-layer
+    transcoder's input sites; ``hook_names_out`` its output sites) and their normalisation factors (one
+    per site), checked; None where the folder names none."""
+    sites, factors = meta.pop(key, None), meta.get(factors_key)
     if sites is None:
         if factors is not None:
-            raise ArtifactError(f"{cfg_path}: metadata.normalization_factors belongs to a crosscoder, but there are no hook_names")
+            raise ArtifactError(f"{cfg_path}: metadata.{factors_key} belongs to an SAE over several sites, but there are no {key}")
         return None
     if not isinstance(sites, list) or len(sites) < 2 or not all(isinstance(s, str) and s for s in sites) or len(set(sites)) != len(sites):
-        raise ArtifactError(f"{cfg_path}: metadata.hook_names must list two or more distinct site names, found {sites!r}")
+        raise ArtifactError(f"{cfg_path}: metadata.{key} must list two or more distinct site names, found {sites!r}")
     if factors is not None and (
         not isinstance(factors, list) or len(factors) != len(sites)
         or not all(isinstance(f, int | float) and not isinstance(f, bool) and math.isfinite(f) and f > 0 for f in factors)
     ):  # fmt: skip
-        raise ArtifactError(f"{cfg_path}: metadata.normalization_factors must be {len(sites)} positive numbers, one per hook_name, found {factors!r}")
+        raise ArtifactError(f"{cfg_path}: metadata.{factors_key} must be {len(sites)} positive numbers, one per site of {key}, found {factors!r}")
     return sites
