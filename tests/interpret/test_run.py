@@ -178,4 +178,4 @@ def test_an_sae_without_a_browser_cache_gets_one_first(suite, built):
     shutil.rmtree(suite / "L1-sparse" / CACHE_DIR)
     with StubChat(lambda body: chat_reply("Explanation: x\n[0, 0, 0, 0, 0]")) as stub:
         saved = interpret(suite / "L1-sparse", endpoint(stub), latents=[0, 1], browser=built[1], **QUIET)["L1-sparse"]
-    assert (suite / "L1-sparse" / CACHE_DIR / "data.safetensors").exists() and set(saved.latents) | set(saved.failed) == {0, 1}
+    assert (suite / "L1-sparse" / CACHE_DIR / "latents.bin").exists() and set(saved.latents) | set(saved.failed) == {0, 1}
