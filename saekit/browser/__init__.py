@@ -7,6 +7,8 @@ effects, nearest latents), cached next to each SAE, served on localhost or expor
 
 from saekit.browser.build import Browser, BrowserConfig, build_browser, sae_folders
 from saekit.browser.export import export_site
+from saekit.browser.live import LiveModel
+from saekit.browser.search import SearchHit, search_latents
 from saekit.browser.server import make_server, route, serve_in_thread
 from saekit.browser.stats import LatentStats, Layout, StatsSettings, compute_latent_stats
 from saekit.browser.store import SaeData
@@ -16,7 +18,9 @@ __all__ = [
     "BrowserConfig",
     "LatentStats",
     "Layout",
+    "LiveModel",
     "SaeData",
+    "SearchHit",
     "StatsSettings",
     "build_browser",
     "compute_latent_stats",
@@ -24,5 +28,6 @@ __all__ = [
     "make_server",
     "route",
     "sae_folders",
+    "search_latents",
     "serve_in_thread",
 ]

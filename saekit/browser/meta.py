@@ -115,7 +115,9 @@ class CacheMeta:
         if self.window_before < 0 or self.window_before >= self.dims.window:
             raise ValueError(f"window_before={self.window_before} is outside the windows of {self.dims.window} tokens")
         if not 0 <= self.n_rows <= self.contexts * (self.layout[0] - self.layout[1]):
-            raise ValueError(f"n_rows={self.n_rows} is not in 0..the rows of {self.contexts} contexts of the layout {list(self.layout)}")
+            raise ValueError(
+                f"n_rows={self.n_rows} is not in 0..the rows of {self.contexts} contexts of the layout {list(self.layout)}"
+            )
 
 
 def meta_text(meta: CacheMeta) -> str:

@@ -39,10 +39,9 @@ def record_dtype(d: Dims) -> np.dtype:
     return np.dtype(fields)
 
 
-def field_table(d: Dims) -> list[list[object]]:
-    """[name, dtype ("f4", "f2", "u4", "u2", "u1", "i4"), byte offset, element count] of each field: what the page's
-    script needs to read a record."""
-    dtype = record_dtype(d)
+def field_table(dtype: np.dtype) -> list[list[object]]:
+    """[name, kind ("f4", "f2", "u4", "u2", "u1", "i4"), byte offset, element count] of each field of a
+    structured ``dtype``: what the page's script needs to read a record."""
     table: list[list[object]] = []
     for name in dtype.names or ():
         sub, offset = dtype.fields[name][:2]  # type: ignore[index]
@@ -114,5 +113,7 @@ def decode(records: np.ndarray, n_rows: int, has_effects: bool) -> tuple[LatentS
     neighbours = Neighbours(col["neighbour_ids"].long(), col["neighbour_cosine"].float())
     effects = None
     if has_effects:
-        effects = LogitEffects(col["promoted_ids"].long(), col["promoted"].float(), col["suppressed_ids"].long(), col["suppressed"].float())
+        effects = LogitEffects(
+            col["promoted_ids"].long(), col["promoted"].float(), col["suppressed_ids"].long(), col["suppressed"].float()
+        )
     return stats, neighbours, effects

@@ -47,6 +47,7 @@ CACHE_DIR = "browser-cache"
 
 RECORDS, TOKENS, META = "latents.bin", "tokens.bin", "meta.json"
 
+
 @dataclass(frozen=True)
 class SaeData:
     """All a browser page needs about one SAE."""
