@@ -27,7 +27,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from saekit.bounded import parse_json
+from saekit.bounded import decode_utf8, parse_json
 from saekit.browser.live import MAX_CHARS, LiveModel
 from saekit.browser.page_data import FILES, store_files
 from saekit.browser.pages import CSP, latent_list_page, latent_page, live_page, overview_page
@@ -108,7 +108,7 @@ def search_answer(browser: Browser, sae: str, query: str) -> dict:
 def live_answer(live: LiveModel, body: bytes) -> dict:
     """The JSON answer of a POST to ``api/live`` with ``body`` ``{"sae": name, "text": text}``; a
     ConfigError naming what is wrong with the body."""
-    raw = parse_json(body.decode("utf-8", errors="strict"), "the request body", ConfigError)
+    raw = parse_json(decode_utf8(body, "the request body", ConfigError), "the request body", ConfigError)
     if not isinstance(raw, dict) or not isinstance(raw.get("sae"), str) or not isinstance(raw.get("text"), str):
         raise ConfigError('the request body must be {"sae": name, "text": text}')
     result = live.run(raw["sae"], raw["text"])
@@ -162,7 +162,7 @@ def make_server(
                 return self.send(problem[0], json.dumps({"error": problem[1]}).encode(), "json")
             try:
                 result = live_answer(live, self.rfile.read(int(self.headers["Content-Length"])))
-            except (ConfigError, UnicodeDecodeError) as exc:
+            except ConfigError as exc:
                 return self.send(HTTPStatus.BAD_REQUEST, json.dumps({"error": str(exc)}).encode(), "json")
             self.send(HTTPStatus.OK, json.dumps(result).encode(), "json")
 
