@@ -2,7 +2,7 @@
 every SAE's site, then each stale SAE gets its statistics, logit effects and neighbours cached.
 
     browser = build_browser("demo-output/saes")                     # computes once, then instant
-    browser = build_browser("demo-output/saes", export="site/")     # also writes static HTML pages
+    browser = build_browser("demo-output/saes", export="site/")     # also writes the site as files
     browser = build_browser("out/series/04-final/saes/L1", dynamics="out/dynamics/L1")  # + drift, formation
 """
 

@@ -10,9 +10,10 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from browser_helpers import EVIL, tiny_dynamics, tiny_setup
+from browser_helpers import EVIL, HOSTILE, tiny_dynamics, tiny_setup
 
 from saekit.browser import LiveModel, build_browser, export_site, serve_in_thread
+from saekit.browser.explanations import FILE, Explanations, LatentExplanation, Scores, explanations_text
 from saekit.browser.latent_script import LATENT_SCRIPT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,6 +31,9 @@ def page(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     suite, cfg = tiny_setup(root)
     dynamics = tiny_dynamics().save(root / "dynamics" / "L0-topk")
+    scores = Scores(20, 0, 0.9, 0.85, 1.0, 0.8, 0.89)
+    explained = Explanations("v1", HOSTILE, "http://x", {2: LatentExplanation(HOSTILE, scores, None)}, {3: HOSTILE})
+    (suite / "L0-topk" / FILE).write_text(explanations_text(explained))
     browser = build_browser(suite, cfg, dynamics=dynamics, progress=False)
     server, _ = serve_in_thread(browser, "127.0.0.1", 0, live=LiveModel.load(suite, model=cfg.model))
     export_site(browser, root / "site")
@@ -128,6 +132,17 @@ def test_the_dynamics_curves_render(page):
     shot = page.root / "dynamics.png"
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
+
+
+def test_an_explanation_shows_as_text(page):
+    open_latent(page, page.base + "/L0-topk/latent.html#2", 2)
+    text = page.inner_text("#latent")
+    assert f"{HOSTILE}\n\ndetection: balanced accuracy 0.85 (accuracy 0.9, precision 1, recall 0.8; 20 answered, 0 failed)" in text
+    assert f"fuzzing: no contexts to score \u00b7 by {HOSTILE} with prompts v1" in text
+    open_latent(page, page.base + "/L0-topk/latent.html#3", 3)
+    assert f"none: {HOSTILE} (by {HOSTILE} with prompts v1)" in page.inner_text("#latent")
+    assert page.eval_on_selector_all("script", "els => els.length") == 1 and page.locator("meta[http-equiv=refresh]").count() == 0
+    assert page.dialogs == [] and page.url.startswith(page.base)
 
 
 def test_a_dead_latent_shows_no_curve_and_says_why(page):
