@@ -4,7 +4,8 @@ one latent with one range request; Python reads them all as one numpy structured
 
 Activations are stored relative to the latent's largest activation ``max_act`` (float32): example
 values as uint16 (steps of max/65535) and the activations of example windows as uint8 (steps of
-max/255, enough to shade a token and to mark it for ``saekit interpret``). Rows are int32 indices into
+max/255, enough to shade a token and to mark it for ``saekit interpret``); a positive activation is
+never stored as 0, so whether a latent fires on a token survives the rounding. Rows are int32 indices into
 the shared token sample (``tokens.bin``), never token strings; logit effects and decoder cosines are
 float16 (clamped to its range). :func:`record_dtype` is the one definition of the layout: the writer,
 the reader and the page (through :func:`field_table`) all take it from there.
@@ -70,7 +71,8 @@ def encode(stats: LatentStats, neighbours: Neighbours, effects: LogitEffects | N
 
     def relative(values: Tensor, steps: int) -> np.ndarray:
         per = scale.view(-1, *[1] * (values.ndim - 1))
-        return (values.float().clamp(min=0) / per * steps).round().clamp(0, steps).numpy()
+        q = (values.float().clamp(min=0) / per * steps).round().clamp(0, steps)
+        return torch.where((values > 0) & (q == 0), 1.0, q).numpy()  # a firing stays a firing (interpret, shading)
 
     for name in ("top_values", "quantile_values"):
         out[name] = relative(getattr(stats, name), _VALUE_STEPS)
