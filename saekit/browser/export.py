@@ -42,6 +42,13 @@ def is_plain_name(name: object) -> bool:
     return isinstance(name, str) and name not in ("", ".", "..") and not set(name) & {"/", "\\", "\0"}
 
 
+def check_folder_names(browser: Browser) -> None:
+    """A ConfigError naming the SAE names of ``browser`` that cannot each name one folder of an export."""
+    bad = [name for name in browser.saes if not is_plain_name(name)]
+    if bad:
+        raise ConfigError(f"SAE name(s) {', '.join(map(repr, bad))} cannot name a folder of the export")
+
+
 def check_export_target(out: str | os.PathLike[str]) -> Path:
     """``out`` as a Path when an export may be written there (see the module docstring); else a
     ConfigError naming the folder and what is in the way (an ArtifactError for an unreadable marker)."""
@@ -73,9 +80,7 @@ def export_site(browser: Browser, out: str | os.PathLike[str], *, progress: bool
     """Write every page as a plain HTML file under ``out`` (the URL layout of the server), replacing
     ``out`` as a whole; returns ``out``. Refused as :func:`check_export_target` says."""
     out = check_export_target(out)
-    bad = [name for name in browser.saes if not is_plain_name(name)]
-    if bad:
-        raise ConfigError(f"SAE name(s) {', '.join(map(repr, bad))} cannot name a folder of the export")
+    check_folder_names(browser)
 
     def fill(tmp: Path) -> None:
         (tmp / "index.html").write_text(overview_page(browser.title, browser.saes), encoding="utf-8")

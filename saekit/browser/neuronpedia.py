@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from saekit.atomic import replace_folder
-from saekit.browser.export import is_plain_name
+from saekit.browser.export import check_folder_names
 from saekit.browser.stats import window_positions
 from saekit.browser.store import Browser, SaeData
 from saekit.errors import ConfigError
@@ -56,9 +56,7 @@ def export_neuronpedia(browser: Browser, out: str | os.PathLike[str], *, model_i
     """Write every SAE of ``browser`` under ``out`` (see the module docstring); ``model_id``: the
     Neuronpedia model name (default: the last part of the model the sample ran through)."""
     out = check_neuronpedia_target(out)
-    bad = [name for name in browser.saes if not is_plain_name(name)]
-    if bad:
-        raise ConfigError(f"SAE name(s) {', '.join(map(repr, bad))} cannot name a folder of the export")
+    check_folder_names(browser)
 
     def fill(tmp: Path) -> None:
         for name, data in browser.saes.items():
