@@ -62,8 +62,10 @@ def main() -> None:
         t = time.perf_counter()
         out = Path(args.export) if args.export else folder / "pages"
         export_site(Browser(folder, "bench", {"bench": data}), out, progress=True)
-        times[f"render + write {args.d_sae + 2} pages"] = time.perf_counter() - t
-        size = sum(p.stat().st_size for p in out.rglob("*.html"))
+        times["write the export (pages and store files)"] = time.perf_counter() - t
+        size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        store = sum(p.stat().st_size for p in (folder / "browser-cache").iterdir())
+        print(f"store: {store / args.d_sae:,.0f} bytes per latent; export: {size / 1e6:.1f} MB")
     total = sum(v for k, v in times.items() if not k.startswith("cache read"))
     print(f"{acts.shape[0]:,} tokens, d_sae {args.d_sae}, {args.threads} threads")
     for k, v in times.items():

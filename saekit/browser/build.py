@@ -2,7 +2,7 @@
 every SAE's site, then each stale SAE gets its statistics, logit effects and neighbours cached.
 
     browser = build_browser("demo-output/saes")                     # computes once, then instant
-    browser = build_browser("demo-output/saes", export="site/")     # also writes static HTML pages
+    browser = build_browser("demo-output/saes", export="site/")     # also writes the site as files
     browser = build_browser("out/series/04-final/saes/L1", dynamics="out/dynamics/L1")  # + drift, formation
 """
 
@@ -124,7 +124,7 @@ def build_browser(
     tracked = assign((load_dynamics(f) for f in as_folders(dynamics)), list(folders))
     for name, dyn in tracked.items():
         _check_declared(dyn, name, folders[name])
-    model_name = loaded.name if loaded is not None else cfg.model or _model_of(folders)
+    model_name = loaded.name if loaded is not None else cfg.model or model_of(folders)
     settings = cfg.content_settings(model_name)
     keys = {name: fingerprint(weights_hash(folder), settings) for name, folder in folders.items()}
     stale = {name: folder for name, folder in folders.items() if rebuild or cached_key(folder) != keys[name]}
@@ -170,7 +170,7 @@ def _cfg_json(folder: Path) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def _model_of(folders: dict[str, Path]) -> str:
+def model_of(folders: dict[str, Path]) -> str:
     """The one model named (``metadata.model_name``) by the SAEs' cfg.json files, else the default."""
     names = set()
     for folder in folders.values():

@@ -19,7 +19,7 @@ from saekit.bounded import read_json
 from saekit.errors import ArtifactError, ConfigError
 from saekit.strict import from_dict
 
-FORMAT = 2
+FORMAT = 3
 """Bumped whenever what the cache holds changes meaning, so older caches are rebuilt."""
 
 MAX_JSON_BYTES = 64 << 20
@@ -72,6 +72,26 @@ class SaeInfo:
 
 
 @dataclass(frozen=True)
+class Dims:
+    """The sizes a record is made of (``meta.json``'s ``dims``)."""
+
+    top: int
+    bands: int
+    per_band: int
+    random: int
+    window: int
+    bins: int
+    neighbours: int
+    logit_k: int
+    """Promoted and suppressed tokens per latent; 0 when the model has no unembedding of the SAE's width."""
+
+    def __post_init__(self) -> None:
+        sizes = [self.top, self.bands, self.per_band, self.random, self.window, self.bins, self.neighbours, self.logit_k]
+        if min(self.top, self.bands, self.per_band, self.window, self.bins) < 1 or min(sizes) < 0 or max(sizes) > 4096:
+            raise ValueError(f"record sizes must be in 0..4096 (top, bands, per_band, window, bins at least 1), got {sizes}")
+
+
+@dataclass(frozen=True)
 class CacheMeta:
     """The contents of ``meta.json``."""
 
@@ -83,13 +103,21 @@ class CacheMeta:
     layout: tuple[int, ...]
     """(context, skip) of :class:`saekit.browser.stats.Layout`."""
     window_before: int
+    dims: Dims
+    """The sizes of each latent's record in ``latents.bin``."""
+    contexts: int
+    """Contexts of the token sample in ``tokens.bin``."""
     vocab: dict[int, str]
 
     def __post_init__(self) -> None:
         if len(self.layout) != 2 or not 0 <= self.layout[1] < self.layout[0]:
             raise ValueError(f"layout must be [context, skip] with 0 <= skip < context, got {list(self.layout)}")
-        if self.n_rows < 0 or self.window_before < 0:
-            raise ValueError(f"n_rows and window_before must be >= 0, got {self.n_rows} and {self.window_before}")
+        if self.window_before < 0 or self.window_before >= self.dims.window:
+            raise ValueError(f"window_before={self.window_before} is outside the windows of {self.dims.window} tokens")
+        if not 0 <= self.n_rows <= self.contexts * (self.layout[0] - self.layout[1]):
+            raise ValueError(
+                f"n_rows={self.n_rows} is not in 0..the rows of {self.contexts} contexts of the layout {list(self.layout)}"
+            )
 
 
 def meta_text(meta: CacheMeta) -> str:
@@ -116,6 +144,8 @@ def _parse(raw: Any) -> CacheMeta:
     body = {k: v for k, v in raw.items() if k != "format"}
     if "info" in body:
         body["info"] = _info(body["info"])
+    if "dims" in body:
+        body["dims"] = from_dict(Dims, body["dims"], where="meta.dims")
     if "vocab" in body:
         body["vocab"] = _vocab(body["vocab"])
     return from_dict(CacheMeta, body, where="meta")

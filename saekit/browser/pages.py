@@ -8,9 +8,10 @@ URL layout (the same for the server and the static export, so every link is rela
 
     index.html                      suite overview
     <sae>/index.html                sortable, searchable latent list
-    <sae>/latent/<id>.html          one latent
+    <sae>/latent.html#<id>          the one latent page: its script renders any latent from the SAE's
+                                    store files beside it (:mod:`saekit.browser.page_data`)
 
-The explanations of ``saekit interpret``, when an SAE has them, show on its latent pages and as a
+The explanations of ``saekit interpret``, when an SAE has them, show on its latent page and as a
 column of its latent list (:mod:`saekit.browser.explained`).
 """
 
@@ -18,16 +19,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
-from collections import Counter
 
-import torch
-
-from saekit.browser.explained import explanation_cell, explanation_section
+from saekit.browser.explained import explanation_cell
 from saekit.browser.fmt import Html, html, join, num, percent, token_text, url_part
-from saekit.browser.stats import window_positions
+from saekit.browser.latent_script import LATENT_SCRIPT
+from saekit.browser.live_script import LIVE_SCRIPT
+from saekit.browser.search import top_tokens
 from saekit.browser.store import SaeData
-from saekit.browser.svg import Line, histogram_svg, line_chart_svg
 
 SCRIPT = Html("""(function () {
   var table = document.getElementById('latents');
@@ -63,12 +61,17 @@ SCRIPT = Html("""(function () {
 })();""")
 """The pages' one script: the latent list's search and the sortable tables."""
 
-_SCRIPT_HASH = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+
+def _sha(script: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+
+
 CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-    f"script-src 'sha256-{_SCRIPT_HASH}'; base-uri 'none'; form-action 'none'"
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; "
+    f"script-src {_sha(SCRIPT)} {_sha(LATENT_SCRIPT)} {_sha(LIVE_SCRIPT)}; base-uri 'none'; form-action 'none'"
 )
-"""Content-Security-Policy of every page: nothing loads from anywhere, only our own script runs."""
+"""Content-Security-Policy of every page: nothing loads from elsewhere (the latent and live pages fetch
+from their own origin), only our own scripts run."""
 
 _STYLE = Html("""
 body{font:14px/1.45 system-ui,sans-serif;margin:1.2em 2em;color:#222;max-width:1200px}
@@ -80,19 +83,19 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 .facts{color:#444}.panels{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start}
 .ex{display:flex;gap:.8em;margin:1px 0;font-family:ui-monospace,monospace;font-size:13px}
 .val{width:5em;text-align:right;color:#666;flex:none}.ctx{white-space:pre-wrap;word-break:break-all}
-.ctx span{border-radius:2px}.c{outline:1px solid #333}.off{color:#aaa}
+.ctx span{border-radius:2px}.c{outline:1px solid #333}.off{color:#aaa}.error{color:#b00}
 .tok{font-family:ui-monospace,monospace;white-space:pre;background:#f3f3f3;padding:0 3px;border-radius:2px}
 input#q{font-size:1em;padding:3px 6px;width:22em}
 """)
 
 
-def _page(title: str, body: Html, *, script: bool = False) -> str:
+def _page(title: str, body: Html, *, script: Html | None = None) -> str:
     return html(
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta http-equiv="Content-Security-Policy" content="{csp}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         "<title>{title}</title><style>{style}</style></head><body>{body}{js}</body></html>",
-        csp=CSP, title=title, style=_STYLE, body=body, js=html("<script>{}</script>", SCRIPT) if script else Html(),
+        csp=CSP, title=title, style=_STYLE, body=body, js=html("<script>{}</script>", script) if script else Html(),
     )  # fmt: skip
 
 
@@ -144,19 +147,11 @@ def overview_page(title: str, saes: dict[str, SaeData]) -> str:
         'tokens above.</p><p hidden><input id="q"><span id="count"></span></p>',
         title=title, facts=facts, sites=sites, head=head, rows=join(rows),
     )  # fmt: skip
-    return _page(title, body, script=True)
+    return _page(title, body, script=SCRIPT)
 
 
 # ---------------------------------------------------------------------------------------------
 # Latent list
-
-
-def _center_tokens(d: SaeData) -> torch.Tensor:
-    """[L, top_n] token id at each top example (-1 where empty)."""
-    rows = d.stats.top_rows
-    per = d.layout.per_context
-    flat = (rows.clamp(min=0) // per) * d.layout.context + rows.clamp(min=0) % per + d.layout.skip
-    return torch.where(rows >= 0, d.tokens.flatten()[flat], -1)
 
 
 def _tokens(words: list[str]) -> Html:
@@ -165,21 +160,21 @@ def _tokens(words: list[str]) -> Html:
 
 def latent_list_page(title: str, d: SaeData) -> str:
     stats = d.stats
-    centers = _center_tokens(d).tolist()
+    tops = top_tokens(d)
     density = stats.density.tolist()
     max_act = stats.max_act.tolist()
     mean_act = (stats.act_sum / stats.fire_count.clamp(min=1)).tolist()
     promoted = d.effects.promoted_ids[:, :3].tolist() if d.effects is not None else None
     rows = []
     for i in range(len(density)):
-        common = Counter(t for t in centers[i] if t >= 0).most_common(3)
-        tops = join((html('<span class="tok">{}</span>×{}', token_text(d.vocab.get(t, "?")), n) for t, n in common), " ")
+        common = tops[i]
+        shown = join((html('<span class="tok">{}</span>×{}', token_text(t.text), t.count) for t in common), " ")
         cells = [
-            html('<td class="n" data-v="{0}"><a href="latent/{0}.html">{0}</a></td>', i),
+            html('<td class="n" data-v="{0}"><a href="latent.html#{0}">{0}</a></td>', i),
             _num_cell(density[i], percent(density[i])),
             _num_cell(max_act[i]),
             _num_cell(mean_act[i]),
-            html('<td data-v="{}">{}</td>', " ".join(d.vocab.get(t, "?") for t, _ in common), tops),
+            html('<td data-v="{}">{}</td>', " ".join(t.text for t in common), shown),
         ]
         if promoted is not None:
             words = [d.vocab.get(t, "?") for t in promoted[i]]
@@ -202,160 +197,21 @@ def latent_list_page(title: str, d: SaeData) -> str:
         dead=percent(sample.dead_fraction), tokens=sample.tokens, rows=join(rows),
         head=join(html('<th data-type="{}">{}</th>', t, h) for h, t in heads),
     )  # fmt: skip
-    return _page(f"{d.name} · latents", body, script=True)
+    return _page(f"{d.name} · latents", body, script=SCRIPT)
 
 
 # ---------------------------------------------------------------------------------------------
 # One latent
 
 
-def latent_page(title: str, d: SaeData, latent: int) -> str:
-    s = d.stats
-    n_latents = s.top_values.shape[0]
-    max_act = float(s.max_act[latent])
-    fired = int(s.fire_count[latent])
-    density = fired / max(s.n_rows, 1)
-    mean = float(s.act_sum[latent]) / max(fired, 1)
-    nav = [
-        html('<a href="../../index.html">{}</a> ›', title),
-        html('<a href="../index.html">{}</a> ›', d.name),
-        html("latent {}", latent),
-    ]
-    if latent > 0:
-        nav.append(html('<a href="{0}.html">← {0}</a>', latent - 1))
-    if latent + 1 < n_latents:
-        nav.append(html('<a href="{0}.html">{0} →</a>', latent + 1))
-    one_in = f" (1 in {round(1 / density):,} tokens)" if density > 0 else ""
-    top = _examples(d, s.top_rows[latent], s.top_values[latent], s.top_windows[latent], max_act)
+def latent_page(title: str, d: SaeData) -> str:
+    """The one latent page of an SAE: its script renders the latent named after ``#`` from the store."""
     body = html(
-        '<nav>{nav}</nav><h1>{name} · latent {latent}</h1><p class="facts">density {density}{one_in}, fired on '
-        "{fired:,} of {rows:,} tokens · max activation {max_act} · mean when firing {mean}</p>"
-        '{explanation}<div class="panels">{panels}</div>{dynamics}<h2>Top activations</h2>{top}'
-        "<h2>Examples across the activation distribution</h2>"
-        "<p class=\"facts\">From a uniform random sample of this latent's firings, split into bands of equal mass.</p>"
-        "{bands}",
-        nav=join(nav, " "), name=d.name, latent=latent, density=percent(density), one_in=one_in, fired=fired,
-        rows=s.n_rows, max_act=num(max_act), mean=num(mean), panels=join(_panels(d, latent, max_act)),
-        dynamics=_dynamics(d, latent), explanation=explanation_section(d.explanations, latent),
-        top=top or Html("<p>never fired on the sample</p>"), bands=join(_quantile_bands(d, latent, max_act)),
+        '<main id="latent"><nav><a href="../index.html">{title}</a> › <a href="index.html">{name}</a></nav>'
+        '<p class="facts">loading…</p></main>',
+        title=title, name=d.name,
     )  # fmt: skip
-    return _page(f"{d.name} · latent {latent}", body)
-
-
-def _panels(d: SaeData, latent: int, max_act: float) -> list[Html]:
-    """The histogram, the logit effects (with a model) and the nearest latents of ``latent``."""
-    histogram = histogram_svg(d.stats.histogram[latent].tolist(), max_act)
-    panels = [html("<div><h2>Activation histogram (non-zero)</h2>{}</div>", histogram)]
-    if d.effects is not None:
-        e = d.effects
-        rows = (
-            html(
-                '<tr><td><span class="tok">{}</span></td><td class="n">{}</td>'
-                '<td><span class="tok">{}</span></td><td class="n">{}</td></tr>',
-                token_text(d.vocab.get(int(pi), "?")),
-                num(float(pv)),
-                token_text(d.vocab.get(int(si), "?")),
-                num(float(sv)),
-            )  # fmt: skip
-            for pi, pv, si, sv in zip(e.promoted_ids[latent], e.promoted[latent], e.suppressed_ids[latent], e.suppressed[latent])
-        )
-        panels.append(
-            html(
-                "<div><h2>Logit effects</h2><table><thead><tr><th>promotes</th><th></th><th>suppresses</th><th></th>"
-                "</tr></thead><tbody>{}</tbody></table></div>",
-                join(rows),
-            )
-        )
-    neighbours = (
-        html('<tr><td><a href="{0}.html">latent {0}</a></td><td class="n">{1}</td></tr>', int(j), num(float(c)))
-        for j, c in zip(d.neighbours.ids[latent], d.neighbours.cosine[latent])
-    )
-    panels.append(html("<div><h2>Nearest latents (decoder cosine)</h2><table><tbody>{}</tbody></table></div>", join(neighbours)))
-    return panels
-
-
-def _dynamics(d: SaeData, latent: int) -> Html:
-    """The latent's drift and formation curves over the model's checkpoints, with its formation
-    checkpoint and token purity; nothing when the browser was given no dynamics."""
-    t = d.dynamics
-    if t is None:
-        return Html()
-    labels = t.checkpoints
-    formed = int(t.formation[latent])
-    purity = float(t.token_purity[latent])
-    formed_text = f"checkpoint {labels[formed]} ({formed + 1} of {len(labels)})" if formed >= 0 else "never"
-    drift = line_chart_svg(
-        [Line("cos to final", t.drift_to_final[:, latent].tolist(), "#1f6fb4")], labels, include=(0.0, 1.0),
-        aria="decoder cosine to the final direction over checkpoints",
-    )  # fmt: skip
-    progress = line_chart_svg(
-        [Line("cosine", t.progress_cosine[:, latent].tolist(), "#e8740c"),
-         Line("weighted Jaccard", t.progress_wjaccard[:, latent].tolist(), "#2a9d4b")],
-        labels, aria="progress measure over checkpoints", marker=formed if formed >= 0 else None,
-        marker_title=f"formed at {labels[formed]}" if formed >= 0 else "",
-    )  # fmt: skip
-    dead = "" if bool(t.alive[latent]) else " Fired on fewer than two analysis tokens at the last checkpoint: not measured."
-    return html(
-        '<h2>Training dynamics</h2><p class="facts">Over {n} checkpoints of the model ({first} to {last}): '
-        "formed at <b>{formed}</b> (where its progress first reached {fraction} of its final value) · "
-        'token purity <b>{purity}</b> (share of its top tokens that are one token).{dead}</p><div class="panels">'
-        "<div><h3>Drift: decoder cosine to its final direction</h3>{drift}</div>"
-        "<div><h3>Formation: progress measure</h3>{progress}</div></div>"
-        '<p class="facts">Measured by saekit track on the series of SAE {name} at {site}.</p>',
-        n=len(labels), first=labels[0], last=labels[-1], formed=formed_text, fraction=percent(t.formed_fraction),
-        purity=percent(purity) if math.isfinite(purity) else "–", dead=dead, drift=drift, progress=progress,
-        name=t.name, site=t.site,
-    )  # fmt: skip
-
-
-def _quantile_bands(d: SaeData, latent: int, max_act: float) -> list[Html]:
-    """One heading and its examples per quantile band in which ``latent`` has examples."""
-    s = d.stats
-    bands = []
-    n_bands = s.quantile_rows.shape[1]
-    for b in range(n_bands):
-        rows, values = s.quantile_rows[latent, b], s.quantile_values[latent, b]
-        if not bool((rows >= 0).any()):
-            continue
-        present = values[rows >= 0]
-        bands.append(
-            html(
-                "<h3>quantile band {}–{}% (examples {} to {})</h3>{}",
-                100 * b // n_bands,
-                100 * (b + 1) // n_bands,
-                num(float(present.min())),
-                num(float(present.max())),
-                _examples(d, rows, values, s.quantile_windows[latent, b], max_act),
-            )  # fmt: skip
-        )
-    return bands
-
-
-def _examples(d: SaeData, rows: torch.Tensor, values: torch.Tensor, windows: torch.Tensor, max_act: float) -> Html:
-    """One line per example: its activation, then its window of tokens shaded by the latent's activation."""
-    before = d.window_before
-    after = windows.shape[-1] - before - 1
-    seqs, positions = window_positions(rows, d.layout, before, after)
-    out = []
-    for row, value, seq, pos, acts in zip(rows.tolist(), values.tolist(), seqs.tolist(), positions.tolist(), windows.tolist()):
-        if row < 0:
-            continue
-        spans = []
-        for w, (p, a) in enumerate(zip(pos, acts)):
-            if p < 0:
-                continue
-            text = token_text(d.vocab.get(int(d.tokens[seq, p]), "?"))
-            # Most tokens of a sparse latent are zero: they go out as bare text to keep pages small.
-            if a > 0 and max_act > 0:
-                alpha = round(255 * min(a / max_act, 1.0))
-                cls = Html(' class="c"') if w == before else Html()
-                spans.append(html('<span{} style="background:#e8740c{:02x}" title="{}">{}</span>', cls, alpha, num(a), text))
-            elif w == before or p < d.layout.skip:
-                spans.append(html('<span class="{}">{}</span>', "c" if w == before else "off", text))
-            else:
-                spans.append(text)
-        out.append(html('<div class="ex"><span class="val">{}</span><span class="ctx">{}</span></div>', num(value), join(spans)))
-    return join(out)
+    return _page(f"{d.name} · latent", body, script=LATENT_SCRIPT)
 
 
 def _num_cell(value: float | int | None, shown: str | None = None) -> Html:
@@ -366,3 +222,16 @@ def _num_cell(value: float | int | None, shown: str | None = None) -> Html:
 
 def _text_cell(value: str) -> Html:
     return html('<td data-v="{0}">{0}</td>', value)
+
+
+def live_page(title: str, saes: list[str], max_chars: int) -> str:
+    """The local server's live page: a text, run through the model, with the latents on each token."""
+    options = join(html('<option value="{0}">{0}</option>', name) for name in saes)
+    body = html(
+        '<nav><a href="index.html">{title}</a> › live</nav><h1>Which latents fire on a text</h1>'
+        '<form id="live"><p><select id="sae">{options}</select> <button type="submit">run</button> '
+        '<span id="state" class="facts"></span></p><p><textarea id="text" rows="4" cols="90" maxlength="{max_chars}" '
+        'placeholder="type a text"></textarea></p></form><p id="tokens" class="ctx"></p><div id="detail"></div>',
+        title=title, options=options, max_chars=max_chars,
+    )  # fmt: skip
+    return _page(f"{title} · live", body, script=LIVE_SCRIPT)

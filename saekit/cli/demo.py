@@ -86,7 +86,7 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings()) -> list[dict]:
             "positions of each left clean and unscored.\n\n"
             f"**Feature browser**: `saekit browse {suite} --tokens {settings.browser_tokens}` serves a page per latent (top contexts, activation "
             f"histogram, logit effects, nearest latents) on http://127.0.0.1:8000 from the cache built here "
-            f"over {settings.browser_tokens:,} tokens; add `--export {out / 'browser'}` to write them as static HTML."
+            f"over {settings.browser_tokens:,} tokens; `--live` adds the latents of a typed text, `--export {out / 'browser'}` writes the site as files."
         ),
         links={"SAEs": suite, "training log": out / "train" / "metrics.jsonl"},
     )

@@ -1,18 +1,20 @@
-"""The browser given a series' dynamics (saekit track's OUT/dynamics/<name>): each latent page shows its
-drift and formation curves, formation checkpoint and token purity, served and exported alike; dynamics
+"""The browser given a series' dynamics (saekit track's OUT/dynamics/<name>): the store files of the
+latent page carry each latent's drift and formation curves, formation checkpoint and token purity,
+served and exported alike (test_browser_e2e.py draws them in Chromium); dynamics
 of another SAE (latent count, site, name) and malformed dynamics folders are refused by name."""
 
 import dataclasses
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from browser_helpers import tiny_dynamics, tiny_setup
 
 from saekit.browser import build_browser
 from saekit.browser.dynamics import load_dynamics
-from saekit.browser.server import render, route
+from saekit.browser.page_data import store_files
 from saekit.cli.main import main
 from saekit.errors import ArtifactError, ConfigError
 
@@ -29,41 +31,36 @@ def built(tmp_path_factory):
     return suite, cfg, folder
 
 
-def page(browser, path: str) -> str:
-    found = route(browser, path)
-    assert found is not None
-    return render(browser, found)
+def records(files: dict[str, bytes], name: str) -> tuple[dict, np.ndarray]:
+    """(the extra panel's entry of page.json, its records) of the store file ``name``, read by the
+    field table the page's script reads it by."""
+    extra = next(x for x in json.loads(files["page.json"])["extras"] if x["file"] == name)
+    dtype = np.dtype([(f, "<" + kind, (count,)) for f, kind, _, count in extra["fields"]])
+    assert dtype.itemsize == extra["record_size"]
+    return extra, np.frombuffer(files[name], dtype=dtype)
 
 
-def test_a_latent_page_shows_its_curves_formation_and_purity(built):
+def test_the_store_files_carry_each_latents_curves_formation_and_purity(built):
     suite, cfg, folder = built
     browser = build_browser(suite, cfg, dynamics=folder, progress=False)
     assert browser.saes["L0-topk"].dynamics is None  # a suite: the folder goes to the SAE of its name
-    html = page(browser, "/L1-relu/latent/3.html")
-    assert "<h2>Training dynamics</h2>" in html and html.count('class="curve"') == 2
-    assert html.count("<polyline") == 3  # drift; progress by cosine and by weighted Jaccard
-    assert "formed at <b>checkpoint step-1000 (3 of 3)</b>" in html and "token purity <b>75%</b>" in html
-    assert "<title>step-0: cos to final 0.125</title>" in html  # 3 / 24
-    assert html.index("Training dynamics") < html.index("Top activations")
-    assert "formed at <b>never</b>" in page(browser, "/L1-relu/latent/4.html")
-    assert "Training dynamics" not in page(browser, "/L0-topk/latent/3.html")
+    assert json.loads(store_files("t", browser.saes["L0-topk"])["page.json"])["extras"] == []
+    extra, got = records(store_files("t", browser.saes["L1-relu"]), "dynamics.bin")
+    assert extra["kind"] == "dynamics" and extra["labels"] == ["step-0", "step-200", "step-1000"]
+    assert (extra["name"], extra["site"], extra["formed_fraction"]) == ("L1-relu", "layers.1.resid_post", 0.5)
+    assert got["formation"][3, 0] == 2 and got["formation"][4, 0] == -1 and got["token_purity"][3, 0] == 0.75
+    assert got["drift_to_final"][3, 0] == pytest.approx(3 / 24)  # latent 3 at the first checkpoint
+    assert np.isnan(got["progress_cosine"][5]).all() and got["alive"][5, 0] == 0 and got["alive"][4, 0] == 1
 
 
-def test_a_dead_latent_shows_no_curve_and_says_why(built):
-    suite, cfg, folder = built
-    html = page(build_browser(suite, cfg, dynamics=[folder], progress=False), "/L1-relu/latent/5.html")
-    assert "<polyline" not in html and "<circle" not in html and "nan" not in html.lower()
-    assert "token purity <b>–</b>" in html and "Fired on fewer than two analysis tokens" in html
-
-
-def test_the_cli_exports_the_pages_with_the_dynamics(built, tmp_path):
+def test_the_cli_exports_the_dynamics_beside_the_page(built, tmp_path):
     suite, cfg, folder = built
     argv = ["browse", str(suite / "L1-relu"), "--model", cfg.model, "--corpus", cfg.corpus, "--tokens", str(cfg.n_tokens),
             "--context-size", "16", "--skip-positions", "1", "--dynamics", str(folder), "--export", str(tmp_path / "site")]  # fmt: skip
     assert main(argv) == 0
-    html = (tmp_path / "site" / "L1-relu" / "latent" / "2.html").read_text(encoding="utf-8")
-    assert "formed at <b>checkpoint step-200 (2 of 3)</b>" in html and "token purity <b>50%</b>" in html
-    assert html.count('class="curve"') == 2
+    exported = {p.name: p.read_bytes() for p in (tmp_path / "site" / "L1-relu").iterdir()}
+    _, got = records(exported, "dynamics.bin")
+    assert got["formation"][2, 0] == 1 and got["token_purity"][2, 0] == 0.5
 
 
 def test_dynamics_of_another_latent_count_are_refused_before_computing(built, tmp_path, capsys):

@@ -10,7 +10,7 @@ from browser_helpers import tiny_config, write_corpus, write_model
 
 import saekit
 from saekit.browser import build, build_browser
-from saekit.browser.build import _model_of, sae_folders
+from saekit.browser.build import model_of, sae_folders
 from saekit.errors import ArtifactError
 
 
@@ -58,9 +58,9 @@ def test_the_model_named_by_cfg_json_whatever_its_shape(suite):
     for cfg in ([], {"metadata": []}, {"metadata": {"model_name": ["x"]}}, {"metadata": {"model_name": 3}}):
         for folder in folders.values():
             (folder / "cfg.json").write_text(json.dumps(cfg))
-        assert _model_of(folders) == "smollm2-135m"
+        assert model_of(folders) == "smollm2-135m"
     (folders["a"] / "cfg.json").write_text(json.dumps({"metadata": {"model_name": "m1"}}))
-    assert _model_of(folders) == "m1"
+    assert model_of(folders) == "m1"
 
 
 def test_a_transcoder_is_browsed_by_the_site_it_reads_and_the_rows_it_writes(tmp_path):

@@ -15,7 +15,9 @@ from saekit.errors import ArtifactError, ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PAGES = ["index.html", "tiny/index.html", *(f"tiny/latent/{i}.html" for i in range(6))]
+SAE_FILES = ["index.html", "latent.html", "latents.bin", "page.json", "tokens.bin"]
+PAGES = ["index.html", *(f"tiny/{f}" for f in SAE_FILES)]
+"""What an export of tiny_browser holds: a handful of files per SAE, whatever its number of latents."""
 
 
 def listing(folder):
@@ -29,7 +31,7 @@ def no_leftovers(parent):
 def test_a_new_folder_gets_every_page_and_the_marker(tmp_path):
     out = export_site(tiny_browser(tmp_path), tmp_path / "site")
     assert listing(out) == sorted([*PAGES, MARKER])
-    assert json.loads((out / MARKER).read_text()) == {"format": 1, "saes": {"tiny": 6}}
+    assert json.loads((out / MARKER).read_text()) == {"format": 2, "saes": {"tiny": SAE_FILES}}
     assert no_leftovers(tmp_path)
 
 
@@ -39,9 +41,9 @@ def test_an_empty_folder_and_a_previous_export_are_replaced(tmp_path):
     export_site(tiny_browser(tmp_path, title="first"), out)
     export_site(tiny_browser(tmp_path, title="second"), out)
     assert "<h1>second</h1>" in (out / "index.html").read_text()
-    smaller = Browser(tmp_path, "third", {"tiny": tiny_data(d_sae=3)})
-    export_site(smaller, out)  # pages of latents that no longer exist go with the old export
-    assert listing(out) == sorted([*PAGES[:5], MARKER])
+    other = Browser(tmp_path, "third", {"other": tiny_data(name="other", d_sae=3)})
+    export_site(other, out)  # the files of an SAE no longer exported go with the old export
+    assert listing(out) == sorted(["index.html", *(f"other/{f}" for f in SAE_FILES), MARKER])
     assert no_leftovers(tmp_path)
 
 
@@ -56,16 +58,16 @@ def test_a_folder_with_files_of_its_own_is_refused_untouched(tmp_path):
     assert no_leftovers(tmp_path)
 
 
-@pytest.mark.parametrize("extra", ["notes.txt", "tiny/latent/6.html", "other/index.html", ".DS_Store"])
+@pytest.mark.parametrize("extra", ["notes.txt", "tiny/dynamics.bin", "tiny/latent/6.html", "other/index.html", ".DS_Store"])
 def test_a_previous_export_with_files_added_is_refused_untouched(tmp_path, extra):
     out = export_site(tiny_browser(tmp_path), tmp_path / "site")
-    before = {rel: (out / rel).read_text() for rel in listing(out)}
+    before = {rel: (out / rel).read_bytes() for rel in listing(out)}
     (out / extra).parent.mkdir(parents=True, exist_ok=True)
     (out / extra).write_text("mine")
     with pytest.raises(ConfigError, match="also files that export did not write") as caught:
         export_site(tiny_browser(tmp_path, title="again"), out)
     assert extra in str(caught.value)
-    assert all((out / rel).read_text() == text for rel, text in before.items())
+    assert all((out / rel).read_bytes() == data for rel, data in before.items())
     assert (out / extra).read_text() == "mine"
 
 
@@ -79,7 +81,11 @@ def test_a_file_a_link_or_a_bad_marker_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=f"export folder {tmp_path / 'link'} is a symbolic link"):
         export_site(browser, tmp_path / "link")
     out = export_site(browser, tmp_path / "site")
-    for marker in ("{", json.dumps({"format": 1, "saes": {"../x": 1}}), json.dumps({"format": 2, "saes": {}})):
+    markers = [
+        "{", json.dumps({"format": 2, "saes": {"../x": ["index.html"]}}), json.dumps({"format": 1, "saes": {"tiny": 6}}),
+        json.dumps({"format": 2, "saes": {"tiny": ["../../notes.txt"]}}), json.dumps({"format": 2, "saes": {"tiny": "index.html"}}),
+    ]  # fmt: skip
+    for marker in markers:
         (out / MARKER).write_text(marker)
         with pytest.raises(ArtifactError, match=f"{out / MARKER} is not"):
             export_site(browser, out)
@@ -88,12 +94,12 @@ def test_a_file_a_link_or_a_bad_marker_is_refused(tmp_path):
 
 def test_a_failed_export_leaves_the_previous_one_whole(tmp_path):
     out = export_site(tiny_browser(tmp_path, title="first"), tmp_path / "site")
-    before = {rel: (out / rel).read_text() for rel in listing(out)}
+    before = {rel: (out / rel).read_bytes() for rel in listing(out)}
     data = tiny_data()
     broken = dataclasses.replace(data, stats=dataclasses.replace(data.stats, top_rows=data.stats.top_rows + 10**6))
     with pytest.raises(IndexError):  # rendering fails at the latent list, after the overview page
         export_site(Browser(tmp_path, "second", {"tiny": broken}), out)
-    assert {rel: (out / rel).read_text() for rel in listing(out)} == before
+    assert {rel: (out / rel).read_bytes() for rel in listing(out)} == before
     assert no_leftovers(tmp_path)
 
 

@@ -104,6 +104,11 @@ def test_a_value_of_the_wrong_type_is_refused_by_name(cache, where, key):
         (lambda m: m["info"].update(d_sae=0), "d_sae must be positive"),
         (lambda m: m.update(vocab={"-1": "x"}), "meta.vocab['-1']"),
         (lambda m: m.update(vocab={"1_0": "x"}), "meta.vocab['1_0']"),
+        (lambda m: m["dims"].update(top=0), "record sizes must be in 0..4096"),
+        (lambda m: m["dims"].update(bins=10**9), "record sizes must be in 0..4096"),
+        (lambda m: m["dims"].pop("window"), "meta.dims: missing required key window"),
+        (lambda m: m.update(window_before=4), "window_before=4 is outside the windows of 4 tokens"),
+        (lambda m: m.update(contexts=1), "n_rows=28 is not in 0..the rows of 1 contexts"),
     ],
 )
 def test_a_meta_json_missing_or_breaking_a_key_is_refused(cache, change, words):

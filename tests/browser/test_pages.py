@@ -12,15 +12,17 @@ from browser_helpers import HOSTILE, RAW_MARKUP, tiny_data
 
 import saekit.browser as browser_package
 from saekit.browser.dynamics import Dynamics
-from saekit.browser.pages import SCRIPT, latent_list_page, latent_page, overview_page
+from saekit.browser.latent_script import LATENT_SCRIPT
+from saekit.browser.live_script import LIVE_SCRIPT
+from saekit.browser.pages import SCRIPT, latent_list_page, latent_page, live_page, overview_page
 from saekit.browser.store import SaeData
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def all_pages(title: str, data: SaeData) -> list[str]:
-    latents = [latent_page(title, data, i) for i in range(data.info.d_sae)]
-    return [overview_page(title, {data.name: data}), latent_list_page(title, data), *latents]
+    pages = [overview_page(title, {data.name: data}), latent_list_page(title, data), latent_page(title, data)]
+    return [*pages, live_page(title, [data.name], 100)]
 
 
 def hostile_everywhere(data: SaeData) -> SaeData:
@@ -55,14 +57,21 @@ def test_no_value_reaches_a_page_unescaped():
     escaped = "&lt;meta http-equiv=&quot;refresh&quot; content=&quot;0;url=http://evil&quot;&gt;"
     assert all(escaped in page for page in pages)
     assert pages[0].count(escaped) >= 9  # title, SAE, architecture, site, hyper-parameters, metric, corpus...
-    # a latent page: its dynamics' name, site and checkpoint labels (facts, axes, titles, formation marker)
-    assert pages[2].count(escaped) >= 10 and 'class="curve"' in pages[2]
+    assert pages[2].count(escaped) >= 3 and pages[3].count(escaped) >= 4  # the latent page's title and SAE; live's options
 
 
 def test_each_page_runs_only_its_own_script():
-    for page in all_pages(HOSTILE, hostile_everywhere(tiny_data())):
-        assert re.findall(r"<script[^>]*>(.*?)</script>", page, re.S) in ([], [SCRIPT])
-        assert page.count("<script") == page.count("</script>") <= 1
+    pages = all_pages(HOSTILE, hostile_everywhere(tiny_data()))
+    for page, script in zip(pages, [SCRIPT, SCRIPT, LATENT_SCRIPT, LIVE_SCRIPT]):
+        assert re.findall(r"<script[^>]*>(.*?)</script>", page, re.S) == [script]
+        assert page.count("<script") == page.count("</script>") == 1
+
+
+@pytest.mark.parametrize("script", [LATENT_SCRIPT, LIVE_SCRIPT])
+def test_the_scripts_put_data_into_text_nodes_only(script):
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function(", "srcdoc"):
+        assert sink not in script
+    assert "createTextNode" in script
 
 
 def markup_outside_templates(source: str) -> list[int]:
@@ -86,7 +95,7 @@ def markup_outside_templates(source: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("module", ["pages.py", "svg.py", "explained.py"])
+@pytest.mark.parametrize("module", ["pages.py", "explained.py"])
 def test_page_modules_make_markup_only_through_templates(module):
     source = (Path(browser_package.__file__).parent / module).read_text(encoding="utf-8")
     assert markup_outside_templates(source) == []

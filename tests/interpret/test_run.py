@@ -3,6 +3,7 @@ endpoint on 127.0.0.1: scores that are right for an oracle and for a coin, failu
 the results in the browser's pages."""
 
 import dataclasses
+import json
 import shutil
 
 import pytest
@@ -12,7 +13,7 @@ from oracle import Coin, Oracle
 import saekit
 from saekit.browser import build_browser
 from saekit.browser.explanations import FILE, read_explanations
-from saekit.browser.pages import latent_list_page, latent_page
+from saekit.browser.pages import latent_list_page
 from saekit.browser.store import CACHE_DIR, load_data
 from saekit.errors import ConfigError, EndpointError
 from saekit.interpret import EndpointConfig, InterpretSettings, interpret
@@ -165,10 +166,12 @@ def test_explanations_show_escaped_in_the_pages_and_the_export(suite, built, tmp
     browser = build_browser(suite, built[1], export=tmp_path / "site", progress=False)
     data = browser.saes["L1-sparse"]
     explained = next(k for k in data.explanations.latents)
-    for page in (latent_page("t", data, explained), latent_list_page("t", data), (tmp_path / "site" / "L1-sparse" / "latent" / f"{explained}.html").read_text()):
-        assert "&lt;meta http-equiv" in page and not any(raw in page for raw in RAW_MARKUP)
-    assert "detection: balanced accuracy" in latent_page("t", data, explained)
-    assert "none: never fired" in latent_page("t", data, next(iter(data.explanations.failed)))
+    page = latent_list_page("t", data)
+    assert "&lt;meta http-equiv" in page and not any(raw in page for raw in RAW_MARKUP)
+    shown = json.loads((tmp_path / "site" / "L1-sparse" / "page.json").read_text())["explanations"]  # as the latent page reads it
+    assert shown["latents"][str(explained)]["explanation"] == data.explanations.latents[explained].explanation
+    assert shown["latents"][str(explained)]["detection"].startswith("balanced accuracy")
+    assert shown["failed"][str(next(iter(data.explanations.failed)))].startswith("never fired")
     for name in ("L0-topk", "L1-relu", "L1-sparse"):
         saved = read_explanations(suite / name, 24)
         assert set(saved.latents) | set(saved.failed) == {0, 1, 2, 3}
@@ -178,4 +181,4 @@ def test_an_sae_without_a_browser_cache_gets_one_first(suite, built):
     shutil.rmtree(suite / "L1-sparse" / CACHE_DIR)
     with StubChat(lambda body: chat_reply("Explanation: x\n[0, 0, 0, 0, 0]")) as stub:
         saved = interpret(suite / "L1-sparse", endpoint(stub), latents=[0, 1], browser=built[1], **QUIET)["L1-sparse"]
-    assert (suite / "L1-sparse" / CACHE_DIR / "data.safetensors").exists() and set(saved.latents) | set(saved.failed) == {0, 1}
+    assert (suite / "L1-sparse" / CACHE_DIR / "latents.bin").exists() and set(saved.latents) | set(saved.failed) == {0, 1}
