@@ -32,6 +32,7 @@ from saekit.io import is_sae_folder, load_sae
 from saekit.sae.base import SAE
 from saekit.sources.hf import site_rows
 from saekit.strict import to_dict
+from saekit.training.sites import label
 
 if TYPE_CHECKING:
     from saekit.models.load import LoadedModel
@@ -196,15 +197,17 @@ def _compute(
 
     saes = {name: load_sae(folder, device=cfg.device) for name, folder in stale.items()}
     for name, sae in saes.items():
-        if sae.site is None:
+        if not sae.sites:
             raise ArtifactError(
                 f"SAE {name} has no site in its cfg.json (metadata.hook_name): cannot tell which activations it reads"
             )
+        if any("/" in site for site in sae.sites):
+            raise ArtifactError(f"SAE {name} reads sites {list(sae.sites)} of several models; the browser runs one model")
     loaded = loaded if loaded is not None else load_model(model_name, device=cfg.device)
     text = TextConfig(corpus=cfg.corpus, context_size=cfg.context_size, n_tokens=cfg.n_tokens, seed=cfg.seed, split=cfg.split)  # type: ignore[arg-type]
     tokens = tokens_from_config(text, loaded.tokenizer)
     layout = Layout(cfg.context_size, cfg.skip_positions)
-    sites = sorted({sae.require_site() for sae in saes.values()})
+    sites = sorted({site for sae in saes.values() for site in sae.sites})
     started = time.perf_counter()
     acts = site_rows(loaded.model, tokens, sites, skip_positions=cfg.skip_positions, batch_size=cfg.forward_batch, progress=progress)
     if progress:
@@ -216,8 +219,9 @@ def _compute(
     for name, sae in saes.items():
         started = time.perf_counter()
         data = browser_data(
-            name, sae, acts[sae.require_site()], tokens, layout, cfg, scale=scale, W_U=W_U, tokenizer=loaded.tokenizer, progress=progress
-        )
+            name, sae, torch.cat([acts[site] for site in sae.sites], -1), tokens, layout, cfg,  # a crosscoder's side by side
+            scale=scale, W_U=W_U, tokenizer=loaded.tokenizer, progress=progress,
+        )  # fmt: skip
         info = dataclasses.replace(data.info, model=model_name, metrics=_metrics(sae, evals.get(name, {})))
         save_data(stale[name], dataclasses.replace(data, info=info), keys[name])
         if progress:
@@ -238,7 +242,8 @@ def browser_data(
     tokenizer: Any,
     progress: bool = False,
 ) -> SaeData:
-    """The browser data of one SAE from its site's activations ``acts`` (rows of ``tokens`` in ``layout``)."""
+    """The browser data of one SAE from its site's activations ``acts`` (rows of ``tokens`` in ``layout``;
+    an SAE over several sites: their rows side by side)."""
     sae = sae.eval()
     dtype = sae.W_enc.dtype
     stats = compute_latent_stats(
@@ -267,7 +272,7 @@ def browser_data(
     )
     info = SaeInfo(
         architecture=sae.architecture,
-        site=sae.require_site(),
+        site=label(sae.sites),
         d_in=sae.d_in,
         d_sae=sae.d_sae,
         sample=sample,

@@ -77,3 +77,27 @@ def test_a_transcoder_is_browsed_by_the_site_it_reads_and_the_rows_it_writes(tmp
     assert data.info.site == "model.layers.0.mlp.act_fn" and data.info.logit_effects is not None
     assert data.effects is not None and data.effects.promoted_ids.shape[0] == 24
     assert int(data.stats.fire_count.sum()) > 0
+
+
+def test_a_crosscoder_is_browsed_on_its_sites_side_by_side(tmp_path):
+    """A crosscoder's latents fire on its sites' rows side by side: its statistics equal its codes of
+    the two layers' activations put together by hand; an SAE over several models is refused by name."""
+    from saekit.sources.hf import site_rows
+
+    model_dir = write_model(tmp_path / "model")
+    sites = ["layers.0.resid_post", "layers.1.resid_post"]
+    sae = saekit.build_sae("crosscoder", d_in=32, d_sae=24, seed=3)
+    with torch.no_grad():
+        sae.b_enc.fill_(0.05)
+    sae.metadata.update(sites=sites, model=str(model_dir))
+    suite = saekit.save_suite({"C": sae}, tmp_path / "suite")
+    cfg = tiny_config(model_dir, write_corpus(tmp_path / "corpus"))
+    data = build_browser(suite, cfg, progress=False).saes["C"]
+    assert data.info.site == "layers.0.resid_post+layers.1.resid_post" and data.info.d_in == 32
+    acts = site_rows(saekit.load_model(model_dir).model, data.tokens, sites, skip_positions=cfg.skip_positions)
+    codes = sae.encode(torch.cat([acts[s] for s in sites], -1))
+    assert torch.equal(data.stats.fire_count, (codes != 0).sum(0).to(data.stats.fire_count.dtype))
+    other = saekit.build_sae("crosscoder", d_in=32, d_sae=8, seed=0)
+    other.metadata.update(sites=["base/layers.0.resid_post", "chat/layers.0.resid_post"], model=str(model_dir))
+    with pytest.raises(ArtifactError, match="several models"):
+        build_browser(saekit.save_suite({"X": other}, tmp_path / "other"), cfg, progress=False)
