@@ -42,7 +42,9 @@ def test_example_config_is_valid(path):
         d_in = data.get("d", 64)
     for spec in rc.saes:
         width = d_in * len(spec.get("sites", [None]))  # a crosscoder reads its sites side by side
-        spec = {k: v for k, v in spec.items() if k not in ("name", "site", "site_out", "sites", "seed")}
+        if "sites_out" in spec:  # a cross-layer transcoder writes its output sites side by side
+            spec["d_out"] = d_in * len(spec["sites_out"])
+        spec = {k: v for k, v in spec.items() if k not in ("name", "site", "site_out", "sites", "sites_out", "seed")}
         build(spec.pop("architecture"), d_in=width, **spec)
 
 
