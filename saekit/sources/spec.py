@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from saekit.comm import LOCAL, Comm
 from saekit.errors import ConfigError
 from saekit.strict import from_dict
 from saekit.types import ActivationSource
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -87,14 +89,20 @@ class ModelData(NamedTuple):
 def split_model_settings(settings: dict[str, Any]) -> ModelData:
     from saekit.sources.text import TextConfig
 
-    text_keys = {f.name for f in dataclasses.fields(TextConfig)}
+    return ModelData(*_split(settings, TextConfig, "model"))
+
+
+def _split(settings: dict[str, Any], other: type[T], kind: str, model_defaults: dict[str, Any] | None = None) -> tuple[ModelDataConfig, T]:
+    """A model table's keys split into the model's settings and those of its contexts (``other``); a
+    key of neither is refused, naming ``kind``."""
+    other_keys = {f.name for f in dataclasses.fields(other)}  # type: ignore[arg-type]  (T is a config dataclass)
     model_keys = {f.name for f in dataclasses.fields(ModelDataConfig)}
-    _only(settings, text_keys | model_keys, "model")
+    _only(settings, other_keys | model_keys, kind)
     if isinstance(settings.get("sites"), str):
         settings = {**settings, "sites": [settings["sites"]]}
-    model_cfg = from_dict(ModelDataConfig, {k: v for k, v in settings.items() if k in model_keys}, where="data")
-    text_cfg = from_dict(TextConfig, {k: v for k, v in settings.items() if k in text_keys}, where="data")
-    return ModelData(model_cfg, text_cfg)
+    model_settings = {**(model_defaults or {}), **{k: v for k, v in settings.items() if k in model_keys}}
+    model_cfg = from_dict(ModelDataConfig, model_settings, where="data")
+    return model_cfg, from_dict(other, {k: v for k, v in settings.items() if k in other_keys}, where="data")
 
 
 class _Plan(NamedTuple):
@@ -117,15 +125,8 @@ def _text_plan(settings: dict[str, Any]) -> _Plan:
 def _games_plan(settings: dict[str, Any]) -> _Plan:
     from saekit.sources.games import GamesConfig, game_tokens
 
-    model_keys = {f.name for f in dataclasses.fields(ModelDataConfig)}
-    game_keys = {f.name for f in dataclasses.fields(GamesConfig)}
-    _only(settings, model_keys | game_keys, "games")
-    if isinstance(settings.get("sites"), str):
-        settings = {**settings, "sites": [settings["sites"]]}
-    games = from_dict(GamesConfig, {k: v for k, v in settings.items() if k in game_keys}, where="data")
     # A game has no BOS token: no leading position is skipped unless asked.
-    model_settings = {"skip_positions": 0, **{k: v for k, v in settings.items() if k in model_keys}}
-    model_cfg = from_dict(ModelDataConfig, model_settings, where="data")
+    model_cfg, games = _split(settings, GamesConfig, "games", {"skip_positions": 0})
     return _Plan(model_cfg, lambda tokenizer: game_tokens(games), {"games": dataclasses.asdict(games)})
 
 
