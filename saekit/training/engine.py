@@ -86,7 +86,7 @@ class Run:
     sites: list[tuple[str, ...]]
     """The sites each SAE reads: one, or a crosscoder's several (its input is their rows side by side)."""
     targets: list[tuple[str, ...] | None]
-    """The sites each transcoder reconstructs (its ``site_out``); None for an SAE, which reconstructs its own."""
+    """The sites each transcoder reconstructs (``site_out``, a CLT's ``sites_out``); None: an SAE's own."""
     source: ActivationSource
     cfg: TrainConfig
     objective: Objective

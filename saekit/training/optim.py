@@ -48,11 +48,12 @@ def apply_update(sae: SAE, opt: torch.optim.Optimizer, lr_factor: float, grad_cl
     """Masked gradients, gradient projection, clipping, scheduled step and decoder renormalisation, in
     that order. The entries an architecture masks (``param_masks``) get no gradient, so Adam leaves them
     where they are: at zero."""
-    params = dict(sae.named_parameters())
-    for name, mask in sae.param_masks().items():
-        grad = params[name].grad
-        if grad is not None:
-            grad.mul_(mask)
+    if masks := sae.param_masks():
+        params = dict(sae.named_parameters())
+        for name, mask in masks.items():
+            grad = params[name].grad
+            if grad is not None:
+                grad.mul_(mask)
     if sae.unit_norm_decoder:
         F.remove_parallel_grad_(sae.W_dec)
     if grad_clip is not None:
