@@ -11,7 +11,7 @@ have a large common offset (where Σ||x||² − n||x̄||² would cancel catastro
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -34,6 +34,17 @@ class RowSource(Protocol):
     def iter_rows(
         self, batch_size: int, *, site: str | None = None, max_rows: int | None = None
     ) -> Iterator[Tensor]: ...
+
+
+class ReadoutBatch(NamedTuple):
+    """One context batch of one SAE's readout, as :func:`evaluate_on_model` scores it: ``target [contexts,
+    positions, d_out]`` the activations reconstructed (positions ``>= skip_positions``), ``x_hat`` and
+    ``codes`` their reconstruction and codes, one row per (context, position)."""
+
+    name: str
+    target: Tensor
+    x_hat: Tensor
+    codes: Tensor
 
 
 class _Totals:
@@ -197,9 +208,11 @@ def evaluate_on_model(
     context_batch_size: int = 8,
     dense_threshold: float = 0.1,
     progress: bool = False,
+    on_batch: Callable[[ReadoutBatch], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`evaluate` with a model for every SAE of ``saes`` (by name), each at its own ``sae.site``
-    unless ``sites`` names another.
+    unless ``sites`` names another. ``on_batch`` receives every context batch of every SAE's readout (as
+    trained), for statistics beyond these, computed in the same pass.
 
     The SAEs of one site share its clean and ablated forward passes, so a suite costs
     ``3 + (SAEs on the site)`` forward passes per site over ``tokens``.
@@ -214,7 +227,7 @@ def evaluate_on_model(
         raise DataError("evaluating on a model needs tokens= (an integer tensor [contexts, positions])")
     results: dict[str, dict[str, Any]] = {}
     for site, group in _readouts_by_site(saes, sites).items():
-        activation_metrics = _SiteTotals(group)
+        activation_metrics = _SiteTotals(group, on_batch)
         downstream = downstream_metrics_many(
             module,
             tokens,
@@ -265,8 +278,9 @@ class _SiteTotals:
     """The activation metrics of a site's readouts, fed the clean activations of each context batch
     (``[contexts, positions, d]`` and, for gradient readouts, their gradients) by the downstream pass."""
 
-    def __init__(self, group: Mapping[str, _Readout]) -> None:
+    def __init__(self, group: Mapping[str, _Readout], on_batch: Callable[[ReadoutBatch], None] | None = None) -> None:
         self.group = group
+        self.on_batch = on_batch
         self.totals: dict[str, _Totals] = {}
         self.position_err: dict[str, Tensor] = {}
 
@@ -286,6 +300,8 @@ class _SiteTotals:
                 self.totals[name] = _Totals(sae.d_out, sae.d_sae, param.device)
                 self.position_err[name] = torch.zeros(y.shape[1], dtype=torch.float64)
             self.totals[name].update(y.reshape(-1, y.shape[-1]), y_hat, codes)
+            if self.on_batch is not None and not name.startswith(_PLAIN):
+                self.on_batch(ReadoutBatch(name, y, y_hat, codes))
             self.position_err[name] += (y - y_hat.reshape(y.shape)).double().pow(2).sum(-1).sum(0).cpu()
 
     def result(self, name: str, dense_threshold: float, contexts: int) -> dict[str, Any]:
