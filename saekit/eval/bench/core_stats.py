@@ -129,15 +129,16 @@ class CoreTotals:
 
     @torch.no_grad()
     def update(self, target: Tensor, x_hat: Tensor, codes: Tensor) -> None:
-        x = target.reshape(-1, target.shape[-1]).double()
-        x_hat, codes = x_hat.double(), codes.double()
+        dtype = torch.float32 if target.device.type == "mps" else torch.float64  # MPS has no float64
+        x = target.reshape(-1, target.shape[-1]).to(dtype)
+        x_hat, codes = x_hat.to(dtype), codes.to(dtype)
         n = x.shape[0]
         resid = (x - x_hat).pow(2).sum(-1)
         for key, values in (
             ("l2_norm_in", x.norm(dim=-1)),
             ("l2_norm_out", x_hat.norm(dim=-1)),
             ("l2_ratio", l2_ratio_tokens(x, x_hat)),
-            ("l0", (codes != 0).sum(-1).double()),
+            ("l0", (codes != 0).sum(-1).to(dtype)),
             ("l1", codes.sum(-1)),
             ("explained_variance_legacy", legacy_explained_variance_tokens(x, x_hat)),
             ("mse", resid / n),
