@@ -66,21 +66,11 @@ def absorption_rows(outputs: Mapping[str, dict[str, Any]]) -> list[dict[str, Any
 
 def plot_absorption(outputs: Mapping[str, dict[str, Any]], path: Path) -> Path | None:
     """Mean absorption fraction and full-absorption rate per SAE (bars, standard deviation over seeds)."""
-    plt = pyplot()
-    if plt is None:
-        return None
-    names = list(outputs)
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(names) + 2), 4))
-    for offset, key, label in ((-0.2, "mean_absorption_fraction_score", "absorption fraction"), (0.2, "mean_full_absorption_score", "full absorption")):
-        ys = [outputs[n]["eval_result_metrics"]["mean"][key] or 0.0 for n in names]
-        errs = [outputs[n]["eval_result_unstructured"]["metrics_std"][key] or 0.0 for n in names]
-        ax.bar([i + offset for i in range(len(names))], ys, width=0.4, yerr=errs, capsize=2, label=label)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("mean over letters")
-    ax.set_title("feature absorption (first letter)")
-    ax.legend(fontsize=7)
-    return save_figure(plt, fig, path)
+    bars = {
+        label: {n: (doc["eval_result_metrics"]["mean"][key], doc["eval_result_unstructured"]["metrics_std"][key]) for n, doc in outputs.items()}
+        for key, label in (("mean_absorption_fraction_score", "absorption fraction"), ("mean_full_absorption_score", "full absorption"))
+    }
+    return plot_bars(bars, path, title="feature absorption (first letter)", ylabel="mean over letters")
 
 
 CORE_NOTES = (
@@ -137,9 +127,9 @@ def plot_bars(bars: Mapping[str, Mapping[str, tuple[float | None, float | None]]
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(names) + 2), 4))
     for j, (label, per) in enumerate(bars.items()):
         offset = (j - (len(bars) - 1) / 2) * width
-        ys = [(per.get(n) or (None, None))[0] or 0.0 for n in names]
-        errs = [(per.get(n) or (None, None))[1] or 0.0 for n in names]
-        ax.bar([i + offset for i in range(len(names))], ys, width=width, yerr=errs, capsize=2, label=label)
+        pairs = [per.get(n) or (None, None) for n in names]
+        errs = [err or 0.0 for _, err in pairs] if any(err is not None for _, err in pairs) else None
+        ax.bar([i + offset for i in range(len(names))], [v or 0.0 for v, _ in pairs], width=width, yerr=errs, capsize=2, label=label)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
@@ -149,9 +139,13 @@ def plot_bars(bars: Mapping[str, Mapping[str, tuple[float | None, float | None]]
 
 
 def plot_core(outputs: Mapping[str, dict[str, Any]], path: Path) -> Path | None:
-    """SAEBench's CE-loss score, KL score and explained variance per SAE."""
-    groups = (("ce_loss_score", "model_performance_preservation"), ("kl_div_score", "model_behavior_preservation"), ("explained_variance", "reconstruction_quality"))
-    bars = {key: {n: (doc["eval_result_metrics"][group][key], None) for n, doc in outputs.items()} for key, group in groups}
+    """SAEBench's CE-loss and KL scores and saekit's explained variance (1 − FVU) per SAE: SAEBench's own
+    explained variance is not comparable across sites (docs/metrics.md)."""
+    bars = {
+        "ce_loss_score": {n: (doc["eval_result_metrics"]["model_performance_preservation"]["ce_loss_score"], None) for n, doc in outputs.items()},
+        "kl_div_score": {n: (doc["eval_result_metrics"]["model_behavior_preservation"]["kl_div_score"], None) for n, doc in outputs.items()},
+        "1 − FVU": {n: (doc["eval_result_unstructured"]["saekit"]["explained_variance"], None) for n, doc in outputs.items()},
+    }
     return plot_bars(bars, path, title="SAEBench core", ylabel="score")
 
 
