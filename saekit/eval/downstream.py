@@ -18,7 +18,8 @@ Conventions (papers.md §0, the Gemma Scope paper's):
 * ``loss_recovered_zero = (CE_zero − CE_spliced) / (CE_zero − CE_clean)``: 1 for a perfect
   reconstruction, 0 for one as bad as writing zeros; ``loss_recovered_mean`` likewise with the site's
   mean activation (over the same tokens and positions) in place of zeros.
-* ``kl`` is the mean over scored positions of KL(p_clean ‖ p_spliced) in nats.
+* ``kl`` is the mean over scored positions of KL(p_clean ‖ p_spliced) in nats; ``zero_ablation_kl``
+  the same with the site zeroed (the yardstick of SAEBench's ``kl_div_score``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class DownstreamMetrics:
     loss_recovered_mean: float
     kl: float
     """Mean KL(p_clean ‖ p_spliced) per scored token."""
+    zero_ablation_kl: float
+    """Mean KL(p_clean ‖ p_zeroed) per scored token, the site zeroed."""
     scored_tokens: int
 
     def as_dict(self) -> dict[str, Any]:
@@ -321,6 +324,7 @@ def _metrics(clean: list[_Sums], zero: list[_Sums], mean: list[_Sums], spliced: 
         loss_recovered_zero=recovered(zero_ce, spliced_ce, clean_ce),
         loss_recovered_mean=recovered(mean_ce, spliced_ce, clean_ce),
         kl=sum(s.kl for s in spliced) / scored,
+        zero_ablation_kl=sum(s.kl for s in zero) / scored,
         scored_tokens=scored,
     )
 

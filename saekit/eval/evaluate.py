@@ -10,7 +10,7 @@ memory does not grow with the number of tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -25,6 +25,18 @@ from saekit.models.load import LoadedModel, as_module
 from saekit.sae.base import SAE
 from saekit.sources.tensor import SourceInput, as_source, site_to_read
 from saekit.types import ActivationSource, RowSource
+
+
+class ReadoutBatch(NamedTuple):
+    """One context batch of one SAE's readout, as :func:`evaluate_on_model` scores it: ``target [contexts,
+    positions, d_out]`` the activations reconstructed (positions ``>= skip_positions``), ``x_hat`` and
+    ``codes`` their reconstruction and codes, one row per (context, position)."""
+
+    name: str
+    target: Tensor
+    x_hat: Tensor
+    codes: Tensor
+
 
 
 @torch.no_grad()
@@ -124,9 +136,12 @@ def evaluate_on_model(
     context_batch_size: int = 8,
     dense_threshold: float = 0.1,
     progress: bool = False,
+    on_batch: Callable[[ReadoutBatch], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`evaluate` with a model for every SAE of ``saes`` (by name), each at its own ``sae.site``
     unless ``sites`` names another (a crosscoder at all its sites: :mod:`saekit.eval.crosscoder`).
+    ``on_batch`` receives every context batch of every one-site SAE's readout (as trained), for
+    statistics beyond these, computed in the same pass.
 
     The SAEs of one site share its clean and ablated forward passes, so a suite costs
     ``3 + (SAEs on the site)`` forward passes per site over ``tokens``.
@@ -150,7 +165,7 @@ def evaluate_on_model(
             )  # fmt: skip
     one_site = {name: sae for name, sae in saes.items() if not sae.crosscoder}
     for site, group in _readouts_by_site(one_site, sites).items():
-        activation_metrics = _SiteTotals(group)
+        activation_metrics = _SiteTotals(group, on_batch)
         downstream = downstream_metrics_many(
             module,
             tokens,
@@ -201,8 +216,9 @@ class _SiteTotals:
     """The activation metrics of a site's readouts, fed the clean activations of each context batch
     (``[contexts, positions, d]`` and, for gradient readouts, their gradients) by the downstream pass."""
 
-    def __init__(self, group: Mapping[str, _Readout]) -> None:
+    def __init__(self, group: Mapping[str, _Readout], on_batch: Callable[[ReadoutBatch], None] | None = None) -> None:
         self.group = group
+        self.on_batch = on_batch
         self.totals: dict[str, Totals] = {}
         self.position_err: dict[str, Tensor] = {}
 
@@ -222,6 +238,8 @@ class _SiteTotals:
                 self.totals[name] = Totals(sae.d_out, sae.d_sae, param.device)
                 self.position_err[name] = torch.zeros(y.shape[1], dtype=torch.float64)
             self.totals[name].update(y.reshape(-1, y.shape[-1]), y_hat, codes)
+            if self.on_batch is not None and not name.startswith(_PLAIN):
+                self.on_batch(ReadoutBatch(name, y, y_hat, codes))
             self.position_err[name] += (y - y_hat.reshape(y.shape)).double().pow(2).sum(-1).sum(0).cpu()
 
     def result(self, name: str, dense_threshold: float, contexts: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 from saekit.cli.main import main
 from saekit.io import save_suite
 from saekit.sae import build
-from tests.tiny_lm import letter_llama, write_tiny_model
+from tests.tiny_lm import letter_llama, write_tiny_corpus, write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,13 +54,35 @@ def test_absorption_writes_its_json_and_plot(tmp_path, capsys):
     assert "absorption" in json.loads((tmp_path / "out" / "results.json").read_text())[0]
 
 
+def test_core_and_meta_structure_write_their_json_into_one_table(suite, tmp_path, capsys):
+    corpus = write_tiny_corpus(tmp_path / "corpus", repeats=30)
+    argv = ["eval", str(suite), "--bench", "core,meta_structure", "--corpus", str(corpus), "--tokens", "64", "--context-size", "16"]
+    assert main([*argv, "--batch-size", "2", "--seeds", "2", "--meta-steps", "20", "--device", "cpu"]) == 0
+    out = suite / "bench"
+    doc = json.loads((out / "core" / "a_eval_results.json").read_text())
+    assert doc["eval_type_id"] == "core" and doc["eval_config"]["dataset"] == str(corpus)
+    assert doc["eval_result_metrics"]["token_stats"]["total_tokens_eval_reconstruction"] == 64
+    meta = json.loads((out / "meta_structure_decoder_variance" / "b_eval_results.json").read_text())
+    assert meta["eval_config"]["train_steps"] == 20 and meta["eval_config"]["seed_list"] == [42, 43]
+    rows = json.loads((out / "results.json").read_text())
+    assert {"ce_score", "kl_score", "ev", "ev_centred", "meta_fve"} <= set(rows[0])
+    assert (out / "core.png").is_file() and (out / "meta_structure.png").is_file()
+    assert "saekit eval --bench core,meta_structure: 2 SAE(s) through" in capsys.readouterr().out
+
+
 def test_options_of_the_other_mode_are_refused(suite, capsys):
     assert main(["eval", str(suite), "--bench", "sparse_probing", "--data", "x.npy"]) == 2
     assert "--data has no effect with --bench" in capsys.readouterr().err
     assert main(["eval", str(suite), "--bench", "absorption", "--k", "3", "--skip-positions", "2"]) == 2
-    assert "--k, --skip-positions have no effect without --bench sparse_probing" in capsys.readouterr().err
+    assert "--k, --skip-positions have no effect with --bench absorption" in capsys.readouterr().err
     assert main(["eval", str(suite), "--bench", "sparse_probing", "--words", "30"]) == 2
-    assert "--words has no effect without --bench absorption" in capsys.readouterr().err
+    assert "--words has no effect with --bench sparse_probing" in capsys.readouterr().err
+    assert main(["eval", str(suite), "--bench", "meta_structure", "--tokens", "100", "--batch-size", "2"]) == 2
+    assert "--tokens, --batch-size have no effect with --bench meta_structure" in capsys.readouterr().err
+    assert main(["eval", str(suite), "--bench", "core", "--seeds", "3", "--meta-steps", "10"]) == 2
+    assert "--meta-steps, --seeds have no effect with --bench core" in capsys.readouterr().err
+    assert main(["eval", str(suite), "--bench", "sparse_probing", "--corpus", "x"]) == 2
+    assert "--corpus has no effect with --bench sparse_probing" in capsys.readouterr().err
     assert main(["eval", str(suite), "--seeds", "3"]) == 2
     assert "--seeds has no effect without --bench" in capsys.readouterr().err
     assert not (suite / "bench").exists() and not (suite / "eval").exists()
@@ -69,7 +91,7 @@ def test_options_of_the_other_mode_are_refused(suite, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--bench", "scr"], "argument --bench: unknown benchmark scr; choose from sparse_probing, absorption"),
+        (["--bench", "scr"], "argument --bench: unknown benchmark scr; choose from sparse_probing, absorption, core, meta_structure"),
         (["--bench", "sparse_probing", "--k", "1,x"], "argument --k: expected a positive integer, got 'x'"),
     ],
 )

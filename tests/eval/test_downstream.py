@@ -97,6 +97,7 @@ def test_metrics_equal_a_plain_computation(model, tokens):
     assert got.loss_recovered_mean == pytest.approx((mean_ce - halved_ce) / (mean_ce - clean_ce), rel=1e-8)
     assert got.kl == pytest.approx(plain_kl(clean, halved), rel=1e-8)
     assert got.kl > 0
+    assert got.zero_ablation_kl == pytest.approx(plain_kl(clean, zeroed), rel=1e-8)
     assert got.scored_tokens == 5 * (12 - SKIP - 1)
 
 

@@ -13,6 +13,7 @@ SAEBench's single-seed output lacks) go into ``eval_result_unstructured``, which
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 import uuid
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
 
 from saekit.atomic import write_text
 from saekit.io.convert.native import saelens_cfg
@@ -29,6 +32,9 @@ from saekit.version import __version__
 
 if TYPE_CHECKING:
     from saekit.eval.bench.absorption import AbsorptionConfig
+    from saekit.eval.bench.core import CoreConfig
+    from saekit.eval.bench.core_stats import WeightStats
+    from saekit.eval.bench.meta_structure import MetaStructureConfig
     from saekit.eval.bench.sparse_probing import SparseProbingConfig, TaskRun
 
 TOP_LEVEL_KEYS = (
@@ -191,3 +197,103 @@ def absorption_output(
 def _mean_present(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.fmean(present) if present else None
+
+
+DETAIL_PRECISION = 10
+"""Digits SAEBench rounds each per-latent value to."""
+
+
+def saebench_number(value: float | None) -> float | None:
+    """A value as SAEBench writes it: NaN (and, since JSON has neither, ±inf) as -1."""
+    if value is None:
+        return None
+    return -1 if math.isnan(value) or math.isinf(value) else value
+
+
+def _latent_details(stats: dict[str, Any], weights: WeightStats) -> list[dict[str, Any]]:
+    """SAEBench's per-latent ``eval_result_details`` of the core eval."""
+    columns: dict[str, Tensor | None] = {
+        "feature_density": stats["feature_density"],
+        "consistent_activation_heuristic": stats["consistent_activation_heuristic"],
+        **weights._asdict(),
+    }
+    lists = {key: None if col is None else col.tolist() for key, col in columns.items()}
+    n = len(lists["feature_density"] or [])
+    return [
+        {"index": i, **{key: None if col is None else saebench_number(round(col[i], DETAIL_PRECISION)) for key, col in lists.items()}}
+        for i in range(n)
+    ]
+
+
+def core_output(
+    name: str, sae: SAE, ev: dict[str, Any], stats: dict[str, Any], weights: WeightStats, cfg: CoreConfig,
+    model: LoadedModel, release: str | None, *, tokens: tuple[int, int], batches: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One SAE's ``core`` output: ``ev`` its :func:`~saekit.eval.evaluate.evaluate_on_model` result,
+    ``stats`` its :class:`~saekit.eval.bench.core_stats.CoreTotals` result, ``weights`` its weight statistics."""
+    from saekit.eval.bench.core_stats import misc_metrics
+
+    config = {
+        "model_name": model.name,
+        "llm_dtype": str(model.model.dtype).removeprefix("torch."),
+        "batch_size_prompts": cfg.batch_size_prompts,
+        "n_eval_reconstruction_batches": batches,
+        "n_eval_sparsity_variance_batches": batches,
+        "dataset": cfg.dataset,
+        "context_size": tokens[1],
+        **dict.fromkeys(("compute_kl", "compute_ce_loss", "compute_l2_norms", "compute_sparsity_metrics", "compute_variance_metrics"), True),
+        "compute_featurewise_density_statistics": True,
+        "compute_featurewise_weight_based_metrics": True,
+        "exclude_special_tokens_from_reconstruction": cfg.skip_positions > 0,
+        "verbose": False,
+        "skip_positions": cfg.skip_positions,
+    }
+    zero_kl = ev["zero_ablation_kl"]
+    metrics = {
+        "model_behavior_preservation": {
+            "kl_div_score": (zero_kl - ev["kl"]) / zero_kl if zero_kl != 0 else math.nan,
+            "kl_div_with_ablation": zero_kl,
+            "kl_div_with_sae": ev["kl"],
+        },
+        "model_performance_preservation": {
+            "ce_loss_score": ev["loss_recovered_zero"],
+            "ce_loss_with_ablation": ev["zero_ablation_ce"],
+            "ce_loss_with_sae": ev["spliced_ce"],
+            "ce_loss_without_sae": ev["clean_ce"],
+        },
+        "reconstruction_quality": {k: stats[k] for k in ("explained_variance", "explained_variance_legacy", "mse", "cossim")},
+        "shrinkage": {k: stats[k] for k in ("l2_norm_in", "l2_norm_out", "l2_ratio", "relative_reconstruction_bias")},
+        "sparsity": {"l0": stats["l0"], "l1": stats["l1"]},
+        "token_stats": {"total_tokens_eval_reconstruction": tokens[0] * tokens[1], "total_tokens_eval_sparsity_variance": tokens[0] * tokens[1]},
+        "misc_metrics": misc_metrics(stats["feature_density"], weights.max_encoder_cosine_sim, weights.max_decoder_cosine_sim),
+    }
+    out = base_output("core", config, name, sae, release)
+    out["eval_result_metrics"] = {group: {k: saebench_number(v) for k, v in values.items()} for group, values in metrics.items()}
+    out["eval_result_details"] = _latent_details(stats, weights)
+    saekit_keys = ("fvu", "explained_variance", "mse", "nmse", "cos", "l2_ratio", "l0", "dead_fraction", "dense_fraction",
+                   "delta_ce", "mean_ablation_ce", "loss_recovered_mean", "scored_tokens", "tokens")  # fmt: skip
+    out["eval_result_unstructured"] = {
+        "saekit": {k: saebench_number(ev[k]) for k in saekit_keys} | {"readout": ev.get("readout", "plain"), "site": ev["site"]},
+        "notes": "eval_result_metrics follow SAEBench's formulas (explained_variance about zero, mse divided by the "
+        "batch's tokens); saekit holds saekit's own: explained_variance = 1 - FVU about the mean token, mse per "
+        "element. Scored, replaced and counted: positions >= skip_positions of every context.",
+    }
+    return out
+
+
+def meta_structure_output(name: str, sae: SAE, per_seed: Sequence[dict[str, float]], cfg: MetaStructureConfig, release: str | None) -> dict[str, Any]:
+    """One SAE's ``meta_structure_decoder_variance`` output: metrics averaged over the seeds' meta-SAEs,
+    the per-seed values and their standard deviations in ``eval_result_unstructured``."""
+    keys = ("decoder_fraction_variance_explained", "train_time_seconds", "final_reconstruction_mse")
+    by_seed = {key: [run[key] for run in per_seed] for key in keys}
+    config = {**asdict(cfg), "seed_list": [cfg.random_seed + s for s in range(cfg.seeds)], "dtype": "float32", "autocast": False}
+    out = base_output("meta_structure_decoder_variance", config, name, sae, release)
+    out["eval_result_metrics"] = {"meta_structure": {k: statistics.fmean(v) for k, v in by_seed.items()}}
+    out["eval_result_unstructured"] = {
+        "seeds": config["seed_list"],
+        "metrics_per_seed": by_seed,
+        "metrics_std": {k: _std(v) for k, v in by_seed.items()},
+        "meta_width": per_seed[0]["meta_width"],
+        "notes": "metrics: means over seeds of one meta-SAE each, trained by saekit's engine on the unit-norm decoder rows",
+    }
+    return out

@@ -66,21 +66,94 @@ def absorption_rows(outputs: Mapping[str, dict[str, Any]]) -> list[dict[str, Any
 
 def plot_absorption(outputs: Mapping[str, dict[str, Any]], path: Path) -> Path | None:
     """Mean absorption fraction and full-absorption rate per SAE (bars, standard deviation over seeds)."""
+    bars = {
+        label: {n: (doc["eval_result_metrics"]["mean"][key], doc["eval_result_unstructured"]["metrics_std"][key]) for n, doc in outputs.items()}
+        for key, label in (("mean_absorption_fraction_score", "absorption fraction"), ("mean_full_absorption_score", "full absorption"))
+    }
+    return plot_bars(bars, path, title="feature absorption (first letter)", ylabel="mean over letters")
+
+
+CORE_NOTES = (
+    "Core (SAEBench's formulas): `ce_score` = (CE_zeroed − CE_spliced) / (CE_zeroed − CE_clean), `kl_score` = "
+    "(KL_zeroed − KL_spliced) / KL_zeroed, `ev` SAEBench's explained variance (about zero), `ev_centred` "
+    "saekit's 1 − FVU (about the mean token), `l2_ratio` mean ‖x̂‖/‖x‖, `alive` the fraction of latents that fired."
+)
+META_NOTES = (
+    "`meta_fve`: the fraction of the unit-norm decoder rows' variance a BatchTopK meta-SAE (a quarter as wide, "
+    "k = 4) explains (SAEBench's decoder_fraction_variance_explained); high: the latents share structure. "
+    "Mean ± standard deviation over the meta-SAEs' seeds."
+)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def core_rows(outputs: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per SAE: SAEBench's headline core metrics and saekit's centred explained variance."""
+    rows = []
+    for name, doc in outputs.items():
+        m = doc["eval_result_metrics"]
+        row = _identity(name, doc)
+        row |= {
+            "ce_score": _number(m["model_performance_preservation"]["ce_loss_score"]),
+            "kl_score": _number(m["model_behavior_preservation"]["kl_div_score"]),
+            "ev": _number(m["reconstruction_quality"]["explained_variance"]),
+            "ev_centred": _number(doc["eval_result_unstructured"]["saekit"]["explained_variance"]),
+            "l0": f"{m['sparsity']['l0']:.1f}",
+            "l2_ratio": _number(m["shrinkage"]["l2_ratio"]),
+            "alive": _number(m["misc_metrics"]["frac_alive"]),
+        }
+        rows.append(row)
+    return rows
+
+
+def meta_rows(outputs: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per SAE: the meta-SAE's fraction of decoder variance explained (mean ± std over seeds)."""
+    key = "decoder_fraction_variance_explained"
+    return [
+        _identity(name, doc) | {"meta_fve": _pm(doc["eval_result_metrics"]["meta_structure"][key], doc["eval_result_unstructured"]["metrics_std"][key])}
+        for name, doc in outputs.items()
+    ]
+
+
+def plot_bars(bars: Mapping[str, Mapping[str, tuple[float | None, float | None]]], path: Path, *, title: str, ylabel: str) -> Path | None:
+    """Grouped bars: ``bars[label][sae] = (value, error)`` (None: left out / no error bar); None without matplotlib."""
     plt = pyplot()
     if plt is None:
         return None
-    names = list(outputs)
+    names = list(dict.fromkeys(n for per in bars.values() for n in per))
+    width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(names) + 2), 4))
-    for offset, key, label in ((-0.2, "mean_absorption_fraction_score", "absorption fraction"), (0.2, "mean_full_absorption_score", "full absorption")):
-        ys = [outputs[n]["eval_result_metrics"]["mean"][key] or 0.0 for n in names]
-        errs = [outputs[n]["eval_result_unstructured"]["metrics_std"][key] or 0.0 for n in names]
-        ax.bar([i + offset for i in range(len(names))], ys, width=0.4, yerr=errs, capsize=2, label=label)
+    for j, (label, per) in enumerate(bars.items()):
+        offset = (j - (len(bars) - 1) / 2) * width
+        pairs = [per.get(n) or (None, None) for n in names]
+        errs = [err or 0.0 for _, err in pairs] if any(err is not None for _, err in pairs) else None
+        ax.bar([i + offset for i in range(len(names))], [v or 0.0 for v, _ in pairs], width=width, yerr=errs, capsize=2, label=label)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("mean over letters")
-    ax.set_title("feature absorption (first letter)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=7)
     return save_figure(plt, fig, path)
+
+
+def plot_core(outputs: Mapping[str, dict[str, Any]], path: Path) -> Path | None:
+    """SAEBench's CE-loss and KL scores and saekit's explained variance (1 − FVU) per SAE: SAEBench's own
+    explained variance is not comparable across sites (docs/metrics.md)."""
+    bars = {
+        "ce_loss_score": {n: (doc["eval_result_metrics"]["model_performance_preservation"]["ce_loss_score"], None) for n, doc in outputs.items()},
+        "kl_div_score": {n: (doc["eval_result_metrics"]["model_behavior_preservation"]["kl_div_score"], None) for n, doc in outputs.items()},
+        "1 − FVU": {n: (doc["eval_result_unstructured"]["saekit"]["explained_variance"], None) for n, doc in outputs.items()},
+    }
+    return plot_bars(bars, path, title="SAEBench core", ylabel="score")
+
+
+def plot_meta(outputs: Mapping[str, dict[str, Any]], path: Path) -> Path | None:
+    """The meta-SAE's fraction of decoder variance explained per SAE, standard deviation over seeds."""
+    key = "decoder_fraction_variance_explained"
+    per = {n: (doc["eval_result_metrics"]["meta_structure"][key], doc["eval_result_unstructured"]["metrics_std"][key]) for n, doc in outputs.items()}
+    return plot_bars({"meta-SAE": per}, path, title="meta-structure (decoder variance explained)", ylabel="fraction")
 
 
 def task_table(outputs: Mapping[str, dict[str, Any]]) -> str:
@@ -140,6 +213,7 @@ def write_bench_report(
     merged: dict[str, dict[str, Any]] = {}
     parts, plots = [intro], []
     probing, absorbed = results.get("sparse_probing"), results.get("absorption_first_letter")
+    cored, meta = results.get("core"), results.get("meta_structure_decoder_variance")
     if probing:
         for row in summary_rows(probing):
             merged.setdefault(row["name"], {}).update(row)
@@ -150,6 +224,15 @@ def write_bench_report(
             merged.setdefault(row["name"], {}).update(row)
         plots.append(plot_absorption(absorbed, out / "absorption.png"))
         parts.append(ABSORPTION_NOTES)
+    for outputs, to_rows, plot, notes, png in (
+        (cored, core_rows, plot_core, CORE_NOTES, "core.png"),
+        (meta, meta_rows, plot_meta, META_NOTES, "meta_structure.png"),
+    ):
+        if outputs:
+            for row in to_rows(outputs):
+                merged.setdefault(row["name"], {}).update(row)
+            plots.append(plot(outputs, out / png))
+            parts.append(notes)
     rows = list(merged.values())
     columns = list(dict.fromkeys(c for row in rows for c in row))
     parts.append(f"SAEBench JSON: {len(files)} file(s) in {', '.join(f'`{t}/`' for t in results)}.\n\nPer SAE:")

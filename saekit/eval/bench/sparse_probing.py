@@ -153,6 +153,8 @@ def check_saes(saes: Mapping[str, SAE], k_values: Sequence[int]) -> None:
     if not saes:
         raise ConfigError("a benchmark needs at least one SAE")
     for name, sae in saes.items():
+        if sae.crosscoder:
+            raise ConfigError(f"SAE {name!r} reads several sites {list(sae.sites)}; SAEBench's evaluations take SAEs of one site")
         if sae.site is None:
             raise ConfigError(f"SAE {name!r} records no site: the benchmark needs to know where to read the model")
         if max(k_values) > sae.d_sae:

@@ -172,6 +172,10 @@ def test_a_model_without_its_tokenizer_and_a_siteless_sae_are_named(lm):
         sparse_probing({}, lm, CFG, tasks=[_task()])
     with pytest.raises(ConfigError, match="'bare' records no site"):
         sparse_probing({"bare": build("relu", d_in=16, d_sae=32)}, lm, CFG, tasks=[_task()])
+    crosscoder = build("crosscoder", d_in=32, d_sae=32)
+    crosscoder.metadata["sites"] = ["layers.0.resid_post", "layers.1.resid_post"]
+    with pytest.raises(ConfigError, match="'cc' reads several sites .*take SAEs of one site"):
+        sparse_probing({"cc": crosscoder}, lm, CFG, tasks=[_task()])
 
 
 def test_a_task_with_too_few_texts_of_a_class_is_named(lm):
