@@ -15,7 +15,8 @@ number of sites it writes to (share >= ``writes_at``) describe the same thing.
 Norms are measured in the units of training, where each site was scaled to unit mean squared norm
 (``metadata["normalization_factors"]``): there, unlike in raw units, a site whose activations are ten
 times larger does not make every latent look exclusive to it. Latents whose decoder vectors are all
-zero (never trained) are left out.
+zero are left out; a latent that never fired keeps its initial decoder, about equally long at every
+site, and so reads as shared (judge sharing on a crosscoder with few dead latents).
 """
 
 from __future__ import annotations

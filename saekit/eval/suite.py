@@ -14,6 +14,7 @@ from saekit.eval.evaluate import evaluate, evaluate_on_model
 from saekit.eval.report import write_report
 from saekit.eval.suite_plots import plot_by_depth, plot_density, plot_frontier, site_depth
 from saekit.sae.base import SAE
+from saekit.training.sites import label
 
 MODEL_COLUMNS = [
     "name", "site", "architecture", "d_sae", "l0", "fvu", "cos", "dead_fraction", "dense_fraction",
@@ -31,7 +32,7 @@ METRIC_NOTES = (
 
 
 def _identity(name: str, sae: SAE) -> dict[str, Any]:
-    return {"name": name, "site": sae.site or "", "architecture": sae.architecture, "d_sae": sae.d_sae}
+    return {"name": name, "site": label(sae.sites), "architecture": sae.architecture, "d_sae": sae.d_sae}
 
 
 def evaluate_suite(
