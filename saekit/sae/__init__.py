@@ -4,6 +4,7 @@ from saekit.sae import (
     batch_topk,  # noqa: F401
     feature_choice,  # noqa: F401
     gated,  # noqa: F401
+    gated_anneal,  # noqa: F401
     gradient_topk,  # noqa: F401
     jumprelu,  # noqa: F401
     matryoshka,  # noqa: F401

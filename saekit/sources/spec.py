@@ -137,14 +137,14 @@ def games_source(settings: dict[str, Any], comm: Comm = LOCAL) -> ModelSource:
     game_keys = {f.name for f in dataclasses.fields(GamesConfig)}
     _only(settings, model_keys | game_keys, "games")
     if "model" not in settings:
-        raise ConfigError("data: kind 'games' needs a 'model' (a folder written by `saekit games othello-model`)")
+        raise ConfigError("data: kind 'games' needs a 'model' (a folder written by `saekit games othello-model` or `chess-model`)")
     if isinstance(settings.get("sites"), str):
         settings = {**settings, "sites": [settings["sites"]]}
     games = from_dict(GamesConfig, {k: v for k, v in settings.items() if k in game_keys}, where="data")
     # A game has no BOS token: no leading position is skipped unless asked.
     model_settings = {"skip_positions": 0, **{k: v for k, v in settings.items() if k in model_keys}}
     model_cfg = from_dict(ModelDataConfig, model_settings, where="data")
-    return model_source_of(model_cfg, lambda tokenizer: game_tokens(games), {"games": dataclasses.asdict(games)}, comm)
+    return model_source_of(model_cfg, lambda tokenizer: game_tokens(games, tokenizer), {"games": dataclasses.asdict(games)}, comm)
 
 
 SOURCE_KINDS = {"file": _file, "synthetic": _synthetic, "model": model_source, "games": games_source, "cache": _cache}
