@@ -46,6 +46,8 @@ from saekit.cli.run_config import (
     build_saes,
     parse_with_models_table,
     read_config_file,
+    sae_name,
+    sae_spec,
     train_from_config,
 )
 from saekit.errors import ConfigError
@@ -140,6 +142,14 @@ def _source(s: Study, model: str, **games: int) -> ModelSource:
 def _train(s: Study, label: str, model: str, folder: Path, resume: bool) -> tuple[list[str], list[SAE]]:
     if resume and (folder / "saes" / INDEX_FILE).is_file():
         suite = load_suite(folder / "saes")
+        wanted = [sae_name(i, sae_spec(i, table)) for i, table in enumerate(s.run.saes)]
+        if list(suite) != wanted:
+            missing = [n for n in wanted if n not in suite]
+            raise ConfigError(
+                f"{folder / 'saes'} holds the SAEs {list(suite)}, the config asks for {wanted}"
+                + (f" (not trained there: {missing})" if missing else "")
+                + "; a resumed study reuses its trained SAEs as they are: study the new ones into another folder"
+            )
         return list(suite), list(suite.values())
     source = _source(s, model)
     built = build_saes(s.run.saes, source)

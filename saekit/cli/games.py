@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saekit.cli.args import add_run_arguments, doc_help, non_negative_int, positive_int
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from saekit.boardgames.chess_model import ChessModelConfig
+    from saekit.boardgames.game_train import GameTask
+    from saekit.boardgames.othello_eval import LegalMoveAccuracy
+    from saekit.boardgames.othello_model import OthelloModelConfig
 
 _TYPES = {"lr": float, "weight_decay": float, "warmup_steps": non_negative_int, "seed": non_negative_int, "eval_seed": non_negative_int, "player": str}
 
@@ -96,7 +105,7 @@ def _cmd_othello_model(args: argparse.Namespace) -> int:
 
     config = _config(args, OthelloModelConfig, "othello-model")
     held_out = random_games(config.eval_games, config.eval_seed).moves
-    return _train_and_score(args, othello_task(config), lambda model: legal_move_accuracy(model, held_out), build_model(config).eval())
+    return _train_and_score(args, othello_task(config), config, lambda model: legal_move_accuracy(model, held_out), build_model(config).eval())
 
 
 def _cmd_chess_model(args: argparse.Namespace) -> int:
@@ -108,7 +117,7 @@ def _cmd_chess_model(args: argparse.Namespace) -> int:
     config = _config(args, ChessModelConfig, "chess-model")
     held_out = random_chess_games(config.eval_games, config.eval_seed, player=config.player, max_plies=config.max_plies)
     score = lambda model: chess_legal_move_accuracy(model, held_out, config.context)  # noqa: E731
-    return _train_and_score(args, chess_task(config), score, build_chess_model(config).eval())
+    return _train_and_score(args, chess_task(config), config, score, build_chess_model(config).eval())
 
 
 def _config(args: argparse.Namespace, cls: type, where: str) -> Any:
@@ -121,14 +130,18 @@ def _config(args: argparse.Namespace, cls: type, where: str) -> Any:
     return from_dict(cls, {f.name: vars(args)[f.name] for f in dataclasses.fields(cls)}, where=where)
 
 
-def _train_and_score(args: argparse.Namespace, task: Any, score: Any, control: Any) -> int:
-    """Train ``task`` into --out, then write and print the legal-move accuracy of the trained model and
-    of its random initialisation (``control``) on the held-out games ``score`` reads."""
+def _train_and_score(
+    args: argparse.Namespace, task: GameTask, evaluated: OthelloModelConfig | ChessModelConfig,
+    score: Callable[[nn.Module], LegalMoveAccuracy], control: nn.Module,
+) -> int:  # fmt: skip
+    """Train ``task`` (of the config ``evaluated``) into --out, then write and print the legal-move
+    accuracy of the trained model and of its random initialisation (``control``) on the held-out games
+    ``score`` reads."""
     from saekit.atomic import write_text
     from saekit.boardgames.game_train import train_game_model
     from saekit.strict import to_dict
 
-    out, config = Path(args.out), task.config
+    out, config = Path(args.out), evaluated
     trained = train_game_model(task, out, resume=args.resume)
     result = {
         "trained": score(trained.model)._asdict(),

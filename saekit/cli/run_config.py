@@ -244,6 +244,11 @@ class BuiltSAEs(NamedTuple):
     names: list[str]
 
 
+def sae_name(i: int, spec: SAESpec) -> str:
+    """The name of the ``i``-th SAE of a config: its ``name``, or ``<i>-<architecture>``."""
+    return spec.name or f"{i:02d}-{spec.architecture}"
+
+
 def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSAEs:
     """SAEs from [[sae]] tables; ``d_in`` defaults to the width of the SAE's site in ``source``."""
     saes, names = [], []
@@ -272,7 +277,7 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
         if written is not None:
             sae.metadata["site_out"] = written if spec.site_out is None else spec.site_out
         saes.append(sae)
-        names.append(spec.name or f"{i:02d}-{spec.architecture}")
+        names.append(sae_name(i, spec))
     if len(set(names)) != len(names):
         raise ConfigError(f"SAE names must be unique, got {names}")
     return BuiltSAEs(saes, names)

@@ -151,3 +151,11 @@ def test_a_chess_study_of_an_othello_model_is_refused_by_name(model_run, tmp_pat
     path.write_text(path.read_text().replace('kind = "games"', 'kind = "games"\ngame = "chess"'))
     with pytest.raises(ConfigError, match="not a model of chess"):
         run_study(load_study_config(path), tmp_path / "out")
+
+
+def test_a_resumed_study_refuses_saes_the_config_added_by_name(model_run, tmp_path):
+    path = _config(model_run, tmp_path)
+    run_study(load_study_config(path), tmp_path / "out")
+    path.write_text(path.read_text() + '[[sae]]\narchitecture = "gated_anneal"\nname = "gated-anneal"\nd_sae = 32\n')
+    with pytest.raises(ConfigError, match=r"asks for \['topk-4', 'standard', 'gated-anneal'\] \(not trained there: \['gated-anneal'\]\)"):
+        run_study(load_study_config(path), tmp_path / "out", resume=True)
