@@ -21,8 +21,8 @@ Beside them, the baseline the paper's numbers sit next to: a linear probe per sq
 activations, fitted on the first half and scored on the second with the F1 of the board properties it
 predicts (:mod:`saekit.boardgames.probe`).
 
-This module and its report sit at the top of the stack (they train with the engine); the rest of
-``saekit.boardgames`` stands on ``errors`` alone.
+This module, study_boards and the report sit at the top of the stack (they train with the engine and
+read models); the rest of ``saekit.boardgames`` stands on ``errors`` alone.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from saekit.boardgames import generate
 from saekit.boardgames.generate import GenerateConfig, generate_games, read_games
 from saekit.boardgames.othello_games import random_games
 from saekit.boardgames.pgn import random_chess_games
-from saekit.errors import ConfigError
+from saekit.errors import ConfigError, DataError
 from saekit.strict import from_dict
 
 
@@ -79,3 +79,14 @@ def test_an_existing_file_is_never_written_over(tmp_path):
 def test_bad_settings_are_named(values, words):
     with pytest.raises(ConfigError, match=words):
         from_dict(GenerateConfig, values, where="generate")
+
+
+def test_a_file_that_is_not_othello_games_is_named(tmp_path):
+    np.save(tmp_path / "f.npy", np.zeros((3, 60), dtype=np.float32))
+    with pytest.raises(DataError, match="not a file of Othello games"):
+        read_games(tmp_path / "f.npy")
+    (tmp_path / "t.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(DataError, match="t.npy"):
+        read_games(tmp_path / "t.npy")
+    with pytest.raises(DataError, match="cannot read the chess games"):
+        read_games(tmp_path / "missing.txt")
