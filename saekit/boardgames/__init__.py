@@ -4,14 +4,21 @@ Othello: ``OthelloBoard`` the rules one game at a time; ``random_games`` games o
 moves, generated in bulk; ``replay`` the positions of given games; ``encode_moves`` / ``decode_tokens``
 the 61-token vocabulary; ``othello_properties`` the board-state properties. Chess (needs the ``chess``
 package): ``random_chess_games`` game strings from seeded players; ``encode_pgn`` / ``decode_pgn`` the
-32-character vocabulary; ``chess_properties``. Models: ``train_othello_model`` trains an Othello-GPT
-(``OthelloModelConfig``) into a Hugging Face folder, ``legal_move_accuracy`` scores it. Metrics:
+32-character vocabulary; ``chess_properties``. ``generate_games`` writes seeded games of either to a file
+(``read_games`` reads it). Models, trained by one loop (game_train): ``train_othello_model`` trains an
+Othello-GPT (``OthelloModelConfig``) into a Hugging Face folder, ``legal_move_accuracy`` scores it;
+``train_chess_model`` a character-level chess GPT (``ChessModelConfig``), ``chess_legal_move_accuracy``
+the legality of its greedy moves. Metrics:
 ``coverage`` and ``board_reconstruction`` on SAE codes and a ``PropertyTable``'s values. See
 docs/boardgames.md.
 """
 
 from saekit.boardgames.board_metrics import Coverage, Reconstruction, board_reconstruction, coverage
+from saekit.boardgames.chess_eval import chess_legal_move_accuracy
+from saekit.boardgames.chess_model import ChessModelConfig
 from saekit.boardgames.chess_properties import chess_properties
+from saekit.boardgames.chess_train import train_chess_model
+from saekit.boardgames.generate import GenerateConfig, generate_games, read_games
 from saekit.boardgames.othello import OthelloBoard, play_game, square_index, square_name
 from saekit.boardgames.othello_eval import LegalMoveAccuracy, legal_move_accuracy
 from saekit.boardgames.othello_games import OthelloGames, Replay, random_games, replay
@@ -23,7 +30,9 @@ from saekit.boardgames.pgn import decode_pgn, encode_pgn, random_chess_games
 from saekit.boardgames.properties import PropertyTable, join, square_groups
 
 __all__ = [
+    "ChessModelConfig",
     "Coverage",
+    "GenerateConfig",
     "LegalMoveAccuracy",
     "OthelloBoard",
     "OthelloGames",
@@ -32,21 +41,25 @@ __all__ = [
     "Reconstruction",
     "Replay",
     "board_reconstruction",
+    "chess_legal_move_accuracy",
     "chess_properties",
     "coverage",
     "decode_pgn",
     "decode_tokens",
     "encode_moves",
     "encode_pgn",
+    "generate_games",
     "join",
     "legal_move_accuracy",
     "othello_properties",
     "play_game",
     "random_chess_games",
     "random_games",
+    "read_games",
     "replay",
     "square_groups",
     "square_index",
     "square_name",
+    "train_chess_model",
     "train_othello_model",
 ]

@@ -13,11 +13,11 @@ work on it; the text of a game is its squares separated by spaces.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from saekit.boardgames.game_model import build_gpt, check_game_config
 from saekit.boardgames.othello import square_name
 from saekit.boardgames.othello_tokens import CONTEXT, PAD, PLAYABLE, VOCAB_SIZE
 
@@ -57,35 +57,12 @@ class OthelloModelConfig:
     """Steps between resume states (the log-spaced checkpoints are kept besides)."""
 
     def __post_init__(self) -> None:
-        for name in ("layers", "d_model", "heads", "steps", "batch_games", "eval_games", "save_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.heads:
-            raise ValueError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(f"warmup_steps must be in 0..steps ({self.steps}), got {self.warmup_steps}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be 0 or more, got {self.weight_decay!r}")
-        if min(self.seed, self.eval_seed) < 0 or self.seed == self.eval_seed:
-            raise ValueError(f"seed and eval_seed must be different non-negative integers, got {self.seed} and {self.eval_seed}")
+        check_game_config(self)
 
 
 def build_model(config: OthelloModelConfig, *, seed: int | None = None) -> GPT2LMHeadModel:
     """A freshly initialised model of ``config``'s shape; weights drawn from ``seed`` (default: config.seed)."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    gpt = GPT2Config(
-        vocab_size=VOCAB_SIZE, n_positions=CONTEXT, n_embd=config.d_model, n_layer=config.layers, n_head=config.heads,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, pad_token_id=PAD,
-        tie_word_embeddings=False,
-    )  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed if seed is None else seed)
-        return GPT2LMHeadModel(gpt)
+    return build_gpt(config, vocab_size=VOCAB_SIZE, context=CONTEXT, pad_token_id=PAD, seed=config.seed if seed is None else seed)
 
 
 def othello_tokenizer() -> PreTrainedTokenizerFast:

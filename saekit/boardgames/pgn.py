@@ -76,17 +76,25 @@ def complete_moves(text: str) -> list[str]:
     return [word.rpartition(".")[2] for word in words]
 
 
-def random_chess_games(n: int, seed: int, *, player: str = "random", max_plies: int = 400) -> list[str]:
-    """``n`` game strings, each played from the start by ``player`` for both sides until the game is over
+def plies_to_fill(chars: int) -> int:
+    """Plies a game needs at most to be ``chars`` characters long: every ply takes at least four (``1.e4 ``
+    five, ``e5 `` three). Game ``i``'s first plies do not depend on ``max_plies``, so games cut there
+    begin as the games played to the end do."""
+    return chars // 4 + 2
+
+
+def random_chess_games(n: int, seed: int, *, player: str = "random", max_plies: int = 400, start: int = 0) -> list[str]:
+    """Games ``start .. start + n - 1`` of ``seed`` as game strings, each played from the start by
+    ``player`` for both sides until the game is over
     (checkmate, stalemate, insufficient material, the 75-move or fivefold-repetition rule) or
     ``max_plies`` moves. Game ``i`` depends only on ``(seed, i)`` and the settings."""
-    for name, value in (("n", n), ("seed", seed), ("max_plies", max_plies)):
+    for name, value in (("n", n), ("seed", seed), ("max_plies", max_plies), ("start", start)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"random_chess_games: {name} must be a non-negative integer, got {value!r}")
     if player not in PLAYERS:
         raise ConfigError(f"random_chess_games: player must be one of {', '.join(PLAYERS)}, got {player!r}")
     chess = chess_module()
-    return [_play(chess, random.Random(f"{seed}:{i}"), player, max_plies) for i in range(n)]
+    return [_play(chess, random.Random(f"{seed}:{i}"), player, max_plies) for i in range(start, start + n)]
 
 
 def _play(chess: ModuleType, rng: random.Random, player: str, max_plies: int) -> str:

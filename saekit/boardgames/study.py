@@ -1,25 +1,28 @@
-"""The board-game paper's study (Karvonen et al. 2024, papers.md §8) on the Othello-GPT: SAEs of several
-architectures and sparsities trained on the trained model and on a randomly initialised model of the
-same shape (the paper's control), each scored against the board's ground truth.
+"""The board-game paper's study (Karvonen et al. 2024, papers.md §8) on a game model (the Othello-GPT
+or the chess GPT): SAEs of several architectures and sparsities trained on the trained model and on a
+randomly initialised model of the same shape (the paper's control), each scored against the board's
+ground truth.
 
-A study config is a run config (``[data]`` of kind "games" without a model, ``[train]``, ``[[sae]]``)
-with a ``[study]`` table naming the two models. For each model the SAEs train side by side in one engine
-run (``OUT/<trained|random>/``, resumable), then every SAE is measured on held-out games:
+A study config is a run config (``[data]`` of kind "games" without a model, its ``game`` choosing
+Othello or chess, ``[train]``, ``[[sae]]``) with a ``[study]`` table naming the two models. For each
+model the SAEs train side by side in one engine run (``OUT/<trained|random>/``, resumable), then every
+SAE is measured on held-out games (the positions and properties of :mod:`.study_boards`):
 
-* ``coverage``: of the 128 blank-masked board properties (mine / theirs per square), and of the 64
-  legal-move properties (:func:`saekit.boardgames.coverage`);
-* ``reconstruction``: board reconstruction of the blank-masked board (mine / theirs per square, as the
-  paper reports it), latents labelled on the first half of the games and boards predicted on the
-  second, with the paper's per-square rule (:func:`saekit.boardgames.board_reconstruction`);
-* ``reconstruction_with_empty``: the same over all 192 board properties (mine / empty / theirs);
+* ``coverage_board``: coverage of the blank-masked board properties, and ``coverage_legal`` (Othello:
+  the 64 legal-move properties) or ``coverage_rules`` (chess: check, pin, castling rights, en passant)
+  (:func:`saekit.boardgames.coverage`);
+* ``reconstruction``: board reconstruction of the blank-masked board, as the paper reports it, latents
+  labelled on the first half of the games and boards predicted on the second, with the paper's
+  per-square rule (:func:`saekit.boardgames.board_reconstruction`);
+* ``reconstruction_with_empty``: the same over every (square, class) property, empty squares included;
 * L0 and FVU on the same positions.
 
-Beside them, the baseline the paper's numbers sit next to: a linear probe per square (mine / empty /
-theirs) on the same activations, fitted on the first half and scored on the second with the F1 of the
-board properties it predicts (:mod:`saekit.boardgames.probe`).
+Beside them, the baseline the paper's numbers sit next to: a linear probe per square on the same
+activations, fitted on the first half and scored on the second with the F1 of the board properties it
+predicts (:mod:`saekit.boardgames.probe`).
 
-This module and its report sit at the top of the stack (they train with the engine); the rest of
-``saekit.boardgames`` stands on ``errors`` alone.
+This module, study_boards and the report sit at the top of the stack (they train with the engine and
+read models); the rest of ``saekit.boardgames`` stands on ``errors`` alone.
 """
 
 from __future__ import annotations
@@ -34,10 +37,8 @@ import torch
 
 from saekit.atomic import write_text
 from saekit.boardgames.board_metrics import board_reconstruction, coverage
-from saekit.boardgames.othello_properties import BOARD, BOARD_BLANK_MASKED, LEGAL, othello_properties
-from saekit.boardgames.othello_tokens import decode_tokens
 from saekit.boardgames.probe import probe_board
-from saekit.boardgames.properties import square_groups
+from saekit.boardgames.study_boards import Board, board_of
 from saekit.boardgames.study_report import write_study_report
 from saekit.cli.run_config import (
     RunConfig,
@@ -45,6 +46,8 @@ from saekit.cli.run_config import (
     build_saes,
     parse_with_models_table,
     read_config_file,
+    sae_name,
+    sae_spec,
     train_from_config,
 )
 from saekit.errors import ConfigError
@@ -61,7 +64,7 @@ class StudyConfig:
     """The ``[study]`` table: the models and the held-out games."""
 
     model: str
-    """The trained Othello-GPT: the ``model/`` folder of a ``saekit games othello-model`` run."""
+    """The trained game model: the ``model/`` folder of a ``saekit games othello-model`` or ``chess-model`` run."""
     control: str | None = None
     """A randomly initialised model of the same shape (the paper's control); default: the same run's
     ``checkpoints/step-0``, its weights before training."""
@@ -88,12 +91,17 @@ class Study(NamedTuple):
     study: StudyConfig
     raw: dict[str, Any]
 
+    @property
+    def game(self) -> str:
+        """``[data] game``: "othello" (the default) or "chess"."""
+        return str(self.run.data.get("game", "othello"))
+
 
 def load_study_config(path: str | Path, overrides: list[str] | None = None) -> Study:
     """Read and check a study config (errors name the file and the key)."""
     raw = apply_overrides(read_config_file(path), overrides or [])
     try:
-        study, run = parse_with_models_table(raw, "study", StudyConfig, "model = the trained Othello-GPT's folder", ("games",))
+        study, run = parse_with_models_table(raw, "study", StudyConfig, "model = the trained game model's folder", ("games",))
         study.models()
         return Study(run, study, raw)
     except ConfigError as exc:
@@ -108,13 +116,13 @@ def run_study(s: Study, out: Path, *, resume: bool = False) -> list[dict[str, An
     for label, model in s.study.models().items():
         names, saes = _train(s, label, model, out / label, resume)
         source = _source(s, model, games=s.study.eval_games, seed=s.study.eval_seed)
-        board = _board(source)
-        probes[label] = probe_board(board.acts[_site(saes)], board.state, board.split)._asdict()
+        board = board_of(s.game, source)
+        probes[label] = probe_board(board.acts[_site(saes)], board.state, board.split, classes=board.classes, empty=board.empty)._asdict()
         for name, sae in zip(names, saes):
             rows.append({"model": label, "name": name, **_measure(sae, board)})
             print(f"[study] {label} {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in rows[-1].items() if isinstance(v, float)))
     write_text(out / "study.json", json.dumps({"rows": rows, "probes": probes, "config": s.raw}, indent=2, default=str) + "\n")
-    write_study_report(out, rows, probes)
+    write_study_report(out, rows, probes, s.game)
     return rows
 
 
@@ -134,6 +142,14 @@ def _source(s: Study, model: str, **games: int) -> ModelSource:
 def _train(s: Study, label: str, model: str, folder: Path, resume: bool) -> tuple[list[str], list[SAE]]:
     if resume and (folder / "saes" / INDEX_FILE).is_file():
         suite = load_suite(folder / "saes")
+        wanted = [sae_name(i, sae_spec(i, table)) for i, table in enumerate(s.run.saes)]
+        if list(suite) != wanted:
+            missing = [n for n in wanted if n not in suite]
+            raise ConfigError(
+                f"{folder / 'saes'} holds the SAEs {list(suite)}, the config asks for {wanted}"
+                + (f" (not trained there: {missing})" if missing else "")
+                + "; a resumed study reuses its trained SAEs as they are: study the new ones into another folder"
+            )
         return list(suite), list(suite.values())
     source = _source(s, model)
     built = build_saes(s.run.saes, source)
@@ -141,30 +157,6 @@ def _train(s: Study, label: str, model: str, folder: Path, resume: bool) -> tupl
     result = train_from_config(s.run, built.saes, source, out_dir=folder, resume=resume, start_files=record)
     save_suite(result.saes, folder / "saes", names=built.names)
     return built.names, list(result.saes)
-
-
-class Board(NamedTuple):
-    acts: dict[str, torch.Tensor]
-    """site -> [positions, d]: the model's activations at every move of the held-out games."""
-    state: np.ndarray
-    """bool [positions, 192]: the board properties (``BOARD``) of each position."""
-    blank_masked: np.ndarray
-    legal: np.ndarray
-    split: int
-    """Positions before ``split`` (the first half of the games) fit; the rest test."""
-    groups: np.ndarray
-    """The square of each blank-masked property (the per-square rule of reconstruction)."""
-
-
-def _board(source: ModelSource) -> Board:
-    tokens = source.tokens
-    acts = source.activations_of(torch.arange(tokens.shape[0]))
-    table = othello_properties(decode_tokens(tokens.numpy()), context=tokens.shape[1])
-    if len(table.values) != tokens.numel():
-        raise ConfigError(f"the held-out games give {len(table.values)} positions for {tokens.numel()} tokens")
-    split = (tokens.shape[0] // 2) * tokens.shape[1]
-    board = table.select(BOARD).values
-    return Board(acts, board, table.select(BOARD_BLANK_MASKED).values, table.select(LEGAL).values, split, square_groups(BOARD_BLANK_MASKED))
 
 
 @torch.no_grad()
@@ -181,7 +173,7 @@ def _measure(sae: SAE, board: Board) -> dict[str, Any]:
         "l0": float((codes != 0).sum(1).float().mean()),
         "fvu": fvu,
         "coverage_board": coverage(dense, board.blank_masked).best,
-        "coverage_legal": coverage(dense, board.legal).best,
+        f"coverage_{board.extra_name}": coverage(dense, board.extra).best,
         "reconstruction": reconstruction(board.blank_masked, board.groups),
-        "reconstruction_with_empty": reconstruction(board.state, square_groups(BOARD)),
+        "reconstruction_with_empty": reconstruction(board.state, board.state_groups),
     }

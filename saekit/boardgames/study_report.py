@@ -10,33 +10,42 @@ from saekit.atomic import write_text
 from saekit.eval.plots import pyplot, save_figure
 from saekit.eval.table import markdown_table
 
-COLUMNS = ["model", "name", "architecture", "l0", "fvu", "coverage_board", "coverage_legal", "reconstruction", "reconstruction_with_empty"]
-PANELS = (("coverage_board", "coverage, board (mine/theirs)"), ("coverage_legal", "coverage, legal moves"), ("reconstruction", "board reconstruction F1 (mine/theirs)"))
+GAMES = {
+    "othello": ("Othello", "coverage_legal", "coverage, legal moves", "mine / theirs", "mine / empty / theirs"),
+    "chess": ("Chess", "coverage_rules", "coverage, rules (check, pin, castling, en passant)", "pieces", "the 13 piece classes"),
+}
+"""game -> title, the second coverage key and its title, the blank-masked board's words, the probe's classes."""
 
 
-def write_study_report(out: Path, rows: list[dict[str, Any]], probes: dict[str, dict[str, float]]) -> Path:
+def write_study_report(out: Path, rows: list[dict[str, Any]], probes: dict[str, dict[str, float]], game: str = "othello") -> Path:
     """``OUT/study.md`` (the table and the probes) and ``OUT/study.png``; returns the Markdown file."""
+    title, extra, _, _, classes = GAMES[game]
     probe_rows = [{"model": label, **values} for label, values in probes.items()]
+    columns = ["model", "name", "architecture", "l0", "fvu", "coverage_board", extra, "reconstruction", "reconstruction_with_empty"]
     text = (
-        "# Othello study\n\n"
-        + markdown_table(rows, COLUMNS)
-        + "\n\nLinear probe per square (mine / empty / theirs) on the same activations, test half:\n\n"
+        f"# {title} study\n\n"
+        + markdown_table(rows, columns)
+        + f"\n\nLinear probe per square ({classes}) on the same activations, test half:\n\n"
         + markdown_table(probe_rows, ["model", "accuracy", "f1_board", "f1_blank_masked"])
         + "\n"
     )
     write_text(out / "study.md", text)
-    plot_study(rows, probes, out / "study.png")
+    plot_study(rows, probes, out / "study.png", game)
     return out / "study.md"
 
 
-def plot_study(rows: list[dict[str, Any]], probes: dict[str, dict[str, float]], path: Path) -> Path | None:
+def plot_study(rows: list[dict[str, Any]], probes: dict[str, dict[str, float]], path: Path, game: str = "othello") -> Path | None:
     plt = pyplot()
     if plt is None:
         return None
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.0 * len(PANELS), 4.0))
+    _, extra, extra_title, board_words, _ = GAMES[game]
+    panels = (
+        ("coverage_board", f"coverage, board ({board_words})"), (extra, extra_title), ("reconstruction", f"board reconstruction F1 ({board_words})"),
+    )  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0))
     architectures = sorted({r["architecture"] for r in rows})
     colours = {a: plt.cm.tab10(i % 10) for i, a in enumerate(architectures)}
-    for ax, (key, title) in zip(axes, PANELS):
+    for ax, (key, title) in zip(axes, panels):
         for r in rows:
             trained = r["model"] == "trained"
             ax.scatter(r["l0"], r[key], s=40, color=colours[r["architecture"]], facecolors=colours[r["architecture"]] if trained else "none")

@@ -253,6 +253,11 @@ class BuiltSAEs(NamedTuple):
     names: list[str]
 
 
+def sae_name(i: int, spec: SAESpec) -> str:
+    """The name of the ``i``-th SAE of a config: its ``name``, or ``<i>-<architecture>``."""
+    return spec.name or f"{i:02d}-{spec.architecture}"
+
+
 def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSAEs:
     """SAEs from [[sae]] tables; ``d_in`` defaults to the width of the SAE's site in ``source``."""
     saes, names = [], []
@@ -284,7 +289,7 @@ def build_saes(specs: list[dict[str, Any]], source: ActivationSource) -> BuiltSA
         elif written is not None:
             sae.metadata["sites_out"] = list(written)
         saes.append(sae)
-        names.append(spec.name or f"{i:02d}-{spec.architecture}")
+        names.append(sae_name(i, spec))
     if len(set(names)) != len(names):
         raise ConfigError(f"SAE names must be unique, got {names}")
     return BuiltSAEs(saes, names)

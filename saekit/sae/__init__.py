@@ -6,6 +6,7 @@ from saekit.sae import (
     crosscoder,  # noqa: F401
     feature_choice,  # noqa: F401
     gated,  # noqa: F401
+    gated_anneal,  # noqa: F401
     gradient_topk,  # noqa: F401
     jumprelu,  # noqa: F401
     matryoshka,  # noqa: F401

@@ -26,6 +26,7 @@ steps).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -59,6 +60,33 @@ class GatedPaths(NamedTuple):
     mag: Tensor
 
 
+class GatedParts(NamedTuple):
+    """What a gated loss is made of, its sparsity penalty aside."""
+
+    codes: Tensor
+    x_hat: Tensor
+    gate_acts: Tensor
+    """ReLU(π_gate): what the sparsity penalty is taken of."""
+    mse: Tensor
+    aux: Tensor
+    """||x − x̂_gate||², through the frozen decoder."""
+
+
+def gated_paths(x: Tensor, W_enc: Tensor, b_dec: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor) -> GatedPaths:
+    """Both paths' pre-activations: u = (x − b_dec) W_enc, π_gate = u + b_gate, π_mag = exp(r_mag) ⊙ u + b_mag."""
+    u = (x - b_dec) @ W_enc
+    return GatedPaths(u + b_gate, u * r_mag.exp() + b_mag)
+
+
+def gated_parts(x: Tensor, paths: GatedPaths, decode: Callable[[Tensor], Tensor], W_dec: Tensor, b_dec: Tensor) -> GatedParts:
+    """The codes, reconstruction and loss terms of a gated SAE from its two paths (module docstring)."""
+    codes = (paths.gate > 0).to(paths.mag.dtype) * paths.mag.relu()
+    x_hat = decode(codes)
+    gate_acts = paths.gate.relu()
+    x_hat_gate = gate_acts @ W_dec.detach() + b_dec.detach()
+    return GatedParts(codes, x_hat, gate_acts, F.mse_per_token(x, x_hat).mean(), F.mse_per_token(x, x_hat_gate).mean())
+
+
 @register("gated")
 class GatedSAE(SAE):
     config_class = GatedConfig
@@ -82,8 +110,7 @@ class GatedSAE(SAE):
         return OptimDefaults(lr=cfg.lr or F.default_lr(cfg.d_sae), betas=(0.0, 0.999))
 
     def paths(self, x: Tensor) -> GatedPaths:
-        u = (x - self.b_dec) @ self.W_enc
-        return GatedPaths(u + self.b_gate, u * self.r_mag.exp() + self.b_mag)
+        return gated_paths(x, self.W_enc, self.b_dec, self.b_gate, self.r_mag, self.b_mag)
 
     def encode(self, x: Tensor) -> Tensor:
         self._check_input(x)
@@ -93,14 +120,8 @@ class GatedSAE(SAE):
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         x = batch.x
         self._check_input(x)
-        gate, mag = self.paths(x)
-        codes = (gate > 0).to(mag.dtype) * mag.relu()
-        x_hat = self.decode(codes)
-        gate_acts = gate.relu()
-        x_hat_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()
-        mse = F.mse_per_token(x, x_hat).mean()
-        l1 = gate_acts.sum(-1).mean()
-        aux = F.mse_per_token(x, x_hat_gate).mean()
-        loss = mse + ctx.sparsity_scale * self.cfg.l1_coef * l1 + aux
-        terms = {"mse": mse.detach(), "l1": l1.detach(), "aux": aux.detach(), "l0": F.l0_of(codes)}
-        return LossOut(loss, x_hat, Codes(codes), terms)
+        parts = gated_parts(x, self.paths(x), self.decode, self.W_dec, self.b_dec)
+        l1 = parts.gate_acts.sum(-1).mean()
+        loss = parts.mse + ctx.sparsity_scale * self.cfg.l1_coef * l1 + parts.aux
+        terms = {"mse": parts.mse.detach(), "l1": l1.detach(), "aux": parts.aux.detach(), "l0": F.l0_of(parts.codes)}
+        return LossOut(loss, parts.x_hat, Codes(parts.codes), terms)

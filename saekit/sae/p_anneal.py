@@ -140,32 +140,45 @@ class PAnnealSAE(SAE):
         codes = self.encode(x)
         x_hat = self.decode(codes)
         mse = F.mse_per_token(x, x_hat).mean()
-        p = self.schedule(ctx).p
-        lp = F.lp_pow(codes, p)
+        now = self.schedule(ctx)
+        lp = F.lp_pow(codes, now.p)
         loss = mse + ctx.sparsity_scale * self.sparsity_coef * lp
-        terms = {
-            "mse": mse.detach(),
-            "lp": lp.detach(),
-            "l0": F.l0_of(codes),
-            "p": torch.tensor(p),
-            "sparsity_coef": self.sparsity_coef.detach().clone(),
-        }
+        terms = {"mse": mse.detach(), "l0": F.l0_of(codes), **anneal_terms(codes, lp, now, self.sparsity_coef)}
         return LossOut(loss, x_hat, Codes(codes), terms)
 
     @torch.no_grad()
     def after_step(self, out: LossOut, ctx: StepCtx) -> None:
-        now = self.schedule(ctx)
-        if now.next_p is not None and now.next_step is not None and ctx.step >= now.next_step - self.cfg.rescale_batches:
-            codes = out.codes.to_dense()
-            row = torch.stack([F.lp_pow(codes, now.p), F.lp_pow(codes, now.next_p)]).to(self.lp_history)
-            if ctx.comm.distributed:  # means over the rank's rows: their mean is the whole batch's
-                row = ctx.comm.sum_(row) / ctx.comm.world_size
-            self.lp_history.copy_(torch.cat([row[None], self.lp_history[:-1]]))
-        after = self.schedule(StepCtx(step=ctx.step + 1, total_steps=ctx.total_steps))
-        if after.index == now.index:
-            return
-        filled = (self.lp_history > 0).all(-1)
-        if after.index == now.index + 1 and bool(filled.any()):
-            current, following = self.lp_history[filled].mean(0)
-            self.sparsity_coef.mul_(current / following)
-        self.lp_history.zero_()
+        anneal_after_step(self.cfg, self.sparsity_coef, self.lp_history, out, ctx)
+
+
+def anneal_terms(acts: Tensor, lp: Tensor, now: PStep, sparsity_coef: Tensor) -> dict[str, Tensor]:
+    """The logged terms of an annealed penalty on ``acts`` (``lp`` = mean Σ acts^p): ``lp``, ``lp_next``
+    (mean Σ acts^p′ of the next value, which :func:`anneal_after_step` reads; ``lp`` when p is final),
+    ``p`` and ``sparsity_coef``."""
+    with torch.no_grad():
+        lp_next = lp.detach() if now.next_p is None else F.lp_pow(acts.detach(), now.next_p)
+    return {"lp": lp.detach(), "lp_next": lp_next, "p": torch.tensor(now.p), "sparsity_coef": sparsity_coef.detach().clone()}
+
+
+@torch.no_grad()
+def anneal_after_step(cfg: PAnnealConfig, sparsity_coef: Tensor, lp_history: Tensor, out: LossOut, ctx: StepCtx) -> None:
+    """The λ side of p-annealing, for any SAE whose loss logged :func:`anneal_terms`: keep the
+    (Σf^p, Σf^p′) rows of the last ``rescale_batches`` batches before a change of p, and at the change
+    rescale λ (the buffer ``sparsity_coef``) by their ratio of means."""
+    def at(step: int) -> PStep:
+        return p_schedule(step, ctx.total_steps, p_start=cfg.p_start, p_end=cfg.p_end, n_values=cfg.n_p_values, anneal_start=cfg.anneal_start)
+
+    now = at(ctx.step)
+    if now.next_p is not None and now.next_step is not None and ctx.step >= now.next_step - cfg.rescale_batches:
+        row = torch.stack([out.terms["lp"], out.terms["lp_next"]]).to(lp_history)
+        if ctx.comm.distributed:  # means over the rank's rows: their mean is the whole batch's
+            row = ctx.comm.sum_(row) / ctx.comm.world_size
+        lp_history.copy_(torch.cat([row[None], lp_history[:-1]]))
+    after = at(ctx.step + 1)
+    if after.index == now.index:
+        return
+    filled = (lp_history > 0).all(-1)
+    if after.index == now.index + 1 and bool(filled.any()):
+        current, following = lp_history[filled].mean(0)
+        sparsity_coef.mul_(current / following)
+    lp_history.zero_()

@@ -127,7 +127,7 @@ def _games_plan(settings: dict[str, Any]) -> _Plan:
 
     # A game has no BOS token: no leading position is skipped unless asked.
     model_cfg, games = _split(settings, GamesConfig, "games", {"skip_positions": 0})
-    return _Plan(model_cfg, lambda tokenizer: game_tokens(games), {"games": dataclasses.asdict(games)})
+    return _Plan(model_cfg, lambda tokenizer: game_tokens(games, tokenizer), {"games": dataclasses.asdict(games)})
 
 
 def model_source(settings: dict[str, Any], comm: Comm = LOCAL) -> ModelSource:
@@ -163,7 +163,7 @@ def model_source_of(
 def games_source(settings: dict[str, Any], comm: Comm = LOCAL) -> ModelSource:
     """A ModelSource over the games of a kind = "games" table (its model and games settings)."""
     if "model" not in settings:
-        raise ConfigError("data: kind 'games' needs a 'model' (a folder written by `saekit games othello-model`)")
+        raise ConfigError("data: kind 'games' needs a 'model' (a folder written by `saekit games othello-model` or `chess-model`)")
     return model_source_of(*_games_plan(settings), comm)
 
 

@@ -94,7 +94,7 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth():
 
 def test_a_folder_holding_a_run_is_refused_without_resume(tmp_path):
     train_othello_model(dataclasses.replace(TINY, steps=1, warmup_steps=0), tmp_path, progress=False)
-    with pytest.raises(ConfigError, match="already holds an Othello-GPT run.*--resume"):
+    with pytest.raises(ConfigError, match="already holds a training run of the Othello-GPT.*--resume"):
         train_othello_model(dataclasses.replace(TINY, steps=1, warmup_steps=0), tmp_path, progress=False)
 
 

@@ -106,3 +106,56 @@ def test_bad_study_configs_are_named(model_run, tmp_path):
         load_study_config(path, ["study.eval_games=2"])
     with pytest.raises(ConfigError, match="data.model"):
         load_study_config(path, ["data.model=x"])
+
+
+def test_a_probe_of_the_chess_classes_leaves_the_empty_one_out_of_the_blank_masked_f1():
+    g = np.random.default_rng(1)
+    labels = g.integers(0, 13, size=(900, 2))
+    board = np.eye(13, dtype=bool)[labels].reshape(len(labels), -1)
+    encoded = torch.from_numpy(board.astype(np.float64) @ g.normal(size=(26, 40)))
+    result = probe_board(encoded, board, 600, classes=13, empty=6)
+    assert result.accuracy > 0.98 and result.f1_blank_masked > 0.98
+    with pytest.raises(DataError, match="empty class 13 is not one of the 13"):
+        probe_board(encoded, board, 600, classes=13, empty=13)
+
+
+@pytest.fixture(scope="module")
+def chess_run(tmp_path_factory):
+    pytest.importorskip("chess")
+    from saekit.boardgames.chess_model import ChessModelConfig
+    from saekit.boardgames.chess_train import train_chess_model
+
+    run = tmp_path_factory.mktemp("chess-gpt")
+    config = ChessModelConfig(layers=2, d_model=16, heads=2, context=64, steps=4, batch_games=4, warmup_steps=0, save_every=2)
+    train_chess_model(config, run, progress=False)
+    return run
+
+
+def test_the_chess_study_scores_the_pieces_and_the_rules_at_the_dots(chess_run, tmp_path, capsys):
+    path = tmp_path / "chess.toml"
+    body = _config(chess_run, tmp_path).read_text().replace(f'"{SITE}"', '"layers.1.resid_post"')
+    path.write_text(body.replace('kind = "games"', 'kind = "games"\ngame = "chess"').replace("n_games = 60", "n_games = 30"))
+    assert main(["games", "study", str(path)]) == 0
+    rows = json.loads((tmp_path / "out" / "study.json").read_text())["rows"]
+    assert [(r["model"], r["name"]) for r in rows] == [("trained", "topk-4"), ("trained", "standard"), ("random", "topk-4"), ("random", "standard")]
+    for row in rows:
+        assert "coverage_legal" not in row
+        for key in ("coverage_board", "coverage_rules", "reconstruction", "reconstruction_with_empty"):
+            assert 0 <= row[key] <= 1
+    text = (tmp_path / "out" / "study.md").read_text()
+    assert text.startswith("# Chess study") and "coverage_rules" in text and "13 piece classes" in text
+
+
+def test_a_chess_study_of_an_othello_model_is_refused_by_name(model_run, tmp_path):
+    path = _config(model_run, tmp_path)
+    path.write_text(path.read_text().replace('kind = "games"', 'kind = "games"\ngame = "chess"'))
+    with pytest.raises(ConfigError, match="not a model of chess"):
+        run_study(load_study_config(path), tmp_path / "out")
+
+
+def test_a_resumed_study_refuses_saes_the_config_added_by_name(model_run, tmp_path):
+    path = _config(model_run, tmp_path)
+    run_study(load_study_config(path), tmp_path / "out")
+    path.write_text(path.read_text() + '[[sae]]\narchitecture = "gated_anneal"\nname = "gated-anneal"\nd_sae = 32\n')
+    with pytest.raises(ConfigError, match=r"asks for \['topk-4', 'standard', 'gated-anneal'\] \(not trained there: \['gated-anneal'\]\)"):
+        run_study(load_study_config(path), tmp_path / "out", resume=True)

@@ -29,3 +29,27 @@ def test_othello_model_refuses_bad_settings_by_name(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["games", "othello-model", "--out", str(tmp_path / "r"), "--steps", "0"])
+
+
+CHESS = ["--layers", "1", "--d-model", "16", "--heads", "2", "--context", "32", "--batch-games", "4", "--warmup-steps", "0", "--eval-games", "3"]
+
+
+def test_chess_model_trains_and_reports(tmp_path, capsys):
+    pytest.importorskip("chess")
+    out = tmp_path / "run"
+    assert main(["games", "chess-model", "--out", str(out), "--steps", "2", *CHESS]) == 0
+    assert "legal-move accuracy on 3 held-out games" in capsys.readouterr().out
+    report = json.loads((out / "accuracy.json").read_text())
+    assert report["trained"]["positions"] == report["random_init"]["positions"] > 0
+    assert report["config"]["context"] == 32 and (out / "model" / "tokenizer.json").is_file()
+    assert main(["games", "chess-model", "--out", str(out), "--steps", "2", *CHESS, "--player", "greedy", "--resume"]) == 2
+    assert "player = 'random' there, 'greedy' now" in capsys.readouterr().err
+
+
+def test_generate_writes_the_games_and_says_how_fast(tmp_path, capsys):
+    assert main(["games", "generate", "othello", "--n", "100", "--seed", "4", "--out", str(tmp_path / "o.npy")]) == 0
+    assert "100 othello games in" in capsys.readouterr().out and (tmp_path / "o.npy").is_file()
+    assert main(["games", "generate", "othello", "--n", "100", "--out", str(tmp_path / "o.npy")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["games", "generate", "othello", "--n", "5", "--player", "greedy", "--out", str(tmp_path / "p.npy")]) == 2
+    assert "player has no effect when the game is othello" in capsys.readouterr().err

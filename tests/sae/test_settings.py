@@ -68,6 +68,7 @@ CHANGES: dict[str, dict[str, tuple[dict, dict]]] = {
         "rescale_batches": (P_ANNEAL, {**P_ANNEAL, "rescale_batches": 1}),
     },
 }
+CHANGES["gated_anneal"] = CHANGES["p_anneal"]  # the same schedule, on the gate path
 
 
 def rows(seed: int, width: int = D_IN) -> torch.Tensor:
