@@ -378,7 +378,7 @@ def _merge(passes: list[list[dict]]) -> list[dict]:
             "step_seconds": [r["step_seconds"] for r in runs],
             "seconds_total": [r["seconds_total"] for r in runs],
             "tokens": rec["tokens"], "timed": f"steady-state steps (first {WARMUP_STEPS} and set-up excluded)",
-            "case_config": rec["case_config"],
+            "case_config": rec["case_config"], "d_in": rec["d_in"],
         })
     return merged
 

@@ -183,3 +183,12 @@ def test_cases_over_several_sites_show_their_sites_and_the_floor_of_their_d_in()
         "layers.3.mlp_in, layers.4.mlp_in", "layers.3.mlp_out, layers.4.mlp_out", "1,152", "saekit"]
     assert row(text, ["batch_topk_2sites-4608", "batch_topk"])[3:] == ["what it reads", "1,152", "saekit, SAELens"]
     assert "## Sites of the cases over several sites" not in results_md.render(small_records())
+
+
+def test_a_record_without_d_in_shows_the_d_in_its_floor_implies():
+    cfg = {"arch": "crosscoder", "d_sae": 4608, "sites": ["a", "b"]}
+    records = [record("crosscoder-2sites-4608", "saekit", 1000.0, 0.5, floor_fraction=0.25, matmul_gflops=4000 * 2 * 1152 * 4608 / 1e9,
+                      case_config=cfg)]
+    text = results_md.render(records)
+    assert "4,000 tokens/s at d_in 1,152, d_sae 4,608" in text
+    assert row(text, ["crosscoder-2sites-4608", "crosscoder"])[4] == "1,152"
