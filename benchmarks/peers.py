@@ -83,7 +83,8 @@ class Case:
     name: str
     """Label in the tables and in bench-results.json."""
     arch: str
-    """saekit architecture name: topk, batch_topk, jumprelu or relu."""
+    """saekit architecture name: topk, batch_topk, jumprelu, relu, matryoshka_batch_topk, crosscoder,
+    topk_transcoder or topk_clt."""
     d_sae: int
     steps: int
     batch: int = 4096
@@ -93,6 +94,43 @@ class Case:
     init: str | None = None
     """A safetensors file with the SAE every library starts from (saekit's parameter names and
     layouts, see :func:`jumprelu_start`); None: each library's own initialisation."""
+    sites: tuple[str, ...] = ()
+    """The sites read, side by side in the activations file (empty: the one site of the single-site
+    cases). Over several sites a peer trains the same SAE on the concatenated rows."""
+    sites_out: tuple[str, ...] = ()
+    """The sites a transcoder writes, after ``sites`` in the activations file (empty: an SAE)."""
+    skip: bool = False
+    """A transcoder's skip connection."""
+
+    @classmethod
+    def from_json(cls, text: str) -> Case:
+        """The case :func:`dataclasses.asdict` wrote as JSON (lists back to tuples)."""
+        fields = json.loads(text)
+        return cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in fields.items()})
+
+    @property
+    def n_columns(self) -> int:
+        """How many sites' rows the activations file holds side by side: ``sites`` then ``sites_out``."""
+        return max(len(self.sites), 1) + len(self.sites_out)
+
+
+TRAINED_BY = {
+    "topk": ("saekit", "sae_lens", "dictionary_learning"),
+    "batch_topk": ("saekit", "sae_lens", "dictionary_learning"),
+    "jumprelu": ("saekit", "sae_lens", "dictionary_learning"),
+    "relu": ("saekit", "sae_lens", "dictionary_learning"),
+    "matryoshka_batch_topk": ("saekit", "sae_lens", "dictionary_learning"),
+    "crosscoder": ("saekit",),
+    "topk_transcoder": ("saekit",),
+    "topk_clt": ("saekit",),
+}
+"""The libraries that train each architecture (of those installed for the benchmark: SAELens 6.54 and
+dictionary_learning 0.1.0, which has no crosscoder; no installed peer trains transcoders or CLTs)."""
+
+
+def libraries_for(case: Case, libraries: list[str]) -> list[str]:
+    """Those of ``libraries`` that train ``case``'s architecture, in the given order."""
+    return [lib for lib in libraries if lib in TRAINED_BY.get(case.arch, ())]
 
 
 DEAD_TOKENS = 10_000_000
@@ -298,16 +336,31 @@ def _assign(params: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> 
 # Each library's SAE (or trainer) as it is before its first step; the runners below train them.
 
 
-def saekit_sae(case: Case, d_in: int):
+def saekit_sae(case: Case, d_in: int, d_out: int | None = None):
     import saekit
 
-    kw = {"k": case.k} if case.arch in ("topk", "batch_topk") else {}
+    kw: dict = {"k": case.k} if case.arch in ("topk", "batch_topk", "matryoshka_batch_topk") else {}
     if case.arch == "jumprelu":
         kw = {"l0_coef": JUMPRELU_L0_COEF, "bandwidth": JUMPRELU_BANDWIDTH}
+    if case.arch == "topk_transcoder":
+        kw = {"k": case.k, "d_out": d_out, "skip": case.skip}
+    if case.arch == "topk_clt":
+        kw = {"k": case.k, "d_out": d_out, "skip": case.skip, "n_layers": len(case.sites)}
     sae = saekit.build_sae(case.arch, d_in=d_in, d_sae=case.d_sae, lr=case.lr, seed=0, **kw)
+    if len(case.sites) > 1:
+        sae.metadata["sites"] = list(case.sites)
+    if len(case.sites_out) > 1:
+        sae.metadata["sites_out"] = list(case.sites_out)
+    elif case.sites_out:
+        sae.metadata.update(site=case.sites[0], site_out=case.sites_out[0])
     if case.init is not None:
         _assign(dict(sae.named_parameters()), load_start(case))
     return sae
+
+
+def matryoshka_widths(d_sae: int) -> list[int]:
+    """saekit's default prefix widths (d_sae/16, /8, /4, /2, d_sae), given to every library."""
+    return [d_sae // 16, d_sae // 8, d_sae // 4, d_sae // 2, d_sae]
 
 
 def saelens_sae(case: Case, d_in: int):
@@ -316,6 +369,8 @@ def saelens_sae(case: Case, d_in: int):
         BatchTopKTrainingSAEConfig,
         JumpReLUTrainingSAE,
         JumpReLUTrainingSAEConfig,
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
         StandardTrainingSAE,
         StandardTrainingSAEConfig,
         TopKTrainingSAE,
@@ -329,6 +384,13 @@ def saelens_sae(case: Case, d_in: int):
     elif case.arch == "batch_topk":
         sae = BatchTopKTrainingSAE(
             BatchTopKTrainingSAEConfig(k=case.k, aux_loss_coefficient=1 / 32, rescale_acts_by_decoder_norm=False, **common)
+        )
+    elif case.arch == "matryoshka_batch_topk":
+        sae = MatryoshkaBatchTopKTrainingSAE(
+            MatryoshkaBatchTopKTrainingSAEConfig(
+                k=case.k, aux_loss_coefficient=1 / 32, rescale_acts_by_decoder_norm=False,
+                matryoshka_widths=matryoshka_widths(case.d_sae), **common,
+            )
         )
     elif case.arch == "jumprelu":
         sae = JumpReLUTrainingSAE(
@@ -348,6 +410,7 @@ def saelens_sae(case: Case, d_in: int):
 
 def dictionary_learning_trainer(case: Case, d_in: int, device: str = "cpu"):
     from dictionary_learning.trainers import BatchTopKTrainer, JumpReluTrainer, TopKTrainer
+    from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKTrainer
     from dictionary_learning.trainers.standard import StandardTrainerAprilUpdate
 
     warm, decay = schedule(case)
@@ -359,6 +422,12 @@ def dictionary_learning_trainer(case: Case, d_in: int, device: str = "cpu"):
         trainer = TopKTrainer(k=case.k, threshold_start_step=case.steps // 2, **common)
     elif case.arch == "batch_topk":
         trainer = BatchTopKTrainer(k=case.k, threshold_start_step=case.steps // 2, **common)
+    elif case.arch == "matryoshka_batch_topk":
+        widths = matryoshka_widths(case.d_sae)
+        sizes = [b - a for a, b in zip([0, *widths[:-1]], widths)]
+        trainer = MatryoshkaBatchTopKTrainer(
+            k=case.k, threshold_start_step=case.steps // 2, group_fractions=[n / case.d_sae for n in sizes], **common
+        )
     elif case.arch == "jumprelu":
         trainer = JumpReluTrainer(target_l0=float(case.k), sparsity_warmup_steps=0, bandwidth=JUMPRELU_BANDWIDTH, **common)
     elif case.arch == "relu":
@@ -373,30 +442,50 @@ def dictionary_learning_trainer(case: Case, d_in: int, device: str = "cpu"):
 # ---------------------------------------------------------------------------------------------
 
 
-def run_saekit(case: Case, x: torch.Tensor, d_in: int):
-    import saekit
+def saekit_source(case: Case, x: torch.Tensor, y: torch.Tensor | None):
+    """A saekit source over ``x`` (and a transcoder's target rows ``y``): one site, or ``case.sites``
+    (then ``case.sites_out``) as equal blocks of columns, one site each, the same rows at every site."""
     from saekit.sources.tensor import as_source
 
-    sae = saekit_sae(case, d_in)
+    if not case.sites:
+        return as_source(x)
+    blocks = dict(zip(case.sites, x.chunk(len(case.sites), dim=1)))
+    if case.sites_out:
+        assert y is not None
+        blocks.update(zip(case.sites_out, y.chunk(len(case.sites_out), dim=1)))
+    return as_source({site: block.contiguous() for site, block in blocks.items()})
+
+
+def run_saekit(case: Case, x: torch.Tensor, y: torch.Tensor | None):
+    import saekit
+
+    sae = saekit_sae(case, x.shape[1], None if y is None else y.shape[1])
     warm, _ = schedule(case)
     # The activations are a contiguous block of the training rows, as the peers get them.
-    source = _ClockedSource(as_source(x[: case.steps * case.batch]))
+    rows = case.steps * case.batch
+    source = _ClockedSource(saekit_source(case, x[:rows], None if y is None else y[:rows]))
     saekit.train(
         sae, source, steps=case.steps, batch_size=case.batch, normalize_activations=False, progress=False,
         lr_warmup_steps=warm, log_every=max(1, case.steps), seed=0, dead_tokens=DEAD_TOKENS,
         **({"sparsity_warmup_steps": 0} if case.arch == "jumprelu" else {}),
     )
-    return lambda h: sae.encode(h), lambda f: sae.decode(f), source.clock.times
+    return lambda h: sae.encode(h), lambda h, f: sae.reconstruct(h, f), source.clock.times
 
 
-def run_saelens(case: Case, x: torch.Tensor, d_in: int):
+def _only_sae(case: Case, y: torch.Tensor | None) -> None:
+    if y is not None:
+        raise ValueError(f"{case.name}: only saekit trains transcoders here (target rows given)")
+
+
+def run_saelens(case: Case, x: torch.Tensor, y: torch.Tensor | None):
     import contextlib
     import io
 
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    sae = saelens_sae(case, d_in)
+    _only_sae(case, y)
+    sae = saelens_sae(case, x.shape[1])
     warm, decay = schedule(case)
     cfg = SAETrainerConfig(
         total_training_samples=case.steps * case.batch, train_batch_size_samples=case.batch, lr=case.lr,
@@ -406,31 +495,35 @@ def run_saelens(case: Case, x: torch.Tensor, d_in: int):
     clock = Clock(batches(x, case))
     with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
         SAETrainer(cfg=cfg, sae=sae, data_provider=clock).fit()
-    return lambda h: sae.encode(h), lambda f: sae.decode(f), clock.times
+    return lambda h: sae.encode(h), lambda h, f: sae.decode(f), clock.times
 
 
-def run_dictionary_learning(case: Case, x: torch.Tensor, d_in: int):
-    trainer = dictionary_learning_trainer(case, d_in, str(x.device))
+def run_dictionary_learning(case: Case, x: torch.Tensor, y: torch.Tensor | None):
+    _only_sae(case, y)
+    trainer = dictionary_learning_trainer(case, x.shape[1], str(x.device))
     clock = Clock(batches(x, case))
     for step, batch in enumerate(clock):
         trainer.update(step, batch)
     ae = trainer.ae
-    return lambda h: ae.encode(h), lambda f: ae.decode(f), clock.times
+    return lambda h: ae.encode(h), lambda h, f: ae.decode(f), clock.times
 
 
 RUNNERS = {"saekit": run_saekit, "sae_lens": run_saelens, "dictionary_learning": run_dictionary_learning}
 
 
 @torch.no_grad()
-def quality(encode, decode, held_out: torch.Tensor) -> tuple[float, float]:
-    """(FVU, L0) on held-out rows: Σ||x − x̂||² / Σ||x − mean||², and mean non-zero codes per row."""
+def quality(encode, reconstruct, held_out: torch.Tensor, target: torch.Tensor | None = None) -> tuple[float, float]:
+    """(FVU, L0) on held-out rows: Σ||y − ŷ||² / Σ||y − mean||² with y the target rows (a transcoder's
+    output site; the rows themselves for an SAE) and ŷ = reconstruct(x, encode(x)), and the mean
+    number of non-zero codes per row."""
+    y = held_out if target is None else target
     err = total = 0.0
     nonzero = 0
-    mean = held_out.mean(0)
-    for chunk in held_out.split(2048):
+    mean = y.mean(0)
+    for chunk, want in zip(held_out.split(2048), y.split(2048)):
         codes = encode(chunk)
-        err += float((decode(codes) - chunk).pow(2).sum())
-        total += float((chunk - mean).pow(2).sum())
+        err += float((reconstruct(chunk, codes) - want).pow(2).sum())
+        total += float((want - mean).pow(2).sum())
         nonzero += int((codes != 0).sum())
     return err / total, nonzero / len(held_out)
 
@@ -438,11 +531,18 @@ def quality(encode, decode, held_out: torch.Tensor) -> tuple[float, float]:
 def main() -> None:
     """argv: library, case JSON, activations .npy (scaled), held-out rows, device, output JSON."""
     library, case_json, acts_path, n_held_out, device, out_path = sys.argv[1:7]
-    case = Case(**json.loads(case_json))
+    case = Case.from_json(case_json)
     arr = np.load(acts_path, mmap_mode="r")
     n_held = int(n_held_out)
-    x = torch.from_numpy(np.array(arr[n_held:])).float().to(device)
-    held_out = torch.from_numpy(np.array(arr[:n_held])).float().to(device)
+    if arr.shape[1] % case.n_columns:
+        raise ValueError(f"{acts_path}: {arr.shape[1]} columns are not {case.n_columns} sites of equal width")
+    split = arr.shape[1] // case.n_columns * max(len(case.sites), 1)
+    x = torch.from_numpy(np.array(arr[n_held:, :split])).float().to(device)
+    held_out = torch.from_numpy(np.array(arr[:n_held, :split])).float().to(device)
+    y = held_y = None
+    if case.sites_out:
+        y = torch.from_numpy(np.array(arr[n_held:, split:])).float().to(device)
+        held_y = torch.from_numpy(np.array(arr[:n_held, split:])).float().to(device)
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -451,7 +551,7 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        encode, decode, times = RUNNERS[library](case, x, x.shape[1])
+        encode, reconstruct, times = RUNNERS[library](case, x, y)
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -461,11 +561,11 @@ def main() -> None:
     steps = step_seconds(times)
     if not steps:
         raise ValueError(f"{case.name}: {case.steps} steps leave no timed step after {WARMUP_STEPS} warm-up steps")
-    fvu, l0 = quality(encode, decode, held_out)
+    fvu, l0 = quality(encode, reconstruct, held_out, held_y)
     record = {
         "case": case.name, "library": library, "tokens_per_s": case.batch / statistics.median(steps),
         "peak_mem_mb": round(peak, 1), "fvu": fvu, "l0": l0, "step_seconds": steps, "seconds_total": seconds,
-        "tokens": case.steps * case.batch, "case_config": asdict(case),
+        "tokens": case.steps * case.batch, "case_config": asdict(case), "d_in": x.shape[1],
     }
     with open(out_path, "w") as f:
         json.dump(record, f)

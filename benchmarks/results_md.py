@@ -111,6 +111,9 @@ def render(records: list[dict[str, Any]]) -> str:
     if suite:
         lines += ["", "## Suite passes", "", *suite]
     lines += ["", "## Settings of each case", "", *_settings(cases)]
+    sites = _sites(cases)
+    if sites:
+        lines += ["", "## Sites of the cases over several sites", "", *sites]
     return "\n".join(lines) + "\n"
 
 
@@ -229,7 +232,11 @@ def _run_facts(records: list[dict[str, Any]], cases: dict[str, dict[str, dict[st
             if "floor_fraction" in rec and rec["floor_fraction"] > 0:
                 d_sae = rec.get("case_config", {}).get("d_sae")
                 floor = f"{rec['tokens_per_s'] / rec['floor_fraction']:,.0f} tokens/s"
-                floors.append(f"{floor} at d_sae {d_sae:,}" if d_sae else floor)
+                if d_sae and _d_in(rec):
+                    floor += f" at d_in {_d_in(rec):,}, d_sae {d_sae:,}"
+                elif d_sae:
+                    floor += f" at d_sae {d_sae:,}"
+                floors.append(floor)
         floors = list(dict.fromkeys(floors))
         lines.append(
             "- Dense float32 matmul rate R, measured in the run on the encoder product: "
@@ -332,6 +339,43 @@ def _settings(cases: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                 ("—" if tokens is None else f"{tokens:,}") + (f" × {saes} SAEs" if saes else ""),
             ])
             + " |"
+        )
+    return lines
+
+
+def _d_in(rec: dict[str, Any]) -> int | None:
+    """The record's ``d_in``; without one, the d_in its floor implies (floor = R / (2 · d_in · d_sae))
+    when it names a case over several sites; None otherwise."""
+    if "d_in" in rec:
+        return rec["d_in"]
+    cfg = rec.get("case_config", {})
+    if not cfg.get("sites") or not cfg.get("d_sae") or not rec.get("floor_fraction") or not rec.get("matmul_gflops"):
+        return None
+    floor = rec["tokens_per_s"] / rec["floor_fraction"]
+    return round(rec["matmul_gflops"] * 1e9 / (2 * floor * cfg["d_sae"]))
+
+
+def _sites(cases: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The sites each case reads and writes, for the cases whose ``case_config`` names them."""
+    lines: list[str] = []
+    for name, rows in cases.items():
+        cfg = rows[OURS].get("case_config", {})
+        if not cfg.get("sites"):
+            continue
+        if not lines:
+            lines = [
+                "Their rows are the same tokens' rows of each site, side by side (d_in = the sites read × 576); "
+                "a peer trains the same SAE on those concatenated rows.",
+                "",
+                "| case | architecture | reads | writes | d_in | libraries |",
+                "|---|---|---|---|---|---|",
+            ]
+        arch = cfg.get("arch", "—") + (" (skip)" if cfg.get("skip") else "")
+        written = ", ".join(cfg.get("sites_out") or []) or "what it reads"
+        d_in = _d_in(rows[OURS])
+        lines.append(
+            f"| {name} | {arch} | {', '.join(cfg['sites'])} | {written} | {'—' if d_in is None else f'{d_in:,}'} | "
+            + ", ".join(DISPLAY.get(lib, lib) for lib in rows) + " |"
         )
     return lines
 

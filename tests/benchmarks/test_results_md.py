@@ -166,3 +166,29 @@ def test_the_command_line_reports_bad_records_without_writing(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(bad), str(out)], capture_output=True, text=True)
     assert proc.returncode == 1 and "has no 'tokens_per_s'" in proc.stderr
     assert not out.exists()
+
+
+def test_cases_over_several_sites_show_their_sites_and_the_floor_of_their_d_in():
+    records = small_records() + [
+        record("topk_clt-2layers-4608", "saekit", 1500.0, 0.5, floor_fraction=0.5, d_in=1152,
+               case_config={"arch": "topk_clt", "d_sae": 4608, "k": 32, "steps": 8, "batch": 4096, "lr": 0.001,
+                            "sites": ["layers.3.mlp_in", "layers.4.mlp_in"], "sites_out": ["layers.3.mlp_out", "layers.4.mlp_out"]}),
+        record("batch_topk_2sites-4608", "saekit", 1500.0, 0.5, d_in=1152,
+               case_config={"arch": "batch_topk", "d_sae": 4608, "sites": ["layers.13.resid_post", "layers.15.resid_post"]}),
+        record("batch_topk_2sites-4608", "sae_lens", 500.0, 0.6),
+    ]
+    text = results_md.render(records)
+    assert "3,000 tokens/s at d_in 1,152, d_sae 4,608" in text
+    assert row(text, ["topk_clt-2layers-4608", "topk_clt"])[2:] == [
+        "layers.3.mlp_in, layers.4.mlp_in", "layers.3.mlp_out, layers.4.mlp_out", "1,152", "saekit"]
+    assert row(text, ["batch_topk_2sites-4608", "batch_topk"])[3:] == ["what it reads", "1,152", "saekit, SAELens"]
+    assert "## Sites of the cases over several sites" not in results_md.render(small_records())
+
+
+def test_a_record_without_d_in_shows_the_d_in_its_floor_implies():
+    cfg = {"arch": "crosscoder", "d_sae": 4608, "sites": ["a", "b"]}
+    records = [record("crosscoder-2sites-4608", "saekit", 1000.0, 0.5, floor_fraction=0.25, matmul_gflops=4000 * 2 * 1152 * 4608 / 1e9,
+                      case_config=cfg)]
+    text = results_md.render(records)
+    assert "4,000 tokens/s at d_in 1,152, d_sae 4,608" in text
+    assert row(text, ["crosscoder-2sites-4608", "crosscoder"])[4] == "1,152"

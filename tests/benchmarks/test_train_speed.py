@@ -1,0 +1,99 @@
+"""benchmarks/train_speed.py and benchmarks/peers.py: which cases --cases selects, which libraries run
+each, the columns a case over several sites reads, how a group's records are merged into an earlier
+bench-results.json, and the held-out FVU of a transcoder's target."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import peers  # noqa: E402
+import train_speed  # noqa: E402
+
+LIBRARIES = ["saekit", "sae_lens", "dictionary_learning"]
+
+
+def names(chosen):
+    return [c.name for c in chosen]
+
+
+def test_the_default_set_has_no_new_architecture():
+    assert names(train_speed.select_cases(None, 8)) == names(train_speed.cases(8))
+    new = set(names(train_speed.new_architecture_cases(8)))
+    assert not new & set(names(train_speed.select_cases(None, 8)))
+
+
+def test_a_group_and_names_select_each_case_once_in_the_order_given():
+    chosen = train_speed.select_cases("topk-4608,new-architectures,crosscoder-2sites-4608", 8)
+    assert names(chosen) == ["topk-4608", *names(train_speed.new_architecture_cases(8))]
+    assert train_speed.select_cases("none", 8) == []
+
+
+def test_an_unknown_case_is_refused_by_name():
+    with pytest.raises(SystemExit, match="unknown case 'matryoshka'.*new-architectures"):
+        train_speed.select_cases("topk-4608,matryoshka", 8)
+
+
+def test_only_the_libraries_that_train_an_architecture_run_it():
+    by_name = {c.name: c for c in train_speed.new_architecture_cases(8)}
+    assert peers.libraries_for(by_name["matryoshka_batch_topk-4608"], LIBRARIES) == LIBRARIES
+    assert peers.libraries_for(by_name["batch_topk_2sites-4608"], LIBRARIES[::-1]) == LIBRARIES[::-1]
+    for name in ("crosscoder-2sites-4608", "topk_transcoder-4608", "topk_skip_transcoder-4608", "topk_clt-2layers-4608"):
+        assert peers.libraries_for(by_name[name], LIBRARIES) == ["saekit"]
+
+
+def test_a_case_survives_its_json_with_tuples():
+    case = {c.name: c for c in train_speed.new_architecture_cases(8)}["topk_clt-2layers-4608"]
+    assert peers.Case.from_json(json.dumps(asdict(case))) == case
+    assert case.n_columns == 4
+
+
+def test_a_case_over_several_sites_reads_its_blocks_in_order():
+    n, d = 5, 3
+    together = np.stack([np.full((n, d), i, np.float32) for i in range(len(train_speed.SITES_TOGETHER))], 1).reshape(n, -1)
+    single = np.zeros((n, d), np.float32)
+    by_name = {c.name: c for c in train_speed.new_architecture_cases(8)}
+    clt = train_speed.case_activations(by_name["topk_clt-2layers-4608"], single, together)
+    index = train_speed.SITES_TOGETHER.index
+    want = [index("layers.3.mlp_in"), index("layers.4.mlp_in"), index("layers.3.mlp_out"), index("layers.4.mlp_out")]
+    assert clt[0].reshape(4, d)[:, 0].tolist() == want
+    assert train_speed.case_activations(by_name["matryoshka_batch_topk-4608"], single, together) is single
+    with pytest.raises(RuntimeError, match="crosscoder-2sites-4608 reads"):
+        train_speed.case_activations(by_name["crosscoder-2sites-4608"], single, None)
+
+
+def rec(case, library="saekit", **extra):
+    return {"case": case, "library": library, **extra}
+
+
+def test_merged_records_replace_their_cases_in_place_and_add_new_ones_before_the_suite():
+    old = [rec("topk-4608"), rec("topk-4608", "sae_lens"), rec("jumprelu-4608"), rec("suite", repeats_seconds_total=[1.0])]
+    new = [rec("jumprelu-4608", tokens_per_s=2.0), rec("crosscoder-2sites-4608")]
+    merged = train_speed.merge_records(old, new)
+    assert [(r["case"], r["library"]) for r in merged] == [
+        ("topk-4608", "saekit"), ("topk-4608", "sae_lens"), ("jumprelu-4608", "saekit"),
+        ("crosscoder-2sites-4608", "saekit"), ("suite", "saekit"),
+    ]
+    assert merged[2]["tokens_per_s"] == 2.0
+    added = train_speed.merge_records(old, [rec("crosscoder-2sites-4608")])
+    assert [r["case"] for r in added] == ["topk-4608", "topk-4608", "jumprelu-4608", "crosscoder-2sites-4608", "suite"]
+    assert train_speed.merge_records([rec("a")], [rec("b")]) == [rec("a"), rec("b")]
+
+
+def test_a_transcoders_fvu_is_of_its_target_with_the_skip_term():
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    y = 2 * x
+    fvu, l0 = peers.quality(lambda h: h, lambda h, f: 2 * f, x, y)
+    assert fvu == pytest.approx(0.0, abs=1e-12) and l0 == 4
+    fvu, _ = peers.quality(lambda h: h, lambda h, f: f, x, y)  # half of y: error (y/2)², FVU = E||y/2||² / Var
+    assert fvu > 0.2
+    assert peers.quality(lambda h: h, lambda h, f: f, x)[0] == pytest.approx(0.0, abs=1e-12)
