@@ -94,16 +94,13 @@ class GatedSAE(SAE):
     scaled_params = ("b_gate", "b_mag", "b_dec")
     has_b_enc = False
     cfg: GatedConfig
+    b_gate: nn.Parameter
+    b_mag: nn.Parameter
+    r_mag: nn.Parameter
 
     def __init__(self, cfg: GatedConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg)
-        W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
-        self.W_enc = nn.Parameter(W_enc)
-        self.W_dec = nn.Parameter(W_dec)
-        self.b_gate = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        init_parameters(self, generator)
 
     @classmethod
     def optim_defaults(cls, cfg: GatedConfig) -> OptimDefaults:
@@ -114,8 +111,7 @@ class GatedSAE(SAE):
 
     def encode(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        gate, mag = self.paths(x)
-        return (gate > 0).to(mag.dtype) * mag.relu()
+        return gated_codes(self.paths(x))
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         x = batch.x
@@ -125,3 +121,21 @@ class GatedSAE(SAE):
         loss = parts.mse + ctx.sparsity_scale * self.cfg.l1_coef * l1 + parts.aux
         terms = {"mse": parts.mse.detach(), "l1": l1.detach(), "aux": parts.aux.detach(), "l0": F.l0_of(parts.codes)}
         return LossOut(loss, parts.x_hat, Codes(parts.codes), terms)
+
+
+def init_parameters(sae: SAE, generator: torch.Generator | None) -> None:
+    """The Gated SAE's initialisation (and Gated + p-annealing's): ``W_enc = W_decᵀ`` with unit-norm
+    decoder rows, zero biases and a zero ``r_mag`` (the magnitude path starts as the gate's)."""
+    W_enc, W_dec = F.tied_init(sae.d_in, sae.d_sae, generator)
+    sae.W_enc = nn.Parameter(W_enc)
+    sae.W_dec = nn.Parameter(W_dec)
+    sae.b_gate = nn.Parameter(torch.zeros(sae.d_sae))
+    sae.b_mag = nn.Parameter(torch.zeros(sae.d_sae))
+    sae.r_mag = nn.Parameter(torch.zeros(sae.d_sae))
+    sae.b_dec = nn.Parameter(torch.zeros(sae.d_in))
+
+
+def gated_codes(paths: GatedPaths) -> Tensor:
+    """The codes of a Gated SAE: the magnitude path where the gate is open, ``1[gate > 0] · ReLU(mag)``."""
+    gate, mag = paths
+    return (gate > 0).to(mag.dtype) * mag.relu()

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from saekit.sae import functional as F
 from saekit.sae.base import SAE, OptimDefaults
-from saekit.sae.gated import GatedPaths, gated_parts, gated_paths
+from saekit.sae.gated import GatedPaths, gated_codes, gated_parts, gated_paths, init_parameters
 from saekit.sae.p_anneal import PAnnealConfig, anneal_after_step, anneal_terms, p_schedule
 from saekit.sae.registry import register
 from saekit.types import ActBatch, Codes, LossOut, StepCtx
@@ -43,18 +43,15 @@ class GatedAnnealSAE(SAE):
     has_b_enc = False
     training_state = ("sparsity_coef", "lp_history")
     cfg: GatedAnnealConfig
+    b_gate: nn.Parameter
+    b_mag: nn.Parameter
+    r_mag: nn.Parameter
     sparsity_coef: Tensor
     lp_history: Tensor
 
     def __init__(self, cfg: GatedAnnealConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg)
-        W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
-        self.W_enc = nn.Parameter(W_enc)
-        self.W_dec = nn.Parameter(W_dec)
-        self.b_gate = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        init_parameters(self, generator)
         self.register_buffer("sparsity_coef", torch.tensor(float(cfg.sparsity_coef)))
         self.register_buffer("lp_history", torch.zeros(cfg.rescale_batches, 2))
 
@@ -67,8 +64,7 @@ class GatedAnnealSAE(SAE):
 
     def encode(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        gate, mag = self.paths(x)
-        return (gate > 0).to(mag.dtype) * mag.relu()
+        return gated_codes(self.paths(x))
 
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         x = batch.x
