@@ -189,11 +189,14 @@ def models_source(settings: dict[str, Any], comm: Comm = LOCAL) -> ActivationSou
         plan = (_text_plan if contexts == "text" else _games_plan)({**settings, "model": model})
 
         def tokens_for(tokenizer: Any, plan: _Plan = plan, name: str = name) -> Tensor:
-            vocab = tokenizer.get_vocab() if contexts == "text" else None
+            # The contexts are cut (or the games drawn) once, with the first model's tokenizer; every
+            # other model must share that tokenizer, so the same tokens mean the same to it.
+            vocab = tokenizer.get_vocab()
             if shared and vocab != shared["vocab"]:
                 raise ConfigError(f"data: model {name!r} has another tokenizer than the first model; models side by side must share one")
-            shared.setdefault("vocab", vocab)
-            return shared.setdefault("tokens", plan.tokens_for(tokenizer))
+            if not shared:
+                shared.update(vocab=vocab, tokens=plan.tokens_for(tokenizer))
+            return shared["tokens"]
 
         parts[name] = model_source_of(plan.model, tokens_for, plan.description, comm)
     return ZippedSource(parts)
