@@ -75,6 +75,28 @@ class Comm:
                 torch.distributed.broadcast(t, src=0)
         return t
 
+    def gather_bytes(self, data: bytes, *, to_all: bool = False) -> list[bytes] | None:
+        """Every rank's ``data`` (any lengths) in rank order, on rank 0 (None on the others), or on
+        every rank with ``to_all``. Bytes, not objects: what crosses is a safetensors payload or JSON,
+        never a pickle."""
+        if not self.distributed:
+            return [data]
+        dist, device = torch.distributed, _backend_device()
+        sizes = self.gather(torch.tensor([len(data)], device=device))
+        padded = torch.zeros(int(sizes.max()), dtype=torch.uint8, device=device)
+        if data:
+            padded[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)] if to_all or self.rank == 0 else None
+        with _collective(self, "all_gather" if to_all else "gather"):
+            if to_all:
+                assert parts is not None
+                dist.all_gather(parts, padded)
+            else:
+                dist.gather(padded, parts, dst=0)
+        if parts is None:
+            return None
+        return [part[: int(n)].cpu().numpy().tobytes() for part, n in zip(parts, sizes.tolist(), strict=True)]
+
     def barrier(self) -> None:
         if self.distributed:
             with _collective(self, "barrier"):
@@ -86,6 +108,13 @@ class Comm:
             raise ConfigError(f"a batch of {n} rows does not split evenly over {self.world_size} ranks; make batch_size a multiple of it")
         share = n // self.world_size
         return slice(self.rank * share, (self.rank + 1) * share)
+
+
+def _backend_device() -> torch.device:
+    """Where the group's collectives take their tensors: this rank's GPU under NCCL, else the CPU."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 @contextlib.contextmanager

@@ -59,8 +59,9 @@ from saekit.sources.order import EpochOrder
 from saekit.sources.sites import layer_of, n_layers, resolve_sites
 from saekit.strict import refuse_unused, to_dict
 from saekit.training.config import TrainConfig
-from saekit.training.engine import Run, TrainResult, run
+from saekit.training.engine import TrainResult, run
 from saekit.training.objective import Unit, UnitLoss, shard_rows
+from saekit.training.run_state import Run
 from saekit.types import ActBatch, LossOut, StepCtx
 
 _EPOCH = 21  # tag of this module's random stream of context orders

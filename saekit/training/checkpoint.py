@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from saekit.errors import ArtifactError
@@ -29,7 +30,7 @@ from saekit.training.checkpoint_meta import (
     meta_json,
     parse_meta,
 )
-from saekit.training.checksummed import Checksum, read_checksummed, tensors_of, write_checksummed
+from saekit.training.checksummed import Checksum, Contents, header_metadata, read_checksummed, tensors_of, write_checksummed
 from saekit.version import __version__
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -52,6 +53,26 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+    return write_checksummed(Path(path), *_flatten(ckpt))
+
+
+def checkpoint_bytes(ckpt: Checkpoint) -> bytes:
+    """``ckpt`` as the bytes of a safetensors file without a checksum: a part of a checkpoint that one
+    rank sends another (:meth:`saekit.comm.Comm.gather_bytes`); :func:`checkpoint_of_bytes` reads it."""
+    return save(*_flatten(ckpt))
+
+
+def checkpoint_of_bytes(data: bytes, where: str) -> Checkpoint:
+    """The checkpoint in bytes written by :func:`checkpoint_bytes`; ``where`` names them in errors."""
+    path = Path(where)
+    raw = header_metadata(data, path, "checkpoint").get(_META_KEY)
+    if raw is None:
+        raise ArtifactError(f"{where} is not a saekit checkpoint")
+    return _assemble(tensors_of(Contents(data, {}, Checksum.ABSENT), path, "checkpoint"), parse_meta(raw, path), path)
+
+
+def _flatten(ckpt: Checkpoint) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors and the string metadata of a checkpoint file."""
     tensors: dict[str, Tensor] = {"rng": ckpt.rng_state.contiguous()}
     optimizers = []
     for i, state in enumerate(ckpt.sae_states):
@@ -69,7 +90,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
                     scalars.setdefault(str(pid), {})[name] = value
         optimizers.append(OptimizerMeta(opt_state["param_groups"], scalars))
     meta = CheckpointMeta(__version__, ckpt.step, len(ckpt.sae_states), optimizers, ckpt.scales, ckpt.fingerprint)
-    return write_checksummed(Path(path), tensors, {_META_KEY: meta_json(meta)})
+    return tensors, {_META_KEY: meta_json(meta)}
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

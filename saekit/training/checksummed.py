@@ -78,7 +78,7 @@ def read_checksummed(path: Path, kind: str) -> Contents:
         raise ArtifactError(f"cannot read the {kind} {path}: {exc.strerror or exc}") from exc
     if not data:
         raise ArtifactError(f"{kind} {path} is empty (0 bytes): the file is corrupted")
-    metadata = _metadata(data, path, kind)
+    metadata = header_metadata(data, path, kind)
     if CHECKSUM_KEY not in metadata:
         return Contents(data, metadata, Checksum.ABSENT)
     slot = _slot(data)
@@ -99,7 +99,7 @@ def tensors_of(contents: Contents, path: Path, kind: str) -> dict[str, Tensor]:
         raise ArtifactError(f"{kind} {path} is corrupted: its tensors cannot be read ({exc})") from exc
 
 
-def _metadata(data: bytes, path: Path, kind: str) -> dict[str, str]:
+def header_metadata(data: bytes, path: Path, kind: str) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors header (8-byte little-endian length, then JSON), after
     checking that the file is as long as the header says."""
     broken = f"{kind} {path} is truncated or corrupted ({len(data)} bytes)"

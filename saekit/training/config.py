@@ -49,6 +49,12 @@ class TrainConfig:
     collective_timeout_s: float = 300.0
     """In a distributed run (``torchrun``): seconds a rank waits at a collective before it stops with
     an error, so that a rank that died ends the run instead of hanging it."""
+    parallel: Literal["data", "sites"] = "data"
+    """How a distributed run (``torchrun``) shares the work out (docs/scaling.md). "data": every rank
+    trains a replica of every SAE on its share of each batch. "sites": each SAE (or group of SAEs that
+    train together) lives on one rank, which trains it on whole batches, so a rank holds only its own
+    SAEs' weights, gradients and Adam state. Both end with the weights one process trains (one process
+    trains the same way under either)."""
     progress: bool = True
     """Show a progress bar."""
     wandb_project: str | None = None
@@ -71,6 +77,8 @@ class TrainConfig:
             raise ConfigError(f"lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        if self.parallel not in ("data", "sites"):
+            raise ConfigError(f"parallel must be 'data' or 'sites', got {self.parallel!r}")
         if not self.collective_timeout_s > 0:
             raise ConfigError(f"collective_timeout_s must be positive, got {self.collective_timeout_s}")
 

@@ -1,7 +1,7 @@
-"""Several processes training one run (``torch.distributed``): who this process is, and the few
-collective operations the engine and the architectures need.
+"""Several processes training one run (``torch.distributed``): who this process is, what it trains,
+and the few collective operations the engine and the architectures need.
 
-Data parallel (the one mode so far): every rank reads the same global batch from the source (sources
+Data parallel (``parallel = "data"``): every rank reads the same global batch from the source (sources
 are seeded, so they agree), keeps its own equal slice of the rows, and trains a replica of every
 SAE. Whatever couples the rows of a batch is made global through the :class:`Comm` in the step's
 context, so that a run on W ranks computes the same numbers as one process on the whole batch:
@@ -10,6 +10,12 @@ context, so that a run on W ranks computes the same numbers as one process on th
   the mean over ranks is the one-process loss);
 * BatchTopK's and Feature Choice's selections and inference thresholds, AuxK's variance and the
   dead-latent counters see the whole batch.
+
+Site parallel (``parallel = "sites"``): the run's units (an SAE, or the SAEs a group objective links)
+are shared out over the ranks (:func:`unit_owners`), and each rank trains its own on whole batches:
+nothing couples the ranks during a step but the verdict of the health check and the log. Checkpoints
+and the final weights are gathered on rank 0 (:mod:`saekit.training.collect`), so both are what one
+process writes.
 
 One process is the same code with :data:`saekit.comm.LOCAL`, whose operations do nothing.
 
@@ -31,7 +37,7 @@ from saekit.comm import LOCAL, Comm
 from saekit.errors import ConfigError
 from saekit.sae.base import SAE
 from saekit.training.config import TrainConfig
-from saekit.training.objective import Objective
+from saekit.training.objective import Objective, Unit
 from saekit.types import LossOut
 
 
@@ -70,8 +76,28 @@ tests/training/test_distributed.py); an architecture added later is refused in a
 until its computations are."""
 
 
-def check_distributable(saes: Sequence[SAE], objective: Objective, cfg: TrainConfig, comm: Comm) -> None:
-    """Refuse what a data-parallel run would not compute as one process does."""
+def unit_owners(units: Sequence[Unit], saes: Sequence[SAE], world_size: int) -> list[int]:
+    """The rank that trains each unit in a site-parallel run: units by parameter count, largest first
+    (the earlier on ties), each to the rank holding the fewest parameters so far (the lower on ties),
+    so that the ranks' shares of memory are about equal. Every rank computes the same answer."""
+    sizes = [sum(p.numel() for i in unit.members for p in saes[i].parameters()) for unit in units]
+    held, owners = [0] * world_size, [0] * len(units)
+    for u in sorted(range(len(units)), key=lambda u: (-sizes[u], u)):
+        owners[u] = min(range(world_size), key=lambda r: (held[r], r))
+        held[owners[u]] += sizes[u]
+    return owners
+
+
+def check_distributable(saes: Sequence[SAE], objective: Objective, cfg: TrainConfig, comm: Comm, n_units: int) -> None:
+    """Refuse what a distributed run would not compute as one process does. A site-parallel run
+    computes each unit as one process does, whatever it is; it only needs a unit for every rank."""
+    if cfg.parallel == "sites":
+        if n_units < comm.world_size:
+            raise ConfigError(
+                f"a site-parallel run on {comm.world_size} ranks needs at least one SAE (or group of SAEs trained "
+                f"together) per rank; this run has {n_units}: use fewer ranks, or parallel = \"data\""
+            )
+        return
     if cfg.batch_size % comm.world_size:
         raise ConfigError(f"batch_size {cfg.batch_size} does not split evenly over {comm.world_size} ranks; make it a multiple")
     for i, sae in enumerate(saes):

@@ -1,7 +1,8 @@
 """The one training engine: any number of SAEs, on one or many sites, fed by one activation stream,
 under any objective (:mod:`saekit.training.objective`).
 
-A run's life cycle, each stage a small function over the run's state (:class:`Run`):
+A run's life cycle, each stage a small function over the run's state
+(:class:`~saekit.training.run_state.Run`):
 
     prepare  ->  restore_or_initialise  ->  train_step (× steps, checkpoint every N)  ->  finalise
 
@@ -25,32 +26,33 @@ import contextlib
 import json
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from saekit import devices
 from saekit._fast import training_fast_paths
-from saekit.comm import Comm
+from saekit.comm import LOCAL
 from saekit.errors import ConfigError
 from saekit.sae.base import SAE
 from saekit.sources.cache import CacheSource
 from saekit.sources.prefetch import Prefetcher
 from saekit.strict import to_dict
 from saekit.training import dead, health
-from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, restore, save_checkpoint
+from saekit.training.checkpoint import Checkpoint, restore, save_checkpoint
+from saekit.training.collect import gather_weights_, gathered_checkpoint
 from saekit.training.config import TrainConfig
-from saekit.training.distributed import check_distributable, comm_for_run, mean_terms
-from saekit.training.logs import MetricsLog, step_records
+from saekit.training.distributed import check_distributable, comm_for_run, mean_terms, unit_owners
+from saekit.training.logs import MetricsLog, postfix, step_records, warn_no_grad
 from saekit.training.normalise import enter_normalised_units_, estimate_scales, leave_normalised_units_
-from saekit.training.objective import LocalObjective, Objective, Unit
+from saekit.training.objective import LocalObjective, Objective
 from saekit.training.optim import apply_update, make_optimizer
-from saekit.training.outputs import checkpoint_to_resume, write_start_files
+from saekit.training.outputs import checkpoint_to_resume, fingerprint, write_start_files
+from saekit.training.run_state import Run
 from saekit.training.schedules import lr_factor, sparsity_factor
-from saekit.training.sites import assign_sites, assign_targets, described, label
+from saekit.training.sites import assign_sites, assign_targets, label
 from saekit.types import ActBatch, ActivationSource, LossOut, StepCtx
 
 
@@ -69,6 +71,9 @@ class TrainResult:
     seconds: float
     rank: int = 0
     """This process's rank in a distributed run (0 in one process): rank 0 writes the run's files."""
+    trained: tuple[int, ...] = ()
+    """The SAEs of ``saes`` this process holds trained: all of them, but on the ranks other than 0 of a
+    site-parallel run, which hold only those they trained (rank 0 holds all)."""
 
     @property
     def sae(self) -> SAE:
@@ -76,69 +81,6 @@ class TrainResult:
         if len(self.saes) != 1:
             raise ValueError(f"this run trained {len(self.saes)} SAEs: read .saes")
         return self.saes[0]
-
-
-@dataclass
-class Run:
-    """The state of one run, shared by the stages."""
-
-    saes: list[SAE]
-    sites: list[tuple[str, ...]]
-    """The sites each SAE reads: one, or a crosscoder's several (its input is their rows side by side)."""
-    targets: list[tuple[str, ...] | None]
-    """The sites each transcoder reconstructs (``site_out``, a CLT's ``sites_out``); None: an SAE's own."""
-    source: ActivationSource
-    cfg: TrainConfig
-    objective: Objective
-    device: torch.device
-    units: list[Unit]
-    optimizers: list[torch.optim.Adam]
-    counters: list[torch.Tensor]
-    fingerprint: dict[str, Any]
-    out_dir: Path | None
-    comm: Comm
-    """The ranks of a distributed run (:mod:`saekit.training.distributed`); LOCAL in one process."""
-    start_files: dict[str, str]
-    """Files (name -> text) written into ``out_dir`` once every check has passed."""
-    started: float
-    scales: dict[str, float] = field(default_factory=dict)
-    start: int = 0
-    rows: int = 0
-    """Activation rows per step, as the stream delivers them (e2e rounds up to whole contexts)."""
-    records: list[dict[str, Any]] = field(default_factory=list)
-    energy: torch.Tensor | None = None
-    """[n_saes] energy of each SAE's input rows in the run's first step: the yardstick of divergence."""
-    log: MetricsLog | None = None
-    bar: Any = None
-
-    def inputs(self, i: int, batch: Mapping[str, ActBatch]) -> ActBatch:
-        """SAE ``i``'s rows of ``batch`` on the device, normalised (a transcoder's target rows by theirs)."""
-        read, out = self.sites[i], self.targets[i]
-        acts, scale = batch[read[0]], self.scales[read[0]]  # x is scaled by s: d loss/d(s·x) = (d loss/d x) / s
-        grad = acts.grad.to(self.device).float() / scale if acts.grad is not None else None
-        return ActBatch(self._side_by_side(batch, read), grad, self._side_by_side(batch, out) if out else None)
-
-    def _side_by_side(self, batch: Mapping[str, ActBatch], sites: tuple[str, ...]) -> torch.Tensor:
-        """The normalised rows of ``sites`` on the device, side by side (one site's alone, uncopied)."""
-        xs = [batch[site].x.to(self.device, non_blocking=True).float() * self.scales[site] for site in sites]
-        return torch.cat(xs, -1) if len(xs) > 1 else xs[0]
-
-    @property
-    def used_sites(self) -> list[str]:
-        """Every site the run reads: the SAEs' input sites and the transcoders' output sites, sorted."""
-        return sorted({site for read in self.sites for site in read} | {site for out in self.targets for site in out or ()})
-
-    @property
-    def reconstructed(self) -> list[tuple[str, ...]]:
-        """The sites each SAE reconstructs: a transcoder's output site, an SAE's own (a crosscoder's all)."""
-        return [out or read for read, out in zip(self.sites, self.targets)]
-
-    def autocast(self) -> contextlib.AbstractContextManager[None]:
-        return devices.autocast(self.cfg.dtype, [self.device])
-
-    @property
-    def checkpoint_path(self) -> Path | None:
-        return self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
 
 
 def run(
@@ -188,14 +130,19 @@ def prepare(
     sites = assign_sites(saes, source)
     targets = assign_targets(saes, source)
     device = devices.rank_device(devices.resolve_device(cfg.device))
-    for sae in saes:
-        sae.to(device)
     comm = comm_for_run(device, cfg.collective_timeout_s)
+    units = objective.units(len(saes))
+    owners = unit_owners(units, saes, comm.world_size) if comm.distributed and cfg.parallel == "sites" else [comm.rank] * len(units)
+    for unit, owner in zip(units, owners):  # the device holds only the SAEs this rank trains
+        for i in unit.members if owner == comm.rank else ():
+            saes[i].to(device)
     if comm.distributed:
-        check_distributable(saes, objective, cfg, comm)
-        for sae in saes:  # replicas start equal, however each rank built its SAEs
+        check_distributable(saes, objective, cfg, comm, len(units))
+        for sae in saes:  # every rank starts from rank 0's SAEs, however each rank built its own
             for tensor in sae.state_dict().values():
-                comm.broadcast_(tensor)
+                on_device = comm.broadcast_(tensor.to(device))  # NCCL sends from the device only
+                if on_device is not tensor:
+                    tensor.copy_(on_device)
     return Run(
         saes=saes,
         sites=sites,
@@ -204,10 +151,11 @@ def prepare(
         cfg=cfg,
         objective=objective,
         device=device,
-        units=objective.units(len(saes)),
+        units=units,
+        owners=owners,
         optimizers=[make_optimizer(sae) for sae in saes],
         counters=[dead.new_counter(sae.d_sae, device) for sae in saes],
-        fingerprint=_fingerprint(saes, sites, targets, cfg, source, objective),
+        fingerprint=fingerprint(saes, sites, targets, cfg, source, objective),
         out_dir=out_dir,
         comm=comm,
         start_files=dict(start_files or {}),
@@ -222,8 +170,10 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
     cfg = state.cfg
     resumed = checkpoint_to_resume(state.out_dir, resume, state.fingerprint, state.used_sites, cfg.total_steps)
     if resumed is not None:
-        ckpt = resumed.checkpoint
-        restore(ckpt, resumed.path, state.saes, state.optimizers, state.counters)
+        ckpt, own = resumed.checkpoint, state.owned
+        part = replace(ckpt, sae_states=[ckpt.sae_states[i] for i in own], optimizer_states=[ckpt.optimizer_states[i] for i in own],
+                       dead_counters=[ckpt.dead_counters[i] for i in own])  # fmt: skip
+        restore(part, resumed.path, [state.saes[i] for i in own], [state.optimizers[i] for i in own], [state.counters[i] for i in own])
         state.scales, state.start = ckpt.scales, ckpt.step
         _say(state, f"resuming from step {state.start} of {cfg.total_steps} ({resumed.path})")
     else:
@@ -236,8 +186,8 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
             else dict.fromkeys(used, 1.0)
         )
         first = next(iter(state.source.batches(cfg.batch_size, seed=cfg.seed, start=0)))
-        for i, sae in enumerate(state.saes):
-            enter_normalised_units_(sae, state.inputs(i, first), state.sites[i], state.reconstructed[i], state.scales)
+        for i in state.owned:
+            enter_normalised_units_(state.saes[i], state.inputs(i, first), state.sites[i], state.reconstructed[i], state.scales)
     writes = state.out_dir if state.comm.rank == 0 else None  # one rank writes the run's files
     state.log = MetricsLog(
         writes, resume_step=state.start, tensorboard=cfg.tensorboard and writes is not None,
@@ -252,8 +202,9 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
 
 
 def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
-    """One optimiser step of every unit on ``batch``, then the dead-latent counters and the log."""
-    cfg, total, comm = state.cfg, state.cfg.total_steps, state.comm
+    """One optimiser step of every unit this rank trains on ``batch``, then the dead-latent counters,
+    the health check and the log."""
+    cfg, total, comm = state.cfg, state.cfg.total_steps, state.step_comm
     state.rows = batch[state.sites[0][0]].x.shape[0]
     if comm.distributed:
         batch = state.objective.shard(batch, comm)
@@ -262,11 +213,13 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
     window = cfg.resolved_dead_tokens
     outs: dict[int, LossOut] = {}
     losses = []
-    for unit in state.units:
+    for unit, owner in zip(state.units, state.owners):
+        if owner != state.comm.rank:
+            continue
         ctxs = {i: replace(base, dead_mask=dead.dead_mask(state.counters[i], window)) for i in unit.members}
         for i in unit.members:
             if step == state.start and batch[state.sites[i][0]].grad is None and state.saes[i].uses_grad:
-                _warn_no_grad(i, state.saes[i])
+                warn_no_grad(i, state.saes[i])
         unit_loss = state.objective.unit_loss(state, unit, batch, ctxs)
         for i in unit.members:
             state.optimizers[i].zero_grad(set_to_none=True)
@@ -281,28 +234,40 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
             dead.update_counter_(state.counters[i], out.codes, comm)
     if state.energy is None:
         state.energy = comm.sum_(health.energies(state.reconstructed, state.scales, batch)) / comm.world_size
-    health.check_step(state.saes, state.used_sites, batch, losses, outs, step, state.energy, comm)
+    agree = state.comm if state.site_parallel else LOCAL  # each rank judged its own SAEs: all stop together
+    health.check_step(state.saes, state.owned, state.used_sites, batch, losses, outs, step, state.energy, comm, agree)
     if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-        if comm.distributed:
-            outs = {i: mean_terms(out, comm) for i, out in outs.items()}
-        state.records = step_records(state.saes, [label(read) for read in state.sites], [outs[i] for i in range(len(state.saes))],
-                                     state.counters, window, state.optimizers, step + 1, state.rows)  # fmt: skip
-        assert state.log is not None
-        state.log.write(state.records)
-        state.bar.set_postfix(_postfix(state.records))
+        _log(state, outs, step)
     state.bar.update(1)
+
+
+def _log(state: Run, outs: dict[int, LossOut], step: int) -> None:
+    """The log's records of every SAE after ``step + 1`` steps, on every rank (one rank writes them)."""
+    if state.step_comm.distributed:
+        outs = {i: mean_terms(out, state.step_comm) for i, out in outs.items()}
+    own = state.owned
+    records = step_records([state.saes[i] for i in own], own, [label(state.sites[i]) for i in own], [outs[i] for i in own],
+                           [state.counters[i] for i in own], state.cfg.resolved_dead_tokens, [state.optimizers[i] for i in own],
+                           step + 1, state.rows)  # fmt: skip
+    if state.site_parallel:
+        parts = state.comm.gather_bytes(json.dumps(records).encode(), to_all=True)
+        assert parts is not None
+        records = sorted((r for part in parts for r in json.loads(part)), key=lambda r: r["sae"])
+    state.records = records
+    assert state.log is not None
+    state.log.write(state.records)
+    state.bar.set_postfix(postfix(state.records))
 
 
 def checkpoint(state: Run, step: int) -> None:
     """Save everything needed to resume after ``step`` steps (with an output folder)."""
     path = state.checkpoint_path
-    if path is None or state.comm.rank != 0:  # replicas are equal: one rank writes
+    if path is None:
         return
-    assert state.log is not None
-    state.log.sync()  # the log lines up to ``step`` are on disk before a checkpoint says the run got there
-    save_checkpoint(
-        path,
-        Checkpoint(
+    if state.site_parallel:  # each rank sends its own SAEs; rank 0 writes them all
+        ckpt = gathered_checkpoint(state, step)
+    elif state.comm.rank == 0:  # replicas are equal: one rank writes
+        ckpt = Checkpoint(
             step=step,
             sae_states=[sae.state_dict() for sae in state.saes],
             optimizer_states=[opt.state_dict() for opt in state.optimizers],
@@ -310,8 +275,13 @@ def checkpoint(state: Run, step: int) -> None:
             rng_state=torch.get_rng_state(),
             scales=state.scales,
             fingerprint=state.fingerprint,
-        ),
-    )
+        )
+    else:
+        ckpt = None
+    if ckpt is not None:
+        assert state.log is not None
+        state.log.sync()  # the log lines up to ``step`` are on disk before a checkpoint says the run got there
+        save_checkpoint(path, ckpt)
 
 
 def finalise(state: Run) -> TrainResult:
@@ -324,7 +294,11 @@ def finalise(state: Run) -> TrainResult:
     # A run resumed from its last checkpoint takes no step and logs nothing: its SAEs still leave
     # normalised units (zipping with the empty records once returned them unconverted).
     final = final or [{} for _ in state.saes]
-    for sae, read, out, metrics in zip(state.saes, state.sites, state.targets, final):
+    if state.site_parallel:
+        gather_weights_(state)
+    trained = list(range(len(state.saes))) if state.comm.rank == 0 else state.owned
+    for i in trained:
+        sae, read, out, metrics = state.saes[i], state.sites[i], state.targets[i], final[i]
         leave_normalised_units_(sae, read, out, state.scales)
         sae.provenance.update({
             "data": state.source.describe(),
@@ -332,9 +306,9 @@ def finalise(state: Run) -> TrainResult:
             "train_config": to_dict(state.cfg),
             "final_metrics": metrics,
             **state.objective.describe(),
-            **({"distributed": {"mode": "data", "world_size": state.comm.world_size}} if state.comm.distributed else {}),
+            **({"distributed": {"mode": state.cfg.parallel, "world_size": state.comm.world_size}} if state.comm.distributed else {}),
         })  # fmt: skip
-    return TrainResult(state.saes, final, total, state.start, time.perf_counter() - state.started, state.comm.rank)
+    return TrainResult(state.saes, final, total, state.start, time.perf_counter() - state.started, state.comm.rank, tuple(trained))
 
 
 @contextlib.contextmanager
@@ -359,39 +333,6 @@ def _stream(state: Run) -> Iterator[Iterator[Mapping[str, ActBatch]]]:
             batches.close()
 
 
-def _fingerprint(
-    saes: Sequence[SAE], sites: list[tuple[str, ...]], targets: list[tuple[str, ...] | None], cfg: TrainConfig, source: ActivationSource, objective: Objective
-) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed by this run (as JSON gives it back). Settings
-    that do not change the result (logging, progress, checkpoint cadence, device) may differ."""
-    keep = replace(
-        cfg, progress=True, log_every=1, checkpoint_every=None, wandb_project=None, tensorboard=False, device="auto",
-        collective_timeout_s=TrainConfig.collective_timeout_s,
-    )  # fmt: skip
-    fingerprint = {"saes": described(saes, sites, targets), "train": to_dict(keep), "data": source.describe(), "objective": objective.describe()}
-    return json.loads(json.dumps(fingerprint, default=str))
-
-
 def _say(state: Run, message: str) -> None:
     if state.cfg.progress and state.comm.rank == 0:
         tqdm.write(message)
-
-
-def _postfix(records: list[dict[str, Any]]) -> dict[str, str]:
-    if len(records) <= 3:
-        return {f"{r['name']}": f"mse={r['mse']:.3g} l0={r['l0']:.3g}" for r in records}
-    return {
-        "mean mse": f"{sum(r['mse'] for r in records) / len(records):.3g}",
-        "mean l0": f"{sum(r['l0'] for r in records) / len(records):.3g}",
-    }
-
-
-def _warn_no_grad(i: int, sae: SAE) -> None:
-    import warnings
-
-    warnings.warn(
-        f"SAE {i} ({sae.architecture}) selects latents with the downstream gradient, but the activation "
-        "source gives none, so it trains with its no-gradient rule; use a source with gradients "
-        "(ModelSource(..., with_grads=True), or with_grads = true in a run config's [data])",
-        stacklevel=5,  # the caller of train(), past train(), run() and train_step()
-    )

@@ -23,6 +23,7 @@ to FVU 1e29."""
 
 def check_step(
     saes: Sequence[SAE],
+    members: Sequence[int],
     sites: Sequence[str],
     batch: Mapping[str, ActBatch],
     losses: Sequence[Tensor],
@@ -30,26 +31,35 @@ def check_step(
     step: int,
     energy: Tensor,
     comm: Comm = LOCAL,
+    agree: Comm = LOCAL,
 ) -> None:
-    """Raise if a unit's loss is not finite, or an SAE's reconstruction error (``terms["mse"]``, in
-    normalised units) exceeds :data:`DIVERGED_MSE` times ``energy`` ([n_saes], :func:`energies` of a
-    batch of the run: batches differ far less than the factor, and measuring one batch keeps the check
-    free)."""
-    mses = torch.stack([outs[i].terms["mse"].float() for i in range(len(saes))])
-    energy = energy.to(mses.device, non_blocking=True)
+    """Raise if a unit's loss is not finite, or the reconstruction error (``terms["mse"]``, in
+    normalised units) of an SAE of ``members`` (those this process trained) exceeds
+    :data:`DIVERGED_MSE` times its ``energy`` ([n_saes], :func:`energies` of a batch of the run:
+    batches differ far less than the factor, and measuring one batch keeps the check free).
+
+    ``comm``: the ranks that share these SAEs' batch (data parallel), whose numbers are summed first so
+    that all decide alike; ``agree``: the ranks that each judged SAEs of their own (site parallel),
+    which share their verdicts so that all stop together, the failing rank naming its SAE."""
+    mses = torch.stack([outs[i].terms["mse"].float() for i in members])
+    energy = energy[list(members)].to(mses.device, non_blocking=True)
     totals = torch.stack([loss.float() for loss in losses])
     if comm.distributed:  # every rank decides on the same (global) numbers, so all stop together
         mses, totals = comm.sum_(mses) / comm.world_size, comm.sum_(totals)
     finite = totals.isfinite().all()
-    if bool(finite & (mses <= DIVERGED_MSE * energy).all()):
+    healthy = bool(finite & (mses <= DIVERGED_MSE * energy).all())
+    if agree.distributed and not bool(agree.min_(torch.tensor([float(healthy)], device=mses.device)) > 0) and healthy:
+        raise DivergedError(f"training stopped at step {step}: an SAE trained on another rank diverged; that rank's error names it")
+    if healthy:
         return
     _raise_bad_rows(sites, batch, step)
     if not bool(finite):
-        _raise_non_finite(saes, outs, step, comm)
-    i = int((mses / energy.clamp_min(1e-30)).argmax())
+        _raise_non_finite(saes, members, outs, step, comm)
+    k = int((mses / energy.clamp_min(1e-30)).argmax())
+    i = members[k]
     raise DivergedError(
         f"SAE {i} ({saes[i].architecture}) diverged at step {step}: its reconstruction error is "
-        f"{float(mses[i]):.3g}, {float(mses[i] / energy[i].clamp_min(1e-30)):.3g} times the energy of the activations "
+        f"{float(mses[k]):.3g}, {float(mses[k] / energy[k].clamp_min(1e-30)):.3g} times the energy of the activations "
         "it reconstructs; lower its learning rate (lr) or enable grad_clip"
     )
 
@@ -86,8 +96,9 @@ def _raise_bad_rows(sites: Sequence[str], batch: Mapping[str, ActBatch], step: i
             )
 
 
-def _raise_non_finite(saes: Sequence[SAE], outs: Mapping[int, LossOut], step: int, comm: Comm) -> None:
-    for i, sae in enumerate(saes):
+def _raise_non_finite(saes: Sequence[SAE], members: Sequence[int], outs: Mapping[int, LossOut], step: int, comm: Comm) -> None:
+    for i in members:
+        sae = saes[i]
         if not bool(torch.isfinite(outs[i].loss.detach())):
             raise DivergedError(
                 f"SAE {i} ({sae.architecture}) diverged at step {step}: loss is {float(outs[i].loss.detach())}; "

@@ -123,12 +123,13 @@ def _wandb_module(project: str) -> Any:
 
 
 def step_records(
-    saes: list[SAE], sites: list[str], outs: list[LossOut], counters: list[Tensor], dead_window: int, optimizers: list, step: int, rows: int
+    saes: list[SAE], indices: list[int], sites: list[str], outs: list[LossOut], counters: list[Tensor], dead_window: int, optimizers: list,
+    step: int, rows: int,
 ) -> list[dict[str, Any]]:
-    """One log record per SAE after ``step`` steps of ``rows`` activation rows: its loss terms, dead
-    fraction, base learning rate and tokens seen."""
+    """One log record per SAE (``indices``: their places in the run) after ``step`` steps of ``rows``
+    activation rows: its loss terms, dead fraction, base learning rate and tokens seen."""
     records = []
-    for i, (sae, site, out, counter, opt) in enumerate(zip(saes, sites, outs, counters, optimizers)):
+    for i, sae, site, out, counter, opt in zip(indices, saes, sites, outs, counters, optimizers, strict=True):
         record: dict[str, Any] = {"step": step, "sae": i, "name": f"{i:02d}-{sae.architecture}", "site": site}
         record.update({k: as_float(v) for k, v in out.terms.items()})
         record["dead_fraction"] = float(dead.dead_mask(counter, dead_window).float().mean())
@@ -136,3 +137,21 @@ def step_records(
         record["tokens"] = step * rows
         records.append(record)
     return records
+
+
+def postfix(records: list[dict[str, Any]]) -> dict[str, str]:
+    if len(records) <= 3:
+        return {f"{r['name']}": f"mse={r['mse']:.3g} l0={r['l0']:.3g}" for r in records}
+    return {
+        "mean mse": f"{sum(r['mse'] for r in records) / len(records):.3g}",
+        "mean l0": f"{sum(r['l0'] for r in records) / len(records):.3g}",
+    }
+
+
+def warn_no_grad(i: int, sae: SAE) -> None:
+    warnings.warn(
+        f"SAE {i} ({sae.architecture}) selects latents with the downstream gradient, but the activation "
+        "source gives none, so it trains with its no-gradient rule; use a source with gradients "
+        "(ModelSource(..., with_grads=True), or with_grads = true in a run config's [data])",
+        stacklevel=5,  # the caller of train(), past train(), run() and train_step()
+    )

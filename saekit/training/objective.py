@@ -28,7 +28,7 @@ from saekit.objectives import GroupObjective
 from saekit.types import ActBatch, LossOut, StepCtx
 
 if TYPE_CHECKING:
-    from saekit.training.engine import Run
+    from saekit.training.run_state import Run
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,23 @@ refused run leaves the folder byte for byte as it found it.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from saekit.atomic import remove_temporaries, write_text
 from saekit.errors import ArtifactError, ConfigError
+from saekit.sae.base import SAE
+from saekit.strict import to_dict
 from saekit.training.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
+from saekit.training.config import TrainConfig
 from saekit.training.logs import METRICS_NAME
+from saekit.training.objective import Objective
+from saekit.training.sites import described
+from saekit.types import ActivationSource
 
 
 def write_start_files(out_dir: Path, files: Mapping[str, str]) -> None:
@@ -73,3 +81,16 @@ def checkpoint_to_resume(
             f"factors for sites {sorted(ckpt.scales)}, the run reads {sorted(set(sites))}"
         )
     return Resumed(ckpt, path)
+
+
+def fingerprint(
+    saes: Sequence[SAE], sites: list[tuple[str, ...]], targets: list[tuple[str, ...] | None], cfg: TrainConfig, source: ActivationSource, objective: Objective
+) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed by this run (as JSON gives it back). Settings
+    that do not change the result (logging, progress, checkpoint cadence, device) may differ."""
+    keep = replace(
+        cfg, progress=True, log_every=1, checkpoint_every=None, wandb_project=None, tensorboard=False, device="auto",
+        collective_timeout_s=TrainConfig.collective_timeout_s, parallel="data",
+    )  # fmt: skip
+    fingerprint = {"saes": described(saes, sites, targets), "train": to_dict(keep), "data": source.describe(), "objective": objective.describe()}
+    return json.loads(json.dumps(fingerprint, default=str))

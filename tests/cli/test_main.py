@@ -215,19 +215,20 @@ def test_a_run_that_diverges_ends_with_a_named_error_not_a_traceback(tmp_path, c
     assert "diverged at step" in capsys.readouterr().err
 
 
-def test_train_on_two_processes_saves_what_one_process_saves(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["data", "sites"])
+def test_train_on_two_processes_saves_what_one_process_saves(tmp_path, monkeypatch, mode):
     """`saekit train CONFIG --nproc 2` (torchrun --standalone, gloo on the CPU), against one process."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     config = _write(tmp_path, steps=6)
     assert main(["train", str(config), "--out", str(tmp_path / "one")]) == 0
-    assert main(["train", str(config), "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
+    assert main(["train", str(config), "--out", str(tmp_path / "two"), "--nproc", "2", "--set", f"train.parallel={mode}"]) == 0
     for name in ("small-topk", "01-jumprelu"):
         a = load_file(tmp_path / "one" / "saes" / name / "sae_weights.safetensors")
         b = load_file(tmp_path / "two" / "saes" / name / "sae_weights.safetensors")
         for key in a:
             assert float((a[key] - b[key]).norm() / a[key].norm().clamp_min(1e-6)) <= 1e-5, (name, key)
     provenance = json.loads((tmp_path / "two" / "saes" / "small-topk" / "provenance.json").read_text())
-    assert provenance["distributed"] == {"mode": "data", "world_size": 2}
+    assert provenance["distributed"] == {"mode": mode, "world_size": 2}
 
 
 def _parsers(parser):

@@ -271,7 +271,7 @@ def test_what_cannot_run_distributed_is_refused(tmp_path):
             return {"kind": "a term over the batch"}
 
     with pytest.raises(ConfigError, match=r"the objective .*a term over the batch.* cannot train in a distributed run yet"):
-        check_distributable([build("relu", d_in=8, d_sae=16)] * 2, LocalObjective([ReadsTheBatch()]), cfg, comm)
+        check_distributable([build("relu", d_in=8, d_sae=16)] * 2, LocalObjective([ReadsTheBatch()]), cfg, comm, 1)
     with pytest.raises(ConfigError, match="batch_size 63 does not split evenly over 2 ranks"):
-        check_distributable([build("relu", d_in=8, d_sae=16)], LocalObjective(), TrainConfig(steps=1, batch_size=63), comm)
+        check_distributable([build("relu", d_in=8, d_sae=16)], LocalObjective(), TrainConfig(steps=1, batch_size=63), comm, 1)
     assert "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] == "1"
