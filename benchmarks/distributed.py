@@ -1,13 +1,16 @@
-"""Data-parallel training against one process: step time, bytes each rank sends per step and peak
-memory per rank, on this machine's CPU (gloo) or its GPUs (NCCL).
+"""Distributed training in each mode against one process: step time, bytes each rank sends per step
+and peak memory per rank, on this machine's CPU (gloo).
 
-    .venv/bin/python benchmarks/distributed.py [--world 2] [--arch topk batch_topk] [--steps 12]
-                                               [--d-in 576] [--d-sae 4608] [--batch 4096]
+    .venv/bin/python benchmarks/distributed.py [--world 2] [--modes data sites] [--arch topk batch_topk]
+                                               [--saes 2] [--steps 12] [--d-in 576] [--d-sae 4608] [--batch 4096]
 
-Each configuration runs in fresh processes: one process with ``--world`` threads, then ``--world``
-ranks with one thread each (the same cores), interleaved and repeated (``--repeats``). Step time is
+Each run trains ``--saes`` SAEs of one architecture side by side (as a suite trains one per site;
+site parallel needs one per rank at least). Each configuration runs in fresh processes: one process
+with ``--world`` threads, then ``--world`` ranks with one thread each (the same cores) in each mode,
+interleaved and repeated (``--repeats``). Step time is
 the median of the steady-state steps (the first 2 left out). Bytes are counted at the collectives
-(every tensor a rank passes to all_reduce, all_gather or broadcast, as the payload it contributes);
+(every tensor a rank passes to all_reduce, all_gather, gather or broadcast, as the payload it
+contributes);
 a ring all-reduce sends about 2·(W−1)/W times that. Peak memory is the process's maximum resident
 set. Prints a table; ``--markdown PATH`` also writes it with the machine and the command
 (benchmarks/RESULTS-distributed.md), ``--json PATH`` the rows.
@@ -45,7 +48,7 @@ class _Counter:
 
     def __init__(self) -> None:
         self.bytes = 0
-        for name in ("all_reduce", "all_gather", "broadcast"):
+        for name in ("all_reduce", "all_gather", "gather", "broadcast"):
             original = getattr(torch.distributed, name)
             setattr(torch.distributed, name, self._wrap(original, name))
 
@@ -58,16 +61,18 @@ class _Counter:
         return call
 
 
-def _run(rank: int, world: int, store: str, args: argparse.Namespace, out: str) -> None:
+def _run(rank: int, world: int, mode: str, store: str, args: argparse.Namespace, out: str) -> None:
     torch.set_num_threads(args.world if world == 1 else 1)
     counter = None
     if world > 1:
         torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
         counter = _Counter()
     extra = {"k": 32} if args.arch != "relu" else {}
-    sae = build(args.arch, d_in=args.d_in, d_sae=args.d_sae, seed=0, **extra)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch, norm_estimation_tokens=args.batch, progress=False, log_every=10**6)
-    state = prepare([sae], _source(args), cfg, LocalObjective(), None, False)
+    saes = [build(args.arch, d_in=args.d_in, d_sae=args.d_sae, seed=i, **extra) for i in range(args.saes)]
+    cfg = TrainConfig(
+        steps=args.steps, batch_size=args.batch, norm_estimation_tokens=args.batch, progress=False, log_every=10**6, parallel=mode
+    )
+    state = prepare(saes, _source(args), cfg, LocalObjective(), None, False)
     restore_or_initialise(state, False)
     batches = state.source.batches(cfg.batch_size, seed=0)
     times, sent = [], []
@@ -80,7 +85,7 @@ def _run(rank: int, world: int, store: str, args: argparse.Namespace, out: str) 
         sent.append((counter.bytes if counter else 0) - before)
     if rank == 0:
         row = {
-            "arch": args.arch, "world": world, "step_s": statistics.median(times[2:]),
+            "arch": args.arch, "mode": mode if world > 1 else "one process", "world": world, "step_s": statistics.median(times[2:]),
             "bytes_per_step": statistics.median(sent[2:]), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }  # fmt: skip
         Path(out).write_text(json.dumps(row))
@@ -94,17 +99,19 @@ def _source(args: argparse.Namespace):
     return TensorSource(_data(args.batch * 4, args.d_in))
 
 
-def _measure(world: int, args: argparse.Namespace) -> dict:
+def _measure(world: int, mode: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "row.json")
-        mp.start_processes(_run, args=(world, os.path.join(tmp, "store"), args, out), nprocs=world, join=True, start_method="spawn")
+        mp.start_processes(_run, args=(world, mode, os.path.join(tmp, "store"), args, out), nprocs=world, join=True, start_method="spawn")
         return json.loads(Path(out).read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", default=["data", "sites"], choices=["data", "sites"])
     parser.add_argument("--arch", nargs="+", default=["topk", "batch_topk"])
+    parser.add_argument("--saes", type=int, default=2, help="SAEs trained side by side")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--d-in", type=int, default=576)
@@ -117,15 +124,20 @@ def main() -> None:
     rows = []
     for arch in args.arch:
         args.arch = arch
-        runs: dict[int, list[dict]] = {1: [], args.world: []}
+        plans = [(1, "data"), *((args.world, mode) for mode in args.modes)]
+        runs: dict[tuple[int, str], list[dict]] = {plan: [] for plan in plans}
         for _ in range(args.repeats):
-            for world in (1, args.world):
-                runs[world].append(_measure(world, args))
+            for world, mode in plans:
+                runs[world, mode].append(_measure(world, mode, args))
         for measured in runs.values():
             numbers = {k: statistics.median(r[k] for r in measured) for k in ("step_s", "bytes_per_step", "peak_rss_mb")}
-            rows.append({"arch": arch, "world": measured[0]["world"], **numbers})
-    table = "| arch | ranks | step (ms) | sent per rank per step (MB) | peak RSS per rank (MB) |\n|---|---|---|---|---|\n" + "".join(
-        f"| {r['arch']} | {r['world']} | {1000 * r['step_s']:.1f} | {r['bytes_per_step'] / 1e6:.2f} | {r['peak_rss_mb']:.0f} |\n" for r in rows
+            rows.append({"arch": arch, "mode": measured[0]["mode"], "world": measured[0]["world"], **numbers})
+    table = (
+        "| arch | mode | ranks | step (ms) | sent per rank per step (MB) | peak RSS per rank (MB) |\n|---|---|---|---|---|---|\n"
+        + "".join(
+            f"| {r['arch']} | {r['mode']} | {r['world']} | {1000 * r['step_s']:.1f} | {r['bytes_per_step'] / 1e6:.2f} | {r['peak_rss_mb']:.0f} |\n"
+            for r in rows
+        )
     )
     print(table)
     if args.json:
@@ -138,13 +150,13 @@ def _markdown(table: str, args: argparse.Namespace) -> str:
     import platform
 
     return (
-        "# Data-parallel training: measured results\n\n"
+        "# Distributed training: measured results\n\n"
         f"Written by `python benchmarks/distributed.py {' '.join(sys.argv[1:])}`; do not edit, run it again. "
         "How it measures: the script's docstring; the formulas and when to use which mode: [docs/scaling.md](../docs/scaling.md).\n\n"
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores ({platform.processor() or 'cpu'}); torch {torch.__version__}; backend gloo; "
         f"{time.strftime('%Y-%m-%d')}.\n"
         f"- One process uses {args.world} threads; each of the {args.world} ranks one thread (the same cores).\n"
-        f"- d_in {args.d_in}, d_sae {args.d_sae}, batch {args.batch} rows, k 32, {args.steps} steps (median of the steady ones), "
+        f"- {args.saes} SAEs side by side, each d_in {args.d_in}, d_sae {args.d_sae}; batch {args.batch} rows, k 32, {args.steps} steps (median of the steady ones), "
         f"median of {args.repeats} interleaved repeats.\n\n" + table
     )
 
