@@ -90,6 +90,9 @@ class Study(NamedTuple):
     run: RunConfig
     study: StudyConfig
     raw: dict[str, Any]
+    game_model: dict[str, Any]
+    """The ``[game_model]`` table: settings of the game model ``saekit games study --train-model`` trains
+    (fields of ``OthelloModelConfig`` or ``ChessModelConfig``, checked by the trainer); empty: its defaults."""
 
     @property
     def game(self) -> str:
@@ -97,13 +100,19 @@ class Study(NamedTuple):
         return str(self.run.data.get("game", "othello"))
 
 
-def load_study_config(path: str | Path, overrides: list[str] | None = None) -> Study:
-    """Read and check a study config (errors name the file and the key)."""
+def load_study_config(path: str | Path, overrides: list[str] | None = None, *, models_exist: bool = True) -> Study:
+    """Read and check a study config (errors name the file and the key); ``models_exist=False`` leaves
+    the model folders unchecked, for a caller that trains the model first."""
     raw = apply_overrides(read_config_file(path), overrides or [])
     try:
-        study, run = parse_with_models_table(raw, "study", StudyConfig, "model = the trained game model's folder", ("games",))
-        study.models()
-        return Study(run, study, raw)
+        rest = dict(raw)
+        game_model = rest.pop("game_model", {})
+        if not isinstance(game_model, dict):
+            raise ConfigError(f"game_model must be a table of the game model's settings, got {game_model!r}")
+        study, run = parse_with_models_table(rest, "study", StudyConfig, "model = the trained game model's folder", ("games",))
+        if models_exist:
+            study.models()
+        return Study(run, study, raw, game_model)
     except ConfigError as exc:
         raise ConfigError(f"config file {path}: {exc}") from exc
 

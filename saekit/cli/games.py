@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from saekit.boardgames.game_train import GameTask
     from saekit.boardgames.othello_eval import LegalMoveAccuracy
     from saekit.boardgames.othello_model import OthelloModelConfig
+    from saekit.boardgames.study import Study
 
 _TYPES = {"lr": float, "weight_decay": float, "warmup_steps": non_negative_int, "seed": non_negative_int, "eval_seed": non_negative_int, "player": str}
 
@@ -40,7 +41,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_run_arguments(
         study, config="study config: a run config with a [study] table (configs/othello-study.toml, configs/chess-study.toml)",
-        example="train.steps=500", resume="continue the study in the output folder",
+        example="train.steps=500", resume="continue the study (and, with --train-model, the model's training) in the output folder",
+    )  # fmt: skip
+    study.add_argument(
+        "--train-model", action="store_true",
+        help="first train the game model when study.model (RUN/model) is missing: RUN becomes a `saekit games othello-model` "
+        "(or chess-model) run with the config's [game_model] settings (default: the trainer's), resumed with --resume",
     )  # fmt: skip
     study.set_defaults(func=_cmd_study)
 
@@ -89,12 +95,38 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from saekit.boardgames.study import load_study_config, run_study
 
-    study = load_study_config(args.config, args.set)
+    study = load_study_config(args.config, args.set, models_exist=not args.train_model)
+    if args.train_model:
+        _train_study_model(study, args.resume)
+        study = load_study_config(args.config, args.set)
     out = Path(args.out) if args.out else study.run.out
     run_study(study, out, resume=args.resume)
     print((out / "study.md").read_text(encoding="utf-8"))
     print(f"table {out / 'study.md'}, plot {out / 'study.png'}, numbers {out / 'study.json'}")
     return 0
+
+
+def _train_study_model(study: Study, resume: bool) -> None:
+    """``--train-model``: train the study's game model into the run folder above ``study.model`` with
+    the default settings, unless its ``model/`` is there already."""
+    from saekit.boardgames.chess_model import ChessModelConfig
+    from saekit.boardgames.othello_model import OthelloModelConfig
+    from saekit.errors import ConfigError
+
+    model = Path(study.study.model)
+    if model.name != "model":
+        raise ConfigError(f"--train-model trains a run whose model/ folder study.model names (RUN/model); got study.model = {str(model)!r}")
+    if (model / "config.json").is_file():
+        print(f"[study] the game model {model} is there: not trained again")
+        return
+    cls, command = (ChessModelConfig, _cmd_chess_model) if study.game == "chess" else (OthelloModelConfig, _cmd_othello_model)
+    settings = {f.name: f.default for f in dataclasses.fields(cls)}
+    unknown = sorted(set(study.game_model) - set(settings))
+    if unknown:
+        raise ConfigError(f"game_model: unknown setting(s) {', '.join(unknown)} of the {study.game} model; known: {', '.join(settings)}")
+    settings.update(study.game_model)
+    print(f"[study] training the {study.game} model into {model.parent}{' (resumed)' if resume else ''}")
+    command(argparse.Namespace(out=str(model.parent), resume=resume, threads=None, **settings))
 
 
 def _cmd_othello_model(args: argparse.Namespace) -> int:

@@ -159,3 +159,26 @@ def test_a_resumed_study_refuses_saes_the_config_added_by_name(model_run, tmp_pa
     path.write_text(path.read_text() + '[[sae]]\narchitecture = "gated_anneal"\nname = "gated-anneal"\nd_sae = 32\n')
     with pytest.raises(ConfigError, match=r"asks for \['topk-4', 'standard', 'gated-anneal'\] \(not trained there: \['gated-anneal'\]\)"):
         run_study(load_study_config(path), tmp_path / "out", resume=True)
+
+
+def test_one_command_trains_the_game_model_then_runs_the_study(tmp_path, capsys):
+    """`--train-model`: the model of study.model is trained first (the config's [game_model]), resumably."""
+    run = tmp_path / "gpt"
+    path = _config(run, tmp_path)
+    tiny = "[game_model]\nlayers = 1\nd_model = 16\nheads = 2\nsteps = 3\nbatch_games = 4\nwarmup_steps = 0\neval_games = 4\nsave_every = 2\n"
+    path.write_text(path.read_text().replace(f'"{SITE}"', '"layers.0.resid_post"') + tiny)
+    assert main(["games", "study", str(path)]) == 2  # without --train-model the model must be there
+    assert "study.model: " in capsys.readouterr().err
+    assert main(["games", "study", str(path), "--train-model"]) == 0
+    assert (run / "model" / "config.json").is_file() and (run / "checkpoints" / "step-0").is_dir()
+    assert json.loads((run / "accuracy.json").read_text())["config"]["d_model"] == 16
+    rows = json.loads((tmp_path / "out" / "study.json").read_text())["rows"]
+    assert [(r["model"], r["name"]) for r in rows][:2] == [("trained", "topk-4"), ("trained", "standard")]
+    out = capsys.readouterr().out
+    assert "training the othello model into" in out
+    assert main(["games", "study", str(path), "--train-model", "--resume"]) == 0  # the model is there: not trained again
+    assert "is there: not trained again" in capsys.readouterr().out
+    path.write_text(path.read_text().replace("layers = 1", "layers = 1\nwidth = 3"))
+    shutil.rmtree(run)
+    assert main(["games", "study", str(path), "--train-model"]) == 2
+    assert "game_model: unknown setting(s) width of the othello model" in capsys.readouterr().err
