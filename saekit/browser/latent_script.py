@@ -185,7 +185,7 @@ LATENT_SCRIPT = Html("""(function () {
           el('figcaption', {}, [caption])]));
       });
       var facts = name === null ? ['Never on at the browser\u2019s positions: no best property.'] : ['Best property: ', el('b', {}, [name]),
-        ', F1 ' + num(d.f1[0]) + ' (on above ' + percent(d.threshold[0]) + ' of its largest activation)' +
+        ', F1 ' + num(d.f1[0]) + (d.threshold[0] > 0 ? ' (on above ' + percent(d.threshold[0]) + ' of its largest activation)' : ' (on wherever it fires)') +
         (mark >= 0 ? '; its square is outlined in red.' : '; a property of no square.')];
       return el('div', {}, [el('h2', {}, ['Boards at the top positions']), el('p', {'class': 'facts'}, facts),
         el('p', {'class': 'facts'}, ['Each board is the position the model had read up to the token; the square just played is lit.']),
