@@ -29,7 +29,7 @@ from saekit.browser.export import check_export_target, export_site, is_plain_nam
 from saekit.browser.game_sample import DEFAULT_GAMES, TEXT_SETTINGS, GameSource, check_sample, game_source, game_tokens_of
 from saekit.browser.meta import MAX_JSON_BYTES, SaeInfo, Sample
 from saekit.browser.stats import Layout, StatsSettings, compute_latent_stats
-from saekit.browser.store import Browser, SaeData, cached_key, fingerprint, load_data, save_data, weights_hash
+from saekit.browser.store import CACHE_DIR, Browser, SaeData, cached_key, fingerprint, load_data, save_data, weights_hash
 from saekit.errors import ArtifactError, ConfigError
 from saekit.io import is_sae_folder, load_sae
 from saekit.sae.base import SAE
@@ -96,7 +96,9 @@ class BrowserConfig:
     def check_sample(self, source: GameSource | None) -> None:
         """Refuse the text settings for SAEs of a board-game model, and ``games`` for SAEs of text."""
         defaults = BrowserConfig()
-        check_sample(source, self.games, {k: getattr(self, k) for k in TEXT_SETTINGS}, {k: getattr(defaults, k) for k in TEXT_SETTINGS})
+        games = {k: getattr(self, k) for k in ("games", "game_seed")}
+        text = {k: getattr(self, k) for k in TEXT_SETTINGS}
+        check_sample(source, games, text, {k: getattr(defaults, k) for k in (*games, *text)})
 
 
 def sae_folders(target: str | os.PathLike[str]) -> dict[str, Path]:
@@ -145,17 +147,24 @@ def build_browser(
         _check_declared(dyn, name, folders[name])
     source = game_source(folders)
     cfg.check_sample(source)
-    model_name = loaded.name if loaded is not None else cfg.model or (source and source.model) or model_of(folders)
+    model_name = loaded.name if loaded is not None else model_to_run(folders, cfg.model, source)
     settings = cfg.content_settings(model_name, source)
     keys = {name: fingerprint(weights_hash(folder), settings) for name, folder in folders.items()}
     stale = {name: folder for name, folder in folders.items() if rebuild or cached_key(folder) != keys[name]}
     if stale:
         _compute(stale, keys, cfg, _Run(model_name, source, loaded, Path(target), progress))
-    saes = {name: _with_dynamics(name, _with_explanations(load_data(folder), folder), tracked.get(name)) for name, folder in folders.items()}
+    saes = {name: _with_dynamics(name, _with_explanations(_loaded(folder, source), folder), tracked.get(name)) for name, folder in folders.items()}
     browser = Browser(Path(target), _title(Path(target)), saes)
     if export is not None:
         export_site(browser, export, progress=progress)
     return browser
+
+
+def _loaded(folder: Path, source: GameSource | None) -> SaeData:
+    data = load_data(folder)
+    if source is not None and data.boards is None:
+        raise ArtifactError(f"{folder / CACHE_DIR} holds no boards for this SAE of a game model; delete it to rebuild it")
+    return data
 
 
 def _with_dynamics(name: str, data: SaeData, dynamics: Dynamics | None) -> SaeData:
@@ -189,6 +198,18 @@ def _cfg_json(folder: Path) -> dict[str, Any]:
     except ArtifactError:
         return {}
     return cfg if isinstance(cfg, dict) else {}
+
+
+def model_to_run(folders: dict[str, Path], model: str | None, source: GameSource | None) -> str:
+    """``model`` when given, else the game model the SAEs' provenance names (``source``), else the model
+    their cfg.json names (:func:`model_of`)."""
+    if model:
+        return model
+    if source is None:
+        return model_of(folders)
+    if source.model is None:
+        raise ConfigError(f"the SAEs were trained on {source.game} games, but their provenance.json names no model: pass it (--model)")
+    return source.model
 
 
 def model_of(folders: dict[str, Path]) -> str:

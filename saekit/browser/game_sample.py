@@ -62,11 +62,13 @@ def _of(folder: Path) -> GameSource | None:
     return GameSource(games["game"], player if isinstance(player, str) else "random", model if isinstance(model, str) else None)
 
 
-def check_sample(source: GameSource | None, games: int | None, text_settings: dict[str, Any], defaults: dict[str, Any]) -> None:
-    """Refuse the text settings that differ from their ``defaults`` for a game SAE, and ``games`` for a text SAE."""
+def check_sample(source: GameSource | None, game_settings: dict[str, Any], text_settings: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Refuse the text settings that differ from their ``defaults`` for a game SAE, and the game
+    settings (``games``, ``game_seed``) for a text SAE."""
     if source is None:
-        if games is not None:
-            raise ConfigError("--games (games) is for an SAE trained on a board-game model; these SAEs were trained on text")
+        given = [f"--{k.replace('_', '-')} ({k})" for k, v in game_settings.items() if v != defaults[k]]
+        if given:
+            raise ConfigError(f"{', '.join(given)} is for an SAE trained on a board-game model; these SAEs were trained on text")
         return
     given = [k if TEXT_SETTINGS[k] is None else f"{TEXT_SETTINGS[k]} ({k})" for k, v in text_settings.items() if v != defaults[k]]
     if given:

@@ -15,7 +15,7 @@ from test_browser_e2e import ARGS, CHROMIUM, open_latent
 import saekit
 from saekit.boardgames.othello_tokens import decode_tokens
 from saekit.boardgames.pgn import decode_pgn
-from saekit.browser import BrowserConfig, build_browser, serve_in_thread
+from saekit.browser import BrowserConfig, LiveModel, build_browser, serve_in_thread
 from saekit.browser.page_data import store_files
 from saekit.browser.store import Browser, load_data
 from saekit.cli.main import main
@@ -115,9 +115,32 @@ def test_games_for_a_text_sae_and_a_mixed_suite_are_refused_by_name(othello, tmp
     saekit.save_sae(text, tmp_path / "text")
     with pytest.raises(ConfigError, match="--games .* these SAEs were trained on text"):
         build_browser(tmp_path / "text", BrowserConfig(games=5), progress=False)
+    with pytest.raises(ConfigError, match=r"--game-seed \(game_seed\) is for an SAE trained on a board-game model"):
+        build_browser(tmp_path / "text", BrowserConfig(game_seed=4), progress=False)
     suite = saekit.save_suite({"text": text, "game": saekit.load_sae(othello[0])}, tmp_path / "suite")
     with pytest.raises(ConfigError, match=r"different data \(text: text, game: othello games\)"):
         build_browser(suite, progress=False)
+
+
+def test_a_game_sae_whose_cache_lost_its_boards_is_refused_by_name(othello, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(othello[0], folder)
+    (folder / "browser-cache" / "boards.json").unlink()
+    with pytest.raises(ArtifactError, match="browser-cache holds no boards for this SAE of a game model; delete it"):
+        build_browser(folder, BrowserConfig(games=12), progress=False)
+
+
+def test_a_game_sae_runs_the_model_its_provenance_names_and_needs_one(othello, tmp_path):
+    live = LiveModel.load(othello[0])
+    assert live.loaded.name == json.loads((othello[0] / "provenance.json").read_text())["data"]["model"]
+    assert len(live.run("sae", "d3 c5 f6").tokens) == 3  # square names are the model's words
+    folder = tmp_path / "sae"
+    shutil.copytree(othello[0], folder)
+    prov = json.loads((folder / "provenance.json").read_text())
+    del prov["data"]["model"]
+    (folder / "provenance.json").write_text(json.dumps(prov))
+    with pytest.raises(ConfigError, match=r"trained on othello games, but their provenance.json names no model: pass it \(--model\)"):
+        build_browser(folder, progress=False)
 
 
 def test_a_provenance_naming_no_game_is_refused_by_name(othello, tmp_path):
