@@ -87,14 +87,13 @@ class BrowserConfig:
 
     def content_settings(self, model: str, source: GameSource | None) -> dict[str, Any]:
         """The settings the cached data depends on (batch sizes and device do not change it)."""
-        keep = ("logit_k", "neighbours", *TEXT_SETTINGS)
-        if source is not None:
-            keep = ("logit_k", "neighbours", "games", "game_seed")
-            return {"model": model, **{k: getattr(self, k) for k in keep}, "game": dataclasses.asdict(source), "stats": to_dict(self.stats)}
-        return {"model": model, **{k: getattr(self, k) for k in keep}, "stats": to_dict(self.stats)}
+        common = {"model": model, "logit_k": self.logit_k, "neighbours": self.neighbours, "stats": to_dict(self.stats)}
+        if source is None:
+            return {**common, **{k: getattr(self, k) for k in TEXT_SETTINGS}}
+        return {**common, "games": self.games, "game_seed": self.game_seed, "game": dataclasses.asdict(source)}
 
     def check_sample(self, source: GameSource | None) -> None:
-        """Refuse the text settings for SAEs of a board-game model, and ``games`` for SAEs of text."""
+        """Refuse the text settings for SAEs of a board-game model, and the game settings for SAEs of text."""
         defaults = BrowserConfig()
         games = {k: getattr(self, k) for k in ("games", "game_seed")}
         text = {k: getattr(self, k) for k in TEXT_SETTINGS}
