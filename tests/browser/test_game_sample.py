@@ -153,11 +153,12 @@ def test_a_provenance_naming_no_game_is_refused_by_name(othello, tmp_path):
         build_browser(folder, progress=False)
 
 
-def test_the_page_draws_the_boards_in_chromium(othello, tmp_path):
+@pytest.mark.parametrize("game", ["othello", "chess"])
+def test_the_page_draws_the_boards_in_chromium(request, game):
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[browser-test]')")
-    folder, data = othello
+    folder, data = request.getfixturevalue(game)
     r = data.boards.records
     latent = int(np.argmax((r["rows"] >= 0).sum(1)))
     server, _ = serve_in_thread(Browser(folder, "boards", {"sae": data}), "127.0.0.1", 0)
@@ -172,7 +173,9 @@ def test_the_page_draws_the_boards_in_chromium(othello, tmp_path):
             best = data.boards.names[r["best"][latent]]
             text = tab.inner_text("#latent")
             assert f"Best property: {best}, F1 " in text
-            assert tab.locator("rect.mark").count() == (shown if best[:2] != "in" else 0)
+            has_square = re.match(r"[a-h][1-8]_", best) is not None
+            assert tab.locator("rect.mark").count() == (shown if has_square else 0)
+            assert ("its square is outlined" in text) == has_square
             assert "game " in text and "to move" in text
             chromium.close()
     finally:
