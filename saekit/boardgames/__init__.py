@@ -9,11 +9,11 @@ package): ``random_chess_games`` game strings from seeded players; ``encode_pgn`
 Othello-GPT (``OthelloModelConfig``) into a Hugging Face folder, ``legal_move_accuracy`` scores it;
 ``train_chess_model`` a character-level chess GPT (``ChessModelConfig``), ``chess_legal_move_accuracy``
 the legality of its greedy moves. Metrics:
-``coverage`` and ``board_reconstruction`` on SAE codes and a ``PropertyTable``'s values. See
+``coverage``, ``latent_best`` (each latent's best property) and ``board_reconstruction`` on SAE codes and a ``PropertyTable``'s values. See
 docs/boardgames.md.
 """
 
-from saekit.boardgames.board_metrics import Coverage, Reconstruction, board_reconstruction, coverage
+from saekit.boardgames.board_metrics import Coverage, LatentBest, Reconstruction, board_reconstruction, coverage, latent_best
 from saekit.boardgames.chess_eval import chess_legal_move_accuracy
 from saekit.boardgames.chess_model import ChessModelConfig
 from saekit.boardgames.chess_properties import chess_properties
@@ -33,6 +33,7 @@ __all__ = [
     "ChessModelConfig",
     "Coverage",
     "GenerateConfig",
+    "LatentBest",
     "LegalMoveAccuracy",
     "OthelloBoard",
     "OthelloGames",
@@ -50,6 +51,7 @@ __all__ = [
     "encode_pgn",
     "generate_games",
     "join",
+    "latent_best",
     "legal_move_accuracy",
     "othello_properties",
     "play_game",

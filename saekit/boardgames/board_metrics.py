@@ -113,6 +113,45 @@ def coverage(
     return Coverage(levels, per_threshold, float(per_threshold[top]), float(levels[top]), best, latent)
 
 
+@dataclass(frozen=True)
+class LatentBest:
+    """Per latent [latents]: the ``property`` (column index, -1 for a latent never on) on which its F1 is
+    highest over every threshold and property, that ``f1`` and the ``threshold`` reaching it (the lowest
+    on a tie)."""
+
+    property: np.ndarray
+    f1: np.ndarray
+    threshold: np.ndarray
+
+
+def latent_best(
+    codes: object,
+    properties: object,
+    *,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> LatentBest:
+    """Each latent's best property: the (threshold, property) of its highest F1, counted as for
+    :func:`coverage` (which gives each property's best latent; this is the other direction)."""
+    codes = as_codes(codes, "codes")
+    props = as_properties(properties, codes.shape[0], "properties")
+    levels = check_thresholds(thresholds)
+    tile = tiling(codes.shape[1], len(levels), props.shape[1], block_bytes)
+    limits = on_limits(levels, max_activations(codes, tile, "codes"))
+    positives = props.sum(axis=0)
+    best = np.full(codes.shape[1], -1, dtype=np.int64)
+    f1_best, at = np.zeros(codes.shape[1]), np.zeros(codes.shape[1])
+    for counts in latent_counts(codes, props, limits, tile, "codes"):
+        span = slice(counts.first, counts.first + counts.fires.shape[1])
+        for j in range(len(levels)):
+            f1 = 2 * counts.hits[j] / np.maximum(counts.fires[j][:, None] + positives[None, :], 1)
+            arg = f1.argmax(axis=1)
+            value = f1[np.arange(len(arg)), arg]
+            better = value > f1_best[span]
+            f1_best[span][better], best[span][better], at[span][better] = value[better], arg[better], levels[j]
+    return LatentBest(best, f1_best, at)
+
+
 def board_reconstruction(
     codes_fit: object,
     properties_fit: object,

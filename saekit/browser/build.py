@@ -14,19 +14,22 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from saekit.bounded import read_json
+from saekit.browser.boards import board_states, boards_of
 from saekit.browser.dynamics import Dynamics, as_folders, assign, check_fits, load_dynamics
 from saekit.browser.effects import final_norm_scale, logit_effects, nearest_latents, unembedding
 from saekit.browser.explanations import read_explanations
 from saekit.browser.export import check_export_target, export_site, is_plain_name
+from saekit.browser.game_sample import DEFAULT_GAMES, TEXT_SETTINGS, GameSource, check_sample, game_source, game_tokens_of
 from saekit.browser.meta import MAX_JSON_BYTES, SaeInfo, Sample
 from saekit.browser.stats import Layout, StatsSettings, compute_latent_stats
-from saekit.browser.store import Browser, SaeData, cached_key, fingerprint, load_data, save_data, weights_hash
+from saekit.browser.store import CACHE_DIR, Browser, SaeData, cached_key, fingerprint, load_data, save_data, weights_hash
 from saekit.errors import ArtifactError, ConfigError
 from saekit.io import is_sae_folder, load_sae
 from saekit.sae.base import SAE
@@ -67,18 +70,34 @@ class BrowserConfig:
     """Contexts per model forward pass."""
     device: str = "cpu"
     """Device of the model and the SAEs."""
+    games: int | None = None
+    """An SAE of a board-game model (its provenance.json says so): games drawn for the sample (the
+    complete ones are shown), None: DEFAULT_GAMES (300). The text settings above do not apply to such an SAE."""
+    game_seed: int = 1
+    """Seed of those games (the game models train on seed 0: 1 is held out)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.skip_positions < self.context_size:
             raise ConfigError(f"skip_positions must be in 0..{self.context_size - 1}, got {self.skip_positions}")
+        if self.games is not None and self.games < 1:
+            raise ConfigError(f"games must be positive, got {self.games}")
         for name in ("n_tokens", "batch_size", "forward_batch", "logit_k", "neighbours"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
-    def content_settings(self, model: str) -> dict[str, Any]:
+    def content_settings(self, model: str, source: GameSource | None) -> dict[str, Any]:
         """The settings the cached data depends on (batch sizes and device do not change it)."""
-        keep = ("corpus", "n_tokens", "context_size", "split", "seed", "skip_positions", "logit_k", "neighbours")
-        return {"model": model, **{k: getattr(self, k) for k in keep}, "stats": to_dict(self.stats)}
+        common = {"model": model, "logit_k": self.logit_k, "neighbours": self.neighbours, "stats": to_dict(self.stats)}
+        if source is None:
+            return {**common, **{k: getattr(self, k) for k in TEXT_SETTINGS}}
+        return {**common, "games": self.games, "game_seed": self.game_seed, "game": dataclasses.asdict(source)}
+
+    def check_sample(self, source: GameSource | None) -> None:
+        """Refuse the text settings for SAEs of a board-game model, and the game settings for SAEs of text."""
+        defaults = BrowserConfig()
+        games = {k: getattr(self, k) for k in ("games", "game_seed")}
+        text = {k: getattr(self, k) for k in TEXT_SETTINGS}
+        check_sample(source, games, text, {k: getattr(defaults, k) for k in (*games, *text)})
 
 
 def sae_folders(target: str | os.PathLike[str]) -> dict[str, Path]:
@@ -125,17 +144,26 @@ def build_browser(
     tracked = assign((load_dynamics(f) for f in as_folders(dynamics)), list(folders))
     for name, dyn in tracked.items():
         _check_declared(dyn, name, folders[name])
-    model_name = loaded.name if loaded is not None else cfg.model or model_of(folders)
-    settings = cfg.content_settings(model_name)
+    source = game_source(folders)
+    cfg.check_sample(source)
+    model_name = loaded.name if loaded is not None else model_to_run(folders, cfg.model, source)
+    settings = cfg.content_settings(model_name, source)
     keys = {name: fingerprint(weights_hash(folder), settings) for name, folder in folders.items()}
     stale = {name: folder for name, folder in folders.items() if rebuild or cached_key(folder) != keys[name]}
     if stale:
-        _compute(stale, keys, cfg, model_name, loaded, Path(target), progress)
-    saes = {name: _with_dynamics(name, _with_explanations(load_data(folder), folder), tracked.get(name)) for name, folder in folders.items()}
+        _compute(stale, keys, cfg, _Run(model_name, source, loaded, Path(target), progress))
+    saes = {name: _with_dynamics(name, _with_explanations(_loaded(folder, source), folder), tracked.get(name)) for name, folder in folders.items()}
     browser = Browser(Path(target), _title(Path(target)), saes)
     if export is not None:
         export_site(browser, export, progress=progress)
     return browser
+
+
+def _loaded(folder: Path, source: GameSource | None) -> SaeData:
+    data = load_data(folder)
+    if source is not None and data.boards is None:
+        raise ArtifactError(f"{folder / CACHE_DIR} holds no boards for this SAE of a game model; delete it to rebuild it")
+    return data
 
 
 def _with_dynamics(name: str, data: SaeData, dynamics: Dynamics | None) -> SaeData:
@@ -171,6 +199,18 @@ def _cfg_json(folder: Path) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def model_to_run(folders: dict[str, Path], model: str | None, source: GameSource | None) -> str:
+    """``model`` when given, else the game model the SAEs' provenance names (``source``), else the model
+    their cfg.json names (:func:`model_of`)."""
+    if model:
+        return model
+    if source is None:
+        return model_of(folders)
+    if source.model is None:
+        raise ConfigError(f"the SAEs were trained on {source.game} games, but their provenance.json names no model: pass it (--model)")
+    return source.model
+
+
 def model_of(folders: dict[str, Path]) -> str:
     """The one model named (``metadata.model_name``) by the SAEs' cfg.json files, else the default."""
     names = set()
@@ -188,12 +228,19 @@ def _title(target: Path) -> str:
     return target.resolve().name or str(target)
 
 
-def _compute(
-    stale: dict[str, Path], keys: dict[str, str], cfg: BrowserConfig, model_name: str,
-    loaded: LoadedModel | None, target: Path, progress: bool,
-) -> None:  # fmt: skip
+class _Run(NamedTuple):
+    """What one computation of stale SAEs is about."""
+
+    model_name: str
+    source: GameSource | None
+    """The SAEs' games; None: they read text."""
+    loaded: LoadedModel | None
+    target: Path
+    progress: bool
+
+
+def _compute(stale: dict[str, Path], keys: dict[str, str], cfg: BrowserConfig, run: _Run) -> None:
     from saekit.models import load_model
-    from saekit.sources.text import TextConfig, tokens_from_config
 
     saes = {name: load_sae(folder, device=cfg.device) for name, folder in stale.items()}
     for name, sae in saes.items():
@@ -203,29 +250,53 @@ def _compute(
             )
         if any("/" in site for site in sae.sites):
             raise ArtifactError(f"SAE {name} reads sites {list(sae.sites)} of several models; the browser runs one model")
-    loaded = loaded if loaded is not None else load_model(model_name, device=cfg.device)
-    text = TextConfig(corpus=cfg.corpus, context_size=cfg.context_size, n_tokens=cfg.n_tokens, seed=cfg.seed, split=cfg.split)  # type: ignore[arg-type]
-    tokens = tokens_from_config(text, loaded.tokenizer)
-    layout = Layout(cfg.context_size, cfg.skip_positions)
+    loaded = run.loaded if run.loaded is not None else load_model(run.model_name, device=cfg.device)
+    tokens, layout = _sample(cfg, run.source, loaded.tokenizer)
     sites = sorted({site for sae in saes.values() for site in sae.sites})
     started = time.perf_counter()
-    acts = site_rows(loaded.model, tokens, sites, skip_positions=cfg.skip_positions, batch_size=cfg.forward_batch, progress=progress)
-    if progress:
+    acts = site_rows(loaded.model, tokens, sites, skip_positions=layout.skip, batch_size=cfg.forward_batch, progress=run.progress)
+    if run.progress:
         print(
-            f"browse: {tokens.numel():,} tokens through {model_name} at {len(sites)} site(s) in {time.perf_counter() - started:.0f} s"
+            f"browse: {tokens.numel():,} tokens through {run.model_name} at {len(sites)} site(s) in {time.perf_counter() - started:.0f} s"
         )
     scale, W_U = final_norm_scale(loaded.model), unembedding(loaded.model)
-    evals = _eval_rows(target)
+    states = board_states(run.source.game, tokens) if run.source is not None else None
+    evals = _eval_rows(run.target)
     for name, sae in saes.items():
         started = time.perf_counter()
-        data = browser_data(
-            name, sae, torch.cat([acts[site] for site in sae.sites], -1), tokens, layout, cfg,  # a crosscoder's side by side
-            scale=scale, W_U=W_U, tokenizer=loaded.tokenizer, progress=progress,
-        )  # fmt: skip
-        info = dataclasses.replace(data.info, model=model_name, metrics=_metrics(sae, evals.get(name, {})))
+        x = torch.cat([acts[site] for site in sae.sites], -1)  # a crosscoder's side by side
+        data = browser_data(name, sae, x, tokens, layout, cfg, scale=scale, W_U=W_U, tokenizer=loaded.tokenizer, progress=run.progress)
+        info = dataclasses.replace(data.info, model=run.model_name, metrics=_metrics(sae, evals.get(name, {})))
+        if run.source is not None and states is not None:
+            sample = dataclasses.replace(info.sample, corpus=f"{run.source.game} games (seed {cfg.game_seed})", split="held out")
+            info = dataclasses.replace(info, sample=sample)
+            codes = _codes(sae, x, cfg.batch_size)
+            data = dataclasses.replace(data, boards=boards_of(run.source.game, states, codes, data.stats.top_rows))
+            if run.source.game == "othello":  # square names, shown one after another: a space keeps them apart
+                data = dataclasses.replace(data, vocab={i: f"{t} " for i, t in data.vocab.items()})
         save_data(stale[name], dataclasses.replace(data, info=info), keys[name])
-        if progress:
+        if run.progress:
             print(f"browse: {name}: {sae.d_sae} latents in {time.perf_counter() - started:.1f} s")
+
+
+def _sample(cfg: BrowserConfig, source: GameSource | None, tokenizer: Any) -> tuple[Tensor, Layout]:
+    """The tokens the latents are shown on and their layout: the text corpus, or the held-out games."""
+    from saekit.sources.text import TextConfig, tokens_from_config
+
+    if source is not None:
+        tokens = game_tokens_of(source, cfg.games or DEFAULT_GAMES, cfg.game_seed, tokenizer)
+        return tokens, Layout(tokens.shape[1], 0)
+    text = TextConfig(corpus=cfg.corpus, context_size=cfg.context_size, n_tokens=cfg.n_tokens, seed=cfg.seed, split=cfg.split)  # type: ignore[arg-type]
+    return tokens_from_config(text, tokenizer), Layout(cfg.context_size, cfg.skip_positions)
+
+
+@torch.no_grad()
+def _codes(sae: SAE, acts: Tensor, batch_size: int) -> np.ndarray:
+    """float32 [rows, latents]: the SAE's codes of ``acts``, what the best properties are measured on."""
+    sae = sae.eval()
+    dtype, device = sae.W_enc.dtype, sae.W_enc.device
+    parts = [sae.encode(acts[i : i + batch_size].to(device, dtype)).float().cpu().numpy() for i in range(0, len(acts), batch_size)]
+    return np.concatenate(parts)
 
 
 @torch.no_grad()

@@ -51,7 +51,7 @@ LATENT_SCRIPT = Html("""(function () {
   var READ = {
     f4: function (v, o) { return v.getFloat32(o, true); }, f2: function (v, o) { return half(v.getUint16(o, true)); },
     u4: function (v, o) { return v.getUint32(o, true); }, u2: function (v, o) { return v.getUint16(o, true); },
-    u1: function (v, o) { return v.getUint8(o); }, i4: function (v, o) { return v.getInt32(o, true); }
+    u1: function (v, o) { return v.getUint8(o); }, i1: function (v, o) { return v.getInt8(o); }, i4: function (v, o) { return v.getInt32(o, true); }
   };
   function decode(buffer, fields) {
     var view = new DataView(buffer), out = {};
@@ -148,7 +148,49 @@ LATENT_SCRIPT = Html("""(function () {
     kids.push(svg('text', {x: left - 4, y: top + ih, 'font-size': 10, 'text-anchor': 'end'}, [num(lo)]));
     return svg('svg', {width: w, height: h, viewBox: '0 0 ' + w + ' ' + h, role: 'img', 'class': 'curve'}, kids);
   }
+  var FILES = 'abcdefgh', CHESS = '\u265a\u265b\u265c\u265d\u265e\u265f \u2659\u2658\u2657\u2656\u2655\u2654';
+  function board(extra, squares, played, mark) {
+    // Othello: row 1 on top, as its engine numbers squares; chess: rank 8 on top, white below.
+    var cell = 26, edge = 14, size = edge + 8 * cell, chess = extra.game === 'chess', kids = [];
+    for (var sq = 0; sq < 64; sq++) {
+      var file = sq % 8, rank = Math.floor(sq / 8), x = edge + file * cell, y = (chess ? 7 - rank : rank) * cell;
+      var fill = chess ? ((file + rank) % 2 ? '#f0d9b5' : '#b58863') : '#2e8b57', v = squares[sq];
+      if (sq === played) fill = chess ? '#f6f669' : '#8fd18f';
+      var name = FILES[file] + (rank + 1), attrs = {x: x, y: y, width: cell, height: cell, fill: fill, stroke: chess ? 'none' : '#1d5e3a'};
+      if (sq === played) attrs['class'] = 'played';
+      kids.push(svg('rect', attrs, [svg('title', {}, [name + (sq === played ? ': just played' : '')])]));
+      if (!chess && v) kids.push(svg('circle', {cx: x + cell / 2, cy: y + cell / 2, r: cell * 0.4, fill: v === 1 ? '#111' : '#fafafa', stroke: '#111'}));
+      if (chess && CHESS.charAt(v) !== ' ') kids.push(svg('text', {x: x + cell / 2, y: y + cell * 0.78, 'font-size': cell * 0.8,
+        'text-anchor': 'middle'}, [CHESS.charAt(v)]));
+      if (sq === mark) kids.push(svg('rect', {x: x + 1.5, y: y + 1.5, width: cell - 3, height: cell - 3, fill: 'none', stroke: '#d7191c',
+        'stroke-width': 3, 'class': 'mark'}));
+    }
+    for (var k = 0; k < 8; k++) {
+      kids.push(svg('text', {x: edge + k * cell + cell / 2, y: 8 * cell + 11, 'font-size': 10, 'text-anchor': 'middle'}, [FILES[k]]));
+      kids.push(svg('text', {x: 2, y: (chess ? 7 - k : k) * cell + cell / 2 + 4, 'font-size': 10}, [String(k + 1)]));
+    }
+    return svg('svg', {width: size, height: size, viewBox: '0 0 ' + size + ' ' + size, role: 'img', 'class': 'board'}, kids);
+  }
   var PANELS = {
+    board: function (extra, d) {
+      var best = d.best[0], name = best >= 0 ? extra.properties[best] : null, mark = best >= 0 ? extra.marks[best] : -1;
+      var per = meta.layout[0], boards = [];
+      d.rows.forEach(function (row, k) {
+        if (row < 0) return;
+        var game = Math.floor(row / per), ply = row % per, first = d.first_to_move[k];
+        var mover = extra.game === 'chess' ? (first ? 'white' : 'black') : (first ? 'black' : 'white');
+        var caption = 'game ' + game + ', ' + (extra.game === 'chess' ? 'character ' : 'move ') + (ply + 1) + ' (' +
+          token(tokens[row]).trim() + ') \u00b7 ' + mover + ' to move';
+        boards.push(el('figure', {'class': 'board'}, [board(extra, d.squares.slice(k * 64, (k + 1) * 64), d.played[k], mark),
+          el('figcaption', {}, [caption])]));
+      });
+      var facts = name === null ? ['Never on at the browser\u2019s positions: no best property.'] : ['Best property: ', el('b', {}, [name]),
+        ', F1 ' + num(d.f1[0]) + (d.threshold[0] > 0 ? ' (on above ' + percent(d.threshold[0]) + ' of its largest activation)' : ' (on wherever it fires)') +
+        (mark >= 0 ? '; its square is outlined in red.' : '; a property of no square.')];
+      return el('div', {}, [el('h2', {}, ['Boards at the top positions']), el('p', {'class': 'facts'}, facts),
+        el('p', {'class': 'facts'}, ['Each board is the position the model had read up to the token; the square just played is lit.']),
+        el('div', {'class': 'boards'}, boards.length ? boards : [el('p', {}, ['never fired on the sample'])])]);
+    },
     dynamics: function (extra, d) {
       var labels = extra.labels, formed = d.formation[0], purity = d.token_purity[0];
       var formedText = formed >= 0 ? 'checkpoint ' + labels[formed] + ' (' + (formed + 1) + ' of ' + labels.length + ')' : 'never';

@@ -58,13 +58,14 @@ class LiveModel:
     @classmethod
     def load(cls, target: str | os.PathLike[str], model: str | None = None, device: str = "cpu") -> LiveModel:
         """The SAEs of ``target`` (an SAE or suite folder) and their model (``model``, else the one their
-        cfg.json names, as for the browser)."""
-        from saekit.browser.build import model_of, sae_folders
+        provenance or cfg.json names, as for the browser)."""
+        from saekit.browser.build import model_to_run, sae_folders
+        from saekit.browser.game_sample import game_source
         from saekit.models import load_model
 
         folders = sae_folders(target)
         saes = {name: load_sae(folder, device=device).eval() for name, folder in folders.items()}
-        return cls(load_model(model or model_of(folders), device=device), saes)
+        return cls(load_model(model_to_run(folders, model, game_source(folders)), device=device), saes)
 
     @torch.no_grad()
     def run(self, sae: str, text: str, top: int = TOP) -> LiveResult:

@@ -5,6 +5,7 @@ export (written beside the page):
     <sae>/latents.bin    one fixed-size record per latent (:mod:`saekit.browser.record`)
     <sae>/tokens.bin     the token sample, uint32 ids
     <sae>/dynamics.bin   with training dynamics: one record per latent of its curves (an extra panel)
+    <sae>/boards.bin     an SAE of a board-game model: one record per latent of its boards (an extra panel)
 
 ``page.json`` is JSON served as ``application/json``; the page puts its strings into text nodes only
 (:mod:`saekit.browser.latent_script`), so they need no HTML escaping here.
@@ -18,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from saekit.browser.board_cache import BOARDS
+from saekit.browser.boards import panel_entry
 from saekit.browser.dynamics import Dynamics
 from saekit.browser.explained import scores_text
 from saekit.browser.meta import Dims
@@ -25,7 +28,7 @@ from saekit.browser.record import dims_of, encode, field_table, record_dtype
 from saekit.browser.store import RECORDS, TOKENS, SaeData
 
 PAGE_DATA, DYNAMICS = "page.json", "dynamics.bin"
-FILES = (PAGE_DATA, RECORDS, TOKENS, DYNAMICS)
+FILES = (PAGE_DATA, RECORDS, TOKENS, DYNAMICS, BOARDS)
 """Every store file an SAE may have beside its latent page."""
 
 
@@ -34,6 +37,9 @@ def store_files(title: str, d: SaeData) -> dict[str, bytes]:
     dims = dims_of(d.stats, d.neighbours, d.effects)
     files = {RECORDS: encode(d.stats, d.neighbours, d.effects).tobytes(), TOKENS: d.tokens.numpy().astype("<u4").tobytes()}
     extras = []
+    if d.boards is not None:
+        files[BOARDS] = d.boards.records.tobytes()
+        extras.append(panel_entry(d.boards, BOARDS))
     if d.dynamics is not None:
         files[DYNAMICS], extra = _dynamics(d.dynamics)
         extras.append(extra)

@@ -86,6 +86,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ctx span{border-radius:2px}.c{outline:1px solid #333}.off{color:#aaa}.error{color:#b00}
 .tok{font-family:ui-monospace,monospace;white-space:pre;background:#f3f3f3;padding:0 3px;border-radius:2px}
 input#q{font-size:1em;padding:3px 6px;width:22em}
+.boards{display:flex;flex-wrap:wrap;gap:1.2em}figure.board{margin:0}figure.board figcaption{font-size:12px;color:#444;max-width:226px}
 """)
 
 

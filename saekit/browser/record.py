@@ -41,7 +41,7 @@ def record_dtype(d: Dims) -> np.dtype:
 
 
 def field_table(dtype: np.dtype) -> list[list[object]]:
-    """[name, kind ("f4", "f2", "u4", "u2", "u1", "i4"), byte offset, element count] of each field of a
+    """[name, kind ("f4", "f2", "u4", "u2", "u1", "i1", "i4"), byte offset, element count] of each field of a
     structured ``dtype``: what the page's script needs to read a record."""
     table: list[list[object]] = []
     for name in dtype.names or ():

