@@ -47,18 +47,20 @@ def game_source(folders: dict[str, Path]) -> GameSource | None:
 
 
 def _of(folder: Path) -> GameSource | None:
-    try:
-        raw = read_json(folder / "provenance.json", MAX_JSON_BYTES, ArtifactError)
-    except ArtifactError:
+    path = folder / "provenance.json"
+    if not path.exists():
         return None  # no provenance (an SAE made elsewhere): a text SAE, as before
-    data = raw.get("data") if isinstance(raw, dict) else None
-    games = data.get("games") if isinstance(data, dict) else None
+    raw = read_json(path, MAX_JSON_BYTES, ArtifactError)  # one that is there but broken is named, not taken for text
+    if not isinstance(raw, dict) or not isinstance(raw.get("data", {}), dict):
+        raise ArtifactError(f"{path}: expected a JSON object whose 'data' is an object (what saekit writes); the file is damaged")
+    data = raw.get("data", {})
+    games = data.get("games")
     if games is None:
         return None
     if not isinstance(games, dict) or games.get("game") not in ("othello", "chess"):
         raise ArtifactError(f"{folder / 'provenance.json'}: data.games must name the game (othello or chess), got {games!r}")
     player = games.get("player", "random")
-    model = data.get("model") if isinstance(data, dict) else None
+    model = data.get("model")
     return GameSource(games["game"], player if isinstance(player, str) else "random", model if isinstance(model, str) else None)
 
 

@@ -181,3 +181,16 @@ def test_the_page_draws_the_boards_in_chromium(request, game):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"data": "games"}', "{not json"])
+def test_a_damaged_provenance_is_named_not_taken_for_text(tmp_path, text):
+    from saekit.browser.game_sample import game_source
+
+    folder = tmp_path / "sae"
+    folder.mkdir()
+    (folder / "provenance.json").write_text(text)
+    with pytest.raises(ArtifactError, match="provenance.json"):
+        game_source({"sae": folder})
+    (folder / "provenance.json").unlink()
+    assert game_source({"sae": folder}) is None  # none at all: an SAE made elsewhere, shown on text
