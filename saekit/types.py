@@ -43,6 +43,9 @@ class StepCtx:
                     when not tracked (evaluation, a single call from user code).
     comm:           the ranks sharing the batch (:mod:`saekit.comm`); a loss that couples the rows of
                     a batch makes that computation global through it. One process: ``LOCAL``.
+    latents:        the ranks sharing the SAE's latents (latent-sharded training): the SAE holds a
+                    slice of them, and its loss sums and selects over the ranks through it
+                    (:mod:`saekit.sae.shards`). ``LOCAL``: the SAE holds all of its latents.
     """
 
     step: int = 0
@@ -50,6 +53,7 @@ class StepCtx:
     sparsity_scale: float = 1.0
     dead_mask: Tensor | None = None
     comm: Comm = LOCAL
+    latents: Comm = LOCAL
 
     @property
     def progress(self) -> float:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -94,6 +95,10 @@ class SAE(nn.Module, abc.ABC):
     """Whether the SAE keeps a per-latent inference threshold ``threshold [d_sae]`` (JumpReLU's, or the
     learned global threshold of the architectures that couple tokens in training)."""
     training_state: ClassVar[tuple[str, ...]] = ()
+    latent_axes: ClassVar[Mapping[str, int]] = {}
+    """The state tensors with one entry per latent, and the axis it runs along: latent-sharded training
+    (:mod:`saekit.training.latent_shards`) gives each rank a slice of them there and the whole of the
+    others. Empty: the architecture cannot be latent-sharded (its loss would need :mod:`saekit.sae.shards`)."""
     """Buffers only training needs (schedules' state): kept in checkpoints, left out of saved SAE folders so
     that SAELens and other readers see just the inference tensors; a loaded SAE starts them afresh."""
 

@@ -48,7 +48,6 @@ from typing import final
 import torch
 from torch import Tensor
 
-from saekit.comm import Comm
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
 from saekit.sae import topk_family as family
@@ -85,8 +84,12 @@ def batch_topk(k: int) -> family.Selection:
     rather than ReLU(pre) keeps the same positive entries (ReLU is monotone); where fewer than n·k are
     positive, the extra picks get a zero code either way."""
 
-    def select(pre: Tensor, batch: ActBatch, comm: Comm) -> S.Pattern:
-        n_keep = min(pre.numel(), pre.shape[0] * k) * comm.world_size
+    def select(pre: Tensor, batch: ActBatch, ctx: StepCtx) -> S.Pattern:
+        # The matrix is split over ranks by rows (data parallel) or by latents (latent-sharded); the
+        # count kept is the whole matrix's either way.
+        rows, width = pre.shape[0] * ctx.comm.world_size, pre.shape[1] * ctx.latents.world_size
+        n_keep = min(rows * width, rows * k)
+        comm = ctx.comm if ctx.comm.distributed else ctx.latents
         if not comm.distributed:
             return S.pattern_from_flat(S.batch_topk_flat(pre, n_keep, per_row=2 * k), *pre.shape)
         # The whole batch's n·k largest: each rank's own largest are its candidates; their values,
@@ -110,6 +113,7 @@ class BatchTopKSAE(SAE):
     scaled_params = ("b_enc", "b_dec", "threshold")
     has_threshold = True
     training_state = F.ZIPF_STATE
+    latent_axes = {**family.LATENT_AXES, "threshold": 0}
     cfg: BatchTopKConfig
     threshold: Tensor
 

@@ -34,7 +34,6 @@ from typing import final
 import torch
 from torch import Tensor, nn
 
-from saekit.comm import Comm
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
 from saekit.sae import topk_family as family
@@ -78,7 +77,7 @@ def block_masks(n_layers: int, d_in: int, d_out: int, d_sae: int) -> dict[str, T
 def per_layer_topk(k: int, n_layers: int) -> family.Selection:
     """The CLT's selection: the k largest pre-activations of each of the ``n_layers`` blocks of latents."""
 
-    def select(pre: Tensor, batch: ActBatch, comm: Comm) -> S.Pattern:
+    def select(pre: Tensor, batch: ActBatch, ctx: StepCtx) -> S.Pattern:
         rows, d_sae = pre.shape
         n = d_sae // n_layers
         within = F.row_topk(pre.reshape(rows * n_layers, n), k).view(rows, n_layers, k)

@@ -50,7 +50,6 @@ from typing import final
 import torch
 from torch import Tensor
 
-from saekit.comm import Comm
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
 from saekit.sae import topk_family as family
@@ -83,9 +82,9 @@ class FeatureChoiceConfig(family.TopKFamilyConfig):
 def feature_choice(k: int, d_sae: int, exponent: float) -> family.Selection:
     """Feature Choice's selection: the m_j largest activations of every latent j in the batch."""
 
-    def select(pre: Tensor, batch: ActBatch, comm: Comm) -> S.Pattern:
-        capacities = F.feature_capacities(pre.shape[0] * comm.world_size, k, d_sae, exponent)
-        return S.pattern_from_mask(F.feature_choice_mask(pre.relu(), capacities, comm))
+    def select(pre: Tensor, batch: ActBatch, ctx: StepCtx) -> S.Pattern:
+        capacities = F.feature_capacities(pre.shape[0] * ctx.comm.world_size, k, d_sae, exponent)
+        return S.pattern_from_mask(F.feature_choice_mask(pre.relu(), capacities, ctx.comm))
 
     return select
 

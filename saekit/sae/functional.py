@@ -243,7 +243,8 @@ def track_threshold_(threshold: Tensor, observed: Tensor, beta: float, start_ste
     towards ``observed`` (the smallest over the ranks of a distributed run) from ``start_step`` on
     (:func:`threshold_tracking`), at the weight :func:`threshold_ema_weight` gives ``beta``."""
     if threshold_tracking(ctx.step, start_step, ctx.total_steps):
-        ema_threshold_(threshold, smallest_over_ranks(observed, ctx.comm), threshold_ema_weight(beta, ctx.total_steps))
+        smallest = smallest_over_ranks(smallest_over_ranks(observed, ctx.comm), ctx.latents)
+        ema_threshold_(threshold, smallest, threshold_ema_weight(beta, ctx.total_steps))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,7 +43,6 @@ import torch
 from torch import Tensor
 
 from saekit._fast import row_topk
-from saekit.comm import Comm
 from saekit.errors import DataError
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
@@ -129,7 +128,7 @@ class GradientTopKSAE(SAE):
     def loss(self, batch: ActBatch, ctx: StepCtx) -> LossOut:
         self._check_input(batch.x)
 
-        def select(pre: Tensor, rows: ActBatch, comm: Comm) -> S.Pattern:  # per row: nothing to share
+        def select(pre: Tensor, rows: ActBatch, ctx: StepCtx) -> S.Pattern:  # per row: nothing to share
             return S.pattern_from_topk(row_topk(self.scores(pre, rows.x, rows.grad), self.cfg.k), self.d_sae, ascending=True)
 
         return family.family_loss(self, self.cfg, batch, ctx, select)

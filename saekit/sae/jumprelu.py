@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.sae import functional as F
-from saekit.sae import relu
+from saekit.sae import relu, shards
 from saekit.sae import sparse as S
 from saekit.sae.base import SAE, OptimDefaults, SAEConfig
 from saekit.sae.registry import register
@@ -100,6 +100,7 @@ class JumpReLUSAE(SAE):
     b_dec_init = "zeros"
     scaled_params = ("b_enc", "b_dec", "threshold")
     has_threshold = True
+    latent_axes = {"W_enc": 1, "W_dec": 0, "b_enc": 0, "threshold": 0}
     cfg: JumpReLUConfig
     threshold: nn.Parameter
 
@@ -171,9 +172,9 @@ def jumprelu_loss(sae: SAE, cfg: JumpReLUConfig, threshold: Tensor, batch: ActBa
     theta_at = threshold[pattern.cols]
     values = F.jumprelu(z_at, theta_at, cfg.bandwidth)
     skip = sae.skip(x)
-    y_hat = S.sparse_decode(values, pattern, sae.W_dec) + (sae.b_dec if skip is None else sae.b_dec + skip)
+    y_hat = shards.summed(S.sparse_decode(values, pattern, sae.W_dec), ctx.latents) + (sae.b_dec if skip is None else sae.b_dec + skip)
     mse = F.mse_per_token(y, y_hat).mean()
-    l0 = F.heaviside_step(z_at, theta_at, cfg.bandwidth).sum() / x.shape[0]
+    l0 = shards.summed(F.heaviside_step(z_at, theta_at, cfg.bandwidth).sum() / x.shape[0], ctx.latents)
     loss = mse + ctx.sparsity_scale * cfg.l0_coef * l0
     codes = S.sparse_codes(values, pattern)
     return LossOut(loss, y_hat, Codes(codes, fired=S.fired_latents(values, pattern)), {"mse": mse.detach(), "l0": l0.detach()})
@@ -184,9 +185,10 @@ def dense_loss(sae: SAE, cfg: JumpReLUConfig, threshold: Tensor, batch: ActBatch
     x, y = batch.x, sae.target_of(batch)
     z = pre_acts(sae, x)
     codes = F.jumprelu(z, threshold, cfg.bandwidth)
-    y_hat = sae.reconstruct(x, codes)
+    skip = sae.skip(x)
+    y_hat = shards.summed(codes @ sae.W_dec, ctx.latents) + (sae.b_dec if skip is None else sae.b_dec + skip)
     mse = F.mse_per_token(y, y_hat).mean()
     # With θ >= 0 this equals the count of non-zero codes, but carries the θ pseudo-derivative.
-    l0 = F.heaviside_step(z, threshold, cfg.bandwidth).sum(-1).mean()
+    l0 = shards.summed(F.heaviside_step(z, threshold, cfg.bandwidth).sum(-1).mean(), ctx.latents)
     loss = mse + ctx.sparsity_scale * cfg.l0_coef * l0
     return LossOut(loss, y_hat, Codes(codes), {"mse": mse.detach(), "l0": l0.detach()})

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as tF
 
+from saekit.comm import Comm
 from saekit.sae import functional as F
 from saekit.sae import sparse as S
 from saekit.sae import topk_family as family
@@ -113,7 +114,8 @@ def nested_squared_error(widths: tuple[int, ...]) -> family.Reconstruct:
     x̂_m decoded from the selected latents below m alone (the module docstring)."""
     sizes = [wider - narrower for narrower, wider in zip((0, *widths), widths)]
 
-    def reconstruct(sae: SAE, values: Tensor, pattern: S.Pattern, x: Tensor, base: Tensor) -> family.Reconstruction:
+    def reconstruct(sae: SAE, values: Tensor, pattern: S.Pattern, x: Tensor, base: Tensor, latents: Comm) -> family.Reconstruction:
+        # ``latents`` is LOCAL: the groups are ranges of the whole dictionary, so Matryoshka is not latent-sharded.
         x_hat = base
         loss = x.new_zeros((), dtype=sae.W_dec.dtype)
         terms: dict[str, Tensor] = {}

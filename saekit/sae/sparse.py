@@ -34,7 +34,8 @@ from torch import Tensor
 from torch.nn import functional as tF
 
 from saekit._fast import row_topk, scratch
-from saekit.comm import Comm
+from saekit.comm import LOCAL, Comm
+from saekit.sae import shards
 
 
 class ByColumn(NamedTuple):
@@ -157,6 +158,24 @@ def batch_topk_flat(scores: Tensor, n_keep: int, per_row: int) -> Tensor:
         (row_ids[full, None] * n_cols + torch.arange(n_cols, device=scores.device)).flatten(),
     ])
     return candidates[scores.flatten()[candidates].topk(n_keep, sorted=False).indices]
+
+
+def row_topk_pattern(scores: Tensor, k: int, latents: Comm) -> Pattern:
+    """The pattern of each row's ``k`` largest ``scores`` over every rank's latents (``scores`` [rows,
+    this rank's latents], no autograd), as this rank's pairs. Ties at a row's cut go to the lower rank
+    (within a rank, to the earlier latent). One process: :func:`saekit._fast.row_topk`."""
+    if not latents.distributed:
+        return pattern_from_topk(row_topk(scores, k), scores.shape[-1], ascending=True)
+    rows, width = scores.shape
+    top = scores.topk(min(k, width), dim=-1, sorted=True)
+    candidates = latents.gather(top.values.t().contiguous()).t()  # [rows, ranks · min(k, width)]
+    cut = candidates.topk(k, dim=-1, sorted=True).values[:, -1:]  # each row's k-th largest
+    greater, tied = top.values > cut, top.values == cut
+    counts = latents.gather(torch.stack([greater.sum(-1), tied.sum(-1)])[None])  # [ranks, 2, rows]
+    free = k - counts[:, 0].sum(0) - counts[: latents.rank, 1].sum(0)  # tied places left for this rank
+    keep = greater | (tied & (tied.cumsum(-1) <= free[:, None]))
+    flat = (torch.arange(rows, device=scores.device)[:, None] * width + top.indices)[keep]
+    return pattern_from_flat(flat.sort().values, rows, width)
 
 
 def densify(values: Tensor, pattern: Pattern) -> Tensor:
@@ -310,7 +329,9 @@ def sparse_decode(values: Tensor, pattern: Pattern, W_dec: Tensor) -> Tensor:
 # The auxiliary loss of the TopK family (AuxK and aux_zipf_loss)
 
 
-def aux_loss(pre: Tensor, gather, x_hat: Tensor, x: Tensor, weights: Tensor | None, k_aux: int, W_dec: Tensor, comm: Comm) -> Tensor:
+def aux_loss(
+    pre: Tensor, gather, x_hat: Tensor, x: Tensor, weights: Tensor | None, k_aux: int, W_dec: Tensor, comm: Comm, latents: Comm = LOCAL
+) -> Tensor:
     """The auxiliary loss of the TopK family: latents with a positive weight reconstruct the residual
     x − x̂ (detached) from each token's ``min(k_aux, #latents)`` largest pre-activations among them,
     through a ReLU and times their latent's weight, decoded without b_dec; the summed squared error
@@ -327,24 +348,28 @@ def aux_loss(pre: Tensor, gather, x_hat: Tensor, x: Tensor, weights: Tensor | No
 
     ``comm``: the ranks the batch's rows are split over (``LOCAL`` in one process): the variance is the
     whole batch's, and each rank's error is scaled so that the mean over ranks is the one-process term.
+    ``latents``: the ranks the latents are split over (:mod:`saekit.sae.shards`; ``weights`` and ``pre``
+    are this rank's slice): the chosen latents are counted, selected and decoded over all of them.
 
     ``pre`` [batch, d_sae] holds the pre-activations without autograd; ``gather(pattern)`` returns
     them at a pattern with gradients (a closure over :func:`gather_pre`). The dense form of the same
     formula is the test oracle (tests/sae/dense_reference.py).
     """
-    if weights is None or not bool((weights > 0).any()):
+    n_chosen = 0 if weights is None else int(latents.sum_((weights > 0).sum()))
+    if weights is None or n_chosen == 0:
         return pre.new_zeros((), dtype=W_dec.dtype)
     residual = (x - x_hat).detach()
     chosen = (weights > 0).nonzero().squeeze(-1)
-    k = min(k_aux, chosen.numel())
-    if 4 * chosen.numel() < pre.shape[-1]:
+    k = min(k_aux, n_chosen)
+    if latents.distributed:
+        pattern = row_topk_pattern(pre.masked_fill(weights <= 0, float("-inf")), k, latents)
+    elif 4 * chosen.numel() < pre.shape[-1]:
         # Few latents: select among their columns only instead of masking the whole matrix.
-        indices = chosen[pre.index_select(-1, chosen).topk(k, dim=-1, sorted=False).indices]
+        pattern = pattern_from_topk(chosen[pre.index_select(-1, chosen).topk(k, dim=-1, sorted=False).indices], pre.shape[-1])
     else:
-        indices = pre.masked_fill(weights <= 0, float("-inf")).topk(k, dim=-1, sorted=False).indices
-    pattern = pattern_from_topk(indices, pre.shape[-1])
+        pattern = pattern_from_topk(pre.masked_fill(weights <= 0, float("-inf")).topk(k, dim=-1, sorted=False).indices, pre.shape[-1])
     values = gather(pattern).relu() * weights.to(pre.dtype)[pattern.cols]
-    residual_hat = sparse_decode(values, pattern, W_dec)
+    residual_hat = shards.summed(sparse_decode(values, pattern, W_dec), latents)
     if not comm.distributed:
         variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
         return (residual_hat - residual).pow(2).sum() / variance

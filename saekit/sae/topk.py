@@ -39,6 +39,7 @@ class TopKSAE(SAE):
     config_class = TopKConfig
     saelens_architecture = "topk"
     training_state = F.ZIPF_STATE
+    latent_axes = family.LATENT_AXES
     cfg: TopKConfig
 
     def __init__(self, cfg: TopKConfig, generator: torch.Generator | None = None) -> None:

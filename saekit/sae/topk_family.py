@@ -31,18 +31,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as tF
 
-from saekit._fast import row_topk
 from saekit.comm import Comm
 from saekit.sae import functional as F
+from saekit.sae import shards
 from saekit.sae import sparse as S
 from saekit.sae.base import SAE, SAEConfig
 from saekit.strict import refuse_unused
 from saekit.types import ActBatch, Codes, LossOut, StepCtx
 
-Selection = Callable[[Tensor, ActBatch, Comm], S.Pattern]
-"""``select(pre, batch, comm)``: the (token, latent) pairs that carry a code, from the pre-activations
+Selection = Callable[[Tensor, ActBatch, StepCtx], S.Pattern]
+"""``select(pre, batch, ctx)``: the (token, latent) pairs that carry a code, from the pre-activations
 (computed without autograd) and the batch (its ``grad`` for gradient-aware rules); a selection that
-couples the rows of a batch makes it global through ``comm`` (the rows may be split over ranks)."""
+couples the rows of a batch makes it global through ``ctx.comm`` (the rows may be split over ranks),
+one that compares latents through ``ctx.latents`` (the latents may be: :mod:`saekit.sae.shards`)."""
 
 
 class Reconstruction(NamedTuple):
@@ -56,10 +57,16 @@ class Reconstruction(NamedTuple):
     terms: dict[str, Tensor]
 
 
-Reconstruct = Callable[[SAE, Tensor, S.Pattern, Tensor, Tensor], Reconstruction]
-"""``reconstruct(sae, values, pattern, y, base)``: the reconstruction term from the selected codes (``values``
-at ``pattern``, differentiable) of the rows ``y`` [rows, d_out] (x itself for an SAE); ``base`` is the
-reconstruction before any latent: ``b_dec``, plus the skip term [rows, d_out] of a skip transcoder."""
+Reconstruct = Callable[[SAE, Tensor, S.Pattern, Tensor, Tensor, Comm], Reconstruction]
+"""``reconstruct(sae, values, pattern, y, base, latents)``: the reconstruction term from the selected codes
+(``values`` at ``pattern``, differentiable) of the rows ``y`` [rows, d_out] (x itself for an SAE); ``base``
+is the reconstruction before any latent: ``b_dec``, plus the skip term [rows, d_out] of a skip
+transcoder; ``latents``: the ranks the latents are split over (``StepCtx.latents``), whose parts of
+the decoder's output are summed."""
+
+
+LATENT_AXES = {"W_enc": 1, "W_dec": 0, "b_enc": 0}
+"""Where the family's weights run over latents (``SAE.latent_axes``), for the members that may be latent-sharded."""
 
 
 @dataclass(frozen=True)
@@ -131,9 +138,9 @@ def threshold_codes(sae: SAE, x: Tensor, threshold: Tensor) -> Tensor:
     return acts * (acts > threshold.to(acts.dtype))
 
 
-def squared_error(sae: SAE, values: Tensor, pattern: S.Pattern, y: Tensor, base: Tensor) -> Reconstruction:
+def squared_error(sae: SAE, values: Tensor, pattern: S.Pattern, y: Tensor, base: Tensor, latents: Comm) -> Reconstruction:
     """The family's reconstruction term: ||y − ŷ||² averaged over rows, ŷ = f W_dec + base."""
-    y_hat = S.sparse_decode(values, pattern, sae.W_dec) + base
+    y_hat = shards.summed(S.sparse_decode(values, pattern, sae.W_dec), latents) + base
     mse = tF.mse_loss(y_hat, y, reduction="sum") / y.shape[0]  # Σ over the batch of ||ŷ − y||², over rows
     return Reconstruction(y_hat, mse, {"mse": mse.detach()})
 
@@ -148,28 +155,28 @@ def family_loss(
     y = sae.target_of(batch).reshape(-1, sae.d_out)
     grad = batch.grad.reshape(-1, shape[-1]) if batch.grad is not None else None
     # b_dec's gradient through the encoder arrives as the shift's
-    shift = sae.b_dec if sae.apply_b_dec_to_input else None
+    shift = shards.shared(sae.b_dec if sae.apply_b_dec_to_input else None, ctx.latents)
     x_in = x - shift.detach() if shift is not None else x
     with torch.no_grad():
         pre = S.pre_acts(x_in, sae.W_enc, sae.b_enc)
-        pattern = select(pre, ActBatch(x, grad), ctx.comm)
+        pattern = select(pre, ActBatch(x, grad), ctx)
 
     def gather(p: S.Pattern) -> Tensor:
         return S.gather_pre(pre, x_in, shift, sae.W_enc, sae.b_enc, p)
 
     values = gather(pattern).relu()
     skip = sae.skip(x)
-    y_hat, loss, terms = reconstruct(sae, values, pattern, y, sae.b_dec if skip is None else sae.b_dec + skip)
+    y_hat, loss, terms = reconstruct(sae, values, pattern, y, sae.b_dec if skip is None else sae.b_dec + skip, ctx.latents)
     codes = Codes(S.sparse_codes(values, pattern), fired=S.fired_latents(values, pattern))
     k_aux = cfg.aux_k or sae.d_out // 2
-    terms = {**terms, "l0": S.l0_per_row(values, pattern)}
+    terms = {**terms, "l0": shards.summed(S.l0_per_row(values, pattern), ctx.latents)}
     if cfg.aux_coef > 0:
         dead = ctx.dead_mask.to(pre.dtype) if ctx.dead_mask is not None else None
-        aux = S.aux_loss(pre, gather, y_hat, y, dead, k_aux, sae.W_dec, ctx.comm)
+        aux = S.aux_loss(pre, gather, y_hat, y, dead, k_aux, sae.W_dec, ctx.comm, ctx.latents)
         loss, terms["aux_k"] = loss + cfg.aux_coef * aux, aux.detach()
     if cfg.aux_zipf_coef > 0:
         density = F.zipf_running(sae, codes, cfg.aux_zipf_ema, ctx.comm).estimate
-        zipf = S.aux_loss(pre, gather, y_hat, y, F.zipf_deficit(density, cfg.aux_zipf_exponent), k_aux, sae.W_dec, ctx.comm)
+        zipf = S.aux_loss(pre, gather, y_hat, y, F.zipf_deficit(density, cfg.aux_zipf_exponent), k_aux, sae.W_dec, ctx.comm, ctx.latents)
         loss, terms["aux_zipf"] = loss + cfg.aux_zipf_coef * zipf, zipf.detach()
     return LossOut(loss, y_hat.reshape(*shape[:-1], sae.d_out), codes, terms)
 
@@ -183,7 +190,7 @@ def after_step(sae: SAE, cfg: TopKFamilyConfig, out: LossOut, ctx: StepCtx) -> N
 def per_row_topk(k: int) -> Selection:
     """TopK's selection: the k largest pre-activations of each row."""
 
-    def select(pre: Tensor, batch: ActBatch, comm: Comm) -> S.Pattern:
-        return S.pattern_from_topk(row_topk(pre, k), pre.shape[-1], ascending=True)
+    def select(pre: Tensor, batch: ActBatch, ctx: StepCtx) -> S.Pattern:
+        return S.row_topk_pattern(pre, k, ctx.latents)
 
     return select

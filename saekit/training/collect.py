@@ -1,9 +1,10 @@
-"""A site-parallel run's SAEs brought together on rank 0 (:mod:`saekit.training.distributed`).
+"""A site-parallel or latent-sharded run's SAEs brought together on rank 0
+(:mod:`saekit.training.distributed`, :mod:`saekit.training.latent_shards`).
 
-Each rank trains its own units; for a checkpoint, and once more at the end, every rank packs its SAEs'
-weights, Adam states and dead-latent counters as a checkpoint of its own SAEs
-(:func:`~saekit.training.checkpoint.checkpoint_bytes`: safetensors, no pickle), rank 0 gathers the
-parts and puts each SAE back at its place in the run. The checkpoint rank 0 writes is therefore the
+Each rank trains its own units, or its slice of every SAE; for a checkpoint, and once more at the
+end, every rank packs what it trains (weights, Adam states, dead-latent counters) as a checkpoint of
+its own (:func:`~saekit.training.checkpoint.checkpoint_bytes`: safetensors, no pickle), and rank 0
+gathers the parts and puts each SAE back at its place in the run, or joins its slices. The checkpoint rank 0 writes is therefore the
 one a single process writes, and resumes in either mode, on any number of ranks. Rank 0 holds every
 SAE's state in host memory while it does so; the devices hold only their own.
 """
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from saekit.training.checkpoint import Checkpoint, checkpoint_bytes, checkpoint_of_bytes
+from saekit.training.latent_shards import join_checkpoint, parameter_names
 
 if TYPE_CHECKING:
     from saekit.training.run_state import Run
@@ -33,27 +35,30 @@ def gathered_checkpoint(state: Run, step: int) -> Checkpoint | None:
         scales=state.scales,
         fingerprint={},
     )
-    parts = state.comm.gather_bytes(checkpoint_bytes(part))
-    if parts is None:
+    data = state.comm.gather_bytes(checkpoint_bytes(part))
+    if data is None:
         return None
+    parts = [checkpoint_of_bytes(d, f"the checkpoint part of rank {rank}") for rank, d in enumerate(data)]
+    if state.latent_sharded:
+        names = [parameter_names(sae, opt) for sae, opt in zip(state.saes, state.optimizers)]
+        return join_checkpoint(parts, state.given, names, state.fingerprint)
     n = len(state.saes)
     sae_states: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
     optimizer_states: list[dict] = [{} for _ in range(n)]
     counters: list[torch.Tensor] = [torch.empty(0)] * n
-    for rank, data in enumerate(parts):
-        got = checkpoint_of_bytes(data, f"the checkpoint part of rank {rank}")
+    for rank, got in enumerate(parts):
         for k, i in enumerate(state.owned_by(rank)):
             sae_states[i], optimizer_states[i], counters[i] = got.sae_states[k], got.optimizer_states[k], got.dead_counters[k]
     return Checkpoint(step, sae_states, optimizer_states, counters, torch.get_rng_state(), state.scales, state.fingerprint)
 
 
 def gather_weights_(state: Run) -> None:
-    """Rank 0's copies of the SAEs trained on other ranks take their trained weights (in training
-    units); the other ranks send theirs and keep their own. Every rank must call it."""
+    """Rank 0's SAEs (the caller's) take the trained weights (in training units) of those trained on
+    other ranks, or of every SAE's joined slices; the other ranks send theirs. Every rank must call it."""
     ckpt = gathered_checkpoint(state, state.cfg.total_steps)
     if ckpt is None:
         return
-    mine = set(state.owned)
-    for i, sae in enumerate(state.saes):
+    mine = set() if state.latent_sharded else set(state.owned)
+    for i, sae in enumerate(state.given):
         if i not in mine:
             sae.load_state_dict(ckpt.sae_states[i])

@@ -37,6 +37,7 @@ from saekit.comm import LOCAL, Comm
 from saekit.errors import ConfigError
 from saekit.sae.base import SAE
 from saekit.training.config import TrainConfig
+from saekit.training.latent_shards import check_shardable
 from saekit.training.objective import Objective, Unit
 from saekit.types import LossOut
 
@@ -91,6 +92,9 @@ def unit_owners(units: Sequence[Unit], saes: Sequence[SAE], world_size: int) -> 
 def check_distributable(saes: Sequence[SAE], objective: Objective, cfg: TrainConfig, comm: Comm, n_units: int) -> None:
     """Refuse what a distributed run would not compute as one process does. A site-parallel run
     computes each unit as one process does, whatever it is; it only needs a unit for every rank."""
+    if cfg.parallel == "latents":
+        check_shardable(saes, objective, comm.world_size)
+        return
     if cfg.parallel == "sites":
         if n_units < comm.world_size:
             raise ConfigError(

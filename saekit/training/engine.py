@@ -45,6 +45,7 @@ from saekit.training.checkpoint import Checkpoint, restore, save_checkpoint
 from saekit.training.collect import gather_weights_, gathered_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.distributed import check_distributable, comm_for_run, mean_terms, unit_owners
+from saekit.training.latent_shards import parameter_names, shard_of, slice_checkpoint
 from saekit.training.logs import MetricsLog, postfix, step_records, warn_no_grad
 from saekit.training.normalise import enter_normalised_units_, estimate_scales, leave_normalised_units_
 from saekit.training.objective import LocalObjective, Objective
@@ -133,8 +134,9 @@ def prepare(
     comm = comm_for_run(device, cfg.collective_timeout_s)
     units = objective.units(len(saes))
     owners = unit_owners(units, saes, comm.world_size) if comm.distributed and cfg.parallel == "sites" else [comm.rank] * len(units)
-    for unit, owner in zip(units, owners):  # the device holds only the SAEs this rank trains
-        for i in unit.members if owner == comm.rank else ():
+    sharded = comm.distributed and cfg.parallel == "latents"
+    for unit, owner in zip(units, owners):  # the device holds only the SAEs (or the shards) this rank trains
+        for i in unit.members if owner == comm.rank and not sharded else ():
             saes[i].to(device)
     if comm.distributed:
         check_distributable(saes, objective, cfg, comm, len(units))
@@ -143,8 +145,10 @@ def prepare(
                 on_device = comm.broadcast_(tensor.to(device))  # NCCL sends from the device only
                 if on_device is not tensor:
                     tensor.copy_(on_device)
+    trained = [shard_of(sae, comm.rank, comm.world_size).to(device) for sae in saes] if sharded else saes
     return Run(
-        saes=saes,
+        saes=trained,
+        given=saes,
         sites=sites,
         targets=targets,
         source=source,
@@ -153,8 +157,8 @@ def prepare(
         device=device,
         units=units,
         owners=owners,
-        optimizers=[make_optimizer(sae) for sae in saes],
-        counters=[dead.new_counter(sae.d_sae, device) for sae in saes],
+        optimizers=[make_optimizer(sae) for sae in trained],
+        counters=[dead.new_counter(sae.d_sae, device) for sae in trained],
         fingerprint=fingerprint(saes, sites, targets, cfg, source, objective),
         out_dir=out_dir,
         comm=comm,
@@ -171,6 +175,9 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
     resumed = checkpoint_to_resume(state.out_dir, resume, state.fingerprint, state.used_sites, cfg.total_steps)
     if resumed is not None:
         ckpt, own = resumed.checkpoint, state.owned
+        if state.latent_sharded:  # this rank's slices of the whole run's tensors
+            names = [parameter_names(sae, opt) for sae, opt in zip(state.saes, state.optimizers)]
+            ckpt = slice_checkpoint(ckpt, state.given, names, state.comm.rank, state.comm.world_size)
         part = replace(ckpt, sae_states=[ckpt.sae_states[i] for i in own], optimizer_states=[ckpt.optimizer_states[i] for i in own],
                        dead_counters=[ckpt.dead_counters[i] for i in own])  # fmt: skip
         restore(part, resumed.path, [state.saes[i] for i in own], [state.optimizers[i] for i in own], [state.counters[i] for i in own])
@@ -208,7 +215,8 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
     state.rows = batch[state.sites[0][0]].x.shape[0]
     if comm.distributed:
         batch = state.objective.shard(batch, comm)
-    base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup), comm=comm)
+    base = StepCtx(step=step, total_steps=total, sparsity_scale=sparsity_factor(step, cfg.resolved_sparsity_warmup), comm=comm,
+                   latents=state.latent_comm)  # fmt: skip
     lr_mult = lr_factor(step, total, cfg.lr_warmup_steps, cfg.lr_decay_fraction)
     window = cfg.resolved_dead_tokens
     outs: dict[int, LossOut] = {}
@@ -228,7 +236,7 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
         for i in unit.members:
             out = outs[i] = unit_loss.outs[i]
             comm.average_grads_(state.saes[i].parameters())
-            apply_update(state.saes[i], state.optimizers[i], lr_mult, cfg.grad_clip)
+            apply_update(state.saes[i], state.optimizers[i], lr_mult, cfg.grad_clip, state.latent_comm)
             with torch.no_grad():
                 state.saes[i].after_step(out, ctxs[i])
             dead.update_counter_(state.counters[i], out.codes, comm)
@@ -249,10 +257,13 @@ def _log(state: Run, outs: dict[int, LossOut], step: int) -> None:
     records = step_records([state.saes[i] for i in own], own, [label(state.sites[i]) for i in own], [outs[i] for i in own],
                            [state.counters[i] for i in own], state.cfg.resolved_dead_tokens, [state.optimizers[i] for i in own],
                            step + 1, state.rows)  # fmt: skip
-    if state.site_parallel:
-        parts = state.comm.gather_bytes(json.dumps(records).encode(), to_all=True)
-        assert parts is not None
-        records = sorted((r for part in parts for r in json.loads(part)), key=lambda r: r["sae"])
+    if state.site_parallel or state.latent_sharded:
+        parts = [json.loads(p) for p in state.comm.gather_bytes(json.dumps(records).encode(), to_all=True) or []]
+        if state.site_parallel:
+            records = sorted((r for part in parts for r in part), key=lambda r: r["sae"])
+        else:  # every rank logged every SAE, each from its slice of the latents: the dead fraction is their mean
+            for i, record in enumerate(records):
+                record["dead_fraction"] = sum(part[i]["dead_fraction"] for part in parts) / len(parts)
     state.records = records
     assert state.log is not None
     state.log.write(state.records)
@@ -264,7 +275,7 @@ def checkpoint(state: Run, step: int) -> None:
     path = state.checkpoint_path
     if path is None:
         return
-    if state.site_parallel:  # each rank sends its own SAEs; rank 0 writes them all
+    if state.site_parallel or state.latent_sharded:  # rank 0 gathers every rank's part and writes the whole
         ckpt = gathered_checkpoint(state, step)
     elif state.comm.rank == 0:  # replicas are equal: one rank writes
         ckpt = Checkpoint(
@@ -294,11 +305,11 @@ def finalise(state: Run) -> TrainResult:
     # A run resumed from its last checkpoint takes no step and logs nothing: its SAEs still leave
     # normalised units (zipping with the empty records once returned them unconverted).
     final = final or [{} for _ in state.saes]
-    if state.site_parallel:
+    if state.site_parallel or state.latent_sharded:
         gather_weights_(state)
-    trained = list(range(len(state.saes))) if state.comm.rank == 0 else state.owned
+    trained = list(range(len(state.saes))) if state.comm.rank == 0 else [] if state.latent_sharded else state.owned
     for i in trained:
-        sae, read, out, metrics = state.saes[i], state.sites[i], state.targets[i], final[i]
+        sae, read, out, metrics = state.given[i], state.sites[i], state.targets[i], final[i]
         leave_normalised_units_(sae, read, out, state.scales)
         sae.provenance.update({
             "data": state.source.describe(),
@@ -308,7 +319,7 @@ def finalise(state: Run) -> TrainResult:
             **state.objective.describe(),
             **({"distributed": {"mode": state.cfg.parallel, "world_size": state.comm.world_size}} if state.comm.distributed else {}),
         })  # fmt: skip
-    return TrainResult(state.saes, final, total, state.start, time.perf_counter() - state.started, state.comm.rank, tuple(trained))
+    return TrainResult(state.given, final, total, state.start, time.perf_counter() - state.started, state.comm.rank, tuple(trained))
 
 
 @contextlib.contextmanager

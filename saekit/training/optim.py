@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from saekit.comm import LOCAL, Comm
 from saekit.sae import functional as F
 from saekit.sae.base import SAE
 
@@ -44,10 +45,11 @@ def fused_supported(params: Sequence[torch.Tensor]) -> bool:
     )
 
 
-def apply_update(sae: SAE, opt: torch.optim.Optimizer, lr_factor: float, grad_clip: float | None) -> None:
+def apply_update(sae: SAE, opt: torch.optim.Optimizer, lr_factor: float, grad_clip: float | None, latents: Comm = LOCAL) -> None:
     """Masked gradients, gradient projection, clipping, scheduled step and decoder renormalisation, in
     that order. The entries an architecture masks (``param_masks``) get no gradient, so Adam leaves them
-    where they are: at zero."""
+    where they are: at zero. ``latents``: the ranks ``sae``'s latents are split over (a shard's), whose
+    slices the clipping norm is taken over."""
     if masks := sae.param_masks():
         params = dict(sae.named_parameters())
         for name, mask in masks.items():
@@ -56,10 +58,28 @@ def apply_update(sae: SAE, opt: torch.optim.Optimizer, lr_factor: float, grad_cl
                 grad.mul_(mask)
     if sae.unit_norm_decoder:
         F.remove_parallel_grad_(sae.W_dec)
-    if grad_clip is not None:
+    if grad_clip is not None and latents.distributed:
+        clip_sharded_(sae, grad_clip, latents)
+    elif grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
     for group in opt.param_groups:
         group["lr"] = group["initial_lr"] * lr_factor
     opt.step()
     if sae.unit_norm_decoder:
         F.normalize_rows_(sae.W_dec)
+
+
+def clip_sharded_(shard: SAE, max_norm: float, latents: Comm) -> None:
+    """``clip_grad_norm_`` of the whole SAE from its shards: the squared norms of the sliced gradients
+    summed over the ranks, those of the replicated ones (the same on every rank) counted once."""
+    grads = {name: p.grad for name, p in shard.named_parameters() if p.grad is not None}
+    if not grads:
+        return
+    sliced = [g.float().pow(2).sum() for n, g in grads.items() if n in shard.latent_axes]
+    whole = [g.float().pow(2).sum() for n, g in grads.items() if n not in shard.latent_axes]
+    zero = next(iter(grads.values())).new_zeros((), dtype=torch.float32)
+    norm = (latents.sum_(torch.stack([zero, *sliced]).sum()) + torch.stack([zero, *whole]).sum()).sqrt()
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)  # torch's rule
+    for g in grads.values():
+        g.mul_(coef.to(g.dtype))
+

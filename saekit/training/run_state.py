@@ -26,6 +26,9 @@ class Run:
     """The state of one run, shared by the stages."""
 
     saes: list[SAE]
+    """The SAEs this process trains: the caller's, but the shards of a latent-sharded run."""
+    given: list[SAE]
+    """The caller's SAEs, which the run's result holds (trained in place, or given the trained weights)."""
     sites: list[tuple[str, ...]]
     """The sites each SAE reads: one, or a crosscoder's several (its input is their rows side by side)."""
     targets: list[tuple[str, ...] | None]
@@ -74,10 +77,19 @@ class Run:
         return self.comm.distributed and self.cfg.parallel == "sites"
 
     @property
+    def latent_sharded(self) -> bool:
+        return self.comm.distributed and self.cfg.parallel == "latents"
+
+    @property
     def step_comm(self) -> Comm:
         """What couples the rows of a batch goes through this: the ranks of a data-parallel run; none
-        in a site-parallel one, whose ranks each see whole batches."""
-        return LOCAL if self.site_parallel else self.comm
+        in a site-parallel or latent-sharded one, whose ranks each see whole batches."""
+        return self.comm if self.comm.distributed and self.cfg.parallel == "data" else LOCAL
+
+    @property
+    def latent_comm(self) -> Comm:
+        """The ranks each SAE's latents are split over: those of a latent-sharded run, else none."""
+        return self.comm if self.latent_sharded else LOCAL
 
     def owned_by(self, rank: int) -> list[int]:
         """The SAEs ``rank`` trains, in order."""
