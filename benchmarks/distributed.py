@@ -1,11 +1,11 @@
 """Distributed training in each mode against one process: step time, bytes each rank sends per step
 and peak memory per rank, on this machine's CPU (gloo).
 
-    .venv/bin/python benchmarks/distributed.py [--world 2] [--modes data sites] [--arch topk batch_topk]
+    .venv/bin/python benchmarks/distributed.py [--world 2] [--modes data sites latents] [--arch topk batch_topk]
                                                [--saes 2] [--steps 12] [--d-in 576] [--d-sae 4608] [--batch 4096]
 
 Each run trains ``--saes`` SAEs of one architecture side by side (as a suite trains one per site;
-site parallel needs one per rank at least). Each configuration runs in fresh processes: one process
+site parallel needs one per rank at least; latent sharding splits each one's latents). Each configuration runs in fresh processes: one process
 with ``--world`` threads, then ``--world`` ranks with one thread each (the same cores) in each mode,
 interleaved and repeated (``--repeats``). Step time is
 the median of the steady-state steps (the first 2 left out). Bytes are counted at the collectives
@@ -109,7 +109,7 @@ def _measure(world: int, mode: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=int, default=2)
-    parser.add_argument("--modes", nargs="+", default=["data", "sites"], choices=["data", "sites"])
+    parser.add_argument("--modes", nargs="+", default=["data", "sites", "latents"], choices=["data", "sites", "latents"])
     parser.add_argument("--arch", nargs="+", default=["topk", "batch_topk"])
     parser.add_argument("--saes", type=int, default=2, help="SAEs trained side by side")
     parser.add_argument("--steps", type=int, default=12)
