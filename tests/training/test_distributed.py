@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,18 @@ def _exit() -> None:
     os._exit(0)
 
 
+def spawn_ranks(fn, args: tuple, timeout_s: float = 300.0) -> None:
+    """Run ``fn(rank, *args)`` on WORLD processes and wait for them, at most ``timeout_s``: a hang fails
+    the test (its processes killed) instead of holding the test run."""
+    context = mp.start_processes(fn, args=args, nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=max(0.1, deadline - time.monotonic())):  # raises if a rank failed
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the {WORLD} ranks of {fn.__name__} did not finish within {timeout_s:.0f} s: a hang")
+
+
 def _dies(at: int) -> InterruptingSource:
     """The tensor's source, but its stream dies at batch ``at`` (as a killed process)."""
     return InterruptingSource(as_source(_data()), at)
@@ -86,7 +99,7 @@ def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None) ->
 
 def _spawn(tmp_path: Path, steps: int, dies_at: int | None = None) -> dict[str, torch.Tensor] | None:
     store = tmp_path / f"store-{steps}-{dies_at}"
-    mp.start_processes(_worker, args=(str(store), str(tmp_path), steps, dies_at), nprocs=WORLD, join=True, start_method="spawn")
+    spawn_ranks(_worker, (str(store), str(tmp_path), steps, dies_at))
     return None if dies_at is not None else load_file(tmp_path / "weights.safetensors")
 
 
@@ -145,7 +158,7 @@ def _mfr_worker(rank: int, store: str, out: str) -> None:
 def test_a_mutual_feature_regularisation_group_trains_as_in_one_process(tmp_path):
     """MFR's penalty is a function of the decoders alone: every rank adds the same term."""
     one = _states(_mfr_run(_data()).saes)
-    mp.start_processes(_mfr_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True, start_method="spawn")
+    spawn_ranks(_mfr_worker, (str(tmp_path / "store"), str(tmp_path)))
     _assert_close(load_file(tmp_path / "mfr.safetensors"), one)
 
 
@@ -182,7 +195,7 @@ def test_a_model_source_splits_its_forward_passes_over_the_ranks(tmp_path):
     from saekit.comm import LOCAL
 
     result, contexts = _model_run(LOCAL)
-    mp.start_processes(_model_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True, start_method="spawn")
+    spawn_ranks(_model_worker, (str(tmp_path / "store"), str(tmp_path)))
     ranks = [load_file(tmp_path / f"model-{r}.safetensors") for r in range(WORLD)]
     _assert_close({k: v for k, v in ranks[0].items() if k != "contexts"}, _states(result.saes))
     # Each rank ran half the contexts (and, as one process does, one probe of the widths when built).
@@ -218,7 +231,7 @@ def _e2e_worker(rank: int, store: str, out: str) -> None:
 
 def test_end_to_end_training_splits_the_contexts_as_one_process_would(tmp_path):
     result, contexts = _e2e_run()
-    mp.start_processes(_e2e_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True, start_method="spawn")
+    spawn_ranks(_e2e_worker, (str(tmp_path / "store"), str(tmp_path)))
     two = load_file(tmp_path / "e2e.safetensors")
     _assert_close({k: v for k, v in two.items() if k != "contexts"}, _states(result.saes))
     # The spliced passes (4 steps x 2 SAEs x 8 contexts in one process) run half the contexts on each rank.

@@ -18,7 +18,18 @@ from saekit.sae import build
 from saekit.training import train
 from saekit.training.latent_shards import check_shardable, join_states, slice_state
 from saekit.training.objective import LocalObjective
-from tests.training.test_distributed import SETTINGS, WORLD, _assert_close, _data, _dies, _exit, _leave, _RankOneDies, _states
+from tests.training.test_distributed import (
+    SETTINGS,
+    WORLD,
+    _assert_close,
+    _data,
+    _dies,
+    _exit,
+    _leave,
+    _RankOneDies,
+    _states,
+    spawn_ranks,
+)
 from tests.training.test_engine import Interrupted
 
 LATENTS = {**SETTINGS, "parallel": "latents"}
@@ -57,7 +68,7 @@ def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None, re
 
 def _spawn(tmp_path: Path, steps: int, dies_at: int | None = None, resume: bool = False) -> None:
     store = tmp_path / f"store-{steps}-{dies_at}-{resume}"
-    mp.start_processes(_worker, args=(str(store), str(tmp_path), steps, dies_at, resume), nprocs=WORLD, join=True, start_method="spawn")
+    spawn_ranks(_worker, (str(store), str(tmp_path), steps, dies_at, resume))
 
 
 @pytest.fixture(autouse=True)

@@ -30,6 +30,7 @@ from tests.training.test_distributed import (
     _RankOneDies,
     _saes,
     _states,
+    spawn_ranks,
 )
 from tests.training.test_engine import Interrupted
 
@@ -62,7 +63,7 @@ def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None, re
 
 def _spawn(tmp_path: Path, steps: int, dies_at: int | None = None, resume: bool = False) -> None:
     store = tmp_path / f"store-{steps}-{dies_at}-{resume}"
-    mp.start_processes(_worker, args=(str(store), str(tmp_path), steps, dies_at, resume), nprocs=WORLD, join=True, start_method="spawn")
+    spawn_ranks(_worker, (str(store), str(tmp_path), steps, dies_at, resume))
 
 
 @pytest.fixture(autouse=True)
@@ -142,7 +143,7 @@ def test_a_group_objective_trains_on_one_rank_as_in_one_process(tmp_path):
     from saekit.training.engine import run
 
     one = _states(run(*_group_run_args(), TrainConfig(steps=6, **SETTINGS), objective=_group_objective()).saes)
-    mp.start_processes(_group_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True, start_method="spawn")
+    spawn_ranks(_group_worker, (str(tmp_path / "store"), str(tmp_path)))
     _assert_close(load_file(tmp_path / "group.safetensors"), one)
 
 
@@ -171,7 +172,7 @@ def _e2e_worker(rank: int, store: str, out: str) -> None:
 
 def test_end_to_end_saes_train_each_on_its_own_rank_as_in_one_process(tmp_path):
     one = _states(_e2e_run().saes)
-    mp.start_processes(_e2e_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True, start_method="spawn")
+    spawn_ranks(_e2e_worker, (str(tmp_path / "store"), str(tmp_path)))
     _assert_close(load_file(tmp_path / "e2e.safetensors"), one)
 
 
