@@ -74,7 +74,8 @@ class TrainResult:
     """This process's rank in a distributed run (0 in one process): rank 0 writes the run's files."""
     trained: tuple[int, ...] = ()
     """The SAEs of ``saes`` this process holds trained: all of them, but on the ranks other than 0 of a
-    site-parallel run, which hold only those they trained (rank 0 holds all)."""
+    site-parallel run (only those they trained) and of a latent-sharded one (none: their slices were
+    joined on rank 0). Rank 0 holds all."""
 
     @property
     def sae(self) -> SAE:
