@@ -38,8 +38,9 @@ SITES = {**SETTINGS, "parallel": "sites"}
 
 
 def _all_saes():
-    """Every data-parallel architecture, and one that cannot train data-parallel (Gated + p-anneal)."""
-    return [*_saes(), build("gated_anneal", d_in=16, d_sae=32, seed=7, anneal_start=2, n_p_values=4)]
+    """Every data-parallel architecture, and one that cannot train data-parallel (a TopK transcoder, here
+    reconstructing its own site)."""
+    return [*_saes(), build("topk_transcoder", d_in=16, d_sae=32, k=4, seed=7)]
 
 
 def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None, resume: bool) -> None:
