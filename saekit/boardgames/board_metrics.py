@@ -23,8 +23,9 @@ thresholds x latent-block x properties count tensor sized by ``block_bytes``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -91,26 +92,46 @@ def coverage(
 ) -> Coverage:
     """Coverage of ``properties`` (bool [positions, properties]) by the latents of ``codes``
     ([positions, latents]); see the module docstring."""
+    scored = _f1_tiles(codes, properties, thresholds, block_bytes)
+    best = np.zeros((len(scored.levels), scored.n_properties))
+    latent = np.full((len(scored.levels), scored.n_properties), -1, dtype=np.int64)
+    columns = np.arange(scored.n_properties)
+    for first, j, f1 in scored.tiles:
+        arg = f1.argmax(axis=0)
+        value = f1[arg, columns]
+        better = value > best[j]
+        best[j, better] = value[better]
+        latent[j, better] = first + arg[better]
+    per_threshold = best.mean(axis=1)
+    top = int(per_threshold.argmax())
+    return Coverage(scored.levels, per_threshold, float(per_threshold[top]), float(scored.levels[top]), best, latent)
+
+
+class _Scored(NamedTuple):
+    """The F1 of every (latent, property) at every threshold, a tile of latents at a time: ``tiles``
+    yields (first latent of the tile, threshold index, F1 [tile's latents, properties])."""
+
+    levels: np.ndarray
+    n_latents: int
+    n_properties: int
+    tiles: Iterator[tuple[int, int, np.ndarray]]
+
+
+def _f1_tiles(codes: object, properties: object, thresholds: Sequence[float], block_bytes: int) -> _Scored:
+    """The inputs checked, and the F1 tables of :class:`_Scored`, counted as the module docstring says."""
     codes = as_codes(codes, "codes")
     props = as_properties(properties, codes.shape[0], "properties")
     levels = check_thresholds(thresholds)
     tile = tiling(codes.shape[1], len(levels), props.shape[1], block_bytes)
     limits = on_limits(levels, max_activations(codes, tile, "codes"))
     positives = props.sum(axis=0)
-    best = np.zeros((len(levels), props.shape[1]))
-    latent = np.full((len(levels), props.shape[1]), -1, dtype=np.int64)
-    columns = np.arange(props.shape[1])
-    for counts in latent_counts(codes, props, limits, tile, "codes"):
-        for j in range(len(levels)):
-            f1 = 2 * counts.hits[j] / np.maximum(counts.fires[j][:, None] + positives[None, :], 1)
-            arg = f1.argmax(axis=0)
-            value = f1[arg, columns]
-            better = value > best[j]
-            best[j, better] = value[better]
-            latent[j, better] = counts.first + arg[better]
-    per_threshold = best.mean(axis=1)
-    top = int(per_threshold.argmax())
-    return Coverage(levels, per_threshold, float(per_threshold[top]), float(levels[top]), best, latent)
+
+    def tiles() -> Iterator[tuple[int, int, np.ndarray]]:
+        for counts in latent_counts(codes, props, limits, tile, "codes"):
+            for j in range(len(levels)):
+                yield counts.first, j, 2 * counts.hits[j] / np.maximum(counts.fires[j][:, None] + positives[None, :], 1)
+
+    return _Scored(levels, codes.shape[1], props.shape[1], tiles())
 
 
 @dataclass(frozen=True)
@@ -133,22 +154,15 @@ def latent_best(
 ) -> LatentBest:
     """Each latent's best property: the (threshold, property) of its highest F1, counted as for
     :func:`coverage` (which gives each property's best latent; this is the other direction)."""
-    codes = as_codes(codes, "codes")
-    props = as_properties(properties, codes.shape[0], "properties")
-    levels = check_thresholds(thresholds)
-    tile = tiling(codes.shape[1], len(levels), props.shape[1], block_bytes)
-    limits = on_limits(levels, max_activations(codes, tile, "codes"))
-    positives = props.sum(axis=0)
-    best = np.full(codes.shape[1], -1, dtype=np.int64)
-    f1_best, at = np.zeros(codes.shape[1]), np.zeros(codes.shape[1])
-    for counts in latent_counts(codes, props, limits, tile, "codes"):
-        span = slice(counts.first, counts.first + counts.fires.shape[1])
-        for j in range(len(levels)):
-            f1 = 2 * counts.hits[j] / np.maximum(counts.fires[j][:, None] + positives[None, :], 1)
-            arg = f1.argmax(axis=1)
-            value = f1[np.arange(len(arg)), arg]
-            better = value > f1_best[span]
-            f1_best[span][better], best[span][better], at[span][better] = value[better], arg[better], levels[j]
+    scored = _f1_tiles(codes, properties, thresholds, block_bytes)
+    best = np.full(scored.n_latents, -1, dtype=np.int64)
+    f1_best, at = np.zeros(scored.n_latents), np.zeros(scored.n_latents)
+    for first, j, f1 in scored.tiles:
+        span = slice(first, first + f1.shape[0])
+        arg = f1.argmax(axis=1)
+        value = f1[np.arange(len(arg)), arg]
+        better = value > f1_best[span]
+        f1_best[span][better], best[span][better], at[span][better] = value[better], arg[better], scored.levels[j]
     return LatentBest(best, f1_best, at)
 
 
