@@ -11,6 +11,7 @@ def test_the_local_collectives_return_their_input():
     t = torch.tensor([1.0, -2.0])
     assert LOCAL.sum_(t) is t and LOCAL.max_(t) is t and LOCAL.min_(t) is t and LOCAL.gather(t) is t and LOCAL.broadcast_(t) is t
     assert torch.equal(t, torch.tensor([1.0, -2.0])) and not LOCAL.distributed
+    assert LOCAL.gather_bytes(b"abc") == [b"abc"] and LOCAL.gather_bytes(b"", to_all=True) == [b""]
     param = torch.nn.Parameter(torch.ones(2))
     param.grad = torch.full((2,), 3.0)
     LOCAL.average_grads_([param])
