@@ -72,6 +72,19 @@ def test_round_trip_keeps_every_tensor_and_setting(tmp_path):
     make_optimizer(build("topk", d_in=4, d_sae=8, k=2)).load_state_dict(loaded)
 
 
+
+def test_a_checkpoint_travels_between_ranks_as_bytes():
+    """What a rank sends rank 0 (safetensors bytes, no pickle) reads back equal; damaged bytes are named."""
+    from saekit.training.checkpoint import checkpoint_bytes, checkpoint_of_bytes
+
+    ckpt = _checkpoint()
+    back = checkpoint_of_bytes(checkpoint_bytes(ckpt), "the part of rank 1")
+    assert back.step == 7 and back.fingerprint == {"run": "test"} and torch.equal(back.dead_counters[0], torch.arange(8))
+    assert all(torch.equal(back.sae_states[0][k], v) for k, v in ckpt.sae_states[0].items())
+    assert back.optimizer_states[0]["param_groups"] == ckpt.optimizer_states[0]["param_groups"]
+    with pytest.raises(ArtifactError, match="the part of rank 1 is truncated or corrupted"):
+        checkpoint_of_bytes(checkpoint_bytes(ckpt)[:-3], "the part of rank 1")
+
 def test_truncated_checkpoint_is_named(tmp_path):
     path = _saved(tmp_path)
     data = path.read_bytes()
