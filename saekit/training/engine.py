@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from saekit import devices
 from saekit._fast import training_fast_paths
-from saekit.comm import LOCAL
+from saekit.comm import LOCAL, Comm
 from saekit.errors import ConfigError
 from saekit.sae.base import SAE
 from saekit.sources.cache import CacheSource
@@ -141,11 +141,7 @@ def prepare(
             saes[i].to(device)
     if comm.distributed:
         check_distributable(saes, objective, cfg, comm, len(units))
-        for sae in saes:  # every rank starts from rank 0's SAEs, however each rank built its own
-            for tensor in sae.state_dict().values():
-                on_device = comm.broadcast_(tensor.to(device))  # NCCL sends from the device only
-                if on_device is not tensor:
-                    tensor.copy_(on_device)
+        _start_from_rank_0(saes, comm, device, sharded)
     trained = [shard_of(sae, comm.rank, comm.world_size).to(device) for sae in saes] if sharded else saes
     return Run(
         saes=trained,
@@ -166,6 +162,19 @@ def prepare(
         start_files=dict(start_files or {}),
         started=time.perf_counter(),
     )
+
+
+def _start_from_rank_0(saes: Sequence[SAE], comm: Comm, device: torch.device, sharded: bool) -> None:
+    """Every rank's SAEs take rank 0's values, however each rank built its own. NCCL sends from the
+    device only, so a tensor held elsewhere goes through it, a latent slice at a time when ``sharded``
+    (a whole dictionary never needs to fit the device)."""
+    for sae in saes:
+        for name, tensor in sae.state_dict().items():
+            axis = sae.latent_axes.get(name) if sharded else None
+            for piece in tensor.chunk(comm.world_size, axis) if axis is not None else (tensor,):
+                on_device = comm.broadcast_(piece.to(device))
+                if on_device is not piece:
+                    piece.copy_(on_device)
 
 
 def restore_or_initialise(state: Run, resume: bool) -> None:
