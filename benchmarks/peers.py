@@ -494,7 +494,7 @@ def run_saelens(case: Case, x: torch.Tensor, y: torch.Tensor | None):
     cfg = SAETrainerConfig(
         total_training_samples=case.steps * case.batch, train_batch_size_samples=case.batch, lr=case.lr,
         lr_warm_up_steps=warm, lr_decay_steps=decay, lr_end=0.0, adam_beta1=0.0 if case.arch == "jumprelu" else 0.9,
-        device=str(x.device),
+        device=str(x.device), autocast=x.device.type == "cuda",  # bfloat16 on a GPU, as saekit's "auto" and sparsify
     )
     clock = Clock(batches(x, case))
     with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar

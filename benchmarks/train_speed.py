@@ -46,7 +46,8 @@ convergence. The fraction of the floor is
 
     floor tokens/s = R / (2 · d_in · d_sae)
 
-where R is the dense float32 matmul rate measured in this run on the case's own encoder product
+where R is the dense float32 matmul rate measured on the case's own encoder product just before and
+just after its runs (the better of the two; benchmarks/train_speed.py ``timed_case``)
 ([batch, d_in] @ [d_in, d_sae]; d_in is every site read side by side, L · d for a CLT over L layers); that product (the encoder pre-activations) is the one dense
 [batch × d_in × d_sae] computation a training step cannot avoid. A step at the floor would cost
 exactly that one product and nothing else (no backward, no optimiser).
@@ -390,7 +391,8 @@ def _merge(passes: list[list[dict]]) -> list[dict]:
             "step_seconds": [r["step_seconds"] for r in runs],
             "seconds_total": [r["seconds_total"] for r in runs],
             "tokens": rec["tokens"], "timed": f"steady-state steps (first {WARMUP_STEPS} and set-up excluded)",
-            "case_config": rec["case_config"], "d_in": rec["d_in"], "matmul_gflops": rec["matmul_gflops"],
+            "case_config": rec["case_config"], "d_in": rec["d_in"],
+            "matmul_gflops": statistics.median(r["matmul_gflops"] for r in runs),
         })
     return merged
 
@@ -407,14 +409,28 @@ def _add_ratios(records: list[dict]) -> None:
         ours["equal_quality_vs"] = {m["library"]: bool(ours["fvu"] <= EQUAL_QUALITY * m["fvu"]) for m in peers}
 
 
-def case_rates(chosen: list[Case], device: str) -> dict[str, float]:
-    """Each case's matmul rate R, measured once per distinct encoder product on ``device``: the rate
-    of a wide SAE's product differs from the 4608-latent one's (its output alone is 1 GB at 65,536)."""
-    shapes = {case.name: (576 * max(len(case.sites), 1), case.d_sae) for case in chosen}
-    measured = {shape: matmul_rate(*shape, 4096, device=device) for shape in dict.fromkeys(shapes.values())}
-    for (d_in, d_sae), r in measured.items():
-        print(f"  R on [4096, {d_in}] @ [{d_in}, {d_sae}]: {r / 1e9:.1f} GFLOP/s", flush=True)
-    return {name: measured[shape] for name, shape in shapes.items()}
+def timed_case(case: Case, libraries: list[str], acts_path: Path, work: Path, device: str) -> list[dict]:
+    """One run of ``case`` per library, in the given order, each record with its ``floor_fraction``.
+
+    The floor is R / (2 · d_in · d_sae) on the case's own encoder product (d_in: every site read side
+    by side, L · d for a CLT), with R the better of two measurements, just before and just after the
+    case's runs: on a shared machine the rate moves within minutes, and the better one gives the
+    higher floor, so no fraction is flattered by a slow moment."""
+    d_in = 576 * max(len(case.sites), 1)
+    before = matmul_rate(d_in, case.d_sae, case.batch, device=device)
+    records = []
+    for library in libraries:
+        rec = run_one(library, case, acts_path, work / "one.json", device)
+        if rec is not None:
+            records.append(rec)
+            print(_line(rec), flush=True)
+    rate = max(before, matmul_rate(d_in, case.d_sae, case.batch, device=device))
+    floor = rate / (2 * d_in * case.d_sae)
+    print(f"  floor {floor:,.0f} tokens/s (R {rate / 1e9:.1f} GFLOP/s on [{case.batch}, {d_in}] @ [{d_in}, {case.d_sae}])"
+          + "".join(f"; {r['library']} at {r['tokens_per_s'] / floor:.2f}" for r in records), flush=True)
+    for rec in records:
+        rec.update(floor_fraction=rec["tokens_per_s"] / floor, matmul_gflops=rate / 1e9)
+    return records
 
 
 def prepare_starts(chosen: list[Case], x_train: np.ndarray, work: Path) -> list[Case]:
@@ -491,25 +507,16 @@ def main() -> None:
 
     rate = matmul_rate(576, 4608, 4096, device=args.device)
     print(f"dense float32 matmul rate R = {rate / 1e9:.1f} GFLOP/s ([4096, 576] @ [576, 4608], best of 5)", flush=True)
-    rates = case_rates(chosen, args.device)
     passes: list[list[dict]] = []
     for p in range(args.repeats):
         print(f"\n=== pass {p + 1} of {args.repeats} ===")
         records = []
         for case in chosen:
-            # The encoder product the case runs: d_in is every site read side by side (L · d for a CLT).
-            floor = rates[case.name] / (2 * 576 * max(len(case.sites), 1) * case.d_sae)
             print(f"{case.name}: {case.steps} steps x {case.batch} tokens ({case.steps - WARMUP_STEPS - 1} timed), "
-                  f"lr {case.lr}; floor {floor:,.0f} tokens/s", flush=True)
+                  f"lr {case.lr}", flush=True)
             # Rotate the order each pass so that no library always runs first (or last) in a case.
-            for library in libraries_for(case, libraries[p % len(libraries):] + libraries[: p % len(libraries)]):
-                rec = run_one(library, case, acts_paths[case.name], work / "one.json", args.device)
-                if rec is None:
-                    continue
-                rec["floor_fraction"] = rec["tokens_per_s"] / floor
-                rec["matmul_gflops"] = rates[case.name] / 1e9
-                records.append(rec)
-                print(_line(rec), flush=True)
+            order = libraries_for(case, libraries[p % len(libraries):] + libraries[: p % len(libraries)])
+            records += timed_case(case, order, acts_paths[case.name], work, args.device)
         passes.append(records)
 
     merged = _merge(passes) if passes and passes[0] else []
