@@ -120,8 +120,9 @@ def cases(steps: int) -> list[Case]:
     """The single-site cases; ``steps`` per 4608-latent case, of which the first WARMUP_STEPS are not timed.
 
     Wider SAEs get fewer steps, so that every case costs about as much: about half at 16,384 and 18,432
-    latents, and at 65,536 (each dense step of a peer there takes seconds) WARMUP_STEPS + 3, so three
-    timed steps; its FVU is then the FVU after 20k training tokens, early but the same for everyone."""
+    latents, and at 65,536 (each dense step of a peer there takes seconds) WARMUP_STEPS + 3, so two
+    timed steps (the last step is never timed); its FVU is then the FVU after 20k training tokens,
+    early but the same for everyone."""
     wide = max(WARMUP_STEPS + 3, steps // 2 + 1)
     widest = WARMUP_STEPS + 3
     return [
