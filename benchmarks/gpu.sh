@@ -18,7 +18,7 @@
 # on the CPU-only development machine has a CPU torch. The peers cannot be downloaded there (no
 # network): carry a wheelhouse of them, built here with
 #   pip download --no-deps -d .wheelhouse eai-sparsify sae-lens dictionary-learning natsort schedulefree \
-#       simple-parsing einops transformer-lens   # and whichever of their imports the machine lacks
+#       simple-parsing einops transformer-lens pytest hypothesis   # and whatever else the machine lacks
 # and name it in WHEELHOUSE (default .wheelhouse). They are installed with --no-deps into a venv that
 # sees the machine's packages (--system-site-packages), so torch is never replaced. A peer that still
 # fails to import is reported and left out; saekit itself runs from this checkout (PYTHONPATH).
@@ -91,7 +91,8 @@ log "device: $(head -1 "$OUT/device.txt")"
 # --- 2. CUDA tests and the bfloat16 checks --------------------------------------------------------------
 mapfile -t CUDA_TESTS < <(grep -rl "cuda" tests --include='test_*.py' | sort)
 log "tests: ${#CUDA_TESTS[@]} files that name cuda, bfloat16 checks included"
-timeout 180 "$PY" -m pytest -q -m "" -rs -p no:cacheprovider "${CUDA_TESTS[@]}" > "$OUT/pytest.log" 2>&1
+# A file whose imports are missing here (hypothesis, say) is reported and the others still run.
+timeout 180 "$PY" -m pytest -q -m "" -rs -p no:cacheprovider --continue-on-collection-errors "${CUDA_TESTS[@]}" > "$OUT/pytest.log" 2>&1
 log "pytest exit $? ($(tail -1 "$OUT/pytest.log"))"
 
 # --- 3. speed against the peers ---------------------------------------------------------------------------
@@ -101,6 +102,6 @@ else
     SPEED=(--cases topk-4608 --steps 5 --repeats 1)
 fi
 timeout 300 "$PY" benchmarks/train_speed.py --device "$DEVICE" --synthetic --no-suite "${SPEED[@]}" \
-    --libraries "$LIBS" --out "$OUT/gpu-results.json" > "$OUT/train_speed.log" 2>&1
+    --libraries "$LIBS" --work "$OUT/bench-cache" --out "$OUT/gpu-results.json" > "$OUT/train_speed.log" 2>&1
 log "train_speed exit $?"
 tail -12 "$OUT/train_speed.log" | tee -a "$LOG"

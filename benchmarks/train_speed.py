@@ -466,6 +466,8 @@ def main() -> None:
     parser.add_argument("--no-suite", action="store_true", help="skip the 30-site suite case")
     parser.add_argument("--suite-repeats", type=int, default=1, help="passes over the suite (median end-to-end time reported)")
     parser.add_argument("--libraries", default=",".join(LIBRARIES))
+    parser.add_argument("--work", help="folder of the run's activation files and records (default .bench-cache/; "
+                        "kept harvests are always read from .bench-cache/)")
     parser.add_argument("--device", default="cpu", help="torch device of the single-site runs (benchmarks/gpu.sh: cuda)")
     parser.add_argument("--merge", action="store_true", help="keep the other cases' records of the --out file "
                         "(merge_records) instead of overwriting it, e.g. to add a group's rows to bench-results.json")
@@ -476,8 +478,8 @@ def main() -> None:
 
     chosen = select_cases(args.cases, args.steps)
     libraries = args.libraries.split(",")
-    work = ROOT / ".bench-cache"
-    work.mkdir(exist_ok=True)
+    work = Path(args.work) if args.work else ROOT / ".bench-cache"
+    work.mkdir(parents=True, exist_ok=True)
     if args.out is None:
         args.out = str(ROOT / "bench-results.json" if chosen else work / "suite-only.json")
     if not chosen:  # --cases none: the suite alone
