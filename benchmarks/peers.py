@@ -1,11 +1,13 @@
-"""One training run of one library on one case, timed: saekit, SAELens or dictionary_learning.
+"""One training run of one library on one case, timed: saekit, SAELens, dictionary_learning or sparsify.
 
 Each library is driven through its public training API on the same activations (already scaled to
 E||x||² = 1, so no library normalises and every FVU is in the same units):
 
 * saekit: ``saekit.train`` (the one training loop);
 * SAELens: ``SAETrainer(SAETrainerConfig, <Arch>TrainingSAE, data_provider).fit()``;
-* dictionary_learning: its trainer classes' ``update(step, x)``, the call its ``trainSAE`` makes.
+* dictionary_learning: its trainer classes' ``update(step, x)``, the call its ``trainSAE`` makes;
+* sparsify: its ``SparseCoder`` driven with the steps of its ``Trainer.fit`` (benchmarks/peer_sparsify.py;
+  its trainer only reads a model's hookpoints).
 
 Every library gets the same tokens (``steps × batch``), the same learning rate and the same linear
 warm-up / final decay fractions; the architecture's own sparsity objective is kept.
@@ -115,7 +117,7 @@ class Case:
 
 
 TRAINED_BY = {
-    "topk": ("saekit", "sae_lens", "dictionary_learning"),
+    "topk": ("saekit", "sae_lens", "dictionary_learning", "sparsify"),
     "batch_topk": ("saekit", "sae_lens", "dictionary_learning"),
     "jumprelu": ("saekit", "sae_lens", "dictionary_learning"),
     "relu": ("saekit", "sae_lens", "dictionary_learning"),
@@ -124,8 +126,10 @@ TRAINED_BY = {
     "topk_transcoder": ("saekit",),
     "topk_clt": ("saekit",),
 }
-"""The libraries that train each architecture (of those installed for the benchmark: SAELens 6.54 and
-dictionary_learning 0.1.0, which has no crosscoder; no installed peer trains transcoders or CLTs)."""
+"""The libraries that train each architecture (of those installed for the benchmark: SAELens 6.54,
+dictionary_learning 0.1.0, which has no crosscoder, and sparsify 1.3.3, whose only SAE activation is
+TopK and whose transcoders and CLTs are trained only from a model's hookpoints, not from rows; no
+other installed peer trains transcoders or CLTs)."""
 
 
 def libraries_for(case: Case, libraries: list[str]) -> list[str]:
@@ -490,7 +494,7 @@ def run_saelens(case: Case, x: torch.Tensor, y: torch.Tensor | None):
     cfg = SAETrainerConfig(
         total_training_samples=case.steps * case.batch, train_batch_size_samples=case.batch, lr=case.lr,
         lr_warm_up_steps=warm, lr_decay_steps=decay, lr_end=0.0, adam_beta1=0.0 if case.arch == "jumprelu" else 0.9,
-        device=str(x.device),
+        device=str(x.device), autocast=x.device.type == "cuda",  # bfloat16 on a GPU, as saekit's "auto" and sparsify
     )
     clock = Clock(batches(x, case))
     with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
@@ -508,7 +512,16 @@ def run_dictionary_learning(case: Case, x: torch.Tensor, y: torch.Tensor | None)
     return lambda h: ae.encode(h), lambda h, f: ae.decode(f), clock.times
 
 
-RUNNERS = {"saekit": run_saekit, "sae_lens": run_saelens, "dictionary_learning": run_dictionary_learning}
+def run_sparsify(case: Case, x: torch.Tensor, y: torch.Tensor | None):
+    from peer_sparsify import run  # imported here: it imports this module
+
+    return run(case, x, y)
+
+
+RUNNERS = {
+    "saekit": run_saekit, "sae_lens": run_saelens, "dictionary_learning": run_dictionary_learning,
+    "sparsify": run_sparsify,
+}
 
 
 @torch.no_grad()

@@ -15,6 +15,15 @@ held-out contexts for quality.
   normalisation (estimated on one batch, as saekit does) and its trainer (:func:`run_sae_lens`). Its
   passes stop after the last hooked layer, as saekit's do; it forwards a few more contexts than saekit
   (its normalisation batch is drawn from the stream and its mixing buffer keeps half a batch back).
+* sparsify runs its own suite pipeline, ``Trainer`` with ``hookpoints`` (:func:`run_sparsify`): one
+  forward pass of the whole model per batch of contexts, hooks on the outputs of ``layers.0`` ...
+  ``layers.29`` (saekit's ``layers.{i}.resid_post``), one TopK ``SparseCoder`` per hookpoint trained on
+  the raw rows with its FVU loss, Adam at the suite's learning rate and its own schedule (warm-up, then
+  linear decay to 0 over the run); batches of 32 contexts (4,064 tokens once BOS is dropped through
+  its ``exclude_tokens``), so its 6 steps see 24,384 tokens against everyone else's 24,576. It runs
+  offline on the embedded model (a Hugging Face ``LlamaForCausalLM``), with wandb off; its final
+  checkpoint write (SAEs and optimiser state, 2 GB) is left out, as no other library here writes one.
+  Its passes run every layer of the model, also past the last hooked one (it cannot stop early).
 * dictionary_learning has no trainer for several sites at once (its ``ActivationBuffer`` and trainers
   take one submodule), and its own way, one buffer per site, would run the model 30 times (15.5
   full passes, each stopping at its site). It gets the generous version instead: the activations of
@@ -235,8 +244,44 @@ def run_dictionary_learning(work: Path, cfg: SuiteCase) -> tuple[float, list, li
     return seconds, models, info["sites"]
 
 
-SUITE_RUNNERS = {"saekit": run_saekit, "sae_lens": run_sae_lens, "dictionary_learning": run_dictionary_learning}
-RAW_INPUT = {"saekit", "sae_lens"}
+def run_sparsify(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
+    """sparsify's own suite pipeline: ``Trainer(TrainConfig(hookpoints=...))`` on the same contexts (see
+    the module docstring)."""
+    import contextlib
+    import io
+
+    from datasets import Dataset
+    from peer_sparsify import dense_codes
+    from sparsify import SparseCoderConfig, TrainConfig, Trainer
+
+    from saekit.models import load_model
+
+    loaded = load_model(MODEL)
+    per_batch = cfg.batch // cfg.context
+    tokens = np.load(work / "suite-tokens.npy")[: cfg.steps * per_batch]  # whole batches: its loader keeps a last partial one
+    dataset = Dataset.from_dict({"input_ids": tokens.tolist()}).with_format("torch")  # BOS first, as saekit's
+    hooks = [f"layers.{i}" for i in range(loaded.model.config.num_hidden_layers)]
+    warm, _ = schedule(cfg.case())
+    start = time.perf_counter()
+    train_cfg = TrainConfig(
+        SparseCoderConfig(num_latents=cfg.d_sae, k=cfg.k), batch_size=per_batch, optimizer="adam",
+        lr=cfg.lr, lr_warmup_steps=warm, hookpoints=hooks, exclude_tokens=[loaded.tokenizer.bos_token_id],
+        log_to_wandb=False, save_every=10**9, save_dir=str(work / "sparsify-checkpoints"),
+    )
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its prints and bar
+        trainer = Trainer(train_cfg, dataset, loaded.model)
+        trainer.save = lambda: None  # its final checkpoint write (see the module docstring)
+        trainer.fit()
+    seconds = time.perf_counter() - start
+    saes = [trainer.saes[h] for h in hooks]
+    models = [(lambda h, s=s: dense_codes(s, h), lambda h, f, s=s: f @ s.W_dec + s.b_dec) for s in saes]
+    return seconds, models, [f"layers.{i}.resid_post" for i in range(len(hooks))]
+
+
+SUITE_RUNNERS = {
+    "saekit": run_saekit, "sae_lens": run_sae_lens, "dictionary_learning": run_dictionary_learning, "sparsify": run_sparsify,
+}
+RAW_INPUT = {"saekit", "sae_lens", "sparsify"}
 """Libraries whose trained SAEs take raw activations (their normalisation folded back); dictionary_learning
 trained on the harvest's scaled rows."""
 

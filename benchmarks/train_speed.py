@@ -1,9 +1,10 @@
-"""SAE training speed: saekit against SAELens and dictionary_learning on the same activations, at equal quality.
+"""SAE training speed: saekit against SAELens, dictionary_learning and sparsify on the same activations, at equal quality.
 
     make bench                                  # creates .bench-venv with the peers, then runs this
     .bench-venv/bin/python benchmarks/train_speed.py [--steps 32] [--repeats 1] [--cases ...] [--no-suite]
                                                  [--suite-repeats 1] [--merge]
     .bench-venv/bin/python benchmarks/train_speed.py --cases new-architectures --no-suite --merge
+    python benchmarks/train_speed.py --device cuda ...  # benchmarks/gpu.sh; records the GPU's name
 
 Activations: layers.15.resid_post of SmolLM2-135M — read from a saekit cache folder (``--cache``,
 written by ``saekit cache``) when given, otherwise harvested once with the embedded model (contexts of
@@ -45,7 +46,8 @@ convergence. The fraction of the floor is
 
     floor tokens/s = R / (2 · d_in · d_sae)
 
-where R is the dense float32 matmul rate measured in this run on the encoder's own product
+where R is the dense float32 matmul rate measured on the case's own encoder product just before and
+just after its runs (the better of the two; benchmarks/train_speed.py ``timed_case``)
 ([batch, d_in] @ [d_in, d_sae]; d_in is every site read side by side, L · d for a CLT over L layers); that product (the encoder pre-activations) is the one dense
 [batch × d_in × d_sae] computation a training step cannot avoid. A step at the floor would cost
 exactly that one product and nothing else (no backward, no optimiser).
@@ -108,18 +110,26 @@ SITES_TOGETHER = (
 )
 """The sites of the cases over several sites, harvested together from the same tokens: the MLP input and
 output of blocks 3 and 4 (transcoders, the cross-layer transcoder) and two residual streams (crosscoders)."""
-LIBRARIES = ("saekit", "sae_lens", "dictionary_learning")
+LIBRARIES = ("saekit", "sae_lens", "dictionary_learning", "sparsify")
 DEFAULT_STEPS = 32
 EQUAL_QUALITY = 1.01
 """saekit is at equal quality with a peer when its FVU is at most this factor times the peer's."""
 
 
 def cases(steps: int) -> list[Case]:
-    """The single-site cases; ``steps`` per 4608-latent case, of which the first WARMUP_STEPS are not timed."""
+    """The single-site cases; ``steps`` per 4608-latent case, of which the first WARMUP_STEPS are not timed.
+
+    Wider SAEs get fewer steps, so that every case costs about as much: about half at 16,384 and 18,432
+    latents, and at 65,536 (each dense step of a peer there takes seconds) WARMUP_STEPS + 3, so two
+    timed steps (the last step is never timed); its FVU is then the FVU after 20k training tokens,
+    early but the same for everyone."""
     wide = max(WARMUP_STEPS + 3, steps // 2 + 1)
+    widest = WARMUP_STEPS + 3
     return [
         Case("topk-4608", "topk", 4608, steps),
+        Case("topk-16384", "topk", 16384, wide),
         Case("topk-18432", "topk", 18432, wide),
+        Case("topk-65536", "topk", 65536, widest),
         Case("batch_topk-4608", "batch_topk", 4608, steps),
         Case("jumprelu-4608", "jumprelu", 4608, steps),
         Case("relu_l1-4608", "relu", 4608, steps),
@@ -188,14 +198,18 @@ def case_activations(case: Case, single: np.ndarray, together: np.ndarray | None
     return np.ascontiguousarray(np.concatenate(blocks, axis=1))
 
 
-def matmul_rate(d_in: int, d_sae: int, batch: int, repeats: int = 5) -> float:
-    """Dense float32 FLOP/s of the encoder product [batch, d_in] @ [d_in, d_sae] (best of ``repeats``)."""
-    a, b = torch.randn(batch, d_in), torch.randn(d_in, d_sae)
+def matmul_rate(d_in: int, d_sae: int, batch: int, repeats: int = 5, device: str = "cpu") -> float:
+    """Dense float32 FLOP/s of the encoder product [batch, d_in] @ [d_in, d_sae] on ``device`` (best of
+    ``repeats``; on CUDA, with TF32 off, as torch's default leaves it)."""
+    a, b = torch.randn(batch, d_in, device=device), torch.randn(d_in, d_sae, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ b
     best = float("inf")
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * batch * d_in * d_sae / best
 
@@ -300,9 +314,9 @@ def _scaled(x: np.ndarray) -> np.ndarray:
     return (x / np.sqrt((x.astype(np.float64) ** 2).sum(1).mean())).astype(np.float32)
 
 
-def run_one(library: str, case: Case, acts_path: Path, out: Path) -> dict | None:
+def run_one(library: str, case: Case, acts_path: Path, out: Path, device: str = "cpu") -> dict | None:
     cmd = [sys.executable, str(Path(__file__).parent / "peers.py"), library, json.dumps(asdict(case)), str(acts_path),
-           str(HELD_OUT), "cpu", str(out)]
+           str(HELD_OUT), device, str(out)]
     return _subprocess(cmd, library, out)
 
 
@@ -379,6 +393,7 @@ def _merge(passes: list[list[dict]]) -> list[dict]:
             "seconds_total": [r["seconds_total"] for r in runs],
             "tokens": rec["tokens"], "timed": f"steady-state steps (first {WARMUP_STEPS} and set-up excluded)",
             "case_config": rec["case_config"], "d_in": rec["d_in"],
+            "matmul_gflops": statistics.median(r["matmul_gflops"] for r in runs),
         })
     return merged
 
@@ -393,6 +408,30 @@ def _add_ratios(records: list[dict]) -> None:
         ours["ratio_vs"] = {m["library"]: ours["tokens_per_s"] / m["tokens_per_s"] for m in peers}
         ours["fvu_ratio_vs"] = {m["library"]: ours["fvu"] / m["fvu"] for m in peers}
         ours["equal_quality_vs"] = {m["library"]: bool(ours["fvu"] <= EQUAL_QUALITY * m["fvu"]) for m in peers}
+
+
+def timed_case(case: Case, libraries: list[str], acts_path: Path, work: Path, device: str) -> list[dict]:
+    """One run of ``case`` per library, in the given order, each record with its ``floor_fraction``.
+
+    The floor is R / (2 · d_in · d_sae) on the case's own encoder product (d_in: every site read side
+    by side, L · d for a CLT), with R the better of two measurements, just before and just after the
+    case's runs: on a shared machine the rate moves within minutes, and the better one gives the
+    higher floor, so no fraction is flattered by a slow moment."""
+    d_in = 576 * max(len(case.sites), 1)
+    before = matmul_rate(d_in, case.d_sae, case.batch, device=device)
+    records = []
+    for library in libraries:
+        rec = run_one(library, case, acts_path, work / "one.json", device)
+        if rec is not None:
+            records.append(rec)
+            print(_line(rec), flush=True)
+    rate = max(before, matmul_rate(d_in, case.d_sae, case.batch, device=device))
+    floor = rate / (2 * d_in * case.d_sae)
+    print(f"  floor {floor:,.0f} tokens/s (R {rate / 1e9:.1f} GFLOP/s on [{case.batch}, {d_in}] @ [{d_in}, {case.d_sae}])"
+          + "".join(f"; {r['library']} at {r['tokens_per_s'] / floor:.2f}" for r in records), flush=True)
+    for rec in records:
+        rec.update(floor_fraction=rec["tokens_per_s"] / floor, matmul_gflops=rate / 1e9)
+    return records
 
 
 def prepare_starts(chosen: list[Case], x_train: np.ndarray, work: Path) -> list[Case]:
@@ -427,6 +466,9 @@ def main() -> None:
     parser.add_argument("--no-suite", action="store_true", help="skip the 30-site suite case")
     parser.add_argument("--suite-repeats", type=int, default=1, help="passes over the suite (median end-to-end time reported)")
     parser.add_argument("--libraries", default=",".join(LIBRARIES))
+    parser.add_argument("--work", help="folder of the run's activation files and records (default .bench-cache/; "
+                        "kept harvests are always read from .bench-cache/)")
+    parser.add_argument("--device", default="cpu", help="torch device of the single-site runs (benchmarks/gpu.sh: cuda)")
     parser.add_argument("--merge", action="store_true", help="keep the other cases' records of the --out file "
                         "(merge_records) instead of overwriting it, e.g. to add a group's rows to bench-results.json")
     parser.add_argument("--out", help="default: bench-results.json at the repository root; with --cases none "
@@ -436,8 +478,8 @@ def main() -> None:
 
     chosen = select_cases(args.cases, args.steps)
     libraries = args.libraries.split(",")
-    work = ROOT / ".bench-cache"
-    work.mkdir(exist_ok=True)
+    work = Path(args.work) if args.work else ROOT / ".bench-cache"
+    work.mkdir(parents=True, exist_ok=True)
     if args.out is None:
         args.out = str(ROOT / "bench-results.json" if chosen else work / "suite-only.json")
     if not chosen:  # --cases none: the suite alone
@@ -466,31 +508,38 @@ def main() -> None:
           f"{DEAD_TOKENS:,} tokens (dictionary_learning's)")
     chosen = prepare_starts(chosen, x[HELD_OUT:], work)
 
-    rate = matmul_rate(576, 4608, 4096)
+    rate = matmul_rate(576, 4608, 4096, device=args.device)
     print(f"dense float32 matmul rate R = {rate / 1e9:.1f} GFLOP/s ([4096, 576] @ [576, 4608], best of 5)", flush=True)
     passes: list[list[dict]] = []
     for p in range(args.repeats):
         print(f"\n=== pass {p + 1} of {args.repeats} ===")
         records = []
         for case in chosen:
-            # The encoder product the case runs: d_in is every site read side by side (L · d for a CLT).
-            floor = rate / (2 * 576 * max(len(case.sites), 1) * case.d_sae)
             print(f"{case.name}: {case.steps} steps x {case.batch} tokens ({case.steps - WARMUP_STEPS - 1} timed), "
-                  f"lr {case.lr}; floor {floor:,.0f} tokens/s", flush=True)
+                  f"lr {case.lr}", flush=True)
             # Rotate the order each pass so that no library always runs first (or last) in a case.
-            for library in libraries_for(case, libraries[p % len(libraries):] + libraries[: p % len(libraries)]):
-                rec = run_one(library, case, acts_paths[case.name], work / "one.json")
-                if rec is None:
-                    continue
-                rec["floor_fraction"] = rec["tokens_per_s"] / floor
-                records.append(rec)
-                print(_line(rec), flush=True)
+            order = libraries_for(case, libraries[p % len(libraries):] + libraries[: p % len(libraries)])
+            records += timed_case(case, order, acts_paths[case.name], work, args.device)
         passes.append(records)
 
     merged = _merge(passes) if passes and passes[0] else []
     if not args.no_suite:
         merged += run_suite(libraries, work, args.suite_repeats)
     _finish(merged, args, rate, origin, wall)
+
+
+def versions() -> dict[str, str]:
+    """{library: installed version} of the libraries benchmarked (those installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for library, dist in (("saekit", "saekit"), ("sae_lens", "sae-lens"), ("dictionary_learning", "dictionary-learning"),
+                          ("sparsify", "eai-sparsify")):
+        try:
+            found[library] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return found
 
 
 def _finish(merged: list[dict], args: argparse.Namespace, rate: float, origin: str, wall: float) -> None:
@@ -512,8 +561,11 @@ def _finish(merged: list[dict], args: argparse.Namespace, rate: float, origin: s
             f"{r['case']:20s} {r['library']:20s} {r['tokens_per_s']:9,.0f} {speed_x:>8s} "
             f"{r['peak_mem_mb']:8.0f} {r['fvu']:6.3f} {r['l0']:7.1f} {fvu_x:>6s} {equal:>5s} {floor}"
         )
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
+    facts = {"torch_threads": threads, "activations": origin, "versions": versions(), "torch_version": torch.__version__}
     for r in merged:  # the machine's facts in every record, so that each stands alone
-        r.update({"matmul_gflops": rate / 1e9, "torch_threads": threads, "activations": origin})
+        r.setdefault("matmul_gflops", rate / 1e9)  # a single-site case keeps the rate of its own product
+        r.update(facts | ({"machine": device} if device else {}))
     if args.merge and Path(args.out).exists():
         merged = merge_records(json.loads(Path(args.out).read_text()), merged)
     tmp = Path(args.out).with_suffix(".tmp")

@@ -34,8 +34,8 @@ set) and ``encode(x) = Z ⊙ 1[Z > θ]``. The folder is saved for SAELens as ``j
 ``threshold`` of equal entries, which is also how SAELens saves its own Matryoshka SAEs (its
 ``matryoshka_batchtopk`` is a training architecture only; its inference class is ``jumprelu``).
 
-Each prefix adds one pass over the [batch, d_in] reconstruction; the sparse decodes of the groups
-together touch the selected pairs once, as one decode does (:func:`saekit.sae.sparse.column_block`).
+Each prefix adds one pass over the [batch, d_in] reconstruction; the groups' reconstructions come
+from one sparse decode, which touches the selected pairs once (:func:`nested_squared_error`).
 Defaults follow BatchTopK: AuxK weight 1/32 with k_aux = d_in // 2, unit-norm decoder, geometric-median
 ``b_dec``, the default learning rate.
 """
@@ -47,7 +47,6 @@ from typing import final
 
 import torch
 from torch import Tensor
-from torch.nn import functional as tF
 
 from saekit.comm import Comm
 from saekit.sae import functional as F
@@ -111,23 +110,23 @@ def check_widths(widths: tuple[int, ...], d_sae: int) -> None:
 
 def nested_squared_error(widths: tuple[int, ...]) -> family.Reconstruct:
     """Matryoshka's reconstruction term: Σ over the prefix widths m of ||x − x̂_m||² averaged over rows,
-    x̂_m decoded from the selected latents below m alone (the module docstring)."""
-    sizes = [wider - narrower for narrower, wider in zip((0, *widths), widths)]
+    x̂_m decoded from the selected latents below m alone (the module docstring).
+
+    One sparse decode gives each row's part of the reconstruction from each group of latents between
+    two widths (:func:`saekit.sae.sparse.group_rows`); the prefixes are their cumulative sums. Every
+    selected pair is touched once, forward and backward, as in BatchTopK's single decode."""
 
     def reconstruct(sae: SAE, values: Tensor, pattern: S.Pattern, x: Tensor, base: Tensor, latents: Comm) -> family.Reconstruction:
         # ``latents`` is LOCAL: the groups are ranges of the whole dictionary, so Matryoshka is not latent-sharded.
-        x_hat = base
-        loss = x.new_zeros((), dtype=sae.W_dec.dtype)
-        terms: dict[str, Tensor] = {}
-        start = 0
-        for width, W_group in zip(widths, sae.W_dec.split(sizes)):
-            block = S.column_block(pattern, start, width)  # the group's latents, start <= j < width
-            x_hat = x_hat + S.sparse_decode(values[block.index], block.pattern, W_group)
-            error = tF.mse_loss(x_hat, x, reduction="sum") / x.shape[0]
-            loss = loss + error
-            terms["mse" if width == sae.d_sae else f"mse_{width}"] = error.detach()
-            start = width
-        return family.Reconstruction(x_hat, loss, terms)
+        grouped = S.group_rows(pattern, widths)
+        if grouped.order is not None:
+            values = values[grouped.order]
+        parts = S.sparse_decode(values, grouped.pattern, sae.W_dec).view(x.shape[0], len(widths), -1)
+        x_hats = parts.cumsum(1) + base.unsqueeze(-2)  # [rows, prefixes, d_in]
+        errors = (x_hats - x.unsqueeze(1)).pow(2).sum((0, 2)) / x.shape[0]
+        detached = errors.detach()
+        terms = {"mse" if width == sae.d_sae else f"mse_{width}": detached[i] for i, width in enumerate(widths)}
+        return family.Reconstruction(x_hats[:, -1], errors.sum(), terms)
 
     return reconstruct
 

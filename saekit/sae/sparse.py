@@ -111,22 +111,30 @@ def _row_pointers(rows: Tensor, n_rows: int) -> Tensor:
     return torch.cat([rows.new_zeros(1), torch.bincount(rows, minlength=n_rows).cumsum(0)])
 
 
-class Block(NamedTuple):
-    """The pairs of a pattern that fall in a range of columns: ``index`` [nnz_block] their positions in
-    the pattern's pair list (to take their values), ``pattern`` the block as a pattern of its own."""
+class Grouped(NamedTuple):
+    """A pattern whose rows are split by groups of columns (:func:`group_rows`): ``order`` permutes the
+    pattern's pairs (and so its values) into ``pattern``'s order, None when that order is the same."""
 
-    index: Tensor
+    order: Tensor | None
     pattern: Pattern
 
 
-def column_block(pattern: Pattern, start: int, stop: int) -> Block:
-    """The pairs of ``pattern`` in columns ``start ≤ c < stop``, as a [n_rows, stop − start] pattern
-    (columns counted from ``start``): decoded against ``W_dec[start:stop]`` it gives the part of the
-    reconstruction those latents make."""
-    index = ((pattern.cols >= start) & (pattern.cols < stop)).nonzero().squeeze(-1)
-    rows = pattern.rows[index]  # still non-decreasing: index is ascending
-    block = Pattern(rows, pattern.cols[index] - start, _row_pointers(rows, pattern.n_rows), pattern.n_rows, stop - start)
-    return Block(index, block)
+def group_rows(pattern: Pattern, bounds: tuple[int, ...]) -> Grouped:
+    """``pattern`` as a [n_rows · G, n_cols] pattern, G = len(bounds): pair (r, c) moves to row r · G + g,
+    where column group g is [bounds[g − 1], bounds[g]) (the first from 0; ``bounds`` increase and end at
+    n_cols). Decoded against the whole W_dec it gives, in one call, each row's part of the
+    reconstruction from each group of latents; a Matryoshka SAE's nested prefixes are their cumulative
+    sums over the groups. The pairs keep their order when each row's columns ascend (the selections'
+    patterns), else they are sorted into it (``order``)."""
+    n_groups = len(bounds)
+    edges = torch.tensor(bounds[:-1], dtype=pattern.cols.dtype, device=pattern.cols.device)
+    rows = pattern.rows * n_groups + torch.bucketize(pattern.cols, edges, right=True)
+    order, cols = None, pattern.cols
+    if rows.numel() > 1 and bool((rows[1:] < rows[:-1]).any()):
+        order = rows.argsort(stable=True)
+        rows, cols = rows[order], cols[order]
+    n_rows = pattern.n_rows * n_groups
+    return Grouped(order, Pattern(rows, cols, _row_pointers(rows, n_rows), n_rows, pattern.n_cols))
 
 
 def batch_topk_flat(scores: Tensor, n_keep: int, per_row: int) -> Tensor:

@@ -77,8 +77,23 @@ def test_targets_need_both_the_ratio_and_equal_quality():
     text = results_md.render(small_records())
     topk = row(text, ["TopK ≥ 3× every peer", "topk-4608"])
     assert topk[2:] == ["4.00×", "2.50×, FVU +1.0%: not equal quality", "no"]
-    jump = row(text, ["JumpReLU ≥ 2× every peer", "jumprelu-4608"])
+    jump = row(text, ["JumpReLU ≥ 3× every peer", "jumprelu-4608"])
     assert jump[2:] == ["6.00×", "3.00×", "yes"]
+
+
+def test_the_topk_floor_target_is_read_from_saekits_floor_fraction_at_4608_latents_and_above():
+    def topk(d_sae, fraction, **cfg):
+        return record(f"topk-{d_sae}", "saekit", 1000.0, 0.4, floor_fraction=fraction,
+                      case_config={"arch": "topk", "d_sae": d_sae, **cfg})
+
+    records = [topk(2304, 0.9), topk(4608, 0.69), topk(65536, 0.7), topk(4608, 0.9, sites=["a", "b"]) | {"case": "two"},
+               record("topk-4608", "sparsify", 500.0, 0.4, floor_fraction=0.35)]
+    text = results_md.render(records)
+    assert row(text, ["TopK step ≥ 0.7 of the floor", "topk-4608"])[2:] == ["saekit at 0.69 of it", "no"]
+    assert row(text, ["TopK step ≥ 0.7 of the floor", "topk-65536"])[2:] == ["saekit at 0.70 of it", "yes"]
+    assert "| TopK step ≥ 0.7 of the floor | topk-2304 |" not in text
+    assert "| TopK step ≥ 0.7 of the floor | two |" not in text
+    assert row(text, ["", "sparsify"])[2:4] == ["500", "2.00×"]
 
 
 def test_the_run_facts_and_settings_come_from_the_records():

@@ -97,3 +97,24 @@ def test_a_transcoders_fvu_is_of_its_target_with_the_skip_term():
     fvu, _ = peers.quality(lambda h: h, lambda h, f: f, x, y)  # half of y: error (y/2)², FVU = E||y/2||² / Var
     assert fvu > 0.2
     assert peers.quality(lambda h: h, lambda h, f: f, x)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_sparsify_runs_every_single_site_topk_case_and_nothing_else():
+    every = train_speed.cases(32) + train_speed.new_architecture_cases(32)
+    with_sparsify = [c.name for c in every if "sparsify" in peers.libraries_for(c, list(train_speed.LIBRARIES))]
+    assert with_sparsify == ["topk-4608", "topk-16384", "topk-18432", "topk-65536"]
+
+
+def test_the_wide_topk_cases_take_fewer_steps_with_some_timed():
+    by_name = {c.name: c for c in train_speed.cases(32)}
+    assert [by_name[f"topk-{d}"].steps for d in (4608, 16384, 18432, 65536)] == [32, 17, 17, 5]
+    assert len(peers.step_seconds(list(range(by_name["topk-65536"].steps)))) == 2
+
+
+def test_sparsifys_schedule_is_everyones():
+    peer_sparsify = pytest.importorskip("peer_sparsify")
+    from saekit.training.schedules import lr_factor
+
+    case = peers.Case("t", "topk", 64, 40)
+    warm, decay = peers.schedule(case)
+    assert [peer_sparsify.lr_multiplier(case)(s) for s in range(40)] == [lr_factor(s, 40, warm, 0.2) for s in range(40)]

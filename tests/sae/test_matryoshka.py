@@ -55,6 +55,21 @@ def test_one_width_is_batch_topk() -> None:
     assert nested.terms.keys() == plain.terms.keys()
 
 
+def test_the_prefixes_share_one_sparse_decode() -> None:
+    """Five prefixes, one decode: the backward pass computes one set of code gradients (one sampled
+    product over the selected pairs), not one per prefix."""
+    from torch.profiler import profile
+
+    sae = build("matryoshka_batch_topk", d_in=8, d_sae=80, k=3, aux_coef=0.0, seed=0)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
+    with profile() as prof:
+        sae.loss(ActBatch(x), StepCtx()).loss.backward()
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert len(sae.cfg.prefix_widths) == 5
+    assert calls.get("aten::sparse_sampled_addmm") == 1
+    assert calls.get("aten::_embedding_bag_forward_only", 0) + calls.get("aten::_embedding_bag", 0) == 3  # decode; W_dec and W_enc gradients
+
+
 @pytest.mark.parametrize(
     ("d_sae", "widths"), [(512, (32, 64, 128, 256, 512)), (48, (3, 6, 12, 24, 48)), (3, (1, 3)), (1, (1,))]
 )

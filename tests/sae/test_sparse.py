@@ -298,17 +298,25 @@ def test_matryoshka_sparse_loss_equals_dense(dead, widths):
     torch.testing.assert_close(out.loss - sae.cfg.aux_coef * out.terms["aux_k"], sum(out.terms[f"mse_{m}"] for m in inner) + out.terms["mse"])
 
 
-def test_column_block_is_the_slice_of_the_dense_matrix():
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_group_rows_decodes_each_rows_column_groups_apart(shuffled):
+    """Row r · G + g of the grouped decode is row r of the codes in column group g times W_dec; a
+    pattern whose columns do not ascend within a row is sorted into that order (``order``)."""
     pattern = random_pattern(4, n_rows=9, n_cols=13, density=0.4)
     values = torch.randn(pattern.nnz, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     dense = S.densify(values, pattern)
-    for start, stop in [(0, 4), (4, 5), (5, 13), (0, 13), (12, 13)]:
-        block = S.column_block(pattern, start, stop)
-        assert block.pattern.n_cols == stop - start
-        assert torch.equal(S.densify(values[block.index], block.pattern), dense[:, start:stop])
-        assert block.pattern.crow[-1] == block.index.numel()
-        table = torch.randn(stop - start, 3, dtype=torch.float64)
-        torch.testing.assert_close(S.rows_times(block.pattern, values[block.index], table), dense[:, start:stop] @ table)
+    if shuffled:  # the same pairs, each row's columns in reverse order
+        flip = torch.cat([torch.arange(b - 1, a - 1, -1) for a, b in zip(pattern.crow[:-1].tolist(), pattern.crow[1:].tolist())])
+        pattern, values = S.Pattern(pattern.rows[flip], pattern.cols[flip], pattern.crow, 9, 13), values[flip]
+    table = torch.randn(13, 3, dtype=torch.float64)
+    bounds = (4, 5, 12, 13)
+    grouped = S.group_rows(pattern, bounds)
+    assert (grouped.order is not None) == shuffled
+    ordered = values if grouped.order is None else values[grouped.order]
+    parts = S.rows_times(grouped.pattern, ordered, table).view(9, len(bounds), 3)
+    for g, (start, stop) in enumerate(zip((0, *bounds), bounds)):
+        torch.testing.assert_close(parts[:, g], dense[:, start:stop] @ table[start:stop])
+    assert grouped.pattern.n_rows == 9 * len(bounds) and grouped.pattern.crow[-1] == pattern.nnz
 
 
 @pytest.mark.parametrize("dead", [None, "few"])

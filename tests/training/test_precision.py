@@ -21,16 +21,22 @@ def test_auto_is_float32_on_the_cpu_and_named_dtypes_are_kept():
     assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+"""The devices the autocast checks run on: CUDA's bfloat16 kernels differ from the CPU's (benchmarks/gpu.sh
+runs them on a lent GPU)."""
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list_architectures())
-def test_bfloat16_autocast_loss_and_gradients_match_float32(name):
-    sae = build(name, d_in=32, d_sae=128, seed=0)
+def test_bfloat16_autocast_loss_and_gradients_match_float32(name, device):
+    sae = build(name, d_in=32, d_sae=128, seed=0).to(device)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 32, generator=g)
-    ctx = StepCtx(dead_mask=torch.arange(128) % 5 == 0)  # AuxK-style terms take part too
+    x = torch.randn(256, 32, generator=g).to(device)
+    ctx = StepCtx(dead_mask=(torch.arange(128) % 5 == 0).to(device))  # AuxK-style terms take part too
 
     def run(autocast: bool):
         sae.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             out = sae.loss(ActBatch(x), ctx)
         out.loss.float().backward()
         return out, {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
