@@ -4,6 +4,7 @@ selections and thresholds included; checkpoints resume across world sizes."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -75,6 +76,25 @@ def spawn_ranks(fn, args: tuple, timeout_s: float = 300.0) -> None:
             for process in context.processes:
                 process.kill()
             pytest.fail(f"the {WORLD} ranks of {fn.__name__} did not finish within {timeout_s:.0f} s: a hang")
+
+
+def check_checkpoints_cross(make_saes, spawn, tmp_path: Path) -> None:
+    """A run of ``make_saes()`` on the tensor data that ``spawn(folder, steps=, dies_at=, resume=)`` runs on
+    2 ranks (in its mode; its rank 0 writes ``result-0.json`` and ``weights-0.safetensors``) resumes in
+    one process from the checkpoint it left, and a run one process left resumes under ``spawn``: both
+    end with the weights of one uninterrupted process."""
+    one = _states(train(make_saes(), _data(), steps=8, **SETTINGS).saes)
+    spawn(tmp_path, steps=8, dies_at=6)  # both ranks die at step 6; the checkpoint holds step 4
+    resumed = train(make_saes(), _data(), steps=8, checkpoint_every=4, out_dir=tmp_path / "run", resume=True, **SETTINGS)
+    assert resumed.resumed_from == 4
+    _assert_close(_states(resumed.saes), one)
+    again = tmp_path / "again"
+    again.mkdir()
+    with pytest.raises(Interrupted):
+        train(make_saes(), _dies(6), steps=8, checkpoint_every=4, out_dir=again / "run", **SETTINGS)
+    spawn(again, steps=8, resume=True)
+    assert json.loads((again / "result-0.json").read_text())["resumed_from"] == 4
+    _assert_close(load_file(again / "weights-0.safetensors"), one)
 
 
 def _dies(at: int) -> InterruptingSource:
@@ -248,26 +268,35 @@ class _RankOneDies(InterruptingSource):
             yield batch
 
 
-def _survivor(rank: int, store: str, out: str) -> None:
+def _survivor(rank: int, store: str, out: str, make_saes, mode: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        train(_saes(), _RankOneDies(as_source(_data()), 3), steps=8, checkpoint_every=2, out_dir=Path(out) / "run", collective_timeout_s=20, **SETTINGS)
+        train(make_saes(), _RankOneDies(as_source(_data()), 3), steps=8, checkpoint_every=2, out_dir=Path(out) / "run",
+              collective_timeout_s=20, **{**SETTINGS, "parallel": mode})  # fmt: skip
     except DistributedError as exc:
         (Path(out) / f"error-{rank}.txt").write_text(str(exc))
 
 
-def test_a_rank_that_dies_stops_the_others_with_a_named_error_and_the_run_resumes(tmp_path):
-    context = mp.start_processes(_survivor, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn")
+def check_a_dead_rank(make_saes, mode: str, tmp_path: Path) -> None:
+    """Rank 1 of a run of ``make_saes()`` in ``mode`` dies at batch 3: rank 0 stops with a named error
+    within the collective timeout, never hangs, and the run resumes in one process from its checkpoint
+    to one process's weights."""
+    args = (str(tmp_path / "store"), str(tmp_path), make_saes, mode)
+    context = mp.start_processes(_survivor, args=args, nprocs=WORLD, join=False, start_method="spawn")
     for process in context.processes:
         process.join(timeout=120)
         assert not process.is_alive(), "a rank hung after the other died"
     message = (tmp_path / "error-0.txt").read_text()
     assert message.startswith("rank 0 of 2: ") and "another rank died or did not answer in time" in message
-    one = _states(train(_saes(), _data(), steps=8, **SETTINGS).saes)
-    resumed = train(_saes(), _data(), steps=8, checkpoint_every=2, out_dir=tmp_path / "run", resume=True, **SETTINGS)
+    one = _states(train(make_saes(), _data(), steps=8, **SETTINGS).saes)
+    resumed = train(make_saes(), _data(), steps=8, checkpoint_every=2, out_dir=tmp_path / "run", resume=True, **SETTINGS)
     assert resumed.resumed_from == 2
     _assert_close(_states(resumed.saes), one)
+
+
+def test_a_rank_that_dies_stops_the_others_with_a_named_error_and_the_run_resumes(tmp_path):
+    check_a_dead_rank(_saes, "data", tmp_path)
 
 
 def test_what_cannot_run_distributed_is_refused(tmp_path):

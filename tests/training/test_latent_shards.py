@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from saekit.errors import ConfigError, DistributedError
+from saekit.errors import ConfigError
 from saekit.sae import build
 from saekit.training import train
 from saekit.training.latent_shards import check_shardable, join_states, slice_state
@@ -26,8 +25,9 @@ from tests.training.test_distributed import (
     _dies,
     _exit,
     _leave,
-    _RankOneDies,
     _states,
+    check_a_dead_rank,
+    check_checkpoints_cross,
     spawn_ranks,
 )
 from tests.training.test_engine import Interrupted
@@ -52,8 +52,8 @@ def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None, re
         data = _data() if dies_at is None else _dies(dies_at)
         result = train(_saes(), data, steps=steps, checkpoint_every=4, out_dir=Path(out) / "run", resume=resume, **LATENTS)
         if rank == 0:
-            save_file(_states(result.saes), str(Path(out) / "weights.safetensors"))
-            (Path(out) / "result.json").write_text(json.dumps({
+            save_file(_states(result.saes), str(Path(out) / "weights-0.safetensors"))
+            (Path(out) / "result-0.json").write_text(json.dumps({
                 "trained": list(result.trained), "resumed_from": result.resumed_from, "final": result.final_metrics,
                 "provenance": result.saes[0].provenance["distributed"],
             }))  # fmt: skip
@@ -81,8 +81,8 @@ def test_sharded_latents_train_what_one_process_trains(tmp_path):
     one_log = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
     assert any(r["aux_k"] > 0 for r in one_log if r["sae"] in (0, 3))  # AuxK selected dead latents over both ranks
     _spawn(tmp_path, steps=8)
-    _assert_close(load_file(tmp_path / "weights.safetensors"), _states(single.saes))
-    result = json.loads((tmp_path / "result.json").read_text())
+    _assert_close(load_file(tmp_path / "weights-0.safetensors"), _states(single.saes))
+    result = json.loads((tmp_path / "result-0.json").read_text())
     assert result["trained"] == [0, 1, 2, 3] and json.loads((tmp_path / "trained-1.json").read_text()) == []
     assert result["provenance"] == {"mode": "latents", "world_size": WORLD}
     for got, want in zip(result["final"], single.final_metrics, strict=True):
@@ -95,42 +95,11 @@ def test_sharded_latents_train_what_one_process_trains(tmp_path):
 
 def test_a_sharded_checkpoint_is_one_process_checkpoint(tmp_path):
     """Saved with the latents over 2 ranks, resumed in one process; saved in one process, resumed sharded."""
-    one = _states(train(_saes(), _data(), steps=8, **SETTINGS).saes)
-    _spawn(tmp_path, steps=8, dies_at=6)  # both ranks die at step 6; the checkpoint holds step 4
-    resumed = train(_saes(), _data(), steps=8, checkpoint_every=4, out_dir=tmp_path / "run", resume=True, **SETTINGS)
-    assert resumed.resumed_from == 4
-    _assert_close(_states(resumed.saes), one)
-
-    again = tmp_path / "again"
-    again.mkdir()
-    with pytest.raises(Interrupted):
-        train(_saes(), _dies(6), steps=8, checkpoint_every=4, out_dir=again / "run", **SETTINGS)
-    _spawn(again, steps=8, resume=True)
-    assert json.loads((again / "result.json").read_text())["resumed_from"] == 4
-    _assert_close(load_file(again / "weights.safetensors"), one)
-
-
-def _survivor(rank: int, store: str, out: str) -> None:
-    from saekit.sources.tensor import as_source
-
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
-        train(_saes(), _RankOneDies(as_source(_data()), 3), steps=8, checkpoint_every=2, out_dir=Path(out) / "run",
-              collective_timeout_s=20, **LATENTS)  # fmt: skip
-    except DistributedError as exc:
-        (Path(out) / f"error-{rank}.txt").write_text(str(exc))
+    check_checkpoints_cross(_saes, _spawn, tmp_path)
 
 
 def test_a_rank_that_dies_stops_the_other_and_the_run_resumes(tmp_path):
-    context = mp.start_processes(_survivor, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn")
-    for process in context.processes:
-        process.join(timeout=120)
-        assert not process.is_alive(), "a rank hung after the other died"
-    assert "another rank died or did not answer in time" in (tmp_path / "error-0.txt").read_text()
-    resumed = train(_saes(), _data(), steps=8, checkpoint_every=2, out_dir=tmp_path / "run", resume=True, **SETTINGS)
-    assert resumed.resumed_from == 2
-    _assert_close(_states(resumed.saes), _states(train(_saes(), _data(), steps=8, **SETTINGS).saes))
+    check_a_dead_rank(_saes, "latents", tmp_path)
 
 
 def test_slices_join_back_into_the_whole():

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from saekit.comm import Comm
-from saekit.errors import ConfigError, DistributedError
+from saekit.errors import ConfigError
 from saekit.sae import build
 from saekit.training import train
 from saekit.training.distributed import check_distributable, unit_owners
@@ -27,9 +26,10 @@ from tests.training.test_distributed import (
     _dies,
     _exit,
     _leave,
-    _RankOneDies,
     _saes,
     _states,
+    check_a_dead_rank,
+    check_checkpoints_cross,
     spawn_ranks,
 )
 from tests.training.test_engine import Interrupted
@@ -95,19 +95,7 @@ def test_each_rank_trains_its_own_saes_and_rank_0_ends_with_what_one_process_tra
 
 def test_a_site_parallel_checkpoint_is_one_process_checkpoint(tmp_path):
     """Saved at 2 ranks (site parallel), resumed in one process; saved in one process, resumed at 2."""
-    one = _states(train(_all_saes(), _data(), steps=8, **SETTINGS).saes)
-    _spawn(tmp_path, steps=8, dies_at=6)  # both ranks die at step 6; the checkpoint holds step 4
-    resumed = train(_all_saes(), _data(), steps=8, checkpoint_every=4, out_dir=tmp_path / "run", resume=True, **SETTINGS)
-    assert resumed.resumed_from == 4
-    _assert_close(_states(resumed.saes), one)
-
-    again = tmp_path / "again"
-    again.mkdir()
-    with pytest.raises(Interrupted):
-        train(_all_saes(), _dies(6), steps=8, checkpoint_every=4, out_dir=again / "run", **SETTINGS)
-    _spawn(again, steps=8, resume=True)
-    assert json.loads((again / "result-0.json").read_text())["resumed_from"] == 4
-    _assert_close(load_file(again / "weights-0.safetensors"), one)
+    check_checkpoints_cross(_all_saes, _spawn, tmp_path)
 
 
 def _group_worker(rank: int, store: str, out: str) -> None:
@@ -177,29 +165,8 @@ def test_end_to_end_saes_train_each_on_its_own_rank_as_in_one_process(tmp_path):
     _assert_close(load_file(tmp_path / "e2e.safetensors"), one)
 
 
-def _survivor(rank: int, store: str, out: str) -> None:
-    from saekit.sources.tensor import as_source
-
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
-        train(_all_saes(), _RankOneDies(as_source(_data()), 3), steps=8, checkpoint_every=2, out_dir=Path(out) / "run",
-              collective_timeout_s=20, **SITES)  # fmt: skip
-    except DistributedError as exc:
-        (Path(out) / f"error-{rank}.txt").write_text(str(exc))
-
-
 def test_a_rank_that_dies_stops_the_other_with_a_named_error_and_the_run_resumes(tmp_path):
-    context = mp.start_processes(_survivor, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn")
-    for process in context.processes:
-        process.join(timeout=120)
-        assert not process.is_alive(), "a rank hung after the other died"
-    message = (tmp_path / "error-0.txt").read_text()
-    assert message.startswith("rank 0 of 2: ") and "another rank died or did not answer in time" in message
-    one = _states(train(_all_saes(), _data(), steps=8, **SETTINGS).saes)
-    resumed = train(_all_saes(), _data(), steps=8, checkpoint_every=2, out_dir=tmp_path / "run", resume=True, **SETTINGS)
-    assert resumed.resumed_from == 2
-    _assert_close(_states(resumed.saes), one)
+    check_a_dead_rank(_all_saes, "sites", tmp_path)
 
 
 def test_units_are_shared_out_by_size_largest_first():
