@@ -38,7 +38,8 @@ def gathered_checkpoint(state: Run, step: int) -> Checkpoint | None:
     data = state.comm.gather_bytes(checkpoint_bytes(part))
     if data is None:
         return None
-    parts = [checkpoint_of_bytes(d, f"the checkpoint part of rank {rank}") for rank, d in enumerate(data)]
+    # Rank 0's own part is at hand; only the others' are read back from their bytes.
+    parts = [part if rank == state.comm.rank else checkpoint_of_bytes(d, f"the checkpoint part of rank {rank}") for rank, d in enumerate(data)]
     if state.latent_sharded:
         names = [parameter_names(sae, opt) for sae, opt in zip(state.saes, state.optimizers)]
         return join_checkpoint(parts, state.given, names, state.fingerprint)
