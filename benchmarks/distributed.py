@@ -1,7 +1,7 @@
 """Distributed training in each mode against one process: step time, bytes each rank sends per step
 and peak memory per rank, on this machine's CPU (gloo).
 
-    .venv/bin/python benchmarks/distributed.py [--world 2] [--modes data sites latents] [--arch topk batch_topk]
+    .venv/bin/python benchmarks/distributed.py [--world 2] [--modes data sites latents fsdp] [--arch topk batch_topk]
                                                [--saes 2] [--steps 12] [--d-in 576] [--d-sae 4608] [--batch 4096]
 
 Each run trains ``--saes`` SAEs of one architecture side by side (as a suite trains one per site;
@@ -9,10 +9,12 @@ site parallel needs one per rank at least; latent sharding splits each one's lat
 with ``--world`` threads, then ``--world`` ranks with one thread each (the same cores) in each mode,
 interleaved and repeated (``--repeats``). Step time is
 the median of the steady-state steps (the first 2 left out). Bytes are counted at the collectives
-(every tensor a rank passes to all_reduce, all_gather, gather or broadcast, as the payload it
-contributes);
+(every tensor a rank passes to all_reduce, all_gather, gather or broadcast, and FSDP's
+all_gather_single and reduce_scatter_single, as the payload it contributes: a reduce-scatter's is the
+whole tensor it reduces);
 a ring all-reduce sends about 2·(W−1)/W times that. Peak memory is the process's maximum resident
-set. Prints a table; ``--markdown PATH`` also writes it with the machine and the command
+set; the SAE state is what the rank's SAEs hold between steps (parameters, gradients, Adam moments:
+its shares of them in a sharded mode), the part of a device's memory that the mode decides. Prints a table; ``--markdown PATH`` also writes it with the machine and the command
 (benchmarks/RESULTS-distributed.md), ``--json PATH`` the rows.
 """
 
@@ -43,18 +45,25 @@ def _data(rows: int, d_in: int) -> torch.Tensor:
     return torch.randn(rows, d_in, generator=torch.Generator().manual_seed(0))
 
 
+PAYLOAD = {
+    "all_reduce": (0, "tensor"), "all_gather": (1, "tensor"), "gather": (0, "tensor"), "broadcast": (0, "tensor"),
+    "all_gather_single": (1, "input_tensor"), "reduce_scatter_single": (1, "input"),  # FSDP2's
+}  # fmt: skip
+"""Each counted collective of torch.distributed, and where its caller's payload is (position, keyword)."""
+
+
 class _Counter:
     """Counts the bytes this process contributes to collectives, by wrapping torch.distributed's calls."""
 
     def __init__(self) -> None:
         self.bytes = 0
-        for name in ("all_reduce", "all_gather", "gather", "broadcast"):
+        for name, where in PAYLOAD.items():
             original = getattr(torch.distributed, name)
-            setattr(torch.distributed, name, self._wrap(original, name))
+            setattr(torch.distributed, name, self._wrap(original, *where))
 
-    def _wrap(self, original, name):
+    def _wrap(self, original, position: int, keyword: str):
         def call(*args, **kwargs):
-            tensor = args[1] if name == "all_gather" else args[0]
+            tensor = args[position] if len(args) > position else kwargs[keyword]
             self.bytes += tensor.numel() * tensor.element_size()
             return original(*args, **kwargs)
 
@@ -87,10 +96,28 @@ def _run(rank: int, world: int, mode: str, store: str, args: argparse.Namespace,
         row = {
             "arch": args.arch, "mode": mode if world > 1 else "one process", "world": world, "step_s": statistics.median(times[2:]),
             "bytes_per_step": statistics.median(sent[2:]), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "state_mb": _state_bytes(state) / 1e6,
         }  # fmt: skip
         Path(out).write_text(json.dumps(row))
     if world > 1:
         torch.distributed.destroy_process_group()
+
+
+def _state_bytes(state) -> int:
+    """Bytes of the training state this rank holds between steps: its SAEs' parameters, gradients and
+    Adam moments (a fully sharded parameter's local share only). What a device must hold for the SAEs."""
+    from torch.distributed.tensor import DTensor
+
+    def local(t: torch.Tensor) -> int:
+        t = t.to_local() if isinstance(t, DTensor) else t
+        return t.numel() * t.element_size()
+
+    total = 0
+    for i in state.owned:
+        for p in state.saes[i].parameters():
+            total += local(p) + (local(p.grad) if p.grad is not None else 0)
+        total += sum(local(v) for s in state.optimizers[i].state.values() for v in s.values() if isinstance(v, torch.Tensor))
+    return total
 
 
 def _source(args: argparse.Namespace):
@@ -109,7 +136,7 @@ def _measure(world: int, mode: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=int, default=2)
-    parser.add_argument("--modes", nargs="+", default=["data", "sites", "latents"], choices=["data", "sites", "latents"])
+    parser.add_argument("--modes", nargs="+", default=["data", "sites", "latents", "fsdp"], choices=["data", "sites", "latents", "fsdp"])
     parser.add_argument("--arch", nargs="+", default=["topk", "batch_topk"])
     parser.add_argument("--saes", type=int, default=2, help="SAEs trained side by side")
     parser.add_argument("--steps", type=int, default=12)
@@ -130,12 +157,14 @@ def main() -> None:
             for world, mode in plans:
                 runs[world, mode].append(_measure(world, mode, args))
         for measured in runs.values():
-            numbers = {k: statistics.median(r[k] for r in measured) for k in ("step_s", "bytes_per_step", "peak_rss_mb")}
+            numbers = {k: statistics.median(r[k] for r in measured) for k in ("step_s", "bytes_per_step", "peak_rss_mb", "state_mb")}
             rows.append({"arch": arch, "mode": measured[0]["mode"], "world": measured[0]["world"], **numbers})
     table = (
-        "| arch | mode | ranks | step (ms) | sent per rank per step (MB) | peak RSS per rank (MB) |\n|---|---|---|---|---|---|\n"
+        "| arch | mode | ranks | step (ms) | sent per rank per step (MB) | SAE state per rank (MB) | peak RSS per rank (MB) |\n"
+        "|---|---|---|---|---|---|---|\n"
         + "".join(
-            f"| {r['arch']} | {r['mode']} | {r['world']} | {1000 * r['step_s']:.1f} | {r['bytes_per_step'] / 1e6:.2f} | {r['peak_rss_mb']:.0f} |\n"
+            f"| {r['arch']} | {r['mode']} | {r['world']} | {1000 * r['step_s']:.1f} | {r['bytes_per_step'] / 1e6:.2f} | {r['state_mb']:.0f} "
+            f"| {r['peak_rss_mb']:.0f} |\n"
             for r in rows
         )
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -102,6 +103,19 @@ class Comm:
             with _collective(self, "barrier"):
                 torch.distributed.barrier()
 
+    @contextlib.contextmanager
+    def failures_within(self, name: str) -> Iterator[None]:
+        """Around work that runs torch.distributed's collectives itself rather than through this
+        object's (FSDP's gathers and reductions): an error raised inside torch.distributed as the
+        DistributedError of a failed collective; any other error as it is."""
+        try:
+            yield
+        except RuntimeError as exc:
+            if not _raised_in_torch_distributed(exc):
+                raise
+            with _collective(self, name):
+                raise
+
     def rows(self, n: int) -> slice:
         """This rank's slice of a global batch of ``n`` rows (``n`` must divide evenly)."""
         if n % self.world_size:
@@ -127,6 +141,18 @@ def _collective(comm: Comm, name: str) -> Iterator[None]:
             f"rank {comm.rank} of {comm.world_size}: {name} failed, so another rank died or did not answer in time "
             f"({exc}); resume the run from its last checkpoint"
         ) from exc
+
+
+def _raised_in_torch_distributed(exc: BaseException) -> bool:
+    """Whether the innermost Python frame ``exc`` passed through is torch.distributed's (a collective
+    that failed), not the caller's code or another part of torch."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).is_relative_to(_TORCH_DISTRIBUTED)
+
+
+_TORCH_DISTRIBUTED = Path(torch.distributed.__file__).parent
 
 
 LOCAL = Comm()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from saekit.comm import LOCAL, Comm
-from saekit.errors import ConfigError
+from saekit.errors import ConfigError, DistributedError
 
 
 def test_the_local_collectives_return_their_input():
@@ -43,3 +43,18 @@ def test_each_rank_of_a_machine_gets_its_own_gpu(monkeypatch):
     assert rank_device(torch.device("cpu")) == torch.device("cpu")
     monkeypatch.delenv("LOCAL_RANK")
     assert rank_device(torch.device("cuda")) == torch.device("cuda")
+
+
+def test_failures_within_names_what_torch_distributed_raised_and_passes_the_rest(tmp_path):
+    comm = Comm(rank=1, world_size=2)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(DistributedError, match=r"rank 1 of 2: an FSDP gather failed, so another rank died"):
+            with comm.failures_within("an FSDP gather"):
+                torch.distributed.broadcast(torch.zeros(1), src=3)  # a RuntimeError raised inside torch.distributed
+    finally:
+        torch.distributed.destroy_process_group()
+    with pytest.raises(RuntimeError, match="a bug of the caller's") as caught:
+        with comm.failures_within("an FSDP gather"):
+            raise RuntimeError("a bug of the caller's")
+    assert not isinstance(caught.value, DistributedError)

@@ -340,17 +340,17 @@ def register_zipf_state(sae: torch.nn.Module, d_sae: int) -> None:
 def zipf_running(sae: torch.nn.Module, codes: Codes, weight: float, comm: Comm) -> RunningDensity:
     """The running density of ``sae`` (registered by :func:`register_zipf_state`) updated with the
     batch's ``codes`` (the whole batch's density when its rows are split over ranks: equal slices, so
-    the mean of the ranks' densities); ``commit_zipf_state_`` stores it after the step."""
-    state = sae.state_dict()
+    the mean of the ranks' densities); ``commit_zipf_state_`` stores it after the step. The buffers are
+    read by name, not through ``state_dict()``, which a fully sharded SAE answers with its shards even
+    inside its loss (:mod:`saekit.training.fsdp`)."""
     density = comm.sum_(codes.density().clone()) / comm.world_size if comm.distributed else codes.density()
-    return update_density(RunningDensity(state[ZIPF_STATE[0]], state[ZIPF_STATE[1]]), density, weight)
+    return update_density(RunningDensity(sae.get_buffer(ZIPF_STATE[0]), sae.get_buffer(ZIPF_STATE[1])), density, weight)
 
 
 @torch.no_grad()
 def commit_zipf_state_(sae: torch.nn.Module, running: RunningDensity) -> None:
-    state = sae.state_dict()
-    state[ZIPF_STATE[0]].copy_(running.ema)
-    state[ZIPF_STATE[1]].copy_(running.seen)
+    sae.get_buffer(ZIPF_STATE[0]).copy_(running.ema)
+    sae.get_buffer(ZIPF_STATE[1]).copy_(running.seen)
 
 
 # ---------------------------------------------------------------------------------------------

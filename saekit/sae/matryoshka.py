@@ -126,7 +126,8 @@ def nested_squared_error(widths: tuple[int, ...]) -> family.Reconstruct:
         errors = (x_hats - x.unsqueeze(1)).pow(2).sum((0, 2)) / x.shape[0]
         detached = errors.detach()
         terms = {"mse" if width == sae.d_sae else f"mse_{width}": detached[i] for i, width in enumerate(widths)}
-        return family.Reconstruction(x_hats[:, -1], errors.sum(), terms)
+        # The widest prefix as its own tensor, not a strided view of them all (FSDP warns of views).
+        return family.Reconstruction(x_hats[:, -1].contiguous(), errors.sum(), terms)
 
     return reconstruct
 

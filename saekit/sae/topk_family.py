@@ -178,7 +178,9 @@ def family_loss(
         density = F.zipf_running(sae, codes, cfg.aux_zipf_ema, ctx.comm).estimate
         zipf = S.aux_loss(pre, gather, y_hat, y, F.zipf_deficit(density, cfg.aux_zipf_exponent), k_aux, sae.W_dec, ctx.comm, ctx.latents)
         loss, terms["aux_zipf"] = loss + cfg.aux_zipf_coef * zipf, zipf.detach()
-    return LossOut(loss, y_hat.reshape(*shape[:-1], sae.d_out), codes, terms)
+    # Rows in, rows out, as the engine gives them: y_hat itself, not a view of it (FSDP warns of views).
+    x_hat = y_hat if len(shape) == 2 else y_hat.reshape(*shape[:-1], sae.d_out)
+    return LossOut(loss, x_hat, codes, terms)
 
 
 def after_step(sae: SAE, cfg: TopKFamilyConfig, out: LossOut, ctx: StepCtx) -> None:

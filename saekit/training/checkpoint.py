@@ -111,13 +111,19 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return _assemble(tensors_of(contents, path, "checkpoint"), meta, path)
 
 
-def restore(ckpt: Checkpoint, path: Path, saes: Sequence[nn.Module], optimizers: Sequence[Any], dead_counters: Sequence[Tensor]) -> None:
-    """Put the checkpoint read from ``path`` back in place: SAE weights, optimiser states, dead-latent
-    counters and RNG state. Nothing is changed when any tensor does not fit (ArtifactError)."""
+def check_fit(ckpt: Checkpoint, path: Path, saes: Sequence[nn.Module], optimizers: Sequence[Any], dead_counters: Sequence[Tensor]) -> None:
+    """An ArtifactError naming the first misfits where the checkpoint read from ``path`` does not fit
+    the run's SAEs, optimisers and counters (names, shapes, types)."""
     problems = fit_problems(ckpt.sae_states, ckpt.optimizer_states, ckpt.dead_counters, ckpt.rng_state, saes, optimizers, dead_counters)
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ArtifactError(f"checkpoint {path} does not fit this run: {'; '.join(problems[:5])}{more}")
+
+
+def restore(ckpt: Checkpoint, path: Path, saes: Sequence[nn.Module], optimizers: Sequence[Any], dead_counters: Sequence[Tensor]) -> None:
+    """Put the checkpoint read from ``path`` back in place: SAE weights, optimiser states, dead-latent
+    counters and RNG state. Nothing is changed when any tensor does not fit (:func:`check_fit`)."""
+    check_fit(ckpt, path, saes, optimizers, dead_counters)
     for sae, opt, counter, sae_state, opt_state, dead_state in zip(
         saes, optimizers, dead_counters, ckpt.sae_states, ckpt.optimizer_states, ckpt.dead_counters
     ):
@@ -150,7 +156,7 @@ def _assemble(tensors: dict[str, Tensor], meta: CheckpointMeta, path: Path) -> C
     optimizer_states = []
     for i, opt_meta in enumerate(meta.optimizers):
         state: dict[int, dict[str, Any]] = {}
-        for pid in set(opt_tensors[i]) | set(opt_meta.scalars):
+        for pid in sorted(set(opt_tensors[i]) | set(opt_meta.scalars), key=int):  # one order in every process
             state[int(pid)] = {**opt_tensors[i].get(pid, {}), **opt_meta.scalars.get(pid, {})}
         # JSON turned tuples (Adam's betas) into lists; give them back as torch wrote them.
         groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()} for g in opt_meta.param_groups]

@@ -1,5 +1,5 @@
-"""A site-parallel or latent-sharded run's SAEs brought together on rank 0
-(:mod:`saekit.training.distributed`, :mod:`saekit.training.latent_shards`).
+"""A site-parallel, latent-sharded or fully sharded run's SAEs brought together on rank 0
+(:mod:`saekit.training.distributed`, :mod:`saekit.training.latent_shards`, :mod:`saekit.training.fsdp`).
 
 Each rank trains its own units, or its slice of every SAE; for a checkpoint, and once more at the
 end, every rank packs what it trains (weights, Adam states, dead-latent counters) as a checkpoint of
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from saekit.training.checkpoint import Checkpoint, checkpoint_bytes, checkpoint_of_bytes
+from saekit.training.fsdp import full_checkpoint, whole
 from saekit.training.latent_shards import join_checkpoint, parameter_names
 
 if TYPE_CHECKING:
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 def gathered_checkpoint(state: Run, step: int) -> Checkpoint | None:
     """On rank 0, the run's checkpoint after ``step`` steps, each SAE's part from the rank that trains
     it; None on the other ranks, which send theirs. Every rank must call it at the same step."""
+    if state.fully_sharded:  # every rank holds a share of every SAE: each tensor is gathered whole in turn
+        base = Checkpoint(step, [], [], state.counters, torch.get_rng_state(), state.scales, state.fingerprint)
+        return full_checkpoint(state.saes, state.optimizers, base, state.comm.rank)
     own = state.owned
     part = Checkpoint(
         step=step,
@@ -55,7 +59,13 @@ def gathered_checkpoint(state: Run, step: int) -> Checkpoint | None:
 
 def gather_weights_(state: Run) -> None:
     """Rank 0's SAEs (the caller's) take the trained weights (in training units) of those trained on
-    other ranks, or of every SAE's joined slices; the other ranks send theirs. Every rank must call it."""
+    other ranks, or of every SAE's joined slices; the other ranks send theirs. Every rank must call it.
+    In a fully sharded run every rank's SAEs take them, as data parallel's replicas all hold them."""
+    if state.fully_sharded:
+        with state.comm.failures_within("gathering the trained SAEs"):
+            for sae, shard in zip(state.given, state.saes, strict=True):
+                sae.load_state_dict({name: whole(t) for name, t in shard.state_dict().items()})
+        return
     ckpt = gathered_checkpoint(state, state.cfg.total_steps)
     if ckpt is None:
         return

@@ -49,14 +49,15 @@ class TrainConfig:
     collective_timeout_s: float = 300.0
     """In a distributed run (``torchrun``): seconds a rank waits at a collective before it stops with
     an error, so that a rank that died ends the run instead of hanging it."""
-    parallel: Literal["data", "sites", "latents"] = "data"
+    parallel: Literal["data", "sites", "latents", "fsdp"] = "data"
     """How a distributed run (``torchrun``) shares the work out (docs/scaling.md). "data": every rank
     trains a replica of every SAE on its share of each batch. "sites": each SAE (or group of SAEs that
     train together) lives on one rank, which trains it on whole batches, so a rank holds only its own
     SAEs' weights, gradients and Adam state. "latents": every SAE's latents split over the ranks, each
     rank training its slice on whole batches (topk, batch_topk and jumprelu), for dictionaries too wide
-    for one device. All end with the weights one process trains (one process trains the same way under
-    any)."""
+    for one device. "fsdp": data parallel with every SAE's weights, gradients and Adam state split over
+    the ranks (torch's FSDP2), each SAE gathered whole only while its loss is computed. All end with
+    the weights one process trains (one process trains the same way under any)."""
     progress: bool = True
     """Show a progress bar."""
     wandb_project: str | None = None
@@ -79,8 +80,8 @@ class TrainConfig:
             raise ConfigError(f"lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip}")
-        if self.parallel not in ("data", "sites", "latents"):
-            raise ConfigError(f"parallel must be 'data', 'sites' or 'latents', got {self.parallel!r}")
+        if self.parallel not in ("data", "sites", "latents", "fsdp"):
+            raise ConfigError(f"parallel must be 'data', 'sites', 'latents' or 'fsdp', got {self.parallel!r}")
         if not self.collective_timeout_s > 0:
             raise ConfigError(f"collective_timeout_s must be positive, got {self.collective_timeout_s}")
 

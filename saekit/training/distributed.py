@@ -17,6 +17,10 @@ nothing couples the ranks during a step but the verdict of the health check and 
 and the final weights are gathered on rank 0 (:mod:`saekit.training.collect`), so both are what one
 process writes.
 
+Latent sharded (``parallel = "latents"``, :mod:`saekit.training.latent_shards`) and fully sharded
+(``parallel = "fsdp"``, :mod:`saekit.training.fsdp`: data parallel with FSDP2's shares of every SAE)
+are checked here too.
+
 One process is the same code with :data:`saekit.comm.LOCAL`, whose operations do nothing.
 
 A run is distributed when ``torch.distributed`` is initialised, or when the ``WORLD_SIZE`` that

@@ -40,8 +40,8 @@ from saekit.sae.base import SAE
 from saekit.sources.cache import CacheSource
 from saekit.sources.prefetch import Prefetcher
 from saekit.strict import to_dict
-from saekit.training import dead, health
-from saekit.training.checkpoint import Checkpoint, restore, save_checkpoint
+from saekit.training import dead, fsdp, health
+from saekit.training.checkpoint import Checkpoint, check_fit, restore, save_checkpoint
 from saekit.training.collect import gather_weights_, gathered_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.distributed import check_distributable, comm_for_run, mean_terms, unit_owners
@@ -135,14 +135,14 @@ def prepare(
     comm = comm_for_run(device, cfg.collective_timeout_s)
     units = objective.units(len(saes))
     owners = unit_owners(units, saes, comm.world_size) if comm.distributed and cfg.parallel == "sites" else [comm.rank] * len(units)
-    sharded = comm.distributed and cfg.parallel == "latents"
+    sharded = comm.distributed and cfg.parallel in ("latents", "fsdp")
     for unit, owner in zip(units, owners):  # the device holds only the SAEs (or the shards) this rank trains
         for i in unit.members if owner == comm.rank and not sharded else ():
             saes[i].to(device)
     if comm.distributed:
         check_distributable(saes, objective, cfg, comm, len(units))
-        _start_from_rank_0(saes, comm, device, sharded)
-    trained = [shard_of(sae, comm.rank, comm.world_size).to(device) for sae in saes] if sharded else saes
+        _start_from_rank_0(saes, comm, device, cfg.parallel == "latents")
+    trained = _shards(saes, cfg, comm, device) if sharded else saes
     return Run(
         saes=trained,
         given=saes,
@@ -162,6 +162,15 @@ def prepare(
         start_files=dict(start_files or {}),
         started=time.perf_counter(),
     )
+
+
+def _shards(saes: Sequence[SAE], cfg: TrainConfig, comm: Comm, device: torch.device) -> list[SAE]:
+    """What this rank trains of each SAE in a latent-sharded run (its slice of the latents) or a fully
+    sharded one (a copy whose parameters FSDP splits over the ranks); the caller's stay as they are."""
+    if cfg.parallel == "latents":
+        return [shard_of(sae, comm.rank, comm.world_size).to(device) for sae in saes]
+    mesh = fsdp.mesh_of(comm, device)
+    return [fsdp.sharded_copy(sae, mesh) for sae in saes]
 
 
 def _start_from_rank_0(saes: Sequence[SAE], comm: Comm, device: torch.device, sharded: bool) -> None:
@@ -190,7 +199,11 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
             ckpt = slice_checkpoint(ckpt, state.given, names, state.comm.rank, state.comm.world_size)
         part = replace(ckpt, sae_states=[ckpt.sae_states[i] for i in own], optimizer_states=[ckpt.optimizer_states[i] for i in own],
                        dead_counters=[ckpt.dead_counters[i] for i in own])  # fmt: skip
-        restore(part, resumed.path, [state.saes[i] for i in own], [state.optimizers[i] for i in own], [state.counters[i] for i in own])
+        saes, opts, counters = [state.saes[i] for i in own], [state.optimizers[i] for i in own], [state.counters[i] for i in own]
+        if state.fully_sharded:  # the whole tensors, once checked, cut into this rank's shares
+            check_fit(part, resumed.path, saes, opts, counters)
+            part = fsdp.shares_of(part, saes, opts)
+        restore(part, resumed.path, saes, opts, counters)
         state.scales, state.start = ckpt.scales, ckpt.step
         _say(state, f"resuming from step {state.start} of {cfg.total_steps} ({resumed.path})")
     else:
@@ -204,7 +217,11 @@ def restore_or_initialise(state: Run, resume: bool) -> None:
         )
         first = next(iter(state.source.batches(cfg.batch_size, seed=cfg.seed, start=0)))
         for i in state.owned:
-            enter_normalised_units_(state.saes[i], state.inputs(i, first), state.sites[i], state.reconstructed[i], state.scales)
+            # A fully sharded SAE is set up whole, in the caller's copy, then shared out.
+            sae = state.given[i] if state.fully_sharded else state.saes[i]
+            enter_normalised_units_(sae, state.inputs(i, first), state.sites[i], state.reconstructed[i], state.scales)
+            if state.fully_sharded:
+                state.saes[i].load_state_dict(fsdp.shares_of_state(sae.state_dict(), state.saes[i]))
     writes = state.out_dir if state.comm.rank == 0 else None  # one rank writes the run's files
     state.log = MetricsLog(
         writes, resume_step=state.start, tensorboard=cfg.tensorboard and writes is not None,
@@ -245,7 +262,7 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
         losses.append(unit_loss.loss.detach())
         for i in unit.members:
             out = outs[i] = unit_loss.outs[i]
-            comm.average_grads_(state.saes[i].parameters())
+            state.grad_comm.average_grads_(state.saes[i].parameters())
             apply_update(state.saes[i], state.optimizers[i], lr_mult, cfg.grad_clip, state.latent_comm)
             with torch.no_grad():
                 state.saes[i].after_step(out, ctxs[i])
@@ -285,7 +302,7 @@ def checkpoint(state: Run, step: int) -> None:
     path = state.checkpoint_path
     if path is None:
         return
-    if state.site_parallel or state.latent_sharded:  # rank 0 gathers every rank's part and writes the whole
+    if state.gathers:  # rank 0 gathers every rank's part and writes the whole
         ckpt = gathered_checkpoint(state, step)
     elif state.comm.rank == 0:  # replicas are equal: one rank writes
         ckpt = Checkpoint(
@@ -315,7 +332,7 @@ def finalise(state: Run) -> TrainResult:
     # A run resumed from its last checkpoint takes no step and logs nothing: its SAEs still leave
     # normalised units (zipping with the empty records once returned them unconverted).
     final = final or [{} for _ in state.saes]
-    if state.site_parallel or state.latent_sharded:
+    if state.gathers:
         gather_weights_(state)
     trained = list(range(len(state.saes))) if state.comm.rank == 0 else [] if state.latent_sharded else state.owned
     for i in trained:
@@ -334,8 +351,10 @@ def finalise(state: Run) -> TrainResult:
 
 @contextlib.contextmanager
 def _session(state: Run) -> Iterator[None]:
-    """What holds for the whole run: the training-only fast paths and the objective's own session."""
-    with training_fast_paths(state.device), state.objective.session():
+    """What holds for the whole run: the training-only fast paths and the objective's own session; in a
+    fully sharded run, FSDP's own collectives failing as the engine's do (a DistributedError)."""
+    failures = state.comm.failures_within("an FSDP gather or reduction") if state.fully_sharded else contextlib.nullcontext()
+    with training_fast_paths(state.device), state.objective.session(), failures:
         yield
 
 

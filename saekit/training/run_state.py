@@ -26,7 +26,7 @@ class Run:
     """The state of one run, shared by the stages."""
 
     saes: list[SAE]
-    """The SAEs this process trains: the caller's, but the shards of a latent-sharded run."""
+    """The SAEs this process trains: the caller's, but the shards of a latent-sharded or fully sharded run."""
     given: list[SAE]
     """The caller's SAEs, which the run's result holds (trained in place, or given the trained weights)."""
     sites: list[tuple[str, ...]]
@@ -81,10 +81,26 @@ class Run:
         return self.comm.distributed and self.cfg.parallel == "latents"
 
     @property
+    def fully_sharded(self) -> bool:
+        return self.comm.distributed and self.cfg.parallel == "fsdp"
+
+    @property
+    def gathers(self) -> bool:
+        """Whether no rank holds the run's whole state, so that rank 0 gathers it for a checkpoint and
+        at the end (:mod:`saekit.training.collect`)."""
+        return self.site_parallel or self.latent_sharded or self.fully_sharded
+
+    @property
     def step_comm(self) -> Comm:
-        """What couples the rows of a batch goes through this: the ranks of a data-parallel run; none
-        in a site-parallel or latent-sharded one, whose ranks each see whole batches."""
-        return self.comm if self.comm.distributed and self.cfg.parallel == "data" else LOCAL
+        """What couples the rows of a batch goes through this: the ranks of a data-parallel run (fully
+        sharded or not); none in a site-parallel or latent-sharded one, whose ranks each see whole batches."""
+        return self.comm if self.comm.distributed and self.cfg.parallel in ("data", "fsdp") else LOCAL
+
+    @property
+    def grad_comm(self) -> Comm:
+        """The ranks whose gradients the engine averages: data parallel's (a fully sharded run's are
+        averaged by FSDP as it splits them)."""
+        return LOCAL if self.fully_sharded else self.step_comm
 
     @property
     def latent_comm(self) -> Comm:

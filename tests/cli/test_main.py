@@ -215,7 +215,7 @@ def test_a_run_that_diverges_ends_with_a_named_error_not_a_traceback(tmp_path, c
     assert "diverged at step" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mode", ["data", "sites", "latents"])
+@pytest.mark.parametrize("mode", ["data", "sites", "latents", "fsdp"])
 def test_train_on_two_processes_saves_what_one_process_saves(tmp_path, monkeypatch, mode):
     """`saekit train CONFIG --nproc 2` (torchrun --standalone, gloo on the CPU), against one process."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

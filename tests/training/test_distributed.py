@@ -151,7 +151,7 @@ def test_a_run_saved_on_two_ranks_resumes_on_one(tmp_path):
     _assert_close(_states(resumed.saes), one)
 
 
-def _mfr_run(data, out_dir=None):
+def _mfr_run(data, out_dir=None, parallel="data"):
     from saekit.objectives.mfr import MFR
     from saekit.sources.tensor import as_source
     from saekit.training.config import TrainConfig
@@ -160,14 +160,14 @@ def _mfr_run(data, out_dir=None):
 
     saes = [build("topk", d_in=16, d_sae=32, k=4, seed=s) for s in (0, 1)]
     objective = LocalObjective([MFR(members=(0, 1), coef=1.0, warmup_steps=2)])
-    return run(saes, as_source(data), TrainConfig(steps=8, **SETTINGS), objective=objective, out_dir=out_dir)
+    return run(saes, as_source(data), TrainConfig(steps=8, parallel=parallel, **SETTINGS), objective=objective, out_dir=out_dir)
 
 
-def _mfr_worker(rank: int, store: str, out: str) -> None:
+def _mfr_worker(rank: int, store: str, out: str, parallel: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        result = _mfr_run(_data())
+        result = _mfr_run(_data(), parallel=parallel)
         if rank == 0:
             save_file(_states(result.saes), str(Path(out) / "mfr.safetensors"))
     finally:
@@ -175,11 +175,16 @@ def _mfr_worker(rank: int, store: str, out: str) -> None:
     _exit()
 
 
+def check_mfr(tmp_path: Path, parallel: str) -> None:
+    """A mutual feature regularisation group trained on 2 ranks in mode ``parallel`` ends as in one process."""
+    one = _states(_mfr_run(_data()).saes)
+    spawn_ranks(_mfr_worker, (str(tmp_path / "store"), str(tmp_path), parallel))
+    _assert_close(load_file(tmp_path / "mfr.safetensors"), one)
+
+
 def test_a_mutual_feature_regularisation_group_trains_as_in_one_process(tmp_path):
     """MFR's penalty is a function of the decoders alone: every rank adds the same term."""
-    one = _states(_mfr_run(_data()).saes)
-    spawn_ranks(_mfr_worker, (str(tmp_path / "store"), str(tmp_path)))
-    _assert_close(load_file(tmp_path / "mfr.safetensors"), one)
+    check_mfr(tmp_path, "data")
 
 
 def _model_run(comm):
@@ -222,14 +227,14 @@ def test_a_model_source_splits_its_forward_passes_over_the_ranks(tmp_path):
     assert [int(r["contexts"]) - 1 for r in ranks] == [(contexts - 1) // WORLD] * WORLD
 
 
-def _e2e_run():
+def _e2e_run(parallel: str = "data"):
     from saekit.objectives.e2e import E2EConfig, train_e2e
     from saekit.training.config import TrainConfig
     from tests.tiny_lm import tiny_llama
 
     tokens = torch.randint(3, 15, (64, 9), generator=torch.Generator().manual_seed(6))
     saes = [build("topk", d_in=16, d_sae=32, k=4, seed=2, lr=1e-2), build("jumprelu", d_in=16, d_sae=32, seed=3)]
-    cfg = TrainConfig(steps=4, **{**SETTINGS, "norm_estimation_tokens": 64})
+    cfg = TrainConfig(steps=4, parallel=parallel, **{**SETTINGS, "norm_estimation_tokens": 64})
     # e2e+ds: the KL and the downstream MSE at the later layer's output, each a mean over contexts
     e2e = E2EConfig(downstream_sites=("layers.1.resid_post",))
     model, contexts = tiny_llama(), []
@@ -237,11 +242,11 @@ def _e2e_run():
     return train_e2e(model, tokens, saes, cfg, e2e, site="layers.0.resid_post"), sum(contexts)
 
 
-def _e2e_worker(rank: int, store: str, out: str) -> None:
+def e2e_worker(rank: int, store: str, out: str, parallel: str = "data") -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        result, contexts = _e2e_run()
+        result, contexts = _e2e_run(parallel)
         if rank == 0:
             save_file({**_states(result.saes), "contexts": torch.tensor(contexts)}, str(Path(out) / "e2e.safetensors"))
     finally:
@@ -249,13 +254,19 @@ def _e2e_worker(rank: int, store: str, out: str) -> None:
     _exit()
 
 
-def test_end_to_end_training_splits_the_contexts_as_one_process_would(tmp_path):
+def check_e2e(tmp_path: Path, parallel: str) -> None:
+    """End-to-end training on 2 ranks in mode ``parallel`` (data or fsdp) ends as in one process, each
+    rank's spliced passes over its half of the contexts."""
     result, contexts = _e2e_run()
-    spawn_ranks(_e2e_worker, (str(tmp_path / "store"), str(tmp_path)))
+    spawn_ranks(e2e_worker, (str(tmp_path / "store"), str(tmp_path), parallel))
     two = load_file(tmp_path / "e2e.safetensors")
     _assert_close({k: v for k, v in two.items() if k != "contexts"}, _states(result.saes))
     # The spliced passes (4 steps x 2 SAEs x 8 contexts in one process) run half the contexts on each rank.
     assert contexts - int(two["contexts"]) == 4 * 2 * 8 // WORLD
+
+
+def test_end_to_end_training_splits_the_contexts_as_one_process_would(tmp_path):
+    check_e2e(tmp_path, "data")
 
 
 class _RankOneDies(InterruptingSource):

@@ -184,5 +184,5 @@ def test_more_ranks_than_units_is_refused():
 
     with pytest.raises(ConfigError, match=r"site-parallel run on 4 ranks needs at least one SAE .* this run has 3"):
         check_distributable([build("relu", d_in=8, d_sae=16)] * 3, LocalObjective(), TrainConfig(steps=1, parallel="sites"), Comm(0, 4), 3)
-    with pytest.raises(ConfigError, match="parallel must be 'data', 'sites' or 'latents', got 'latent'"):
+    with pytest.raises(ConfigError, match="parallel must be 'data', 'sites', 'latents' or 'fsdp', got 'latent'"):
         TrainConfig(steps=1, parallel="latent")  # type: ignore[arg-type]
