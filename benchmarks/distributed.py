@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
+    args.load = [os.getloadavg()[0]]
     rows = []
     for arch in args.arch:
         args.arch = arch
@@ -168,6 +169,7 @@ def main() -> None:
             for r in rows
         )
     )
+    args.load.append(os.getloadavg()[0])
     print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
@@ -183,7 +185,8 @@ def _markdown(table: str, args: argparse.Namespace) -> str:
         f"Written by `python benchmarks/distributed.py {' '.join(sys.argv[1:])}`; do not edit, run it again. "
         "How it measures: the script's docstring; the formulas and when to use which mode: [docs/scaling.md](../docs/scaling.md).\n\n"
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores ({platform.processor() or 'cpu'}); torch {torch.__version__}; backend gloo; "
-        f"{time.strftime('%Y-%m-%d')}.\n"
+        f"{time.strftime('%Y-%m-%d')}; load average {args.load[0]:.1f} at the start, {args.load[1]:.1f} at the end (the machine is shared: "
+        "step times move with it; bytes and SAE state do not).\n"
         f"- One process uses {args.world} threads; each of the {args.world} ranks one thread (the same cores).\n"
         f"- {args.saes} SAEs side by side, each d_in {args.d_in}, d_sae {args.d_sae}; batch {args.batch} rows, k 32, {args.steps} steps (median of the steady ones), "
         f"median of {args.repeats} interleaved repeats.\n\n" + table
