@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,26 @@ def spawn_ranks(fn, args: tuple, timeout_s: float = 300.0) -> None:
             pytest.fail(f"the {WORLD} ranks of {fn.__name__} did not finish within {timeout_s:.0f} s: a hang")
 
 
+def as_rank(rank: int, store: str, body: Callable[[], None]) -> None:
+    """``body()`` as rank ``rank`` of WORLD gloo processes of one thread: a run interrupted on purpose
+    (Interrupted) ends quietly; then the group is left and the process ends (:func:`_exit`)."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        body()
+    except Interrupted:
+        pass
+    finally:
+        _leave()
+    _exit()
+
+
+def spawn_run(worker, tmp_path: Path, steps: int, dies_at: int | None = None, resume: bool = False) -> None:
+    """``worker(rank, store, out, steps, dies_at, resume)`` on WORLD processes, writing into ``tmp_path``."""
+    store = tmp_path / f"store-{steps}-{dies_at}-{resume}"
+    spawn_ranks(worker, (str(store), str(tmp_path), steps, dies_at, resume))
+
+
 def check_checkpoints_cross(make_saes, spawn, tmp_path: Path) -> None:
     """A run of ``make_saes()`` on the tensor data that ``spawn(folder, steps=, dies_at=, resume=)`` runs on
     2 ranks (in its mode; its rank 0 writes ``result-0.json`` and ``weights-0.safetensors``) resumes in
@@ -103,18 +124,13 @@ def _dies(at: int) -> InterruptingSource:
 
 
 def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
+    def body() -> None:
         data = _data() if dies_at is None else _dies(dies_at)
         result = train(_saes(), data, steps=steps, checkpoint_every=4, out_dir=Path(out) / "run", **SETTINGS)
         if rank == 0:
             save_file(_states(result.saes), str(Path(out) / "weights.safetensors"))
-    except Interrupted:
-        pass
-    finally:
-        _leave()
-    _exit()
+
+    as_rank(rank, store, body)
 
 
 def _spawn(tmp_path: Path, steps: int, dies_at: int | None = None) -> dict[str, torch.Tensor] | None:
@@ -130,9 +146,6 @@ def _assert_close(a: dict[str, torch.Tensor] | None, b: dict[str, torch.Tensor])
         assert float((a[key].float() - b[key].float()).norm() / scale) <= 1e-5, key
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_children(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 def test_two_ranks_train_what_one_process_trains(tmp_path):
@@ -164,15 +177,12 @@ def _mfr_run(data, out_dir=None, parallel="data"):
 
 
 def _mfr_worker(rank: int, store: str, out: str, parallel: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
+    def body() -> None:
         result = _mfr_run(_data(), parallel=parallel)
         if rank == 0:
             save_file(_states(result.saes), str(Path(out) / "mfr.safetensors"))
-    finally:
-        _leave()
-    _exit()
+
+    as_rank(rank, store, body)
 
 
 def check_mfr(tmp_path: Path, parallel: str) -> None:
@@ -206,14 +216,11 @@ def _model_run(comm):
 def _model_worker(rank: int, store: str, out: str) -> None:
     from saekit.comm import Comm
 
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
+    def body() -> None:
         result, contexts = _model_run(Comm(rank, WORLD))
         save_file({**_states(result.saes), "contexts": torch.tensor(contexts)}, str(Path(out) / f"model-{rank}.safetensors"))
-    finally:
-        _leave()
-    _exit()
+
+    as_rank(rank, store, body)
 
 
 def test_a_model_source_splits_its_forward_passes_over_the_ranks(tmp_path):
@@ -243,15 +250,12 @@ def _e2e_run(parallel: str = "data"):
 
 
 def e2e_worker(rank: int, store: str, out: str, parallel: str = "data") -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
+    def body() -> None:
         result, contexts = _e2e_run(parallel)
         if rank == 0:
             save_file({**_states(result.saes), "contexts": torch.tensor(contexts)}, str(Path(out) / "e2e.safetensors"))
-    finally:
-        _leave()
-    _exit()
+
+    as_rank(rank, store, body)
 
 
 def check_e2e(tmp_path: Path, parallel: str) -> None:

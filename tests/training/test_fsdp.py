@@ -5,11 +5,11 @@ sizes; a rank that dies stops the other; an MFR group and end-to-end SAEs train 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from saekit.training import train
@@ -19,25 +19,21 @@ from tests.training.test_distributed import (
     _assert_close,
     _data,
     _dies,
-    _exit,
-    _leave,
     _saes,
     _states,
+    as_rank,
     check_a_dead_rank,
     check_checkpoints_cross,
     check_e2e,
     check_mfr,
-    spawn_ranks,
+    spawn_run,
 )
-from tests.training.test_engine import Interrupted
 
 FSDP = {**SETTINGS, "parallel": "fsdp"}
 
 
 def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None, resume: bool) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
+    def body() -> None:
         data = _data() if dies_at is None else _dies(dies_at)
         saes = _saes()
         result = train(saes, data, steps=steps, checkpoint_every=4, out_dir=Path(out) / "run", resume=resume, **FSDP)
@@ -48,21 +44,11 @@ def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None, re
                 "provenance": result.saes[0].provenance["distributed"], "given": all(a is b for a, b in zip(result.saes, saes)),
                 "sharded": sorted({type(p).__name__ for sae in result.saes for p in sae.parameters()}),
             }))  # fmt: skip
-    except Interrupted:
-        pass
-    finally:
-        _leave()
-    _exit()
+
+    as_rank(rank, store, body)
 
 
-def _spawn(tmp_path: Path, steps: int, dies_at: int | None = None, resume: bool = False) -> None:
-    store = tmp_path / f"store-{steps}-{dies_at}-{resume}"
-    spawn_ranks(_worker, (str(store), str(tmp_path), steps, dies_at, resume))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_children(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+_spawn = functools.partial(spawn_run, _worker)
 
 
 def test_fully_sharded_saes_train_what_one_process_trains(tmp_path):

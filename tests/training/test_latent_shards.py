@@ -5,6 +5,7 @@ and world sizes; a rank that dies stops the other; what cannot be sharded is ref
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -23,14 +24,12 @@ from tests.training.test_distributed import (
     _assert_close,
     _data,
     _dies,
-    _exit,
-    _leave,
     _states,
+    as_rank,
     check_a_dead_rank,
     check_checkpoints_cross,
-    spawn_ranks,
+    spawn_run,
 )
-from tests.training.test_engine import Interrupted
 
 LATENTS = {**SETTINGS, "parallel": "latents"}
 
@@ -46,9 +45,7 @@ def _saes():
 
 
 def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None, resume: bool) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
+    def body() -> None:
         data = _data() if dies_at is None else _dies(dies_at)
         result = train(_saes(), data, steps=steps, checkpoint_every=4, out_dir=Path(out) / "run", resume=resume, **LATENTS)
         if rank == 0:
@@ -59,21 +56,11 @@ def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None, re
             }))  # fmt: skip
         else:
             (Path(out) / "trained-1.json").write_text(json.dumps(list(result.trained)))
-    except Interrupted:
-        pass
-    finally:
-        _leave()
-    _exit()
+
+    as_rank(rank, store, body)
 
 
-def _spawn(tmp_path: Path, steps: int, dies_at: int | None = None, resume: bool = False) -> None:
-    store = tmp_path / f"store-{steps}-{dies_at}-{resume}"
-    spawn_ranks(_worker, (str(store), str(tmp_path), steps, dies_at, resume))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_children(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+_spawn = functools.partial(spawn_run, _worker)
 
 
 def test_sharded_latents_train_what_one_process_trains(tmp_path):

@@ -5,6 +5,7 @@ other with a named error."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -24,15 +25,14 @@ from tests.training.test_distributed import (
     _assert_close,
     _data,
     _dies,
-    _exit,
-    _leave,
     _saes,
     _states,
+    as_rank,
     check_a_dead_rank,
     check_checkpoints_cross,
     spawn_ranks,
+    spawn_run,
 )
-from tests.training.test_engine import Interrupted
 
 SITES = {**SETTINGS, "parallel": "sites"}
 
@@ -44,9 +44,7 @@ def _all_saes():
 
 
 def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None, resume: bool) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
+    def body() -> None:
         data = _data() if dies_at is None else _dies(dies_at)
         result = train(_all_saes(), data, steps=steps, checkpoint_every=4, out_dir=Path(out) / "run", resume=resume, **SITES)
         trained = {f"{i}.{k}": v.detach().clone() for i in result.trained for k, v in result.saes[i].state_dict().items()}
@@ -55,21 +53,11 @@ def _worker(rank: int, store: str, out: str, steps: int, dies_at: int | None, re
             "trained": list(result.trained), "resumed_from": result.resumed_from,
             "provenance": result.saes[result.trained[0]].provenance["distributed"], "final": result.final_metrics,
         }))  # fmt: skip
-    except Interrupted:
-        pass
-    finally:
-        _leave()
-    _exit()
+
+    as_rank(rank, store, body)
 
 
-def _spawn(tmp_path: Path, steps: int, dies_at: int | None = None, resume: bool = False) -> None:
-    store = tmp_path / f"store-{steps}-{dies_at}-{resume}"
-    spawn_ranks(_worker, (str(store), str(tmp_path), steps, dies_at, resume))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_children(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+_spawn = functools.partial(spawn_run, _worker)
 
 
 def test_each_rank_trains_its_own_saes_and_rank_0_ends_with_what_one_process_trains(tmp_path):
@@ -102,15 +90,12 @@ def _group_worker(rank: int, store: str, out: str) -> None:
     from saekit.training.config import TrainConfig
     from saekit.training.engine import run
 
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
+    def body() -> None:
         result = run(*_group_run_args(), TrainConfig(steps=6, **SITES), objective=_group_objective())
         if rank == 0:
             save_file(_states(result.saes), str(Path(out) / "group.safetensors"))
-    finally:
-        _leave()
-    _exit()
+
+    as_rank(rank, store, body)
 
 
 def _group_run_args():
@@ -148,15 +133,12 @@ def _e2e_run():
 
 
 def _e2e_worker(rank: int, store: str, out: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
+    def body() -> None:
         result = _e2e_run()
         if rank == 0:
             save_file(_states(result.saes), str(Path(out) / "e2e.safetensors"))
-    finally:
-        _leave()
-    _exit()
+
+    as_rank(rank, store, body)
 
 
 def test_end_to_end_saes_train_each_on_its_own_rank_as_in_one_process(tmp_path):
