@@ -51,9 +51,12 @@ def _quiet():
 
 
 def recompute(cfg, loaded, tokens: np.ndarray, k: int) -> tuple[float, dict]:
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"input_ids": tokens.tolist()})  # saekit's contexts, BOS first
     torch.manual_seed(0)
     start = time.perf_counter()
-    saes = sae_lens_multi_runner(loaded, tokens, _hooks(cfg), _sweep_case(cfg, k), context=cfg.context, forward_batch=16)
+    saes = sae_lens_multi_runner(loaded, dataset, _hooks(cfg), _sweep_case(cfg, k), context=cfg.context, forward_batch=16)
     return time.perf_counter() - start, dict(saes)
 
 

@@ -182,36 +182,38 @@ def run_saekit(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
 
 def run_sae_lens(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
     """SAELens's own suite pipeline over all 30 sites (:func:`sae_lens_multi_runner`)."""
+    from datasets import Dataset
+
     from saekit.models import load_model
 
     loaded = load_model(MODEL)
     tokens = np.load(work / "suite-tokens.npy")
+    dataset = Dataset.from_dict({"input_ids": tokens.tolist()})  # the contexts saekit gets, BOS first
     # saekit's site layers.{i}.resid_post is the output of the module model.layers.{i}.
     hooks = {f"layer{i:02d}": f"model.layers.{i}" for i in range(loaded.model.config.num_hidden_layers)}
     torch.manual_seed(0)
     start = time.perf_counter()
-    saes = sae_lens_multi_runner(loaded, tokens, hooks, cfg.case(), context=cfg.context, forward_batch=cfg.forward_batch)
+    saes = sae_lens_multi_runner(loaded, dataset, hooks, cfg.case(), context=cfg.context, forward_batch=cfg.forward_batch)
     seconds = time.perf_counter() - start
     models = [(lambda h, s=s: s.encode(h), lambda h, f, s=s: s.decode(f)) for s in saes.values()]
     return seconds, models, [f"layers.{i}.resid_post" for i in range(len(hooks))]
 
 
-def sae_lens_multi_runner(loaded, tokens: np.ndarray, hooks: dict[str, str], case: Case, *, context: int, forward_batch: int) -> dict:
+def sae_lens_multi_runner(loaded, dataset, hooks: dict[str, str], case: Case, *, context: int, forward_batch: int) -> dict:
     """SAELens's own multi-site pipeline: ``MultiSAETrainingRunner``, one TopK SAE per hook (name -> module
-    path of the Hugging Face model), all fed from one forward pass per batch of the contexts ``tokens``
-    (BOS first) through ``HookedProxyLM`` (its wrapper of a Hugging Face model, hooked by module name),
-    with its own activation store, per-SAE normalisation and training loop; its SAEs by name."""
+    path of the Hugging Face model), all fed from one forward pass per batch of the contexts of
+    ``dataset`` (a ``datasets.Dataset`` of ``input_ids``, BOS first) through ``HookedProxyLM`` (its
+    wrapper of a Hugging Face model, hooked by module name), with its own activation store, per-SAE
+    normalisation and training loop; its SAEs by name. The caller times it."""
     import contextlib
     import io
     import logging
     import warnings
 
-    from datasets import Dataset
     from sae_lens import LoggingConfig, TopKTrainingSAEConfig
     from sae_lens.load_model import HookedProxyLM
     from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
 
-    dataset = Dataset.from_dict({"input_ids": tokens.tolist()})  # the contexts saekit gets, BOS first
     warm, decay = schedule(case)
     logging.getLogger("sae_lens").setLevel(logging.ERROR)
     model = HookedProxyLM(loaded.model, loaded.tokenizer, hook_names=list(hooks.values()))
