@@ -57,7 +57,8 @@ bench: $(BENCH_STAMP)
 
 # The activation-cache path against recomputing (benchmarks/cache_sweeps.py, docs/benchmarks.md): N sweeps of
 # SAEs on three sites, each running the model again or reading one `saekit cache`, then SAELens's cache
-# path on one sweep. Not part of `make bench`: about 45 minutes on a busy 2-core CPU. Records in
+# path on one sweep. Not part of `make bench`: over an hour on a busy 2-core CPU (35 min for saekit's part
+# at load 4-12, 28 for SAELens's at 11-14). Records in
 # .bench-cache/cache-sweeps-saekit.json and .bench-cache/cache-sweeps-sae_lens.json.
 bench-cache: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python benchmarks/cache_sweeps.py

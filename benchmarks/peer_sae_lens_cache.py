@@ -4,7 +4,7 @@ sites, tokens and sweeps as saekit's.
 * recompute: each sweep is SAELens's multi-site pipeline, ``MultiSAETrainingRunner`` (one forward pass
   per batch of contexts feeds every site's SAE; benchmarks/suite.py ``sae_lens_multi_runner``);
 * cache: ``CacheActivationsRunner`` caches **one** hook per run (its config has a single ``hook_name``), so
-  every site is its own run, each running the model over all the tokens; it loads the model itself, by
+  every site is its own run, each running the model over all the tokens up to that site's layer; it loads the model itself, by
   name, so the embedded SmolLM2 is saved once (untimed) as a Hugging Face folder for it. BOS positions
   are cut with its ``seqpos_slice = (1, None)``, so each cached context has 127 rows, as saekit's;
   storage float16 (saekit's default), one buffer holding every row (a buffer left partly filled when the
