@@ -17,7 +17,7 @@ forward passes over the tokens (what recomputing adds to each sweep; with saekit
 a training run), the cache write (``saekit cache``, forward passes included), and one epoch of shuffled
 batches read from the cache without training (what reading costs a sweep). Wall-clock and CPU time
 (user + system, every thread; a run's is its process's) are both recorded: on a shared machine the CPU
-time moves far less with the other jobs' load. The break-even (in either) is the smallest N for which
+time moves less with the other jobs' load (waiting threads still add some). The break-even (in either) is the smallest N for which
 writing the cache and running N sweeps from it takes less time than N recomputing sweeps.
 
 Both paths see the same rows but in a different order (ModelSource shuffles contexts per epoch and rows
@@ -106,8 +106,8 @@ class Timed(NamedTuple):
     seconds: float
     """Wall-clock time."""
     cpu_seconds: float
-    """CPU time (user + system, every thread): on a shared machine it moves far less with the load than
-    the wall-clock time does."""
+    """CPU time (user + system, every thread): on a shared machine it moves less with the load than the
+    wall-clock time does."""
 
 
 def _children_cpu() -> float:
