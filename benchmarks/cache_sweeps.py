@@ -256,7 +256,7 @@ def run_sae_lens(cfg: CacheSweepCase, work: Path) -> dict:
     print(f"cache: {seconds:.1f} s, {size / 2**20:.1f} MiB", flush=True)
     record["cached"] = [timed(f"cache-k{k}", k, *from_caches(cfg, loaded, tokens, folders, k)) for k in cfg.ks]
     record["load_after"] = os.getloadavg()
-    record["break_even"] = break_even(seconds, [r["seconds"] for r in record["cached"]], [r["seconds"] for r in record["recompute"]])
+    record["break_even_seconds"] = break_even(seconds, [r["seconds"] for r in record["cached"]], [r["seconds"] for r in record["recompute"]])
     return record
 
 
