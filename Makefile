@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-all lint clean bench test-saelens
+.PHONY: install demo test test-all lint clean bench bench-cache test-saelens
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,15 @@ $(BENCH_STAMP): pyproject.toml Makefile
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python benchmarks/train_speed.py
 	$(BENCH_VENV)/bin/python benchmarks/results_md.py bench-results.json benchmarks/RESULTS.md
+
+# The activation-cache path against recomputing (benchmarks/cache_sweeps.py, docs/benchmarks.md): N sweeps of
+# SAEs on three sites, each running the model again or reading one `saekit cache`, then SAELens's cache
+# path on one sweep. Not part of `make bench`: over an hour on a busy 2-core CPU (35 min for saekit's part
+# at load 4-12, 28 for SAELens's at 11-14). Records in
+# .bench-cache/cache-sweeps-saekit.json and .bench-cache/cache-sweeps-sae_lens.json.
+bench-cache: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/cache_sweeps.py
+	$(BENCH_VENV)/bin/python benchmarks/cache_sweeps.py --library sae_lens --ks 32
 
 # saekit folders (and converted Gemma Scope / sparsify / dictionary_learning folders) loaded by SAELens
 # itself, with the same encodings; in the default test run these tests skip (no sae_lens there).

@@ -181,18 +181,8 @@ def run_saekit(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
 
 
 def run_sae_lens(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
-    """SAELens's own suite pipeline: ``MultiSAETrainingRunner``, 30 TopK SAEs fed from one forward pass
-    per batch of contexts through ``HookedProxyLM`` (its wrapper of a Hugging Face model, hooked by module
-    name), with its own activation store, per-SAE normalisation and training loop."""
-    import contextlib
-    import io
-    import logging
-    import warnings
-
+    """SAELens's own suite pipeline over all 30 sites (:func:`sae_lens_multi_runner`)."""
     from datasets import Dataset
-    from sae_lens import LoggingConfig, TopKTrainingSAEConfig
-    from sae_lens.load_model import HookedProxyLM
-    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
 
     from saekit.models import load_model
 
@@ -201,32 +191,50 @@ def run_sae_lens(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
     dataset = Dataset.from_dict({"input_ids": tokens.tolist()})  # the contexts saekit gets, BOS first
     # saekit's site layers.{i}.resid_post is the output of the module model.layers.{i}.
     hooks = {f"layer{i:02d}": f"model.layers.{i}" for i in range(loaded.model.config.num_hidden_layers)}
-    warm, decay = schedule(cfg.case())
     torch.manual_seed(0)
-    logging.getLogger("sae_lens").setLevel(logging.ERROR)
     start = time.perf_counter()
+    saes = sae_lens_multi_runner(loaded, dataset, hooks, cfg.case(), context=cfg.context, forward_batch=cfg.forward_batch)
+    seconds = time.perf_counter() - start
+    models = [(lambda h, s=s: s.encode(h), lambda h, f, s=s: s.decode(f)) for s in saes.values()]
+    return seconds, models, [f"layers.{i}.resid_post" for i in range(len(hooks))]
+
+
+def sae_lens_multi_runner(loaded, dataset, hooks: dict[str, str], case: Case, *, context: int, forward_batch: int) -> dict:
+    """SAELens's own multi-site pipeline: ``MultiSAETrainingRunner``, one TopK SAE per hook (name -> module
+    path of the Hugging Face model), all fed from one forward pass per batch of the contexts of
+    ``dataset`` (a ``datasets.Dataset`` of ``input_ids``, BOS first) through ``HookedProxyLM`` (its
+    wrapper of a Hugging Face model, hooked by module name), with its own activation store, per-SAE
+    normalisation and training loop; its SAEs by name. The caller times it."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    from sae_lens import LoggingConfig, TopKTrainingSAEConfig
+    from sae_lens.load_model import HookedProxyLM
+    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
+
+    warm, decay = schedule(case)
+    logging.getLogger("sae_lens").setLevel(logging.ERROR)
     model = HookedProxyLM(loaded.model, loaded.tokenizer, hook_names=list(hooks.values()))
     sae_cfg = TopKTrainingSAEConfig(
-        d_in=loaded.model.config.hidden_size, d_sae=cfg.d_sae, k=cfg.k, aux_loss_coefficient=1 / 32,
+        d_in=loaded.model.config.hidden_size, d_sae=case.d_sae, k=case.k, aux_loss_coefficient=1 / 32,
         rescale_acts_by_decoder_norm=False,
         normalize_activations="expected_average_only_in",  # its per-site scaling to ||x|| ~ sqrt(d_in), folded back at the end
     )
     runner_cfg = MultiSAETrainingRunnerConfig(
         saes=dict.fromkeys(hooks, sae_cfg), hook_names=hooks, model_class_name="AutoModelForCausalLM",
-        model_name=MODEL, context_size=cfg.context, streaming=False, training_tokens=cfg.tokens,
-        train_batch_size_tokens=cfg.batch, store_batch_size_prompts=cfg.forward_batch,
-        n_batches_in_buffer=cfg.batch // cfg.context,  # its smallest buffer: one training batch of rows
+        model_name=MODEL, context_size=context, streaming=False, training_tokens=case.steps * case.batch,
+        train_batch_size_tokens=case.batch, store_batch_size_prompts=forward_batch,
+        n_batches_in_buffer=case.batch // context,  # its smallest buffer: one training batch of rows
         exclude_special_tokens=[loaded.tokenizer.bos_token_id],  # BOS rows dropped, as saekit drops them
         n_batches_for_norm_estimate=1,  # as saekit, which estimates its scales on one batch
-        lr=cfg.lr, lr_warm_up_steps=warm, lr_decay_steps=decay, lr_end=0.0, device="cpu",
+        lr=case.lr, lr_warm_up_steps=warm, lr_decay_steps=decay, lr_end=0.0, device="cpu",
         logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None, output_path=None,
     )
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # its bars and epoch warnings
         warnings.simplefilter("ignore")
-        saes = MultiSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model).run()
-    seconds = time.perf_counter() - start
-    models = [(lambda h, s=s: s.encode(h), lambda h, f, s=s: s.decode(f)) for s in saes.values()]
-    return seconds, models, [f"layers.{i}.resid_post" for i in range(len(hooks))]
+        return MultiSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model).run()
 
 
 def run_dictionary_learning(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from saekit.cli.args import add_run_arguments, int64, positive_int
+from saekit.cli.args import add_run_arguments, int64, non_negative_int, positive_int
 from saekit.errors import SaekitError
 
 
@@ -72,6 +72,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "split": args.split,
         "device": args.device,
+        "skip_positions": args.skip_positions,
     }
     started = time.perf_counter()
     source = model_source({k: v for k, v in settings.items() if v is not None})
@@ -128,6 +129,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cache_parser(sub: argparse._SubParsersAction) -> None:
+    cache = sub.add_parser("cache", help="write activations of many sites of a model to disk (resumable)")
+    cache.add_argument("--out", required=True, help="cache folder (an interrupted run resumes into it)")
+    cache.add_argument("--model", default=None, help="model name or folder (default: smollm2-135m)")
+    cache.add_argument("--sites", nargs="+", default=None, help='sites or globs (default: "layers.*.resid_post")')
+    cache.add_argument("--corpus", default=None, help='"sotu" (default) or a path to .txt / .jsonl / .parquet / datasets folder')
+    cache.add_argument("--tokens", type=positive_int, default=None, help="tokens of text to run through the model (default: the whole split)")
+    cache.add_argument("--context-size", type=positive_int, default=None, help="tokens per context, BOS included (default: 128)")
+    cache.add_argument("--seed", type=int64, default=None, help="seed of the document order")
+    cache.add_argument("--split", default=None, choices=["train", "test", "all"])
+    cache.add_argument(
+        "--skip-positions", type=non_negative_int, default=None,
+        help="leading positions of each context left out, as a run config's data.skip_positions (default 1: the BOS token)",
+    )  # fmt: skip
+    cache.add_argument("--device", default=None)
+    cache.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"], help="storage dtype")
+    cache.add_argument("--shard-tokens", type=positive_int, default=65536)
+    cache.add_argument("--overwrite", action="store_true", help="delete a previous cache in --out instead of resuming it")
+    cache.set_defaults(func=_cmd_cache)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from saekit import __version__
     from saekit.cli import analyse as analyse_cmd
@@ -155,20 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     train.set_defaults(func=_cmd_train)
 
-    cache = sub.add_parser("cache", help="write activations of many sites of a model to disk (resumable)")
-    cache.add_argument("--out", required=True, help="cache folder (an interrupted run resumes into it)")
-    cache.add_argument("--model", default=None, help="model name or folder (default: smollm2-135m)")
-    cache.add_argument("--sites", nargs="+", default=None, help='sites or globs (default: "layers.*.resid_post")')
-    cache.add_argument("--corpus", default=None, help='"sotu" (default) or a path to .txt / .jsonl / .parquet / datasets folder')
-    cache.add_argument("--tokens", type=positive_int, default=None, help="tokens of text to run through the model (default: the whole split)")
-    cache.add_argument("--context-size", type=positive_int, default=None, help="tokens per context, BOS included (default: 128)")
-    cache.add_argument("--seed", type=int64, default=None, help="seed of the document order")
-    cache.add_argument("--split", default=None, choices=["train", "test", "all"])
-    cache.add_argument("--device", default=None)
-    cache.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"], help="storage dtype")
-    cache.add_argument("--shard-tokens", type=positive_int, default=65536)
-    cache.add_argument("--overwrite", action="store_true", help="delete a previous cache in --out instead of resuming it")
-    cache.set_defaults(func=_cmd_cache)
+    _add_cache_parser(sub)
 
     sub.add_parser("ls", help="list architectures and their hyper-parameters").set_defaults(func=_cmd_ls)
 

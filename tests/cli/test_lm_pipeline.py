@@ -70,6 +70,31 @@ def test_cache_then_train_from_it(lm, tmp_path, capsys):
     assert sae.site == "layers.1.resid_post" and sae.d_in == 16
 
 
+def test_cache_leaves_out_the_leading_positions_a_run_config_leaves_out(lm, tmp_path):
+    """A run config whose data skips the token after BOS too (skip_positions = 2, SmolLM2's massive
+    activations) can be cached with the same rows."""
+    cache = tmp_path / "cache"
+    args = ["cache", "--out", str(cache), "--model", str(lm / "model"), "--corpus", str(lm / "corpus"),
+            "--tokens", "512", "--context-size", "16", "--split", "all", "--dtype", "float32", "--skip-positions", "2"]  # fmt: skip
+    assert main(args) == 0
+    source = CacheSource(cache)
+    assert source.n_rows == 32 * 14 and source.describe()["info"]["skip_positions"] == 2
+    from saekit.sources.spec import model_source
+
+    live = model_source({"model": str(lm / "model"), "corpus": str(lm / "corpus"), "n_tokens": 512, "context_size": 16,
+                         "split": "all", "skip_positions": 2})  # fmt: skip
+    cached = torch.cat(list(source.iter_rows(100, site="layers.1.resid_post")))
+    assert torch.equal(cached, torch.cat([c["layers.1.resid_post"] for c in live.chunks_in_order()]))
+
+
+def test_a_skip_as_long_as_the_context_is_named(lm, tmp_path, capsys):
+    args = ["cache", "--out", str(tmp_path / "c"), "--model", str(lm / "model"), "--corpus", str(lm / "corpus"),
+            "--tokens", "512", "--context-size", "16", "--split", "all", "--skip-positions", "16"]  # fmt: skip
+    assert main(args) == 2
+    assert "skip_positions must be in 0..15, got 16" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def test_train_from_the_live_model(lm, tmp_path):
     data = f'kind = "model"\nmodel = "{lm / "model"}"\ncorpus = "{lm / "corpus"}"\nsites = ["layers.0.resid_post", "layers.1.resid_post"]\ncontext_size = 16\nn_tokens = 512\nsplit = "all"\nchunk_seqs = 8'
     config = tmp_path / "run.toml"

@@ -189,6 +189,7 @@ def test_eval_reports_metrics_of_a_suite_on_an_activation_file(tmp_path, capsys)
         (["cache", "--out", "c", "--tokens", "-5"], "argument --tokens: expected a positive integer, got -5"),
         (["cache", "--out", "c", "--shard-tokens", "0"], "argument --shard-tokens: expected a positive integer, got 0"),
         (["cache", "--out", "c", "--seed", str(2**70)], "argument --seed: expected a 64-bit integer, got 1180591620717411303424"),
+        (["cache", "--out", "c", "--skip-positions", "-1"], "argument --skip-positions: expected an integer of 0 or more, got -1"),
         (["demo", "--synthetic", "--steps", "abc"], "argument --steps: expected a positive integer, got 'abc'"),
         (["browse", "s", "--port", "70000"], "argument --port: expected a port number in 0..65535, got 70000"),
         (["browse", "s", "--tokens", "0"], "argument --tokens: expected a positive integer, got 0"),

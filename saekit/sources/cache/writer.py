@@ -294,9 +294,24 @@ def _check_same_cache(existing: CacheManifest, wanted: CacheManifest, folder: Pa
         there, now = getattr(existing, field), getattr(wanted, field)
         if there != now:
             raise ArtifactError(
-                f"{folder} already holds a cache with a different {field} ({there!r} there, {now!r} now); "
-                "pass resume=False to overwrite it, or write to another folder"
+                f"{folder} already holds a cache with a different {field} ({'; '.join(_differences(field, there, now))}); "
+                "pass resume=False (saekit cache --overwrite) to overwrite it, or write to another folder"
             )
+
+
+def _differences(key: str, there: Any, now: Any, shown: int = 5) -> list[str]:
+    """``"key.sub: a there, b now"`` for each differing entry of two settings (tables compared key by key,
+    so a long description is reduced to what changed); at most ``shown`` of them."""
+    if not (isinstance(there, Mapping) and isinstance(now, Mapping)):
+        return [f"{key}: {there!r} there, {now!r} now"]
+    found = []
+    for sub in [*there, *(k for k in now if k not in there)]:
+        if sub not in there or sub not in now:
+            a, b = (repr(there[sub]) if sub in there else "missing"), (repr(now[sub]) if sub in now else "missing")
+            found.append(f"{key}.{sub}: {a} there, {b} now")
+        elif there[sub] != now[sub]:
+            found += _differences(f"{key}.{sub}", there[sub], now[sub])
+    return found[:shown] + ([f"and {len(found) - shown} more"] if len(found) > shown else [])
 
 
 def _checked_chunk(chunk: Chunk, manifest: CacheManifest, index: int) -> dict[str, Tensor]:

@@ -111,6 +111,19 @@ def test_resume_into_a_different_cache_is_refused(cache: Path):
     assert write(cache, dtype="float16", resume=False).dtype == "float16"  # resume=False starts over
 
 
+def test_a_different_info_is_named_by_its_keys(cache: Path):
+    """A resume with other settings names the settings that differ, not two whole descriptions."""
+    nested = {**INFO, "text": {"corpus": "sotu", "split": "train"}}
+    write(cache, info=nested, resume=False)
+    changed = {**nested, "context": 16, "text": {"corpus": "sotu", "split": "test"}, "skip_positions": 2}
+    with pytest.raises(ArtifactError) as refused:
+        write(cache, info=changed)
+    message = str(refused.value)
+    assert "info.context: 8 there, 16 now" in message and "info.text.split: 'train' there, 'test' now" in message
+    assert "info.skip_positions: missing there, 2 now" in message and "'corpus'" not in message
+    assert "resume=False (saekit cache --overwrite)" in message
+
+
 def test_a_short_stream_on_resume_is_an_error(tmp_path: Path):
     with pytest.raises(KeyboardInterrupt):
         write(tmp_path, stream=chunks(data(), fail_after=4))
