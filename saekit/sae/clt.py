@@ -112,7 +112,7 @@ class TopKCLT(SAE):
         for name, mask in masks.items():  # not saved: they follow from the config
             self.register_buffer(f"{name}_mask", mask, persistent=False)
         with torch.no_grad():
-            self.W_enc.mul_(masks["W_enc"]).div_(self.W_enc.norm(dim=0, keepdim=True))
+            self.W_enc.mul_(masks["W_enc"]).div_(self.W_enc.norm(dim=0, keepdim=True)).mul_(cfg.init_encoder_norm)
             self.W_dec.mul_(masks["W_dec"])
             F.normalize_rows_(self.W_dec)
 

@@ -91,6 +91,12 @@ class TopKFamilyConfig(SAEConfig):
     aux_zipf_ema: float = 0.01
     """Weight of each batch in the running firing density aux_zipf_loss compares with the Zipf law (an
     exponential moving average over about 1/aux_zipf_ema batches, bias-corrected while it fills)."""
+    init_encoder_norm: float = 3**-0.5
+    """Norm of every latent's encoder column at initialisation: ``W_enc = init_encoder_norm · W_decᵀ``
+    (unit-norm decoder rows; a transcoder's encoder and decoder are drawn apart). 1/√3 is the norm of
+    ``nn.Linear``'s default rows, EleutherAI sparsify's encoder: after the same tokens it reconstructs
+    better than a unit-norm encoder (Gao et al.'s tied init) and than smaller ones, on language-model
+    activations and on planted features (docs/architectures.md, "Defaults")."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,6 +104,8 @@ class TopKFamilyConfig(SAEConfig):
             raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
         if self.aux_k is not None and self.aux_k <= 0:
             raise ValueError(f"aux_k must be positive, got {self.aux_k}")
+        if not self.init_encoder_norm > 0:
+            raise ValueError(f"init_encoder_norm must be positive, got {self.init_encoder_norm!r}")
         for name in ("aux_coef", "aux_zipf_coef", "aux_zipf_exponent"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -110,14 +118,14 @@ class TopKFamilyConfig(SAEConfig):
 
 
 def init_parameters(sae: SAE, cfg: TopKFamilyConfig, generator: torch.Generator | None) -> None:
-    """The family's initialisation: W_enc = W_decᵀ with unit-norm decoder rows (a transcoder's drawn
-    apart, :func:`saekit.sae.functional.untied_init`), zero biases, and the running density of
-    aux_zipf_loss when it is on."""
+    """The family's initialisation: W_enc = init_encoder_norm · W_decᵀ with unit-norm decoder rows (a
+    transcoder's drawn apart, :func:`saekit.sae.functional.untied_init`), zero biases, and the running
+    density of aux_zipf_loss when it is on."""
     if sae.transcoder:
         W_enc, W_dec = F.untied_init(sae.d_in, sae.d_out, cfg.d_sae, generator)
     else:
         W_enc, W_dec = F.tied_init(cfg.d_in, cfg.d_sae, generator)
-    sae.W_enc = nn.Parameter(W_enc)
+    sae.W_enc = nn.Parameter(W_enc.mul_(cfg.init_encoder_norm))
     sae.W_dec = nn.Parameter(W_dec)
     sae.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
     sae.b_dec = nn.Parameter(torch.zeros(sae.d_out))

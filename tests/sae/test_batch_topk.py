@@ -128,7 +128,7 @@ def test_defaults_and_flags() -> None:
     assert BatchTopKSAE.optim_defaults(BatchTopKConfig(d_in=4, d_sae=4 * 2**14)).lr == pytest.approx(4e-4)
     sae = build("batch_topk", d_in=4, d_sae=8, k=2, seed=0)
     assert sae.threshold.shape == (8,)
-    assert torch.equal(sae.W_enc, sae.W_dec.t())
+    assert torch.allclose(sae.W_enc, sae.W_dec.t() * sae.cfg.init_encoder_norm)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ TOPK = {
     "aux_zipf_coef": ({}, ZIPF_ON),
     "aux_zipf_exponent": (ZIPF_ON, {**ZIPF_ON, "aux_zipf_exponent": 2.0}),
     "aux_zipf_ema": (ZIPF_ON, {**ZIPF_ON, "aux_zipf_ema": 0.5}),
+    "init_encoder_norm": ({}, {"init_encoder_norm": 1.0}),
 }
 P_ANNEAL = {"anneal_start": 2, "n_p_values": 3}
 # (with TOTAL = 40 for these architectures: tracking starts at step 20 by default and the EMA weight

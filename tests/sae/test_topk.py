@@ -68,7 +68,7 @@ def test_defaults_and_flags() -> None:
     sae = build("topk", d_in=4, d_sae=8, k=3, seed=0)
     assert sae.extra_saelens_cfg()["k"] == 3
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(8))
-    assert torch.equal(sae.W_enc, sae.W_dec.t())
+    assert torch.allclose(sae.W_enc, sae.W_dec.t() * sae.cfg.init_encoder_norm)
 
 
 @pytest.mark.parametrize("bad", [{"k": 0}, {"k": 9}, {"aux_k": 0}, {"aux_coef": -1.0}])
