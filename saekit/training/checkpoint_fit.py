@@ -63,7 +63,7 @@ def _optimizer_problems(where: str, optimizer: torch.optim.Optimizer, saved: Map
         for key in sorted(set(live) & set(group) - {"params"}):
             if not _same_kind(live[key], group[key]):
                 problems.append(f"{where} setting {key!r} is {group[key]!r}, not a value like {live[key]!r}")
-    params = {pid: p for live, group in zip(live_groups, groups) for pid, p in zip(group["params"], live["params"])}
+    params = saved_parameters(optimizer, saved)
     for pid, state in saved["state"].items():
         param = params.get(pid)
         if param is None:
@@ -77,6 +77,12 @@ def _optimizer_problems(where: str, optimizer: torch.optim.Optimizer, saved: Map
             if not isinstance(value, Tensor) or not value.is_floating_point() or tuple(value.shape) != shape:
                 problems.append(f"{where} {name} of parameter {pid} is not a float tensor of shape {list(shape)}")
     return problems
+
+
+def saved_parameters(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any]) -> dict[Any, Tensor]:
+    """Each parameter id of the saved optimiser state ``saved``, to the parameter of ``optimizer`` at its
+    place in the groups, as torch's ``load_state_dict`` pairs them."""
+    return {pid: p for live, group in zip(optimizer.param_groups, saved["param_groups"]) for pid, p in zip(group["params"], live["params"])}
 
 
 def _same_kind(live: Any, saved: Any) -> bool:

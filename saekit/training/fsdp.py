@@ -34,6 +34,7 @@ from torch import Tensor
 from saekit.comm import Comm
 from saekit.sae.base import SAE
 from saekit.training.checkpoint import Checkpoint
+from saekit.training.checkpoint_fit import saved_parameters
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
@@ -110,8 +111,7 @@ def shares_of(ckpt: Checkpoint, saes: Sequence[SAE], optimizers: Sequence[torch.
     sae_states, optimizer_states = [], []
     for sae, opt, sae_state, opt_state in zip(saes, optimizers, ckpt.sae_states, ckpt.optimizer_states, strict=True):
         sae_states.append(shares_of_state(sae_state, sae))
-        # A saved parameter id names the parameter at its place in the saved groups, as torch's load_state_dict reads it.
-        live = {pid: p for mine, saved in zip(opt.param_groups, opt_state["param_groups"]) for pid, p in zip(saved["params"], mine["params"])}
+        live = saved_parameters(opt, opt_state)
         state = {pid: {n: _share(v, live[pid]) if n != "step" else v for n, v in s.items()} for pid, s in opt_state["state"].items()}
         optimizer_states.append({"state": state, "param_groups": opt_state["param_groups"]})
     return replace(ckpt, sae_states=sae_states, optimizer_states=optimizer_states)
