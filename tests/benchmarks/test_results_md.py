@@ -98,16 +98,64 @@ def test_the_topk_floor_target_is_read_from_saekits_floor_fraction_at_4608_laten
 
 def test_the_run_facts_and_settings_come_from_the_records():
     text = results_md.render(small_records())
-    assert "103.1" not in text and "100.0 GFLOP/s" in text
-    assert "20,000 tokens/s at d_sae 4,608" in text  # 12000 / 0.6
-    assert "threads: 2" in text
-    assert "Machine: not recorded" in text and "torch: not recorded" in text
+    assert "103.1" not in text
+    assert row(text, ["topk-4608", "not recorded"])[5:7] == ["100.0", "20,000"]  # R; floor 12000 / 0.6
+    assert "threads: 2 (not recorded for topk-4608, jumprelu-4608)" in text  # only one record has it
+    assert "torch: not recorded" in text and "Versions: not recorded" in text
     assert row(text, ["topk-4608", "4,608", "32"])[3:] == ["8 × 4,096", "5", "1", "0.001", "32,768"]
     recs = small_records()
-    recs[0].update(machine="2-core x86_64", torch_version="2.13.0", versions={"sae_lens": "6.1"}, saekit_version="0.1.0 abc123")
+    for rec in recs:
+        rec.update(torch_version="2.13.0", versions={"sae_lens": "6.1"}, torch_threads=2)
     text = results_md.render(recs)
-    assert "Machine: 2-core x86_64." in text and "torch: 2.13.0;" in text and "sae_lens 6.1" in text
-    assert "saekit: 0.1.0 abc123." in text
+    assert "- torch: 2.13.0; threads: 2." in text and "- Versions: sae_lens 6.1." in text
+
+
+CPU = "Intel(R) Xeon(R) Processor, 2 logical cores"
+
+
+def stamped(records, case, **facts):
+    """``records`` with ``facts`` on each record of ``case``."""
+    return [rec | facts if rec["case"] == case else rec for rec in records]
+
+
+def test_each_case_shows_when_and_where_it_ran():
+    recs = stamped(small_records(), "topk-4608", date="2026-12-06T11:40:02Z", machine=CPU, load_average=[0.5, 1.25],
+                   saekit_version="0.1.0 (git ec30d81)", command="python benchmarks/train_speed.py --cases topk-4608")
+    recs = stamped(recs, "jumprelu-4608", date="2026-12-05T09:00:00Z", machine="NVIDIA H100; " + CPU,
+                   load_average=[2.0, None], saekit_version="0.1.0 (git 5a99333+dirty)",
+                   command="python benchmarks/train_speed.py --cases 'a|b'", matmul_gflops=50.0)
+    text = results_md.render(recs)
+    assert "## When and where each case ran" in text
+    assert row(text, ["topk-4608", "2026-12-06T11:40:02Z"])[2:] == [
+        CPU, "0.1.0 (git ec30d81)", "0.50 → 1.25", "100.0", "20,000", "`python benchmarks/train_speed.py --cases topk-4608`"]
+    jump = row(text, ["jumprelu-4608", "2026-12-05T09:00:00Z"])
+    assert jump[2:6] == ["NVIDIA H100; " + CPU, "0.1.0 (git 5a99333+dirty)", "2.00 → ?", "50.0"]
+    assert jump[6] == "—"  # no floor_fraction
+    # A "|" in the command is escaped so that the row keeps its cells.
+    assert "`python benchmarks/train_speed.py --cases 'a\\|b'` |" in text
+    # The facts are per case, not per file: none of them is listed once for all.
+    assert "- Machine:" not in text and "- saekit:" not in text
+
+
+def test_a_case_whose_libraries_ran_at_different_times_shows_the_range():
+    recs = stamped(small_records(), "topk-4608", date="2026-12-06T11:40:02Z")
+    recs[2]["date"] = "2026-12-05T08:00:00Z"
+    assert row(results_md.render(recs), ["topk-4608"])[1] == "2026-12-05T08:00:00Z – 2026-12-06T11:40:02Z"
+
+
+def test_records_without_the_facts_show_them_as_not_recorded():
+    text = results_md.render(small_records())
+    assert row(text, ["jumprelu-4608"])[1:] == ["not recorded"] * 5 + ["—", "not recorded"]
+    assert row(text, ["topk-4608", "not recorded"])[1:5] == ["not recorded"] * 4
+    assert row(text, ["topk-4608", "not recorded"])[7] == "not recorded"
+
+
+def test_activations_shared_by_several_runs_are_listed_once():
+    single = "SmolLM2-135M layers.15.resid_post"
+    recs = stamped(small_records(), "topk-4608", activations=single)
+    recs = stamped(recs, "jumprelu-4608", activations=f"{single}; cases over several sites: six sites")
+    text = results_md.render(recs)
+    assert f"- Activations: {single}; cases over several sites: six sites." in text
 
 
 def test_suite_passes_give_per_pass_ratios_and_the_median():
@@ -193,7 +241,7 @@ def test_cases_over_several_sites_show_their_sites_and_the_floor_of_their_d_in()
         record("batch_topk_2sites-4608", "sae_lens", 500.0, 0.6),
     ]
     text = results_md.render(records)
-    assert "3,000 tokens/s at d_in 1,152, d_sae 4,608" in text
+    assert row(text, ["topk_clt-2layers-4608", "not recorded"])[6] == "3,000"  # 1500 / 0.5
     assert row(text, ["topk_clt-2layers-4608", "topk_clt"])[2:] == [
         "layers.3.mlp_in, layers.4.mlp_in", "layers.3.mlp_out, layers.4.mlp_out", "1,152", "saekit"]
     assert row(text, ["batch_topk_2sites-4608", "batch_topk"])[3:] == ["what it reads", "1,152", "saekit, SAELens"]
@@ -205,5 +253,5 @@ def test_a_record_without_d_in_shows_the_d_in_its_floor_implies():
     records = [record("crosscoder-2sites-4608", "saekit", 1000.0, 0.5, floor_fraction=0.25, matmul_gflops=4000 * 2 * 1152 * 4608 / 1e9,
                       case_config=cfg)]
     text = results_md.render(records)
-    assert "4,000 tokens/s at d_in 1,152, d_sae 4,608" in text
+    assert row(text, ["crosscoder-2sites-4608", "not recorded"])[6] == "4,000"  # 1000 / 0.25
     assert row(text, ["crosscoder-2sites-4608", "crosscoder"])[4] == "1,152"

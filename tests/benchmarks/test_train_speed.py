@@ -1,10 +1,15 @@
 """benchmarks/train_speed.py and benchmarks/peers.py: which cases --cases selects, which libraries run
 each, the columns a case over several sites reads, how a group's records are merged into an earlier
-bench-results.json, and the held-out FVU of a transcoder's target."""
+bench-results.json, the held-out FVU of a transcoder's target, and the facts of when and where each case
+ran that every record carries (machine, date, command, saekit's version and commit, load average)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+import shutil
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -118,3 +123,102 @@ def test_sparsifys_schedule_is_everyones():
     case = peers.Case("t", "topk", 64, 40)
     warm, decay = peers.schedule(case)
     assert [peer_sparsify.lr_multiplier(case)(s) for s in range(40)] == [lr_factor(s, 40, warm, 0.2) for s in range(40)]
+
+
+# --- when and where each case ran: the facts every record carries --------------------------------------
+
+
+def measured(case, library="saekit", **extra):
+    return rec(case, library, tokens_per_s=1000.0, peak_mem_mb=10.0, fvu=0.5, l0=32.0, seconds_total=1.0, **extra)
+
+
+def test_the_cpu_is_named_from_cpuinfo_else_by_platform(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n")
+    assert train_speed.cpu_name(cpuinfo) == "Intel(R) Xeon(R) Processor"
+    monkeypatch.setattr(train_speed.platform, "processor", lambda: "")
+    monkeypatch.setattr(train_speed.platform, "machine", lambda: "aarch64")
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # no model name, as on some ARM kernels
+    assert train_speed.cpu_name(cpuinfo) == "aarch64"
+    assert train_speed.cpu_name(tmp_path / "absent") == "aarch64"
+    monkeypatch.setattr(train_speed.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(train_speed, "cpu_name", lambda: "Intel(R) Xeon(R) Processor")
+    assert train_speed.machine("cpu") == "Intel(R) Xeon(R) Processor, 2 logical cores"
+
+
+def test_the_command_is_the_scripts_with_its_arguments_quoted():
+    assert train_speed.command_line(["--cases", "topk-4608", "--out", "my results.json"]) == (
+        "python benchmarks/train_speed.py --cases topk-4608 --out 'my results.json'")
+    assert train_speed.command_line([]) == "python benchmarks/train_speed.py"
+
+
+def git(root, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True, capture_output=True)
+
+
+def test_the_commit_is_short_and_dirty_only_for_changes_outside_the_benchmarks_outputs(tmp_path):
+    assert train_speed.git_commit(tmp_path) == "unknown"  # not a checkout
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    (tmp_path / "benchmarks").mkdir()
+    for path in ("code.py", *train_speed.BENCHMARK_OUTPUTS):
+        (tmp_path / path).write_text("1\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "first")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert train_speed.git_commit(tmp_path) == head
+    for path in train_speed.BENCHMARK_OUTPUTS:  # a run rewrites its outputs: still clean
+        (tmp_path / path).write_text("2\n")
+    (tmp_path / "untracked.py").write_text("")
+    assert train_speed.git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("2\n")
+    assert train_speed.git_commit(tmp_path) == head + "+dirty"
+
+
+def test_saekits_version_names_the_checkouts_commit(monkeypatch):
+    from saekit.version import __version__
+
+    monkeypatch.setattr(train_speed, "git_commit", lambda root: "abc1234+dirty" if root == train_speed.ROOT else "?")
+    assert train_speed.saekit_version() == f"{__version__} (git abc1234+dirty)"
+
+
+def test_a_case_is_stamped_with_its_start_and_the_load_at_its_start_and_end(monkeypatch):
+    loads = iter([(0.5, 0.4, 0.3), (1.5, 0.6, 0.4)])
+    monkeypatch.setattr(train_speed.os, "getloadavg", lambda: next(loads))
+    started = train_speed.case_start()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", started[0])
+    records = train_speed.stamped([measured("topk-4608"), measured("topk-4608", "sae_lens")], started)
+    assert [(r["date"], r["load_average"]) for r in records] == [(started[0], [0.5, 1.5])] * 2
+
+    def unavailable():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(train_speed.os, "getloadavg", unavailable)
+    assert train_speed.load_1min() is None
+
+
+def test_repeated_passes_keep_the_first_start_and_the_last_end():
+    passes = [measured("a", date="2026-12-06T10:00:00Z", load_average=[0.5, 0.7]),
+              measured("a", date="2026-12-06T10:05:00Z", load_average=[0.9, 1.1])]
+    assert train_speed.span(passes) == {"date": "2026-12-06T10:00:00Z", "load_average": [0.5, 1.1]}
+
+
+def test_every_record_written_carries_when_and_where_its_case_ran_and_merging_keeps_old_cases_own(tmp_path):
+    out = tmp_path / "bench-results.json"
+    old = measured("jumprelu-4608", date="2026-12-01T08:00:00Z", machine="old machine", command="python old")
+    out.write_text(json.dumps([old]))
+    records = train_speed.stamped([measured("topk-4608"), measured("topk-4608", "sae_lens")], train_speed.case_start())
+    args = argparse.Namespace(repeats=1, merge=True, out=str(out))
+    run = train_speed.run_facts("cpu", ["--cases", "topk-4608", "--merge"])
+    train_speed._finish(records, args, 1e11, "synthetic Gaussian", 0.0, run)
+    written = json.loads(out.read_text())
+    assert [r["case"] for r in written] == ["jumprelu-4608", "topk-4608", "topk-4608"]
+    assert written[0] == old  # an earlier run's case keeps its own facts
+    for new in written[1:]:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", new["date"])
+        assert new["machine"].endswith(" logical cores") and new["machine"] == train_speed.machine("cpu")
+        assert new["command"] == "python benchmarks/train_speed.py --cases topk-4608 --merge"
+        assert isinstance(new["saekit_version"], str) and " (git " in new["saekit_version"]
+        assert len(new["load_average"]) == 2
+        assert all(load is None or isinstance(load, float) for load in new["load_average"])
