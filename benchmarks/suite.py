@@ -89,8 +89,8 @@ class SuiteCase:
 
     @property
     def train_contexts(self) -> int:
-        """Contexts the training tokens come from (``tokens`` rows once BOS is dropped): one ModelSource
-        chunk, so one model pass for everyone."""
+        """Contexts the training tokens come from (``tokens`` rows once BOS is dropped): each runs
+        through the model once, for every library."""
         return -(-self.tokens // (self.context - 1))
 
     def case(self) -> Case:
@@ -164,7 +164,8 @@ def run_saekit(work: Path, cfg: SuiteCase) -> tuple[float, list, list[str]]:
     loaded = load_model(MODEL)
     tokens = torch.from_numpy(np.load(work / "suite-tokens.npy"))
     start = time.perf_counter()
-    source = ModelSource(loaded.model, tokens, SITES, chunk_seqs=cfg.train_contexts, forward_batch=cfg.forward_batch)
+    # ModelSource's default chunk (64 contexts), as a user's run: it holds one chunk of the 30 sites' rows.
+    source = ModelSource(loaded.model, tokens, SITES, forward_batch=cfg.forward_batch)
     saes = []
     for site in source.sites:
         sae = saekit.build_sae("topk", d_in=source.d_in(site), d_sae=cfg.d_sae, k=cfg.k, lr=cfg.lr, seed=0)

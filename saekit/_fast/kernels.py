@@ -126,7 +126,7 @@ def row_topk(scores: Tensor, k: int) -> Tensor | None:
     """[n_rows, k] int64: the columns of each row's k largest scores, ascending within the row; None
     where the kernel does not run (no compiler, not CPU float32, a NaN in the rows)."""
     library = _load() if scores.device.type == "cpu" and scores.dtype == torch.float32 else None
-    if library is None or scores.shape[0] == 0:
+    if library is None or scores.shape[0] == 0 or scores.shape[1] >= 2**31:  # the kernel counts a row in 32 bits
         return None
     return _run(library, scores.detach().contiguous(), k)
 

@@ -36,12 +36,18 @@ static inline int is_nan(float f) { return f != f; }
 
 /* The k-th largest of keys[0:n), 1 <= k <= n: the largest t with at least k keys >= t. */
 static uint32_t kth_largest(const uint32_t *keys, int64_t n, int64_t k) {
-    uint32_t lo = 0, hi = UINT32_MAX;
+    /* The answer lies between the smallest and the largest key: bisecting only that range takes as
+     * many counting passes as the bits in which they differ, not always 32. */
+    uint32_t lo = UINT32_MAX, hi = 0;
+    for (int64_t i = 0; i < n; i++) {
+        lo = keys[i] < lo ? keys[i] : lo;
+        hi = keys[i] > hi ? keys[i] : hi;
+    }
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2 + 1;
-        int64_t count = 0;
+        uint32_t count = 0;  /* 32-bit, as the keys: the counting loop vectorises lane for lane */
         for (int64_t i = 0; i < n; i++) count += keys[i] >= mid;
-        if (count >= k) lo = mid;
+        if ((int64_t)count >= k) lo = mid;
         else hi = mid - 1;
     }
     return lo;
@@ -108,9 +114,11 @@ int row_topk(const float *scores, int64_t n_cols, int64_t row_begin, int64_t row
             uint32_t bar = kth_largest(group_keys, stride, k);
             for (int64_t p = 0; p < stride; p++) {
                 if (group_keys[p] < bar) continue;
-                for (int64_t j = p; j < grouped; j += stride) {
+                for (int64_t j = p; j < grouped; j += stride) {  /* branch-free: written, kept if >= bar */
                     uint32_t key = order_key(row[j]);
-                    if (key >= bar) { keys[n_cand] = key; ids[n_cand++] = j; }
+                    keys[n_cand] = key;
+                    ids[n_cand] = j;
+                    n_cand += key >= bar;
                 }
             }
             for (int64_t j = grouped; j < n_cols; j++) {

@@ -237,19 +237,32 @@ def pre_acts(x_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
 # The three sparse products, each on the pattern's nnz pairs
 
 
+BAG_CACHE_BYTES = 2 * 2**20
+"""The most one block of a table takes (a core's L2 cache) in the CPU ``embedding_bag`` calls below: the pairs'
+random rows then come from cache (docs/benchmarks.md); each output sums the same terms in the same order."""
+
+
+def _bags(indices: Tensor, table: Tensor, offsets: Tensor, weights: Tensor) -> list[Tensor]:
+    """``embedding_bag(indices, table, offsets, mode="sum", per_sample_weights=weights)`` by blocks of 64, 32 or
+    16 columns, the widest that fits BAG_CACHE_BYTES (else 16); off the CPU, one call over the whole table."""
+    block = 64 if (cpu := table.device.type == "cpu") else max(1, table.shape[1])
+    while cpu and block > 16 and table.shape[0] * block * table.element_size() > BAG_CACHE_BYTES:
+        block //= 2
+    bag = functools.partial(tF.embedding_bag, indices, offsets=offsets, mode="sum", per_sample_weights=weights)
+    return [bag(table[:, start : start + block]) for start in range(0, max(1, table.shape[1]), block)]
+
+
 def rows_times(pattern: Pattern, values: Tensor, table: Tensor) -> Tensor:
     """S @ table, where S is [n_rows, n_cols] with ``values`` at the pattern: out[r] = Σ v · table[c]."""
-    return tF.embedding_bag(
-        pattern.cols, table, pattern.crow[:-1], mode="sum", per_sample_weights=values.to(table.dtype)
-    )
+    return torch.cat(_bags(pattern.cols, table, pattern.crow[:-1], values.to(table.dtype)), dim=1)
 
 
-def cols_times(pattern: Pattern, values: Tensor, dense: Tensor) -> Tensor:
-    """Sᵀ @ dense, [n_cols, d]: out[c] = Σ over the pairs (r, c) of v · dense[r]."""
+def cols_times(pattern: Pattern, values: Tensor, dense: Tensor, *, transposed: bool = False) -> Tensor:
+    """Sᵀ @ dense, [n_cols, d]: out[c] = Σ over the pairs (r, c) of v · dense[r]; ``transposed``: [d, n_cols],
+    contiguous (W_enc's layout), each block transposed while in cache (cheaper than autograd's copy)."""
     by_column = pattern.by_column
-    return tF.embedding_bag(
-        by_column.rows, dense, by_column.ccol[:-1], mode="sum", per_sample_weights=values[by_column.order].to(dense.dtype)
-    )
+    parts = _bags(by_column.rows, dense, by_column.ccol[:-1], values[by_column.order].to(dense.dtype))
+    return torch.cat([part.t() for part in parts]) if transposed else torch.cat(parts, dim=1)
 
 
 def pair_dots(pattern: Pattern, a: Tensor, b: Tensor) -> Tensor:
@@ -291,7 +304,7 @@ class _GatherPre(torch.autograd.Function):
             # Every row of the batch subtracts the same shift: its gradient is −W_enc Σ_rows ∂pre.
             grad_shift = -(W_enc @ col_sums)
         if ctx.needs_input_grad[3]:
-            grad_W = cols_times(pattern, grad_values, x_in.to(W_enc.dtype)).t()
+            grad_W = cols_times(pattern, grad_values, x_in.to(W_enc.dtype), transposed=True)
         if ctx.needs_input_grad[1]:
             grad_x = rows_times(pattern, grad_values, W_enc.t())
         return None, grad_x, grad_shift, grad_W, grad_b, None

@@ -9,7 +9,8 @@ row stream, a pure function of ``(seed, i)``: resuming at batch ``i`` recomputes
 into it.
 
 Rows per chunk = ``chunk_seqs · (context − skip_positions)``, which is also the working memory per
-site (in float32); raise ``chunk_seqs`` for better mixing, lower it for many sites.
+site (in float32; one chunk is held at a time, plus the fewer than a batch of rows the last one left);
+raise ``chunk_seqs`` for better mixing, lower it for many sites.
 
 With ``with_grads=True`` every batch also carries ``ActBatch.grad``: the gradient, with respect to
 each row, of the summed next-token loss of the row's forward batch (from the same hooks, see
@@ -195,18 +196,15 @@ class ModelSource:
             order = torch.randperm(rows, generator=seeded_generator(_CHUNK, seed, chunk_index))[offset:]
             pending.append((tensors, order))
             while sum(len(index) for _, index in pending) >= batch_size:
-                pieces, need = [], batch_size
-                while need:
-                    source, index = pending[0]
-                    pieces.append((source, index[:need]))
-                    if len(index) <= need:
-                        pending.pop(0)
-                    else:
-                        pending[0] = (source, index[need:])
-                    need -= len(pieces[-1][1])
-                cut = {key: _gather(pieces, key) for key in tensors}
+                cut = _take(pending, batch_size)
                 yield {site: ActBatch(cut[site], cut.get(_GRAD + site)) for site in self._sites}
             chunk_index, offset = chunk_index + 1, 0
+            # The rows this chunk has left (fewer than a batch) are copied out and the chunk is let go
+            # before the next one is computed: one chunk in memory at a time, not two.
+            left = sum(len(index) for _, index in pending)
+            pending = [({key: _gather(pending, key) for key in tensors}, torch.arange(left))] if left else []
+            del chunk, tensors
+            self._last = None
 
     def iter_rows(self, batch_size: int, *, site: str | None = None, max_rows: int | None = None, seed: int = 0) -> Iterator[Tensor]:
         """Rows of one site once, in stream order (no row shuffle), for evaluation."""
@@ -232,6 +230,20 @@ class ModelSource:
         # d(summed loss)/dh: free of the batch size.
         out = collect_activations_and_grads(self.model, tokens, list(self._sites), reduction="sum")
         return _Pass(out.acts, out.grads)
+
+
+def _take(pending: list[tuple[dict[str, Tensor], Tensor]], n: int) -> dict[str, Tensor]:
+    """The next ``n`` rows of ``pending`` (at least ``n`` there), which keeps the rest."""
+    pieces, need = [], n
+    while need:
+        source, index = pending[0]
+        pieces.append((source, index[:need]))
+        if len(index) <= need:
+            pending.pop(0)
+        else:
+            pending[0] = (source, index[need:])
+        need -= len(pieces[-1][1])
+    return {key: _gather(pieces, key) for key in pieces[0][0]}
 
 
 def _gather(pieces: list[tuple[dict[str, Tensor], Tensor]], key: str) -> Tensor:

@@ -264,6 +264,9 @@ def train_step(state: Run, step: int, batch: Mapping[str, ActBatch]) -> None:
             out = outs[i] = unit_loss.outs[i]
             state.grad_comm.average_grads_(state.saes[i].parameters())
             apply_update(state.saes[i], state.optimizers[i], lr_mult, cfg.grad_clip, state.latent_comm)
+            # Nothing reads a gradient after its update: freed now, a run of many SAEs holds one SAE's
+            # gradients at a time instead of every SAE's until its next step.
+            state.optimizers[i].zero_grad(set_to_none=True)
             with torch.no_grad():
                 state.saes[i].after_step(out, ctxs[i])
             dead.update_counter_(state.counters[i], out.codes, comm)

@@ -69,6 +69,19 @@ def test_ties_keep_the_largest_values():
     assert torch.equal(scores.gather(-1, chosen).sort(-1).values, scores.topk(32, dim=-1).values.sort(-1).values)
 
 
+def test_rows_whose_values_differ_in_the_last_bits_or_are_all_negative():
+    # The k-th largest is bisected between a row's smallest and largest key: ranges of a few bits,
+    # and keys all below the sign boundary, must give the same values as torch.topk.
+    g = torch.Generator().manual_seed(2)
+    close = 1 + torch.randint(0, 50, (50, 4608), generator=g).float() * 2**-23
+    negative = -1 - torch.rand(50, 4608, generator=g)
+    signed_zeros = torch.randint(0, 2, (50, 4608), generator=g).float() * -0.0
+    for scores in (close, negative, signed_zeros):
+        chosen = row_topk(scores, 32)
+        assert chosen.unique_consecutive(dim=-1).shape == chosen.shape
+        assert torch.equal(scores.gather(-1, chosen).sort(-1).values, scores.topk(32, dim=-1).values.sort(-1).values)
+
+
 def test_rows_of_one_value_and_infinities():
     scores = torch.zeros(8, 4608)
     assert torch.equal(scores.gather(-1, row_topk(scores, 32)), torch.zeros(8, 32))

@@ -457,3 +457,39 @@ def test_pre_acts_with_autograd_does_not_write_into_a_reused_buffer():
         pre = S.pre_acts(x, W, b)
         pre.sum().backward()
     torch.testing.assert_close(W.grad, x.sum(0)[:, None].expand(5, 9))
+
+
+@pytest.mark.parametrize("width", [1, 63, 64, 65, 200])
+def test_the_products_by_column_blocks_equal_one_embedding_bag_exactly(width):
+    """rows_times and cols_times read the table a block of columns at a time (64 here): the same terms
+    summed in the same order as one embedding_bag over the whole table, so the results are equal bit
+    for bit."""
+    from torch.nn import functional as tF
+
+    g = torch.Generator().manual_seed(width)
+    pattern = S.pattern_from_topk(torch.randn(40, 30, generator=g).topk(4, dim=-1).indices, 30)
+    values = torch.randn(pattern.nnz, generator=g)
+    table, dense = torch.randn(30, width, generator=g), torch.randn(40, width, generator=g)
+    whole = tF.embedding_bag(pattern.cols, table, pattern.crow[:-1], mode="sum", per_sample_weights=values)
+    assert torch.equal(S.rows_times(pattern, values, table), whole)
+    by = pattern.by_column
+    whole_t = tF.embedding_bag(by.rows, dense, by.ccol[:-1], mode="sum", per_sample_weights=values[by.order])
+    assert torch.equal(S.cols_times(pattern, values, dense), whole_t)
+    transposed = S.cols_times(pattern, values, dense, transposed=True)
+    assert transposed.is_contiguous() and torch.equal(transposed, whole_t.t())
+
+
+def test_the_products_of_an_empty_pattern_are_zeros():
+    pattern = S.pattern_from_mask(torch.zeros(5, 7, dtype=torch.bool))
+    values = torch.zeros(0)
+    assert torch.equal(S.rows_times(pattern, values, torch.randn(7, 100)), torch.zeros(5, 100))
+    assert torch.equal(S.cols_times(pattern, values, torch.randn(5, 100), transposed=True), torch.zeros(100, 7))
+
+
+def test_a_block_of_columns_fits_the_cache_budget():
+    def blocks(rows, dtype=torch.float32):
+        empty = torch.zeros(0, dtype=torch.int64)
+        return len(S._bags(empty, torch.empty(rows, 576, dtype=dtype), torch.zeros(1, dtype=torch.int64), torch.zeros(0, dtype=dtype)))
+
+    assert (blocks(4096), blocks(4608), blocks(16384), blocks(65536)) == (9, 9, 18, 36)  # 64, 64, 32, 16 columns
+    assert blocks(16384, torch.bfloat16) == 9  # half the bytes per entry

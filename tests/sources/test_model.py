@@ -100,3 +100,21 @@ def test_a_token_id_beyond_the_vocabulary_is_named_before_the_first_forward_pass
     bad[-1, 4] = -1
     with pytest.raises(DataError, match=r"got values in \[-1, "):
         _source(model, bad)
+
+
+def test_a_chunk_is_let_go_before_the_next_one_is_computed(model, tokens):
+    """One chunk in memory at a time: when the model runs for chunk 1, chunk 0's activations are freed
+    (the rows it left for the next batch were copied out), and the batches are those of the stream."""
+    import weakref
+
+    source = _source(model, tokens)
+    first = weakref.ref(source.chunk(0, 5).acts["layers.0.resid_pre"])  # remembered, reused by batches()
+    alive_at_forward = []
+    hook = model.register_forward_pre_hook(lambda *_: alive_at_forward.append(first() is not None))
+    try:
+        batches = [b["layers.0.resid_pre"].x for _, b in zip(range(4), source.batches(10, seed=5))]  # 40 rows: chunk 1 too
+    finally:
+        hook.remove()
+    assert alive_at_forward and not any(alive_at_forward)  # chunk 1's passes (forward_batch 3: two of them)
+    again = ModelSource(model, tokens, ["layers.0.resid_pre"], chunk_seqs=4, forward_batch=3)
+    assert torch.equal(torch.cat(batches), torch.cat([b["layers.0.resid_pre"].x for _, b in zip(range(4), again.batches(10, seed=5))]))

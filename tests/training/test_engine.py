@@ -447,3 +447,15 @@ def test_a_distributed_run_reads_its_batches_on_the_main_thread(tmp_path):
         )
         with _stream(state) as batches:
             assert isinstance(batches, Prefetcher) is reads_ahead
+
+
+def test_a_run_holds_one_sae_s_gradients_at_a_time():
+    """Gradients are freed after their update: while SAE 1 back-propagates, SAE 0 holds none, and none
+    is left when the run ends (thirty SAEs would otherwise keep thirty sets between steps)."""
+    saes = [build("topk", d_in=16, d_sae=32, k=4, seed=i) for i in range(2)]
+    others_hold_grads = []
+    for p in saes[1].parameters():
+        p.register_post_accumulate_grad_hook(lambda _: others_hold_grads.append(any(q.grad is not None for q in saes[0].parameters())))
+    train(saes, SOURCE, steps=3, **FAST)
+    assert len(others_hold_grads) == 3 * 4 and not any(others_hold_grads)  # 3 steps, 4 parameters
+    assert all(p.grad is None for sae in saes for p in sae.parameters())
