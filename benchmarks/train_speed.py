@@ -120,6 +120,9 @@ LIBRARIES = ("saekit", "sae_lens", "dictionary_learning", "sparsify")
 DEFAULT_STEPS = 32
 EQUAL_QUALITY = 1.01
 """saekit is at equal quality with a peer when its FVU is at most this factor times the peer's."""
+PREALLOCATED = "preallocated"
+"""Every record's ``matmul_output``: R (:func:`matmul_rate`) was timed into an output allocated beforehand;
+results_md.py reads records without it as timed with a fresh output (a low R)."""
 
 
 def cases(steps: int) -> list[Case]:
@@ -442,7 +445,7 @@ def timed_case(case: Case, libraries: list[str], acts_path: Path, work: Path, de
     print(f"  floor {floor:,.0f} tokens/s (R {rate / 1e9:.1f} GFLOP/s on [{case.batch}, {d_in}] @ [{d_in}, {case.d_sae}])"
           + "".join(f"; {r['library']} at {r['tokens_per_s'] / floor:.2f}" for r in records), flush=True)
     for rec in records:
-        rec.update(floor_fraction=rec["tokens_per_s"] / floor, matmul_gflops=rate / 1e9)
+        rec.update(floor_fraction=rec["tokens_per_s"] / floor, matmul_gflops=rate / 1e9, matmul_output=PREALLOCATED)
     return stamped(records, started)
 
 

@@ -88,9 +88,15 @@ def test_the_topk_floor_target_is_read_from_saekits_floor_fraction_at_4608_laten
 
     records = [topk(2304, 0.9), topk(4608, 0.69), topk(65536, 0.7), topk(4608, 0.9, sites=["a", "b"]) | {"case": "two"},
                record("topk-4608", "sparsify", 500.0, 0.4, floor_fraction=0.35)]
+    for rec in records[:4]:
+        rec["matmul_output"] = "preallocated"
     text = results_md.render(records)
     assert row(text, ["TopK step ≥ 0.7 of the floor", "topk-4608"])[2:] == ["saekit at 0.69 of it", "no"]
     assert row(text, ["TopK step ≥ 0.7 of the floor", "topk-65536"])[2:] == ["saekit at 0.70 of it", "yes"]
+    del records[2]["matmul_output"]  # R timed as `a @ b` (runs before the field): a low R, a high fraction
+    text = results_md.render(records)
+    assert row(text, ["TopK step ≥ 0.7 of the floor", "topk-65536"])[3] == "not established"
+    assert "R timed with a fresh output" in row(text, ["TopK step ≥ 0.7 of the floor", "topk-65536"])[2]
     assert "| TopK step ≥ 0.7 of the floor | topk-2304 |" not in text
     assert "| TopK step ≥ 0.7 of the floor | two |" not in text
     assert row(text, ["", "sparsify"])[2:4] == ["500", "2.00×"]
@@ -99,7 +105,7 @@ def test_the_topk_floor_target_is_read_from_saekits_floor_fraction_at_4608_laten
 def test_the_run_facts_and_settings_come_from_the_records():
     text = results_md.render(small_records())
     assert "103.1" not in text
-    assert row(text, ["topk-4608", "not recorded"])[5:7] == ["100.0", "20,000"]  # R; floor 12000 / 0.6
+    assert row(text, ["topk-4608", "not recorded"])[5:7] == ["100.0 (fresh output)", "20,000"]  # R; floor 12000 / 0.6
     assert "threads: 2 (not recorded for topk-4608, jumprelu-4608)" in text  # only one record has it
     assert "torch: not recorded" in text and "Versions: not recorded" in text
     assert row(text, ["topk-4608", "4,608", "32"])[3:] == ["8 × 4,096", "5", "1", "0.001", "32,768"]
@@ -123,11 +129,12 @@ def test_each_case_shows_when_and_where_it_ran():
                    saekit_version="0.1.0 (git ec30d81)", command="python benchmarks/train_speed.py --cases topk-4608")
     recs = stamped(recs, "jumprelu-4608", date="2026-12-05T09:00:00Z", machine="NVIDIA H100; " + CPU,
                    load_average=[2.0, None], saekit_version="0.1.0 (git 5a99333+dirty)",
-                   command="python benchmarks/train_speed.py --cases 'a|b'", matmul_gflops=50.0)
+                   command="python benchmarks/train_speed.py --cases 'a|b'", matmul_gflops=50.0,
+                   matmul_output="preallocated")
     text = results_md.render(recs)
     assert "## When and where each case ran" in text
     assert row(text, ["topk-4608", "2026-12-06T11:40:02Z"])[2:] == [
-        CPU, "0.1.0 (git ec30d81)", "0.50 → 1.25", "100.0", "20,000", "`python benchmarks/train_speed.py --cases topk-4608`"]
+        CPU, "0.1.0 (git ec30d81)", "0.50 → 1.25", "100.0 (fresh output)", "20,000", "`python benchmarks/train_speed.py --cases topk-4608`"]
     jump = row(text, ["jumprelu-4608", "2026-12-05T09:00:00Z"])
     assert jump[2:6] == ["NVIDIA H100; " + CPU, "0.1.0 (git 5a99333+dirty)", "2.00 → ?", "50.0"]
     assert jump[6] == "—"  # no floor_fraction
@@ -204,11 +211,12 @@ def test_stored_ratios_must_agree_with_the_records():
         results_md.render(recs)
 
 
-def test_equal_quality_factor_is_train_speeds():
+@pytest.mark.parametrize("name", ["EQUAL_QUALITY", "PREALLOCATED"])
+def test_the_shared_constants_are_train_speeds(name):
     tree = ast.parse((ROOT / "benchmarks" / "train_speed.py").read_text())
     values = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
-              and any(getattr(t, "id", None) == "EQUAL_QUALITY" for t in node.targets)]
-    assert values == [results_md.EQUAL_QUALITY]
+              and any(getattr(t, "id", None) == name for t in node.targets)]
+    assert values == [getattr(results_md, name)]
 
 
 def test_the_committed_results_are_regenerated_byte_for_byte(tmp_path):
