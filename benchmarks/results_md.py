@@ -255,8 +255,9 @@ def _when_where(cases: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         "Each case's facts from saekit's record of it (`--merge` keeps the cases of earlier runs). Date: when "
         "the case's runs started (a range where its libraries' records differ). Load average: the 1-minute "
         "load at the case's start → at its end; the machine may be shared, and the numbers move with the "
-        "load. R: the dense float32 matmul rate measured in the run on the case's encoder product; floor: "
-        "R / (2 · d_in · d_sae).",
+        "load. R: the dense float32 matmul rate measured in the run on the case's encoder product, timed into "
+        "an output allocated beforehand (\"fresh output\": timed as `a @ b`, whose new pages make R low on a CPU); "
+        "floor: R / (2 · d_in · d_sae).",
         "",
         "| case | date (UTC) | machine | saekit | load average | R (GFLOP/s) | floor (tokens/s) | command |",
         "|---|---|---|---|---|---|---|---|",

@@ -406,7 +406,7 @@ def _merge(passes: list[list[dict]]) -> list[dict]:
             "seconds_total": [r["seconds_total"] for r in runs],
             "tokens": rec["tokens"], "timed": f"steady-state steps (first {WARMUP_STEPS} and set-up excluded)",
             "case_config": rec["case_config"], "d_in": rec["d_in"],
-            "matmul_gflops": statistics.median(r["matmul_gflops"] for r in runs),
+            "matmul_gflops": statistics.median(r["matmul_gflops"] for r in runs), "matmul_output": rec["matmul_output"],
             **span(runs),
         })
     return merged

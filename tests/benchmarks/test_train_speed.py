@@ -222,3 +222,18 @@ def test_every_record_written_carries_when_and_where_its_case_ran_and_merging_ke
         assert isinstance(new["saekit_version"], str) and " (git " in new["saekit_version"]
         assert len(new["load_average"]) == 2
         assert all(load is None or isinstance(load, float) for load in new["load_average"])
+
+
+def test_the_passes_of_a_case_merge_into_medians_that_keep_how_r_was_timed():
+    def run(tokens_per_s, date, load):
+        return {"case": "topk-4608", "library": "saekit", "tokens_per_s": tokens_per_s, "peak_mem_mb": 400.0, "fvu": 0.4,
+                "l0": 32.0, "floor_fraction": tokens_per_s / 1000, "step_seconds": [0.1], "seconds_total": 5.0,
+                "tokens": 4096, "case_config": {"d_sae": 4608}, "d_in": 576, "matmul_gflops": tokens_per_s / 10,
+                "matmul_output": train_speed.PREALLOCATED, "date": date, "load_average": load}
+
+    merged = train_speed._merge([[run(300.0, "T1", [1.0, 1.5])], [run(100.0, "T2", [1.5, 2.0])], [run(200.0, "T3", [2.0, 2.5])]])
+    assert len(merged) == 1
+    rec = merged[0]
+    assert (rec["tokens_per_s"], rec["floor_fraction"], rec["matmul_gflops"]) == (200.0, 0.2, 20.0)
+    assert rec["matmul_output"] == "preallocated"  # results_md.py trusts the floor only then
+    assert (rec["date"], rec["load_average"]) == ("T1", [1.0, 2.5])
